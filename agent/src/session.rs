@@ -1,0 +1,313 @@
+//! The agent's session with the coordinator: register, receive committed assignments, run
+//! them, stream logs, report results until the coordinator confirms it recorded them.
+//!
+//! The session may break at any time (coordinator restart, leader change). Running steps go
+//! on; their results wait in memory and are reported again on the next session, so none is
+//! lost and a duplicate report changes nothing on the coordinator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gantry_model::{HostInventory, StepOutcome, StepSpec};
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::agent_message::Body as Out;
+use gantry_proto::v1::agent_service_client::AgentServiceClient;
+use gantry_proto::v1::coordinator_message::Body as In;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::launcher::Launcher;
+use crate::runtime::{LogLine, LogStream};
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub agent_id: String,
+    /// Coordinator endpoints, tried in turn.
+    pub coordinators: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub inventory: HostInventory,
+}
+
+type Key = (String, String, u32);
+
+fn key_of(r: &pb::AttemptRef) -> Key {
+    (r.run_id.clone(), r.task_id.clone(), r.attempt)
+}
+
+fn attempt_ref(k: &Key) -> pb::AttemptRef {
+    pb::AttemptRef {
+        run_id: k.0.clone(),
+        task_id: k.1.clone(),
+        attempt: k.2,
+    }
+}
+
+struct Attempt {
+    cancel: CancellationToken,
+    /// Set when the step ended; cleared once the coordinator recorded it.
+    result: Option<StepOutcome>,
+}
+
+/// The agent's memory of its attempts, shared by sessions and the tasks running steps.
+pub struct AgentCore {
+    launcher: Arc<Launcher>,
+    attempts: Mutex<HashMap<Key, Attempt>>,
+    outbound: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
+}
+
+fn msg(body: Out) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body) }
+}
+
+impl AgentCore {
+    pub fn new(launcher: Arc<Launcher>) -> Arc<Self> {
+        Arc::new(AgentCore {
+            launcher,
+            attempts: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(None),
+        })
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Attempt>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, m: pb::AgentMessage) {
+        let tx = self
+            .outbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(tx) = tx {
+            // A full or closed channel means the session is going away; results are
+            // re-sent on the next session, logs are best effort.
+            let _ = tx.try_send(m);
+        }
+    }
+
+    fn set_outbound(&self, tx: Option<mpsc::Sender<pb::AgentMessage>>) {
+        *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = tx;
+    }
+
+    /// Attempts running or holding an unreported result.
+    pub fn active(&self) -> Vec<pb::AttemptRef> {
+        self.attempts().keys().map(attempt_ref).collect()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.attempts()
+            .values()
+            .filter(|a| a.result.is_none())
+            .count()
+    }
+
+    fn unreported(&self) -> Vec<(Key, StepOutcome)> {
+        self.attempts()
+            .iter()
+            .filter_map(|(k, a)| a.result.clone().map(|r| (k.clone(), r)))
+            .collect()
+    }
+
+    fn finished_msg(k: &Key, outcome: &StepOutcome) -> pb::AgentMessage {
+        let outcome_json = serde_json::to_string(outcome).unwrap_or_else(|e| {
+            serde_json::json!({"status": "failed", "error": format!("cannot encode outcome: {e}")})
+                .to_string()
+        });
+        msg(Out::Finished(pb::AttemptFinished {
+            attempt: Some(attempt_ref(k)),
+            outcome_json,
+        }))
+    }
+
+    /// Starts a committed assignment unless this attempt is already known.
+    pub fn start(self: &Arc<Self>, spec: StepSpec) {
+        let k: Key = (spec.run_id.clone(), spec.task_id.clone(), spec.attempt);
+        let cancel = CancellationToken::new();
+        {
+            let mut attempts = self.attempts();
+            if attempts.contains_key(&k) {
+                tracing::debug!(attempt = %spec.attempt_key(), "duplicate assignment ignored");
+                return;
+            }
+            attempts.insert(
+                k.clone(),
+                Attempt {
+                    cancel: cancel.clone(),
+                    result: None,
+                },
+            );
+        }
+        tracing::info!(attempt = %spec.attempt_key(), image = %spec.container.image, "starting step");
+        self.send(msg(Out::Started(pb::AttemptStarted {
+            attempt: Some(attempt_ref(&k)),
+        })));
+        let core = self.clone();
+        tokio::spawn(async move {
+            let (log_tx, log_rx) = mpsc::channel::<LogLine>(1024);
+            let forwarder = tokio::spawn(forward_logs(core.clone(), k.clone(), log_rx));
+            let outcome = core.launcher.run_step(&spec, log_tx, cancel).await;
+            let _ = forwarder.await;
+            tracing::info!(attempt = %spec.attempt_key(), outcome = outcome_name(&outcome), "step ended");
+            if let Some(a) = core.attempts().get_mut(&k) {
+                a.result = Some(outcome.clone());
+            }
+            core.send(Self::finished_msg(&k, &outcome));
+        });
+    }
+
+    fn cancel(&self, k: &Key) {
+        if let Some(a) = self.attempts().get(k) {
+            a.cancel.cancel();
+        }
+    }
+
+    fn forget(&self, k: &Key) {
+        let mut attempts = self.attempts();
+        if attempts.get(k).is_some_and(|a| a.result.is_some()) {
+            attempts.remove(k);
+        }
+    }
+
+    /// Cancels every running step (agent shutdown).
+    pub fn cancel_all(&self) {
+        for a in self.attempts().values() {
+            a.cancel.cancel();
+        }
+    }
+}
+
+fn outcome_name(o: &StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Succeeded { .. } => "succeeded",
+        StepOutcome::Failed { .. } => "failed",
+        StepOutcome::Canceled => "canceled",
+    }
+}
+
+/// Sends log lines in batches: up to 128 lines or 100 ms.
+async fn forward_logs(core: Arc<AgentCore>, k: Key, mut rx: mpsc::Receiver<LogLine>) {
+    let mut batch = Vec::new();
+    loop {
+        let line = if batch.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                Ok(l) => l,
+                Err(_) => {
+                    flush(&core, &k, &mut batch);
+                    continue;
+                }
+            }
+        };
+        match line {
+            Some(l) => {
+                batch.push(pb::LogLine {
+                    stream: match l.stream {
+                        LogStream::Stdout => "stdout".into(),
+                        LogStream::Stderr => "stderr".into(),
+                    },
+                    line: l.line,
+                });
+                if batch.len() >= 128 {
+                    flush(&core, &k, &mut batch);
+                }
+            }
+            None => {
+                flush(&core, &k, &mut batch);
+                return;
+            }
+        }
+    }
+}
+
+fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
+    if batch.is_empty() {
+        return;
+    }
+    core.send(msg(Out::Logs(pb::LogBatch {
+        attempt: Some(attempt_ref(k)),
+        lines: std::mem::take(batch),
+    })));
+}
+
+/// Keeps a session with a coordinator open until `shutdown`, reconnecting with backoff.
+pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let mut i = 0usize;
+    loop {
+        let endpoint = cfg.coordinators[i % cfg.coordinators.len().max(1)].clone();
+        i += 1;
+        tokio::select! {
+            r = session(&cfg, &endpoint, &core) => match r {
+                Ok(()) => {
+                    tracing::info!(%endpoint, "session ended by the coordinator");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => tracing::warn!(%endpoint, error = %e, "coordinator session failed"),
+            },
+            _ = shutdown.cancelled() => {
+                core.set_outbound(None);
+                return;
+            }
+        }
+        core.set_outbound(None);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
+async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> anyhow::Result<()> {
+    let mut client = AgentServiceClient::connect(endpoint.to_string()).await?;
+    let (tx, rx) = mpsc::channel(4096);
+    tx.send(msg(Out::Register(pb::Register {
+        agent_id: cfg.agent_id.clone(),
+        inventory_json: serde_json::to_string(&cfg.inventory)?,
+        labels: cfg.labels.clone().into_iter().collect(),
+        active: core.active(),
+    })))
+    .await?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    core.set_outbound(Some(tx.clone()));
+    for (k, outcome) in core.unreported() {
+        tracing::info!(run = %k.0, task = %k.1, attempt = k.2, "re-reporting a result");
+        let _ = tx.send(AgentCore::finished_msg(&k, &outcome)).await;
+    }
+    let heartbeat = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if tx.send(msg(Out::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let result = async {
+        while let Some(m) = inbound.message().await? {
+            match m.body {
+                Some(In::Registered(r)) => {
+                    tracing::info!(agent = %r.agent_id, %endpoint, "registered with coordinator")
+                }
+                Some(In::Assign(a)) => match serde_json::from_str::<StepSpec>(&a.step_json) {
+                    Ok(spec) => core.start(spec),
+                    Err(e) => tracing::error!(error = %e, "unreadable assignment"),
+                },
+                Some(In::Cancel(r)) => core.cancel(&key_of(&r)),
+                Some(In::ResultRecorded(r)) => core.forget(&key_of(&r)),
+                None => {}
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    heartbeat.abort();
+    result
+}

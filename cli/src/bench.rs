@@ -1,0 +1,191 @@
+//! `gantry bench`: a 200-step chain and 200 independent steps of no-op container components
+//! (`true`) through the whole path — commit, placement, dispatch, launch, report — on an
+//! embedded cluster with the process runtime. Prints a table.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::run_service_client::RunServiceClient;
+
+use crate::dev::{start_embedded, RuntimeChoice};
+use crate::exit::CliError;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Steps in each pipeline.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Address for the embedded coordinator (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// IR of `steps` no-op container tasks, chained or independent, as kfp writes a container
+/// component with `command=["true"]`.
+pub fn noop_pipeline(name: &str, steps: usize, chained: bool) -> String {
+    let mut y = String::new();
+    y.push_str("components:\n  comp-noop:\n    executorLabel: exec-noop\n");
+    y.push_str("deploymentSpec:\n  executors:\n    exec-noop:\n      container:\n");
+    y.push_str("        command:\n        - 'true'\n        image: gantry/busybox:latest\n");
+    y.push_str(&format!("pipelineInfo:\n  name: {name}\nroot:\n  dag:\n    tasks:\n"));
+    for i in 0..steps {
+        y.push_str(&format!(
+            "      step-{i}:\n        componentRef:\n          name: comp-noop\n        taskInfo:\n          name: step-{i}\n"
+        ));
+        if chained && i > 0 {
+            y.push_str(&format!("        dependentTasks:\n        - step-{}\n", i - 1));
+        }
+    }
+    y.push_str("schemaVersion: 2.1.0\nsdkVersion: kfp-2.16.1\n");
+    y
+}
+
+struct Figures {
+    label: String,
+    steps: usize,
+    wall: Duration,
+    ready_to_assigned: Vec<i64>,
+    assigned_to_started: Vec<i64>,
+    started_to_recorded: Vec<i64>,
+}
+
+fn pct(v: &mut [i64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)] as f64
+}
+
+async fn run_one(
+    client: &mut RunServiceClient<tonic::transport::Channel>,
+    label: &str,
+    yaml: String,
+    steps: usize,
+) -> Result<Figures, CliError> {
+    let t0 = Instant::now();
+    let run_id = client
+        .submit_run(pb::SubmitRunRequest {
+            pipeline_yaml: yaml,
+            parameters: Default::default(),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    let run = loop {
+        let run = client
+            .get_run(pb::GetRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await?
+            .into_inner();
+        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let wall = t0.elapsed();
+    if run.state != "SUCCEEDED" {
+        return Err(CliError::RunFailed(format!("{run_id} ({}): {}", run.state, run.error)));
+    }
+    Ok(Figures {
+        label: label.to_string(),
+        steps,
+        wall,
+        ready_to_assigned: Vec::new(),
+        assigned_to_started: Vec::new(),
+        started_to_recorded: Vec::new(),
+    })
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let dir = tempfile::tempdir().map_err(|e| CliError::Unavailable(e.to_string()))?;
+    let e = start_embedded(
+        args.listen,
+        dir.path().to_path_buf(),
+        RuntimeChoice::Process,
+        None,
+        "bench-agent".into(),
+    )
+    .await?;
+    let endpoint = format!("http://{}", e.server.addr);
+    let mut client = RunServiceClient::connect(endpoint)
+        .await
+        .map_err(|e| CliError::Unavailable(e.to_string()))?;
+    // wait for the agent
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.server.coordinator.dispatcher.connected().is_empty() {
+        if Instant::now() > deadline {
+            return Err(CliError::Unavailable("the embedded agent did not connect".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // warm-up
+    run_one(&mut client, "warm-up", noop_pipeline("warm-up", 5, true), 5).await?;
+    let mut figures = Vec::new();
+    for (label, chained) in [("chain", true), ("independent", false)] {
+        let name = format!("bench-{label}-{}", args.steps);
+        let mut f = run_one(&mut client, label, noop_pipeline(&name, args.steps, chained), args.steps).await?;
+        timings(&e, &name, &mut f);
+        figures.push(f);
+    }
+    let spawn = spawn_cost(50);
+    e.stop().await;
+    println!(
+        "{:<12} {:>6} {:>9} {:>9} {:>14} {:>14} {:>14} {:>12}",
+        "pipeline", "steps", "wall_s", "steps/s", "ready→assign", "assign→start", "start→record", "overhead/step"
+    );
+    for mut f in figures {
+        let per_step_ms = f.wall.as_secs_f64() * 1000.0 / f.steps as f64;
+        println!(
+            "{:<12} {:>6} {:>9.2} {:>9.1} {:>11.1} ms {:>11.1} ms {:>11.1} ms {:>9.2} ms",
+            f.label,
+            f.steps,
+            f.wall.as_secs_f64(),
+            f.steps as f64 / f.wall.as_secs_f64(),
+            pct(&mut f.ready_to_assigned, 0.5),
+            pct(&mut f.assigned_to_started, 0.5),
+            pct(&mut f.started_to_recorded, 0.5),
+            (per_step_ms - spawn.as_secs_f64() * 1000.0).max(0.0),
+        );
+    }
+    println!(
+        "\nmedians per step; overhead/step (chain: wall/steps minus one `true` process spawn = {:.2} ms; \
+         independent: wall/steps minus the same)",
+        spawn.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// Reads per-task timestamps from the coordinator's state directly (same process).
+fn timings(e: &crate::dev::Embedded, pipeline: &str, f: &mut Figures) {
+    let st = e.server.coordinator.state.read();
+    let Some(run) = st.runs.values().find(|r| r.pipeline.name == pipeline) else {
+        return;
+    };
+    let mut by_ready: BTreeMap<String, (i64, i64, i64, i64)> = BTreeMap::new();
+    for t in run.tasks.values() {
+        let Some(a) = t.attempts.last() else { continue };
+        let (Some(started), Some(finished)) = (a.started_at, a.finished_at) else {
+            continue;
+        };
+        by_ready.insert(t.task_id.clone(), (t.created_at, a.assigned_at, started, finished));
+    }
+    for (ready, assigned, started, finished) in by_ready.into_values() {
+        f.ready_to_assigned.push(assigned - ready);
+        f.assigned_to_started.push(started - assigned);
+        f.started_to_recorded.push(finished - started);
+    }
+}
+
+/// Mean wall time of spawning `true` and waiting for it: the floor any runtime pays.
+fn spawn_cost(n: u32) -> Duration {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let _ = std::process::Command::new("true").status();
+    }
+    t0.elapsed() / n
+}

@@ -1,0 +1,132 @@
+//! `gantry dev`: a whole cluster in one process — a single-voter coordinator (sled under
+//! the data dir), a local agent and a local artifact root.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_agent::launcher::Launcher;
+use gantry_agent::session::{self, AgentCore, SessionConfig};
+use gantry_coordinator::server::{self, CoordinatorConfig, ServerHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::exit::CliError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// Docker if an engine answers, else the process runtime.
+    Auto,
+    Docker,
+    Process,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Address of the coordinator's gRPC API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the Raft log, agent work dirs and (by default) artifacts live.
+    #[arg(long, default_value = ".gantry")]
+    pub data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
+    pub runtime: RuntimeChoice,
+    /// Artifact root: file:///abs/dir or s3://bucket/prefix (endpoint and credentials from
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    /// Default: file://<data-dir>/artifacts.
+    #[arg(long)]
+    pub artifact_root: Option<String>,
+    /// Id of the embedded agent.
+    #[arg(long, default_value = "dev-agent")]
+    pub agent_id: String,
+}
+
+pub struct Embedded {
+    pub server: ServerHandle,
+    pub core: Arc<AgentCore>,
+    pub shutdown: CancellationToken,
+    pub runtime_name: String,
+    pub artifact_root: String,
+}
+
+impl Embedded {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.core.cancel_all();
+        self.server.stop().await;
+    }
+}
+
+pub async fn start_embedded(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    runtime: RuntimeChoice,
+    artifact_root: Option<String>,
+    agent_id: String,
+) -> Result<Embedded, CliError> {
+    let data_dir = std::path::absolute(&data_dir)
+        .map_err(|e| CliError::Refused(format!("data dir {}: {e}", data_dir.display())))?;
+    let artifact_root = match artifact_root {
+        Some(r) => r,
+        None => format!("file://{}", data_dir.join("artifacts").display()),
+    };
+    let (runtime, runtime_name) = match runtime {
+        RuntimeChoice::Process => gantry_agent::runtime::select("process").await,
+        RuntimeChoice::Docker => gantry_agent::runtime::select("docker").await,
+        RuntimeChoice::Auto => gantry_agent::runtime::select("auto").await,
+    }
+    .map_err(|e| CliError::Refused(e.to_string()))?;
+    let server = server::start(CoordinatorConfig {
+        node_id: 1,
+        listen,
+        data_dir: data_dir.join("coordinator"),
+        artifact_root: artifact_root.clone(),
+        tick_interval: Duration::from_millis(100),
+    })
+    .await
+    .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
+    let launcher = Arc::new(Launcher::new(runtime, data_dir.join("agent")));
+    let inventory = gantry_agent::inventory::probe_host(&runtime_name);
+    let core = AgentCore::new(launcher);
+    let shutdown = CancellationToken::new();
+    let cfg = SessionConfig {
+        agent_id,
+        coordinators: vec![format!("http://{}", server.addr)],
+        labels: Default::default(),
+        inventory,
+    };
+    tokio::spawn(session::run(cfg, core.clone(), shutdown.clone()));
+    Ok(Embedded {
+        server,
+        core,
+        shutdown,
+        runtime_name,
+        artifact_root,
+    })
+}
+
+pub async fn run(args: DevArgs) -> Result<(), CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .init();
+    let e = start_embedded(
+        args.listen,
+        args.data_dir,
+        args.runtime,
+        args.artifact_root,
+        args.agent_id.clone(),
+    )
+    .await?;
+    eprintln!(
+        "gantry dev: coordinator on http://{} | agent {} ({} runtime) | artifacts at {}\n\
+         submit with: gantry run submit pipeline.yaml --wait        (Ctrl-C stops)",
+        e.server.addr, args.agent_id, e.runtime_name, e.artifact_root
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("gantry dev: stopping");
+    e.stop().await;
+    Ok(())
+}

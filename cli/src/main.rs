@@ -1,0 +1,150 @@
+//! `gantry`: the command-line client, `gantry dev` and `gantry bench`.
+
+mod bench;
+mod client;
+mod dev;
+mod exit;
+mod output;
+mod run_cmd;
+
+use clap::{Parser, Subcommand};
+
+use exit::CliError;
+use output::Format;
+
+#[derive(Parser, Debug)]
+#[command(name = "gantry", version, about = "Run Kubeflow-compiled pipelines on your own fleet")]
+struct Cli {
+    /// Coordinator endpoint(s), comma-separated, tried in turn.
+    #[arg(long, global = true, env = "GANTRY_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One process: a single-voter coordinator, a local agent and a local artifact root.
+    Dev(dev::DevArgs),
+    /// Submit and follow runs.
+    Run {
+        #[command(subcommand)]
+        command: run_cmd::RunCommand,
+    },
+    /// Agents known to the cluster.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The coordinator cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Measure steps per second and coordinator overhead per step on an embedded cluster.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// List agents with their capacity and running steps.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Members, leader, term, commit and applied index.
+    Status,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(4);
+        }
+    };
+    let result = rt.block_on(dispatch(cli));
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.code());
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Run { command } => run_cmd::run(&cli.endpoint, cli.output, command).await,
+        Command::Agent {
+            command: AgentCommand::List,
+        } => {
+            let mut c = client::connect(&cli.endpoint).await?;
+            let agents = c
+                .agents
+                .list_agents(gantry_proto::v1::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            let v = serde_json::Value::Array(agents.iter().map(output::agent_json).collect());
+            if !output::print_structured(cli.output, &v) {
+                output::table(
+                    &["AGENT", "STATE", "RUNTIME", "CPU", "MEMORY", "GPUS", "RUNNING", "LABELS"],
+                    agents
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.agent_id.clone(),
+                                a.state.clone(),
+                                a.runtime.clone(),
+                                format!("{}", a.cpu_cores),
+                                format!("{:.1}GiB", a.memory_bytes as f64 / (1u64 << 30) as f64),
+                                a.gpus.to_string(),
+                                a.running_attempts.to_string(),
+                                a.labels
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => {
+            let mut c = client::connect(&cli.endpoint).await?;
+            let s = c
+                .cluster
+                .status(gantry_proto::v1::ClusterStatusRequest {})
+                .await?
+                .into_inner();
+            if !output::print_structured(cli.output, &output::cluster_json(&s)) {
+                println!("node:      {}", s.node_id);
+                println!("leader:    {}", s.leader_id);
+                println!("term:      {}", s.term);
+                println!("commit:    {}", s.commit_index);
+                println!("applied:   {}", s.applied_index);
+                println!("runs:      {} ({} active)", s.runs, s.active_runs);
+                println!("agents:    {}", s.agents);
+                println!();
+                output::table(
+                    &["MEMBER", "ROLE", "ADDRESS"],
+                    s.members
+                        .iter()
+                        .map(|m| vec![m.id.to_string(), m.role.clone(), m.address.clone()])
+                        .collect(),
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! `gantry run ...`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use gantry_proto::v1 as pb;
+use tokio_stream::StreamExt;
+
+use crate::client::connect;
+use crate::exit::CliError;
+use crate::output::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Submit a kfp-compiled pipeline (IR YAML).
+    Submit {
+        file: PathBuf,
+        /// A pipeline parameter, NAME=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Wait for the run to end; exit 0 if it succeeded, 1 if it failed, 3 if canceled.
+        #[arg(long)]
+        wait: bool,
+        /// Idempotency key: resubmitting with the same id returns the same run.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Show a run and its tasks.
+    Get { run_id: String },
+    /// List runs, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print the logs of a run's steps.
+    Logs {
+        run_id: String,
+        /// Only this task (IR task name or task id).
+        #[arg(long)]
+        task: Option<String>,
+        /// Keep following until the run ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Cancel a run: stops its running steps.
+    Cancel { run_id: String },
+}
+
+fn parse_params(params: &[String]) -> Result<HashMap<String, String>, CliError> {
+    let mut out = HashMap::new();
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(CliError::Refused(format!(
+                "parameter {p:?} is not NAME=VALUE"
+            )));
+        };
+        if k.is_empty() {
+            return Err(CliError::Refused(format!("parameter {p:?} has an empty name")));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(CliError::Refused(format!("parameter {k:?} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn show_run(format: Format, run: &pb::Run) {
+    if !output::print_structured(format, &output::run_json(run, true)) {
+        output::print_run(run);
+    }
+}
+
+fn final_status(run: &pb::Run) -> Result<(), CliError> {
+    match run.state.as_str() {
+        "SUCCEEDED" => Ok(()),
+        "CANCELED" => Err(CliError::RunCanceled(run.run_id.clone())),
+        _ => Err(CliError::RunFailed(run.run_id.clone())),
+    }
+}
+
+pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), CliError> {
+    match cmd {
+        RunCommand::Submit {
+            file,
+            params,
+            wait,
+            request_id,
+        } => {
+            let yaml = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
+            let parameters = parse_params(&params)?;
+            let mut c = connect(endpoint).await?;
+            let request_id =
+                request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
+            let req = pb::SubmitRunRequest {
+                pipeline_yaml: yaml,
+                parameters,
+                request_id,
+            };
+            // A timeout or lost connection is retried with the same request id: one run.
+            let mut tries = 0;
+            let resp = loop {
+                tries += 1;
+                match c.runs.submit_run(req.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
+                        tokio::time::sleep(Duration::from_millis(300 * tries)).await;
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+            };
+            if !wait {
+                let v = serde_json::json!({"run_id": resp.run_id, "existing": resp.existing});
+                if !output::print_structured(format, &v) {
+                    println!("{}", resp.run_id);
+                }
+                return Ok(());
+            }
+            if format == Format::Table {
+                eprintln!("submitted run {}; waiting", resp.run_id);
+            }
+            let run = wait_for(&mut c, &resp.run_id).await?;
+            show_run(format, &run);
+            final_status(&run)
+        }
+        RunCommand::Get { run_id } => {
+            let mut c = connect(endpoint).await?;
+            let run = c
+                .runs
+                .get_run(pb::GetRunRequest { run_id })
+                .await?
+                .into_inner();
+            show_run(format, &run);
+            Ok(())
+        }
+        RunCommand::List { limit } => {
+            let mut c = connect(endpoint).await?;
+            let runs = c
+                .runs
+                .list_runs(pb::ListRunsRequest { limit })
+                .await?
+                .into_inner()
+                .runs;
+            let v = serde_json::Value::Array(runs.iter().map(|r| output::run_json(r, false)).collect());
+            if !output::print_structured(format, &v) {
+                output::table(
+                    &["RUN", "PIPELINE", "STATE", "CREATED", "ERROR"],
+                    runs.iter()
+                        .map(|r| {
+                            vec![
+                                r.run_id.clone(),
+                                r.pipeline_name.clone(),
+                                r.state.clone(),
+                                output::short_time(r.created_at_ms),
+                                r.error.chars().take(80).collect(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+            Ok(())
+        }
+        RunCommand::Logs {
+            run_id,
+            task,
+            follow,
+        } => {
+            let mut c = connect(endpoint).await?;
+            let mut stream = c
+                .runs
+                .stream_logs(pb::StreamLogsRequest {
+                    run_id,
+                    task: task.unwrap_or_default(),
+                    follow,
+                })
+                .await?
+                .into_inner();
+            while let Some(entry) = stream.next().await {
+                let e = entry?;
+                match format {
+                    Format::Table => println!("[{}#{}] {}", e.task_id, e.attempt, e.line),
+                    _ => println!(
+                        "{}",
+                        serde_json::json!({"task_id": e.task_id, "attempt": e.attempt,
+                            "stream": e.stream, "line": e.line, "at": output::short_time(e.at_ms)})
+                    ),
+                }
+            }
+            Ok(())
+        }
+        RunCommand::Cancel { run_id } => {
+            let mut c = connect(endpoint).await?;
+            let run = c
+                .runs
+                .cancel_run(pb::CancelRunRequest { run_id })
+                .await?
+                .into_inner();
+            show_run(format, &run);
+            Ok(())
+        }
+    }
+}
+
+/// Polls until the run is terminal, riding out coordinator restarts.
+async fn wait_for(c: &mut crate::client::Clients, run_id: &str) -> Result<pb::Run, CliError> {
+    let mut unavailable_since: Option<std::time::Instant> = None;
+    loop {
+        match c
+            .runs
+            .get_run(pb::GetRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+        {
+            Ok(r) => {
+                unavailable_since = None;
+                let run = r.into_inner();
+                if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+                    return Ok(run);
+                }
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
+                let since = *unavailable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Err(s.into());
+                }
+            }
+            Err(s) => return Err(s.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_must_be_name_value() {
+        assert!(parse_params(&["a=1".into(), "b=x=y".into()]).is_ok());
+        assert_eq!(parse_params(&["b=x=y".into()]).unwrap()["b"], "x=y");
+        assert!(matches!(parse_params(&["a".into()]), Err(CliError::Refused(_))));
+        assert!(matches!(parse_params(&["=1".into()]), Err(CliError::Refused(_))));
+        assert!(matches!(
+            parse_params(&["a=1".into(), "a=2".into()]),
+            Err(CliError::Refused(_))
+        ));
+    }
+}

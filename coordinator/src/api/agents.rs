@@ -1,0 +1,200 @@
+//! AgentService: the agent's session and the agent list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use gantry_core::state::{AttemptKey, Command, Outcome};
+use gantry_model::{HostInventory, StepOutcome};
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::agent_message::Body as In;
+use gantry_proto::v1::agent_service_server::AgentService;
+use gantry_proto::v1::coordinator_message::Body as Out;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::agent_to_proto;
+use super::Api;
+use crate::dispatch::attempt_ref;
+use crate::logs::LogRecord;
+use crate::server::Coordinator;
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
+    Ok(AttemptKey {
+        run_id: r.run_id,
+        task_id: r.task_id,
+        attempt: r.attempt,
+    })
+}
+
+/// Commits a reported outcome, then tells the agent it may forget it.
+async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFinished) {
+    let attempt = match key(f.attempt) {
+        Ok(k) => k,
+        Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "bad report"),
+    };
+    let outcome: StepOutcome = match serde_json::from_str(&f.outcome_json) {
+        Ok(o) => o,
+        Err(e) => StepOutcome::Failed {
+            error: format!("agent sent an unreadable outcome: {e}"),
+            exit_code: None,
+        },
+    };
+    let cmd = Command::AttemptFinished {
+        attempt: attempt.clone(),
+        outcome,
+        at: crate::now_ms(),
+    };
+    match c.propose(cmd).await {
+        Ok(applied) => {
+            match &applied.result {
+                Ok(Outcome::ResultRecorded(effect)) => {
+                    tracing::debug!(attempt = %attempt, ?effect, "result committed")
+                }
+                other => tracing::debug!(attempt = %attempt, ?other, "report applied"),
+            }
+            // Recorded, a duplicate, or for a run that no longer exists: the agent is done
+            // with it either way.
+            c.dispatcher
+                .send(&agent_id, Out::ResultRecorded(attempt_ref(&attempt)));
+        }
+        Err(e) => {
+            // Not committed: the agent keeps the result and reports it again on reconnect.
+            tracing::warn!(attempt = %attempt, error = %e, "could not commit a result");
+        }
+    }
+}
+
+async fn serve_session(
+    c: Arc<Coordinator>,
+    agent_id: String,
+    session_id: u64,
+    mut inbound: Streaming<pb::AgentMessage>,
+) {
+    loop {
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::info!(agent = %agent_id, error = %e, "agent session broke");
+                break;
+            }
+            None => break,
+        };
+        match msg.body {
+            Some(In::Heartbeat(_)) | None => {}
+            Some(In::Register(_)) => {
+                tracing::warn!(agent = %agent_id, "ignoring a second registration in one session")
+            }
+            Some(In::Started(s)) => {
+                if let Ok(attempt) = key(s.attempt) {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let cmd = Command::AttemptStarted {
+                            attempt,
+                            at: crate::now_ms(),
+                        };
+                        if let Err(e) = c.propose(cmd).await {
+                            tracing::debug!(error = %e, "could not record a start");
+                        }
+                    });
+                }
+            }
+            Some(In::Logs(batch)) => {
+                if let Ok(attempt) = key(batch.attempt) {
+                    let now = crate::now_ms();
+                    for l in batch.lines {
+                        c.logs.append(LogRecord {
+                            run_id: attempt.run_id.clone(),
+                            task_id: attempt.task_id.clone(),
+                            attempt: attempt.attempt,
+                            stream: l.stream,
+                            line: l.line,
+                            at_ms: now,
+                            seq: 0,
+                        });
+                    }
+                }
+            }
+            Some(In::Finished(f)) => {
+                tokio::spawn(record_finished(c.clone(), agent_id.clone(), f));
+            }
+        }
+    }
+    c.dispatcher.detach(&agent_id, session_id);
+    tracing::info!(agent = %agent_id, "agent disconnected");
+}
+
+#[tonic::async_trait]
+impl AgentService for Api {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("session closed before registering"))??;
+        let Some(In::Register(reg)) = first.body else {
+            return Err(Status::invalid_argument("the first message of a session must be Register"));
+        };
+        if reg.agent_id.is_empty() {
+            return Err(Status::invalid_argument("agent_id is empty"));
+        }
+        let inventory: HostInventory = serde_json::from_str(&reg.inventory_json)
+            .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
+        let labels: BTreeMap<String, String> = reg.labels.into_iter().collect();
+        let known: BTreeSet<AttemptKey> = reg
+            .active
+            .into_iter()
+            .map(|r| AttemptKey {
+                run_id: r.run_id,
+                task_id: r.task_id,
+                attempt: r.attempt,
+            })
+            .collect();
+        let agent_id = reg.agent_id;
+        self.0
+            .propose(Command::RegisterAgent {
+                agent_id: agent_id.clone(),
+                inventory,
+                labels,
+                at: crate::now_ms(),
+            })
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let session_id = self.0.dispatcher.attach(&agent_id, tx.clone());
+        let _ = tx
+            .send(Ok(pb::CoordinatorMessage {
+                body: Some(Out::Registered(pb::Registered {
+                    agent_id: agent_id.clone(),
+                })),
+            }))
+            .await;
+        self.0.dispatcher.resend_assignments(&agent_id, &known);
+        tracing::info!(agent = %agent_id, "agent connected");
+        tokio::spawn(serve_session(self.0.clone(), agent_id, session_id, inbound));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let connected = self.0.dispatcher.connected();
+        let st = self.0.state.read();
+        let agents = st
+            .agents
+            .values()
+            .map(|a| agent_to_proto(a, connected.contains(&a.agent_id)))
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+}

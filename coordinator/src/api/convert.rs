@@ -1,0 +1,82 @@
+//! Domain → proto conversions for what the API returns.
+
+use std::collections::BTreeMap;
+
+use gantry_core::engine::{RunRecord, ROOT_TASK_ID};
+use gantry_core::state::AgentRecord;
+use gantry_proto::v1 as pb;
+use serde_json::{json, Value};
+
+pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
+    let artifacts: BTreeMap<&String, Vec<Value>> = outputs
+        .artifacts
+        .iter()
+        .map(|(name, list)| {
+            let v = list
+                .iter()
+                .map(|a| {
+                    json!({
+                        "uri": a.uri,
+                        "type": a.schema_title,
+                        "metadata": a.metadata,
+                    })
+                })
+                .collect();
+            (name, v)
+        })
+        .collect();
+    json!({ "parameters": outputs.parameters, "artifacts": artifacts }).to_string()
+}
+
+pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String>) -> pb::Run {
+    let mut tasks: Vec<&gantry_core::engine::TaskRecord> = run
+        .tasks
+        .values()
+        .filter(|t| t.task_id != ROOT_TASK_ID)
+        .collect();
+    tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.task_id.cmp(&b.task_id)));
+    pb::Run {
+        run_id: run.run_id.clone(),
+        pipeline_name: run.pipeline.name.clone(),
+        state: run.state.as_str().to_string(),
+        error: run.error.clone().unwrap_or_default(),
+        parameters_json: serde_json::to_string(&run.parameters).unwrap_or_else(|_| "{}".into()),
+        created_at_ms: run.created_at,
+        finished_at_ms: run.finished_at.unwrap_or(0),
+        tasks: tasks
+            .into_iter()
+            .map(|t| pb::Task {
+                task_id: t.task_id.clone(),
+                name: t.name.clone(),
+                parent: t.parent.clone().unwrap_or_default(),
+                iteration: t.iteration.map_or(-1, i64::from),
+                state: t.state.as_str().to_string(),
+                attempts: t.attempts.len() as u32,
+                agent: t.attempts.last().map(|a| a.agent.clone()).unwrap_or_default(),
+                started_at_ms: t.started_at.unwrap_or(0),
+                finished_at_ms: t.finished_at.unwrap_or(0),
+                error: t.error.clone().unwrap_or_default(),
+                outputs_json: task_outputs_json(&t.outputs),
+                waiting_reason: waiting
+                    .get(&(run.run_id.clone(), t.task_id.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
+    pb::AgentInfo {
+        agent_id: a.agent_id.clone(),
+        hostname: a.inventory.hostname.clone(),
+        state: if connected { "CONNECTED" } else { "DISCONNECTED" }.to_string(),
+        cpu_cores: a.inventory.cpu_cores,
+        memory_bytes: a.inventory.memory_bytes,
+        gpus: a.inventory.gpus.len() as u32,
+        running_attempts: a.running.len() as u32,
+        labels: a.labels.clone().into_iter().collect(),
+        runtime: a.inventory.runtime.clone(),
+        registered_at_ms: a.registered_at,
+    }
+}

@@ -1,0 +1,214 @@
+//! RunService: submit, get, list, cancel, logs.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use gantry_core::engine::check_supported;
+use gantry_core::ir::{parse_pipeline, resolve_run_parameters};
+use gantry_core::state::{Command, Outcome, Rejection};
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::run_service_server::RunService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert::run_to_proto;
+use super::Api;
+use crate::logs::LogRecord;
+
+fn rejection(r: Rejection) -> Status {
+    match r {
+        Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Status::not_found(r.to_string()),
+        Rejection::RunExists(_) => Status::already_exists(r.to_string()),
+        Rejection::Stale(_) => Status::failed_precondition(r.to_string()),
+    }
+}
+
+impl Api {
+    fn run_proto(&self, run_id: &str) -> Result<pb::Run, Status> {
+        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let st = self.0.state.read();
+        st.runs
+            .get(run_id)
+            .map(|r| run_to_proto(r, &waiting))
+            .ok_or_else(|| Status::not_found(format!("run {run_id} not found")))
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+fn log_entry(r: LogRecord) -> pb::LogEntry {
+    pb::LogEntry {
+        run_id: r.run_id,
+        task_id: r.task_id,
+        attempt: r.attempt,
+        stream: r.stream,
+        line: r.line,
+        at_ms: r.at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl RunService for Api {
+    async fn submit_run(
+        &self,
+        req: Request<pb::SubmitRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let req = req.into_inner();
+        let pipeline = parse_pipeline(&req.pipeline_yaml)
+            .map_err(|e| Status::invalid_argument(format!("invalid pipeline: {e}")))?;
+        check_supported(&pipeline)
+            .map_err(|e| Status::invalid_argument(format!("unsupported pipeline: {e}")))?;
+        let given: BTreeMap<String, serde_json::Value> = req
+            .parameters
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        let parameters = resolve_run_parameters(&pipeline, &given)
+            .map_err(|e| Status::invalid_argument(format!("invalid parameters: {e}")))?;
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
+        let cmd = Command::CreateRun {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            request_id,
+            pipeline: Box::new(pipeline),
+            pipeline_root: self.0.artifact_root.clone(),
+            parameters,
+            at: crate::now_ms(),
+        };
+        let applied = self.0.propose(cmd).await?;
+        match applied.result {
+            Ok(Outcome::RunCreated { run_id, existing }) => {
+                Ok(Response::new(pb::SubmitRunResponse { run_id, existing }))
+            }
+            Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            Err(r) => Err(rejection(r)),
+        }
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.run_proto(&req.into_inner().run_id).map(Response::new)
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let st = self.0.state.read();
+        let runs = st
+            .runs_newest_first()
+            .take(limit)
+            .map(|r| {
+                let mut p = run_to_proto(r, &waiting);
+                p.tasks.clear();
+                p
+            })
+            .collect();
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let run_id = req.into_inner().run_id;
+        let applied = self
+            .0
+            .propose(Command::CancelRun {
+                run_id: run_id.clone(),
+                at: crate::now_ms(),
+            })
+            .await?;
+        applied.result.map_err(rejection)?;
+        self.run_proto(&run_id).map(Response::new)
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        // Existence check, and the task filter matches either the IR name or the task id.
+        self.run_proto(&req.run_id)?;
+        let c = self.0.clone();
+        // Subscribe before reading the backlog so no line falls between the two.
+        let mut live = c.logs.subscribe();
+        let mut finished = c.dispatcher.run_finished.subscribe();
+        let backlog = c.logs.read_run(&req.run_id);
+        let matches = {
+            let task = req.task.clone();
+            let names: BTreeMap<String, String> = {
+                let st = c.state.read();
+                st.runs
+                    .get(&req.run_id)
+                    .map(|r| r.tasks.values().map(|t| (t.task_id.clone(), t.name.clone())).collect())
+                    .unwrap_or_default()
+            };
+            move |r: &LogRecord| {
+                task.is_empty()
+                    || r.task_id == task
+                    || names.get(&r.task_id).is_some_and(|n| *n == task)
+            }
+        };
+        let run_id = req.run_id.clone();
+        let follow = req.follow;
+        let stream = async_stream_logs(c, run_id, backlog, follow, matches, &mut live, &mut finished);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn async_stream_logs(
+    c: std::sync::Arc<crate::server::Coordinator>,
+    run_id: String,
+    backlog: Vec<LogRecord>,
+    follow: bool,
+    matches: impl Fn(&LogRecord) -> bool + Send + 'static,
+    live: &mut tokio::sync::broadcast::Receiver<LogRecord>,
+    finished: &mut tokio::sync::broadcast::Receiver<String>,
+) -> impl Stream<Item = Result<pb::LogEntry, Status>> + Send {
+    let mut live = live.resubscribe();
+    let mut finished = finished.resubscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        let last_seen = backlog.last().map_or(0, |r| r.seq);
+        for r in backlog {
+            if matches(&r) && tx.send(Ok(log_entry(r))).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            let done = {
+                let st = c.state.read();
+                st.runs.get(&run_id).is_none_or(|r| r.state.is_terminal())
+            };
+            tokio::select! {
+                r = live.recv() => match r {
+                    Ok(rec) => {
+                        // Lines stored between subscribe and the backlog read arrive twice.
+                        if rec.seq > last_seen && rec.run_id == run_id && matches(&rec)
+                            && tx.send(Ok(log_entry(rec))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("{n} log lines dropped (slow reader)")))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                _ = finished.recv() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)), if done => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

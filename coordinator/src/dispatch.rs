@@ -1,0 +1,150 @@
+//! Agent sessions, and the side effects of committed events: assignments and cancels reach
+//! agents only after the command that made them is applied.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use gantry_core::engine::step_spec;
+use gantry_core::state::{AttemptKey, Event};
+use gantry_proto::v1::{coordinator_message::Body, AttemptRef, Assignment, CoordinatorMessage};
+use tokio::sync::{broadcast, mpsc, Notify};
+use tonic::Status;
+
+pub type SessionTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+struct Session {
+    id: u64,
+    tx: SessionTx,
+}
+
+pub struct Dispatcher {
+    sessions: Mutex<HashMap<String, Session>>,
+    next_session: Mutex<u64>,
+    state: crate::machine::SharedState,
+    /// Wakes the scheduling loop.
+    pub schedule: Arc<Notify>,
+    /// Run ids as they finish (ends `logs -f` followers).
+    pub run_finished: broadcast::Sender<String>,
+}
+
+pub fn attempt_ref(k: &AttemptKey) -> AttemptRef {
+    AttemptRef {
+        run_id: k.run_id.clone(),
+        task_id: k.task_id.clone(),
+        attempt: k.attempt,
+    }
+}
+
+impl Dispatcher {
+    pub fn new(state: crate::machine::SharedState) -> Arc<Self> {
+        let (run_finished, _) = broadcast::channel(1024);
+        Arc::new(Dispatcher {
+            sessions: Mutex::new(HashMap::new()),
+            next_session: Mutex::new(1),
+            state,
+            schedule: Arc::new(Notify::new()),
+            run_finished,
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn connected(&self) -> BTreeSet<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
+    /// Makes `tx` the live session of `agent_id` (replacing an older one). Returns its id.
+    pub fn attach(&self, agent_id: &str, tx: SessionTx) -> u64 {
+        let id = {
+            let mut n = self.next_session.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n
+        };
+        self.sessions().insert(agent_id.to_string(), Session { id, tx });
+        self.schedule.notify_one();
+        id
+    }
+
+    pub fn detach(&self, agent_id: &str, session_id: u64) {
+        let mut s = self.sessions();
+        if s.get(agent_id).is_some_and(|x| x.id == session_id) {
+            s.remove(agent_id);
+        }
+    }
+
+    pub fn send(&self, agent_id: &str, body: Body) -> bool {
+        let tx = self.sessions().get(agent_id).map(|s| s.tx.clone());
+        match tx {
+            Some(tx) => tx
+                .try_send(Ok(CoordinatorMessage { body: Some(body) }))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    fn assignment(&self, key: &AttemptKey) -> Option<Body> {
+        let st = self.state.read();
+        let run = st.runs.get(&key.run_id)?;
+        match step_spec(run, &key.task_id, key.attempt) {
+            Ok(spec) => match serde_json::to_string(&spec) {
+                Ok(step_json) => Some(Body::Assign(Assignment { step_json })),
+                Err(e) => {
+                    tracing::error!(attempt = %key, error = %e, "cannot encode step");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(attempt = %key, error = %e, "cannot build step");
+                None
+            }
+        }
+    }
+
+    /// After a (re)connect: sends the committed assignments of `agent_id` that it does not
+    /// report as running or finished.
+    pub fn resend_assignments(&self, agent_id: &str, known: &BTreeSet<AttemptKey>) {
+        let missing: Vec<AttemptKey> = {
+            let st = self.state.read();
+            st.agents
+                .get(agent_id)
+                .map(|a| a.running.iter().filter(|k| !known.contains(*k)).cloned().collect())
+                .unwrap_or_default()
+        };
+        for key in missing {
+            if let Some(body) = self.assignment(&key) {
+                tracing::info!(agent = agent_id, attempt = %key, "re-sending assignment");
+                self.send(agent_id, body);
+            }
+        }
+    }
+
+    /// Acts on committed events, in commit order.
+    pub async fn run_events(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::AttemptAssigned { agent_id, attempt } => {
+                    if let Some(body) = self.assignment(&attempt) {
+                        if !self.send(&agent_id, body) {
+                            tracing::info!(agent = %agent_id, attempt = %attempt,
+                                "agent not connected; assignment goes out when it reconnects");
+                        }
+                    }
+                }
+                Event::AttemptCanceled { agent_id, attempt } => {
+                    self.send(&agent_id, Body::Cancel(attempt_ref(&attempt)));
+                }
+                Event::TasksReady { .. } | Event::CapacityChanged => self.schedule.notify_one(),
+                Event::RunFinished { run_id, state } => {
+                    tracing::info!(run = %run_id, state = state.as_str(), "run finished");
+                    let _ = self.run_finished.send(run_id);
+                    self.schedule.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// Why ready tasks wait, from the last scheduling pass.
+pub type WaitingReasons = Arc<Mutex<BTreeMap<(String, String), String>>>;

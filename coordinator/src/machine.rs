@@ -1,0 +1,51 @@
+//! Committed entries → `ClusterState::apply`, and the events that follow.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use gantry_core::state::{Applied, ClusterState, Command, Event};
+use tokio::sync::mpsc;
+
+use crate::raft::StateMachine;
+
+/// The live state, shared between the Raft thread (the only writer) and readers.
+#[derive(Clone, Default)]
+pub struct SharedState(Arc<RwLock<ClusterState>>);
+
+impl SharedState {
+    pub fn read(&self) -> RwLockReadGuard<'_, ClusterState> {
+        // Apply never panics midway on valid entries; a poisoned lock still holds the last
+        // consistent state.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct ClusterMachine {
+    pub state: SharedState,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// What a proposer gets back.
+pub type ApplyOutput = Result<Applied, String>;
+
+impl StateMachine for ClusterMachine {
+    type Output = ApplyOutput;
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> ApplyOutput {
+        let command: Command = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(e) => {
+                // Same binary, same bytes: every replica refuses this entry the same way.
+                tracing::error!(index, error = %e, "undecodable committed entry");
+                return Err(format!("undecodable command at index {index}: {e}"));
+            }
+        };
+        let applied = {
+            let mut st = self.state.0.write().unwrap_or_else(|e| e.into_inner());
+            st.apply(index, command)
+        };
+        for ev in &applied.events {
+            let _ = self.events.send(ev.clone());
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,345 @@
+//! Moving a run forward to the next fixpoint.
+
+use std::collections::BTreeSet;
+
+use gantry_model::{ArtifactRef, StepInputs};
+
+use super::resolve::{dag_outputs, resolve_inputs, Resolution};
+use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState, ROOT_TASK_ID};
+use crate::ir::{
+    condition, ArtifactSource, ComponentSpec, DagSpec, ExecutorSpec, Implementation,
+    ImporterUri, ParameterSource, PipelineSpec, TaskSpec, TriggerStrategy,
+};
+
+/// What [`advance`] did, for the caller to react to (wake the scheduler, tell watchers).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Container tasks that became ready for placement.
+    pub ready: Vec<String>,
+    /// The run reached a terminal state in this call.
+    pub finished: Option<RunState>,
+}
+
+pub(crate) fn component<'a>(pipeline: &'a PipelineSpec, key: &str) -> Option<&'a ComponentSpec> {
+    if key == "root" {
+        Some(&pipeline.root)
+    } else {
+        pipeline.component(key)
+    }
+}
+
+fn dag_of<'a>(pipeline: &'a PipelineSpec, task: &TaskRecord) -> Option<&'a DagSpec> {
+    match &component(pipeline, &task.component)?.implementation {
+        Implementation::Dag(d) => Some(d),
+        Implementation::Executor(_) => None,
+    }
+}
+
+/// Every sibling a task waits for: `dependentTasks` and the producers of its inputs.
+fn upstream_of(task: &TaskSpec) -> BTreeSet<&str> {
+    let mut up: BTreeSet<&str> = task.dependent_tasks.iter().map(String::as_str).collect();
+    for b in task.parameters.values() {
+        match &b.source {
+            ParameterSource::TaskOutput(sel) => {
+                up.insert(&sel.producer_task);
+            }
+            ParameterSource::TaskFinalStatus(p) => {
+                up.insert(p);
+            }
+            ParameterSource::Constant(_) | ParameterSource::ComponentInput(_) => {}
+        }
+    }
+    for s in task.artifacts.values() {
+        if let ArtifactSource::TaskOutput(sel) = s {
+            up.insert(&sel.producer_task);
+        }
+    }
+    up
+}
+
+fn new_record(parent_id: &str, spec: &TaskSpec, kind: TaskKind, now: i64) -> TaskRecord {
+    TaskRecord {
+        task_id: RunRecord::child_id(parent_id, &spec.name),
+        name: spec.name.clone(),
+        parent: if parent_id == ROOT_TASK_ID {
+            None
+        } else {
+            Some(parent_id.to_string())
+        },
+        iteration: None,
+        component: spec.component.clone(),
+        kind,
+        state: TaskState::Ready,
+        inputs: StepInputs::default(),
+        attempts: Vec::new(),
+        outputs: TaskOutputs::default(),
+        error: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        not_before: None,
+    }
+}
+
+fn finish(rec: &mut TaskRecord, state: TaskState, error: Option<String>, now: i64) {
+    rec.state = state;
+    rec.error = error;
+    rec.finished_at = Some(now);
+}
+
+/// The record of a not-yet-instantiated task, or `None` while it must wait for upstream tasks.
+fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option<TaskRecord> {
+    let Some(comp) = component(&run.pipeline, &spec.component) else {
+        // Validation guarantees the component exists; fail the task rather than panic.
+        let mut rec = new_record(parent_id, spec, TaskKind::Container, now);
+        finish(
+            &mut rec,
+            TaskState::Failed,
+            Some(format!("unknown component {:?}", spec.component)),
+            now,
+        );
+        return Some(rec);
+    };
+    let kind = match &comp.implementation {
+        Implementation::Dag(_) => TaskKind::Dag,
+        Implementation::Executor(label) => match run.pipeline.executors.get(label) {
+            Some(ExecutorSpec::Importer(_)) => TaskKind::Importer,
+            _ => TaskKind::Container,
+        },
+    };
+    let mut failed_upstream = None;
+    for up in upstream_of(spec) {
+        match run.tasks.get(&RunRecord::child_id(parent_id, up)) {
+            None => return None,
+            Some(t) if !t.state.is_terminal() => return None,
+            Some(t) if matches!(t.state, TaskState::Failed | TaskState::Canceled) => {
+                failed_upstream.get_or_insert(up);
+            }
+            Some(_) => {}
+        }
+    }
+    let mut rec = new_record(parent_id, spec, kind, now);
+    if run.state == RunState::Canceling {
+        finish(&mut rec, TaskState::Canceled, Some("run canceled".into()), now);
+        return Some(rec);
+    }
+    if let Some(up) = failed_upstream {
+        if spec.trigger_strategy == TriggerStrategy::AllUpstreamSucceeded {
+            finish(
+                &mut rec,
+                TaskState::Skipped,
+                Some(format!("upstream task {up:?} failed")),
+                now,
+            );
+            return Some(rec);
+        }
+    }
+    match resolve_inputs(run, parent_id, spec, comp) {
+        Resolution::Resolved(inputs) => rec.inputs = inputs,
+        Resolution::Unavailable(why) => {
+            finish(&mut rec, TaskState::Skipped, Some(why), now);
+            return Some(rec);
+        }
+        Resolution::Error(e) => {
+            finish(&mut rec, TaskState::Failed, Some(e), now);
+            return Some(rec);
+        }
+    }
+    if let Some(expr) = &spec.condition {
+        match condition::evaluate(expr, &rec.inputs.parameters) {
+            Ok(true) => {}
+            Ok(false) => {
+                finish(
+                    &mut rec,
+                    TaskState::Skipped,
+                    Some(format!("condition is false: {expr}")),
+                    now,
+                );
+                return Some(rec);
+            }
+            Err(e) => {
+                finish(
+                    &mut rec,
+                    TaskState::Failed,
+                    Some(format!("condition {expr:?} could not be evaluated: {e}")),
+                    now,
+                );
+                return Some(rec);
+            }
+        }
+    }
+    if spec.iterator.is_some() {
+        finish(
+            &mut rec,
+            TaskState::Failed,
+            Some("dsl.ParallelFor is not supported yet".into()),
+            now,
+        );
+        return Some(rec);
+    }
+    match kind {
+        TaskKind::Dag => {
+            rec.state = TaskState::Running;
+            rec.started_at = Some(now);
+        }
+        TaskKind::Container => rec.state = TaskState::Ready,
+        TaskKind::Importer => import(run, comp, &mut rec, now),
+    }
+    Some(rec)
+}
+
+/// An importer produces its artifact without running anything.
+fn import(run: &RunRecord, comp: &ComponentSpec, rec: &mut TaskRecord, now: i64) {
+    rec.started_at = Some(now);
+    let spec = match &comp.implementation {
+        Implementation::Executor(label) => match run.pipeline.executors.get(label) {
+            Some(ExecutorSpec::Importer(i)) => i,
+            _ => return finish(rec, TaskState::Failed, Some("not an importer".into()), now),
+        },
+        Implementation::Dag(_) => {
+            return finish(rec, TaskState::Failed, Some("not an importer".into()), now)
+        }
+    };
+    let uri = match &spec.artifact_uri {
+        ImporterUri::Constant(u) => u.clone(),
+        ImporterUri::Parameter(p) => match rec.inputs.parameters.get(p) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            other => {
+                let msg = format!("importer URI parameter {p:?} is not a string: {other:?}");
+                return finish(rec, TaskState::Failed, Some(msg), now);
+            }
+        },
+    };
+    let Some((out_name, _)) = comp.output_artifacts.iter().next() else {
+        let msg = "importer declares no output artifact".to_string();
+        return finish(rec, TaskState::Failed, Some(msg), now);
+    };
+    rec.outputs.artifacts.insert(
+        out_name.clone(),
+        vec![ArtifactRef {
+            name: out_name.clone(),
+            uri,
+            schema_title: spec.schema_title.clone(),
+            schema_version: spec.schema_version.clone(),
+            metadata: spec.metadata.clone(),
+        }],
+    );
+    finish(rec, TaskState::Succeeded, None, now);
+}
+
+/// Completes a running DAG task whose children are all terminal. Returns false if some child
+/// is still going.
+fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
+    let Some(rec) = run.tasks.get(dag_task_id) else {
+        return false;
+    };
+    let Some(dag) = dag_of(&run.pipeline, rec) else {
+        return false;
+    };
+    let mut first_failure: Option<(String, String)> = None;
+    let mut canceled = false;
+    for name in dag.tasks.keys() {
+        match run.tasks.get(&RunRecord::child_id(dag_task_id, name)) {
+            Some(t) if t.state.is_terminal() => match t.state {
+                TaskState::Failed if first_failure.is_none() => {
+                    let err = t.error.clone().unwrap_or_default();
+                    first_failure = Some((t.task_id.clone(), err));
+                }
+                TaskState::Canceled => canceled = true,
+                _ => {}
+            },
+            _ => return false,
+        }
+    }
+    let (state, error, outputs) = if let Some((child, err)) = first_failure {
+        (TaskState::Failed, Some(format!("task {child:?} failed: {err}")), None)
+    } else if canceled {
+        (TaskState::Canceled, Some("run canceled".to_string()), None)
+    } else {
+        match dag_outputs(run, dag_task_id, dag) {
+            Ok(o) => (TaskState::Succeeded, None, Some(o)),
+            Err(e) => (TaskState::Failed, Some(e), None),
+        }
+    };
+    if let Some(rec) = run.tasks.get_mut(dag_task_id) {
+        if let Some(o) = outputs {
+            rec.outputs = o;
+        }
+        finish(rec, state, error, now);
+    }
+    true
+}
+
+/// Moves `run` forward as far as the recorded facts allow.
+pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
+    let mut progress = Progress::default();
+    if run.state.is_terminal() {
+        return progress;
+    }
+    loop {
+        let mut changed = false;
+        let running_dags: Vec<String> = run
+            .tasks
+            .values()
+            .filter(|t| t.kind == TaskKind::Dag && t.state == TaskState::Running)
+            .map(|t| t.task_id.clone())
+            .collect();
+        for dag_id in running_dags {
+            let Some(dag) = run.tasks.get(&dag_id).and_then(|t| dag_of(&run.pipeline, t)) else {
+                continue;
+            };
+            let mut created = Vec::new();
+            for spec in dag.tasks.values() {
+                if run.tasks.contains_key(&RunRecord::child_id(&dag_id, &spec.name)) {
+                    continue;
+                }
+                if let Some(rec) = decide(run, &dag_id, spec, now) {
+                    created.push(rec);
+                }
+            }
+            for rec in created {
+                changed = true;
+                if rec.state == TaskState::Ready {
+                    progress.ready.push(rec.task_id.clone());
+                }
+                if rec.state == TaskState::Failed && run.error.is_none() {
+                    run.error = Some(format!(
+                        "task {:?} failed: {}",
+                        rec.task_id,
+                        rec.error.clone().unwrap_or_default()
+                    ));
+                }
+                run.tasks.insert(rec.task_id.clone(), rec);
+            }
+            if try_complete_dag(run, &dag_id, now) {
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if let Some(root) = run.tasks.get(ROOT_TASK_ID) {
+        let state = match root.state {
+            TaskState::Succeeded => Some(RunState::Succeeded),
+            TaskState::Failed => Some(RunState::Failed),
+            TaskState::Canceled => Some(RunState::Canceled),
+            _ => None,
+        };
+        if let Some(state) = state {
+            // A cancel that raced with the last task still ends the run as canceled.
+            let state = if run.state == RunState::Canceling {
+                RunState::Canceled
+            } else {
+                state
+            };
+            if state == RunState::Failed && run.error.is_none() {
+                run.error = root.error.clone();
+            }
+            run.state = state;
+            run.finished_at = Some(now);
+            progress.finished = Some(state);
+        }
+    }
+    progress
+}

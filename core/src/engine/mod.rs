@@ -1,0 +1,260 @@
+//! The run engine: a pure state machine over one run's tasks.
+//!
+//! [`advance`] takes a run and moves it as far as the recorded facts allow: it instantiates
+//! tasks whose upstream tasks are done, resolves their inputs, evaluates their conditions,
+//! marks them ready (containers), running (DAGs), done (importers) or skipped, completes DAGs
+//! whose children are all done, and finally the run. Attempts and their results are recorded
+//! by the state machine through [`record_assignment`] and [`record_outcome`]. Nothing here
+//! does I/O or reads a clock: `now` comes in as an argument.
+
+mod advance;
+mod record;
+mod resolve;
+mod step;
+
+use std::collections::BTreeMap;
+
+use gantry_model::{ArtifactRef, StepInputs, StepOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ir::PipelineSpec;
+
+pub use advance::advance;
+pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
+pub use step::step_spec;
+
+/// The id of the hidden task that stands for the root DAG.
+pub const ROOT_TASK_ID: &str = "";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Canceling,
+    Canceled,
+}
+
+impl RunState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::Canceling => "CANCELING",
+            Self::Canceled => "CANCELED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    /// Waiting to be placed on an agent (containers only).
+    Ready,
+    /// A container attempt is assigned, or a DAG has children still going.
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cached,
+    Canceled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cached | Self::Canceled
+        )
+    }
+
+    /// Terminal with outputs available.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Cached)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "READY",
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::Skipped => "SKIPPED",
+            Self::Cached => "CACHED",
+            Self::Canceled => "CANCELED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    Container,
+    Importer,
+    Dag,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutputs {
+    pub parameters: BTreeMap<String, Value>,
+    pub artifacts: BTreeMap<String, Vec<ArtifactRef>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub agent: String,
+    pub assigned_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<StepOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    /// IR task name (key in its DAG's `tasks`).
+    pub name: String,
+    /// Task id of the enclosing DAG task; `None` at the root.
+    pub parent: Option<String>,
+    pub iteration: Option<u32>,
+    /// Component key (`comp-train`).
+    pub component: String,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    pub inputs: StepInputs,
+    pub attempts: Vec<AttemptRecord>,
+    pub outputs: TaskOutputs,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// A retried task is not placed before this time (retry backoff).
+    pub not_before: Option<i64>,
+}
+
+impl TaskRecord {
+    pub fn current_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.last()
+    }
+}
+
+/// One run: the pipeline it runs, its parameters, and the record of every task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub pipeline: PipelineSpec,
+    pub pipeline_root: String,
+    pub parameters: BTreeMap<String, Value>,
+    pub state: RunState,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    /// Every instantiated task by task id, the root DAG included (id [`ROOT_TASK_ID`]).
+    pub tasks: BTreeMap<String, TaskRecord>,
+}
+
+impl RunRecord {
+    /// A new run with its root DAG instantiated. `parameters` must already be resolved and
+    /// type-checked against the pipeline's inputs.
+    pub fn new(
+        run_id: String,
+        pipeline: PipelineSpec,
+        pipeline_root: String,
+        parameters: BTreeMap<String, Value>,
+        now: i64,
+    ) -> Self {
+        let root = TaskRecord {
+            task_id: ROOT_TASK_ID.to_string(),
+            name: pipeline.name.clone(),
+            parent: None,
+            iteration: None,
+            component: "root".to_string(),
+            kind: TaskKind::Dag,
+            state: TaskState::Running,
+            inputs: StepInputs {
+                parameters: parameters.clone(),
+                artifacts: BTreeMap::new(),
+            },
+            attempts: Vec::new(),
+            outputs: TaskOutputs::default(),
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            not_before: None,
+        };
+        let mut tasks = BTreeMap::new();
+        tasks.insert(ROOT_TASK_ID.to_string(), root);
+        RunRecord {
+            run_id,
+            pipeline,
+            pipeline_root,
+            parameters,
+            state: RunState::Pending,
+            error: None,
+            created_at: now,
+            finished_at: None,
+            tasks,
+        }
+    }
+
+    /// The id of a child task of the DAG task `parent_id`.
+    pub fn child_id(parent_id: &str, name: &str) -> String {
+        if parent_id.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent_id}/{name}")
+        }
+    }
+
+    /// Tasks waiting for placement, in a stable order.
+    pub fn ready_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.tasks
+            .values()
+            .filter(|t| t.kind == TaskKind::Container && t.state == TaskState::Ready)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Refuses, at submit, what the engine cannot run yet, naming the feature and the task.
+pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let comps = std::iter::once(&p.root).chain(p.components.values());
+    for comp in comps {
+        let crate::ir::Implementation::Dag(dag) = &comp.implementation else {
+            continue;
+        };
+        for t in dag.tasks.values() {
+            if t.iterator.is_some() {
+                problems.push(format!(
+                    "task {:?} in {}: dsl.ParallelFor is not supported yet",
+                    t.name, comp.name
+                ));
+            }
+            for (input, b) in &t.parameters {
+                if b.selector.is_some() {
+                    problems.push(format!(
+                        "task {:?} in {}: input {input:?} uses parameterExpressionSelector, which is not supported yet",
+                        t.name, comp.name
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}

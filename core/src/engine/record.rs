@@ -1,0 +1,217 @@
+//! Recording what happened to attempts: assignment, start, outcome, cancellation.
+
+use gantry_model::StepOutcome;
+
+use super::advance::component;
+use super::{AttemptRecord, RunRecord, RunState, TaskKind, TaskRecord, TaskState};
+use crate::ir::{Implementation, TaskSpec};
+
+/// What recording an outcome did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutcomeEffect {
+    /// The result was recorded; the task is done.
+    Recorded,
+    /// The attempt failed and the retry policy allows another one.
+    Retrying { next_attempt: u32, not_before: i64 },
+    /// Not the current attempt, or already recorded: nothing changed.
+    Ignored(String),
+}
+
+/// The IR spec of a task record, found through its parent DAG.
+pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpec> {
+    let parent_comp = match &rec.parent {
+        None => &run.pipeline.root,
+        Some(p) => component(&run.pipeline, &run.tasks.get(p)?.component)?,
+    };
+    match &parent_comp.implementation {
+        Implementation::Dag(d) => d.tasks.get(&rec.name),
+        Implementation::Executor(_) => None,
+    }
+}
+
+/// Commits the placement of the next attempt of a ready task.
+pub fn record_assignment(
+    run: &mut RunRecord,
+    task_id: &str,
+    attempt: u32,
+    agent: &str,
+    now: i64,
+) -> Result<(), String> {
+    if run.state.is_terminal() || run.state == RunState::Canceling {
+        return Err(format!("run is {}", run.state.as_str()));
+    }
+    let rec = run
+        .tasks
+        .get_mut(task_id)
+        .ok_or_else(|| format!("no task {task_id:?}"))?;
+    if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
+        return Err(format!("task {task_id:?} is {}, not READY", rec.state.as_str()));
+    }
+    let expected = rec.attempts.len() as u32 + 1;
+    if attempt != expected {
+        return Err(format!("attempt {attempt} is not the next one ({expected})"));
+    }
+    rec.attempts.push(AttemptRecord {
+        number: attempt,
+        agent: agent.to_string(),
+        assigned_at: now,
+        started_at: None,
+        finished_at: None,
+        outcome: None,
+    });
+    rec.state = TaskState::Running;
+    rec.started_at.get_or_insert(now);
+    rec.not_before = None;
+    if run.state == RunState::Pending {
+        run.state = RunState::Running;
+    }
+    Ok(())
+}
+
+fn current_running<'a>(
+    run: &'a mut RunRecord,
+    task_id: &str,
+    attempt: u32,
+) -> Result<&'a mut TaskRecord, String> {
+    let rec = run
+        .tasks
+        .get_mut(task_id)
+        .ok_or_else(|| format!("no task {task_id:?}"))?;
+    let current = rec.attempts.last().map(|a| a.number);
+    if current != Some(attempt) {
+        return Err(format!(
+            "attempt {attempt} is not the current attempt ({current:?})"
+        ));
+    }
+    if rec.state != TaskState::Running
+        || rec.attempts.last().is_some_and(|a| a.outcome.is_some())
+    {
+        return Err(format!("attempt {attempt} already has a result"));
+    }
+    Ok(rec)
+}
+
+/// Notes that the agent started the container of an attempt.
+pub fn record_started(run: &mut RunRecord, task_id: &str, attempt: u32, now: i64) -> bool {
+    match current_running(run, task_id, attempt) {
+        Ok(rec) => {
+            if let Some(a) = rec.attempts.last_mut() {
+                a.started_at.get_or_insert(now);
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn backoff_ms(spec: Option<&TaskSpec>, failed_attempt: u32) -> Option<i64> {
+    let policy = spec?.retry.as_ref()?;
+    if failed_attempt > policy.max_retry_count {
+        return None;
+    }
+    let base = policy.backoff_duration_ms as f64;
+    let factor = if policy.backoff_factor > 0.0 {
+        policy.backoff_factor
+    } else {
+        2.0
+    };
+    let exp = i32::try_from(failed_attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    let mut delay = base * factor.powi(exp);
+    if policy.backoff_max_duration_ms > 0 {
+        delay = delay.min(policy.backoff_max_duration_ms as f64);
+    }
+    Some(delay.clamp(0.0, 86_400_000.0) as i64)
+}
+
+/// Records the outcome of an attempt. Only the current attempt of a running task counts: a
+/// late or duplicate report changes nothing. Call [`super::advance`] afterwards.
+pub fn record_outcome(
+    run: &mut RunRecord,
+    task_id: &str,
+    attempt: u32,
+    outcome: StepOutcome,
+    now: i64,
+) -> OutcomeEffect {
+    let retry_delay = run
+        .tasks
+        .get(task_id)
+        .and_then(|rec| backoff_ms(task_spec(run, rec), attempt));
+    let canceling = run.state == RunState::Canceling;
+    let rec = match current_running(run, task_id, attempt) {
+        Ok(rec) => rec,
+        Err(why) => return OutcomeEffect::Ignored(why),
+    };
+    if let Some(a) = rec.attempts.last_mut() {
+        a.finished_at = Some(now);
+        a.outcome = Some(outcome.clone());
+    }
+    let mut first_error = None;
+    let effect = match outcome {
+        StepOutcome::Succeeded {
+            parameters,
+            artifacts,
+        } => {
+            rec.outputs.parameters = parameters;
+            rec.outputs.artifacts = artifacts;
+            rec.state = TaskState::Succeeded;
+            rec.error = None;
+            rec.finished_at = Some(now);
+            OutcomeEffect::Recorded
+        }
+        StepOutcome::Canceled => {
+            rec.state = TaskState::Canceled;
+            rec.error = Some("canceled".into());
+            rec.finished_at = Some(now);
+            OutcomeEffect::Recorded
+        }
+        StepOutcome::Failed { error, .. } => match retry_delay.filter(|_| !canceling) {
+            Some(delay) => {
+                rec.state = TaskState::Ready;
+                rec.error = Some(error);
+                rec.not_before = Some(now + delay);
+                OutcomeEffect::Retrying {
+                    next_attempt: attempt + 1,
+                    not_before: now + delay,
+                }
+            }
+            None => {
+                first_error = Some(format!("task {task_id:?} failed: {error}"));
+                rec.state = TaskState::Failed;
+                rec.error = Some(error);
+                rec.finished_at = Some(now);
+                OutcomeEffect::Recorded
+            }
+        },
+    };
+    if run.error.is_none() {
+        run.error = first_error;
+    }
+    effect
+}
+
+/// Starts canceling a run: tasks not yet running are canceled now; the returned running
+/// attempts (task id, attempt, agent) must be stopped on their agents, and their reports
+/// finish the cancellation.
+pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(String, u32, String)> {
+    if run.state.is_terminal() || run.state == RunState::Canceling {
+        return Vec::new();
+    }
+    run.state = RunState::Canceling;
+    let mut running = Vec::new();
+    for rec in run.tasks.values_mut() {
+        match (rec.kind, rec.state) {
+            (TaskKind::Container, TaskState::Ready) => {
+                rec.state = TaskState::Canceled;
+                rec.error = Some("run canceled".into());
+                rec.finished_at = Some(now);
+            }
+            (TaskKind::Container, TaskState::Running) => {
+                if let Some(a) = rec.attempts.last() {
+                    running.push((rec.task_id.clone(), a.number, a.agent.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    running
+}

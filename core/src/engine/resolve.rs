@@ -1,0 +1,236 @@
+//! Input resolution: where each input of a task gets its value inside its parent DAG.
+
+use std::collections::BTreeMap;
+
+use gantry_model::{ArtifactRef, StepInputs};
+use serde_json::{json, Value};
+
+use super::{RunRecord, TaskRecord, TaskState};
+use crate::ir::{
+    ArtifactSource, ComponentSpec, DagOutputParameter, DagSpec, OutputSelector, ParameterSource,
+    TaskSpec,
+};
+
+/// What resolving a task's inputs found.
+pub(crate) enum Resolution {
+    Resolved(StepInputs),
+    /// An input comes from a task that was skipped: the task cannot run and is skipped too.
+    Unavailable(String),
+    /// The inputs are inconsistent at run time (a producer lacks a declared output, a type
+    /// does not convert): the task fails.
+    Error(String),
+}
+
+fn sibling<'a>(run: &'a RunRecord, parent_id: &str, name: &str) -> Option<&'a TaskRecord> {
+    run.tasks.get(&RunRecord::child_id(parent_id, name))
+}
+
+/// The value a finished task exposes to `dsl.PipelineTaskFinalStatus`.
+fn final_status(run: &RunRecord, task: &TaskRecord) -> Value {
+    let state = match task.state {
+        TaskState::Succeeded | TaskState::Cached => "SUCCEEDED",
+        TaskState::Failed => "FAILED",
+        TaskState::Canceled => "CANCELED",
+        TaskState::Skipped => "SKIPPED",
+        TaskState::Ready | TaskState::Running => "RUNNING",
+    };
+    json!({
+        "state": state,
+        "error": {
+            "code": if task.state == TaskState::Failed { 1 } else { 0 },
+            "message": task.error.clone().unwrap_or_default(),
+        },
+        "pipelineJobResourceName": run.run_id,
+        "pipelineTaskName": task.name,
+    })
+}
+
+fn task_output_parameter(
+    run: &RunRecord,
+    parent_id: &str,
+    sel: &OutputSelector,
+) -> Result<Option<Value>, Resolution> {
+    let Some(producer) = sibling(run, parent_id, &sel.producer_task) else {
+        return Err(Resolution::Error(format!(
+            "producer task {:?} has not run",
+            sel.producer_task
+        )));
+    };
+    if !producer.state.is_success() {
+        return Ok(None);
+    }
+    match producer.outputs.parameters.get(&sel.output_key) {
+        Some(v) => Ok(Some(v.clone())),
+        None => Err(Resolution::Error(format!(
+            "task {:?} finished without output parameter {:?}",
+            sel.producer_task, sel.output_key
+        ))),
+    }
+}
+
+fn task_output_artifacts(
+    run: &RunRecord,
+    parent_id: &str,
+    sel: &OutputSelector,
+) -> Result<Option<Vec<ArtifactRef>>, Resolution> {
+    let Some(producer) = sibling(run, parent_id, &sel.producer_task) else {
+        return Err(Resolution::Error(format!(
+            "producer task {:?} has not run",
+            sel.producer_task
+        )));
+    };
+    if !producer.state.is_success() {
+        return Ok(None);
+    }
+    match producer.outputs.artifacts.get(&sel.output_key) {
+        Some(v) => Ok(Some(v.clone())),
+        None => Err(Resolution::Error(format!(
+            "task {:?} finished without output artifact {:?}",
+            sel.producer_task, sel.output_key
+        ))),
+    }
+}
+
+/// Resolves the inputs of `task` (a child of the DAG task `parent_id`) against the run.
+pub(crate) fn resolve_inputs(
+    run: &RunRecord,
+    parent_id: &str,
+    task: &TaskSpec,
+    component: &ComponentSpec,
+) -> Resolution {
+    let Some(parent) = run.tasks.get(parent_id) else {
+        return Resolution::Error(format!("parent DAG {parent_id:?} is not instantiated"));
+    };
+    let mut parameters = BTreeMap::new();
+    for (name, binding) in &task.parameters {
+        if binding.selector.is_some() {
+            return Resolution::Error(format!(
+                "input {name:?}: parameterExpressionSelector is not supported yet"
+            ));
+        }
+        let value = match &binding.source {
+            ParameterSource::Constant(v) => Some(v.clone()),
+            ParameterSource::ComponentInput(n) => parent.inputs.parameters.get(n).cloned(),
+            ParameterSource::TaskOutput(sel) => match task_output_parameter(run, parent_id, sel) {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => {
+                    if component
+                        .input_parameters
+                        .get(name)
+                        .is_some_and(|d| d.optional || d.default.is_some())
+                    {
+                        None
+                    } else {
+                        return Resolution::Unavailable(format!(
+                            "input {name:?} comes from task {:?}, which did not succeed",
+                            sel.producer_task
+                        ));
+                    }
+                }
+                Err(r) => return r,
+            },
+            ParameterSource::TaskFinalStatus(producer) => {
+                match sibling(run, parent_id, producer) {
+                    Some(t) => Some(final_status(run, t)),
+                    None => {
+                        return Resolution::Error(format!(
+                            "input {name:?}: task {producer:?} has not run"
+                        ))
+                    }
+                }
+            }
+        };
+        if let Some(v) = value {
+            let v = match component.input_parameters.get(name) {
+                Some(def) => match def.ptype.coerce(&v) {
+                    Ok(v) => v,
+                    Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
+                },
+                None => v,
+            };
+            parameters.insert(name.clone(), v);
+        }
+    }
+    for (name, def) in &component.input_parameters {
+        if parameters.contains_key(name) {
+            continue;
+        }
+        if let Some(d) = &def.default {
+            parameters.insert(name.clone(), d.clone());
+        } else if !def.optional {
+            return Resolution::Error(format!("required input {name:?} has no value"));
+        }
+    }
+
+    let mut artifacts = BTreeMap::new();
+    for (name, source) in &task.artifacts {
+        let value = match source {
+            ArtifactSource::ComponentInput(n) => parent.inputs.artifacts.get(n).cloned(),
+            ArtifactSource::TaskOutput(sel) => match task_output_artifacts(run, parent_id, sel) {
+                Ok(v) => v,
+                Err(r) => return r,
+            },
+        };
+        match value {
+            Some(v) => {
+                artifacts.insert(name.clone(), v);
+            }
+            None => {
+                if !component.input_artifacts.get(name).is_some_and(|d| d.optional) {
+                    return Resolution::Unavailable(format!(
+                        "input artifact {name:?} is not available (its producer did not succeed)"
+                    ));
+                }
+            }
+        }
+    }
+    for (name, def) in &component.input_artifacts {
+        if !artifacts.contains_key(name) && !def.optional {
+            return Resolution::Error(format!("required input artifact {name:?} has no value"));
+        }
+    }
+    Resolution::Resolved(StepInputs {
+        parameters,
+        artifacts,
+    })
+}
+
+/// The outputs a finished DAG exposes to its parent, from its children's outputs.
+pub(crate) fn dag_outputs(
+    run: &RunRecord,
+    dag_task_id: &str,
+    dag: &DagSpec,
+) -> Result<super::TaskOutputs, String> {
+    let mut out = super::TaskOutputs::default();
+    for (name, spec) in &dag.output_parameters {
+        let selectors: Vec<&OutputSelector> = match spec {
+            DagOutputParameter::Single(s) => vec![s],
+            DagOutputParameter::OneOf(list) => list.iter().collect(),
+        };
+        for sel in selectors {
+            match task_output_parameter(run, dag_task_id, sel) {
+                Ok(Some(v)) => {
+                    out.parameters.insert(name.clone(), v);
+                    break;
+                }
+                Ok(None) => continue,
+                Err(Resolution::Error(e)) => return Err(format!("output {name:?}: {e}")),
+                Err(_) => continue,
+            }
+        }
+    }
+    for (name, selectors) in &dag.output_artifacts {
+        for sel in selectors {
+            match task_output_artifacts(run, dag_task_id, sel) {
+                Ok(Some(v)) => {
+                    out.artifacts.insert(name.clone(), v);
+                    break;
+                }
+                Ok(None) => continue,
+                Err(Resolution::Error(e)) => return Err(format!("output artifact {name:?}: {e}")),
+                Err(_) => continue,
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,291 @@
+//! Engine transitions over pipelines compiled by kfp 2.16.1 (sources in tests/pipelines/).
+
+use std::collections::BTreeMap;
+
+use gantry_model::{ArtifactRef, StepOutcome};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::ir::{parse_pipeline, resolve_run_parameters, RetryPolicy};
+
+const LINEAR: &str = include_str!("testdata/linear.yaml");
+const CONDITIONS: &str = include_str!("testdata/conditions.yaml");
+const FAILING: &str = include_str!("testdata/failing.yaml");
+
+fn new_run(yaml: &str, params: &[(&str, Value)]) -> RunRecord {
+    let spec = parse_pipeline(yaml).expect("fixture parses");
+    let given: BTreeMap<String, Value> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let params = resolve_run_parameters(&spec, &given).expect("parameters resolve");
+    let mut run = RunRecord::new("run-1".into(), spec, "s3://bucket/root".into(), params, 0);
+    advance(&mut run, 0);
+    run
+}
+
+fn ready(run: &RunRecord) -> Vec<String> {
+    run.ready_tasks().map(|t| t.task_id.clone()).collect()
+}
+
+fn state(run: &RunRecord, id: &str) -> TaskState {
+    run.tasks.get(id).unwrap_or_else(|| panic!("no task {id}")).state
+}
+
+fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now: i64) {
+    let attempt = run.tasks[id].attempts.len() as u32 + 1;
+    record_assignment(run, id, attempt, "agent-a", now).expect("assignable");
+    let spec = step_spec(run, id, attempt).expect("step spec");
+    let artifacts = artifacts
+        .iter()
+        .map(|name| {
+            let out = &spec.outputs.artifacts[*name];
+            let a = ArtifactRef {
+                name: name.to_string(),
+                uri: out.uri.clone(),
+                schema_title: out.schema_title.clone(),
+                schema_version: out.schema_version.clone(),
+                metadata: Default::default(),
+            };
+            (name.to_string(), vec![a])
+        })
+        .collect();
+    let params = params
+        .as_object()
+        .map(|m| m.clone().into_iter().collect())
+        .unwrap_or_default();
+    let effect = record_outcome(
+        run,
+        id,
+        attempt,
+        StepOutcome::Succeeded {
+            parameters: params,
+            artifacts,
+        },
+        now + 1,
+    );
+    assert_eq!(effect, OutcomeEffect::Recorded);
+    advance(run, now + 1);
+}
+
+fn fail(run: &mut RunRecord, id: &str, error: &str, now: i64) -> OutcomeEffect {
+    let attempt = run.tasks[id].attempts.len() as u32 + 1;
+    record_assignment(run, id, attempt, "agent-a", now).expect("assignable");
+    let effect = record_outcome(
+        run,
+        id,
+        attempt,
+        StepOutcome::Failed {
+            error: error.into(),
+            exit_code: Some(1),
+        },
+        now + 1,
+    );
+    advance(run, now + 1);
+    effect
+}
+
+#[test]
+fn linear_pipeline_passes_parameters_and_artifacts_in_order() {
+    let mut run = new_run(LINEAR, &[("rows", json!("7"))]);
+    assert_eq!(run.state, RunState::Pending);
+    assert_eq!(ready(&run), vec!["make-data"]);
+    assert_eq!(run.tasks["make-data"].inputs.parameters["rows"], json!(7));
+
+    succeed(&mut run, "make-data", json!({"Output": 7}), &["data"], 10);
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(ready(&run), vec!["scale"]);
+    let scale = &run.tasks["scale"];
+    assert_eq!(scale.inputs.parameters["factor"], json!(2.0));
+    let data = &scale.inputs.artifacts["data"][0];
+    assert_eq!(data.uri, "s3://bucket/root/run-1/make-data/attempt-1/data");
+    assert_eq!(data.schema_title, "system.Dataset");
+
+    succeed(&mut run, "scale", json!({"Output": 42.0}), &["scaled"], 20);
+    assert_eq!(ready(&run), vec!["report"]);
+    let report = &run.tasks["report"];
+    assert_eq!(report.inputs.parameters["count"], json!(7));
+    assert_eq!(report.inputs.parameters["total"], json!(42.0));
+
+    succeed(&mut run, "report", json!({"Output": "7 rows"}), &[], 30);
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.finished_at, Some(31));
+    assert!(run.error.is_none());
+}
+
+#[test]
+fn step_spec_carries_the_executor_and_unique_output_uris() {
+    let run = new_run(LINEAR, &[]);
+    let a = step_spec(&run, "make-data", 1).unwrap();
+    let b = step_spec(&run, "make-data", 2).unwrap();
+    assert_eq!(a.container.image, "python:3.11-slim");
+    assert!(a.container.args.iter().any(|x| x == "{{$}}"));
+    assert_ne!(a.outputs.artifacts["data"].uri, b.outputs.artifacts["data"].uri);
+    assert_eq!(a.inputs.parameters["rows"], json!(10));
+}
+
+#[test]
+fn elif_branch_runs_and_oneof_output_reaches_the_consumer() {
+    let mut run = new_run(CONDITIONS, &[("n", json!(5))]);
+    assert_eq!(ready(&run), vec!["pick"]);
+    succeed(&mut run, "pick", json!({"Output": 5}), &[], 10);
+    assert_eq!(state(&run, "condition-branches-1"), TaskState::Running);
+    assert_eq!(state(&run, "condition-branches-1/condition-2"), TaskState::Skipped);
+    assert_eq!(state(&run, "condition-branches-1/condition-3"), TaskState::Running);
+    assert_eq!(state(&run, "condition-branches-1/condition-4"), TaskState::Skipped);
+    let inner = ready(&run);
+    assert_eq!(inner.len(), 1, "{inner:?}");
+    assert!(inner[0].starts_with("condition-branches-1/condition-3/"));
+    assert_eq!(run.tasks[&inner[0]].inputs.parameters["text"], json!("medium"));
+    assert_eq!(
+        run.tasks[&inner[0]].parent.as_deref(),
+        Some("condition-branches-1/condition-3")
+    );
+
+    succeed(&mut run, &inner.clone()[0], json!({"Output": "medium"}), &[], 20);
+    assert_eq!(state(&run, "condition-branches-1"), TaskState::Succeeded);
+    assert_eq!(ready(&run), vec!["say-4"]);
+    assert_eq!(run.tasks["say-4"].inputs.parameters["text"], json!("medium"));
+    succeed(&mut run, "say-4", json!({"Output": "medium"}), &[], 30);
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.tasks[ROOT_TASK_ID].outputs.parameters["Output"], json!("medium"));
+}
+
+#[test]
+fn if_and_else_branches_follow_the_value() {
+    for (n, branch) in [(50, "condition-2"), (1, "condition-4")] {
+        let mut run = new_run(CONDITIONS, &[("n", json!(n))]);
+        succeed(&mut run, "pick", json!({"Output": n}), &[], 10);
+        let r = ready(&run);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].starts_with(&format!("condition-branches-1/{branch}/")), "{n}: {r:?}");
+    }
+}
+
+#[test]
+fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
+    let mut run = new_run(FAILING, &[]);
+    let mut r = ready(&run);
+    r.sort();
+    assert_eq!(r, vec!["boom", "ok-2"]);
+    record_assignment(&mut run, "ok-2", 1, "agent-a", 1).unwrap();
+    fail(&mut run, "boom", "boom: x", 2);
+    assert_eq!(state(&run, "boom"), TaskState::Failed);
+    assert_eq!(state(&run, "ok"), TaskState::Skipped);
+    assert!(run.tasks["ok"].error.as_deref().unwrap_or("").contains("boom"));
+    // the independent task is still running: the run is not over
+    assert_eq!(run.state, RunState::Running);
+    let effect = record_outcome(
+        &mut run,
+        "ok-2",
+        1,
+        StepOutcome::Succeeded {
+            parameters: [("Output".to_string(), json!("independent"))].into(),
+            artifacts: BTreeMap::new(),
+        },
+        5,
+    );
+    assert_eq!(effect, OutcomeEffect::Recorded);
+    advance(&mut run, 5);
+    assert_eq!(run.state, RunState::Failed);
+    let err = run.error.clone().unwrap_or_default();
+    assert!(err.contains("boom") && err.contains("boom: x"), "{err}");
+}
+
+#[test]
+fn late_and_duplicate_reports_change_nothing() {
+    let mut run = new_run(LINEAR, &[]);
+    record_assignment(&mut run, "make-data", 1, "a", 1).unwrap();
+    let ok = StepOutcome::Succeeded {
+        parameters: [("Output".to_string(), json!(10))].into(),
+        artifacts: [(
+            "data".to_string(),
+            vec![ArtifactRef {
+                name: "data".into(),
+                uri: "s3://x".into(),
+                schema_title: "system.Dataset".into(),
+                schema_version: String::new(),
+                metadata: Default::default(),
+            }],
+        )]
+        .into(),
+    };
+    assert!(matches!(
+        record_outcome(&mut run, "make-data", 2, ok.clone(), 2),
+        OutcomeEffect::Ignored(_)
+    ));
+    assert_eq!(record_outcome(&mut run, "make-data", 1, ok.clone(), 3), OutcomeEffect::Recorded);
+    let before = run.clone();
+    let late_failure = StepOutcome::Failed {
+        error: "late".into(),
+        exit_code: Some(1),
+    };
+    assert!(matches!(
+        record_outcome(&mut run, "make-data", 1, late_failure, 4),
+        OutcomeEffect::Ignored(_)
+    ));
+    assert!(matches!(
+        record_outcome(&mut run, "make-data", 1, ok, 5),
+        OutcomeEffect::Ignored(_)
+    ));
+    assert_eq!(run, before);
+    // a second assignment of a finished task is refused too
+    assert!(record_assignment(&mut run, "make-data", 2, "a", 6).is_err());
+}
+
+#[test]
+fn retry_policy_reschedules_with_backoff_then_gives_up() {
+    let mut spec = parse_pipeline(FAILING).unwrap();
+    if let crate::ir::Implementation::Dag(d) = &mut spec.root.implementation {
+        d.tasks.get_mut("boom").unwrap().retry = Some(RetryPolicy {
+            max_retry_count: 1,
+            backoff_duration_ms: 1000,
+            backoff_factor: 2.0,
+            backoff_max_duration_ms: 3_600_000,
+        });
+    }
+    let mut run = RunRecord::new("r".into(), spec, "file:///tmp/a".into(), BTreeMap::new(), 0);
+    advance(&mut run, 0);
+    let effect = fail(&mut run, "boom", "first", 10);
+    assert_eq!(
+        effect,
+        OutcomeEffect::Retrying {
+            next_attempt: 2,
+            not_before: 1011
+        }
+    );
+    assert_eq!(state(&run, "boom"), TaskState::Ready);
+    assert_eq!(run.tasks["boom"].not_before, Some(1011));
+    assert!(run.error.is_none());
+    let effect = fail(&mut run, "boom", "second", 2000);
+    assert_eq!(effect, OutcomeEffect::Recorded);
+    assert_eq!(state(&run, "boom"), TaskState::Failed);
+    assert_eq!(run.tasks["boom"].attempts.len(), 2);
+}
+
+#[test]
+fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
+    let mut run = new_run(FAILING, &[]);
+    record_assignment(&mut run, "boom", 1, "agent-a", 1).unwrap();
+    let to_stop = cancel_run(&mut run, 2);
+    assert_eq!(to_stop, vec![("boom".to_string(), 1, "agent-a".to_string())]);
+    assert_eq!(run.state, RunState::Canceling);
+    assert_eq!(state(&run, "ok-2"), TaskState::Canceled);
+    advance(&mut run, 2);
+    assert_eq!(run.state, RunState::Canceling);
+    record_outcome(&mut run, "boom", 1, StepOutcome::Canceled, 3);
+    advance(&mut run, 3);
+    assert_eq!(run.state, RunState::Canceled);
+    assert_eq!(state(&run, "ok"), TaskState::Canceled);
+}
+
+#[test]
+fn unsupported_features_are_named_at_submit() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kfp-conformance/valid");
+    let loops = std::fs::read_to_string(format!("{dir}/parallel_and_nested/pipeline_with_loops.yaml"))
+        .expect("conformance corpus beside the repository");
+    let spec = parse_pipeline(&loops).unwrap();
+    let err = check_supported(&spec).unwrap_err();
+    assert!(err.contains("ParallelFor"), "{err}");
+    assert!(check_supported(&parse_pipeline(LINEAR).unwrap()).is_ok());
+}

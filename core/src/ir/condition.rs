@@ -1,0 +1,424 @@
+//! Trigger conditions (`triggerPolicy.condition`): CEL expressions over the task's input
+//! parameters, as the KFP SDK writes them for `dsl.If` / `dsl.Elif` / `dsl.Else` and nested
+//! conditions:
+//!
+//! ```text
+//! inputs.parameter_values['pipelinechannel--flip-coin-Output'] == 'heads'
+//! !(int(inputs.parameter_values['pipelinechannel--n']) > 5) && double(int(inputs.parameter_values['pipelinechannel--n'])) == 3.0
+//! ```
+//!
+//! The only variable is `inputs`, a map whose field `parameter_values` maps each input parameter
+//! name of the task to its value.
+//!
+//! Numbers: JSON integers become CEL `int`, other JSON numbers CEL `double`. The KFP backend
+//! passes every number as a protobuf `Value`, i.e. as a `double`, which is why the SDK wraps
+//! numeric operands in `int(...)` / `double(...)`; those casts accept both kinds here. Comparing
+//! an `int` with a `double` directly (`inputs.parameter_values['x'] == 3` with `x` = 3.0) also
+//! works: `cel-interpreter` 0.10 compares mixed numbers by value (heterogeneous equality and
+//! ordering, as cel-go with its default options), so `3.0 == 3` is true and `2.5 < 3` is true.
+//! Arithmetic that mixes `int` and `double` without a cast (`x + 1.5` with `x` an int) is refused
+//! by CEL as it is by the KFP backend; the SDK never writes it.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use cel_interpreter::objects::{Key, Map};
+use cel_interpreter::{Context, Program, Value as Cel};
+use serde_json::Value;
+
+/// The name of the one variable a condition may use.
+pub const VARIABLE: &str = "inputs";
+
+/// Named functions and macros a condition may call (those of `cel-interpreter`'s default
+/// context, a superset of what the KFP SDK writes).
+const FUNCTIONS: &[&str] = &[
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "duration",
+    "timestamp",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
+const PARSER_GAVE_UP: &str = "not a valid CEL expression (the parser could not read it)";
+
+/// A compiled condition.
+pub struct Condition {
+    source: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Condition")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Condition {
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The parameter names the expression reads as `inputs.parameter_values['NAME']` (found in
+    /// its text, in order of appearance, without duplicates).
+    pub fn parameter_keys(&self) -> Vec<String> {
+        parameter_keys(&self.source)
+    }
+
+    /// Evaluates the condition with `parameter_values` as `inputs.parameter_values`. The result
+    /// must be a boolean.
+    ///
+    /// Reading a parameter that is not in `parameter_values` is an error (CEL's "no such key"),
+    /// not a null: `cel-interpreter` would quietly yield null, and a condition on a value that
+    /// never arrived must not silently be false.
+    pub fn evaluate(&self, parameter_values: &BTreeMap<String, Value>) -> Result<bool, String> {
+        if let Some(k) = self
+            .parameter_keys()
+            .into_iter()
+            .find(|k| !parameter_values.contains_key(k))
+        {
+            return Err(format!(
+                "the condition reads parameter {k:?}, which has no value (known: {})",
+                super::error::list_names(parameter_values.keys().map(String::as_str))
+            ));
+        }
+        // The CEL map type is a hash map; it is only looked up here, never iterated.
+        let values = Cel::Map(Map {
+            map: Arc::new(
+                parameter_values
+                    .iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
+                    .collect(),
+            ),
+        });
+        let inputs = Map {
+            map: Arc::new(
+                [(
+                    Key::String(Arc::new("parameter_values".to_string())),
+                    values,
+                )]
+                .into_iter()
+                .collect(),
+            ),
+        };
+        let mut context = Context::default();
+        context.add_variable_from_value(VARIABLE, Cel::Map(inputs));
+        let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
+            .map_err(|_| "the CEL interpreter failed (panicked) on this condition".to_string())?
+            .map_err(|e| e.to_string())?;
+        match result {
+            Cel::Bool(b) => Ok(b),
+            other => Err(format!(
+                "the condition yields {}, not a boolean",
+                describe(&other)
+            )),
+        }
+    }
+}
+
+/// Parses a condition and checks that it reads nothing but `inputs` and calls only known
+/// functions. The error says why, with the parser's position.
+pub fn compile(expr: &str) -> Result<Condition, String> {
+    if expr.trim().is_empty() {
+        return Err("the condition is empty".into());
+    }
+    // The ANTLR-generated parser panics on some malformed input (`a ==`) instead of
+    // returning an error; the panic is caught here. (This needs `panic = "unwind"`, the
+    // default: a profile with `panic = "abort"` would let a bad condition stop the process.)
+    let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+        .map_err(|_| PARSER_GAVE_UP.to_string())?
+        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))?;
+    let references = program.references();
+    let mut variables = references.variables();
+    variables.sort_unstable();
+    if let Some(v) = variables.iter().find(|v| **v != VARIABLE) {
+        return Err(format!(
+            "unknown variable {v:?}: a condition can only read {VARIABLE}.parameter_values"
+        ));
+    }
+    let mut functions = references.functions();
+    functions.sort_unstable();
+    if let Some(f) = functions
+        .iter()
+        .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
+    {
+        return Err(format!("unknown function {f:?}"));
+    }
+    Ok(Condition {
+        source: expr.to_string(),
+        program,
+    })
+}
+
+/// Compiles and evaluates `expr` with `parameter_values` as `inputs.parameter_values`.
+pub fn evaluate(expr: &str, parameter_values: &BTreeMap<String, Value>) -> Result<bool, String> {
+    compile(expr)?.evaluate(parameter_values)
+}
+
+/// Checks that a `parameterExpressionSelector` (`parseJson(string_value)["A_a"]`) is a CEL
+/// expression; it is evaluated elsewhere, with its own variables and functions.
+pub fn check_selector_syntax(expr: &str) -> Result<(), String> {
+    if expr.trim().is_empty() {
+        return Err("the selector is empty".into());
+    }
+    catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+        .map_err(|_| PARSER_GAVE_UP.to_string())?
+        .map(|_| ())
+        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))
+}
+
+/// The keys of `parameter_values['KEY']` (or `"KEY"`) in `expr`.
+pub fn parameter_keys(expr: &str) -> Vec<String> {
+    const NEEDLE: &str = "parameter_values";
+    let mut keys: Vec<String> = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(NEEDLE) {
+        rest = &rest[at + NEEDLE.len()..];
+        let after = rest.trim_start();
+        let Some(after) = after.strip_prefix('[') else {
+            continue;
+        };
+        let after = after.trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            continue;
+        };
+        let body = &after[quote.len_utf8()..];
+        if let Some(end) = body.find(quote) {
+            let key = &body[..end];
+            if !key.contains('\\') && !keys.iter().any(|k| k == key) {
+                keys.push(key.to_string());
+            }
+        }
+    }
+    keys
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn to_cel(v: &Value) -> Cel {
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Cel::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Cel::UInt(u)
+            } else {
+                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(fields) => {
+            let map = fields
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
+                .collect();
+            Cel::Map(Map { map: Arc::new(map) })
+        }
+    }
+}
+
+fn describe(v: &Cel) -> String {
+    match v {
+        Cel::Int(i) => format!("the int {i}"),
+        Cel::UInt(u) => format!("the uint {u}"),
+        Cel::Float(f) => format!("the double {f}"),
+        Cel::String(s) => format!("the string {:?}", s.as_str()),
+        Cel::Null => "null".to_string(),
+        other => format!("a {}", other.type_of()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn values(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn string_equality_as_written_for_dsl_if() {
+        let expr = "inputs.parameter_values['pipelinechannel--flip-coin-Output'] == 'heads'";
+        let heads = values(&[("pipelinechannel--flip-coin-Output", json!("heads"))]);
+        let tails = values(&[("pipelinechannel--flip-coin-Output", json!("tails"))]);
+        assert!(evaluate(expr, &heads).unwrap());
+        assert!(!evaluate(expr, &tails).unwrap());
+    }
+
+    #[test]
+    fn else_branches_negate_and_conjoin() {
+        let expr = "!(inputs.parameter_values['a'] == 'x') && inputs.parameter_values['b']";
+        let v = values(&[("a", json!("y")), ("b", json!(true))]);
+        assert!(evaluate(expr, &v).unwrap());
+        let v = values(&[("a", json!("x")), ("b", json!(true))]);
+        assert!(!evaluate(expr, &v).unwrap());
+        let or = "inputs.parameter_values['a'] == 'x' || inputs.parameter_values['b'] == false";
+        assert!(evaluate(or, &values(&[("a", json!("z")), ("b", json!(false))])).unwrap());
+        assert!(!evaluate(or, &values(&[("a", json!("z")), ("b", json!(true))])).unwrap());
+    }
+
+    #[test]
+    fn int_and_double_casts_accept_json_ints_and_doubles() {
+        let gt = "int(inputs.parameter_values['x']) > 5";
+        for (x, want) in [
+            (json!(3.0), false),
+            (json!(3), false),
+            (json!(7.0), true),
+            (json!(6), true),
+        ] {
+            assert_eq!(
+                evaluate(gt, &values(&[("x", x.clone())])).unwrap(),
+                want,
+                "x = {x}"
+            );
+        }
+        let eq = "double(int(inputs.parameter_values['x'])) == 3.0";
+        assert!(evaluate(eq, &values(&[("x", json!(3))])).unwrap());
+        assert!(evaluate(eq, &values(&[("x", json!(3.0))])).unwrap());
+        let d = "double(inputs.parameter_values['x']) < 0.5";
+        assert!(evaluate(d, &values(&[("x", json!(0.25))])).unwrap());
+        assert!(!evaluate(d, &values(&[("x", json!(1))])).unwrap());
+        // A string holding an integer, as a STRING output might.
+        assert!(evaluate(gt, &values(&[("x", json!("9"))])).unwrap());
+    }
+
+    #[test]
+    fn mixed_int_double_comparisons_compare_values() {
+        let v = values(&[("x", json!(3.0))]);
+        assert!(evaluate("inputs.parameter_values['x'] == 3", &v).unwrap());
+        assert!(evaluate("inputs.parameter_values['x'] < 4", &v).unwrap());
+        let v = values(&[("x", json!(3))]);
+        assert!(evaluate("inputs.parameter_values['x'] == 3.0", &v).unwrap());
+        assert!(evaluate("inputs.parameter_values['x'] >= 2.5", &v).unwrap());
+    }
+
+    #[test]
+    fn comparisons_with_booleans() {
+        let v = values(&[("flag", json!(true))]);
+        assert!(evaluate("inputs.parameter_values['flag'] == true", &v).unwrap());
+        assert!(!evaluate("inputs.parameter_values['flag'] == false", &v).unwrap());
+        assert!(!evaluate("!inputs.parameter_values['flag']", &v).unwrap());
+    }
+
+    #[test]
+    fn non_boolean_results_are_errors() {
+        let v = values(&[("x", json!(3))]);
+        let e = evaluate("inputs.parameter_values['x']", &v).unwrap_err();
+        assert!(e.contains("not a boolean"), "{e}");
+        let e = evaluate(
+            "inputs.parameter_values['s']",
+            &values(&[("s", json!("a"))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("the string \"a\""), "{e}");
+    }
+
+    #[test]
+    fn missing_parameters_are_errors_not_panics() {
+        let e = evaluate("inputs.parameter_values['nope'] == 'x'", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn compile_refuses_bad_syntax_unknown_variables_and_functions() {
+        assert!(compile("inputs.parameter_values['x'] ==")
+            .unwrap_err()
+            .contains("not a valid CEL"));
+        assert!(compile("").unwrap_err().contains("empty"));
+        assert!(compile("(((").is_err());
+        assert!(compile("outputs.x == 1")
+            .unwrap_err()
+            .contains("unknown variable \"outputs\""));
+        assert!(compile("frobnicate(inputs.parameter_values['x'])")
+            .unwrap_err()
+            .contains("unknown function \"frobnicate\""));
+        assert!(compile("size(inputs.parameter_values['x']) > 0").is_ok());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for expr in [
+            "'",
+            "\"",
+            "[",
+            "]]",
+            "{",
+            "a.",
+            ".a",
+            "1..2",
+            "inputs[",
+            "!",
+            "&&",
+            "in",
+            "\u{0}",
+            "inputs.parameter_values['x'] ? : 1",
+            "0x",
+            "1e",
+            "b'\\",
+            "{1:}",
+            "a{b:1}",
+            "inputs.parameter_values['a'] / 0 == 1",
+            "r'''",
+            "`x`",
+            "has(",
+            "x.all(",
+        ] {
+            let _ = evaluate(expr, &values(&[("x", json!(1)), ("a", json!(1))]));
+        }
+    }
+
+    #[test]
+    fn finds_parameter_keys() {
+        let c = compile(
+            "!(int(inputs.parameter_values['pipelinechannel--a']) > 5) && inputs.parameter_values[\"b\"] == inputs.parameter_values['pipelinechannel--a']",
+        )
+        .unwrap();
+        assert_eq!(
+            c.parameter_keys(),
+            vec!["pipelinechannel--a".to_string(), "b".to_string()]
+        );
+    }
+
+    #[test]
+    fn selectors_are_checked_for_syntax_only() {
+        assert!(check_selector_syntax("parseJson(string_value)[\"A_a\"]").is_ok());
+        assert!(check_selector_syntax("parseJson(").is_err());
+    }
+}

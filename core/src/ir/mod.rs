@@ -1,0 +1,22 @@
+//! KFP pipeline IR → validated [`PipelineSpec`].
+//!
+//! - [`parse_pipeline`]: YAML (one or more documents) → a spec that passed every check in
+//!   `validate` (references, types, cycles, safe names, conditions that compile).
+//! - [`resolve_run_parameters`]: a run's parameters checked against the pipeline's inputs.
+//! - [`condition`]: trigger conditions (CEL) compiled and evaluated.
+//!
+//! Errors are [`IrError`]s naming their path in the document.
+
+pub mod condition;
+mod error;
+pub mod model;
+mod params;
+mod parse;
+mod validate;
+
+pub use error::IrError;
+pub use model::*;
+pub use params::resolve_run_parameters;
+pub use parse::{
+    parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, parse_pipeline,
+};

@@ -1,0 +1,62 @@
+//! The log vocabulary: every change to the cluster's state is one of these, committed through
+//! Raft before anything acts on it. Ids and timestamps are chosen by the proposer.
+
+use std::collections::BTreeMap;
+
+use gantry_model::{HostInventory, StepOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ir::PipelineSpec;
+
+/// One attempt of one task of one run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttemptKey {
+    pub run_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for AttemptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.run_id, self.task_id, self.attempt)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub run_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    pub agent_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    CreateRun {
+        run_id: String,
+        /// Client request id: a retried submission with the same id creates one run.
+        request_id: Option<String>,
+        pipeline: Box<PipelineSpec>,
+        pipeline_root: String,
+        /// Already resolved against the pipeline's inputs.
+        parameters: BTreeMap<String, Value>,
+        at: i64,
+    },
+    RegisterAgent {
+        agent_id: String,
+        inventory: HostInventory,
+        labels: BTreeMap<String, String>,
+        at: i64,
+    },
+    /// Placements chosen by the leader's scheduler in one pass. Each is re-checked at apply.
+    AssignAttempts { placements: Vec<Placement>, at: i64 },
+    AttemptStarted { attempt: AttemptKey, at: i64 },
+    AttemptFinished {
+        attempt: AttemptKey,
+        outcome: StepOutcome,
+        at: i64,
+    },
+    CancelRun { run_id: String, at: i64 },
+}

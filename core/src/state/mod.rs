@@ -1,0 +1,331 @@
+//! The replicated state machine: `apply(index, command) -> Applied`, a total function.
+//!
+//! Live state is kept in memory; the Raft log (and, later, snapshots) make it durable. A
+//! domain rejection (unknown run, stale placement) is a returned [`Rejection`], recorded the
+//! same way on every replica, never a panic.
+
+mod command;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gantry_model::{HostInventory, ResourceRequest};
+use serde::{Deserialize, Serialize};
+
+pub use command::{AttemptKey, Command, Placement};
+
+use crate::engine::{self, OutcomeEffect, RunRecord, RunState};
+use crate::ir::{ExecutorSpec, Implementation};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub inventory: HostInventory,
+    pub labels: BTreeMap<String, String>,
+    pub registered_at: i64,
+    /// Attempts assigned to this agent that have no result yet.
+    pub running: BTreeSet<AttemptKey>,
+    pub cpu_allocated: f64,
+    pub memory_allocated: u64,
+    pub gpus_allocated: u32,
+}
+
+impl AgentRecord {
+    pub fn fits(&self, req: &ResourceRequest) -> bool {
+        let cpu_ok = self.cpu_allocated + req.cpu_reserved() <= self.inventory.cpu_cores + 1e-9;
+        let mem_ok = self.memory_allocated.saturating_add(req.memory_reserved())
+            <= self.inventory.memory_bytes;
+        let gpu_ok = self.gpus_allocated + req.accelerator_count <= self.inventory.gpus.len() as u32;
+        cpu_ok && mem_ok && gpu_ok
+    }
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("run {0} not found")]
+    RunNotFound(String),
+    #[error("agent {0} is not registered")]
+    AgentNotFound(String),
+    #[error("run {0} already exists")]
+    RunExists(String),
+    #[error("{0}")]
+    Stale(String),
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    RunCreated { run_id: String, existing: bool },
+    AgentRegistered,
+    /// Placements that took effect; the others were stale.
+    Assigned(Vec<Placement>),
+    Started,
+    /// The report was recorded (or ignored as a duplicate, which the agent also treats as done).
+    ResultRecorded(OutcomeEffect),
+    CancelRequested,
+}
+
+/// Something that happened, for the node's side effects after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New work may be placeable.
+    TasksReady { run_id: String },
+    /// Tell `agent_id` to run this attempt (committed now, so it may act on it).
+    AttemptAssigned { agent_id: String, attempt: AttemptKey },
+    /// Tell `agent_id` to stop this attempt.
+    AttemptCanceled { agent_id: String, attempt: AttemptKey },
+    RunFinished { run_id: String, state: RunState },
+    /// Capacity freed or agents changed.
+    CapacityChanged,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub result: Result<Outcome, Rejection>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub runs: BTreeMap<String, RunRecord>,
+    /// (created_at, run_id) for listing newest first.
+    pub run_order: BTreeSet<(i64, String)>,
+    pub request_ids: BTreeMap<String, String>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub applied_index: u64,
+}
+
+fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
+    let exec = run.tasks.get(task_id).and_then(|t| {
+        let comp = if t.component == "root" {
+            Some(&run.pipeline.root)
+        } else {
+            run.pipeline.component(&t.component)
+        }?;
+        match &comp.implementation {
+            Implementation::Executor(label) => run.pipeline.executors.get(label),
+            Implementation::Dag(_) => None,
+        }
+    });
+    match exec {
+        Some(ExecutorSpec::Container(c)) => c.resources.clone(),
+        _ => ResourceRequest::default(),
+    }
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, index: u64, command: Command) -> Applied {
+        self.applied_index = index;
+        let mut events = Vec::new();
+        let result = match command {
+            Command::CreateRun {
+                run_id,
+                request_id,
+                pipeline,
+                pipeline_root,
+                parameters,
+                at,
+            } => self.create_run(run_id, request_id, *pipeline, pipeline_root, parameters, at, &mut events),
+            Command::RegisterAgent {
+                agent_id,
+                inventory,
+                labels,
+                at,
+            } => {
+                let rec = self.agents.entry(agent_id.clone()).or_insert_with(|| AgentRecord {
+                    agent_id,
+                    inventory: inventory.clone(),
+                    labels: labels.clone(),
+                    registered_at: at,
+                    running: BTreeSet::new(),
+                    cpu_allocated: 0.0,
+                    memory_allocated: 0,
+                    gpus_allocated: 0,
+                });
+                rec.inventory = inventory;
+                rec.labels = labels;
+                events.push(Event::CapacityChanged);
+                Ok(Outcome::AgentRegistered)
+            }
+            Command::AssignAttempts { placements, at } => {
+                Ok(Outcome::Assigned(self.assign(placements, at, &mut events)))
+            }
+            Command::AttemptStarted { attempt, at } => match self.runs.get_mut(&attempt.run_id) {
+                Some(run) => {
+                    engine::record_started(run, &attempt.task_id, attempt.attempt, at);
+                    Ok(Outcome::Started)
+                }
+                None => Err(Rejection::RunNotFound(attempt.run_id)),
+            },
+            Command::AttemptFinished {
+                attempt,
+                outcome,
+                at,
+            } => self.finish_attempt(attempt, outcome, at, &mut events),
+            Command::CancelRun { run_id, at } => match self.runs.get_mut(&run_id) {
+                Some(run) => {
+                    for (task_id, number, agent_id) in engine::cancel_run(run, at) {
+                        events.push(Event::AttemptCanceled {
+                            agent_id,
+                            attempt: AttemptKey {
+                                run_id: run_id.clone(),
+                                task_id,
+                                attempt: number,
+                            },
+                        });
+                    }
+                    let progress = engine::advance(run, at);
+                    if let Some(state) = progress.finished {
+                        events.push(Event::RunFinished { run_id, state });
+                    }
+                    Ok(Outcome::CancelRequested)
+                }
+                None => Err(Rejection::RunNotFound(run_id)),
+            },
+        };
+        Applied { result, events }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_run(
+        &mut self,
+        run_id: String,
+        request_id: Option<String>,
+        pipeline: crate::ir::PipelineSpec,
+        pipeline_root: String,
+        parameters: BTreeMap<String, serde_json::Value>,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, Rejection> {
+        if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
+            return Ok(Outcome::RunCreated {
+                run_id: existing.clone(),
+                existing: true,
+            });
+        }
+        if self.runs.contains_key(&run_id) {
+            return Err(Rejection::RunExists(run_id));
+        }
+        let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
+        let progress = engine::advance(&mut run, at);
+        if !progress.ready.is_empty() {
+            events.push(Event::TasksReady {
+                run_id: run_id.clone(),
+            });
+        }
+        if let Some(state) = progress.finished {
+            events.push(Event::RunFinished {
+                run_id: run_id.clone(),
+                state,
+            });
+        }
+        if let Some(r) = request_id {
+            self.request_ids.insert(r, run_id.clone());
+        }
+        self.run_order.insert((at, run_id.clone()));
+        self.runs.insert(run_id.clone(), run);
+        Ok(Outcome::RunCreated {
+            run_id,
+            existing: false,
+        })
+    }
+
+    fn assign(&mut self, placements: Vec<Placement>, at: i64, events: &mut Vec<Event>) -> Vec<Placement> {
+        let mut done = Vec::new();
+        for p in placements {
+            let Some(run) = self.runs.get_mut(&p.run_id) else {
+                continue;
+            };
+            let Some(agent) = self.agents.get_mut(&p.agent_id) else {
+                continue;
+            };
+            let req = resources_of(run, &p.task_id);
+            if !agent.fits(&req) {
+                continue;
+            }
+            if engine::record_assignment(run, &p.task_id, p.attempt, &p.agent_id, at).is_err() {
+                continue;
+            }
+            agent.cpu_allocated += req.cpu_reserved();
+            agent.memory_allocated = agent.memory_allocated.saturating_add(req.memory_reserved());
+            agent.gpus_allocated += req.accelerator_count;
+            let key = AttemptKey {
+                run_id: p.run_id.clone(),
+                task_id: p.task_id.clone(),
+                attempt: p.attempt,
+            };
+            agent.running.insert(key.clone());
+            events.push(Event::AttemptAssigned {
+                agent_id: p.agent_id.clone(),
+                attempt: key,
+            });
+            done.push(p);
+        }
+        done
+    }
+
+    fn release(&mut self, agent_id: &str, key: &AttemptKey, req: &ResourceRequest) {
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            if agent.running.remove(key) {
+                agent.cpu_allocated = (agent.cpu_allocated - req.cpu_reserved()).max(0.0);
+                agent.memory_allocated = agent.memory_allocated.saturating_sub(req.memory_reserved());
+                agent.gpus_allocated = agent.gpus_allocated.saturating_sub(req.accelerator_count);
+            }
+        }
+    }
+
+    fn finish_attempt(
+        &mut self,
+        key: AttemptKey,
+        outcome: gantry_model::StepOutcome,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, Rejection> {
+        let Some(run) = self.runs.get_mut(&key.run_id) else {
+            return Err(Rejection::RunNotFound(key.run_id));
+        };
+        let agent = run
+            .tasks
+            .get(&key.task_id)
+            .and_then(|t| t.attempts.iter().find(|a| a.number == key.attempt))
+            .map(|a| a.agent.clone());
+        let effect = engine::record_outcome(run, &key.task_id, key.attempt, outcome, at);
+        if matches!(effect, OutcomeEffect::Ignored(_)) {
+            return Ok(Outcome::ResultRecorded(effect));
+        }
+        let req = resources_of(run, &key.task_id);
+        let progress = engine::advance(run, at);
+        let retrying = matches!(effect, OutcomeEffect::Retrying { .. });
+        if !progress.ready.is_empty() || retrying {
+            events.push(Event::TasksReady {
+                run_id: key.run_id.clone(),
+            });
+        }
+        if let Some(state) = progress.finished {
+            events.push(Event::RunFinished {
+                run_id: key.run_id.clone(),
+                state,
+            });
+        }
+        if let Some(agent_id) = agent {
+            self.release(&agent_id, &key, &req);
+        }
+        events.push(Event::CapacityChanged);
+        Ok(Outcome::ResultRecorded(effect))
+    }
+
+    /// Runs newest first.
+    pub fn runs_newest_first(&self) -> impl Iterator<Item = &RunRecord> {
+        self.run_order
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| self.runs.get(id))
+    }
+
+    pub fn active_runs(&self) -> usize {
+        self.runs.values().filter(|r| !r.state.is_terminal()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! Artifacts and the key layout that keeps their URIs unique.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One artifact as recorded in run state and handed to a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// The artifact's name as the producer called it (the output key).
+    pub name: String,
+    pub uri: String,
+    /// `schemaTitle` of the artifact type, e.g. `system.Dataset`.
+    pub schema_title: String,
+    #[serde(default)]
+    pub schema_version: String,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// Refuses artifact and output names that could escape their directory once joined into a
+/// path or an object key.
+pub fn validate_artifact_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("artifact name is empty".into());
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return Err(format!("artifact name {name:?} contains \"..\" (path traversal)"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "artifact name {name:?} contains {c:?}; only letters, digits, '_', '-' and '.' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// The URI of one output artifact: unique per run, task, loop iteration and attempt, so that
+/// parallel iterations and retries never overwrite each other's outputs.
+///
+/// `task_id` is the task's path in the run (`condition-1/train`, `for-loop-2/3/square`), made of
+/// IR task names and iteration numbers, so every segment is already a safe name.
+pub fn artifact_uri(root: &str, run_id: &str, task_id: &str, attempt: u32, output: &str) -> String {
+    format!(
+        "{}/{}/{}/attempt-{}/{}",
+        root.trim_end_matches('/'),
+        run_id,
+        task_id,
+        attempt,
+        output
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn uris_differ_by_run_task_iteration_and_attempt() {
+        let mut seen = HashSet::new();
+        for run in ["r1", "r2"] {
+            for task in ["train", "for-loop-2/0/square", "for-loop-2/1/square", "c/train"] {
+                for attempt in [1, 2] {
+                    for out in ["model", "metrics"] {
+                        assert!(seen.insert(artifact_uri("s3://b/p/", run, task, attempt, out)));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            artifact_uri("file:///tmp/a/", "r", "t", 1, "o"),
+            "file:///tmp/a/r/t/attempt-1/o"
+        );
+    }
+
+    #[test]
+    fn refuses_traversal_in_names() {
+        assert!(validate_artifact_name("../etc").is_err());
+        assert!(validate_artifact_name("a/b").is_err());
+        assert!(validate_artifact_name("..").is_err());
+        assert!(validate_artifact_name("").is_err());
+        assert!(validate_artifact_name("model_v1.pkl").is_ok());
+    }
+}

@@ -1,0 +1,14 @@
+//! Shared vocabulary of the coordinator and the agent.
+//!
+//! Everything here is plain data with serde derives: it crosses the wire (inside the gRPC messages
+//! as JSON documents) and the Raft log. No I/O, no clocks, no async.
+
+pub mod artifact;
+pub mod params;
+pub mod resources;
+pub mod step;
+
+pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
+pub use params::ParamType;
+pub use resources::{GpuDevice, HostInventory, ResourceRequest};
+pub use step::{ContainerSpec, EnvVar, OutputArtifactSpec, StepInputs, StepOutcome, StepOutputs, StepSpec};

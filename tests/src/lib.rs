@@ -1,0 +1,414 @@
+//! Harness for cross-crate tests: builds the binaries, starts a real S3 server (s3s-fs), runs
+//! `gantry dev` or separate coordinator and agent processes, compiles pipelines with the real
+//! kfp SDK, and drives the `gantry` CLI. Every process it starts is killed when its guard
+//! drops, also when a test fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Builds the three binaries once per test process and returns the directory holding them.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "gantry-cli", "-p", "gantry-coordinator", "-p", "gantry-agent", "--bins"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the gantry binaries failed");
+        target_dir().join("debug")
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status} before listening on {port}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A real S3-compatible server for the test, or the one CI started
+/// (`GANTRY_TEST_S3_ENDPOINT`).
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    /// The directory s3s-fs serves, when we started it (objects are files under it).
+    pub root: Option<PathBuf>,
+    _proc: Option<Proc>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl S3 {
+    pub fn start() -> Result<S3> {
+        if let Ok(endpoint) = std::env::var("GANTRY_TEST_S3_ENDPOINT") {
+            let bucket =
+                std::env::var("GANTRY_TEST_S3_BUCKET").unwrap_or_else(|_| "gantry-artifacts".into());
+            let root = std::env::var_os("GANTRY_TEST_S3_DIR").map(PathBuf::from);
+            return Ok(S3 {
+                endpoint,
+                bucket,
+                root,
+                _proc: None,
+                _dir: None,
+            });
+        }
+        let dir = tempfile::tempdir()?;
+        let bucket = "gantry-artifacts".to_string();
+        std::fs::create_dir_all(dir.path().join(&bucket))?;
+        let port = free_port();
+        let exe = which("s3s-fs").ok_or_else(|| {
+            anyhow!("s3s-fs is not on PATH: install it with `cargo install --locked s3s-fs@0.14.1 --features binary` (scripts/test.sh and .ci/run do)")
+        })?;
+        let mut child = Command::new(exe)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "gantry", "--secret-key", "gantrysecret"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting s3s-fs")?;
+        wait_for_port(port, &mut child, "s3s-fs", Duration::from_secs(10))?;
+        Ok(S3 {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket,
+            root: Some(dir.path().to_path_buf()),
+            _proc: Some(Proc {
+                child,
+                name: "s3s-fs".into(),
+            }),
+            _dir: Some(dir),
+        })
+    }
+
+    pub fn artifact_root(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.bucket, prefix)
+    }
+
+    /// The environment a process needs to reach this server through object_store.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), "gantry".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "gantrysecret".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+
+    /// The bytes of an object, read from the server's directory.
+    pub fn read_object(&self, uri: &str) -> Result<Vec<u8>> {
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)"))?;
+        let key = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
+        std::fs::read(root.join(key)).with_context(|| format!("reading object {uri}"))
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Compiles `tests/pipelines/<name>.py` with the real kfp SDK into `out_dir`.
+pub fn compile_pipeline(name: &str, out_dir: &Path) -> Result<PathBuf> {
+    let src = repo_root().join("tests/pipelines").join(format!("{name}.py"));
+    let out = out_dir.join(format!("{name}.yaml"));
+    let o = Command::new("python3")
+        .arg(&src)
+        .arg(&out)
+        .output()
+        .context("running python3")?;
+    if !o.status.success() {
+        bail!(
+            "compiling {} failed (is kfp==2.16.1 installed?): {}",
+            src.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Builds the test images if they are missing (images/build.sh is idempotent).
+pub fn ensure_images() -> Result<()> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let missing = ["gantry/python-kfp:3.11", "gantry/busybox:latest"].iter().any(|img| {
+            !Command::new("docker")
+                .args(["image", "inspect", img])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+        if !missing {
+            return Ok(());
+        }
+        let status = Command::new("bash")
+            .arg(repo_root().join("images/build.sh"))
+            .status()
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("images/build.sh failed".into())
+        }
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Which runtime a cluster's agent uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Docker,
+    Process,
+}
+
+impl Runtime {
+    fn flag(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Process => "process",
+        }
+    }
+}
+
+/// `gantry dev` in a child process.
+pub struct DevCluster {
+    pub endpoint: String,
+    pub data_dir: tempfile::TempDir,
+    pub proc: Proc,
+    env: Vec<(String, String)>,
+}
+
+impl DevCluster {
+    pub fn start(runtime: Runtime, artifact_root: Option<&str>, env: &[(String, String)]) -> Result<DevCluster> {
+        let data_dir = tempfile::tempdir()?;
+        let port = free_port();
+        let mut cmd = Command::new(bin("gantry"));
+        cmd.arg("dev")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--runtime", runtime.flag()]);
+        if let Some(root) = artifact_root {
+            cmd.args(["--artifact-root", root]);
+        }
+        let log = std::fs::File::create(data_dir.path().join("dev.log"))?;
+        cmd.envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = cmd.spawn().context("starting gantry dev")?;
+        wait_for_port(port, &mut child, "gantry dev", Duration::from_secs(30))?;
+        let c = DevCluster {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            proc: Proc {
+                child,
+                name: "gantry dev".into(),
+            },
+            env: env.to_vec(),
+        };
+        c.wait_for_agents(1)?;
+        Ok(c)
+    }
+
+    pub fn cli(&self) -> Cli {
+        Cli {
+            endpoint: self.endpoint.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    pub fn wait_for_agents(&self, n: usize) -> Result<()> {
+        self.cli().wait_for_agents(n)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("dev.log")).unwrap_or_default()
+    }
+}
+
+/// The `gantry` CLI pointed at one endpoint.
+#[derive(Clone)]
+pub struct Cli {
+    pub endpoint: String,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct CliResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliResult {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl Cli {
+    pub fn run(&self, args: &[&str]) -> CliResult {
+        let o: Output = Command::new(bin("gantry"))
+            .args(args)
+            .env("GANTRY_ENDPOINT", &self.endpoint)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("gantry runs");
+        CliResult {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// `gantry run submit FILE -p ... --wait -o json`: the exit code and the run.
+    pub fn submit_wait(&self, file: &Path, params: &[&str]) -> Result<(i32, Value)> {
+        let file = file.to_string_lossy().into_owned();
+        let mut args = vec!["run", "submit", file.as_str(), "--wait", "-o", "json"];
+        for p in params {
+            args.push("-p");
+            args.push(p);
+        }
+        let r = self.run(&args);
+        let v = r.json().with_context(|| format!("exit code {}", r.code))?;
+        Ok((r.code, v))
+    }
+
+    pub fn get_run(&self, run_id: &str) -> Result<Value> {
+        self.run(&["run", "get", run_id, "-o", "json"]).json()
+    }
+
+    pub fn wait_for_agents(&self, n: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.run(&["agent", "list", "-o", "json"]);
+            if let Ok(v) = r.json() {
+                let connected = v
+                    .as_array()
+                    .map(|a| a.iter().filter(|x| x["state"] == "CONNECTED").count())
+                    .unwrap_or(0);
+                if connected >= n {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{n} agent(s) did not connect: {} {}", r.stdout, r.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The task of a run JSON with this IR task name.
+pub fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("run has no task {name}: {run:#}"))
+}
+
+/// Containers on the local engine carrying label `gantry.run=<run_id>`.
+pub fn containers_of_run(run_id: &str) -> Vec<String> {
+    Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=gantry.run={run_id}")])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}

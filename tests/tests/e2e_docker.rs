@@ -1,0 +1,175 @@
+//! End to end on the Docker runtime with artifacts on a real S3 server: pipelines compiled by
+//! kfp 2.16.1 in the test run, submitted through the CLI to `gantry dev`.
+
+use gantry_tests::*;
+use serde_json::json;
+
+struct Env {
+    s3: S3,
+    cluster: DevCluster,
+    out: tempfile::TempDir,
+}
+
+fn setup(prefix: &str) -> Env {
+    ensure_images().expect("test images");
+    let s3 = S3::start().expect("S3 server");
+    let cluster = DevCluster::start(Runtime::Docker, Some(&s3.artifact_root(prefix)), &s3.env())
+        .expect("gantry dev starts");
+    Env {
+        s3,
+        cluster,
+        out: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+#[test]
+fn linear_pipeline_moves_parameters_and_artifacts_through_s3() {
+    let env = setup("linear");
+    let file = compile_pipeline("linear", env.out.path()).unwrap();
+    let (code, run) = env
+        .cluster
+        .cli()
+        .submit_wait(&file, &["rows=25", "factor=3"])
+        .unwrap();
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    assert_eq!(run["state"], "SUCCEEDED");
+    assert_eq!(run["parameters"], json!({"rows": 25, "factor": 3.0}));
+    let make = task(&run, "make-data");
+    // an integer output stays a JSON integer
+    assert!(make["outputs"]["parameters"]["Output"].is_i64(), "{make:#}");
+    assert_eq!(make["outputs"]["parameters"]["Output"], json!(25));
+    let data = &make["outputs"]["artifacts"]["data"][0];
+    assert_eq!(data["type"], "system.Dataset");
+    assert_eq!(data["metadata"]["rows"], json!(25));
+    let uri = data["uri"].as_str().unwrap();
+    assert!(uri.starts_with("s3://gantry-artifacts/linear/"), "{uri}");
+    let scaled_uri = task(&run, "scale")["outputs"]["artifacts"]["scaled"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if env.s3.root.is_some() {
+        let raw = env.s3.read_object(uri).unwrap();
+        assert_eq!(String::from_utf8_lossy(&raw).lines().count(), 25);
+        let scaled = String::from_utf8(env.s3.read_object(&scaled_uri).unwrap()).unwrap();
+        assert_eq!(scaled.lines().nth(2), Some("6.0"));
+    }
+    assert_eq!(task(&run, "scale")["outputs"]["parameters"]["Output"], json!(900.0));
+    assert_eq!(
+        task(&run, "report")["outputs"]["parameters"]["Output"],
+        json!("25 rows, total 900.0")
+    );
+    for t in run["tasks"].as_array().unwrap() {
+        assert_eq!(t["attempts"], 1);
+        assert_eq!(t["agent"], "dev-agent");
+    }
+    assert!(containers_of_run(run["run_id"].as_str().unwrap()).is_empty());
+}
+
+#[test]
+fn container_component_with_output_paths() {
+    let env = setup("container-io");
+    let file = compile_pipeline("container_io", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+    let (code, run) = cli.submit_wait(&file, &["message=gantry"]).unwrap();
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    let produce = task(&run, "produce");
+    assert_eq!(produce["outputs"]["parameters"]["greeting"], json!("hello gantry"));
+    let consume = task(&run, "consume");
+    assert_eq!(consume["outputs"]["parameters"]["lines"], json!(3));
+    let logs = cli.run(&["run", "logs", run["run_id"].as_str().unwrap(), "--task", "consume"]);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    assert!(logs.stdout.contains("got: hello gantry"), "{}", logs.stdout);
+}
+
+#[test]
+fn if_elif_else_runs_exactly_one_branch() {
+    let env = setup("conditions");
+    let file = compile_pipeline("conditions", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+    for (n, expected) in [(50, "big"), (5, "medium"), (1, "small")] {
+        let (code, run) = cli.submit_wait(&file, &[&format!("n={n}")]).unwrap();
+        assert_eq!(code, 0, "{run:#}");
+        let says: Vec<_> = run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap_or("").starts_with("say") && t["state"] == "SUCCEEDED")
+            .map(|t| t["outputs"]["parameters"]["Output"].clone())
+            .collect();
+        // one branch plus the announce step
+        assert_eq!(says, vec![json!(expected), json!(expected)], "n={n}: {run:#}");
+        let skipped = run["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "SKIPPED")
+            .count();
+        assert_eq!(skipped, 2, "two branch DAGs skipped for n={n}");
+    }
+}
+
+#[test]
+fn a_failing_step_fails_the_run_and_skips_its_dependents() {
+    let env = setup("failing");
+    let file = compile_pipeline("failing", env.out.path()).unwrap();
+    let (code, run) = env.cluster.cli().submit_wait(&file, &[]).unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    assert_eq!(run["state"], "FAILED");
+    assert!(run["error"].as_str().unwrap().contains("boom"), "{run:#}");
+    assert_eq!(task(&run, "boom")["state"], "FAILED");
+    assert!(task(&run, "boom")["error"].as_str().unwrap().contains("exit code"), "{run:#}");
+    assert_eq!(task(&run, "ok")["state"], "SKIPPED");
+    assert_eq!(task(&run, "ok-2")["state"], "SUCCEEDED");
+}
+
+#[test]
+fn refused_input_exits_2_and_creates_nothing() {
+    let env = setup("refused");
+    let cli = env.cluster.cli();
+    let bad = env.out.path().join("bad.yaml");
+    std::fs::write(&bad, "pipelineInfo: [unclosed").unwrap();
+    let r = cli.run(&["run", "submit", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("invalid pipeline"), "{}", r.stderr);
+
+    let file = compile_pipeline("linear", env.out.path()).unwrap();
+    let r = cli.run(&["run", "submit", file.to_str().unwrap(), "-p", "rows=many"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("rows"), "{}", r.stderr);
+    let r = cli.run(&["run", "submit", file.to_str().unwrap(), "-p", "nope=1"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+    let r = cli.run(&["run", "get", "no-such-run"]);
+    assert_eq!(r.code, 2);
+
+    let list = cli.run(&["run", "list", "-o", "json"]).json().unwrap();
+    assert_eq!(list, json!([]));
+}
+
+#[test]
+fn cancel_stops_the_running_container() {
+    let env = setup("cancel");
+    let file = compile_pipeline("sleeper", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+    let r = cli.run(&["run", "submit", file.to_str().unwrap(), "-p", "seconds=120", "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while containers_of_run(&run_id).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no container started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = cli.run(&["run", "cancel", &run_id, "-o", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run = loop {
+        let run = cli.get_run(&run_id).unwrap();
+        if run["state"] == "CANCELED" {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "{run:#}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(task(&run, "nap")["state"], "CANCELED");
+    assert!(containers_of_run(&run_id).is_empty());
+}
