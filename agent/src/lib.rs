@@ -1,1 +1,9 @@
-//! placeholder
+//! The Gantry agent: reports its host, runs the steps the coordinator assigns, moves their
+//! artifacts. It decides nothing about placement or run state.
+
+pub mod artifacts;
+pub mod inventory;
+pub mod launcher;
+pub mod placeholders;
+pub mod runtime;
+pub mod session;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command (README and CI): bash scripts/test.sh [extra cargo test args]
+# Builds the local Docker images if missing (images/build.sh) and, unless GANTRY_TEST_S3_ENDPOINT
+# is already set, starts a local S3 server (s3s-fs, when installed) for the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUST_BACKTRACE=1
+PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+
+if command -v docker >/dev/null 2>&1; then
+  for image in gantry/python-kfp:3.11 gantry/busybox:latest; do
+    docker image inspect "$image" >/dev/null 2>&1 || { bash images/build.sh; break; }
+  done
+fi
+
+if [ -z "${GANTRY_TEST_S3_ENDPOINT:-}" ] && command -v s3s-fs >/dev/null 2>&1; then
+  s3tmp=$(mktemp -d /tmp/gantry-test-s3.XXXXXX)
+  trap 'bash scripts/s3-server.sh stop "$s3tmp/data" || true; rm -rf "$s3tmp"' EXIT
+  for port in $(seq 9310 9330); do
+    bash scripts/s3-server.sh start "$s3tmp/data" "$port" 2>/dev/null && break
+    [ "$port" = 9330 ] && { echo "test.sh: could not start s3s-fs" >&2; exit 1; }
+  done
+  export GANTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$port" GANTRY_TEST_S3_BUCKET=gantry-artifacts
+  export AWS_ACCESS_KEY_ID=gantry AWS_SECRET_ACCESS_KEY=gantrysecret AWS_REGION=us-east-1
+  cargo test --workspace "$@"   # not exec: the trap stops the server afterwards
+else
+  exec cargo test --workspace "$@"
+fi
