@@ -52,7 +52,11 @@ pub struct ArtifactStores {
 }
 
 impl ArtifactStores {
-    fn store(&self, key: &str, build: impl FnOnce() -> Result<Arc<dyn ObjectStore>, ArtifactError>) -> Result<Arc<dyn ObjectStore>, ArtifactError> {
+    fn store(
+        &self,
+        key: &str,
+        build: impl FnOnce() -> Result<Arc<dyn ObjectStore>, ArtifactError>,
+    ) -> Result<Arc<dyn ObjectStore>, ArtifactError> {
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = stores.get(key) {
             return Ok(s.clone());
@@ -82,8 +86,11 @@ impl ArtifactStores {
             if !rest.starts_with('/') {
                 return Err(ArtifactError::Scheme(uri.to_string()));
             }
-            let store = self.store("file", || Ok(Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>))?;
-            let path = ObjPath::parse(rest.trim_start_matches('/')).map_err(|e| store_err(uri, e))?;
+            let store = self.store("file", || {
+                Ok(Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>)
+            })?;
+            let path =
+                ObjPath::parse(rest.trim_start_matches('/')).map_err(|e| store_err(uri, e))?;
             Ok((store, path))
         } else {
             Err(ArtifactError::Scheme(uri.to_string()))
@@ -109,11 +116,17 @@ impl ArtifactStores {
                     for part in &rel {
                         let p = FsPath::new(part);
                         if p.components().any(|c| !matches!(c, Component::Normal(_))) {
-                            return Err(store_err(uri, format!("refusing object key part {part:?}")));
+                            return Err(store_err(
+                                uri,
+                                format!("refusing object key part {part:?}"),
+                            ));
                         }
                         target.push(p);
                     }
-                    let got = store.get(&meta.location).await.map_err(|e| store_err(uri, e))?;
+                    let got = store
+                        .get(&meta.location)
+                        .await
+                        .map_err(|e| store_err(uri, e))?;
                     write_stream(got.into_stream(), &target, uri).await?;
                     found = true;
                 }
@@ -129,7 +142,9 @@ impl ArtifactStores {
 
     /// Uploads a file to `uri`, or a directory's files under `uri/`.
     pub async fn upload(&self, src: &FsPath, uri: &str) -> Result<u64, ArtifactError> {
-        let meta = tokio::fs::metadata(src).await.map_err(|e| local_err(src, e))?;
+        let meta = tokio::fs::metadata(src)
+            .await
+            .map_err(|e| local_err(src, e))?;
         if meta.is_file() {
             let (store, path) = self.resolve(uri)?;
             return upload_file(store, path, src, uri).await;
@@ -137,7 +152,9 @@ impl ArtifactStores {
         let mut total = 0;
         let mut stack: Vec<PathBuf> = vec![src.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let mut entries = tokio::fs::read_dir(&dir).await.map_err(|e| local_err(&dir, e))?;
+            let mut entries = tokio::fs::read_dir(&dir)
+                .await
+                .map_err(|e| local_err(&dir, e))?;
             while let Some(entry) = entries.next_entry().await.map_err(|e| local_err(&dir, e))? {
                 let p = entry.path();
                 let ft = entry.file_type().await.map_err(|e| local_err(&p, e))?;
@@ -162,9 +179,13 @@ async fn write_stream(
     uri: &str,
 ) -> Result<(), ArtifactError> {
     if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| local_err(parent, e))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| local_err(parent, e))?;
     }
-    let mut f = tokio::fs::File::create(dest).await.map_err(|e| local_err(dest, e))?;
+    let mut f = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| local_err(dest, e))?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| store_err(uri, e))?;
         f.write_all(&chunk).await.map_err(|e| local_err(dest, e))?;
@@ -179,8 +200,11 @@ async fn upload_file(
     src: &FsPath,
     uri: &str,
 ) -> Result<u64, ArtifactError> {
-    let mut file = tokio::fs::File::open(src).await.map_err(|e| local_err(src, e))?;
-    let mut writer = BufWriter::with_capacity(store, path, PART_SIZE).with_max_concurrency(PARTS_IN_FLIGHT);
+    let mut file = tokio::fs::File::open(src)
+        .await
+        .map_err(|e| local_err(src, e))?;
+    let mut writer =
+        BufWriter::with_capacity(store, path, PART_SIZE).with_max_concurrency(PARTS_IN_FLIGHT);
     let copied = match tokio::io::copy(&mut file, &mut writer).await {
         Ok(n) => n,
         Err(e) => {
@@ -225,11 +249,23 @@ mod tests {
         let stores = ArtifactStores::default();
         let root = tempfile::tempdir().unwrap();
         let missing = format!("file://{}/nope", root.path().display());
-        let err = stores.download(&missing, &root.path().join("x")).await.unwrap_err();
+        let err = stores
+            .download(&missing, &root.path().join("x"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ArtifactError::NotFound(_)), "{err}");
-        assert!(matches!(stores.resolve("gs://b/k"), Err(ArtifactError::Scheme(_))));
-        assert!(matches!(stores.resolve("file://relative"), Err(ArtifactError::Scheme(_))));
-        let err = stores.upload(&root.path().join("absent"), &missing).await.unwrap_err();
+        assert!(matches!(
+            stores.resolve("gs://b/k"),
+            Err(ArtifactError::Scheme(_))
+        ));
+        assert!(matches!(
+            stores.resolve("file://relative"),
+            Err(ArtifactError::Scheme(_))
+        ));
+        let err = stores
+            .upload(&root.path().join("absent"), &missing)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("absent"), "{err}");
     }
 }

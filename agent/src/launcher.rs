@@ -55,7 +55,13 @@ fn last_segment(uri: &str) -> String {
     }
 }
 
-fn artifact_json(name: &str, schema_title: &str, schema_version: &str, uri: &str, metadata: &Map<String, Value>) -> Value {
+fn artifact_json(
+    name: &str,
+    schema_title: &str,
+    schema_version: &str,
+    uri: &str,
+    metadata: &Map<String, Value>,
+) -> Value {
     json!({
         "name": name,
         "type": {"schemaTitle": schema_title, "schemaVersion": schema_version},
@@ -141,7 +147,13 @@ impl Launcher {
                     .await
                     .map_err(|e| format!("input artifact {name:?}: {e}"))?;
                 let path = layout.step(&rel);
-                items.push(artifact_json(&a.name, &a.schema_title, &a.schema_version, &path, &a.metadata));
+                items.push(artifact_json(
+                    &a.name,
+                    &a.schema_title,
+                    &a.schema_version,
+                    &path,
+                    &a.metadata,
+                ));
                 if i == 0 {
                     ctx.input_artifacts.insert(
                         name.clone(),
@@ -258,11 +270,12 @@ impl Launcher {
     }
 
     async fn collect(&self, spec: &StepSpec, layout: &Layout) -> Result<StepOutcome, String> {
-        let exec_out: Value = match tokio::fs::read(layout.host("outputs/executor_output.json")).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("executor_output.json is not valid JSON: {e}"))?,
-            Err(_) => Value::Null,
-        };
+        let exec_out: Value =
+            match tokio::fs::read(layout.host("outputs/executor_output.json")).await {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("executor_output.json is not valid JSON: {e}"))?,
+                Err(_) => Value::Null,
+            };
         let mut parameters = BTreeMap::new();
         for (name, ptype) in &spec.outputs.parameters {
             let value = match exec_out["parameterValues"].get(name) {
@@ -272,7 +285,10 @@ impl Launcher {
                 None => {
                     let file = layout.host(&format!("outputs/parameters/{name}"));
                     let text = tokio::fs::read_to_string(&file).await.map_err(|_| {
-                        format!("output parameter {name:?} was not written (expected at {})", layout.step(&format!("outputs/parameters/{name}")))
+                        format!(
+                            "output parameter {name:?} was not written (expected at {})",
+                            layout.step(&format!("outputs/parameters/{name}"))
+                        )
                     })?;
                     match ptype {
                         ParamType::String => Value::String(text),

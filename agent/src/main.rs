@@ -12,7 +12,12 @@ use tokio_util::sync::CancellationToken;
 #[command(version)]
 struct Args {
     /// Coordinator endpoint(s), comma-separated or repeated; tried in turn.
-    #[arg(long, env = "GANTRY_COORDINATOR", value_delimiter = ',', default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "GANTRY_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: Vec<String>,
     /// Agent id; defaults to the host name.
     #[arg(long, env = "GANTRY_AGENT_ID")]
@@ -32,8 +37,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -46,9 +50,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (runtime, runtime_name) = gantry_agent::runtime::select(&args.runtime).await?;
     let inventory = gantry_agent::inventory::probe_host(&runtime_name);
-    let agent_id = args
-        .agent_id
-        .unwrap_or_else(|| inventory.hostname.clone());
+    let agent_id = args.agent_id.unwrap_or_else(|| inventory.hostname.clone());
     let work_dir = std::path::absolute(&args.work_dir)?;
     tracing::info!(agent = %agent_id, runtime = %runtime_name, cpus = inventory.cpu_cores,
         memory = inventory.memory_bytes, gpus = inventory.gpus.len(), "agent starting");

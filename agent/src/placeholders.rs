@@ -80,14 +80,15 @@ fn resolve(expr: &str, ctx: &Context) -> Result<String, String> {
             .input_parameters
             .get(name)
             .map(param_text)
-            .ok_or_else(|| format!("placeholder {{{{{expr}}}}}: input parameter {name:?} has no value"));
+            .ok_or_else(|| {
+                format!("placeholder {{{{{expr}}}}}: input parameter {name:?} has no value")
+            });
     }
     if let Some(rest) = expr.strip_prefix("$.inputs.artifacts") {
         let (name, tail) = bracket_name(rest).ok_or_else(unknown)?;
-        let a = ctx
-            .input_artifacts
-            .get(name)
-            .ok_or_else(|| format!("placeholder {{{{{expr}}}}}: input artifact {name:?} is absent"))?;
+        let a = ctx.input_artifacts.get(name).ok_or_else(|| {
+            format!("placeholder {{{{{expr}}}}}: input artifact {name:?} is absent")
+        })?;
         return artifact_field(a, tail, expr);
     }
     if let Some(rest) = expr.strip_prefix("$.outputs.parameters") {
@@ -215,8 +216,16 @@ mod tests {
             ]
             .into(),
             input_artifacts: [("data".to_string(), art("/gantry/inputs/data/0/data"))].into(),
-            output_parameter_files: [("lines".to_string(), "/gantry/outputs/parameters/lines".to_string())].into(),
-            output_artifacts: [("text2".to_string(), art("/gantry/outputs/artifacts/text2/text2"))].into(),
+            output_parameter_files: [(
+                "lines".to_string(),
+                "/gantry/outputs/parameters/lines".to_string(),
+            )]
+            .into(),
+            output_artifacts: [(
+                "text2".to_string(),
+                art("/gantry/outputs/artifacts/text2/text2"),
+            )]
+            .into(),
             job_name: "pipe".into(),
             job_id: "run-1".into(),
             task_name: "t".into(),
@@ -262,7 +271,11 @@ mod tests {
     fn fstring_and_double_quotes() {
         let c = ctx();
         assert_eq!(
-            substitute_str("echo \"{{$.inputs.parameters[\"text1\"]}} world\" n={{$.inputs.parameters['n']}}", &c).unwrap(),
+            substitute_str(
+                "echo \"{{$.inputs.parameters[\"text1\"]}} world\" n={{$.inputs.parameters['n']}}",
+                &c
+            )
+            .unwrap(),
             "echo \"hi world\" n=3"
         );
     }

@@ -284,7 +284,11 @@ async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> 
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                if tx.send(msg(Out::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                if tx
+                    .send(msg(Out::Heartbeat(pb::Heartbeat {})))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

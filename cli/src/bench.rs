@@ -28,13 +28,18 @@ pub fn noop_pipeline(name: &str, steps: usize, chained: bool) -> String {
     y.push_str("components:\n  comp-noop:\n    executorLabel: exec-noop\n");
     y.push_str("deploymentSpec:\n  executors:\n    exec-noop:\n      container:\n");
     y.push_str("        command:\n        - 'true'\n        image: gantry/busybox:latest\n");
-    y.push_str(&format!("pipelineInfo:\n  name: {name}\nroot:\n  dag:\n    tasks:\n"));
+    y.push_str(&format!(
+        "pipelineInfo:\n  name: {name}\nroot:\n  dag:\n    tasks:\n"
+    ));
     for i in 0..steps {
         y.push_str(&format!(
             "      step-{i}:\n        componentRef:\n          name: comp-noop\n        taskInfo:\n          name: step-{i}\n"
         ));
         if chained && i > 0 {
-            y.push_str(&format!("        dependentTasks:\n        - step-{}\n", i - 1));
+            y.push_str(&format!(
+                "        dependentTasks:\n        - step-{}\n",
+                i - 1
+            ));
         }
     }
     y.push_str("schemaVersion: 2.1.0\nsdkVersion: kfp-2.16.1\n");
@@ -89,7 +94,10 @@ async fn run_one(
     };
     let wall = t0.elapsed();
     if run.state != "SUCCEEDED" {
-        return Err(CliError::RunFailed(format!("{run_id} ({}): {}", run.state, run.error)));
+        return Err(CliError::RunFailed(format!(
+            "{run_id} ({}): {}",
+            run.state, run.error
+        )));
     }
     Ok(Figures {
         label: label.to_string(),
@@ -119,7 +127,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while e.server.coordinator.dispatcher.connected().is_empty() {
         if Instant::now() > deadline {
-            return Err(CliError::Unavailable("the embedded agent did not connect".into()));
+            return Err(CliError::Unavailable(
+                "the embedded agent did not connect".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -128,7 +138,13 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let mut figures = Vec::new();
     for (label, chained) in [("chain", true), ("independent", false)] {
         let name = format!("bench-{label}-{}", args.steps);
-        let mut f = run_one(&mut client, label, noop_pipeline(&name, args.steps, chained), args.steps).await?;
+        let mut f = run_one(
+            &mut client,
+            label,
+            noop_pipeline(&name, args.steps, chained),
+            args.steps,
+        )
+        .await?;
         timings(&e, &name, &mut f);
         figures.push(f);
     }
@@ -136,7 +152,14 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     e.stop().await;
     println!(
         "{:<12} {:>6} {:>9} {:>9} {:>14} {:>14} {:>14} {:>12}",
-        "pipeline", "steps", "wall_s", "steps/s", "ready→assign", "assign→start", "start→record", "overhead/step"
+        "pipeline",
+        "steps",
+        "wall_s",
+        "steps/s",
+        "ready→assign",
+        "assign→start",
+        "start→record",
+        "overhead/step"
     );
     for mut f in figures {
         let per_step_ms = f.wall.as_secs_f64() * 1000.0 / f.steps as f64;
@@ -172,7 +195,10 @@ fn timings(e: &crate::dev::Embedded, pipeline: &str, f: &mut Figures) {
         let (Some(started), Some(finished)) = (a.started_at, a.finished_at) else {
             continue;
         };
-        by_ready.insert(t.task_id.clone(), (t.created_at, a.assigned_at, started, finished));
+        by_ready.insert(
+            t.task_id.clone(),
+            (t.created_at, a.assigned_at, started, finished),
+        );
     }
     for (ready, assigned, started, finished) in by_ready.into_values() {
         f.ready_to_assigned.push(assigned - ready);

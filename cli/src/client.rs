@@ -16,7 +16,11 @@ pub struct Clients {
 /// `endpoints` is a comma-separated list; the first that answers is used.
 pub async fn connect(endpoints: &str) -> Result<Clients, CliError> {
     let mut last_err = String::from("no endpoint given");
-    for ep in endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for ep in endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         let ep = if ep.contains("://") {
             ep.to_string()
         } else {

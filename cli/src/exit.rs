@@ -35,9 +35,10 @@ impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;
         match s.code() {
-            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition => {
-                CliError::Refused(s.message().to_string())
-            }
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition => CliError::Refused(s.message().to_string()),
             _ => CliError::Unavailable(format!("{}: {}", s.code(), s.message())),
         }
     }

@@ -13,10 +13,19 @@ use exit::CliError;
 use output::Format;
 
 #[derive(Parser, Debug)]
-#[command(name = "gantry", version, about = "Run Kubeflow-compiled pipelines on your own fleet")]
+#[command(
+    name = "gantry",
+    version,
+    about = "Run Kubeflow-compiled pipelines on your own fleet"
+)]
 struct Cli {
     /// Coordinator endpoint(s), comma-separated, tried in turn.
-    #[arg(long, global = true, env = "GANTRY_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
     endpoint: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
@@ -62,7 +71,10 @@ enum ClusterCommand {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -94,7 +106,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let v = serde_json::Value::Array(agents.iter().map(output::agent_json).collect());
             if !output::print_structured(cli.output, &v) {
                 output::table(
-                    &["AGENT", "STATE", "RUNTIME", "CPU", "MEMORY", "GPUS", "RUNNING", "LABELS"],
+                    &[
+                        "AGENT", "STATE", "RUNTIME", "CPU", "MEMORY", "GPUS", "RUNNING", "LABELS",
+                    ],
                     agents
                         .iter()
                         .map(|a| {

@@ -101,7 +101,10 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
 pub fn print_structured(format: Format, value: &Value) -> bool {
     match format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
             true
         }
         Format::Yaml => {
@@ -138,7 +141,12 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 
 pub fn short_time(ms: i64) -> String {
     match time(ms) {
-        Value::String(s) => s.replace('T', " ").trim_end_matches('Z').chars().take(19).collect(),
+        Value::String(s) => s
+            .replace('T', " ")
+            .trim_end_matches('Z')
+            .chars()
+            .take(19)
+            .collect(),
         _ => "-".into(),
     }
 }
@@ -147,7 +155,11 @@ fn duration(start: i64, end: i64) -> String {
     if start <= 0 {
         return "-".into();
     }
-    let end = if end > 0 { end } else { gantry_coordinator::now_ms() };
+    let end = if end > 0 {
+        end
+    } else {
+        gantry_coordinator::now_ms()
+    };
     let ms = (end - start).max(0);
     if ms < 10_000 {
         format!("{:.1}s", ms as f64 / 1000.0)
@@ -184,12 +196,16 @@ pub fn print_run(r: &pb::Run) {
                         _ => String::new(),
                     }
                 };
-                let detail: String = detail.chars().take(100).collect();
+                let detail: String = detail.replace('\n', " | ").chars().take(100).collect();
                 vec![
                     t.task_id.clone(),
                     t.state.clone(),
                     t.attempts.to_string(),
-                    if t.agent.is_empty() { "-".into() } else { t.agent.clone() },
+                    if t.agent.is_empty() {
+                        "-".into()
+                    } else {
+                        t.agent.clone()
+                    },
                     duration(t.started_at_ms, t.finished_at_ms),
                     detail,
                 ]

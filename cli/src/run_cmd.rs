@@ -57,7 +57,9 @@ fn parse_params(params: &[String]) -> Result<HashMap<String, String>, CliError> 
             )));
         };
         if k.is_empty() {
-            return Err(CliError::Refused(format!("parameter {p:?} has an empty name")));
+            return Err(CliError::Refused(format!(
+                "parameter {p:?} has an empty name"
+            )));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(CliError::Refused(format!("parameter {k:?} given twice")));
@@ -92,8 +94,7 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
             let parameters = parse_params(&params)?;
             let mut c = connect(endpoint).await?;
-            let request_id =
-                request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
+            let request_id = request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
             let req = pb::SubmitRunRequest {
                 pipeline_yaml: yaml,
                 parameters,
@@ -143,7 +144,8 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 .await?
                 .into_inner()
                 .runs;
-            let v = serde_json::Value::Array(runs.iter().map(|r| output::run_json(r, false)).collect());
+            let v =
+                serde_json::Value::Array(runs.iter().map(|r| output::run_json(r, false)).collect());
             if !output::print_structured(format, &v) {
                 output::table(
                     &["RUN", "PIPELINE", "STATE", "CREATED", "ERROR"],
@@ -250,8 +252,14 @@ mod tests {
     fn parameters_must_be_name_value() {
         assert!(parse_params(&["a=1".into(), "b=x=y".into()]).is_ok());
         assert_eq!(parse_params(&["b=x=y".into()]).unwrap()["b"], "x=y");
-        assert!(matches!(parse_params(&["a".into()]), Err(CliError::Refused(_))));
-        assert!(matches!(parse_params(&["=1".into()]), Err(CliError::Refused(_))));
+        assert!(matches!(
+            parse_params(&["a".into()]),
+            Err(CliError::Refused(_))
+        ));
+        assert!(matches!(
+            parse_params(&["=1".into()]),
+            Err(CliError::Refused(_))
+        ));
         assert!(matches!(
             parse_params(&["a=1".into(), "a=2".into()]),
             Err(CliError::Refused(_))

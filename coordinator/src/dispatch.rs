@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use gantry_core::engine::step_spec;
 use gantry_core::state::{AttemptKey, Event};
-use gantry_proto::v1::{coordinator_message::Body, AttemptRef, Assignment, CoordinatorMessage};
+use gantry_proto::v1::{coordinator_message::Body, Assignment, AttemptRef, CoordinatorMessage};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tonic::Status;
 
@@ -62,7 +62,8 @@ impl Dispatcher {
             *n += 1;
             *n
         };
-        self.sessions().insert(agent_id.to_string(), Session { id, tx });
+        self.sessions()
+            .insert(agent_id.to_string(), Session { id, tx });
         self.schedule.notify_one();
         id
     }
@@ -109,7 +110,13 @@ impl Dispatcher {
             let st = self.state.read();
             st.agents
                 .get(agent_id)
-                .map(|a| a.running.iter().filter(|k| !known.contains(*k)).cloned().collect())
+                .map(|a| {
+                    a.running
+                        .iter()
+                        .filter(|k| !known.contains(*k))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         for key in missing {

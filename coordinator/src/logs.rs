@@ -41,11 +41,13 @@ impl LogStore {
             .iter()
             .keys()
             .filter_map(Result::ok)
-            .filter_map(|k| k.len().checked_sub(8).map(|at| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k[at..]);
-                u64::from_be_bytes(b)
-            }))
+            .filter_map(|k| {
+                k.len().checked_sub(8).map(|at| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&k[at..]);
+                    u64::from_be_bytes(b)
+                })
+            })
             .max()
             .unwrap_or(0);
         Ok(LogStore {

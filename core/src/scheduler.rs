@@ -116,7 +116,11 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
             .ready_tasks()
             .filter(|t| t.state == TaskState::Ready && t.not_before.is_none_or(|nb| nb <= now))
             .collect();
-        ready.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.task_id.cmp(&b.task_id)));
+        ready.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.task_id.cmp(&b.task_id))
+        });
         for t in ready {
             let request = crate::engine::step_spec(run, &t.task_id, t.attempts.len() as u32 + 1)
                 .map(|s| s.container.resources)
@@ -191,7 +195,9 @@ mod tests {
     #[test]
     fn never_oversubscribes_an_agent() {
         let agents = vec![agent("a", 4.0, 8 << 30, 1), agent("b", 2.0, 4 << 30, 0)];
-        let steps: Vec<_> = (0..20).map(|i| step(&format!("t{i}"), 1.0, 1 << 30, i % 2)).collect();
+        let steps: Vec<_> = (0..20)
+            .map(|i| step(&format!("t{i}"), 1.0, 1 << 30, i % 2))
+            .collect();
         let plan = schedule(&steps, &agents);
         for a in &agents {
             let mine: Vec<_> = plan
@@ -212,7 +218,11 @@ mod tests {
     #[test]
     fn explains_steps_that_can_never_fit() {
         let plan = schedule(&[step("big", 64.0, 1, 0)], &[agent("a", 4.0, 1 << 30, 0)]);
-        assert!(plan.waiting[0].1.contains("large enough"), "{:?}", plan.waiting);
+        assert!(
+            plan.waiting[0].1.contains("large enough"),
+            "{:?}",
+            plan.waiting
+        );
         let plan = schedule(&[step("x", 1.0, 1, 0)], &[]);
         assert_eq!(plan.waiting[0].1, "no agent is connected");
     }

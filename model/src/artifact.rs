@@ -24,7 +24,9 @@ pub fn validate_artifact_name(name: &str) -> Result<(), String> {
         return Err("artifact name is empty".into());
     }
     if name == "." || name == ".." || name.contains("..") {
-        return Err(format!("artifact name {name:?} contains \"..\" (path traversal)"));
+        return Err(format!(
+            "artifact name {name:?} contains \"..\" (path traversal)"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -62,7 +64,12 @@ mod tests {
     fn uris_differ_by_run_task_iteration_and_attempt() {
         let mut seen = HashSet::new();
         for run in ["r1", "r2"] {
-            for task in ["train", "for-loop-2/0/square", "for-loop-2/1/square", "c/train"] {
+            for task in [
+                "train",
+                "for-loop-2/0/square",
+                "for-loop-2/1/square",
+                "c/train",
+            ] {
                 for attempt in [1, 2] {
                     for out in ["model", "metrics"] {
                         assert!(seen.insert(artifact_uri("s3://b/p/", run, task, attempt, out)));

@@ -11,4 +11,6 @@ pub mod step;
 pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
 pub use params::ParamType;
 pub use resources::{GpuDevice, HostInventory, ResourceRequest};
-pub use step::{ContainerSpec, EnvVar, OutputArtifactSpec, StepInputs, StepOutcome, StepOutputs, StepSpec};
+pub use step::{
+    ContainerSpec, EnvVar, OutputArtifactSpec, StepInputs, StepOutcome, StepOutputs, StepSpec,
+};

@@ -57,7 +57,11 @@ impl ParamType {
         if ok {
             Ok(())
         } else {
-            Err(format!("expected {}, got {}", self.ir_name(), json_kind(value)))
+            Err(format!(
+                "expected {}, got {}",
+                self.ir_name(),
+                json_kind(value)
+            ))
         }
     }
 
@@ -138,10 +142,19 @@ mod tests {
 
     #[test]
     fn parses_text_into_ir_types() {
-        assert_eq!(ParamType::NumberInteger.parse_text("42").unwrap(), json!(42));
-        assert_eq!(ParamType::NumberInteger.parse_text("3.0").unwrap(), json!(3));
+        assert_eq!(
+            ParamType::NumberInteger.parse_text("42").unwrap(),
+            json!(42)
+        );
+        assert_eq!(
+            ParamType::NumberInteger.parse_text("3.0").unwrap(),
+            json!(3)
+        );
         assert!(ParamType::NumberInteger.parse_text("3.5").is_err());
-        assert_eq!(ParamType::NumberDouble.parse_text("0.25").unwrap(), json!(0.25));
+        assert_eq!(
+            ParamType::NumberDouble.parse_text("0.25").unwrap(),
+            json!(0.25)
+        );
         assert_eq!(ParamType::Boolean.parse_text("True").unwrap(), json!(true));
         assert!(ParamType::Boolean.parse_text("yes").is_err());
         assert_eq!(ParamType::List.parse_text("[1, 2]").unwrap(), json!([1, 2]));
@@ -154,6 +167,9 @@ mod tests {
         assert!(ParamType::NumberInteger.check(&json!(1.5)).is_err());
         assert!(ParamType::NumberDouble.check(&json!(1)).is_ok());
         assert!(ParamType::String.check(&json!(1)).is_err());
-        assert_eq!(ParamType::NumberInteger.coerce(&json!(2.0)).unwrap(), json!(2));
+        assert_eq!(
+            ParamType::NumberInteger.coerce(&json!(2.0)).unwrap(),
+            json!(2)
+        );
     }
 }

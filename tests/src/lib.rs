@@ -31,7 +31,17 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "gantry-cli", "-p", "gantry-coordinator", "-p", "gantry-agent", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "gantry-cli",
+                "-p",
+                "gantry-coordinator",
+                "-p",
+                "gantry-agent",
+                "--bins",
+            ])
             .current_dir(repo_root())
             .status()
             .expect("cargo runs");
@@ -120,8 +130,8 @@ pub struct S3 {
 impl S3 {
     pub fn start() -> Result<S3> {
         if let Ok(endpoint) = std::env::var("GANTRY_TEST_S3_ENDPOINT") {
-            let bucket =
-                std::env::var("GANTRY_TEST_S3_BUCKET").unwrap_or_else(|_| "gantry-artifacts".into());
+            let bucket = std::env::var("GANTRY_TEST_S3_BUCKET")
+                .unwrap_or_else(|_| "gantry-artifacts".into());
             let root = std::env::var_os("GANTRY_TEST_S3_DIR").map(PathBuf::from);
             return Ok(S3 {
                 endpoint,
@@ -176,10 +186,9 @@ impl S3 {
 
     /// The bytes of an object, read from the server's directory.
     pub fn read_object(&self, uri: &str) -> Result<Vec<u8>> {
-        let root = self
-            .root
-            .as_ref()
-            .ok_or_else(|| anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)"))?;
+        let root = self.root.as_ref().ok_or_else(|| {
+            anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)")
+        })?;
         let key = uri
             .strip_prefix("s3://")
             .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
@@ -198,7 +207,9 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// Compiles `tests/pipelines/<name>.py` with the real kfp SDK into `out_dir`.
 pub fn compile_pipeline(name: &str, out_dir: &Path) -> Result<PathBuf> {
-    let src = repo_root().join("tests/pipelines").join(format!("{name}.py"));
+    let src = repo_root()
+        .join("tests/pipelines")
+        .join(format!("{name}.py"));
     let out = out_dir.join(format!("{name}.yaml"));
     let o = Command::new("python3")
         .arg(&src)
@@ -219,15 +230,17 @@ pub fn compile_pipeline(name: &str, out_dir: &Path) -> Result<PathBuf> {
 pub fn ensure_images() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let missing = ["gantry/python-kfp:3.11", "gantry/busybox:latest"].iter().any(|img| {
-            !Command::new("docker")
-                .args(["image", "inspect", img])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        });
+        let missing = ["gantry/python-kfp:3.11", "gantry/busybox:latest"]
+            .iter()
+            .any(|img| {
+                !Command::new("docker")
+                    .args(["image", "inspect", img])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            });
         if !missing {
             return Ok(());
         }
@@ -270,7 +283,11 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    pub fn start(runtime: Runtime, artifact_root: Option<&str>, env: &[(String, String)]) -> Result<DevCluster> {
+    pub fn start(
+        runtime: Runtime,
+        artifact_root: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<DevCluster> {
         let data_dir = tempfile::tempdir()?;
         let port = free_port();
         let mut cmd = Command::new(bin("gantry"));
@@ -332,8 +349,12 @@ pub struct CliResult {
 
 impl CliResult {
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.stdout)
-            .with_context(|| format!("stdout is not JSON: {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).with_context(|| {
+            format!(
+                "stdout is not JSON: {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -401,7 +422,12 @@ pub fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
 /// Containers on the local engine carrying label `gantry.run=<run_id>`.
 pub fn containers_of_run(run_id: &str) -> Vec<String> {
     Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=gantry.run={run_id}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=gantry.run={run_id}"),
+        ])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)

@@ -53,7 +53,10 @@ fn linear_pipeline_moves_parameters_and_artifacts_through_s3() {
         let scaled = String::from_utf8(env.s3.read_object(&scaled_uri).unwrap()).unwrap();
         assert_eq!(scaled.lines().nth(2), Some("6.0"));
     }
-    assert_eq!(task(&run, "scale")["outputs"]["parameters"]["Output"], json!(900.0));
+    assert_eq!(
+        task(&run, "scale")["outputs"]["parameters"]["Output"],
+        json!(900.0)
+    );
     assert_eq!(
         task(&run, "report")["outputs"]["parameters"]["Output"],
         json!("25 rows, total 900.0")
@@ -73,10 +76,19 @@ fn container_component_with_output_paths() {
     let (code, run) = cli.submit_wait(&file, &["message=gantry"]).unwrap();
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
     let produce = task(&run, "produce");
-    assert_eq!(produce["outputs"]["parameters"]["greeting"], json!("hello gantry"));
+    assert_eq!(
+        produce["outputs"]["parameters"]["greeting"],
+        json!("hello gantry")
+    );
     let consume = task(&run, "consume");
     assert_eq!(consume["outputs"]["parameters"]["lines"], json!(3));
-    let logs = cli.run(&["run", "logs", run["run_id"].as_str().unwrap(), "--task", "consume"]);
+    let logs = cli.run(&[
+        "run",
+        "logs",
+        run["run_id"].as_str().unwrap(),
+        "--task",
+        "consume",
+    ]);
     assert_eq!(logs.code, 0, "{}", logs.stderr);
     assert!(logs.stdout.contains("got: hello gantry"), "{}", logs.stdout);
 }
@@ -93,11 +105,17 @@ fn if_elif_else_runs_exactly_one_branch() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|t| t["name"].as_str().unwrap_or("").starts_with("say") && t["state"] == "SUCCEEDED")
+            .filter(|t| {
+                t["name"].as_str().unwrap_or("").starts_with("say") && t["state"] == "SUCCEEDED"
+            })
             .map(|t| t["outputs"]["parameters"]["Output"].clone())
             .collect();
         // one branch plus the announce step
-        assert_eq!(says, vec![json!(expected), json!(expected)], "n={n}: {run:#}");
+        assert_eq!(
+            says,
+            vec![json!(expected), json!(expected)],
+            "n={n}: {run:#}"
+        );
         let skipped = run["tasks"]
             .as_array()
             .unwrap()
@@ -117,7 +135,13 @@ fn a_failing_step_fails_the_run_and_skips_its_dependents() {
     assert_eq!(run["state"], "FAILED");
     assert!(run["error"].as_str().unwrap().contains("boom"), "{run:#}");
     assert_eq!(task(&run, "boom")["state"], "FAILED");
-    assert!(task(&run, "boom")["error"].as_str().unwrap().contains("exit code"), "{run:#}");
+    assert!(
+        task(&run, "boom")["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code"),
+        "{run:#}"
+    );
     assert_eq!(task(&run, "ok")["state"], "SKIPPED");
     assert_eq!(task(&run, "ok-2")["state"], "SUCCEEDED");
 }
@@ -151,7 +175,15 @@ fn cancel_stops_the_running_container() {
     let env = setup("cancel");
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();
     let cli = env.cluster.cli();
-    let r = cli.run(&["run", "submit", file.to_str().unwrap(), "-p", "seconds=120", "-o", "json"]);
+    let r = cli.run(&[
+        "run",
+        "submit",
+        file.to_str().unwrap(),
+        "-p",
+        "seconds=120",
+        "-o",
+        "json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

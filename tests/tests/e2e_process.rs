@@ -24,6 +24,10 @@ fn linear_pipeline_on_the_process_runtime() {
     let path = uri.strip_prefix("file://").expect("file uri");
     assert!(path.starts_with(artifacts.path().to_str().unwrap()));
     assert_eq!(std::fs::read_to_string(path).unwrap(), "0\n1\n2\n3\n");
-    let agents = cluster.cli().run(&["agent", "list", "-o", "json"]).json().unwrap();
+    let agents = cluster
+        .cli()
+        .run(&["agent", "list", "-o", "json"])
+        .json()
+        .unwrap();
     assert_eq!(agents[0]["runtime"], "process");
 }

@@ -61,7 +61,14 @@ fn kill_9_of_the_coordinator_mid_run_loses_nothing() {
     let agent_log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let _agent = Proc {
         child: Command::new(bin("gantry-agent"))
-            .args(["--coordinator", &endpoint, "--agent-id", "agent-1", "--runtime", "docker"])
+            .args([
+                "--coordinator",
+                &endpoint,
+                "--agent-id",
+                "agent-1",
+                "--runtime",
+                "docker",
+            ])
             .arg("--work-dir")
             .arg(dir.path().join("agent"))
             .envs(s3.env())
@@ -77,7 +84,15 @@ fn kill_9_of_the_coordinator_mid_run_loses_nothing() {
     };
     cli.wait_for_agents(1).unwrap();
     let file = compile_pipeline("sleeper", dir.path()).unwrap();
-    let r = cli.run(&["run", "submit", file.to_str().unwrap(), "-p", "seconds=3", "-o", "json"]);
+    let r = cli.run(&[
+        "run",
+        "submit",
+        file.to_str().unwrap(),
+        "-p",
+        "seconds=3",
+        "-o",
+        "json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
 
@@ -100,8 +115,14 @@ fn kill_9_of_the_coordinator_mid_run_loses_nothing() {
     assert_eq!(code, 0, "{after:#}\n{log}");
     assert_eq!(after["state"], "SUCCEEDED");
     // the result recorded before the crash is still there, unchanged
-    assert_eq!(task(&after, "nap")["outputs"], task(&before, "nap")["outputs"]);
-    assert_eq!(task(&after, "nap")["finished_at"], task(&before, "nap")["finished_at"]);
+    assert_eq!(
+        task(&after, "nap")["outputs"],
+        task(&before, "nap")["outputs"]
+    );
+    assert_eq!(
+        task(&after, "nap")["finished_at"],
+        task(&before, "nap")["finished_at"]
+    );
     for t in after["tasks"].as_array().unwrap() {
         assert_eq!(t["attempts"], 1, "a step ran twice: {t:#}");
         assert_eq!(t["state"], "SUCCEEDED");

@@ -25,7 +25,13 @@ pub struct DockerRuntime {
 
 fn container_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -34,10 +40,9 @@ impl DockerRuntime {
     pub async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| RuntimeError::Unavailable(format!("docker: {e}")))?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| RuntimeError::Unavailable(format!("docker engine does not answer: {e}")))?;
+        docker.ping().await.map_err(|e| {
+            RuntimeError::Unavailable(format!("docker engine does not answer: {e}"))
+        })?;
         Ok(DockerRuntime { docker })
     }
 
@@ -81,7 +86,13 @@ impl DockerRuntime {
             ..Default::default()
         };
         if let Err(e) = self.docker.remove_container(name, Some(opts)).await {
-            if !matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. }) {
+            if !matches!(
+                e,
+                DockerError::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                }
+            ) {
                 tracing::warn!(container = name, error = %e, "could not remove container");
             }
         }
@@ -127,7 +138,9 @@ impl DockerRuntime {
             // A non-zero exit surfaces as an error carrying the code.
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(RuntimeError::Other(format!("wait: {e}"))),
-            None => Err(RuntimeError::Other("wait: no answer from the engine".into())),
+            None => Err(RuntimeError::Other(
+                "wait: no answer from the engine".into(),
+            )),
         }
     }
 }
@@ -169,9 +182,13 @@ impl Runtime for DockerRuntime {
             let mut err = LineSplitter::default();
             while let Some(Ok(chunk)) = log_stream.next().await {
                 let (stream, split, bytes) = match chunk {
-                    bollard::container::LogOutput::StdErr { message } => (LogStream::Stderr, &mut err, message),
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (LogStream::Stderr, &mut err, message)
+                    }
                     bollard::container::LogOutput::StdOut { message }
-                    | bollard::container::LogOutput::Console { message } => (LogStream::Stdout, &mut out, message),
+                    | bollard::container::LogOutput::Console { message } => {
+                        (LogStream::Stdout, &mut out, message)
+                    }
                     bollard::container::LogOutput::StdIn { .. } => continue,
                 };
                 for line in split.push(&bytes) {

@@ -111,7 +111,11 @@ impl LineSplitter {
         let mut out = Vec::new();
         while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            out.push(String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string());
+            out.push(
+                String::from_utf8_lossy(&line[..line.len() - 1])
+                    .trim_end_matches('\r')
+                    .to_string(),
+            );
         }
         out
     }

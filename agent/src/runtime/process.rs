@@ -71,8 +71,14 @@ impl Runtime for ProcessRuntime {
             .spawn()
             .map_err(|e| RuntimeError::Start(format!("{program}: {e}")))?;
         let pid = child.id();
-        let out = child.stdout.take().map(|s| tokio::spawn(pump(s, LogStream::Stdout, logs.clone())));
-        let err = child.stderr.take().map(|s| tokio::spawn(pump(s, LogStream::Stderr, logs.clone())));
+        let out = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(pump(s, LogStream::Stdout, logs.clone())));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(pump(s, LogStream::Stderr, logs.clone())));
         let (status, canceled) = tokio::select! {
             s = child.wait() => (s, false),
             _ = cancel.cancelled() => {

@@ -141,7 +141,9 @@ impl AgentService for Api {
             .await
             .ok_or_else(|| Status::invalid_argument("session closed before registering"))??;
         let Some(In::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument("the first message of a session must be Register"));
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Register",
+            ));
         };
         if reg.agent_id.is_empty() {
             return Err(Status::invalid_argument("agent_id is empty"));

@@ -27,7 +27,12 @@ impl ClusterService for Api {
                 } else {
                     String::new()
                 },
-                role: if *id == s.leader_id { "LEADER" } else { "FOLLOWER" }.to_string(),
+                role: if *id == s.leader_id {
+                    "LEADER"
+                } else {
+                    "FOLLOWER"
+                }
+                .to_string(),
             })
             .collect();
         Ok(Response::new(pb::ClusterStatus {

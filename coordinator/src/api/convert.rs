@@ -34,7 +34,11 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
         .values()
         .filter(|t| t.task_id != ROOT_TASK_ID)
         .collect();
-    tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.task_id.cmp(&b.task_id)));
+    tasks.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.task_id.cmp(&b.task_id))
+    });
     pb::Run {
         run_id: run.run_id.clone(),
         pipeline_name: run.pipeline.name.clone(),
@@ -52,7 +56,11 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
                 iteration: t.iteration.map_or(-1, i64::from),
                 state: t.state.as_str().to_string(),
                 attempts: t.attempts.len() as u32,
-                agent: t.attempts.last().map(|a| a.agent.clone()).unwrap_or_default(),
+                agent: t
+                    .attempts
+                    .last()
+                    .map(|a| a.agent.clone())
+                    .unwrap_or_default(),
                 started_at_ms: t.started_at.unwrap_or(0),
                 finished_at_ms: t.finished_at.unwrap_or(0),
                 error: t.error.clone().unwrap_or_default(),
@@ -70,7 +78,12 @@ pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
     pb::AgentInfo {
         agent_id: a.agent_id.clone(),
         hostname: a.inventory.hostname.clone(),
-        state: if connected { "CONNECTED" } else { "DISCONNECTED" }.to_string(),
+        state: if connected {
+            "CONNECTED"
+        } else {
+            "DISCONNECTED"
+        }
+        .to_string(),
         cpu_cores: a.inventory.cpu_cores,
         memory_bytes: a.inventory.memory_bytes,
         gpus: a.inventory.gpus.len() as u32,

@@ -26,7 +26,12 @@ fn rejection(r: Rejection) -> Status {
 
 impl Api {
     fn run_proto(&self, run_id: &str) -> Result<pb::Run, Status> {
-        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let waiting = self
+            .0
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let st = self.0.state.read();
         st.runs
             .get(run_id)
@@ -97,7 +102,12 @@ impl RunService for Api {
             0 => 100,
             n => n as usize,
         };
-        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let waiting = self
+            .0
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let st = self.0.state.read();
         let runs = st
             .runs_newest_first()
@@ -147,7 +157,12 @@ impl RunService for Api {
                 let st = c.state.read();
                 st.runs
                     .get(&req.run_id)
-                    .map(|r| r.tasks.values().map(|t| (t.task_id.clone(), t.name.clone())).collect())
+                    .map(|r| {
+                        r.tasks
+                            .values()
+                            .map(|t| (t.task_id.clone(), t.name.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
             move |r: &LogRecord| {
@@ -158,7 +173,15 @@ impl RunService for Api {
         };
         let run_id = req.run_id.clone();
         let follow = req.follow;
-        let stream = async_stream_logs(c, run_id, backlog, follow, matches, &mut live, &mut finished);
+        let stream = async_stream_logs(
+            c,
+            run_id,
+            backlog,
+            follow,
+            matches,
+            &mut live,
+            &mut finished,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

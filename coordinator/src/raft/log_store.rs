@@ -240,7 +240,9 @@ impl raft::Storage for SledLogStore {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Log compaction and snapshot transfer arrive with the replicated coordinator; until
         // then the whole log is kept and no peer ever needs a snapshot.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -292,7 +294,9 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 1);
         assert_eq!(s.term(2).unwrap(), 2);
         assert_eq!(s.hard_state().commit, 2);
-        let ents = s.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        let ents = s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(ents.len(), 2);
         assert_eq!(&ents[1].data[..], b"x");
         assert!(s.term(3).is_err());

@@ -58,7 +58,10 @@ pub struct NodeStatus {
 type Reply<O> = oneshot::Sender<Result<O, RaftError>>;
 
 enum Mail<O> {
-    Propose { data: Vec<u8>, reply: Reply<O> },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<O>,
+    },
     /// A message from a peer (used once peers exist).
     Step(Box<Message>),
     Shutdown,
@@ -96,7 +99,10 @@ impl<O: Send + 'static> RaftHandle<O> {
     }
 
     pub fn status(&self) -> NodeStatus {
-        self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn shutdown(&self) {
@@ -166,7 +172,8 @@ pub fn start<S: StateMachine>(
     let sole_voter = store.conf_state().voters == vec![cfg.id];
     if sole_voter {
         // No one else can win an election: start one now instead of after a timeout.
-        raw.campaign().map_err(|e| RaftError::Storage(e.to_string()))?;
+        raw.campaign()
+            .map_err(|e| RaftError::Storage(e.to_string()))?;
     }
     let status = Arc::new(RwLock::new(NodeStatus {
         id: cfg.id,

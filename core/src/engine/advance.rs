@@ -7,8 +7,8 @@ use gantry_model::{ArtifactRef, StepInputs};
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
 use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState, ROOT_TASK_ID};
 use crate::ir::{
-    condition, ArtifactSource, ComponentSpec, DagSpec, ExecutorSpec, Implementation,
-    ImporterUri, ParameterSource, PipelineSpec, TaskSpec, TriggerStrategy,
+    condition, ArtifactSource, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri,
+    ParameterSource, PipelineSpec, TaskSpec, TriggerStrategy,
 };
 
 /// What [`advance`] did, for the caller to react to (wake the scheduler, tell watchers).
@@ -120,7 +120,12 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
     }
     let mut rec = new_record(parent_id, spec, kind, now);
     if run.state == RunState::Canceling {
-        finish(&mut rec, TaskState::Canceled, Some("run canceled".into()), now);
+        finish(
+            &mut rec,
+            TaskState::Canceled,
+            Some("run canceled".into()),
+            now,
+        );
         return Some(rec);
     }
     if let Some(up) = failed_upstream {
@@ -252,7 +257,11 @@ fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
         }
     }
     let (state, error, outputs) = if let Some((child, err)) = first_failure {
-        (TaskState::Failed, Some(format!("task {child:?} failed: {err}")), None)
+        (
+            TaskState::Failed,
+            Some(format!("task {child:?} failed: {err}")),
+            None,
+        )
     } else if canceled {
         (TaskState::Canceled, Some("run canceled".to_string()), None)
     } else {
@@ -285,12 +294,19 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
             .map(|t| t.task_id.clone())
             .collect();
         for dag_id in running_dags {
-            let Some(dag) = run.tasks.get(&dag_id).and_then(|t| dag_of(&run.pipeline, t)) else {
+            let Some(dag) = run
+                .tasks
+                .get(&dag_id)
+                .and_then(|t| dag_of(&run.pipeline, t))
+            else {
                 continue;
             };
             let mut created = Vec::new();
             for spec in dag.tasks.values() {
-                if run.tasks.contains_key(&RunRecord::child_id(&dag_id, &spec.name)) {
+                if run
+                    .tasks
+                    .contains_key(&RunRecord::child_id(&dag_id, &spec.name))
+                {
                     continue;
                 }
                 if let Some(rec) = decide(run, &dag_id, spec, now) {

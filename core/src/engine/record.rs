@@ -45,11 +45,16 @@ pub fn record_assignment(
         .get_mut(task_id)
         .ok_or_else(|| format!("no task {task_id:?}"))?;
     if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
-        return Err(format!("task {task_id:?} is {}, not READY", rec.state.as_str()));
+        return Err(format!(
+            "task {task_id:?} is {}, not READY",
+            rec.state.as_str()
+        ));
     }
     let expected = rec.attempts.len() as u32 + 1;
     if attempt != expected {
-        return Err(format!("attempt {attempt} is not the next one ({expected})"));
+        return Err(format!(
+            "attempt {attempt} is not the next one ({expected})"
+        ));
     }
     rec.attempts.push(AttemptRecord {
         number: attempt,
@@ -83,9 +88,7 @@ fn current_running<'a>(
             "attempt {attempt} is not the current attempt ({current:?})"
         ));
     }
-    if rec.state != TaskState::Running
-        || rec.attempts.last().is_some_and(|a| a.outcome.is_some())
-    {
+    if rec.state != TaskState::Running || rec.attempts.last().is_some_and(|a| a.outcome.is_some()) {
         return Err(format!("attempt {attempt} already has a result"));
     }
     Ok(rec)

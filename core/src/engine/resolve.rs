@@ -129,16 +129,14 @@ pub(crate) fn resolve_inputs(
                 }
                 Err(r) => return r,
             },
-            ParameterSource::TaskFinalStatus(producer) => {
-                match sibling(run, parent_id, producer) {
-                    Some(t) => Some(final_status(run, t)),
-                    None => {
-                        return Resolution::Error(format!(
-                            "input {name:?}: task {producer:?} has not run"
-                        ))
-                    }
+            ParameterSource::TaskFinalStatus(producer) => match sibling(run, parent_id, producer) {
+                Some(t) => Some(final_status(run, t)),
+                None => {
+                    return Resolution::Error(format!(
+                        "input {name:?}: task {producer:?} has not run"
+                    ))
                 }
-            }
+            },
         };
         if let Some(v) = value {
             let v = match component.input_parameters.get(name) {
@@ -176,7 +174,11 @@ pub(crate) fn resolve_inputs(
                 artifacts.insert(name.clone(), v);
             }
             None => {
-                if !component.input_artifacts.get(name).is_some_and(|d| d.optional) {
+                if !component
+                    .input_artifacts
+                    .get(name)
+                    .is_some_and(|d| d.optional)
+                {
                     return Resolution::Unavailable(format!(
                         "input artifact {name:?} is not available (its producer did not succeed)"
                     ));

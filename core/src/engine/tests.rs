@@ -29,7 +29,10 @@ fn ready(run: &RunRecord) -> Vec<String> {
 }
 
 fn state(run: &RunRecord, id: &str) -> TaskState {
-    run.tasks.get(id).unwrap_or_else(|| panic!("no task {id}")).state
+    run.tasks
+        .get(id)
+        .unwrap_or_else(|| panic!("no task {id}"))
+        .state
 }
 
 fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now: i64) {
@@ -120,7 +123,10 @@ fn step_spec_carries_the_executor_and_unique_output_uris() {
     let b = step_spec(&run, "make-data", 2).unwrap();
     assert_eq!(a.container.image, "python:3.11-slim");
     assert!(a.container.args.iter().any(|x| x == "{{$}}"));
-    assert_ne!(a.outputs.artifacts["data"].uri, b.outputs.artifacts["data"].uri);
+    assert_ne!(
+        a.outputs.artifacts["data"].uri,
+        b.outputs.artifacts["data"].uri
+    );
     assert_eq!(a.inputs.parameters["rows"], json!(10));
 }
 
@@ -130,25 +136,49 @@ fn elif_branch_runs_and_oneof_output_reaches_the_consumer() {
     assert_eq!(ready(&run), vec!["pick"]);
     succeed(&mut run, "pick", json!({"Output": 5}), &[], 10);
     assert_eq!(state(&run, "condition-branches-1"), TaskState::Running);
-    assert_eq!(state(&run, "condition-branches-1/condition-2"), TaskState::Skipped);
-    assert_eq!(state(&run, "condition-branches-1/condition-3"), TaskState::Running);
-    assert_eq!(state(&run, "condition-branches-1/condition-4"), TaskState::Skipped);
+    assert_eq!(
+        state(&run, "condition-branches-1/condition-2"),
+        TaskState::Skipped
+    );
+    assert_eq!(
+        state(&run, "condition-branches-1/condition-3"),
+        TaskState::Running
+    );
+    assert_eq!(
+        state(&run, "condition-branches-1/condition-4"),
+        TaskState::Skipped
+    );
     let inner = ready(&run);
     assert_eq!(inner.len(), 1, "{inner:?}");
     assert!(inner[0].starts_with("condition-branches-1/condition-3/"));
-    assert_eq!(run.tasks[&inner[0]].inputs.parameters["text"], json!("medium"));
+    assert_eq!(
+        run.tasks[&inner[0]].inputs.parameters["text"],
+        json!("medium")
+    );
     assert_eq!(
         run.tasks[&inner[0]].parent.as_deref(),
         Some("condition-branches-1/condition-3")
     );
 
-    succeed(&mut run, &inner.clone()[0], json!({"Output": "medium"}), &[], 20);
+    succeed(
+        &mut run,
+        &inner.clone()[0],
+        json!({"Output": "medium"}),
+        &[],
+        20,
+    );
     assert_eq!(state(&run, "condition-branches-1"), TaskState::Succeeded);
     assert_eq!(ready(&run), vec!["say-4"]);
-    assert_eq!(run.tasks["say-4"].inputs.parameters["text"], json!("medium"));
+    assert_eq!(
+        run.tasks["say-4"].inputs.parameters["text"],
+        json!("medium")
+    );
     succeed(&mut run, "say-4", json!({"Output": "medium"}), &[], 30);
     assert_eq!(run.state, RunState::Succeeded);
-    assert_eq!(run.tasks[ROOT_TASK_ID].outputs.parameters["Output"], json!("medium"));
+    assert_eq!(
+        run.tasks[ROOT_TASK_ID].outputs.parameters["Output"],
+        json!("medium")
+    );
 }
 
 #[test]
@@ -158,7 +188,10 @@ fn if_and_else_branches_follow_the_value() {
         succeed(&mut run, "pick", json!({"Output": n}), &[], 10);
         let r = ready(&run);
         assert_eq!(r.len(), 1);
-        assert!(r[0].starts_with(&format!("condition-branches-1/{branch}/")), "{n}: {r:?}");
+        assert!(
+            r[0].starts_with(&format!("condition-branches-1/{branch}/")),
+            "{n}: {r:?}"
+        );
     }
 }
 
@@ -172,7 +205,11 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
     fail(&mut run, "boom", "boom: x", 2);
     assert_eq!(state(&run, "boom"), TaskState::Failed);
     assert_eq!(state(&run, "ok"), TaskState::Skipped);
-    assert!(run.tasks["ok"].error.as_deref().unwrap_or("").contains("boom"));
+    assert!(run.tasks["ok"]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("boom"));
     // the independent task is still running: the run is not over
     assert_eq!(run.state, RunState::Running);
     let effect = record_outcome(
@@ -214,7 +251,10 @@ fn late_and_duplicate_reports_change_nothing() {
         record_outcome(&mut run, "make-data", 2, ok.clone(), 2),
         OutcomeEffect::Ignored(_)
     ));
-    assert_eq!(record_outcome(&mut run, "make-data", 1, ok.clone(), 3), OutcomeEffect::Recorded);
+    assert_eq!(
+        record_outcome(&mut run, "make-data", 1, ok.clone(), 3),
+        OutcomeEffect::Recorded
+    );
     let before = run.clone();
     let late_failure = StepOutcome::Failed {
         error: "late".into(),
@@ -268,7 +308,10 @@ fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
     let mut run = new_run(FAILING, &[]);
     record_assignment(&mut run, "boom", 1, "agent-a", 1).unwrap();
     let to_stop = cancel_run(&mut run, 2);
-    assert_eq!(to_stop, vec![("boom".to_string(), 1, "agent-a".to_string())]);
+    assert_eq!(
+        to_stop,
+        vec![("boom".to_string(), 1, "agent-a".to_string())]
+    );
     assert_eq!(run.state, RunState::Canceling);
     assert_eq!(state(&run, "ok-2"), TaskState::Canceled);
     advance(&mut run, 2);
@@ -281,9 +324,14 @@ fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
 
 #[test]
 fn unsupported_features_are_named_at_submit() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kfp-conformance/valid");
-    let loops = std::fs::read_to_string(format!("{dir}/parallel_and_nested/pipeline_with_loops.yaml"))
-        .expect("conformance corpus beside the repository");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/kfp-conformance/valid"
+    );
+    let loops = std::fs::read_to_string(format!(
+        "{dir}/parallel_and_nested/pipeline_with_loops.yaml"
+    ))
+    .expect("conformance corpus beside the repository");
     let spec = parse_pipeline(&loops).unwrap();
     let err = check_supported(&spec).unwrap_err();
     assert!(err.contains("ParallelFor"), "{err}");

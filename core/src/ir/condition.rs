@@ -144,12 +144,120 @@ impl Condition {
     }
 }
 
+/// Longest expression accepted, in bytes. The SDK's longest (a `dsl.Elif` chain negating every
+/// earlier branch) stay far below.
+pub const MAX_LENGTH: usize = 16 * 1024;
+/// Deepest nesting of `(`, `[` and `{` accepted. The SDK writes at most 5
+/// (`!(double(int(inputs.parameter_values['x'])) == 3.0)`).
+pub const MAX_DEPTH: usize = 8;
+/// Most operators (`+ == < in . [`...) accepted in one run not broken by `&&`, `||`, `?`, `:`
+/// or `,` at the same nesting level.
+pub const MAX_CHAIN: usize = 24;
+
+/// Refuses expressions whose shape would make the CEL parser (ANTLR-generated, recursive)
+/// exhaust the stack or run for exponential time: nested calls take time doubling with each
+/// level (24 levels of `int(...)` take seconds), and about 14 nested parentheses overflow a
+/// 2 MiB thread stack in a debug build (about 280 in release). A stack overflow aborts the
+/// process and cannot be caught, so these limits are checked before the parser runs.
+fn check_shape(expr: &str) -> Result<(), String> {
+    if expr.len() > MAX_LENGTH {
+        return Err(format!(
+            "the expression is too long ({} bytes, at most {MAX_LENGTH})",
+            expr.len()
+        ));
+    }
+    let chars: Vec<char> = expr.chars().collect();
+    // One operator counter per open nesting level.
+    let mut chains: Vec<usize> = vec![0];
+    let bump = |chains: &mut Vec<usize>| -> Result<(), String> {
+        if let Some(c) = chains.last_mut() {
+            *c += 1;
+            if *c > MAX_CHAIN {
+                return Err(format!(
+                    "the expression chains more than {MAX_CHAIN} operators without && or ||"
+                ));
+            }
+        }
+        Ok(())
+    };
+    let is_word = |c: Option<&char>| c.is_some_and(|c| c.is_alphanumeric() || *c == '_');
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        let next = chars.get(i + 1).copied();
+        let prev = i.checked_sub(1).and_then(|p| chars.get(p));
+        match c {
+            '\'' | '"' => {
+                let raw = matches!(prev, Some('r' | 'R'));
+                let triple = next == Some(c) && chars.get(i + 2) == Some(&c);
+                i += if triple { 3 } else { 1 };
+                // Skip to the closing quote(s); an unterminated string is the parser's to report.
+                loop {
+                    match chars.get(i) {
+                        None => return Ok(()),
+                        Some('\\') if !raw => i += 2,
+                        Some(&q) if q == c => {
+                            if !triple {
+                                break;
+                            }
+                            if chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c) {
+                                i += 2;
+                                break;
+                            }
+                            i += 1;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                if c == '[' {
+                    bump(&mut chains)?;
+                }
+                chains.push(0);
+                if chains.len() > MAX_DEPTH + 1 {
+                    return Err(format!(
+                        "the expression nests brackets more than {MAX_DEPTH} levels deep"
+                    ));
+                }
+            }
+            ')' | ']' | '}' if chains.len() > 1 => {
+                chains.pop();
+            }
+            '&' | '|' | '?' | ':' | ',' => {
+                if let Some(last) = chains.last_mut() {
+                    *last = 0;
+                }
+            }
+            '=' | '!' | '<' | '>' if next == Some('=') => {
+                bump(&mut chains)?;
+                i += 1;
+            }
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' => bump(&mut chains)?,
+            '.' => {
+                let in_number = prev.is_some_and(char::is_ascii_digit)
+                    && next.is_some_and(|n| n.is_ascii_digit());
+                if !in_number {
+                    bump(&mut chains)?;
+                }
+            }
+            'i' if next == Some('n') && !is_word(prev) && !is_word(chars.get(i + 2)) => {
+                bump(&mut chains)?;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// Parses a condition and checks that it reads nothing but `inputs` and calls only known
 /// functions. The error says why, with the parser's position.
 pub fn compile(expr: &str) -> Result<Condition, String> {
     if expr.trim().is_empty() {
         return Err("the condition is empty".into());
     }
+    check_shape(expr)?;
     // The ANTLR-generated parser panics on some malformed input (`a ==`) instead of
     // returning an error; the panic is caught here. (This needs `panic = "unwind"`, the
     // default: a profile with `panic = "abort"` would let a bad condition stop the process.)
@@ -189,6 +297,7 @@ pub fn check_selector_syntax(expr: &str) -> Result<(), String> {
     if expr.trim().is_empty() {
         return Err("the selector is empty".into());
     }
+    check_shape(expr)?;
     catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
         .map_err(|_| PARSER_GAVE_UP.to_string())?
         .map(|_| ())
@@ -402,6 +511,39 @@ mod tests {
         ] {
             let _ = evaluate(expr, &values(&[("x", json!(1)), ("a", json!(1))]));
         }
+    }
+
+    #[test]
+    fn shapes_that_would_overflow_the_parser_are_refused() {
+        let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
+        assert!(compile(&deep).unwrap_err().contains("more than 8 levels"));
+        let calls = format!("{}1{} > 0", "int(".repeat(30), ")".repeat(30));
+        assert!(compile(&calls).unwrap_err().contains("more than 8 levels"));
+        let chain = vec!["1"; 100].join(" + ") + " > 0";
+        assert!(compile(&chain).unwrap_err().contains("chains more than 24"));
+        let members = format!("inputs{} == 1", ".a".repeat(100));
+        assert!(compile(&members)
+            .unwrap_err()
+            .contains("chains more than 24"));
+        let long = vec!["true"; 5000].join(" && ");
+        assert!(compile(&long).unwrap_err().contains("too long"));
+        // Brackets and operators inside strings do not count.
+        let quoted = format!(
+            "inputs.parameter_values['{}'] == '(((((((((((+.+.+'",
+            "[".repeat(40)
+        );
+        assert!(check_shape(&quoted).is_ok());
+        let triple = r#"inputs.parameter_values['x'] == '''((((((((((((a'b'''"#;
+        assert!(check_shape(triple).is_ok());
+        let escaped = r#"inputs.parameter_values['x'] == 'it\'s ((((((((((((('"#;
+        assert!(check_shape(escaped).is_ok());
+        // A long dsl.Elif chain, as the SDK writes it, is fine.
+        let elif = (0..60)
+            .map(|i| format!("!(int(inputs.parameter_values['pipelinechannel--n']) == {i})"))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        assert!(compile(&elif).is_ok(), "{elif}");
+        assert!(check_selector_syntax(&deep).is_err());
     }
 
     #[test]

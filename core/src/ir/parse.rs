@@ -1694,6 +1694,24 @@ sdkVersion: kfp-2.16.1
     }
 
     #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_quickly() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i", "j"])
+        {
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let e = err(&bomb);
+        assert!(e.message.starts_with("malformed YAML"), "{e}");
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let e = err(&deep);
+        assert!(e.message.contains("recursion limit"), "{e}");
+    }
+
+    #[test]
     fn huge_numbers_and_odd_keys_do_not_panic() {
         for text in [
             "pipelineInfo: {name: x}\nroot: {dag: {tasks: {}}}\nsdkVersion: 1e999\n",

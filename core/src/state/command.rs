@@ -51,12 +51,21 @@ pub enum Command {
         at: i64,
     },
     /// Placements chosen by the leader's scheduler in one pass. Each is re-checked at apply.
-    AssignAttempts { placements: Vec<Placement>, at: i64 },
-    AttemptStarted { attempt: AttemptKey, at: i64 },
+    AssignAttempts {
+        placements: Vec<Placement>,
+        at: i64,
+    },
+    AttemptStarted {
+        attempt: AttemptKey,
+        at: i64,
+    },
     AttemptFinished {
         attempt: AttemptKey,
         outcome: StepOutcome,
         at: i64,
     },
-    CancelRun { run_id: String, at: i64 },
+    CancelRun {
+        run_id: String,
+        at: i64,
+    },
 }

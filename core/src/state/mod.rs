@@ -34,7 +34,8 @@ impl AgentRecord {
         let cpu_ok = self.cpu_allocated + req.cpu_reserved() <= self.inventory.cpu_cores + 1e-9;
         let mem_ok = self.memory_allocated.saturating_add(req.memory_reserved())
             <= self.inventory.memory_bytes;
-        let gpu_ok = self.gpus_allocated + req.accelerator_count <= self.inventory.gpus.len() as u32;
+        let gpu_ok =
+            self.gpus_allocated + req.accelerator_count <= self.inventory.gpus.len() as u32;
         cpu_ok && mem_ok && gpu_ok
     }
 }
@@ -55,7 +56,10 @@ pub enum Rejection {
 /// The result of applying one command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    RunCreated { run_id: String, existing: bool },
+    RunCreated {
+        run_id: String,
+        existing: bool,
+    },
     AgentRegistered,
     /// Placements that took effect; the others were stale.
     Assigned(Vec<Placement>),
@@ -69,12 +73,23 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// New work may be placeable.
-    TasksReady { run_id: String },
+    TasksReady {
+        run_id: String,
+    },
     /// Tell `agent_id` to run this attempt (committed now, so it may act on it).
-    AttemptAssigned { agent_id: String, attempt: AttemptKey },
+    AttemptAssigned {
+        agent_id: String,
+        attempt: AttemptKey,
+    },
     /// Tell `agent_id` to stop this attempt.
-    AttemptCanceled { agent_id: String, attempt: AttemptKey },
-    RunFinished { run_id: String, state: RunState },
+    AttemptCanceled {
+        agent_id: String,
+        attempt: AttemptKey,
+    },
+    RunFinished {
+        run_id: String,
+        state: RunState,
+    },
     /// Capacity freed or agents changed.
     CapacityChanged,
 }
@@ -125,23 +140,34 @@ impl ClusterState {
                 pipeline_root,
                 parameters,
                 at,
-            } => self.create_run(run_id, request_id, *pipeline, pipeline_root, parameters, at, &mut events),
+            } => self.create_run(
+                run_id,
+                request_id,
+                *pipeline,
+                pipeline_root,
+                parameters,
+                at,
+                &mut events,
+            ),
             Command::RegisterAgent {
                 agent_id,
                 inventory,
                 labels,
                 at,
             } => {
-                let rec = self.agents.entry(agent_id.clone()).or_insert_with(|| AgentRecord {
-                    agent_id,
-                    inventory: inventory.clone(),
-                    labels: labels.clone(),
-                    registered_at: at,
-                    running: BTreeSet::new(),
-                    cpu_allocated: 0.0,
-                    memory_allocated: 0,
-                    gpus_allocated: 0,
-                });
+                let rec = self
+                    .agents
+                    .entry(agent_id.clone())
+                    .or_insert_with(|| AgentRecord {
+                        agent_id,
+                        inventory: inventory.clone(),
+                        labels: labels.clone(),
+                        registered_at: at,
+                        running: BTreeSet::new(),
+                        cpu_allocated: 0.0,
+                        memory_allocated: 0,
+                        gpus_allocated: 0,
+                    });
                 rec.inventory = inventory;
                 rec.labels = labels;
                 events.push(Event::CapacityChanged);
@@ -230,7 +256,12 @@ impl ClusterState {
         })
     }
 
-    fn assign(&mut self, placements: Vec<Placement>, at: i64, events: &mut Vec<Event>) -> Vec<Placement> {
+    fn assign(
+        &mut self,
+        placements: Vec<Placement>,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Vec<Placement> {
         let mut done = Vec::new();
         for p in placements {
             let Some(run) = self.runs.get_mut(&p.run_id) else {
@@ -268,7 +299,8 @@ impl ClusterState {
         if let Some(agent) = self.agents.get_mut(agent_id) {
             if agent.running.remove(key) {
                 agent.cpu_allocated = (agent.cpu_allocated - req.cpu_reserved()).max(0.0);
-                agent.memory_allocated = agent.memory_allocated.saturating_sub(req.memory_reserved());
+                agent.memory_allocated =
+                    agent.memory_allocated.saturating_sub(req.memory_reserved());
                 agent.gpus_allocated = agent.gpus_allocated.saturating_sub(req.accelerator_count);
             }
         }
@@ -323,7 +355,10 @@ impl ClusterState {
     }
 
     pub fn active_runs(&self) -> usize {
-        self.runs.values().filter(|r| !r.state.is_terminal()).count()
+        self.runs
+            .values()
+            .filter(|r| !r.state.is_terminal())
+            .count()
     }
 }
 

@@ -151,8 +151,11 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 request_id: None,
                 pipeline: Box::new(spec.clone()),
                 pipeline_root: "file:///x".into(),
-                parameters: [("rows".to_string(), json!(1)), ("factor".to_string(), json!(1.0))]
-                    .into(),
+                parameters: [
+                    ("rows".to_string(), json!(1)),
+                    ("factor".to_string(), json!(1.0)),
+                ]
+                .into(),
                 at: i as i64,
             },
         );
@@ -209,7 +212,9 @@ fn assignment_events_follow_the_commit_and_duplicates_emit_nothing() {
     let again = s.apply(6, finished("r1", "make-data", 1));
     assert!(matches!(
         again.result,
-        Ok(Outcome::ResultRecorded(crate::engine::OutcomeEffect::Ignored(_)))
+        Ok(Outcome::ResultRecorded(
+            crate::engine::OutcomeEffect::Ignored(_)
+        ))
     ));
     assert!(again.events.is_empty());
     s.applied_index = before.applied_index;
@@ -219,6 +224,12 @@ fn assignment_events_follow_the_commit_and_duplicates_emit_nothing() {
 #[test]
 fn unknown_runs_are_rejected() {
     let mut s = ClusterState::default();
-    let r = s.apply(1, Command::CancelRun { run_id: "nope".into(), at: 0 });
+    let r = s.apply(
+        1,
+        Command::CancelRun {
+            run_id: "nope".into(),
+            at: 0,
+        },
+    );
     assert_eq!(r.result, Err(Rejection::RunNotFound("nope".into())));
 }
