@@ -49,7 +49,7 @@ unmount_all() {
 }
 cleanup() {
   unmount_all || true
-  # Never delete through a mount that is still there (a bound /dev would be the host's).
+  # Never delete through a mount that is still there.
   local m
   for m in dev/pts dev proc sys; do
     if mountpoint -q "$rootfs/$m" 2>/dev/null; then
@@ -103,8 +103,10 @@ else
     { tail -30 "$work/debootstrap.log" >&2; exit 1; }
   done_phase "debootstrap done"
 
+  # debootstrap made the device nodes in $rootfs/dev; give apt a private pty instance too.
   mount -t proc proc "$rootfs/proc"
-  mount --bind /dev "$rootfs/dev"
+  mkdir -p "$rootfs/dev/pts"
+  mount -t devpts -o newinstance,ptmxmode=0666 devpts "$rootfs/dev/pts"
   cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
   # The host's CA bundle, so TLS from inside the chroot trusts what the host trusts.
   host_ca=/etc/ssl/certs/ca-certificates.crt
@@ -165,7 +167,7 @@ got=$(docker run --rm --network none python:3.11-slim \
 
 # A compiled KFP lightweight component, run the way a launcher runs it: compile inside the image
 # (same kfp as the host's), then run its exact command + args with --network none.
-spec=$(docker run --rm -i --network none "$IMAGE" python3 - 2>/dev/null <<'PY'
+spec=$(docker run --rm -i --network none "$IMAGE" sh -c 'cat >/tmp/c.py && python3 /tmp/c.py' <<'PY'
 import json, tempfile, warnings, yaml
 warnings.simplefilter("ignore")
 from kfp import compiler, dsl
