@@ -122,9 +122,7 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
                 .then(a.task_id.cmp(&b.task_id))
         });
         for t in ready {
-            let request = crate::engine::step_spec(run, &t.task_id, t.attempts.len() as u32 + 1)
-                .map(|s| s.container.resources)
-                .unwrap_or_default();
+            let request = crate::engine::task_resources(run, t).unwrap_or_default();
             out.push(ReadyStep {
                 run_id: run_id.clone(),
                 task_id: t.task_id.clone(),

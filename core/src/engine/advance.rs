@@ -187,7 +187,10 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             rec.state = TaskState::Running;
             rec.started_at = Some(now);
         }
-        TaskKind::Container => rec.state = TaskState::Ready,
+        TaskKind::Container => match super::step::task_resources(run, &rec) {
+            Ok(_) => rec.state = TaskState::Ready,
+            Err(e) => finish(&mut rec, TaskState::Failed, Some(e), now),
+        },
         TaskKind::Importer => import(run, comp, &mut rec, now),
     }
     Some(rec)

@@ -22,7 +22,7 @@ use crate::ir::PipelineSpec;
 
 pub use advance::advance;
 pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
-pub use step::step_spec;
+pub use step::{step_spec, task_resources};
 
 /// The id of the hidden task that stands for the root DAG.
 pub const ROOT_TASK_ID: &str = "";

@@ -3,12 +3,84 @@
 use std::collections::BTreeMap;
 
 use gantry_model::{
-    artifact_uri, ContainerSpec, EnvVar, OutputArtifactSpec, StepOutputs, StepSpec,
+    artifact_uri, ContainerSpec, EnvVar, OutputArtifactSpec, ResourceRequest, StepOutputs, StepSpec,
 };
 
 use super::advance::component;
-use super::RunRecord;
-use crate::ir::{ExecutorSpec, Implementation};
+use super::{RunRecord, TaskRecord};
+use crate::ir::{
+    parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, ContainerExecutor,
+    ExecutorSpec, Implementation,
+};
+
+/// The container executor a task runs, if it runs one.
+fn container_of<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a ContainerExecutor> {
+    let comp = component(&run.pipeline, &rec.component)?;
+    let Implementation::Executor(label) = &comp.implementation else {
+        return None;
+    };
+    match run.pipeline.executors.get(label) {
+        Some(ExecutorSpec::Container(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// The resources a container task asks for: the executor's fixed ones, with the fields the
+/// pipeline decides at run time (`set_cpu_limit(some_task.output)`) read from the task's
+/// resolved inputs.
+pub fn task_resources(run: &RunRecord, rec: &TaskRecord) -> Result<ResourceRequest, String> {
+    let Some(exec) = container_of(run, rec) else {
+        return Ok(ResourceRequest::default());
+    };
+    let mut r = exec.resources.clone();
+    let d = &exec.dynamic_resources;
+    if d.is_empty() {
+        return Ok(r);
+    }
+    let input = |field: &str, name: &str| -> Result<String, String> {
+        match rec.inputs.parameters.get(name) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(format!(
+                "{field} from input {name:?}: {other} is not a quantity"
+            )),
+            None => Err(format!(
+                "{field} from input {name:?}: the input has no value"
+            )),
+        }
+    };
+    if let Some(n) = &d.cpu_limit {
+        r.cpu_limit = Some(
+            parse_cpu_quantity(&input("cpu limit", n)?).map_err(|e| format!("cpu limit: {e}"))?,
+        );
+    }
+    if let Some(n) = &d.cpu_request {
+        r.cpu_request = Some(
+            parse_cpu_quantity(&input("cpu request", n)?)
+                .map_err(|e| format!("cpu request: {e}"))?,
+        );
+    }
+    if let Some(n) = &d.memory_limit {
+        r.memory_limit_bytes = Some(
+            parse_memory_quantity(&input("memory limit", n)?)
+                .map_err(|e| format!("memory limit: {e}"))?,
+        );
+    }
+    if let Some(n) = &d.memory_request {
+        r.memory_request_bytes = Some(
+            parse_memory_quantity(&input("memory request", n)?)
+                .map_err(|e| format!("memory request: {e}"))?,
+        );
+    }
+    if let Some(n) = &d.accelerator_type {
+        r.accelerator_type = Some(input("accelerator type", n)?);
+    }
+    if let Some(n) = &d.accelerator_count {
+        r.accelerator_count = parse_accelerator_count(&input("accelerator count", n)?)
+            .map_err(|e| format!("accelerator count: {e}"))?;
+    }
+    Ok(r)
+}
 
 /// The spec of attempt `attempt` of container task `task_id`. Deterministic: any node derives
 /// the same spec from the same state, so it need not be stored.
@@ -63,7 +135,7 @@ pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpe
                     value: value.clone(),
                 })
                 .collect(),
-            resources: exec.resources.clone(),
+            resources: task_resources(run, rec)?,
         },
         inputs: rec.inputs.clone(),
         outputs,

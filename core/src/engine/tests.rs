@@ -337,3 +337,45 @@ fn unsupported_features_are_named_at_submit() {
     assert!(err.contains("ParallelFor"), "{err}");
     assert!(check_supported(&parse_pipeline(LINEAR).unwrap()).is_ok());
 }
+
+#[test]
+fn resources_decided_at_run_time_come_from_task_inputs() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/kfp-conformance/valid"
+    );
+    let yaml = std::fs::read_to_string(format!(
+        "{dir}/pipeline_with_string_machine_fields_pipeline_input.yaml"
+    ))
+    .expect("conformance corpus beside the repository");
+    let run = new_run(
+        &yaml,
+        &[
+            ("cpu_limit", json!("500m")),
+            ("memory_limit", json!("2Gi")),
+            ("accelerator_limit", json!("2")),
+            ("accelerator_type", json!("NVIDIA_H100")),
+        ],
+    );
+    let r = ready(&run);
+    assert_eq!(r.len(), 1);
+    let res = task_resources(&run, &run.tasks[&r[0]]).unwrap();
+    assert_eq!(res.cpu_limit, Some(0.5));
+    assert_eq!(res.memory_limit_bytes, Some(2 << 30));
+    assert_eq!(res.accelerator_count, 2);
+    assert_eq!(res.accelerator_type.as_deref(), Some("NVIDIA_H100"));
+    assert_eq!(step_spec(&run, &r[0], 1).unwrap().container.resources, res);
+
+    let bad = new_run(&yaml, &[("cpu_limit", json!("lots"))]);
+    let t = bad
+        .tasks
+        .values()
+        .find(|t| t.kind == TaskKind::Container)
+        .unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    assert!(
+        t.error.as_deref().unwrap_or("").contains("cpu limit"),
+        "{:?}",
+        t.error
+    );
+}

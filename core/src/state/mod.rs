@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 pub use command::{AttemptKey, Command, Placement};
 
 use crate::engine::{self, OutcomeEffect, RunRecord, RunState};
-use crate::ir::{ExecutorSpec, Implementation};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -111,21 +110,10 @@ pub struct ClusterState {
 }
 
 fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
-    let exec = run.tasks.get(task_id).and_then(|t| {
-        let comp = if t.component == "root" {
-            Some(&run.pipeline.root)
-        } else {
-            run.pipeline.component(&t.component)
-        }?;
-        match &comp.implementation {
-            Implementation::Executor(label) => run.pipeline.executors.get(label),
-            Implementation::Dag(_) => None,
-        }
-    });
-    match exec {
-        Some(ExecutorSpec::Container(c)) => c.resources.clone(),
-        _ => ResourceRequest::default(),
-    }
+    run.tasks
+        .get(task_id)
+        .and_then(|t| engine::task_resources(run, t).ok())
+        .unwrap_or_default()
 }
 
 impl ClusterState {
