@@ -30,6 +30,10 @@ BUSYBOX=gantry/busybox:latest
 # python:3.11 is kfp 2.16.1's default (kfp/dsl/component_factory.py: _DEFAULT_BASE_IMAGE).
 TAGS=(python:3.11 python:3.11-slim python:3.9 python:3.10 python:3.12)
 
+# One build at a time on a machine: a second run waits, then finds the images up to date.
+exec 9>/tmp/gantry-images-build.lock
+flock 9
+
 t0=$SECONDS
 phase_start=$SECONDS
 phase() { phase_start=$SECONDS; echo "images: [$((SECONDS - t0))s] $*"; }
@@ -37,6 +41,12 @@ done_phase() { echo "images: [$((SECONDS - t0))s]   ... $* ($((SECONDS - phase_s
 up_to_date() {
   [ "$force" = 0 ] &&
     [ "$(docker image inspect -f '{{index .Config.Labels "gantry.build-hash"}}' "$1" 2>/dev/null)" = "$hash" ]
+}
+
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+# Remove the image a rebuild replaced, unless something still uses or names it.
+drop_old() {
+  [ -n "$2" ] && [ "$2" != "$(image_id "$1")" ] && docker rmi "$2" >/dev/null 2>&1 || true
 }
 
 work=$(mktemp -d /tmp/gantry-images.XXXXXX)
@@ -66,6 +76,7 @@ if up_to_date "$BUSYBOX"; then
   echo "images: $BUSYBOX is up to date"
 else
   phase "building $BUSYBOX"
+  old_id=$(image_id "$BUSYBOX")
   bb="$work/busybox"
   mkdir -p "$bb/bin" "$bb/tmp" "$bb/etc"
   if [ -x /bin/busybox ] && ldd /bin/busybox 2>&1 | grep -q "not a dynamic"; then
@@ -84,6 +95,7 @@ else
   tar -C "$bb" -c . | docker import \
     --change 'ENV PATH=/bin' --change "LABEL gantry.build-hash=$hash" --change 'CMD ["sh"]' \
     - "$BUSYBOX" >/dev/null
+  drop_old "$BUSYBOX" "$old_id"
   done_phase "imported $BUSYBOX"
 fi
 
@@ -155,7 +167,9 @@ else
     - "$IMAGE" >/dev/null
   done_phase "imported $IMAGE"
 fi
+old_id=$(image_id python:3.11)
 for tag in "${TAGS[@]}"; do docker tag "$IMAGE" "$tag"; done
+drop_old "$IMAGE" "$old_id"
 
 # ------------------------------------------------------------------------------ verify
 phase "verifying (no network)"

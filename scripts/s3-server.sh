@@ -11,7 +11,7 @@ set -euo pipefail
 usage() { echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1
-dir=$(mkdir -p "$2" && cd "$2" && pwd)
+dir=$(realpath -m "$2")
 pidfile="$(dirname "$dir")/s3s.pid"
 logfile="$(dirname "$dir")/s3s.log"
 

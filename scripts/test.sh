@@ -21,6 +21,7 @@ if [ -z "${GANTRY_TEST_S3_ENDPOINT:-}" ] && command -v s3s-fs >/dev/null 2>&1; t
     [ "$port" = 9330 ] && { echo "test.sh: could not start s3s-fs" >&2; exit 1; }
   done
   export GANTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$port" GANTRY_TEST_S3_BUCKET=gantry-artifacts
+  export GANTRY_TEST_S3_DIR="$s3tmp/data"
   export AWS_ACCESS_KEY_ID=gantry AWS_SECRET_ACCESS_KEY=gantrysecret AWS_REGION=us-east-1
   cargo test --workspace "$@"   # not exec: the trap stops the server afterwards
 else
