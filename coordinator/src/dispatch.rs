@@ -75,6 +75,11 @@ impl Dispatcher {
         }
     }
 
+    /// Ends every agent session (shutdown): their response streams close.
+    pub fn close_all(&self) {
+        self.sessions().clear();
+    }
+
     pub fn send(&self, agent_id: &str, body: Body) -> bool {
         let tx = self.sessions().get(agent_id).map(|s| s.tx.clone());
         match tx {

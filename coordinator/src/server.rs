@@ -97,7 +97,15 @@ impl ServerHandle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.server).await;
+        // Agent sessions and log followers are endless streams: end them, then give in-flight
+        // requests a moment before cutting the rest.
+        self.coordinator.dispatcher.close_all();
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
         self.coordinator.raft.shutdown();
         if let Some(t) = self.raft_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -154,7 +162,9 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     tokio::spawn(dispatcher.run_events(events_rx));
     tokio::spawn(crate::scheduling::scheduling_loop(coordinator.clone()));
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small messages on long-lived streams: without nodelay, Nagle and delayed ACKs add ~40 ms
+    // to every assignment.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (tx, rx) = oneshot::channel::<()>();
     let api = crate::api::Api(coordinator.clone());
     let server = tokio::spawn(
