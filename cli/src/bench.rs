@@ -110,6 +110,11 @@ async fn run_one(
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let dir = tempfile::tempdir().map_err(|e| CliError::Unavailable(e.to_string()))?;
     let e = start_embedded(
         args.listen,

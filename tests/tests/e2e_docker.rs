@@ -205,3 +205,31 @@ fn cancel_stops_the_running_container() {
     assert_eq!(task(&run, "nap")["state"], "CANCELED");
     assert!(containers_of_run(&run_id).is_empty());
 }
+
+#[test]
+fn resource_limits_reach_the_container_and_a_missing_image_is_a_clear_error() {
+    let env = setup("limits");
+    let file = compile_pipeline("limits", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+    let (code, run) = cli.submit_wait(&file, &[]).unwrap();
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    let out = &task(&run, "limits")["outputs"]["parameters"];
+    assert_eq!(out["memory"], json!(256 * 1024 * 1024), "{run:#}");
+    assert_eq!(out["cpu"], json!("50000/100000"), "{run:#}");
+
+    let missing = env.out.path().join("missing_image.yaml");
+    assert!(
+        missing.exists(),
+        "limits.py also compiles missing_image.yaml"
+    );
+    let (code, run) = cli.submit_wait(&missing, &[]).unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    let err = task(&run, "missing-image")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.contains("gantry/never-built:0.0.1") && err.contains("not present locally"),
+        "{err}"
+    );
+}
