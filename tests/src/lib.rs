@@ -207,9 +207,21 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// Compiles `tests/pipelines/<name>.py` with the real kfp SDK into `out_dir`.
 pub fn compile_pipeline(name: &str, out_dir: &Path) -> Result<PathBuf> {
-    let src = repo_root()
-        .join("tests/pipelines")
-        .join(format!("{name}.py"));
+    compile_source(
+        &repo_root()
+            .join("tests/pipelines")
+            .join(format!("{name}.py")),
+        out_dir,
+    )
+}
+
+/// Compiles a pipeline source (relative to the repository root, or absolute) into `out_dir`.
+pub fn compile_source(src: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let src = repo_root().join(src);
+    let name = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
     let out = out_dir.join(format!("{name}.yaml"));
     let o = Command::new("python3")
         .arg(&src)
