@@ -233,3 +233,44 @@ fn resource_limits_reach_the_container_and_a_missing_image_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn logs_follow_streams_until_the_run_ends() {
+    let env = setup("follow");
+    let file = compile_pipeline("sleeper", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+    let r = cli.run(&[
+        "run",
+        "submit",
+        file.to_str().unwrap(),
+        "-p",
+        "seconds=1",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    // Started right away, `-f` returns only once the run is over, with every step's lines.
+    let logs = cli.run(&["run", "logs", &run_id, "-f"]);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    let run = cli.get_run(&run_id).unwrap();
+    assert_eq!(run["state"], "SUCCEEDED", "{run:#}");
+    for needle in [
+        "[nap#1] start a",
+        "[nap#1] end a",
+        "[nap-2#1] end a",
+        "[nap-3#1] end a",
+    ] {
+        assert!(
+            logs.stdout.contains(needle),
+            "{needle:?} missing in:\n{}",
+            logs.stdout
+        );
+    }
+    let only = cli.run(&["run", "logs", &run_id, "--task", "nap-2"]);
+    assert!(
+        only.stdout.lines().all(|l| l.starts_with("[nap-2#1]")),
+        "{}",
+        only.stdout
+    );
+}
