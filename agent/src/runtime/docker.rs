@@ -1,30 +1,61 @@
 //! Steps in Docker containers through the Engine API (bollard).
+//!
+//! One container per attempt:
+//! - the image is used if present locally, else pulled (a failed pull is
+//!   [`RuntimeError::ImagePull`], naming the image);
+//! - KFP semantics: the step's `command` replaces the image's ENTRYPOINT and its `args` are
+//!   the CMD (an empty `command` keeps the image's entrypoint);
+//! - the attempt directory is bind-mounted read-write at [`STEP_ROOT`] (`/gantry`); the
+//!   container runs as the image's user (root unless the image says otherwise), so the launcher
+//!   makes the output directories world-writable for images with a non-root `USER`;
+//! - labels `gantry.*` from the launcher, `NanoCpus` from the CPU limit, `Memory` (and the same
+//!   `MemorySwap`, so no swap) from the memory limit, `NetworkMode` if set;
+//! - logs are followed (stdout and stderr) line by line; on cancel the container is stopped
+//!   with a short grace period; the container is always removed afterwards, also on errors
+//!   and when `run` is dropped half-way.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount as DockerMount, MountType};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, Runtime, RuntimeError};
+use super::{
+    ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, PathMap, Runtime, RuntimeError,
+};
 
 /// Where the attempt directory is mounted in every container.
 pub const STEP_ROOT: &str = "/gantry";
 
+/// Seconds between SIGTERM and SIGKILL when a step is canceled.
+const STOP_GRACE_S: i32 = 2;
+/// How long the log pump may run on after the container ended.
+const LOG_DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
 }
 
-fn container_name(name: &str) -> String {
-    name.chars()
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").finish_non_exhaustive()
+    }
+}
+
+/// A valid container name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`) made from the attempt name.
+pub(crate) fn container_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
                 c
@@ -32,51 +63,125 @@ fn container_name(name: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        s.insert_str(0, "gantry");
+    }
+    s
+}
+
+/// `repo[:tag]` or `repo@digest` → the `fromImage` and `tag` of a pull.
+pub(crate) fn pull_reference(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_string(), None);
+    }
+    match image.rsplit_once(':') {
+        // A ':' before the last '/' is a registry port, not a tag.
+        Some((repo, tag)) if !tag.contains('/') && !repo.is_empty() && !tag.is_empty() => {
+            (repo.to_string(), Some(tag.to_string()))
+        }
+        _ => (image.to_string(), Some("latest".to_string())),
+    }
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 impl DockerRuntime {
-    /// Connects to the local engine and checks that it answers.
+    /// Connects to the engine (`DOCKER_HOST`, else the local socket), agrees on an API version
+    /// the engine speaks (bollard asks for a newer one than many engines serve) and checks that
+    /// it answers.
     pub async fn connect() -> Result<Self, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults()
+        let docker = Docker::connect_with_defaults()
             .map_err(|e| RuntimeError::Unavailable(format!("docker: {e}")))?;
+        Self::from_client(docker).await
+    }
+
+    /// Like [`DockerRuntime::connect`] over an existing client (a custom timeout, a remote
+    /// engine).
+    pub async fn from_client(docker: Docker) -> Result<Self, RuntimeError> {
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            RuntimeError::Unavailable(format!("docker engine does not answer: {e}"))
+        })?;
         docker.ping().await.map_err(|e| {
             RuntimeError::Unavailable(format!("docker engine does not answer: {e}"))
         })?;
         Ok(DockerRuntime { docker })
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
+    /// Removes every container (running or not) carrying all of `labels`, e.g.
+    /// `[("gantry.managed", "true"), ("gantry.agent", id)]` when an agent starts again after
+    /// a crash: their attempts are lost to the coordinator anyway. Returns how many went.
+    pub async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let found = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("listing containers: {e}")))?;
+        let mut n = 0;
+        for id in found.into_iter().filter_map(|c| c.id) {
+            self.remove(&id).await;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The engine client, for callers that need more (tests listing containers).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn pull_if_missing(&self, image: &str) -> Result<(), RuntimeError> {
+        let pull_err = |message: String| RuntimeError::ImagePull {
+            image: image.to_string(),
+            message,
+        };
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(pull_err(format!("inspecting the image failed: {e}"))),
         }
         tracing::info!(image, "image not present locally; pulling");
-        let (repo, tag) = match image.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
-            _ => (image.to_string(), "latest".to_string()),
-        };
+        let (from_image, tag) = pull_reference(image);
         let opts = CreateImageOptions {
-            from_image: Some(repo),
-            tag: Some(tag),
+            from_image: Some(from_image),
+            tag,
             ..Default::default()
         };
         let mut pull = self.docker.create_image(Some(opts), None, None);
         while let Some(item) = pull.next().await {
-            if let Err(e) = item {
-                return Err(RuntimeError::ImagePull {
-                    image: image.to_string(),
-                    message: e.to_string(),
-                });
+            match item {
+                Err(e) => return Err(pull_err(e.to_string())),
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(pull_err(detail));
+                    }
+                }
             }
         }
         self.docker
             .inspect_image(image)
             .await
             .map(|_| ())
-            .map_err(|e| RuntimeError::ImagePull {
-                image: image.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| pull_err(format!("the pull ended but the image is absent: {e}")))
     }
 
     async fn remove(&self, name: &str) {
@@ -86,101 +191,128 @@ impl DockerRuntime {
             ..Default::default()
         };
         if let Err(e) = self.docker.remove_container(name, Some(opts)).await {
-            if !matches!(
-                e,
-                DockerError::DockerResponseServerError {
-                    status_code: 404,
-                    ..
-                }
-            ) {
+            if !is_not_found(&e) {
                 tracing::warn!(container = name, error = %e, "could not remove container");
             }
         }
     }
 
-    async fn create_and_start(&self, name: &str, spec: &ContainerRun) -> Result<(), RuntimeError> {
-        let labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    fn create_body(spec: &ContainerRun) -> ContainerCreateBody {
+        let mut mounts = vec![DockerMount {
+            target: Some(STEP_ROOT.to_string()),
+            source: Some(spec.work_dir.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        }];
+        mounts.extend(spec.mounts.iter().map(|m| DockerMount {
+            target: Some(m.container_path.clone()),
+            source: Some(m.host_path.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        }));
+        let memory = spec
+            .memory_limit_bytes
+            .filter(|m| *m > 0)
+            .and_then(|m| i64::try_from(m).ok());
         let host_config = HostConfig {
-            binds: Some(vec![format!("{}:{STEP_ROOT}", spec.attempt_dir.display())]),
-            nano_cpus: spec.cpu_limit.map(|c| (c * 1e9) as i64),
-            memory: spec.memory_limit_bytes.and_then(|m| i64::try_from(m).ok()),
+            mounts: Some(mounts),
+            nano_cpus: spec
+                .cpu_limit
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .map(|c| (c * 1e9).round() as i64),
+            memory,
+            memory_swap: memory,
+            network_mode: spec.network.clone(),
             ..Default::default()
         };
-        let body = ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
             cmd: Some(spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels),
+            labels: Some(spec.labels.clone().into_iter().collect::<HashMap<_, _>>()),
             host_config: Some(host_config),
             ..Default::default()
-        };
+        }
+    }
+
+    async fn create_and_start(&self, name: &str, spec: &ContainerRun) -> Result<(), RuntimeError> {
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
             ..Default::default()
         };
         self.docker
-            .create_container(Some(opts), body)
+            .create_container(Some(opts), Self::create_body(spec))
             .await
-            .map_err(|e| RuntimeError::Start(format!("create container: {e}")))?;
+            .map_err(|e| RuntimeError::Create {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?;
         self.docker
             .start_container(name, None)
             .await
-            .map_err(|e| RuntimeError::Start(format!("start container: {e}")))
+            .map_err(|e| RuntimeError::Start {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
     }
 
+    /// Waits for the container to stop; its exit code.
     async fn wait(&self, name: &str) -> Result<i64, RuntimeError> {
         let mut wait = self
             .docker
             .wait_container(name, None::<WaitContainerOptions>);
         match wait.next().await {
             Some(Ok(r)) => Ok(r.status_code),
-            // A non-zero exit surfaces as an error carrying the code.
+            // bollard surfaces a non-zero exit as an error carrying the code.
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(RuntimeError::Other(format!("wait: {e}"))),
-            None => Err(RuntimeError::Other(
-                "wait: no answer from the engine".into(),
-            )),
+            Some(Err(e)) => Err(RuntimeError::Wait {
+                name: name.to_string(),
+                message: e.to_string(),
+            }),
+            None => Err(RuntimeError::Wait {
+                name: name.to_string(),
+                message: "the engine closed the wait without an answer".into(),
+            }),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Runtime for DockerRuntime {
-    fn name(&self) -> &'static str {
-        "docker"
+    async fn oom_killed(&self, name: &str) -> bool {
+        self.docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
     }
 
-    fn step_root(&self, _attempt_dir: &Path) -> PathBuf {
-        PathBuf::from(STEP_ROOT)
-    }
-
-    async fn run(
+    fn spawn_log_pump(
         &self,
-        spec: &ContainerRun,
+        name: &str,
         logs: mpsc::Sender<LogLine>,
-        cancel: CancellationToken,
-    ) -> Result<ExitInfo, RuntimeError> {
-        self.ensure_image(&spec.image).await?;
-        let name = container_name(&spec.name);
-        // A container of this very attempt left by an earlier agent process.
-        self.remove(&name).await;
-        if let Err(e) = self.create_and_start(&name, spec).await {
-            self.remove(&name).await;
-            return Err(e);
-        }
-        let log_opts = LogsOptions {
+    ) -> tokio::task::JoinHandle<()> {
+        let opts = LogsOptions {
             follow: true,
             stdout: true,
             stderr: true,
             tail: "all".into(),
             ..Default::default()
         };
-        let mut log_stream = self.docker.logs(&name, Some(log_opts));
-        let pump = tokio::spawn(async move {
+        let mut stream = self.docker.logs(name, Some(opts));
+        tokio::spawn(async move {
             let mut out = LineSplitter::default();
             let mut err = LineSplitter::default();
-            while let Some(Ok(chunk)) = log_stream.next().await {
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "log stream ended");
+                        break;
+                    }
+                };
                 let (stream, split, bytes) = match chunk {
                     bollard::container::LogOutput::StdErr { message } => {
                         (LogStream::Stderr, &mut err, message)
@@ -200,20 +332,192 @@ impl Runtime for DockerRuntime {
                     let _ = logs.send(LogLine { stream, line }).await;
                 }
             }
-        });
+        })
+    }
+
+    async fn run_container(
+        &self,
+        name: &str,
+        spec: &ContainerRun,
+        logs: mpsc::Sender<LogLine>,
+        cancel: CancellationToken,
+    ) -> Result<ExitInfo, RuntimeError> {
+        self.create_and_start(name, spec).await?;
+        let pump = self.spawn_log_pump(name, logs);
         let result = tokio::select! {
-            r = self.wait(&name) => r.map(|exit_code| ExitInfo { exit_code, canceled: false }),
+            r = self.wait(name) => r.map(|exit_code| (exit_code, false)),
             _ = cancel.cancelled() => {
-                let opts = StopContainerOptions { t: Some(2), ..Default::default() };
-                if let Err(e) = self.docker.stop_container(&name, Some(opts)).await {
-                    tracing::warn!(container = %name, error = %e, "stop failed");
+                let opts = StopContainerOptions { t: Some(STOP_GRACE_S), ..Default::default() };
+                if let Err(e) = self.docker.stop_container(name, Some(opts)).await {
+                    tracing::warn!(container = %name, error = %e, "stop failed; removing by force");
                 }
-                let code = self.wait(&name).await.unwrap_or(137);
-                Ok(ExitInfo { exit_code: code, canceled: true })
+                let code = match tokio::time::timeout(Duration::from_secs(10), self.wait(name)).await {
+                    Ok(Ok(code)) => code,
+                    _ => 137,
+                };
+                Ok((code, true))
             }
         };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pump).await;
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(LOG_DRAIN, pump).await.is_err() {
+            abort.abort();
+        }
+        let (exit_code, canceled) = result?;
+        let oom_killed = exit_code != 0 && !canceled && self.oom_killed(name).await;
+        Ok(ExitInfo {
+            exit_code,
+            canceled,
+            oom_killed,
+        })
+    }
+}
+
+/// Removes the container if `run` is dropped before it could (the agent's task was aborted).
+struct RemoveGuard {
+    docker: Docker,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for RemoveGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (docker, name) = (self.docker.clone(), std::mem::take(&mut self.name));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let opts = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
+                let _ = docker.remove_container(&name, Some(opts)).await;
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn path_map(&self, work_dir: &Path) -> PathMap {
+        PathMap::new(work_dir, STEP_ROOT)
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.pull_if_missing(image).await
+    }
+
+    async fn run(
+        &self,
+        spec: &ContainerRun,
+        logs: mpsc::Sender<LogLine>,
+        cancel: CancellationToken,
+    ) -> Result<ExitInfo, RuntimeError> {
+        tokio::select! {
+            r = self.pull_if_missing(&spec.image) => r?,
+            _ = cancel.cancelled() => {
+                return Ok(ExitInfo { exit_code: -1, canceled: true, oom_killed: false });
+            }
+        }
+        let name = container_name(&spec.name);
+        // A container of this very attempt left behind by an earlier agent process.
         self.remove(&name).await;
+        let mut guard = RemoveGuard {
+            docker: self.docker.clone(),
+            name: name.clone(),
+            armed: true,
+        };
+        let result = self.run_container(&name, spec, logs, cancel).await;
+        self.remove(&name).await;
+        guard.armed = false;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    #[test]
+    fn pull_references() {
+        assert_eq!(
+            pull_reference("gantry/busybox"),
+            ("gantry/busybox".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            pull_reference("python:3.11"),
+            ("python".into(), Some("3.11".into()))
+        );
+        assert_eq!(
+            pull_reference("localhost:5000/img"),
+            ("localhost:5000/img".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            pull_reference("localhost:5000/img:v2"),
+            ("localhost:5000/img".into(), Some("v2".into()))
+        );
+        assert_eq!(
+            pull_reference("img@sha256:abc"),
+            ("img@sha256:abc".into(), None)
+        );
+    }
+
+    #[test]
+    fn container_names_are_valid() {
+        assert_eq!(
+            container_name("gantry-r1-for-loop-2/3/sq-1"),
+            "gantry-r1-for-loop-2_3_sq-1"
+        );
+        assert_eq!(container_name("/x"), "gantry_x");
+    }
+
+    #[test]
+    fn create_body_follows_kfp_semantics() {
+        let spec = ContainerRun {
+            name: "n".into(),
+            image: "img:1".into(),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec!["echo hi".into()],
+            env: vec![("A".into(), "1".into())],
+            mounts: vec![super::super::Mount {
+                host_path: PathBuf::from("/data"),
+                container_path: "/data".into(),
+                read_only: true,
+            }],
+            work_dir: PathBuf::from("/w/r/t/attempt-1"),
+            labels: BTreeMap::from([("gantry.run".to_string(), "r".to_string())]),
+            cpu_limit: Some(1.5),
+            memory_limit_bytes: Some(1 << 30),
+            network: Some("none".into()),
+        };
+        let body = DockerRuntime::create_body(&spec);
+        assert_eq!(
+            body.entrypoint,
+            Some(vec!["sh".to_string(), "-c".to_string()])
+        );
+        assert_eq!(body.cmd, Some(vec!["echo hi".to_string()]));
+        assert_eq!(body.env, Some(vec!["A=1".to_string()]));
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.memory, Some(1 << 30));
+        assert_eq!(hc.memory_swap, Some(1 << 30));
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        let mounts = hc.mounts.expect("mounts");
+        assert_eq!(mounts[0].target.as_deref(), Some(STEP_ROOT));
+        assert_eq!(mounts[0].source.as_deref(), Some("/w/r/t/attempt-1"));
+        assert_eq!(mounts[1].read_only, Some(true));
+
+        let no_cmd = ContainerRun {
+            command: vec![],
+            ..spec
+        };
+        assert_eq!(DockerRuntime::create_body(&no_cmd).entrypoint, None);
     }
 }

@@ -1,75 +1,205 @@
 //! Container runtimes: how an attempt's process is started, watched, stopped and logged.
+//!
+//! A [`Runtime`] runs one fully resolved [`ContainerRun`] (placeholders already substituted) to
+//! its end, streaming its output line by line, and stops it when the cancellation token fires.
+//! It decides nothing about what the step means: the launcher does that.
+//!
+//! Two runtimes:
+//! - [`DockerRuntime`]: a container through the Docker Engine API; the attempt directory is
+//!   bind-mounted at [`docker::STEP_ROOT`] (`/gantry`).
+//! - [`ProcessRuntime`]: a local process group; the step sees host paths unchanged.
+//!
+//! Where the attempt directory appears to the step is a [`PathMap`], which the launcher uses to
+//! write every path the step is given.
 
 mod docker;
 mod process;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, STEP_ROOT};
 pub use process::ProcessRuntime;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogStream {
     Stdout,
     Stderr,
 }
 
+/// One line a step wrote, without its line ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     pub stream: LogStream,
     pub line: String,
 }
 
-/// One attempt's process, fully resolved (placeholders substituted).
-#[derive(Debug, Clone, Default)]
-pub struct ContainerRun {
-    /// Unique name, also the container name under Docker.
-    pub name: String,
-    pub image: String,
-    /// Replaces the image's entrypoint (KFP `command`).
-    pub command: Vec<String>,
-    /// KFP `args`.
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    /// The attempt's private directory on the host; mounted at [`Runtime::step_root`].
-    pub attempt_dir: PathBuf,
-    pub labels: BTreeMap<String, String>,
-    pub cpu_limit: Option<f64>,
-    pub memory_limit_bytes: Option<u64>,
+/// An extra host directory or file shown to the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
+/// One attempt's process, fully resolved (placeholders substituted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerRun {
+    /// Unique name of the attempt; the container name under Docker (sanitized there).
+    pub name: String,
+    /// Image reference; ignored by the process runtime.
+    pub image: String,
+    /// KFP `command`: replaces the image's ENTRYPOINT. May be empty (the image's entrypoint).
+    pub command: Vec<String>,
+    /// KFP `args`: the CMD.
+    pub args: Vec<String>,
+    /// Added to the image's environment (Docker) or the agent's (process).
+    pub env: Vec<(String, String)>,
+    /// Extra mounts besides the attempt directory.
+    pub mounts: Vec<Mount>,
+    /// The attempt's private directory on the host; the runtime shows it to the step at
+    /// [`Runtime::path_map`]`(work_dir).step_root()`.
+    pub work_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// CPU cores (Docker `NanoCpus`). Not enforced by the process runtime.
+    pub cpu_limit: Option<f64>,
+    /// Memory limit (Docker `Memory`, swap disallowed). Not enforced by the process runtime.
+    pub memory_limit_bytes: Option<u64>,
+    /// Docker network mode (`none`, `bridge`, `host`, a network name); default: the engine's.
+    pub network: Option<String>,
+}
+
+impl ContainerRun {
+    /// Command then args: the full argv as the step runs it.
+    pub fn argv(&self) -> Vec<String> {
+        self.command
+            .iter()
+            .chain(self.args.iter())
+            .cloned()
+            .collect()
+    }
+}
+
+/// How the step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
+    /// The exit status; a process killed by signal N reports 128 + N, as a shell does; -1
+    /// when the step was canceled before it started.
     pub exit_code: i64,
+    /// The step was stopped because the cancellation token fired.
     pub canceled: bool,
+    /// The kernel's OOM killer ended it (Docker reports this; the process runtime cannot tell).
+    pub oom_killed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("image {image:?} is not present locally and pulling it failed: {message}")]
     ImagePull { image: String, message: String },
-    #[error("cannot start the step: {0}")]
-    Start(String),
-    #[error("runtime error: {0}")]
-    Other(String),
+    #[error("cannot create the container for {name}: {message}")]
+    Create { name: String, message: String },
+    #[error("cannot start {name}: {message}")]
+    Start { name: String, message: String },
+    #[error("lost track of {name}: {message}")]
+    Wait { name: String, message: String },
     #[error("no usable runtime: {0}")]
     Unavailable(String),
 }
 
+/// How paths under the attempt directory on the host appear to the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMap {
+    host_root: PathBuf,
+    step_root: PathBuf,
+}
+
+impl PathMap {
+    /// `host_root` (the attempt directory) is seen by the step at `step_root`.
+    pub fn new(host_root: impl Into<PathBuf>, step_root: impl Into<PathBuf>) -> Self {
+        PathMap {
+            host_root: host_root.into(),
+            step_root: step_root.into(),
+        }
+    }
+
+    /// The step sees host paths unchanged (the process runtime).
+    pub fn identity(host_root: impl Into<PathBuf>) -> Self {
+        let host_root = host_root.into();
+        PathMap {
+            step_root: host_root.clone(),
+            host_root,
+        }
+    }
+
+    pub fn host_root(&self) -> &Path {
+        &self.host_root
+    }
+
+    pub fn step_root(&self) -> &Path {
+        &self.step_root
+    }
+
+    /// The path the step sees for `host`, a path under the attempt directory; `None` when
+    /// `host` is outside it.
+    pub fn container_path(&self, host: &Path) -> Option<String> {
+        let rel = host.strip_prefix(&self.host_root).ok()?;
+        Some(
+            self.step_root
+                .join(rel)
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string(),
+        )
+    }
+
+    /// The host path of a path the step reported (an artifact URI it rewrote, say); `None`
+    /// when it is outside the attempt directory as the step sees it, relative, or climbs
+    /// with `..`. Symbolic links are not resolved here: callers that read the result must
+    /// still check where it leads.
+    pub fn host_path(&self, step_path: &str) -> Option<PathBuf> {
+        let p = Path::new(step_path);
+        if !p.is_absolute() {
+            return None;
+        }
+        let rel = p.strip_prefix(&self.step_root).ok()?;
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return None;
+        }
+        Some(self.host_root.join(rel))
+    }
+}
+
+/// A way of running steps. Object-safe: the agent holds an `Arc<dyn Runtime>`.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
+    /// `docker` or `process`.
     fn name(&self) -> &'static str;
 
-    /// Where the attempt directory appears to the step (`/gantry` in a container, the host
-    /// path for a local process). The launcher writes every path the step sees below it.
-    fn step_root(&self, attempt_dir: &Path) -> PathBuf;
+    /// Where `work_dir` (an attempt directory) and the paths below it appear to the step.
+    fn path_map(&self, work_dir: &Path) -> PathMap;
 
-    /// Runs to completion, streaming log lines; `cancel` stops it.
+    /// The path the step sees for `host`, a path under `work_dir`.
+    fn container_path(&self, work_dir: &Path, host: &Path) -> Option<String> {
+        self.path_map(work_dir).container_path(host)
+    }
+
+    /// Makes sure `image` can be run (Docker: present locally, else pulled), so that a step
+    /// whose image is missing fails before its inputs are downloaded. [`Runtime::run`] checks
+    /// again. The default does nothing.
+    async fn ensure_image(&self, _image: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// Runs to completion, streaming log lines into `logs`; `cancel` stops it (the result is
+    /// then `Ok` with `canceled: true`). A non-zero exit is `Ok` with that code: errors are for
+    /// steps that could not run or be watched. Whatever it started is gone when this returns.
     async fn run(
         &self,
         spec: &ContainerRun,
@@ -81,7 +211,7 @@ pub trait Runtime: Send + Sync {
 /// `docker`, `process`, or `auto` (Docker when an engine answers, else process).
 pub async fn select(choice: &str) -> Result<(Arc<dyn Runtime>, String), RuntimeError> {
     match choice {
-        "process" => Ok((Arc::new(ProcessRuntime), "process".into())),
+        "process" => Ok((Arc::new(ProcessRuntime::new()), "process".into())),
         "docker" => {
             let d = DockerRuntime::connect().await?;
             Ok((Arc::new(d), "docker".into()))
@@ -90,7 +220,7 @@ pub async fn select(choice: &str) -> Result<(Arc<dyn Runtime>, String), RuntimeE
             Ok(d) => Ok((Arc::new(d), "docker".into())),
             Err(e) => {
                 tracing::info!(error = %e, "no Docker engine answered; using the process runtime");
-                Ok((Arc::new(ProcessRuntime), "process".into()))
+                Ok((Arc::new(ProcessRuntime::new()), "process".into()))
             }
         },
         other => Err(RuntimeError::Unavailable(format!(
@@ -99,23 +229,35 @@ pub async fn select(choice: &str) -> Result<(Arc<dyn Runtime>, String), RuntimeE
     }
 }
 
+/// Longest line forwarded as one [`LogLine`]; longer output without a newline (progress bars,
+/// binary junk) is cut into pieces of this size so it never accumulates in memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Splits a byte stream into lines, keeping a trailing partial line for the next chunk.
 #[derive(Default)]
 pub(crate) struct LineSplitter {
     partial: Vec<u8>,
 }
 
+fn line_text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 impl LineSplitter {
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.partial.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            out.push(
-                String::from_utf8_lossy(&line[..line.len() - 1])
-                    .trim_end_matches('\r')
-                    .to_string(),
-            );
+        let mut rest = bytes;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..pos]);
+            out.push(line_text(&self.partial));
+            self.partial.clear();
+            rest = &rest[pos + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        while self.partial.len() >= MAX_LINE_BYTES {
+            let piece: Vec<u8> = self.partial.drain(..MAX_LINE_BYTES).collect();
+            out.push(String::from_utf8_lossy(&piece).into_owned());
         }
         out
     }
@@ -124,7 +266,7 @@ impl LineSplitter {
         if self.partial.is_empty() {
             None
         } else {
-            let s = String::from_utf8_lossy(&self.partial).into_owned();
+            let s = line_text(&self.partial);
             self.partial.clear();
             Some(s)
         }
@@ -140,8 +282,53 @@ mod tests {
         let mut s = LineSplitter::default();
         assert_eq!(s.push(b"a\nb"), vec!["a"]);
         assert_eq!(s.push(b"c\r\nd\n"), vec!["bc", "d"]);
+        assert_eq!(s.push(b"\n"), vec![""]);
         assert_eq!(s.push(b"tail"), Vec::<String>::new());
         assert_eq!(s.finish().as_deref(), Some("tail"));
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn cuts_endless_lines() {
+        let mut s = LineSplitter::default();
+        let big = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+        let lines = s.push(&big);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() == MAX_LINE_BYTES));
+        assert_eq!(s.finish().map(|l| l.len()), Some(10));
+    }
+
+    #[test]
+    fn path_map_both_ways() {
+        let m = PathMap::new("/var/gantry/r/t/attempt-1", "/gantry");
+        assert_eq!(
+            m.container_path(Path::new("/var/gantry/r/t/attempt-1/outputs/params/n"))
+                .as_deref(),
+            Some("/gantry/outputs/params/n")
+        );
+        assert_eq!(
+            m.container_path(Path::new("/var/gantry/r/t/attempt-1"))
+                .as_deref(),
+            Some("/gantry")
+        );
+        assert_eq!(m.container_path(Path::new("/etc/passwd")), None);
+        assert_eq!(
+            m.host_path("/gantry/outputs/model"),
+            Some(PathBuf::from("/var/gantry/r/t/attempt-1/outputs/model"))
+        );
+        assert_eq!(m.host_path("/gantry/../etc/passwd"), None);
+        assert_eq!(m.host_path("/gantry/outputs/../../x"), None);
+        assert_eq!(m.host_path("/tmp/x"), None);
+        assert_eq!(m.host_path("outputs/x"), None);
+
+        let id = PathMap::identity("/w/a");
+        assert_eq!(
+            id.container_path(Path::new("/w/a/inputs/x")).as_deref(),
+            Some("/w/a/inputs/x")
+        );
+        assert_eq!(
+            id.host_path("/w/a/outputs/y"),
+            Some(PathBuf::from("/w/a/outputs/y"))
+        );
     }
 }

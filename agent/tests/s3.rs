@@ -1,0 +1,135 @@
+//! Artifact transfer and the launcher against a real S3 server: `GANTRY_TEST_S3_ENDPOINT`
+//! (bucket `GANTRY_TEST_S3_BUCKET`), else an `s3s-fs` started here if installed; skipped
+//! (with a message) when neither is available.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use gantry_agent::artifacts::{ArtifactError, ArtifactStore, ArtifactStores, PART_SIZE};
+use gantry_agent::launcher::Launcher;
+use gantry_agent::runtime::ProcessRuntime;
+use gantry_model::{ParamType, StepOutcome};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn server() -> Option<S3Server> {
+    let s = s3_server();
+    if s.is_none() {
+        eprintln!("SKIPPED: no S3 server (set GANTRY_TEST_S3_ENDPOINT or install s3s-fs)");
+    }
+    s
+}
+
+#[tokio::test]
+async fn files_directories_and_multipart_round_trip() {
+    let Some(s3) = server() else { return };
+    let prefix = run_id("s3");
+    let root = format!("s3://{}/{prefix}", s3.bucket);
+    let store = ArtifactStore::from_root_with(&root, &s3.settings).expect("store");
+    let work = tempfile::tempdir().expect("tempdir");
+
+    let small = work.path().join("small");
+    std::fs::write(&small, b"tiny").expect("write");
+    let uri = format!("{root}/run/task/attempt-1/small");
+    assert_eq!(store.upload(&small, &uri).await.expect("upload"), 4);
+    let back = work.path().join("back/small");
+    assert_eq!(store.download(&uri, &back).await.expect("download"), 4);
+    assert_eq!(std::fs::read(&back).expect("read"), b"tiny");
+
+    // Bigger than two parts: the multipart path, parts in flight, checked byte for byte.
+    let big = work.path().join("big");
+    let data: Vec<u8> = (0..(PART_SIZE * 2 + 777))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    std::fs::write(&big, &data).expect("write");
+    let buri = format!("{root}/run/task/attempt-1/big");
+    assert_eq!(
+        store.upload(&big, &buri).await.expect("upload big"),
+        data.len() as u64
+    );
+    let bback = work.path().join("back/big");
+    store.download(&buri, &bback).await.expect("download big");
+    assert!(
+        std::fs::read(&bback).expect("read") == data,
+        "big file differs"
+    );
+
+    let dir = work.path().join("dir");
+    std::fs::create_dir_all(dir.join("a/b")).expect("mkdir");
+    std::fs::write(dir.join("top.txt"), b"top").expect("write");
+    std::fs::write(dir.join("a/b/deep.txt"), b"deep").expect("write");
+    let duri = format!("{root}/run/task/attempt-1/dir");
+    assert_eq!(store.upload(&dir, &duri).await.expect("upload dir"), 7);
+    let dback = work.path().join("back/dir");
+    assert_eq!(
+        store.download(&duri, &dback).await.expect("download dir"),
+        7
+    );
+    assert_eq!(
+        std::fs::read(dback.join("a/b/deep.txt")).expect("read"),
+        b"deep"
+    );
+    assert_eq!(std::fs::read(dback.join("top.txt")).expect("read"), b"top");
+
+    let missing = format!("{root}/run/task/attempt-1/nothing");
+    let err = store
+        .download(&missing, &work.path().join("x"))
+        .await
+        .expect_err("missing");
+    assert!(matches!(err, ArtifactError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains(&missing), "{err}");
+    assert!(matches!(
+        store.resolve(&format!("s3://{}/elsewhere/x", s3.bucket)),
+        Err(ArtifactError::OutsideRoot { .. })
+    ));
+}
+
+#[tokio::test]
+async fn launcher_moves_artifacts_through_s3() {
+    let Some(s3) = server() else { return };
+    let root = format!("s3://{}/{}", s3.bucket, run_id("launch"));
+    let work = tempfile::tempdir().expect("tempdir");
+    let launcher = Launcher::with_stores(
+        Arc::new(ProcessRuntime::new()),
+        Arc::new(ArtifactStores::new(s3.settings.clone())),
+        work.path().join("agent"),
+    );
+    let run = run_id("run");
+    let mut p = step(&run, "produce", &root, "ignored", &["sh", "-c"]);
+    p.container.args = strings(&[
+        "printf 'x\\ny\\n' > \"$0\"; mkdir -p \"$1\"; echo in-dir > \"$1/f\"",
+        "{{$.outputs.artifacts['data'].path}}",
+        "{{$.outputs.artifacts['dir'].path}}",
+    ]);
+    add_output_artifact(&mut p, "data", "system.Dataset");
+    add_output_artifact(&mut p, "dir", "system.Artifact");
+    let (tx, _logs) = log_collector();
+    let outcome = launcher.run_step(&p, tx, CancellationToken::new()).await;
+    let (_, artifacts) = succeeded(&outcome);
+    assert!(artifacts["data"][0].uri.starts_with("s3://"));
+
+    let mut c = step(&run, "consume", &root, "ignored", &["sh", "-c"]);
+    c.container.args = strings(&[
+        "wc -l < \"$0\" | tr -d ' ' > \"$2\"; cat \"$1/f\"",
+        "{{$.inputs.artifacts['data'].path}}",
+        "{{$.inputs.artifacts['dir'].path}}",
+        "{{$.outputs.parameters['n'].output_file}}",
+    ]);
+    c.inputs
+        .artifacts
+        .insert("data".into(), artifacts["data"].clone());
+    c.inputs
+        .artifacts
+        .insert("dir".into(), artifacts["dir"].clone());
+    add_output_param(&mut c, "n", ParamType::NumberInteger);
+    let (tx, logs) = log_collector();
+    let outcome = launcher.run_step(&c, tx, CancellationToken::new()).await;
+    match &outcome {
+        StepOutcome::Succeeded { parameters, .. } => assert_eq!(parameters["n"], json!(2)),
+        other => panic!("expected success, got {other:?}"),
+    }
+    let logs = logs.await.expect("logs");
+    assert!(logs.iter().any(|l| l.line == "in-dir"), "{logs:?}");
+}
