@@ -1,14 +1,12 @@
 //! Moving a run forward to the next fixpoint.
 
-use std::collections::BTreeSet;
-
 use gantry_model::{ArtifactRef, StepInputs};
 
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
 use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState, ROOT_TASK_ID};
 use crate::ir::{
-    condition, ArtifactSource, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri,
-    ParameterSource, PipelineSpec, TaskSpec, TriggerStrategy,
+    condition, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri, ParameterSource,
+    PipelineSpec, TaskSpec, TriggerStrategy,
 };
 
 /// What [`advance`] did, for the caller to react to (wake the scheduler, tell watchers).
@@ -33,28 +31,6 @@ fn dag_of<'a>(pipeline: &'a PipelineSpec, task: &TaskRecord) -> Option<&'a DagSp
         Implementation::Dag(d) => Some(d),
         Implementation::Executor(_) => None,
     }
-}
-
-/// Every sibling a task waits for: `dependentTasks` and the producers of its inputs.
-fn upstream_of(task: &TaskSpec) -> BTreeSet<&str> {
-    let mut up: BTreeSet<&str> = task.dependent_tasks.iter().map(String::as_str).collect();
-    for b in task.parameters.values() {
-        match &b.source {
-            ParameterSource::TaskOutput(sel) => {
-                up.insert(&sel.producer_task);
-            }
-            ParameterSource::TaskFinalStatus(p) => {
-                up.insert(p);
-            }
-            ParameterSource::Constant(_) | ParameterSource::ComponentInput(_) => {}
-        }
-    }
-    for s in task.artifacts.values() {
-        if let ArtifactSource::TaskOutput(sel) = s {
-            up.insert(&sel.producer_task);
-        }
-    }
-    up
 }
 
 fn new_record(parent_id: &str, spec: &TaskSpec, kind: TaskKind, now: i64) -> TaskRecord {
@@ -108,7 +84,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
         },
     };
     let mut failed_upstream = None;
-    for up in upstream_of(spec) {
+    for up in spec.upstream() {
         match run.tasks.get(&RunRecord::child_id(parent_id, up)) {
             None => return None,
             Some(t) if !t.state.is_terminal() => return None,

@@ -111,6 +111,31 @@ pub struct TaskSpec {
     pub retry: Option<RetryPolicy>,
 }
 
+impl TaskSpec {
+    /// The siblings this task waits for: `dependentTasks` and the producers of its inputs.
+    pub fn upstream(&self) -> std::collections::BTreeSet<&str> {
+        let mut up: std::collections::BTreeSet<&str> =
+            self.dependent_tasks.iter().map(String::as_str).collect();
+        for b in self.parameters.values() {
+            match &b.source {
+                ParameterSource::TaskOutput(sel) => {
+                    up.insert(&sel.producer_task);
+                }
+                ParameterSource::TaskFinalStatus(p) => {
+                    up.insert(p);
+                }
+                ParameterSource::Constant(_) | ParameterSource::ComponentInput(_) => {}
+            }
+        }
+        for a in self.artifacts.values() {
+            if let ArtifactSource::TaskOutput(sel) = a {
+                up.insert(&sel.producer_task);
+            }
+        }
+        up
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TriggerStrategy {
     /// Default: every upstream task succeeded (or was skipped by its condition).

@@ -673,33 +673,11 @@ fn check_dag_outputs(
     Ok(())
 }
 
-/// The siblings a task waits for: `dependentTasks` and the producers of its inputs.
-fn upstream(task: &TaskSpec) -> BTreeSet<&str> {
-    let mut up: BTreeSet<&str> = task.dependent_tasks.iter().map(String::as_str).collect();
-    for b in task.parameters.values() {
-        match &b.source {
-            ParameterSource::TaskOutput(sel) => {
-                up.insert(&sel.producer_task);
-            }
-            ParameterSource::TaskFinalStatus(p) => {
-                up.insert(p);
-            }
-            ParameterSource::Constant(_) | ParameterSource::ComponentInput(_) => {}
-        }
-    }
-    for a in task.artifacts.values() {
-        if let ArtifactSource::TaskOutput(sel) = a {
-            up.insert(&sel.producer_task);
-        }
-    }
-    up
-}
-
 fn check_task_cycles(dag: &DagSpec, tasks_path: &str) -> Result<(), IrError> {
     let graph: BTreeMap<&str, Vec<&str>> = dag
         .tasks
         .iter()
-        .map(|(name, task)| (name.as_str(), upstream(task).into_iter().collect()))
+        .map(|(name, task)| (name.as_str(), task.upstream().into_iter().collect()))
         .collect();
     match find_cycle(&graph) {
         Some(cycle) => Err(IrError::new(
