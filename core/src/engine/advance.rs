@@ -5,8 +5,8 @@ use gantry_model::{ArtifactRef, StepInputs};
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
 use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState, ROOT_TASK_ID};
 use crate::ir::{
-    condition, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri, ParameterSource,
-    PipelineSpec, TaskSpec, TriggerStrategy,
+    condition, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri, PipelineSpec,
+    TaskSpec, TriggerStrategy,
 };
 
 /// What [`advance`] did, for the caller to react to (wake the scheduler, tell watchers).
