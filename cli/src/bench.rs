@@ -111,6 +111,7 @@ async fn run_one(
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )

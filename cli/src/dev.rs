@@ -107,6 +107,7 @@ pub async fn start_embedded(
 
 pub async fn run(args: DevArgs) -> Result<(), CliError> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,raft=warn".into()),
