@@ -29,7 +29,15 @@ if [ -z "${GANTRY_TEST_S3_ENDPOINT:-}" ] && command -v s3s-fs >/dev/null 2>&1; t
   export GANTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$port" GANTRY_TEST_S3_BUCKET=gantry-artifacts
   export GANTRY_TEST_S3_DIR="$s3tmp/data"
   export AWS_ACCESS_KEY_ID=gantry AWS_SECRET_ACCESS_KEY=gantrysecret AWS_REGION=us-east-1
-  cargo test --workspace "$@"   # not exec: the trap stops the server afterwards
-else
-  exec cargo test --workspace "$@"
 fi
+
+# Run the suite, then close with one summary line over every test binary.
+out=$(mktemp /tmp/gantry-test-out.XXXXXX)
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+rm -f "$out"
+exit "$status"
