@@ -73,16 +73,25 @@ impl AgentCore {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, m: pb::AgentMessage) {
-        let tx = self
-            .outbound
+    fn outbound(&self) -> Option<mpsc::Sender<pb::AgentMessage>> {
+        self.outbound
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(tx) = tx {
-            // A full or closed channel means the session is going away; results are
-            // re-sent on the next session, logs are best effort.
+            .clone()
+    }
+
+    /// Best effort (logs, start notices): dropped when the session is gone or saturated.
+    fn send(&self, m: pb::AgentMessage) {
+        if let Some(tx) = self.outbound() {
             let _ = tx.try_send(m);
+        }
+    }
+
+    /// Waits for room: a result must not be lost behind a burst of log lines. If the session
+    /// breaks meanwhile, the result is reported again on the next one.
+    async fn send_reliably(&self, m: pb::AgentMessage) {
+        if let Some(tx) = self.outbound() {
+            let _ = tx.send(m).await;
         }
     }
 
@@ -152,7 +161,7 @@ impl AgentCore {
             if let Some(a) = core.attempts().get_mut(&k) {
                 a.result = Some(outcome.clone());
             }
-            core.send(Self::finished_msg(&k, &outcome));
+            core.send_reliably(Self::finished_msg(&k, &outcome)).await;
         });
     }
 

@@ -10,7 +10,9 @@ use gantry_proto::v1::{coordinator_message::Body, Assignment, AttemptRef, Coordi
 use tokio::sync::{broadcast, mpsc, Notify};
 use tonic::Status;
 
-pub type SessionTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+/// Unbounded on purpose: an assignment is committed before it is sent, so it must not be
+/// dropped for want of room; the queue holds at most the agent's committed work.
+pub type SessionTx = mpsc::UnboundedSender<Result<CoordinatorMessage, Status>>;
 
 struct Session {
     id: u64,
@@ -83,9 +85,7 @@ impl Dispatcher {
     pub fn send(&self, agent_id: &str, body: Body) -> bool {
         let tx = self.sessions().get(agent_id).map(|s| s.tx.clone());
         match tx {
-            Some(tx) => tx
-                .try_send(Ok(CoordinatorMessage { body: Some(body) }))
-                .is_ok(),
+            Some(tx) => tx.send(Ok(CoordinatorMessage { body: Some(body) })).is_ok(),
             None => false,
         }
     }

@@ -402,6 +402,44 @@ impl Cli {
         self.run(&["run", "get", run_id, "-o", "json"]).json()
     }
 
+    /// Polls the run until `done(run)` holds; panics with the last state after `timeout`.
+    pub fn wait_until(
+        &self,
+        run_id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The coordinator may be restarting: keep asking until the deadline.
+            if let Ok(run) = self.get_run(run_id) {
+                if done(&run) {
+                    return run;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "run did not get there in {timeout:?}: {run:#}"
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "run {run_id} unreadable for {timeout:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for a terminal state and returns the run.
+    pub fn wait_finished(&self, run_id: &str, timeout: Duration) -> Value {
+        self.wait_until(run_id, timeout, |r| {
+            matches!(
+                r["state"].as_str(),
+                Some("SUCCEEDED" | "FAILED" | "CANCELED")
+            )
+        })
+    }
+
     pub fn wait_for_agents(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

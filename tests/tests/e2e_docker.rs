@@ -193,15 +193,8 @@ fn cancel_stops_the_running_container() {
     }
     let r = cli.run(&["run", "cancel", &run_id, "-o", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let run = loop {
-        let run = cli.get_run(&run_id).unwrap();
-        if run["state"] == "CANCELED" {
-            break run;
-        }
-        assert!(std::time::Instant::now() < deadline, "{run:#}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let run = cli.wait_finished(&run_id, std::time::Duration::from_secs(60));
+    assert_eq!(run["state"], "CANCELED", "{run:#}");
     assert_eq!(task(&run, "nap")["state"], "CANCELED");
     assert!(containers_of_run(&run_id).is_empty());
 }

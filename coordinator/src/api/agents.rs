@@ -169,20 +169,18 @@ impl AgentService for Api {
                 at: crate::now_ms(),
             })
             .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let session_id = self.0.dispatcher.attach(&agent_id, tx.clone());
-        let _ = tx
-            .send(Ok(pb::CoordinatorMessage {
-                body: Some(Out::Registered(pb::Registered {
-                    agent_id: agent_id.clone(),
-                })),
-            }))
-            .await;
+        let _ = tx.send(Ok(pb::CoordinatorMessage {
+            body: Some(Out::Registered(pb::Registered {
+                agent_id: agent_id.clone(),
+            })),
+        }));
         self.0.dispatcher.resend_assignments(&agent_id, &known);
         tracing::info!(agent = %agent_id, "agent connected");
         tokio::spawn(serve_session(self.0.clone(), agent_id, session_id, inbound));
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
     }
 
