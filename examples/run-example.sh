@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -c 'import kfp' 2>/dev/null || pip install --quiet 'kfp==2.16.1'
+python3 -c 'import kfp' 2>/dev/null || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet 'kfp==2.16.1'
 bash images/build.sh
 cargo build --quiet --bin gantry
 mkdir -p .gantry
