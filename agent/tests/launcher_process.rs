@@ -354,10 +354,10 @@ async fn cancel_stops_the_step_and_cleans_up() {
 
 #[tokio::test]
 async fn kfp_python_executor_runs_a_lightweight_component() {
-    if !python_has_kfp() {
-        eprintln!("SKIPPED: python3 cannot import kfp");
-        return;
-    }
+    assert!(
+        python_has_kfp(),
+        "python3 cannot import kfp: install kfp==2.16.1 (scripts/test.sh does)"
+    );
     let env = env();
     let run = run_id("kfp");
     // The input dataset, already in the store.

@@ -14,17 +14,15 @@ use gantry_model::{ParamType, StepOutcome};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn server() -> Option<S3Server> {
-    let s = s3_server();
-    if s.is_none() {
-        eprintln!("SKIPPED: no S3 server (set GANTRY_TEST_S3_ENDPOINT or install s3s-fs)");
-    }
-    s
+fn server() -> S3Server {
+    s3_server().expect(
+        "no S3 server: set GANTRY_TEST_S3_ENDPOINT or install s3s-fs (scripts/test.sh does both)",
+    )
 }
 
 #[tokio::test]
 async fn files_directories_and_multipart_round_trip() {
-    let Some(s3) = server() else { return };
+    let s3 = server();
     let prefix = run_id("s3");
     let root = format!("s3://{}/{prefix}", s3.bucket);
     let store = ArtifactStore::from_root_with(&root, &s3.settings).expect("store");
@@ -88,7 +86,7 @@ async fn files_directories_and_multipart_round_trip() {
 
 #[tokio::test]
 async fn launcher_moves_artifacts_through_s3() {
-    let Some(s3) = server() else { return };
+    let s3 = server();
     let root = format!("s3://{}/{}", s3.bucket, run_id("launch"));
     let work = tempfile::tempdir().expect("tempdir");
     let launcher = Launcher::with_stores(

@@ -2,6 +2,7 @@
 //! agents only after the command that made them is applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gantry_core::engine::step_spec;
@@ -21,7 +22,7 @@ struct Session {
 
 pub struct Dispatcher {
     sessions: Mutex<HashMap<String, Session>>,
-    next_session: Mutex<u64>,
+    next_session: AtomicU64,
     state: crate::machine::SharedState,
     /// Wakes the scheduling loop.
     pub schedule: Arc<Notify>,
@@ -42,7 +43,7 @@ impl Dispatcher {
         let (run_finished, _) = broadcast::channel(1024);
         Arc::new(Dispatcher {
             sessions: Mutex::new(HashMap::new()),
-            next_session: Mutex::new(1),
+            next_session: AtomicU64::new(1),
             state,
             schedule: Arc::new(Notify::new()),
             run_finished,
@@ -59,11 +60,7 @@ impl Dispatcher {
 
     /// Makes `tx` the live session of `agent_id` (replacing an older one). Returns its id.
     pub fn attach(&self, agent_id: &str, tx: SessionTx) -> u64 {
-        let id = {
-            let mut n = self.next_session.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            *n
-        };
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.sessions()
             .insert(agent_id.to_string(), Session { id, tx });
         self.schedule.notify_one();

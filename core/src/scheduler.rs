@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_model::ResourceRequest;
 
-use crate::engine::TaskState;
 use crate::state::{ClusterState, Placement};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +113,7 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
         }
         let mut ready: Vec<_> = run
             .ready_tasks()
-            .filter(|t| t.state == TaskState::Ready && t.not_before.is_none_or(|nb| nb <= now))
+            .filter(|t| t.not_before.is_none_or(|nb| nb <= now))
             .collect();
         ready.sort_by(|a, b| {
             a.created_at

@@ -398,6 +398,24 @@ impl Cli {
         Ok((r.code, v))
     }
 
+    /// `gantry run submit FILE -p ...` without waiting: the new run's id.
+    pub fn submit(&self, file: &Path, params: &[&str]) -> Result<String> {
+        let file = file.to_string_lossy().into_owned();
+        let mut args = vec!["run", "submit", file.as_str(), "-o", "json"];
+        for p in params {
+            args.push("-p");
+            args.push(p);
+        }
+        let r = self.run(&args);
+        if r.code != 0 {
+            bail!("submit exited {}: {}", r.code, r.stderr);
+        }
+        r.json()?["run_id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no run_id in {}", r.stdout))
+    }
+
     pub fn get_run(&self, run_id: &str) -> Result<Value> {
         self.run(&["run", "get", run_id, "-o", "json"]).json()
     }

@@ -175,17 +175,7 @@ fn cancel_stops_the_running_container() {
     let env = setup("cancel");
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();
     let cli = env.cluster.cli();
-    let r = cli.run(&[
-        "run",
-        "submit",
-        file.to_str().unwrap(),
-        "-p",
-        "seconds=120",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    let run_id = cli.submit(&file, &["seconds=120"]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while containers_of_run(&run_id).is_empty() {
         assert!(std::time::Instant::now() < deadline, "no container started");
@@ -232,17 +222,7 @@ fn logs_follow_streams_until_the_run_ends() {
     let env = setup("follow");
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();
     let cli = env.cluster.cli();
-    let r = cli.run(&[
-        "run",
-        "submit",
-        file.to_str().unwrap(),
-        "-p",
-        "seconds=1",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    let run_id = cli.submit(&file, &["seconds=1"]).unwrap();
     // Started right away, `-f` returns only once the run is over, with every step's lines.
     let logs = cli.run(&["run", "logs", &run_id, "-f"]);
     assert_eq!(logs.code, 0, "{}", logs.stderr);

@@ -84,17 +84,7 @@ fn kill_9_of_the_coordinator_mid_run_loses_nothing() {
     };
     cli.wait_for_agents(1).unwrap();
     let file = compile_pipeline("sleeper", dir.path()).unwrap();
-    let r = cli.run(&[
-        "run",
-        "submit",
-        file.to_str().unwrap(),
-        "-p",
-        "seconds=3",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let run_id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    let run_id = cli.submit(&file, &["seconds=3"]).unwrap();
 
     // Kill once the first step's result is recorded and the second step is running.
     let before = cli.wait_until(&run_id, Duration::from_secs(120), |run| {

@@ -18,9 +18,8 @@ use crate::logs::LogRecord;
 
 fn rejection(r: Rejection) -> Status {
     match r {
-        Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Status::not_found(r.to_string()),
+        Rejection::RunNotFound(_) => Status::not_found(r.to_string()),
         Rejection::RunExists(_) => Status::already_exists(r.to_string()),
-        Rejection::Stale(_) => Status::failed_precondition(r.to_string()),
     }
 }
 
@@ -148,8 +147,8 @@ impl RunService for Api {
         self.run_proto(&req.run_id)?;
         let c = self.0.clone();
         // Subscribe before reading the backlog so no line falls between the two.
-        let mut live = c.logs.subscribe();
-        let mut finished = c.dispatcher.run_finished.subscribe();
+        let live = c.logs.subscribe();
+        let finished = c.dispatcher.run_finished.subscribe();
         let backlog = c.logs.read_run(&req.run_id);
         let matches = {
             let task = req.task.clone();
@@ -173,15 +172,7 @@ impl RunService for Api {
         };
         let run_id = req.run_id.clone();
         let follow = req.follow;
-        let stream = async_stream_logs(
-            c,
-            run_id,
-            backlog,
-            follow,
-            matches,
-            &mut live,
-            &mut finished,
-        );
+        let stream = async_stream_logs(c, run_id, backlog, follow, matches, live, finished);
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -192,11 +183,9 @@ fn async_stream_logs(
     backlog: Vec<LogRecord>,
     follow: bool,
     matches: impl Fn(&LogRecord) -> bool + Send + 'static,
-    live: &mut tokio::sync::broadcast::Receiver<LogRecord>,
-    finished: &mut tokio::sync::broadcast::Receiver<String>,
+    mut live: tokio::sync::broadcast::Receiver<LogRecord>,
+    mut finished: tokio::sync::broadcast::Receiver<String>,
 ) -> impl Stream<Item = Result<pb::LogEntry, Status>> + Send {
-    let mut live = live.resubscribe();
-    let mut finished = finished.resubscribe();
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         let last_seen = backlog.last().map_or(0, |r| r.seq);

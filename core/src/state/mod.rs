@@ -44,12 +44,8 @@ impl AgentRecord {
 pub enum Rejection {
     #[error("run {0} not found")]
     RunNotFound(String),
-    #[error("agent {0} is not registered")]
-    AgentNotFound(String),
     #[error("run {0} already exists")]
     RunExists(String),
-    #[error("{0}")]
-    Stale(String),
 }
 
 /// The result of applying one command.
