@@ -240,20 +240,47 @@ fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
     })));
 }
 
-/// Keeps a session with a coordinator open until `shutdown`, reconnecting with backoff.
+/// The leader's address from a coordinator's "not the leader" refusal.
+fn leader_hint(e: &anyhow::Error) -> Option<String> {
+    let status = e.downcast_ref::<tonic::Status>()?;
+    let addr = status.metadata().get("gantry-leader")?.to_str().ok()?;
+    Some(if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    })
+}
+
+/// Keeps a session with the leading coordinator open until `shutdown`: tries the configured
+/// coordinators in turn, goes straight to the leader when a follower names it, and reconnects
+/// with a short backoff when the session breaks (leader lost, paused or stepped down).
 pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Duration::from_millis(50);
     let mut i = 0usize;
+    let mut hint: Option<String> = None;
     loop {
-        let endpoint = cfg.coordinators[i % cfg.coordinators.len().max(1)].clone();
-        i += 1;
+        let endpoint = match hint.take() {
+            Some(h) => h,
+            None => {
+                i += 1;
+                cfg.coordinators[(i - 1) % cfg.coordinators.len().max(1)].clone()
+            }
+        };
+        let began = std::time::Instant::now();
         tokio::select! {
             r = session(&cfg, &endpoint, &core) => match r {
                 Ok(()) => {
                     tracing::info!(%endpoint, "session ended by the coordinator");
-                    backoff = Duration::from_millis(100);
+                    backoff = Duration::from_millis(50);
                 }
-                Err(e) => tracing::warn!(%endpoint, error = %e, "coordinator session failed"),
+                Err(e) => {
+                    hint = leader_hint(&e).filter(|h| *h != endpoint);
+                    if let Some(h) = &hint {
+                        tracing::info!(%endpoint, leader = %h, "not the leader; going to the leader");
+                    } else {
+                        tracing::warn!(%endpoint, error = %e, "coordinator session failed");
+                    }
+                }
             },
             _ = shutdown.cancelled() => {
                 core.set_outbound(None);
@@ -261,16 +288,35 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
             }
         }
         core.set_outbound(None);
+        if began.elapsed() > Duration::from_secs(2) {
+            // It was a working session, not a string of failed attempts: start over quickly.
+            backoff = Duration::from_millis(50);
+        }
+        let pause = if hint.is_some() {
+            Duration::from_millis(10)
+        } else {
+            backoff
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(3));
+        // Capped low: an election takes about a second, and a step waits on this reconnect.
+        backoff = (backoff * 2).min(Duration::from_millis(800));
     }
 }
 
 async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::connect(endpoint.to_string()).await?;
+    // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4096);
     tx.send(msg(Out::Register(pb::Register {
         agent_id: cfg.agent_id.clone(),

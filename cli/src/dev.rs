@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gantry_agent::launcher::Launcher;
 use gantry_agent::session::{self, AgentCore, SessionConfig};
@@ -76,13 +75,12 @@ pub async fn start_embedded(
         RuntimeChoice::Auto => gantry_agent::runtime::select("auto").await,
     }
     .map_err(|e| CliError::Refused(e.to_string()))?;
-    let server = server::start(CoordinatorConfig {
-        node_id: 1,
+    let server = server::start(CoordinatorConfig::single(
+        1,
         listen,
-        data_dir: data_dir.join("coordinator"),
-        artifact_root: artifact_root.clone(),
-        tick_interval: Duration::from_millis(100),
-    })
+        data_dir.join("coordinator"),
+        artifact_root.clone(),
+    ))
     .await
     .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
     let launcher = Arc::new(Launcher::new(runtime, data_dir.join("agent")));

@@ -1,5 +1,7 @@
 //! `gantry`: the command-line client, `gantry dev` and `gantry bench`.
 
+use std::time::Duration;
+
 mod bench;
 mod client;
 mod dev;
@@ -65,11 +67,27 @@ enum AgentCommand {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Members, leader, term, commit and applied index.
+    /// This node's view: role, leader, term, commit and applied index, members and their roles.
     Status,
+    /// Add the coordinator listening at ADDR (started with an empty data directory, without
+    /// --bootstrap or --peer): it joins as a learner, catches up, then becomes a voter.
+    Join {
+        /// host:port of the new coordinator.
+        address: String,
+    },
+    /// Remove member ID from the cluster (a leader hands over leadership first).
+    Leave {
+        /// Raft node id of the member to remove.
+        id: u64,
+    },
 }
 
 fn main() {
+    // Behave like other Unix tools under `| head`: end quietly when stdout closes.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,8 +116,11 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         } => {
             let mut c = client::connect(&cli.endpoint).await?;
             let agents = c
-                .agents
-                .list_agents(gantry_proto::v1::ListAgentsRequest {})
+                .call(Duration::from_secs(5), |mut cl| async move {
+                    cl.agents
+                        .list_agents(gantry_proto::v1::ListAgentsRequest {})
+                        .await
+                })
                 .await?
                 .into_inner()
                 .agents;
@@ -132,33 +153,80 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Cluster {
-            command: ClusterCommand::Status,
-        } => {
-            let mut c = client::connect(&cli.endpoint).await?;
-            let s = c
-                .cluster
-                .status(gantry_proto::v1::ClusterStatusRequest {})
-                .await?
-                .into_inner();
-            if !output::print_structured(cli.output, &output::cluster_json(&s)) {
-                println!("node:      {}", s.node_id);
-                println!("leader:    {}", s.leader_id);
-                println!("term:      {}", s.term);
-                println!("commit:    {}", s.commit_index);
-                println!("applied:   {}", s.applied_index);
-                println!("runs:      {} ({} active)", s.runs, s.active_runs);
-                println!("agents:    {}", s.agents);
-                println!();
-                output::table(
-                    &["MEMBER", "ROLE", "ADDRESS"],
-                    s.members
-                        .iter()
-                        .map(|m| vec![m.id.to_string(), m.role.clone(), m.address.clone()])
-                        .collect(),
-                );
-            }
-            Ok(())
-        }
+        Command::Cluster { command } => cluster(&cli.endpoint, cli.output, command).await,
     }
+}
+
+async fn cluster(
+    endpoint: &str,
+    format: output::Format,
+    cmd: ClusterCommand,
+) -> Result<(), CliError> {
+    use gantry_proto::v1 as pb;
+    let mut c = client::connect(endpoint).await?;
+    let s = match cmd {
+        // The node asked, not necessarily the leader: that is the point of status.
+        ClusterCommand::Status => c
+            .call(Duration::from_secs(5), |mut cl| async move {
+                cl.cluster.status(pb::ClusterStatusRequest {}).await
+            })
+            .await?
+            .into_inner(),
+        ClusterCommand::Join { address } => {
+            if address.trim().is_empty() {
+                return Err(CliError::Refused("the address to join is empty".into()));
+            }
+            c.call(Duration::from_secs(330), |mut cl| {
+                let address = address.clone();
+                async move {
+                    cl.cluster
+                        .add_member(pb::AddMemberRequest { address })
+                        .await
+                }
+            })
+            .await?
+            .into_inner()
+        }
+        ClusterCommand::Leave { id } => c
+            .call(Duration::from_secs(30), |mut cl| async move {
+                cl.cluster
+                    .remove_member(pb::RemoveMemberRequest { node_id: id })
+                    .await
+            })
+            .await?
+            .into_inner(),
+    };
+    if !output::print_structured(format, &output::cluster_json(&s)) {
+        println!("node:      {} ({})", s.node_id, s.role);
+        println!("leader:    {}", s.leader_id);
+        println!("term:      {}", s.term);
+        println!("commit:    {}", s.commit_index);
+        println!("applied:   {}", s.applied_index);
+        println!(
+            "snapshot:  {} (log from {})",
+            s.snapshot_index, s.first_index
+        );
+        println!("runs:      {} ({} active)", s.runs, s.active_runs);
+        println!("agents:    {}", s.agents);
+        println!();
+        output::table(
+            &["MEMBER", "ROLE", "ADDRESS", "MATCHED"],
+            s.members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.role.clone(),
+                        m.address.clone(),
+                        if m.matched > 0 {
+                            m.matched.to_string()
+                        } else {
+                            "-".into()
+                        },
+                    ]
+                })
+                .collect(),
+        );
+    }
+    Ok(())
 }

@@ -86,11 +86,14 @@ pub fn agent_json(a: &pb::AgentInfo) -> Value {
 pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
     json!({
         "node_id": s.node_id,
+        "role": s.role,
         "leader_id": s.leader_id,
         "term": s.term,
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
-        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role})).collect::<Vec<_>>(),
+        "first_index": s.first_index,
+        "snapshot_index": s.snapshot_index,
+        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "matched": m.matched})).collect::<Vec<_>>(),
         "runs": s.runs,
         "active_runs": s.active_runs,
         "agents": s.agents,

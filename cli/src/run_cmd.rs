@@ -8,7 +8,7 @@ use clap::Subcommand;
 use gantry_proto::v1 as pb;
 use tokio_stream::StreamExt;
 
-use crate::client::connect;
+use crate::client::{connect, Client};
 use crate::exit::CliError;
 use crate::output::{self, Format};
 
@@ -82,6 +82,9 @@ fn final_status(run: &pb::Run) -> Result<(), CliError> {
     }
 }
 
+/// How long one call may take on one endpoint before the next is tried.
+const PER_TRY: Duration = Duration::from_secs(5);
+
 pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), CliError> {
     match cmd {
         RunCommand::Submit {
@@ -100,18 +103,14 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 parameters,
                 request_id,
             };
-            // A timeout or lost connection is retried with the same request id: one run.
-            let mut tries = 0;
-            let resp = loop {
-                tries += 1;
-                match c.runs.submit_run(req.clone()).await {
-                    Ok(r) => break r.into_inner(),
-                    Err(s) if s.code() == tonic::Code::Unavailable && tries < 5 => {
-                        tokio::time::sleep(Duration::from_millis(300 * tries)).await;
-                    }
-                    Err(s) => return Err(s.into()),
-                }
-            };
+            // A timeout, a lost connection or a leader change is retried, on the next endpoint
+            // when there is one, with the same request id: one run.
+            let resp = c
+                .call(Duration::from_secs(15), |mut cl| {
+                    let req = req.clone();
+                    async move { cl.runs.submit_run(req).await.map(|r| r.into_inner()) }
+                })
+                .await?;
             if !wait {
                 let v = serde_json::json!({"run_id": resp.run_id, "existing": resp.existing});
                 if !output::print_structured(format, &v) {
@@ -129,8 +128,10 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
         RunCommand::Get { run_id } => {
             let mut c = connect(endpoint).await?;
             let run = c
-                .runs
-                .get_run(pb::GetRunRequest { run_id })
+                .call(PER_TRY, |mut cl| {
+                    let run_id = run_id.clone();
+                    async move { cl.runs.get_run(pb::GetRunRequest { run_id }).await }
+                })
                 .await?
                 .into_inner();
             show_run(format, &run);
@@ -139,8 +140,9 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
         RunCommand::List { limit } => {
             let mut c = connect(endpoint).await?;
             let runs = c
-                .runs
-                .list_runs(pb::ListRunsRequest { limit })
+                .call(PER_TRY, |mut cl| async move {
+                    cl.runs.list_runs(pb::ListRunsRequest { limit }).await
+                })
                 .await?
                 .into_inner()
                 .runs;
@@ -170,12 +172,15 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
             follow,
         } => {
             let mut c = connect(endpoint).await?;
+            let req = pb::StreamLogsRequest {
+                run_id,
+                task: task.unwrap_or_default(),
+                follow,
+            };
             let mut stream = c
-                .runs
-                .stream_logs(pb::StreamLogsRequest {
-                    run_id,
-                    task: task.unwrap_or_default(),
-                    follow,
+                .call(PER_TRY, |mut cl| {
+                    let req = req.clone();
+                    async move { cl.runs.stream_logs(req).await }
                 })
                 .await?
                 .into_inner();
@@ -195,8 +200,10 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
         RunCommand::Cancel { run_id } => {
             let mut c = connect(endpoint).await?;
             let run = c
-                .runs
-                .cancel_run(pb::CancelRunRequest { run_id })
+                .call(Duration::from_secs(15), |mut cl| {
+                    let run_id = run_id.clone();
+                    async move { cl.runs.cancel_run(pb::CancelRunRequest { run_id }).await }
+                })
                 .await?
                 .into_inner();
             show_run(format, &run);
@@ -205,31 +212,19 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
     }
 }
 
-/// Polls until the run is terminal, riding out coordinator restarts.
-async fn wait_for(c: &mut crate::client::Clients, run_id: &str) -> Result<pb::Run, CliError> {
-    let mut unavailable_since: Option<std::time::Instant> = None;
+/// Polls until the run is terminal, riding out coordinator restarts and leader changes.
+async fn wait_for(c: &mut Client, run_id: &str) -> Result<pb::Run, CliError> {
+    c.retry_for = Duration::from_secs(120);
     loop {
-        match c
-            .runs
-            .get_run(pb::GetRunRequest {
-                run_id: run_id.to_string(),
+        let run = c
+            .call(PER_TRY, |mut cl| {
+                let run_id = run_id.to_string();
+                async move { cl.runs.get_run(pb::GetRunRequest { run_id }).await }
             })
-            .await
-        {
-            Ok(r) => {
-                unavailable_since = None;
-                let run = r.into_inner();
-                if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
-                    return Ok(run);
-                }
-            }
-            Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown => {
-                let since = *unavailable_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > Duration::from_secs(120) {
-                    return Err(s.into());
-                }
-            }
-            Err(s) => return Err(s.into()),
+            .await?
+            .into_inner();
+        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+            return Ok(run);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -12,6 +12,7 @@
 //! - [`server`]: the wiring.
 
 pub mod api;
+pub mod config;
 pub mod dispatch;
 pub mod logs;
 pub mod machine;

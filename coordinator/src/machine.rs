@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use gantry_core::state::{Applied, ClusterState, Command, Event};
 use tokio::sync::mpsc;
 
+use crate::raft::node::SnapshotWriter;
 use crate::raft::StateMachine;
 
 /// The live state, shared between the Raft thread (the only writer) and readers.
@@ -47,5 +48,19 @@ impl StateMachine for ClusterMachine {
             let _ = self.events.send(ev.clone());
         }
         Ok(applied)
+    }
+
+    fn snapshot(&self) -> SnapshotWriter {
+        // A clone under the read lock is the consistent cut; encoding happens off the Raft thread.
+        let copy = self.state.read().clone();
+        Box::new(move |w| serde_json::to_writer(w, &copy).map_err(std::io::Error::from))
+    }
+
+    fn restore(&mut self, r: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let restored: ClusterState = serde_json::from_reader(r)?;
+        *self.state.0.write().unwrap_or_else(|e| e.into_inner()) = restored;
+        // Ready tasks and free capacity may all be new.
+        let _ = self.events.send(Event::CapacityChanged);
+        Ok(())
     }
 }

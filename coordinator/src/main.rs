@@ -1,31 +1,8 @@
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use gantry_coordinator::server::{start, CoordinatorConfig};
-
-/// Gantry coordinator: keeps run state (Raft + sled) and serves the gRPC API.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Raft node id of this coordinator.
-    #[arg(long, env = "GANTRY_NODE_ID", default_value_t = 1)]
-    node_id: u64,
-    /// Address the gRPC API listens on.
-    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    /// Directory for the Raft log and local state.
-    #[arg(long, env = "GANTRY_DATA_DIR", default_value = ".gantry/coordinator")]
-    data_dir: PathBuf,
-    /// Artifact root for runs: file:///abs/dir or s3://bucket/prefix.
-    /// Default: file://<data-dir>/artifacts.
-    #[arg(long, env = "GANTRY_ARTIFACT_ROOT")]
-    artifact_root: Option<String>,
-    /// Raft tick interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    tick_ms: u64,
-}
+use gantry_coordinator::config::{Args, FileConfig};
+use gantry_coordinator::server::start;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,19 +13,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let data_dir = std::path::absolute(&args.data_dir)?;
-    let artifact_root = match args.artifact_root {
-        Some(r) => r,
-        None => format!("file://{}", data_dir.join("artifacts").display()),
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
     };
-    let handle = start(CoordinatorConfig {
-        node_id: args.node_id,
-        listen: args.listen,
-        data_dir,
-        artifact_root,
-        tick_interval: Duration::from_millis(args.tick_ms.max(1)),
-    })
-    .await?;
+    let cfg = args.resolve(file)?;
+    let handle = start(cfg).await?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; stopping");
@@ -60,6 +30,8 @@ async fn main() -> anyhow::Result<()> {
             handle.stop().await;
         }
     }
+    // Give the last log lines a moment to reach stderr.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }
 

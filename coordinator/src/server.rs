@@ -1,6 +1,7 @@
 //! Wiring: open storage, start the Raft node, the event reactor, the scheduling loop and the
 //! gRPC server.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,22 +10,79 @@ use std::time::Duration;
 use gantry_core::state::{Applied, Command};
 use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
+use gantry_proto::v1::raft_service_server::RaftServiceServer;
 use gantry_proto::v1::run_service_server::RunServiceServer;
 use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
 
 use crate::dispatch::{Dispatcher, WaitingReasons};
 use crate::logs::LogStore;
 use crate::machine::{ApplyOutput, ClusterMachine, SharedState};
-use crate::raft::{self, NodeConfig, RaftError, RaftHandle, SledLogStore};
+use crate::raft::transport::{peer_channel, GrpcTransport};
+use crate::raft::{self, Members, NodeConfig, RaftError, RaftHandle, SledLogStore, SnapshotDir};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub node_id: u64,
     pub listen: SocketAddr,
+    /// The address peers, agents and clients use for this node; defaults to the bound address.
+    pub advertise: Option<String>,
     pub data_dir: PathBuf,
     /// Where runs write artifacts: `file:///dir` or `s3://bucket/prefix`.
     pub artifact_root: String,
     pub tick_interval: Duration,
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    pub snapshot_entries: u64,
+    /// Start a new cluster with this node as its only voter (first start only).
+    pub bootstrap: bool,
+    /// The initial voters of a new cluster, this node included (first start only).
+    pub peers: Members,
+}
+
+impl CoordinatorConfig {
+    /// A single-voter node with the default timings (used by `gantry dev` and tests).
+    pub fn single(
+        node_id: u64,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        artifact_root: String,
+    ) -> Self {
+        let d = NodeConfig::default();
+        CoordinatorConfig {
+            node_id,
+            listen,
+            advertise: None,
+            data_dir,
+            artifact_root,
+            tick_interval: d.tick_interval,
+            election_tick: d.election_tick,
+            heartbeat_tick: d.heartbeat_tick,
+            snapshot_entries: d.snapshot_entries,
+            bootstrap: true,
+            peers: Members::new(),
+        }
+    }
+
+    /// The voters a fresh store starts with; empty means "wait to be joined".
+    fn initial_members(&self, advertise: &str) -> anyhow::Result<Members> {
+        if self.bootstrap && !self.peers.is_empty() {
+            anyhow::bail!(
+                "--bootstrap and --peer are exclusive: bootstrap starts a one-node cluster"
+            );
+        }
+        if self.bootstrap {
+            return Ok([(self.node_id, advertise.to_string())].into());
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            anyhow::bail!(
+                "the peer list must include this node (id {}); it has {:?}",
+                self.node_id,
+                self.peers.keys().collect::<Vec<_>>()
+            );
+        }
+        Ok(self.peers.clone())
+    }
 }
 
 /// Everything the services and loops share.
@@ -38,7 +96,20 @@ pub struct Coordinator {
     pub artifact_root: String,
     /// The address clients and peers use for this node.
     pub advertise: String,
+    pub snapshots: SnapshotDir,
+    channels: Mutex<HashMap<String, Channel>>,
 }
+
+/// Where a write goes.
+pub enum Route {
+    Local,
+    Leader(Channel),
+}
+
+/// Set on a request one coordinator forwards to another, so it is forwarded at most once.
+pub const FORWARDED: &str = "gantry-forwarded";
+/// Set on a refusal from a non-leader: the leader's address, for agents to go to directly.
+pub const LEADER_HINT: &str = "gantry-leader";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -62,6 +133,85 @@ impl From<ProposeError> for tonic::Status {
 }
 
 impl Coordinator {
+    /// A cached channel to another coordinator.
+    pub fn channel(&self, address: &str) -> Result<Channel, tonic::Status> {
+        let mut m = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(address) {
+            return Ok(c.clone());
+        }
+        let c = peer_channel(address)
+            .map_err(|e| tonic::Status::internal(format!("bad peer address {address}: {e}")))?;
+        m.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The leader's address when it is another node.
+    pub fn leader_address(&self) -> Option<String> {
+        let s = self.raft.status();
+        if s.leader_id == 0 || s.leader_id == self.node_id {
+            return None;
+        }
+        s.members.get(&s.leader_id).cloned()
+    }
+
+    /// Where a write must go: here when this node leads, else the leader (waiting out an
+    /// election for up to `wait`). A request that was already forwarded is never forwarded again.
+    pub async fn route_write(
+        &self,
+        forwarded: bool,
+        wait: Duration,
+    ) -> Result<Route, tonic::Status> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = self.raft.status();
+            if s.is_leader {
+                return Ok(Route::Local);
+            }
+            if let Some(addr) = self.leader_address() {
+                if forwarded {
+                    return Err(self.not_leader_status());
+                }
+                return Ok(Route::Leader(self.channel(&addr)?));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(tonic::Status::unavailable(format!(
+                    "no leader elected within {wait:?} (node {}, term {})",
+                    self.node_id, s.term
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// "Not the leader", with the leader's address attached when known.
+    pub fn not_leader_status(&self) -> tonic::Status {
+        let s = self.raft.status();
+        let mut status = tonic::Status::unavailable(format!(
+            "node {} is not the leader (leader: {})",
+            self.node_id,
+            if s.leader_id == 0 {
+                "unknown".to_string()
+            } else {
+                s.leader_id.to_string()
+            }
+        ));
+        if let Some(addr) = self.leader_address() {
+            if let Ok(v) = addr.parse() {
+                status.metadata_mut().insert(LEADER_HINT, v);
+            }
+        }
+        status
+    }
+
+    /// Waits until this node's state includes every write committed before the call: the
+    /// ReadIndex barrier for reads that must be current.
+    pub async fn read_barrier(&self) -> Result<(), tonic::Status> {
+        self.raft
+            .read_index(Duration::from_secs(3))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot confirm a current read: {e}")))
+    }
+
     /// Commits `cmd` and returns what applying it did. Waits out a leader election.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
         let data = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Apply(e.to_string()))?;
@@ -129,12 +279,18 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let initial_members = cfg.initial_members(&advertise)?;
     std::fs::create_dir_all(&cfg.data_dir)?;
     let db = sled::Config::new()
         .path(cfg.data_dir.join("sled"))
         .open()
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
     let store = SledLogStore::open(db.clone())?;
+    if !store.is_fresh() && !initial_members.is_empty() && store.members() != initial_members {
+        tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");
+    }
+    let snapshots = SnapshotDir::open(cfg.data_dir.join("snapshots"))?;
     let logs = LogStore::open(&db)?;
     let state = SharedState::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -145,9 +301,24 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let node_cfg = NodeConfig {
         id: cfg.node_id,
         tick_interval: cfg.tick_interval,
-        ..Default::default()
+        election_tick: cfg.election_tick,
+        heartbeat_tick: cfg.heartbeat_tick,
+        snapshot_entries: cfg.snapshot_entries.max(1),
+        initial_members,
     };
-    let (raft, raft_thread) = raft::start(node_cfg, store, machine)?;
+    let rt = tokio::runtime::Handle::current();
+    let transport_snaps = snapshots.clone();
+    let transport_addr = advertise.clone();
+    let (raft, raft_thread) = raft::start(node_cfg, store, snapshots.clone(), machine, |sink| {
+        GrpcTransport::new(rt, cfg.node_id, transport_addr, transport_snaps, sink)
+    })?;
+    if raft.status().voters.is_empty() {
+        tracing::info!(
+            node = cfg.node_id,
+            %advertise,
+            "not a member of any cluster yet: waiting for `gantry cluster join {advertise}`"
+        );
+    }
     let dispatcher = Dispatcher::new(state.clone());
     let coordinator = Arc::new(Coordinator {
         node_id: cfg.node_id,
@@ -157,10 +328,13 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         logs,
         waiting: Arc::new(Mutex::new(Default::default())),
         artifact_root: cfg.artifact_root.clone(),
-        advertise: addr.to_string(),
+        advertise: advertise.clone(),
+        snapshots,
+        channels: Mutex::new(HashMap::new()),
     });
     tokio::spawn(dispatcher.run_events(events_rx));
     tokio::spawn(crate::scheduling::scheduling_loop(coordinator.clone()));
+    tokio::spawn(leadership_watch(coordinator.clone()));
 
     // Small messages on long-lived streams: without nodelay, Nagle and delayed ACKs add ~40 ms
     // to every assignment.
@@ -169,14 +343,17 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let api = crate::api::Api(coordinator.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .add_service(RunServiceServer::new(api.clone()))
             .add_service(AgentServiceServer::new(api.clone()))
-            .add_service(ClusterServiceServer::new(api))
+            .add_service(ClusterServiceServer::new(api.clone()))
+            .add_service(RaftServiceServer::new(api))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),
     );
-    tracing::info!(%addr, node = cfg.node_id, artifact_root = %cfg.artifact_root, "coordinator serving");
+    tracing::info!(%addr, %advertise, node = cfg.node_id, artifact_root = %cfg.artifact_root, "coordinator serving");
     Ok(ServerHandle {
         addr,
         coordinator,
@@ -184,4 +361,28 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         server,
         raft_thread: Some(raft_thread),
     })
+}
+
+/// Agents hold their session with the leader only: when this node stops leading, end its
+/// sessions so the agents go and find the new leader.
+async fn leadership_watch(c: Arc<Coordinator>) {
+    let mut was_leader = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = c.raft.status();
+        if was_leader && !s.is_leader {
+            tracing::info!(
+                node = c.node_id,
+                term = s.term,
+                leader = s.leader_id,
+                "lost leadership; closing agent sessions"
+            );
+            c.dispatcher.close_all();
+        }
+        if !was_leader && s.is_leader {
+            tracing::info!(node = c.node_id, term = s.term, "became leader");
+            c.dispatcher.schedule.notify_one();
+        }
+        was_leader = s.is_leader;
+    }
 }

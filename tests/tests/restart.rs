@@ -23,6 +23,7 @@ impl Node {
             .open(&self.log)
             .unwrap();
         let child = Command::new(bin("gantry-coordinator"))
+            .arg("--bootstrap")
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
             .arg(&self.data)

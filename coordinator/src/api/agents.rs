@@ -135,6 +135,10 @@ impl AgentService for Api {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        // Assignments go out from the leader only; elsewhere say where the leader is.
+        if !self.0.raft.status().is_leader {
+            return Err(self.0.not_leader_status());
+        }
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -186,8 +190,19 @@ impl AgentService for Api {
 
     async fn list_agents(
         &self,
-        _req: Request<pb::ListAgentsRequest>,
+        req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        // Sessions live on the leader: only it knows who is connected.
+        if let crate::server::Route::Leader(ch) = self
+            .0
+            .route_write(super::forwarded(&req), super::ROUTE_WAIT)
+            .await?
+        {
+            return pb::agent_service_client::AgentServiceClient::new(ch)
+                .list_agents(super::relay(req))
+                .await;
+        }
+        self.0.read_barrier().await?;
         let connected = self.0.dispatcher.connected();
         let st = self.0.state.read();
         let agents = st

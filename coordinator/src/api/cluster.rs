@@ -1,41 +1,63 @@
-//! ClusterService: the node's view of the cluster.
+//! ClusterService: the node's view of the cluster, and membership changes.
+
+use std::time::Duration;
 
 use gantry_proto::v1 as pb;
+use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_proto::v1::cluster_service_server::ClusterService;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{forwarded, relay, Api, ROUTE_WAIT};
+use crate::raft::{Members, NodeStatus};
+use crate::server::Route;
 
-#[tonic::async_trait]
-impl ClusterService for Api {
-    async fn status(
-        &self,
-        _req: Request<pb::ClusterStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+/// How long a new learner may take to catch up (a snapshot of a large state included).
+const CATCH_UP: Duration = Duration::from_secs(300);
+
+/// One membership change with joint consensus: `Implicit` makes raft-rs enter the joint
+/// configuration even for a single change and leave it on its own once committed.
+fn joint_change(kind: ConfChangeType, node_id: u64, context: Vec<u8>) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_transition(ConfChangeTransition::Implicit);
+    cc.set_changes(vec![single].into());
+    cc.context = context.into();
+    cc
+}
+
+fn member_role(s: &NodeStatus, id: u64) -> &'static str {
+    if id == s.leader_id {
+        "LEADER"
+    } else if s.learners.contains(&id) {
+        "LEARNER"
+    } else {
+        "FOLLOWER"
+    }
+}
+
+impl Api {
+    fn status_proto(&self) -> pb::ClusterStatus {
         let s = self.0.raft.status();
         let (runs, active_runs, agents) = {
             let st = self.0.state.read();
             (st.runs.len(), st.active_runs(), st.agents.len())
         };
-        let members = s
-            .voters
-            .iter()
+        let mut ids: Vec<u64> = s.voters.iter().chain(s.learners.iter()).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members = ids
+            .into_iter()
             .map(|id| pb::Member {
-                id: *id,
-                address: if *id == s.id {
-                    self.0.advertise.clone()
-                } else {
-                    String::new()
-                },
-                role: if *id == s.leader_id {
-                    "LEADER"
-                } else {
-                    "FOLLOWER"
-                }
-                .to_string(),
+                id,
+                address: s.members.get(&id).cloned().unwrap_or_default(),
+                role: member_role(&s, id).to_string(),
+                matched: s.matched.get(&id).copied().unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::ClusterStatus {
+        pb::ClusterStatus {
             node_id: s.id,
             leader_id: s.leader_id,
             term: s.term,
@@ -45,6 +67,177 @@ impl ClusterService for Api {
             runs: runs as u32,
             active_runs: active_runs as u32,
             agents: agents as u32,
-        }))
+            role: s.role.to_string(),
+            first_index: s.first_index,
+            snapshot_index: s.snapshot_index,
+        }
+    }
+
+    /// Waits until the joint phase of the last change is over, so the next change may start.
+    async fn settle(&self) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.0.raft.status().in_joint {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "the cluster is still leaving a joint configuration; retry",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn change(&self, cc: ConfChangeV2) -> Result<(), Status> {
+        self.settle().await?;
+        self.0
+            .raft
+            .change_membership(cc)
+            .await
+            .map_err(|e| Status::unavailable(format!("membership change not committed: {e}")))?;
+        self.settle().await
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for Api {
+    async fn status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.status_proto()))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return ClusterServiceClient::new(ch).add_member(relay(req)).await;
+        }
+        let address = req.into_inner().address.trim().to_string();
+        if address.is_empty() {
+            return Err(Status::invalid_argument(
+                "the new member's address is empty",
+            ));
+        }
+        // Ask the new node who it is; it must not already belong to a cluster.
+        let theirs = ClusterServiceClient::new(self.0.channel(&address)?)
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot reach a coordinator at {address}: {}",
+                    e.message()
+                ))
+            })?
+            .into_inner();
+        let id = theirs.node_id;
+        let ours = self.0.raft.status();
+        let is_voter = ours.voters.contains(&id);
+        let is_learner = ours.learners.contains(&id);
+        if (is_voter || is_learner) && ours.members.get(&id) != Some(&address) {
+            return Err(Status::already_exists(format!(
+                "node id {id} is already a member at {}",
+                ours.members
+                    .get(&id)
+                    .map_or("an unknown address", |a| a.as_str())
+            )));
+        }
+        if !is_voter && !is_learner && !theirs.members.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "the coordinator at {address} (node {id}) already belongs to a cluster with members {:?}; \
+                 start it with an empty data directory and without --bootstrap or --peer",
+                theirs.members.iter().map(|m| m.id).collect::<Vec<_>>()
+            )));
+        }
+        if is_voter {
+            return Ok(Response::new(self.status_proto()));
+        }
+        if !is_learner {
+            let context = serde_json::to_vec(&Members::from([(id, address.clone())]))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            self.change(joint_change(ConfChangeType::AddLearnerNode, id, context))
+                .await?;
+            tracing::info!(node = id, %address, "added as a learner");
+        }
+        // Promote only once the learner holds the log up to now, so the voter set never waits
+        // on a node that is still catching up.
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        loop {
+            let s = self.0.raft.status();
+            if !s.is_leader {
+                return Err(self.0.not_leader_status());
+            }
+            if s.matched.get(&id).is_some_and(|m| *m >= s.commit_index) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {id} is a learner but has not caught up within {CATCH_UP:?}; \
+                     run `gantry cluster join {address}` again to retry the promotion"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.change(joint_change(ConfChangeType::AddNode, id, Vec::new()))
+            .await?;
+        tracing::info!(node = id, %address, "promoted to voter");
+        Ok(Response::new(self.status_proto()))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return ClusterServiceClient::new(ch)
+                .remove_member(relay(req))
+                .await;
+        }
+        let id = req.get_ref().node_id;
+        let s = self.0.raft.status();
+        if !s.voters.contains(&id) && !s.learners.contains(&id) {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        if s.voters.len() == 1 && s.voters.contains(&id) {
+            return Err(Status::failed_precondition(
+                "cannot remove the last voter: the cluster would have no one to decide",
+            ));
+        }
+        if id == self.0.node_id {
+            // Hand leadership to the most up-to-date voter first, then let it remove us.
+            let Some((&to, _)) = s
+                .matched
+                .iter()
+                .filter(|(m, _)| **m != id && s.voters.contains(m))
+                .max_by_key(|(_, matched)| **matched)
+            else {
+                return Err(Status::failed_precondition(
+                    "no other voter to hand leadership to",
+                ));
+            };
+            self.0.raft.transfer_leader(to);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while self.0.raft.status().is_leader {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Status::unavailable(format!(
+                        "leadership transfer to node {to} did not complete; retry"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return match self.0.route_write(false, ROUTE_WAIT).await? {
+                Route::Leader(ch) => {
+                    ClusterServiceClient::new(ch)
+                        .remove_member(relay(req))
+                        .await
+                }
+                Route::Local => Err(Status::unavailable("leadership came back here; retry")),
+            };
+        }
+        self.change(joint_change(ConfChangeType::RemoveNode, id, Vec::new()))
+            .await?;
+        tracing::info!(node = id, "removed from the cluster");
+        Ok(Response::new(self.status_proto()))
     }
 }

@@ -3,11 +3,31 @@
 mod agents;
 mod cluster;
 pub mod convert;
+mod raft_peer;
 mod runs;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::server::Coordinator;
+use tonic::metadata::MetadataValue;
+use tonic::Request;
+
+use crate::server::{Coordinator, FORWARDED};
+
+/// How long a write waits for a leader before the client is told to retry.
+pub const ROUTE_WAIT: Duration = Duration::from_secs(5);
+
+pub fn forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}
+
+/// The same request, marked as forwarded once, for the leader.
+pub fn relay<T>(req: Request<T>) -> Request<T> {
+    let mut out = Request::new(req.into_inner());
+    out.metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
+    out
+}
 
 #[derive(Clone)]
 pub struct Api(pub Arc<Coordinator>);

@@ -8,13 +8,15 @@ use gantry_core::engine::check_supported;
 use gantry_core::ir::{parse_pipeline, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome, Rejection};
 use gantry_proto::v1 as pb;
+use gantry_proto::v1::run_service_client::RunServiceClient;
 use gantry_proto::v1::run_service_server::RunService;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::run_to_proto;
-use super::Api;
+use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::logs::LogRecord;
+use crate::server::Route;
 
 fn rejection(r: Rejection) -> Status {
     match r {
@@ -58,6 +60,9 @@ impl RunService for Api {
         &self,
         req: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return RunServiceClient::new(ch).submit_run(relay(req)).await;
+        }
         let req = req.into_inner();
         let pipeline = parse_pipeline(&req.pipeline_yaml)
             .map_err(|e| Status::invalid_argument(format!("invalid pipeline: {e}")))?;
@@ -90,6 +95,7 @@ impl RunService for Api {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.0.read_barrier().await?;
         self.run_proto(&req.into_inner().run_id).map(Response::new)
     }
 
@@ -97,6 +103,7 @@ impl RunService for Api {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.0.read_barrier().await?;
         let limit = match req.into_inner().limit {
             0 => 100,
             n => n as usize,
@@ -124,6 +131,9 @@ impl RunService for Api {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return RunServiceClient::new(ch).cancel_run(relay(req)).await;
+        }
         let run_id = req.into_inner().run_id;
         let applied = self
             .0
@@ -142,6 +152,15 @@ impl RunService for Api {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
+        // Agents stream their logs to the leader: read them there.
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            let remote = RunServiceClient::new(ch)
+                .stream_logs(relay(req))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(remote.map(|r| r))));
+        }
+        self.0.read_barrier().await?;
         let req = req.into_inner();
         // Existence check, and the task filter matches either the IR name or the task id.
         self.run_proto(&req.run_id)?;

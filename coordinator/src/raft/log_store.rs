@@ -13,6 +13,9 @@ const ENTRY_PREFIX: u8 = b'e';
 const KEY_HARD_STATE: &[u8] = b"m:hard_state";
 const KEY_CONF_STATE: &[u8] = b"m:conf_state";
 const KEY_SNAPSHOT_META: &[u8] = b"m:snapshot_meta";
+const KEY_MEMBERS: &[u8] = b"m:members";
+/// Index and term of the last entry removed by compaction (the log's "dummy" entry).
+const KEY_COMPACTED: &[u8] = b"m:compacted";
 
 fn entry_key(index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -32,7 +35,14 @@ pub enum LogStoreError {
     },
     #[error("encode: {0}")]
     Encode(#[from] protobuf::ProtobufError),
+    #[error("raft log: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("member addresses: {0}")]
+    Members(#[from] serde_json::Error),
 }
+
+/// Node id → the address its peers and clients use.
+pub type Members = std::collections::BTreeMap<u64, String>;
 
 #[derive(Default)]
 struct Cache {
@@ -40,6 +50,15 @@ struct Cache {
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
     last_index: u64,
+    members: Members,
+    compacted: (u64, u64),
+}
+
+fn encode_pair(p: (u64, u64)) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&p.0.to_be_bytes());
+    b[8..].copy_from_slice(&p.1.to_be_bytes());
+    b
 }
 
 /// The durable Raft log of one node.
@@ -70,6 +89,18 @@ impl SledLogStore {
         if let Some(v) = tree.get(KEY_SNAPSHOT_META)? {
             cache.snapshot_meta = decode(KEY_SNAPSHOT_META, &v)?;
         }
+        if let Some(v) = tree.get(KEY_MEMBERS)? {
+            cache.members = serde_json::from_slice(&v)?;
+        }
+        if let Some(v) = tree.get(KEY_COMPACTED)? {
+            if v.len() == 16 {
+                let mut a = [0u8; 8];
+                let mut b = [0u8; 8];
+                a.copy_from_slice(&v[..8]);
+                b.copy_from_slice(&v[8..]);
+                cache.compacted = (u64::from_be_bytes(a), u64::from_be_bytes(b));
+            }
+        }
         cache.last_index = match tree.scan_prefix([ENTRY_PREFIX]).next_back() {
             Some(kv) => {
                 let (k, _) = kv?;
@@ -77,7 +108,7 @@ impl SledLogStore {
                 b.copy_from_slice(&k[1..9]);
                 u64::from_be_bytes(b)
             }
-            None => cache.snapshot_meta.index,
+            None => cache.snapshot_meta.index.max(cache.compacted.0),
         };
         Ok(SledLogStore {
             tree,
@@ -104,6 +135,96 @@ impl SledLogStore {
 
     pub fn conf_state(&self) -> ConfState {
         self.read().conf_state.clone()
+    }
+
+    pub fn snapshot_meta(&self) -> SnapshotMetadata {
+        self.read().snapshot_meta.clone()
+    }
+
+    pub fn members(&self) -> Members {
+        self.read().members.clone()
+    }
+
+    /// Replaces the member address book (flushed).
+    pub fn set_members(&self, members: &Members) -> Result<(), LogStoreError> {
+        self.tree
+            .insert(KEY_MEMBERS, serde_json::to_vec(members)?)?;
+        self.db.flush()?;
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .members = members.clone();
+        Ok(())
+    }
+
+    /// Records a snapshot this node wrote itself and drops the log up to and including
+    /// `compact_index` (at most the snapshot's index: a leader keeps a tail for slow peers so
+    /// they catch up from the log rather than by a whole snapshot). The snapshot file must
+    /// already be durable.
+    pub fn compact_to(
+        &self,
+        meta: &SnapshotMetadata,
+        compact_index: u64,
+    ) -> Result<(), LogStoreError> {
+        let compact_index = compact_index.min(meta.index);
+        let (old_first, last) = {
+            let c = self.read();
+            (Self::first_index_inner(&c), c.last_index)
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_SNAPSHOT_META, meta.write_to_bytes()?);
+        let mut compacted = None;
+        if compact_index >= old_first && compact_index <= last {
+            let term = raft::Storage::term(self, compact_index)?;
+            for idx in old_first..=compact_index {
+                batch.remove(&entry_key(idx));
+            }
+            batch.insert(KEY_COMPACTED, &encode_pair((compact_index, term)));
+            compacted = Some((compact_index, term));
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        c.snapshot_meta = meta.clone();
+        if let Some(p) = compacted {
+            c.compacted = p;
+        }
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the whole log is replaced by it. The
+    /// snapshot file must already be durable.
+    pub fn apply_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        members: &Members,
+    ) -> Result<(), LogStoreError> {
+        let (first, last) = {
+            let c = self.read();
+            (Self::first_index_inner(&c), c.last_index)
+        };
+        let mut batch = sled::Batch::default();
+        for idx in first..=last {
+            batch.remove(&entry_key(idx));
+        }
+        let mut hs = self.hard_state();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.insert(KEY_SNAPSHOT_META, meta.write_to_bytes()?);
+        batch.insert(KEY_HARD_STATE, hs.write_to_bytes()?);
+        batch.insert(KEY_CONF_STATE, meta.get_conf_state().write_to_bytes()?);
+        batch.insert(KEY_MEMBERS, serde_json::to_vec(members)?);
+        batch.insert(KEY_COMPACTED, &encode_pair((meta.index, meta.term)));
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        c.snapshot_meta = meta.clone();
+        c.hard_state = hs;
+        c.conf_state = meta.get_conf_state().clone();
+        c.last_index = meta.index;
+        c.members = members.clone();
+        c.compacted = (meta.index, meta.term);
+        Ok(())
     }
 
     /// Writes entries (truncating any conflicting suffix), hard state and conf state in one
@@ -156,7 +277,7 @@ impl SledLogStore {
     }
 
     fn first_index_inner(c: &Cache) -> u64 {
-        c.snapshot_meta.index + 1
+        c.compacted.0 + 1
     }
 
     fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -209,8 +330,8 @@ impl raft::Storage for SledLogStore {
     fn term(&self, idx: u64) -> raft::Result<u64> {
         {
             let c = self.read();
-            if idx == c.snapshot_meta.index {
-                return Ok(c.snapshot_meta.term);
+            if idx == c.compacted.0 {
+                return Ok(c.compacted.1);
             }
             if idx < Self::first_index_inner(&c) {
                 return Err(raft::Error::Store(StorageError::Compacted));
@@ -237,12 +358,18 @@ impl raft::Storage for SledLogStore {
         Ok(self.read().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Log compaction and snapshot transfer arrive with the replicated coordinator; until
-        // then the whole log is kept and no peer ever needs a snapshot.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Only metadata travels inside raft-rs: the state itself is the snapshot file of that
+        // index and term, which the transport streams in chunks.
+        let meta = self.snapshot_meta();
+        if meta.index == 0 || meta.index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        Ok(snap)
     }
 }
 

@@ -2,9 +2,12 @@
 
 pub mod log_store;
 pub mod node;
+pub mod snapshot_files;
+pub mod transport;
 
-pub use log_store::SledLogStore;
-pub use node::{start, NodeConfig, NodeStatus, RaftHandle, StateMachine};
+pub use log_store::{Members, SledLogStore};
+pub use node::{start, Feedback, NodeConfig, NodeStatus, RaftHandle, StateMachine};
+pub use snapshot_files::SnapshotDir;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {

@@ -1,0 +1,123 @@
+//! RaftService: messages and snapshot streams from peer coordinators.
+
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::raft_service_server::RaftService;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use crate::raft::Feedback;
+
+impl Api {
+    fn learn_peer(&self, id: u64, address: &str) {
+        if id != 0 && !address.is_empty() {
+            self.0.raft.feedback(Feedback::PeerAddress {
+                id,
+                address: address.to_string(),
+            });
+        }
+    }
+
+    fn accept_from(&self, from: u64) -> Result<(), Status> {
+        if from == self.0.node_id {
+            return Err(Status::failed_precondition(format!(
+                "a peer claims this node's own id {from}: two coordinators share an id"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for Api {
+    async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        let batch = req.into_inner();
+        self.accept_from(batch.from)?;
+        if !self.0.raft.status().members.contains_key(&batch.from) {
+            self.learn_peer(batch.from, &batch.from_address);
+        }
+        for bytes in batch.messages {
+            let msg = Message::parse_from_bytes(&bytes)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if msg.to != self.0.node_id {
+                return Err(Status::failed_precondition(format!(
+                    "raft message for node {} reached node {}",
+                    msg.to, self.0.node_id
+                )));
+            }
+            self.0
+                .raft
+                .step(msg)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        self.accept_from(first.from)?;
+        let msg = Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot || msg.to != self.0.node_id {
+            return Err(Status::invalid_argument(
+                "the first chunk must carry a MsgSnapshot for this node",
+            ));
+        }
+        self.learn_peer(first.from, &first.from_address);
+        let meta = msg.get_snapshot().get_metadata().clone();
+        let tmp = self.0.snapshots.temp_path(meta.term, meta.index);
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut received = first.data.len() as u64;
+            file.write_all(&first.data).await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+                received += chunk.data.len() as u64;
+                file.write_all(&chunk.data).await?;
+            }
+            if received != first.total_size {
+                return Err(std::io::Error::other(format!(
+                    "snapshot truncated: {received} of {} bytes",
+                    first.total_size
+                )));
+            }
+            file.sync_all().await?;
+            Ok::<u64, std::io::Error>(received)
+        }
+        .await;
+        let received = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Status::aborted(format!("snapshot transfer: {e}")));
+            }
+        };
+        let snaps = self.0.snapshots.clone();
+        tokio::task::spawn_blocking(move || snaps.publish(&tmp, meta.term, meta.index))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("snapshot publish: {e}")))?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            bytes = received,
+            from = first.from,
+            "snapshot received"
+        );
+        self.0
+            .raft
+            .step(msg)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::RaftAck {}))
+    }
+}

@@ -1,0 +1,248 @@
+//! `gantry-coordinator` configuration: flags over a TOML file over defaults that suit a LAN.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::raft::{Members, NodeConfig};
+use crate::server::CoordinatorConfig;
+
+/// Gantry coordinator: keeps run state (Raft + sled) and serves the gRPC API.
+///
+/// Flags override the TOML file given with --config; both override the defaults.
+#[derive(Parser, Debug, Default)]
+#[command(version)]
+pub struct Args {
+    /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root, bootstrap,
+    /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
+    /// snapshot_entries.
+    #[arg(long, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
+    #[arg(long, env = "GANTRY_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address the gRPC API and the Raft transport listen on. Default 127.0.0.1:7070.
+    #[arg(long, env = "GANTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address peers, agents and clients reach this node at. Default: the listen address.
+    #[arg(long, env = "GANTRY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory for the Raft log, snapshots and local state. Default .gantry/coordinator.
+    #[arg(long, env = "GANTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Artifact root for runs: file:///abs/dir or s3://bucket/prefix.
+    /// Default: file://<data-dir>/artifacts.
+    #[arg(long, env = "GANTRY_ARTIFACT_ROOT")]
+    pub artifact_root: Option<String>,
+    /// Start a new cluster with this node as its only voter (first start only); grow it with
+    /// `gantry cluster join`.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// An initial voter as ID=HOST:PORT, this node included; repeat for each (first start
+    /// only). Without --bootstrap or --peer a fresh node waits to be joined.
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Raft tick in milliseconds. Default 100.
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Ticks without a leader before an election (randomised up to twice this). Default 6.
+    #[arg(long)]
+    pub election_ticks: Option<usize>,
+    /// Ticks between leader heartbeats. Default 1.
+    #[arg(long)]
+    pub heartbeat_ticks: Option<usize>,
+    /// Snapshot and compact the log every this many applied entries. Default 10000.
+    #[arg(long)]
+    pub snapshot_entries: Option<u64>,
+}
+
+/// The TOML file. Unknown keys are refused so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub artifact_root: Option<String>,
+    pub bootstrap: Option<bool>,
+    /// id (as a string key, TOML tables have string keys) → address
+    pub peers: Option<std::collections::BTreeMap<String, String>>,
+    pub tick_ms: Option<u64>,
+    pub election_ticks: Option<usize>,
+    pub heartbeat_ticks: Option<usize>,
+    pub snapshot_entries: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("peer {s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("peer {s:?}: the id must be a positive integer"))?;
+    check_peer(id, addr.trim())
+}
+
+fn check_peer(id: u64, addr: &str) -> anyhow::Result<(u64, String)> {
+    if id == 0 {
+        anyhow::bail!("peer id 0 is reserved by raft");
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("peer {id}: address {addr:?} has no port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        anyhow::bail!("peer {id}: address {addr:?} is not HOST:PORT");
+    }
+    Ok((id, addr.to_string()))
+}
+
+impl Args {
+    /// Flags over file over defaults, checked.
+    pub fn resolve(self, file: FileConfig) -> anyhow::Result<CoordinatorConfig> {
+        let d = NodeConfig::default();
+        let node_id = self.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            anyhow::bail!("--node-id 0 is reserved by raft; use 1 or more");
+        }
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(".gantry/coordinator"));
+        let data_dir = std::path::absolute(&data_dir)?;
+        let artifact_root = self
+            .artifact_root
+            .or(file.artifact_root)
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
+        let mut peers = Members::new();
+        if !self.peers.is_empty() {
+            for p in &self.peers {
+                let (id, addr) = parse_peer(p)?;
+                if peers.insert(id, addr).is_some() {
+                    anyhow::bail!("peer id {id} is given twice");
+                }
+            }
+        } else if let Some(file_peers) = file.peers {
+            for (id, addr) in file_peers {
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("peers: key {id:?} is not a node id"))?;
+                let (id, addr) = check_peer(id, &addr)?;
+                peers.insert(id, addr);
+            }
+        }
+        let tick_ms = self.tick_ms.or(file.tick_ms).unwrap_or(100);
+        let election_tick = self
+            .election_ticks
+            .or(file.election_ticks)
+            .unwrap_or(d.election_tick);
+        let heartbeat_tick = self
+            .heartbeat_ticks
+            .or(file.heartbeat_ticks)
+            .unwrap_or(d.heartbeat_tick);
+        if tick_ms == 0 || heartbeat_tick == 0 || election_tick <= heartbeat_tick {
+            anyhow::bail!(
+                "timing: tick_ms and heartbeat_ticks must be positive and election_ticks \
+                 ({election_tick}) greater than heartbeat_ticks ({heartbeat_tick})"
+            );
+        }
+        let snapshot_entries = self
+            .snapshot_entries
+            .or(file.snapshot_entries)
+            .unwrap_or(d.snapshot_entries);
+        if snapshot_entries == 0 {
+            anyhow::bail!("snapshot_entries must be at least 1");
+        }
+        Ok(CoordinatorConfig {
+            node_id,
+            listen,
+            advertise: self.advertise.or(file.advertise),
+            data_dir,
+            artifact_root,
+            tick_interval: Duration::from_millis(tick_ms),
+            election_tick,
+            heartbeat_tick,
+            snapshot_entries,
+            bootstrap: self.bootstrap || file.bootstrap.unwrap_or(false),
+            peers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file = FileConfig::parse(
+            r#"
+            node_id = 2
+            listen = "10.0.0.2:7070"
+            tick_ms = 50
+            [peers]
+            1 = "10.0.0.1:7070"
+            2 = "10.0.0.2:7070"
+            3 = "10.0.0.3:7070"
+            "#,
+        )
+        .unwrap();
+        let args = Args {
+            node_id: Some(3),
+            ..Default::default()
+        };
+        let cfg = args.resolve(file).unwrap();
+        assert_eq!(cfg.node_id, 3);
+        assert_eq!(cfg.listen.to_string(), "10.0.0.2:7070");
+        assert_eq!(cfg.tick_interval, Duration::from_millis(50));
+        assert_eq!(cfg.election_tick, 6);
+        assert_eq!(cfg.peers.len(), 3);
+        assert!(!cfg.bootstrap);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_a_reason() {
+        let err = FileConfig::parse("node_idd = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        for (peers, want) in [
+            (vec!["1:10.0.0.1:70"], "not ID=HOST:PORT"),
+            (vec!["x=10.0.0.1:70"], "positive integer"),
+            (vec!["0=10.0.0.1:70"], "reserved"),
+            (vec!["1=10.0.0.1"], "no port"),
+            (vec!["1=a:1", "1=b:2"], "twice"),
+        ] {
+            let args = Args {
+                peers: peers.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
+            assert!(err.contains(want), "{peers:?}: {err}");
+        }
+        let args = Args {
+            election_ticks: Some(1),
+            heartbeat_ticks: Some(1),
+            ..Default::default()
+        };
+        assert!(args.resolve(FileConfig::default()).is_err());
+    }
+}
