@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+pub mod cluster;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -217,6 +219,11 @@ pub fn compile_pipeline(name: &str, out_dir: &Path) -> Result<PathBuf> {
 
 /// Compiles a pipeline source (relative to the repository root, or absolute) into `out_dir`.
 pub fn compile_source(src: &Path, out_dir: &Path) -> Result<PathBuf> {
+    compile_source_with(src, out_dir, &[])
+}
+
+/// Like [`compile_source`], passing `args` to the pipeline script after the output path.
+pub fn compile_source_with(src: &Path, out_dir: &Path, args: &[&str]) -> Result<PathBuf> {
     let src = repo_root().join(src);
     let name = src
         .file_stem()
@@ -226,6 +233,7 @@ pub fn compile_source(src: &Path, out_dir: &Path) -> Result<PathBuf> {
     let o = Command::new("python3")
         .arg(&src)
         .arg(&out)
+        .args(args)
         .output()
         .context("running python3")?;
     if !o.status.success() {

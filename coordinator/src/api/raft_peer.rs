@@ -11,6 +11,18 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Api;
 use crate::raft::Feedback;
 
+/// Fault injection for the crash-during-install test: a pause before each received chunk is
+/// written, so a test can kill the node mid-transfer. Unset (the default) means no pause.
+fn chunk_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("GANTRY_FAULT_SNAPSHOT_CHUNK_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 impl Api {
     fn learn_peer(&self, id: u64, address: &str) {
         if id != 0 && !address.is_empty() {
@@ -75,13 +87,19 @@ impl RaftService for Api {
         }
         self.learn_peer(first.from, &first.from_address);
         let meta = msg.get_snapshot().get_metadata().clone();
-        let tmp = self.0.snapshots.temp_path(meta.term, meta.index);
+        let tmp = self.0.snapshots.receive_path(meta.term, meta.index);
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             let mut received = first.data.len() as u64;
+            if let Some(d) = chunk_delay() {
+                tokio::time::sleep(d).await;
+            }
             file.write_all(&first.data).await?;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+                if let Some(d) = chunk_delay() {
+                    tokio::time::sleep(d).await;
+                }
                 received += chunk.data.len() as u64;
                 file.write_all(&chunk.data).await?;
             }

@@ -33,11 +33,18 @@ impl SnapshotDir {
         self.dir.join(format!("snap-{term:020}-{index:020}.snap"))
     }
 
-    /// A fresh temporary path for a file being written or received.
+    /// A fresh temporary path for a snapshot this node writes.
     pub fn temp_path(&self, term: u64, index: u64) -> PathBuf {
         let n = uuid::Uuid::new_v4().simple();
         self.dir
             .join(format!("snap-{term:020}-{index:020}-{n}.tmp"))
+    }
+
+    /// A fresh temporary path for a snapshot being received from the leader.
+    pub fn receive_path(&self, term: u64, index: u64) -> PathBuf {
+        let n = uuid::Uuid::new_v4().simple();
+        self.dir
+            .join(format!("recv-{term:020}-{index:020}-{n}.tmp"))
     }
 
     /// Writes a snapshot: header, then `body`; durable under its final name on return.

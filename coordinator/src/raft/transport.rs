@@ -204,6 +204,12 @@ async fn send_snapshot(
     msg: Message,
 ) -> anyhow::Result<u64> {
     let meta = msg.get_snapshot().get_metadata();
+    tracing::info!(
+        to = msg.to,
+        index = meta.index,
+        term = meta.term,
+        "sending a snapshot"
+    );
     let path = shared.snaps.path(meta.term, meta.index);
     let mut file = tokio::fs::File::open(&path)
         .await
