@@ -253,17 +253,21 @@ fn leader_hint(e: &anyhow::Error) -> Option<String> {
 
 /// Keeps a session with the leading coordinator open until `shutdown`: tries the configured
 /// coordinators in turn, goes straight to the leader when a follower names it, and reconnects
-/// with a short backoff when the session breaks (leader lost, paused or stepped down).
+/// when the session breaks (leader lost, paused or stepped down). A follower holds the attempt
+/// until an election settles, so the agent waits in a request, not in a sleep; the pause only
+/// grows once every configured coordinator failed in a row.
 pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
+    let n = cfg.coordinators.len().max(1);
+    let mut backoff = FIRST_BACKOFF;
     let mut i = 0usize;
+    let mut failed_in_row = 0usize;
     let mut hint: Option<String> = None;
     loop {
         let endpoint = match hint.take() {
             Some(h) => h,
             None => {
                 i += 1;
-                cfg.coordinators[(i - 1) % cfg.coordinators.len().max(1)].clone()
+                cfg.coordinators[(i - 1) % n].clone()
             }
         };
         let began = std::time::Instant::now();
@@ -271,7 +275,7 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
             r = session(&cfg, &endpoint, &core) => match r {
                 Ok(()) => {
                     tracing::info!(%endpoint, "session ended by the coordinator");
-                    backoff = Duration::from_millis(50);
+                    failed_in_row = 0;
                 }
                 Err(e) => {
                     hint = leader_hint(&e).filter(|h| *h != endpoint);
@@ -279,6 +283,7 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
                         tracing::info!(%endpoint, leader = %h, "not the leader; going to the leader");
                     } else {
                         tracing::warn!(%endpoint, error = %e, "coordinator session failed");
+                        failed_in_row += 1;
                     }
                 }
             },
@@ -290,21 +295,27 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
         core.set_outbound(None);
         if began.elapsed() > Duration::from_secs(2) {
             // It was a working session, not a string of failed attempts: start over quickly.
-            backoff = Duration::from_millis(50);
+            backoff = FIRST_BACKOFF;
+            failed_in_row = 0;
         }
-        let pause = if hint.is_some() {
+        let pause = if hint.is_some() || !failed_in_row.is_multiple_of(n) {
+            // A named leader or another coordinator still to try: go at once.
             Duration::from_millis(10)
         } else {
-            backoff
+            let p = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            p
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
-        // Capped low: an election takes about a second, and a step waits on this reconnect.
-        backoff = (backoff * 2).min(Duration::from_millis(800));
     }
 }
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Capped low: a step waits on this reconnect, and an election takes about a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> anyhow::Result<()> {
     // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.

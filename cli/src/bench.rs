@@ -19,15 +19,28 @@ pub struct BenchArgs {
     /// Address for the embedded coordinator (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
+    /// Without one: the pipeline benchmark on an embedded cluster.
+    #[command(subcommand)]
+    pub kind: Option<crate::bench_cluster::BenchKind>,
 }
 
 /// IR of `steps` no-op container tasks, chained or independent, as kfp writes a container
 /// component with `command=["true"]`.
 pub fn noop_pipeline(name: &str, steps: usize, chained: bool) -> String {
+    container_pipeline(name, steps, chained, &["true"])
+}
+
+/// IR of `steps` tasks of one container component running `command`, chained or independent.
+pub fn container_pipeline(name: &str, steps: usize, chained: bool, command: &[&str]) -> String {
     let mut y = String::new();
     y.push_str("components:\n  comp-noop:\n    executorLabel: exec-noop\n");
     y.push_str("deploymentSpec:\n  executors:\n    exec-noop:\n      container:\n");
-    y.push_str("        command:\n        - 'true'\n        image: gantry/busybox:latest\n");
+    y.push_str("        command:\n");
+    for c in command {
+        // YAML single quotes: a quote inside is written twice.
+        y.push_str(&format!("        - '{}'\n", c.replace('\'', "''")));
+    }
+    y.push_str("        image: gantry/busybox:latest\n");
     y.push_str(&format!(
         "pipelineInfo:\n  name: {name}\nroot:\n  dag:\n    tasks:\n"
     ));
@@ -55,7 +68,7 @@ struct Figures {
     started_to_recorded: Vec<i64>,
 }
 
-fn pct(v: &mut [i64], p: f64) -> f64 {
+pub fn pct(v: &mut [i64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -110,6 +123,9 @@ async fn run_one(
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if let Some(kind) = args.kind {
+        return crate::bench_cluster::run(kind).await;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

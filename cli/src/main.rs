@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 mod bench;
+mod bench_cluster;
 mod client;
 mod dev;
 mod exit;
@@ -55,7 +56,8 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Measure steps per second and coordinator overhead per step on an embedded cluster.
+    /// Measure steps per second and coordinator overhead per step on an embedded cluster;
+    /// `bench raft` and `bench failover` measure a 3-process local cluster.
     Bench(bench::BenchArgs),
 }
 

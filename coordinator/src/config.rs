@@ -221,6 +221,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_in_the_repository_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coordinator.toml");
+        let cfg = Args::default()
+            .resolve(FileConfig::load(&path).unwrap())
+            .unwrap();
+        assert_eq!(cfg.node_id, 1);
+        assert_eq!(cfg.peers.len(), 3);
+        assert_eq!(cfg.tick_interval, Duration::from_millis(100));
+    }
+
+    #[test]
     fn bad_configuration_is_refused_with_a_reason() {
         let err = FileConfig::parse("node_idd = 1").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

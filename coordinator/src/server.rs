@@ -148,7 +148,7 @@ impl Coordinator {
     /// The leader's address when it is another node.
     pub fn leader_address(&self) -> Option<String> {
         let s = self.raft.status();
-        if s.leader_id == 0 || s.leader_id == self.node_id {
+        if s.leader_id == 0 || s.leader_id == self.node_id || s.leader_silent {
             return None;
         }
         s.members.get(&s.leader_id).cloned()

@@ -17,7 +17,7 @@ use super::convert::agent_to_proto;
 use super::Api;
 use crate::dispatch::attempt_ref;
 use crate::logs::LogRecord;
-use crate::server::Coordinator;
+use crate::server::{Coordinator, Route};
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
@@ -135,8 +135,9 @@ impl AgentService for Api {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        // Assignments go out from the leader only; elsewhere say where the leader is.
-        if !self.0.raft.status().is_leader {
+        // Assignments go out from the leader only; elsewhere say where the leader is. During an
+        // election this waits for the outcome, so the agent is sent on as soon as there is one.
+        if let Route::Leader(_) = self.0.route_write(false, super::ROUTE_WAIT).await? {
             return Err(self.0.not_leader_status());
         }
         let mut inbound = req.into_inner();

@@ -3,6 +3,7 @@
 //! Every write goes through [`SledLogStore::persist`], which applies one batch and flushes
 //! before returning: nothing is acknowledged or applied before it is on disk.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use protobuf::Message as _;
@@ -67,6 +68,9 @@ pub struct SledLogStore {
     tree: sled::Tree,
     db: sled::Db,
     cache: Arc<RwLock<Cache>>,
+    /// Set when a peer needs a snapshot that the newest one cannot serve (it predates the
+    /// peer's membership); the node takes a fresh one as soon as it can.
+    snapshot_wanted: Arc<AtomicBool>,
 }
 
 fn decode<M: protobuf::Message>(key: &[u8], bytes: &[u8]) -> Result<M, LogStoreError> {
@@ -114,6 +118,7 @@ impl SledLogStore {
             tree,
             db,
             cache: Arc::new(RwLock::new(cache)),
+            snapshot_wanted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -139,6 +144,11 @@ impl SledLogStore {
 
     pub fn snapshot_meta(&self) -> SnapshotMetadata {
         self.read().snapshot_meta.clone()
+    }
+
+    /// True once, after a peer asked for a snapshot newer than the one on disk.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
     }
 
     pub fn members(&self) -> Members {
@@ -358,11 +368,23 @@ impl raft::Storage for SledLogStore {
         Ok(self.read().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // Only metadata travels inside raft-rs: the state itself is the snapshot file of that
         // index and term, which the transport streams in chunks.
         let meta = self.snapshot_meta();
-        if meta.index == 0 || meta.index < request_index {
+        // A node refuses a snapshot whose configuration leaves it out, so one taken before a
+        // peer joined cannot bring that peer up: ask for a new one and let raft retry.
+        let cs = meta.get_conf_state();
+        let includes_peer = [
+            &cs.voters,
+            &cs.learners,
+            &cs.voters_outgoing,
+            &cs.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&to));
+        if meta.index == 0 || meta.index < request_index || !includes_peer {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -427,5 +449,38 @@ mod tests {
         assert_eq!(ents.len(), 2);
         assert_eq!(&ents[1].data[..], b"x");
         assert!(s.term(3).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_that_predates_a_peer_is_not_offered_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledLogStore::open(sled::open(dir.path()).unwrap()).unwrap();
+        let cs = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        s.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None, Some(&cs))
+            .unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        };
+        meta.set_conf_state(cs);
+        s.compact_to(&meta, 2).unwrap();
+        assert!(!s.take_snapshot_wanted());
+
+        // Node 1 is in the snapshot's configuration: it is served.
+        assert_eq!(s.snapshot(0, 1).unwrap().get_metadata().index, 2);
+        assert!(!s.take_snapshot_wanted());
+        // Node 2 joined later: refused for now, and a new snapshot is asked for once.
+        assert!(matches!(
+            s.snapshot(0, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(s.take_snapshot_wanted());
+        assert!(!s.take_snapshot_wanted());
     }
 }

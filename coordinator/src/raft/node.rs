@@ -86,6 +86,9 @@ impl Default for NodeConfig {
     }
 }
 
+/// Heartbeat intervals without word from the leader after which a follower stops naming it.
+const SILENT_HEARTBEATS: usize = 3;
+
 /// What the node reports about itself, for status and leader checks.
 #[derive(Debug, Clone, Default)]
 pub struct NodeStatus {
@@ -106,6 +109,9 @@ pub struct NodeStatus {
     pub members: Members,
     /// On the leader: the highest index known replicated on each member.
     pub matched: BTreeMap<u64, u64>,
+    /// On a follower: nothing heard from `leader_id` for several heartbeats (it may be dead or
+    /// cut off), so clients should not be sent there while the election timer runs out.
+    pub leader_silent: bool,
 }
 
 type Reply<O> = oneshot::Sender<Result<O, RaftError>>;
@@ -577,6 +583,9 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         self.transport.set_members(&members);
         tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners,
             outgoing = ?cs.voters_outgoing, "membership changed");
+        // The caller reads the new configuration (and whether it is joint) from the status
+        // as soon as it hears back, so publish before replying.
+        self.publish_status();
         if let Some(r) = reply {
             let _ = r.send(Ok(cs));
         }
@@ -605,7 +614,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     /// Starts writing a snapshot in the background once enough entries were applied.
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.raw.raft.raft_log.applied;
-        if self.snapshotting || applied < self.last_snapshot + self.cfg.snapshot_entries {
+        if self.snapshotting {
+            return Ok(());
+        }
+        let wanted = self.store.take_snapshot_wanted() && applied > self.last_snapshot;
+        if !wanted && applied < self.last_snapshot + self.cfg.snapshot_entries {
             return Ok(());
         }
         let term = raft::Storage::term(&self.store, applied).map_err(fatal)?;
@@ -766,5 +779,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         s.learners = cs.learners;
         s.members = self.store.members();
         s.matched = matched;
+        s.leader_silent =
+            !is_leader && raft.election_elapsed > SILENT_HEARTBEATS * self.cfg.heartbeat_tick;
     }
 }
