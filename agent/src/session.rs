@@ -251,39 +251,102 @@ fn leader_hint(e: &anyhow::Error) -> Option<String> {
     })
 }
 
+/// How one attempt at a session ended, for pacing the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The session worked for a while (it was up for more than a moment), then broke.
+    Worked,
+    /// A coordinator answered and named the leader.
+    Redirected,
+    /// The leader a coordinator named could not be reached (it may have just died, and the
+    /// others have not noticed yet).
+    NamedLeaderFailed,
+    /// A configured coordinator could not be reached or refused without naming a leader.
+    Failed,
+}
+
+/// Pauses between session attempts. A coordinator that answers proves the cluster is there,
+/// and followers hold an attempt until an election settles, so only a whole round of
+/// configured coordinators failing makes the pause grow.
+#[derive(Debug)]
+struct Pacer {
+    coordinators: usize,
+    failed_in_row: usize,
+    backoff: Duration,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Capped low: a step waits on this reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const AT_ONCE: Duration = Duration::from_millis(10);
+
+impl Pacer {
+    fn new(coordinators: usize) -> Self {
+        Pacer {
+            coordinators: coordinators.max(1),
+            failed_in_row: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    fn pause_after(&mut self, end: SessionEnd) -> Duration {
+        match end {
+            SessionEnd::Worked | SessionEnd::Redirected => {
+                self.failed_in_row = 0;
+                self.backoff = FIRST_BACKOFF;
+                AT_ONCE
+            }
+            SessionEnd::NamedLeaderFailed => FIRST_BACKOFF,
+            SessionEnd::Failed => {
+                self.failed_in_row += 1;
+                if !self.failed_in_row.is_multiple_of(self.coordinators) {
+                    return AT_ONCE;
+                }
+                let p = self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                p
+            }
+        }
+    }
+}
+
 /// Keeps a session with the leading coordinator open until `shutdown`: tries the configured
 /// coordinators in turn, goes straight to the leader when a follower names it, and reconnects
-/// when the session breaks (leader lost, paused or stepped down). A follower holds the attempt
-/// until an election settles, so the agent waits in a request, not in a sleep; the pause only
-/// grows once every configured coordinator failed in a row.
+/// when the session breaks (leader lost, paused or stepped down).
 pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: CancellationToken) {
     let n = cfg.coordinators.len().max(1);
-    let mut backoff = FIRST_BACKOFF;
+    let mut pacer = Pacer::new(n);
     let mut i = 0usize;
-    let mut failed_in_row = 0usize;
     let mut hint: Option<String> = None;
     loop {
-        let endpoint = match hint.take() {
-            Some(h) => h,
+        let (endpoint, named) = match hint.take() {
+            Some(h) => (h, true),
             None => {
                 i += 1;
-                cfg.coordinators[(i - 1) % n].clone()
+                (cfg.coordinators[(i - 1) % n].clone(), false)
             }
         };
         let began = std::time::Instant::now();
-        tokio::select! {
+        let end = tokio::select! {
             r = session(&cfg, &endpoint, &core) => match r {
                 Ok(()) => {
                     tracing::info!(%endpoint, "session ended by the coordinator");
-                    failed_in_row = 0;
+                    SessionEnd::Worked
                 }
                 Err(e) => {
                     hint = leader_hint(&e).filter(|h| *h != endpoint);
                     if let Some(h) = &hint {
                         tracing::info!(%endpoint, leader = %h, "not the leader; going to the leader");
+                        SessionEnd::Redirected
                     } else {
                         tracing::warn!(%endpoint, error = %e, "coordinator session failed");
-                        failed_in_row += 1;
+                        if began.elapsed() > Duration::from_secs(2) {
+                            SessionEnd::Worked
+                        } else if named {
+                            SessionEnd::NamedLeaderFailed
+                        } else {
+                            SessionEnd::Failed
+                        }
                     }
                 }
             },
@@ -291,31 +354,15 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
                 core.set_outbound(None);
                 return;
             }
-        }
-        core.set_outbound(None);
-        if began.elapsed() > Duration::from_secs(2) {
-            // It was a working session, not a string of failed attempts: start over quickly.
-            backoff = FIRST_BACKOFF;
-            failed_in_row = 0;
-        }
-        let pause = if hint.is_some() || !failed_in_row.is_multiple_of(n) {
-            // A named leader or another coordinator still to try: go at once.
-            Duration::from_millis(10)
-        } else {
-            let p = backoff;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            p
         };
+        core.set_outbound(None);
+        let pause = pacer.pause_after(end);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
     }
 }
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// Capped low: a step waits on this reconnect, and an election takes about a second.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> anyhow::Result<()> {
     // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.
@@ -380,4 +427,45 @@ async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> 
     .await;
     heartbeat.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_grows_only_when_every_coordinator_failed_in_a_row() {
+        let mut p = Pacer::new(3);
+        // The leader died: the other two are tried at once.
+        assert_eq!(p.pause_after(SessionEnd::Worked), AT_ONCE);
+        assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
+        assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
+        // A whole round failed: back off, doubling per round up to the cap.
+        assert_eq!(p.pause_after(SessionEnd::Failed), FIRST_BACKOFF);
+        let mut last = FIRST_BACKOFF;
+        for _ in 0..10 {
+            p.pause_after(SessionEnd::Failed);
+            p.pause_after(SessionEnd::Failed);
+            let pause = p.pause_after(SessionEnd::Failed);
+            assert!(pause >= last && pause <= MAX_BACKOFF, "{pause:?}");
+            last = pause;
+        }
+        assert_eq!(last, MAX_BACKOFF);
+        // A coordinator that answers (naming the leader) proves the cluster is up: start over.
+        assert_eq!(p.pause_after(SessionEnd::Redirected), AT_ONCE);
+        assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
+        assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
+        assert_eq!(p.pause_after(SessionEnd::Failed), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn a_named_leader_that_is_gone_costs_a_short_fixed_pause() {
+        let mut p = Pacer::new(3);
+        for _ in 0..20 {
+            assert_eq!(p.pause_after(SessionEnd::Redirected), AT_ONCE);
+            assert_eq!(p.pause_after(SessionEnd::NamedLeaderFailed), FIRST_BACKOFF);
+        }
+        // It does not count towards a failed round either.
+        assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
+    }
 }

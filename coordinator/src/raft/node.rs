@@ -628,7 +628,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             ..Default::default()
         };
         meta.set_conf_state(self.store.conf_state());
+        let began = std::time::Instant::now();
         let writer = self.sm.snapshot();
+        tracing::debug!(
+            index = applied,
+            took_ms = began.elapsed().as_millis() as u64,
+            "snapshot cut"
+        );
         let members = self.store.members();
         let snaps = self.snaps.clone();
         let mailbox = self.mailbox.clone();
@@ -664,12 +670,14 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             let floor = meta.index.saturating_sub(self.cfg.snapshot_entries);
             compact_index = slowest.clamp(floor, meta.index);
         }
+        let began = std::time::Instant::now();
         self.store.compact_to(meta, compact_index).map_err(fatal)?;
         self.snaps.retain_from(meta.index);
         self.last_snapshot = meta.index;
         tracing::info!(
             index = meta.index,
             compacted_to = compact_index,
+            compaction_ms = began.elapsed().as_millis() as u64,
             "snapshot taken"
         );
         Ok(())

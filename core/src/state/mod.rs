@@ -7,6 +7,7 @@
 mod command;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use gantry_model::{HostInventory, ResourceRequest};
 use serde::{Deserialize, Serialize};
@@ -97,7 +98,9 @@ pub struct Applied {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    pub runs: BTreeMap<String, RunRecord>,
+    /// Behind `Arc` so a snapshot's copy of the state costs a pointer per run; a run is copied
+    /// only when it changes while a snapshot still holds it.
+    pub runs: BTreeMap<String, Arc<RunRecord>>,
     /// (created_at, run_id) for listing newest first.
     pub run_order: BTreeSet<(i64, String)>,
     pub request_ids: BTreeMap<String, String>,
@@ -160,38 +163,42 @@ impl ClusterState {
             Command::AssignAttempts { placements, at } => {
                 Ok(Outcome::Assigned(self.assign(placements, at, &mut events)))
             }
-            Command::AttemptStarted { attempt, at } => match self.runs.get_mut(&attempt.run_id) {
-                Some(run) => {
-                    engine::record_started(run, &attempt.task_id, attempt.attempt, at);
-                    Ok(Outcome::Started)
+            Command::AttemptStarted { attempt, at } => {
+                match self.runs.get_mut(&attempt.run_id).map(Arc::make_mut) {
+                    Some(run) => {
+                        engine::record_started(run, &attempt.task_id, attempt.attempt, at);
+                        Ok(Outcome::Started)
+                    }
+                    None => Err(Rejection::RunNotFound(attempt.run_id)),
                 }
-                None => Err(Rejection::RunNotFound(attempt.run_id)),
-            },
+            }
             Command::AttemptFinished {
                 attempt,
                 outcome,
                 at,
             } => self.finish_attempt(attempt, outcome, at, &mut events),
-            Command::CancelRun { run_id, at } => match self.runs.get_mut(&run_id) {
-                Some(run) => {
-                    for (task_id, number, agent_id) in engine::cancel_run(run, at) {
-                        events.push(Event::AttemptCanceled {
-                            agent_id,
-                            attempt: AttemptKey {
-                                run_id: run_id.clone(),
-                                task_id,
-                                attempt: number,
-                            },
-                        });
+            Command::CancelRun { run_id, at } => {
+                match self.runs.get_mut(&run_id).map(Arc::make_mut) {
+                    Some(run) => {
+                        for (task_id, number, agent_id) in engine::cancel_run(run, at) {
+                            events.push(Event::AttemptCanceled {
+                                agent_id,
+                                attempt: AttemptKey {
+                                    run_id: run_id.clone(),
+                                    task_id,
+                                    attempt: number,
+                                },
+                            });
+                        }
+                        let progress = engine::advance(run, at);
+                        if let Some(state) = progress.finished {
+                            events.push(Event::RunFinished { run_id, state });
+                        }
+                        Ok(Outcome::CancelRequested)
                     }
-                    let progress = engine::advance(run, at);
-                    if let Some(state) = progress.finished {
-                        events.push(Event::RunFinished { run_id, state });
-                    }
-                    Ok(Outcome::CancelRequested)
+                    None => Err(Rejection::RunNotFound(run_id)),
                 }
-                None => Err(Rejection::RunNotFound(run_id)),
-            },
+            }
         };
         Applied { result, events }
     }
@@ -233,7 +240,7 @@ impl ClusterState {
             self.request_ids.insert(r, run_id.clone());
         }
         self.run_order.insert((at, run_id.clone()));
-        self.runs.insert(run_id.clone(), run);
+        self.runs.insert(run_id.clone(), Arc::new(run));
         Ok(Outcome::RunCreated {
             run_id,
             existing: false,
@@ -248,7 +255,7 @@ impl ClusterState {
     ) -> Vec<Placement> {
         let mut done = Vec::new();
         for p in placements {
-            let Some(run) = self.runs.get_mut(&p.run_id) else {
+            let Some(run) = self.runs.get_mut(&p.run_id).map(Arc::make_mut) else {
                 continue;
             };
             let Some(agent) = self.agents.get_mut(&p.agent_id) else {
@@ -297,7 +304,7 @@ impl ClusterState {
         at: i64,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, Rejection> {
-        let Some(run) = self.runs.get_mut(&key.run_id) else {
+        let Some(run) = self.runs.get_mut(&key.run_id).map(Arc::make_mut) else {
             return Err(Rejection::RunNotFound(key.run_id));
         };
         let agent = run
@@ -335,7 +342,7 @@ impl ClusterState {
         self.run_order
             .iter()
             .rev()
-            .filter_map(|(_, id)| self.runs.get(id))
+            .filter_map(|(_, id)| self.runs.get(id).map(|r| &**r))
     }
 
     pub fn active_runs(&self) -> usize {

@@ -109,6 +109,31 @@ fn the_same_log_yields_the_same_state() {
 }
 
 #[test]
+fn a_snapshot_copy_is_a_consistent_cut_that_later_commands_do_not_change() {
+    let cmds = log();
+    let mut live = ClusterState::default();
+    for (i, c) in cmds.iter().take(3).enumerate() {
+        live.apply(i as u64 + 1, c.clone());
+    }
+    // What the snapshot thread encodes: a copy taken at index 3.
+    let cut = live.clone();
+    let encoded_at_cut = serde_json::to_string(&cut).unwrap();
+    for (i, c) in cmds.iter().enumerate().skip(3) {
+        live.apply(i as u64 + 1, c.clone());
+    }
+    assert_eq!(serde_json::to_string(&cut).unwrap(), encoded_at_cut);
+    assert_eq!(cut.applied_index, 3);
+    assert_ne!(cut.runs["r1"].state, live.runs["r1"].state);
+    assert!(!cut.runs.contains_key("r2"));
+    // Restoring the encoded cut and replaying the rest gives the live state.
+    let mut restored: ClusterState = serde_json::from_str(&encoded_at_cut).unwrap();
+    for (i, c) in cmds.into_iter().enumerate().skip(3) {
+        restored.apply(i as u64 + 1, c);
+    }
+    assert_eq!(restored, live);
+}
+
+#[test]
 fn a_retried_submission_with_the_same_request_id_creates_one_run() {
     let mut s = ClusterState::default();
     let first = s.apply(1, create("r1", Some("req"), 1));
