@@ -33,7 +33,13 @@ fn dag_of<'a>(pipeline: &'a PipelineSpec, task: &TaskRecord) -> Option<&'a DagSp
     }
 }
 
-fn new_record(parent_id: &str, spec: &TaskSpec, kind: TaskKind, now: i64) -> TaskRecord {
+fn new_record(
+    parent_id: &str,
+    spec: &TaskSpec,
+    kind: TaskKind,
+    iteration: Option<u32>,
+    now: i64,
+) -> TaskRecord {
     TaskRecord {
         task_id: RunRecord::child_id(parent_id, &spec.name),
         name: spec.name.clone(),
@@ -42,7 +48,8 @@ fn new_record(parent_id: &str, spec: &TaskSpec, kind: TaskKind, now: i64) -> Tas
         } else {
             Some(parent_id.to_string())
         },
-        iteration: None,
+        // Inside a loop body every task carries the index of its innermost iteration.
+        iteration,
         component: spec.component.clone(),
         kind,
         state: TaskState::Ready,
@@ -57,7 +64,7 @@ fn new_record(parent_id: &str, spec: &TaskSpec, kind: TaskKind, now: i64) -> Tas
     }
 }
 
-fn finish(rec: &mut TaskRecord, state: TaskState, error: Option<String>, now: i64) {
+pub(crate) fn finish(rec: &mut TaskRecord, state: TaskState, error: Option<String>, now: i64) {
     rec.state = state;
     rec.error = error;
     rec.finished_at = Some(now);
@@ -65,9 +72,10 @@ fn finish(rec: &mut TaskRecord, state: TaskState, error: Option<String>, now: i6
 
 /// The record of a not-yet-instantiated task, or `None` while it must wait for upstream tasks.
 fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option<TaskRecord> {
+    let iteration = run.tasks.get(parent_id).and_then(|p| p.iteration);
     let Some(comp) = component(&run.pipeline, &spec.component) else {
         // Validation guarantees the component exists; fail the task rather than panic.
-        let mut rec = new_record(parent_id, spec, TaskKind::Container, now);
+        let mut rec = new_record(parent_id, spec, TaskKind::Container, iteration, now);
         finish(
             &mut rec,
             TaskState::Failed,
@@ -77,6 +85,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
         return Some(rec);
     };
     let kind = match &comp.implementation {
+        Implementation::Dag(_) if spec.iterator.is_some() => TaskKind::Loop,
         Implementation::Dag(_) => TaskKind::Dag,
         Implementation::Executor(label) => match run.pipeline.executors.get(label) {
             Some(ExecutorSpec::Importer(_)) => TaskKind::Importer,
@@ -94,7 +103,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             Some(_) => {}
         }
     }
-    let mut rec = new_record(parent_id, spec, kind, now);
+    let mut rec = new_record(parent_id, spec, kind, iteration, now);
     if run.state == RunState::Canceling {
         finish(
             &mut rec,
@@ -149,17 +158,8 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             }
         }
     }
-    if spec.iterator.is_some() {
-        finish(
-            &mut rec,
-            TaskState::Failed,
-            Some("dsl.ParallelFor is not supported yet".into()),
-            now,
-        );
-        return Some(rec);
-    }
     match kind {
-        TaskKind::Dag => {
+        TaskKind::Dag | TaskKind::Loop => {
             rec.state = TaskState::Running;
             rec.started_at = Some(now);
         }
@@ -258,6 +258,22 @@ fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
     true
 }
 
+/// The run's error is the first task failure.
+fn note_failure(run: &mut RunRecord, task_id: &str) {
+    if run.error.is_some() {
+        return;
+    }
+    if let Some(t) = run.tasks.get(task_id) {
+        if t.state == TaskState::Failed {
+            run.error = Some(format!(
+                "task {:?} failed: {}",
+                t.task_id,
+                t.error.clone().unwrap_or_default()
+            ));
+        }
+    }
+}
+
 /// Moves `run` forward as far as the recorded facts allow.
 pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
     let mut progress = Progress::default();
@@ -297,17 +313,33 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
                 if rec.state == TaskState::Ready {
                     progress.ready.push(rec.task_id.clone());
                 }
-                if rec.state == TaskState::Failed && run.error.is_none() {
-                    run.error = Some(format!(
-                        "task {:?} failed: {}",
-                        rec.task_id,
-                        rec.error.clone().unwrap_or_default()
-                    ));
-                }
+                let failed = rec.state == TaskState::Failed;
+                let id = rec.task_id.clone();
                 run.tasks.insert(rec.task_id.clone(), rec);
+                if failed {
+                    note_failure(run, &id);
+                }
             }
             if try_complete_dag(run, &dag_id, now) {
                 changed = true;
+            }
+        }
+        let running_loops: Vec<String> = run
+            .tasks
+            .values()
+            .filter(|t| t.kind == TaskKind::Loop && t.state == TaskState::Running)
+            .map(|t| t.task_id.clone())
+            .collect();
+        for loop_id in running_loops {
+            let step = super::loops::step_loop(run, &loop_id, now);
+            if step.completed || !step.created.is_empty() {
+                changed = true;
+            }
+            for rec in step.created {
+                run.tasks.insert(rec.task_id.clone(), rec);
+            }
+            if step.completed {
+                note_failure(run, &loop_id);
             }
         }
         if !changed {

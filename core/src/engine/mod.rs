@@ -8,6 +8,7 @@
 //! does I/O or reads a clock: `now` comes in as an argument.
 
 mod advance;
+mod loops;
 mod record;
 mod resolve;
 mod step;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::ir::PipelineSpec;
 
 pub use advance::advance;
+pub use loops::MAX_ITERATIONS;
 pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
 pub use step::{step_spec, task_resources};
 
@@ -100,6 +102,8 @@ pub enum TaskKind {
     Container,
     Importer,
     Dag,
+    /// A `dsl.ParallelFor`: its children are the iterations, each a [`TaskKind::Dag`].
+    Loop,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -236,18 +240,14 @@ pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
             continue;
         };
         for t in dag.tasks.values() {
-            if t.iterator.is_some() {
-                problems.push(format!(
-                    "task {:?} in {}: dsl.ParallelFor is not supported yet",
-                    t.name, comp.name
-                ));
-            }
             for (input, b) in &t.parameters {
-                if b.selector.is_some() {
-                    problems.push(format!(
-                        "task {:?} in {}: input {input:?} uses parameterExpressionSelector, which is not supported yet",
-                        t.name, comp.name
-                    ));
+                if let Some(sel) = &b.selector {
+                    if let Err(e) = crate::ir::selector::compile(sel) {
+                        problems.push(format!(
+                            "task {:?} in {}: input {input:?}: parameterExpressionSelector {sel:?}: {e}",
+                            t.name, comp.name
+                        ));
+                    }
                 }
             }
         }

@@ -7,9 +7,17 @@ use serde_json::{json, Value};
 
 use super::{RunRecord, TaskRecord, TaskState};
 use crate::ir::{
-    ArtifactSource, ComponentSpec, DagOutputParameter, DagSpec, OutputSelector, ParameterSource,
-    TaskSpec,
+    selector, ArtifactSource, ComponentSpec, DagOutputParameter, DagSpec, Implementation,
+    IteratorItems, OutputSelector, ParameterSource, TaskSpec,
 };
+
+/// The DAG of a DAG component.
+pub(crate) fn dag_body(comp: &ComponentSpec) -> Option<&DagSpec> {
+    match &comp.implementation {
+        Implementation::Dag(d) => Some(d),
+        Implementation::Executor(_) => None,
+    }
+}
 
 /// What resolving a task's inputs found.
 pub(crate) enum Resolution {
@@ -101,13 +109,14 @@ pub(crate) fn resolve_inputs(
     let Some(parent) = run.tasks.get(parent_id) else {
         return Resolution::Error(format!("parent DAG {parent_id:?} is not instantiated"));
     };
+    // A loop's item input is bound per iteration, not here.
+    let item_input = task.iterator.as_ref().map(|it| it.item_input.as_str());
+    let item_is_artifact = task
+        .iterator
+        .as_ref()
+        .is_some_and(|it| matches!(it.items, IteratorItems::InputArtifact(_)));
     let mut parameters = BTreeMap::new();
     for (name, binding) in &task.parameters {
-        if binding.selector.is_some() {
-            return Resolution::Error(format!(
-                "input {name:?}: parameterExpressionSelector is not supported yet"
-            ));
-        }
         let value = match &binding.source {
             ParameterSource::Constant(v) => Some(v.clone()),
             ParameterSource::ComponentInput(n) => parent.inputs.parameters.get(n).cloned(),
@@ -138,6 +147,23 @@ pub(crate) fn resolve_inputs(
                 }
             },
         };
+        let value = match (value, &binding.selector) {
+            (Some(v), Some(sel)) => match selector::select(sel, &v) {
+                // The SDK types a field of a loop item as STRING whatever it holds; the KFP
+                // backend hands a scalar over as its text.
+                Ok(v @ (Value::Number(_) | Value::Bool(_)))
+                    if component
+                        .input_parameters
+                        .get(name)
+                        .is_some_and(|d| d.ptype == gantry_model::ParamType::String) =>
+                {
+                    Some(Value::String(v.to_string()))
+                }
+                Ok(v) => Some(v),
+                Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
+            },
+            (v, _) => v,
+        };
         if let Some(v) = value {
             let v = match component.input_parameters.get(name) {
                 Some(def) => match def.ptype.coerce(&v) {
@@ -150,7 +176,7 @@ pub(crate) fn resolve_inputs(
         }
     }
     for (name, def) in &component.input_parameters {
-        if parameters.contains_key(name) {
+        if parameters.contains_key(name) || (item_input == Some(name) && !item_is_artifact) {
             continue;
         }
         if let Some(d) = &def.default {
@@ -187,7 +213,8 @@ pub(crate) fn resolve_inputs(
         }
     }
     for (name, def) in &component.input_artifacts {
-        if !artifacts.contains_key(name) && !def.optional {
+        let is_item = item_is_artifact && item_input == Some(name);
+        if !(artifacts.contains_key(name) || def.optional || is_item) {
             return Resolution::Error(format!("required input artifact {name:?} has no value"));
         }
     }

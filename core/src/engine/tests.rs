@@ -11,6 +11,7 @@ use crate::ir::{parse_pipeline, resolve_run_parameters, RetryPolicy};
 const LINEAR: &str = include_str!("testdata/linear.yaml");
 const CONDITIONS: &str = include_str!("testdata/conditions.yaml");
 const FAILING: &str = include_str!("testdata/failing.yaml");
+const LOOPS: &str = include_str!("testdata/loops.yaml");
 
 fn new_run(yaml: &str, params: &[(&str, Value)]) -> RunRecord {
     let spec = parse_pipeline(yaml).expect("fixture parses");
@@ -323,19 +324,207 @@ fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
 }
 
 #[test]
-fn unsupported_features_are_named_at_submit() {
+fn loop_selectors_are_checked_at_submit() {
+    let mut spec = parse_pipeline(LOOPS).unwrap();
+    assert!(check_supported(&spec).is_ok());
+    // A selector the backend could not evaluate is refused with the task named.
+    let crate::ir::Implementation::Dag(dag) = &mut spec
+        .components
+        .get_mut("comp-for-loop-3")
+        .unwrap()
+        .implementation
+    else {
+        panic!("loop body is a DAG")
+    };
+    let t = dag.tasks.get_mut("describe").unwrap();
+    t.parameters.get_mut("label").unwrap().selector = Some("exec(string_value)".into());
+    let err = check_supported(&spec).unwrap_err();
+    assert!(err.contains("describe") && err.contains("exec"), "{err}");
+}
+
+fn ids_with(run: &RunRecord, suffix: &str) -> Vec<String> {
+    run.tasks
+        .keys()
+        .filter(|k| k.ends_with(suffix))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_loop_runs_one_iteration_per_item_within_its_parallelism_and_collects_in_order() {
+    let mut run = new_run(LOOPS, &[]);
+    let squares = |run: &RunRecord| ids_with(run, "/square");
+    // parallelismLimit 2: two of the four iterations exist.
+    assert_eq!(
+        squares(&run),
+        vec![
+            "for-loop-1/iteration-0/square",
+            "for-loop-1/iteration-1/square"
+        ]
+    );
+    let it0 = &run.tasks["for-loop-1/iteration-0"];
+    assert_eq!((it0.kind, it0.iteration), (TaskKind::Dag, Some(0)));
+    let sq1 = &run.tasks["for-loop-1/iteration-1/square"];
+    assert_eq!(sq1.iteration, Some(1));
+    assert_eq!(sq1.inputs.parameters["x"], json!(2));
+    assert_eq!(run.tasks["for-loop-1"].kind, TaskKind::Loop);
+
+    // Finishing out of order: the second iteration first makes room for the third only.
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-1/square",
+        json!({"Output": 4}),
+        &["out"],
+        10,
+    );
+    assert_eq!(squares(&run).len(), 3);
+    assert_eq!(
+        state(&run, "for-loop-1/iteration-2/square"),
+        TaskState::Ready
+    );
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-2/square",
+        json!({"Output": 9}),
+        &["out"],
+        11,
+    );
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-0/square",
+        json!({"Output": 1}),
+        &["out"],
+        12,
+    );
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Running);
+    assert!(!run.tasks.contains_key("total"));
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-3/square",
+        json!({"Output": 16}),
+        &["out"],
+        13,
+    );
+
+    // dsl.Collected: the values in iteration order, the artifacts all distinct.
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Succeeded);
+    assert_eq!(
+        run.tasks["total"].inputs.parameters["nums"],
+        json!([1, 4, 9, 16])
+    );
+    let ds = &run.tasks["read-all"].inputs.artifacts["ds"];
+    let uris: Vec<&str> = ds.iter().map(|a| a.uri.as_str()).collect();
+    assert_eq!(
+        uris,
+        (0..4)
+            .map(|i| format!(
+                "s3://bucket/root/run-1/for-loop-1/iteration-{i}/square/attempt-1/out"
+            ))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn loop_items_that_are_dicts_reach_the_body_field_by_field() {
+    let run = new_run(LOOPS, &[]);
+    let a = &run.tasks["for-loop-3/iteration-0/describe"];
+    assert_eq!(a.inputs.parameters["label"], json!("a"));
+    // The SDK types a dict field as STRING: the number arrives as its text.
+    assert_eq!(a.inputs.parameters["size"], json!("1"));
+    let b = &run.tasks["for-loop-3/iteration-1/describe"];
+    assert_eq!(b.inputs.parameters["label"], json!("b"));
+}
+
+#[test]
+fn nested_loops_over_an_upstream_output_make_one_task_per_pair() {
+    let mut run = new_run(LOOPS, &[]);
+    assert!(ids_with(&run, "/cell").is_empty());
+    succeed(&mut run, "rows", json!({"Output": ["r1", "r2"]}), &[], 5);
+    let cells = ids_with(&run, "/cell");
+    assert_eq!(cells.len(), 4, "{cells:?}");
+    let c = &run.tasks["for-loop-4/iteration-1/for-loop-6/iteration-0/cell"];
+    assert_eq!(c.inputs.parameters["row"], json!("r2"));
+    assert_eq!(c.inputs.parameters["col"], json!(1));
+    assert_eq!(c.iteration, Some(0));
+    assert_eq!(run.tasks["for-loop-4/iteration-1"].iteration, Some(1));
+}
+
+#[test]
+fn a_failed_iteration_fails_the_loop_after_the_others_and_skips_its_consumers() {
+    let mut run = new_run(LOOPS, &[("xs", json!([5, 6]))]);
+    fail(&mut run, "for-loop-1/iteration-0/square", "boom", 5);
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Running);
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-1/square",
+        json!({"Output": 36}),
+        &["out"],
+        6,
+    );
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Failed);
+    let err = run.tasks["for-loop-1"].error.clone().unwrap_or_default();
+    assert!(err.contains("iteration 0") && err.contains("boom"), "{err}");
+    assert_eq!(state(&run, "total"), TaskState::Skipped);
+    // Finish the rest: the run fails with the first error.
+    succeed(&mut run, "rows", json!({"Output": []}), &[], 7);
+    for id in ids_with(&run, "/describe") {
+        succeed(&mut run, &id, json!({"Output": "x"}), &[], 8);
+    }
+    assert_eq!(run.state, RunState::Failed);
+    assert!(
+        run.error.as_deref().unwrap_or("").contains("boom"),
+        "{:?}",
+        run.error
+    );
+}
+
+#[test]
+fn an_empty_list_completes_the_loop_at_once_with_empty_collections() {
+    let run = new_run(LOOPS, &[("xs", json!([]))]);
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Succeeded);
+    assert_eq!(run.tasks["total"].inputs.parameters["nums"], json!([]));
+    assert_eq!(state(&run, "total"), TaskState::Ready);
+}
+
+#[test]
+fn canceling_stops_new_iterations_and_cancels_the_loop() {
+    let mut run = new_run(LOOPS, &[]);
+    let running = cancel_run(&mut run, 3);
+    assert!(running.is_empty());
+    advance(&mut run, 3);
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Canceled);
+    assert!(!run.tasks.contains_key("for-loop-1/iteration-2"));
+    assert_eq!(run.state, RunState::Canceled);
+}
+
+#[test]
+fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/kfp-conformance/valid"
     );
-    let loops = std::fs::read_to_string(format!(
-        "{dir}/parallel_and_nested/pipeline_with_loops.yaml"
+    let yaml = std::fs::read_to_string(format!(
+        "{dir}/pipeline_with_parallelfor_list_artifacts_GH-12033.yaml"
     ))
     .expect("conformance corpus beside the repository");
-    let spec = parse_pipeline(&loops).unwrap();
-    let err = check_supported(&spec).unwrap_err();
-    assert!(err.contains("ParallelFor"), "{err}");
-    assert!(check_supported(&parse_pipeline(LINEAR).unwrap()).is_ok());
+    let mut run = new_run(&yaml, &[]);
+    // make-artifacts is a nested pipeline whose loop makes one artifact per text (4 by
+    // default) and collects them as its output.
+    let makers = ids_with(&run, "/make-artifact");
+    assert_eq!(makers.len(), 4, "{makers:?}");
+    for id in &makers {
+        succeed(&mut run, id, json!({}), &["Output"], 5);
+    }
+    assert_eq!(state(&run, "make-artifacts"), TaskState::Succeeded);
+    let collected = &run.tasks["make-artifacts"].outputs.artifacts["Output"];
+    assert_eq!(collected.len(), 4);
+    let printers = ids_with(&run, "/print-artifact-name");
+    assert_eq!(printers.len(), 4, "{printers:?}");
+    for (i, want) in collected.iter().enumerate() {
+        let t = &run.tasks[&format!("for-loop-1/iteration-{i}/print-artifact-name")];
+        assert_eq!(t.inputs.artifacts["artifact"], vec![want.clone()]);
+        assert_eq!(t.iteration, Some(i as u32));
+    }
 }
 
 #[test]

@@ -65,7 +65,7 @@ const FUNCTIONS: &[&str] = &[
     "getMilliseconds",
 ];
 
-const PARSER_GAVE_UP: &str = "not a valid CEL expression (the parser could not read it)";
+pub(crate) const PARSER_GAVE_UP: &str = "not a valid CEL expression (the parser could not read it)";
 
 /// A compiled condition.
 pub struct Condition {
@@ -159,7 +159,7 @@ pub const MAX_CHAIN: usize = 24;
 /// level (24 levels of `int(...)` take seconds), and about 14 nested parentheses overflow a
 /// 2 MiB thread stack in a debug build (about 280 in release). A stack overflow aborts the
 /// process and cannot be caught, so these limits are checked before the parser runs.
-fn check_shape(expr: &str) -> Result<(), String> {
+pub(crate) fn check_shape(expr: &str) -> Result<(), String> {
     if expr.len() > MAX_LENGTH {
         return Err(format!(
             "the expression is too long ({} bytes, at most {MAX_LENGTH})",
@@ -330,11 +330,11 @@ pub fn parameter_keys(expr: &str) -> Vec<String> {
     keys
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn to_cel(v: &Value) -> Cel {
+pub(crate) fn to_cel(v: &Value) -> Cel {
     match v {
         Value::Null => Cel::Null,
         Value::Bool(b) => Cel::Bool(*b),

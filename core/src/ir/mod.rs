@@ -4,6 +4,7 @@
 //!   `validate` (references, types, cycles, safe names, conditions that compile).
 //! - [`resolve_run_parameters`]: a run's parameters checked against the pipeline's inputs.
 //! - [`condition`]: trigger conditions (CEL) compiled and evaluated.
+//! - [`selector`]: `parameterExpressionSelector`s (CEL over one input value).
 //!
 //! Errors are [`IrError`]s naming their path in the document.
 
@@ -12,6 +13,7 @@ mod error;
 pub mod model;
 mod params;
 mod parse;
+pub mod selector;
 mod validate;
 
 pub use error::IrError;

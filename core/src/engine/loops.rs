@@ -1,0 +1,250 @@
+//! `dsl.ParallelFor`: a loop task runs its body DAG once per item.
+//!
+//! The loop task (kind [`TaskKind::Loop`]) holds the resolved inputs of the loop, the items
+//! among them. Each iteration is a DAG task of the body component, a child of the loop with id
+//! `<loop>/iteration-<i>` and `iteration` set, whose inputs are the loop's plus the item under
+//! the iterator's `itemInput`. Iterations are created in order, at most `parallelismLimit`
+//! unfinished at a time. When all are done the loop collects its body's DAG outputs across
+//! iterations, in iteration order: a parameter output becomes the list of the iterations'
+//! values (`dsl.Collected`), an artifact output the concatenation of their artifacts.
+
+use gantry_model::ArtifactRef;
+use serde_json::Value;
+
+use super::advance::{component, finish};
+use super::record::task_spec;
+use super::resolve::dag_body;
+use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState};
+use crate::ir::{IteratorItems, TaskSpec};
+
+/// Most iterations one loop may have: a bound on the state a single run can create.
+pub const MAX_ITERATIONS: usize = 10_000;
+
+/// One loop item.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Item {
+    Parameter(Value),
+    Artifact(ArtifactRef),
+}
+
+fn as_list(what: &str, v: &Value) -> Result<Vec<Value>, String> {
+    let list = match v {
+        Value::Array(items) => items.clone(),
+        // A list that reached the loop as JSON text (a raw list in the IR, a STRING output).
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Array(items)) => items,
+            _ => return Err(format!("{what} is not a JSON list: {s:?}")),
+        },
+        other => return Err(format!("{what} is not a list: {other}")),
+    };
+    if list.len() > MAX_ITERATIONS {
+        return Err(format!(
+            "{what} has {} items; a loop may have at most {MAX_ITERATIONS}",
+            list.len()
+        ));
+    }
+    Ok(list)
+}
+
+/// The items of the loop task `rec`, whose inputs are resolved.
+pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, String> {
+    let Some(it) = &spec.iterator else {
+        return Err(format!("task {:?} is not a loop", spec.name));
+    };
+    match &it.items {
+        IteratorItems::Raw(v) => Ok(as_list("the loop's items", v)?
+            .into_iter()
+            .map(Item::Parameter)
+            .collect()),
+        IteratorItems::InputParameter(name) => {
+            let v = rec
+                .inputs
+                .parameters
+                .get(name)
+                .ok_or_else(|| format!("the loop's input {name:?} has no value"))?;
+            Ok(as_list(&format!("the loop's input {name:?}"), v)?
+                .into_iter()
+                .map(Item::Parameter)
+                .collect())
+        }
+        IteratorItems::InputArtifact(name) => {
+            let list = rec
+                .inputs
+                .artifacts
+                .get(name)
+                .ok_or_else(|| format!("the loop's input artifact {name:?} has no value"))?;
+            if list.len() > MAX_ITERATIONS {
+                return Err(format!(
+                    "the loop's input artifact {name:?} lists {} artifacts; a loop may have at most {MAX_ITERATIONS}",
+                    list.len()
+                ));
+            }
+            Ok(list.iter().cloned().map(Item::Artifact).collect())
+        }
+    }
+}
+
+pub(crate) fn iteration_id(loop_id: &str, i: usize) -> String {
+    RunRecord::child_id(loop_id, &format!("iteration-{i}"))
+}
+
+fn iteration_record(
+    loop_rec: &TaskRecord,
+    item_input: &str,
+    i: usize,
+    item: Item,
+    now: i64,
+) -> TaskRecord {
+    let mut inputs = loop_rec.inputs.clone();
+    match item {
+        Item::Parameter(v) => {
+            inputs.parameters.insert(item_input.to_string(), v);
+        }
+        Item::Artifact(a) => {
+            inputs.artifacts.insert(item_input.to_string(), vec![a]);
+        }
+    }
+    TaskRecord {
+        task_id: iteration_id(&loop_rec.task_id, i),
+        name: loop_rec.name.clone(),
+        parent: Some(loop_rec.task_id.clone()),
+        iteration: Some(i as u32),
+        component: loop_rec.component.clone(),
+        kind: TaskKind::Dag,
+        state: TaskState::Running,
+        inputs,
+        attempts: Vec::new(),
+        outputs: TaskOutputs::default(),
+        error: None,
+        created_at: now,
+        started_at: Some(now),
+        finished_at: None,
+        not_before: None,
+    }
+}
+
+/// What one pass over a running loop did.
+pub(crate) struct LoopStep {
+    pub created: Vec<TaskRecord>,
+    pub completed: bool,
+}
+
+/// Creates the iterations the parallelism limit allows, or completes the loop once every
+/// iteration is done.
+pub(crate) fn step_loop(run: &mut RunRecord, loop_id: &str, now: i64) -> LoopStep {
+    let mut out = LoopStep {
+        created: Vec::new(),
+        completed: false,
+    };
+    let Some(rec) = run.tasks.get(loop_id) else {
+        return out;
+    };
+    let Some(spec) = task_spec(run, rec) else {
+        return out;
+    };
+    let Some(it) = &spec.iterator else {
+        return out;
+    };
+    let (limit, item_input) = (it.parallelism as usize, it.item_input.clone());
+    let items = match items_of(spec, rec) {
+        Ok(items) => items,
+        Err(e) => {
+            if let Some(rec) = run.tasks.get_mut(loop_id) {
+                finish(rec, TaskState::Failed, Some(e), now);
+            }
+            out.completed = true;
+            return out;
+        }
+    };
+    let mut existing = 0;
+    let mut unfinished = 0;
+    while existing < items.len() {
+        match run.tasks.get(&iteration_id(loop_id, existing)) {
+            Some(t) => {
+                if !t.state.is_terminal() {
+                    unfinished += 1;
+                }
+                existing += 1;
+            }
+            None => break,
+        }
+    }
+    let canceling = run.state == RunState::Canceling;
+    if !canceling {
+        let room = if limit == 0 {
+            usize::MAX
+        } else {
+            limit.saturating_sub(unfinished)
+        };
+        for (i, item) in items.iter().enumerate().skip(existing).take(room) {
+            out.created
+                .push(iteration_record(rec, &item_input, i, item.clone(), now));
+        }
+    }
+    if !out.created.is_empty() || unfinished > 0 || (existing < items.len() && !canceling) {
+        return out;
+    }
+    out.completed = true;
+    complete(run, loop_id, existing, items.len(), now);
+    out
+}
+
+fn complete(run: &mut RunRecord, loop_id: &str, created: usize, total: usize, now: i64) {
+    let body = run
+        .tasks
+        .get(loop_id)
+        .and_then(|r| component(&run.pipeline, &r.component))
+        .and_then(dag_body);
+    let mut outputs = TaskOutputs::default();
+    if let Some(dag) = body {
+        for name in dag.output_parameters.keys() {
+            outputs
+                .parameters
+                .insert(name.clone(), Value::Array(Vec::new()));
+        }
+        for name in dag.output_artifacts.keys() {
+            outputs.artifacts.insert(name.clone(), Vec::new());
+        }
+    }
+    let mut failure: Option<String> = None;
+    let mut canceled = created < total;
+    for i in 0..created {
+        let Some(t) = run.tasks.get(&iteration_id(loop_id, i)) else {
+            continue;
+        };
+        match t.state {
+            TaskState::Failed if failure.is_none() => {
+                failure = Some(format!(
+                    "iteration {i} failed: {}",
+                    t.error.clone().unwrap_or_default()
+                ));
+            }
+            TaskState::Canceled => canceled = true,
+            _ => {}
+        }
+        if !t.state.is_success() {
+            continue;
+        }
+        for (name, v) in &t.outputs.parameters {
+            if let Some(Value::Array(list)) = outputs.parameters.get_mut(name) {
+                list.push(v.clone());
+            }
+        }
+        for (name, arts) in &t.outputs.artifacts {
+            if let Some(list) = outputs.artifacts.get_mut(name) {
+                list.extend(arts.iter().cloned());
+            }
+        }
+    }
+    let Some(rec) = run.tasks.get_mut(loop_id) else {
+        return;
+    };
+    if let Some(e) = failure {
+        finish(rec, TaskState::Failed, Some(e), now);
+    } else if canceled {
+        finish(rec, TaskState::Canceled, Some("run canceled".into()), now);
+    } else {
+        rec.outputs = outputs;
+        finish(rec, TaskState::Succeeded, None, now);
+    }
+}

@@ -1,0 +1,169 @@
+//! `parameterExpressionSelector`: a CEL expression that picks a field out of an input value,
+//! as the KFP SDK writes it for a loop over dicts (`for item in ParallelFor([{"a": 1}])` and
+//! `item.a` in the body):
+//!
+//! ```text
+//! parseJson(string_value)["a"]
+//! ```
+//!
+//! `string_value` is the input's value as text (a string as it is, anything else as JSON) and
+//! `parseJson` reads JSON text, as in the KFP backend.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use cel_interpreter::{Context, ExecutionError, Program, Value as Cel};
+use serde_json::Value;
+
+use super::condition::{check_shape, one_line, to_cel, PARSER_GAVE_UP};
+
+/// The one variable a selector reads.
+pub const VARIABLE: &str = "string_value";
+const FUNCTIONS: &[&str] = &["parseJson", "int", "double", "string", "size"];
+
+pub struct Selector {
+    source: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selector")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Parses a selector and checks that it reads only `string_value` and calls known functions.
+pub fn compile(expr: &str) -> Result<Selector, String> {
+    if expr.trim().is_empty() {
+        return Err("the selector is empty".into());
+    }
+    check_shape(expr)?;
+    let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+        .map_err(|_| PARSER_GAVE_UP.to_string())?
+        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))?;
+    let refs = program.references();
+    if let Some(v) = refs.variables().into_iter().find(|v| *v != VARIABLE) {
+        return Err(format!(
+            "unknown variable {v:?}: a selector can only read {VARIABLE}"
+        ));
+    }
+    if let Some(f) = refs
+        .functions()
+        .into_iter()
+        .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
+    {
+        return Err(format!("unknown function {f:?} in a selector"));
+    }
+    Ok(Selector {
+        source: expr.to_string(),
+        program,
+    })
+}
+
+fn parse_json(text: Arc<String>) -> Result<Cel, ExecutionError> {
+    serde_json::from_str::<Value>(&text)
+        .map(|v| to_cel(&v))
+        .map_err(|e| ExecutionError::function_error("parseJson", e))
+}
+
+fn to_json(v: &Cel) -> Result<Value, String> {
+    Ok(match v {
+        Cel::Null => Value::Null,
+        Cel::Bool(b) => Value::Bool(*b),
+        Cel::Int(i) => Value::from(*i),
+        Cel::UInt(u) => Value::from(*u),
+        Cel::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("the selector yields {f}, which JSON cannot hold"))?,
+        Cel::String(s) => Value::String(s.to_string()),
+        Cel::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Cel::Map(m) => {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in m.map.iter() {
+                obj.insert(k.to_string(), to_json(v)?);
+            }
+            Value::Object(obj)
+        }
+        other => return Err(format!("the selector yields a {}", other.type_of())),
+    })
+}
+
+impl Selector {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The selected part of `value`.
+    pub fn apply(&self, value: &Value) -> Result<Value, String> {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut context = Context::default();
+        context.add_variable_from_value(VARIABLE, Cel::String(Arc::new(text)));
+        context.add_function("parseJson", parse_json);
+        let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
+            .map_err(|_| "the CEL interpreter failed (panicked) on this selector".to_string())?
+            .map_err(|e| format!("selector {:?}: {e}", self.source))?;
+        // cel-interpreter yields null for a missing map key; the KFP backend fails instead.
+        if matches!(result, Cel::Null) {
+            return Err(format!(
+                "selector {:?} selects nothing in {value}",
+                self.source
+            ));
+        }
+        to_json(&result)
+    }
+}
+
+/// Compiles and applies `expr` to `value`.
+pub fn select(expr: &str, value: &Value) -> Result<Value, String> {
+    compile(expr)?.apply(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn picks_fields_of_a_struct_item_whatever_its_encoding() {
+        let item = json!({"a": 1, "b": "x", "c": {"d": [1.5, true]}});
+        assert_eq!(
+            select(r#"parseJson(string_value)["a"]"#, &item).unwrap(),
+            json!(1)
+        );
+        assert_eq!(
+            select(r#"parseJson(string_value)["b"]"#, &item).unwrap(),
+            json!("x")
+        );
+        assert_eq!(
+            select(r#"parseJson(string_value)["c"]"#, &item).unwrap(),
+            json!({"d": [1.5, true]})
+        );
+        // The same item as JSON text (a STRING output of an upstream task).
+        let text = json!(item.to_string());
+        assert_eq!(
+            select(r#"parseJson(string_value)["b"]"#, &text).unwrap(),
+            json!("x")
+        );
+    }
+
+    #[test]
+    fn bad_selectors_and_values_get_a_reason() {
+        assert!(compile("").is_err());
+        assert!(compile("inputs.x")
+            .unwrap_err()
+            .contains("unknown variable"));
+        assert!(compile("exec(string_value)")
+            .unwrap_err()
+            .contains("unknown function"));
+        assert!(compile("parseJson(string_value)[").is_err());
+        let missing = select(r#"parseJson(string_value)["zz"]"#, &json!({"a": 1})).unwrap_err();
+        assert!(missing.contains("selects nothing"), "{missing}");
+        let not_json = select(r#"parseJson(string_value)["a"]"#, &json!("not json")).unwrap_err();
+        assert!(not_json.contains("parseJson"), "{not_json}");
+    }
+}
