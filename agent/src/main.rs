@@ -59,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         agent_id,
-        coordinators: args.coordinator,
+        coordinators: args
+            .coordinator
+            .iter()
+            .map(|c| session::endpoint_url(c))
+            .collect::<anyhow::Result<_>>()?,
         labels,
         inventory,
     };

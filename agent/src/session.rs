@@ -240,6 +240,23 @@ fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
     })));
 }
 
+/// A coordinator endpoint as given on the command line (`host:port` or a URL) as a URL.
+pub fn endpoint_url(given: &str) -> anyhow::Result<String> {
+    let given = given.trim();
+    if given.is_empty() {
+        anyhow::bail!("an empty coordinator endpoint was given");
+    }
+    let url = if given.contains("://") {
+        given.to_string()
+    } else {
+        format!("http://{given}")
+    };
+    url.parse::<tonic::transport::Uri>().map_err(|e| {
+        anyhow::anyhow!("coordinator endpoint {given:?} is not HOST:PORT or a URL: {e}")
+    })?;
+    Ok(url)
+}
+
 /// The leader's address from a coordinator's "not the leader" refusal.
 fn leader_hint(e: &anyhow::Error) -> Option<String> {
     let status = e.downcast_ref::<tonic::Status>()?;
@@ -456,6 +473,17 @@ mod tests {
         assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
         assert_eq!(p.pause_after(SessionEnd::Failed), AT_ONCE);
         assert_eq!(p.pause_after(SessionEnd::Failed), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn endpoints_are_taken_as_host_port_or_url() {
+        assert_eq!(
+            endpoint_url("10.0.0.1:7070").unwrap(),
+            "http://10.0.0.1:7070"
+        );
+        assert_eq!(endpoint_url(" https://c:1 ").unwrap(), "https://c:1");
+        assert!(endpoint_url("").is_err());
+        assert!(endpoint_url("a b:1").is_err());
     }
 
     #[test]
