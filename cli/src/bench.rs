@@ -1,4 +1,5 @@
-//! `gantry bench`: a 200-step chain and 200 independent steps of no-op container components
+//! `gantry bench`: a 200-step chain, 200 independent steps and a 1 000-iteration ParallelFor of
+//! no-op container components
 //! (`true`) through the whole path — commit, placement, dispatch, launch, report — on an
 //! embedded cluster with the process runtime. Prints a table.
 
@@ -16,6 +17,9 @@ pub struct BenchArgs {
     /// Steps in each pipeline.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
+    /// Iterations of the ParallelFor workload (no-op steps, no parallelism limit).
+    #[arg(long, default_value_t = 1000)]
+    pub loop_iterations: usize,
     /// Address for the embedded coordinator (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
@@ -28,6 +32,70 @@ pub struct BenchArgs {
 /// component with `command=["true"]`.
 pub fn noop_pipeline(name: &str, steps: usize, chained: bool) -> String {
     container_pipeline(name, steps, chained, &["true"])
+}
+
+/// IR of a `dsl.ParallelFor` over `0..iterations` whose body is one no-op container task, as
+/// kfp writes `with dsl.ParallelFor([0, 1, ...]) as x: noop(x=x)`.
+pub fn loop_pipeline(name: &str, iterations: usize) -> String {
+    let items: Vec<String> = (0..iterations).map(|i| i.to_string()).collect();
+    format!(
+        "components:
+  comp-for-loop-1:
+    dag:
+      tasks:
+        noop:
+          componentRef:
+            name: comp-noop
+          inputs:
+            parameters:
+              x:
+                componentInputParameter: pipelinechannel--loop-item-param-1
+          taskInfo:
+            name: noop
+    inputDefinitions:
+      parameters:
+        pipelinechannel--loop-item-param-1:
+          parameterType: NUMBER_INTEGER
+  comp-noop:
+    executorLabel: exec-noop
+    inputDefinitions:
+      parameters:
+        x:
+          parameterType: NUMBER_INTEGER
+deploymentSpec:
+  executors:
+    exec-noop:
+      container:
+        command:
+        - 'true'
+        image: gantry/busybox:latest
+pipelineInfo:
+  name: {name}
+root:
+  dag:
+    tasks:
+      for-loop-1:
+        componentRef:
+          name: comp-for-loop-1
+        parameterIterator:
+          itemInput: pipelinechannel--loop-item-param-1
+          items:
+            raw: '[{}]'
+        taskInfo:
+          name: for-loop-1
+schemaVersion: 2.1.0
+sdkVersion: kfp-2.16.1
+",
+        items.join(", ")
+    )
+}
+
+/// Resident memory of this process in bytes (Linux), for the memory figures.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// IR of `steps` tasks of one container component running `command`, chained or independent.
@@ -170,6 +238,32 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         timings(&e, &name, &mut f);
         figures.push(f);
     }
+    // A wide loop: every iteration is a task record of the run.
+    let loop_name = format!("bench-loop-{}", args.loop_iterations);
+    let rss_before = rss_bytes();
+    let mut f = run_one(
+        &mut client,
+        "loop",
+        loop_pipeline(&loop_name, args.loop_iterations),
+        args.loop_iterations,
+    )
+    .await?;
+    let rss_after = rss_bytes();
+    timings(&e, &loop_name, &mut f);
+    let (tasks, state_bytes) = {
+        let st = e.server.coordinator.state.read();
+        st.runs
+            .values()
+            .find(|r| r.pipeline.name == loop_name)
+            .map(|r| {
+                (
+                    r.tasks.len(),
+                    serde_json::to_vec(&**r).map(|v| v.len()).unwrap_or(0),
+                )
+            })
+            .unwrap_or_default()
+    };
+    figures.push(f);
     let spawn = spawn_cost(50);
     e.stop().await;
     println!(
@@ -197,6 +291,15 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             (per_step_ms - spawn.as_secs_f64() * 1000.0).max(0.0),
         );
     }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "\nloop of {} iterations: {tasks} task records, run state {:.2} MiB as JSON; \
+         process RSS {:.1} MiB before, {:.1} MiB after (coordinator, agent and client share the process)",
+        args.loop_iterations,
+        mib(state_bytes as u64),
+        rss_before.map(mib).unwrap_or(f64::NAN),
+        rss_after.map(mib).unwrap_or(f64::NAN),
+    );
     println!(
         "\nmedians per step; overhead/step (chain: wall/steps minus one `true` process spawn = {:.2} ms; \
          independent: wall/steps minus the same)",
