@@ -1,7 +1,6 @@
 //! `gantry bench`: a 200-step chain, 200 independent steps and a 1 000-iteration ParallelFor of
-//! no-op container components
-//! (`true`) through the whole path — commit, placement, dispatch, launch, report — on an
-//! embedded cluster with the process runtime. Prints a table.
+//! no-op container components (`true`) through the whole path — commit, placement, dispatch,
+//! launch, report — on an embedded cluster with the process runtime. Prints a table.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
