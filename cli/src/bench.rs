@@ -156,6 +156,7 @@ async fn run_one(
             pipeline_yaml: yaml,
             parameters: Default::default(),
             request_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -414,6 +414,7 @@ async fn submitter(
             parameters: Default::default(),
             // Unique, so that each call commits a new run rather than finding an earlier one.
             request_id: format!("bench-raft-{}", seq.fetch_add(1, Ordering::Relaxed)),
+            ..Default::default()
         };
         let t = Instant::now();
         tokio::time::timeout(SUBMIT_TIMEOUT, runs.submit_run(req))
@@ -485,6 +486,7 @@ async fn submit(c: &Cluster, leader: u64, yaml: &str) -> Result<String, CliError
         pipeline_yaml: yaml.to_string(),
         parameters: Default::default(),
         request_id: format!("bench-failover-{}", now_ms()),
+        ..Default::default()
     };
     let r = tokio::time::timeout(SUBMIT_TIMEOUT, c.runs(leader).submit_run(req))
         .await

@@ -49,6 +49,9 @@ pub fn task_json(t: &pb::Task) -> Value {
     if !t.waiting_reason.is_empty() {
         v["waiting_reason"] = json!(t.waiting_reason);
     }
+    if !t.cached_from.is_empty() {
+        v["cached_from"] = json!(t.cached_from);
+    }
     v
 }
 

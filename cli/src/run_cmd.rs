@@ -26,6 +26,15 @@ pub enum RunCommand {
         /// Idempotency key: resubmitting with the same id returns the same run.
         #[arg(long)]
         request_id: Option<String>,
+        /// Run every task, even those an earlier execution could serve from the cache.
+        #[arg(long)]
+        disable_cache: bool,
+        /// Use only cache entries younger than this (e.g. 30m, 24h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+        cache_max_age: Option<i64>,
+        /// The same for one task, TASK=DURATION with TASK the IR task name (repeatable).
+        #[arg(long, value_name = "TASK=DURATION")]
+        task_cache_max_age: Vec<String>,
     },
     /// Show a run and its tasks.
     Get { run_id: String },
@@ -92,16 +101,34 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
             params,
             wait,
             request_id,
+            disable_cache,
+            cache_max_age,
+            task_cache_max_age,
         } => {
             let yaml = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
             let parameters = parse_params(&params)?;
             let mut c = connect(endpoint).await?;
             let request_id = request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
+            let mut task_ages = std::collections::HashMap::new();
+            for spec in &task_cache_max_age {
+                let (task, age) = spec.split_once('=').ok_or_else(|| {
+                    CliError::Refused(format!(
+                        "--task-cache-max-age {spec:?}: expected TASK=DURATION"
+                    ))
+                })?;
+                let ms = parse_duration_ms(age).map_err(|e| {
+                    CliError::Refused(format!("--task-cache-max-age {spec:?}: {e}"))
+                })?;
+                task_ages.insert(task.to_string(), ms);
+            }
             let req = pb::SubmitRunRequest {
                 pipeline_yaml: yaml,
                 parameters,
                 request_id,
+                disable_cache,
+                cache_max_age_ms: cache_max_age.unwrap_or(0),
+                task_cache_max_age_ms: task_ages,
             };
             // A timeout, a lost connection or a leader change is retried, on the next endpoint
             // when there is one, with the same request id: one run.
@@ -239,6 +266,17 @@ fn uuid_like() -> String {
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
+/// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds (at least 1 ms).
+fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 30m, 24h or 7d: {e}"))?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))?;
+    if ms == 0 {
+        return Err(format!("{text:?}: a maximum age must be at least 1ms"));
+    }
+    Ok(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +297,15 @@ mod tests {
             parse_params(&["a=1".into(), "a=2".into()]),
             Err(CliError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn cache_ages_are_durations_of_at_least_a_millisecond() {
+        assert_eq!(super::parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(super::parse_duration_ms("1d"), Ok(86_400_000));
+        assert!(super::parse_duration_ms("0s").is_err());
+        assert!(super::parse_duration_ms("soon")
+            .unwrap_err()
+            .contains("soon"));
     }
 }

@@ -97,6 +97,9 @@ pub struct Coordinator {
     /// The address clients and peers use for this node.
     pub advertise: String,
     pub snapshots: SnapshotDir,
+    /// For checking that a cache entry's artifacts still exist (S3 settings from the
+    /// environment, as the agent reads them).
+    pub artifacts: gantry_artifacts::ArtifactStores,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -330,6 +333,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         artifact_root: cfg.artifact_root.clone(),
         advertise: advertise.clone(),
         snapshots,
+        artifacts: gantry_artifacts::ArtifactStores::from_env(),
         channels: Mutex::new(HashMap::new()),
     });
     tokio::spawn(dispatcher.run_events(events_rx));

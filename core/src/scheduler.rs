@@ -101,6 +101,43 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentCapacity]) -> Plan {
     plan
 }
 
+/// A ready task that a cache entry may serve, once its artifacts are known to exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheCandidate {
+    pub run_id: String,
+    pub task_id: String,
+    pub key: String,
+    pub artifact_uris: Vec<String>,
+}
+
+/// Ready tasks with a usable cache entry, oldest run first.
+pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
+    let mut out = Vec::new();
+    for (_, run_id) in &state.run_order {
+        let Some(run) = state.runs.get(run_id) else {
+            continue;
+        };
+        if run.state.is_terminal() {
+            continue;
+        }
+        for t in run.ready_tasks() {
+            let (Some(key), Some(entry)) = (
+                t.cache_key.as_ref(),
+                state.usable_cache_entry(run_id, &t.task_id, now),
+            ) else {
+                continue;
+            };
+            out.push(CacheCandidate {
+                run_id: run_id.clone(),
+                task_id: t.task_id.clone(),
+                key: key.clone(),
+                artifact_uris: entry.artifact_uris().map(String::from).collect(),
+            });
+        }
+    }
+    out
+}
+
 /// The ready steps of every active run whose backoff has passed, oldest run first.
 pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
     let mut out = Vec::new();
@@ -111,9 +148,11 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
         if run.state.is_terminal() {
             continue;
         }
+        // A task with a usable cache entry waits for the leader's cache check instead.
         let mut ready: Vec<_> = run
             .ready_tasks()
             .filter(|t| t.not_before.is_none_or(|nb| nb <= now))
+            .filter(|t| state.usable_cache_entry(run_id, &t.task_id, now).is_none())
             .collect();
         ready.sort_by(|a, b| {
             a.created_at

@@ -196,6 +196,17 @@ impl S3 {
             .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
         std::fs::read(root.join(key)).with_context(|| format!("reading object {uri}"))
     }
+
+    /// Deletes an object (a file artifact) from the server's directory.
+    pub fn delete_object(&self, uri: &str) -> Result<()> {
+        let root = self.root.as_ref().ok_or_else(|| {
+            anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)")
+        })?;
+        let key = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
+        std::fs::remove_file(root.join(key)).with_context(|| format!("deleting object {uri}"))
+    }
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -395,12 +406,23 @@ impl Cli {
 
     /// `gantry run submit FILE -p ... --wait -o json`: the exit code and the run.
     pub fn submit_wait(&self, file: &Path, params: &[&str]) -> Result<(i32, Value)> {
+        self.submit_wait_with(file, params, &[])
+    }
+
+    /// Like [`Self::submit_wait`] with extra `run submit` flags.
+    pub fn submit_wait_with(
+        &self,
+        file: &Path,
+        params: &[&str],
+        flags: &[&str],
+    ) -> Result<(i32, Value)> {
         let file = file.to_string_lossy().into_owned();
         let mut args = vec!["run", "submit", file.as_str(), "--wait", "-o", "json"];
         for p in params {
             args.push("-p");
             args.push(p);
         }
+        args.extend_from_slice(flags);
         let r = self.run(&args);
         let v = r.json().with_context(|| format!("exit code {}", r.code))?;
         Ok((r.code, v))

@@ -69,6 +69,7 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
                     .get(&(run.run_id.clone(), t.task_id.clone()))
                     .cloned()
                     .unwrap_or_default(),
+                cached_from: t.cached_from.clone().unwrap_or_default(),
             })
             .collect(),
     }

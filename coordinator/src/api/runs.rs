@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use gantry_core::engine::check_supported;
+use gantry_core::engine::{check_supported, CachePolicy};
 use gantry_core::ir::{parse_pipeline, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome, Rejection};
 use gantry_proto::v1 as pb;
@@ -41,6 +41,46 @@ impl Api {
     }
 }
 
+/// The run's cache policy from the request; unknown task names and negative ages are refused.
+fn cache_policy(
+    pipeline: &gantry_core::ir::PipelineSpec,
+    req: &pb::SubmitRunRequest,
+) -> Result<CachePolicy, Status> {
+    if req.cache_max_age_ms < 0 {
+        return Err(Status::invalid_argument(
+            "the cache max age must not be negative",
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for comp in std::iter::once(&pipeline.root).chain(pipeline.components.values()) {
+        if let gantry_core::ir::Implementation::Dag(d) = &comp.implementation {
+            names.extend(d.tasks.keys().cloned());
+        }
+    }
+    for (task, age) in &req.task_cache_max_age_ms {
+        if !names.contains(task) {
+            return Err(Status::invalid_argument(format!(
+                "cache max age for task {task:?}: the pipeline has no such task (tasks: {})",
+                names.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if *age < 0 {
+            return Err(Status::invalid_argument(format!(
+                "cache max age for task {task:?} must not be negative"
+            )));
+        }
+    }
+    Ok(CachePolicy {
+        enabled: !req.disable_cache,
+        max_age_ms: (req.cache_max_age_ms > 0).then_some(req.cache_max_age_ms),
+        task_max_age_ms: req
+            .task_cache_max_age_ms
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    })
+}
+
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
 
 fn log_entry(r: LogRecord) -> pb::LogEntry {
@@ -68,6 +108,7 @@ impl RunService for Api {
             .map_err(|e| Status::invalid_argument(format!("invalid pipeline: {e}")))?;
         check_supported(&pipeline)
             .map_err(|e| Status::invalid_argument(format!("unsupported pipeline: {e}")))?;
+        let caching = cache_policy(&pipeline, &req)?;
         let given: BTreeMap<String, serde_json::Value> = req
             .parameters
             .into_iter()
@@ -83,6 +124,7 @@ impl RunService for Api {
             pipeline_root: self.0.artifact_root.clone(),
             parameters,
             at: crate::now_ms(),
+            caching,
         };
         let applied = self.0.propose(cmd).await?;
         match applied.result {

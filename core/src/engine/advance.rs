@@ -61,6 +61,8 @@ fn new_record(
         started_at: None,
         finished_at: None,
         not_before: None,
+        cache_key: None,
+        cached_from: None,
     }
 }
 
@@ -164,7 +166,12 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             rec.started_at = Some(now);
         }
         TaskKind::Container => match super::step::task_resources(run, &rec) {
-            Ok(_) => rec.state = TaskState::Ready,
+            Ok(_) => {
+                rec.state = TaskState::Ready;
+                if spec.cache_enabled {
+                    rec.cache_key = super::cache::cache_key(run, comp, &rec);
+                }
+            }
             Err(e) => finish(&mut rec, TaskState::Failed, Some(e), now),
         },
         TaskKind::Importer => import(run, comp, &mut rec, now),

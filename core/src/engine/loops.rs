@@ -120,6 +120,8 @@ fn iteration_record(
         started_at: Some(now),
         finished_at: None,
         not_before: None,
+        cache_key: None,
+        cached_from: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! does I/O or reads a clock: `now` comes in as an argument.
 
 mod advance;
+mod cache;
 mod loops;
 mod record;
 mod resolve;
@@ -22,6 +23,7 @@ use serde_json::Value;
 use crate::ir::PipelineSpec;
 
 pub use advance::advance;
+pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
 pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
 pub use step::{step_spec, task_resources};
@@ -143,6 +145,12 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
     /// A retried task is not placed before this time (retry backoff).
     pub not_before: Option<i64>,
+    /// Set on a ready container task that may be served from the cache.
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    /// `<run>/<task>` of the execution whose outputs a CACHED task reused.
+    #[serde(default)]
+    pub cached_from: Option<String>,
 }
 
 impl TaskRecord {
@@ -164,6 +172,8 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
     /// Every instantiated task by task id, the root DAG included (id [`ROOT_TASK_ID`]).
     pub tasks: BTreeMap<String, TaskRecord>,
+    #[serde(default)]
+    pub caching: CachePolicy,
 }
 
 impl RunRecord {
@@ -195,6 +205,8 @@ impl RunRecord {
             started_at: Some(now),
             finished_at: None,
             not_before: None,
+            cache_key: None,
+            cached_from: None,
         };
         let mut tasks = BTreeMap::new();
         tasks.insert(ROOT_TASK_ID.to_string(), root);
@@ -208,6 +220,7 @@ impl RunRecord {
             created_at: now,
             finished_at: None,
             tasks,
+            caching: CachePolicy::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use gantry_model::{HostInventory, StepOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::CachePolicy;
 use crate::ir::PipelineSpec;
 
 /// One attempt of one task of one run.
@@ -43,6 +44,8 @@ pub enum Command {
         /// Already resolved against the pipeline's inputs.
         parameters: BTreeMap<String, Value>,
         at: i64,
+        #[serde(default)]
+        caching: CachePolicy,
     },
     RegisterAgent {
         agent_id: String,
@@ -67,5 +70,16 @@ pub enum Command {
     CancelRun {
         run_id: String,
         at: i64,
+    },
+    /// The leader found a usable cache entry for this ready task and checked that its
+    /// artifacts exist: the task takes the entry's outputs instead of running.
+    UseCachedResult {
+        run_id: String,
+        task_id: String,
+        at: i64,
+    },
+    /// Cache entries whose artifacts are gone: they are never used again.
+    ForgetCache {
+        keys: Vec<String>,
     },
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{AttemptKey, Command, Placement};
 
-use crate::engine::{self, OutcomeEffect, RunRecord, RunState};
+use crate::engine::{self, CacheEntry, CachePolicy, OutcomeEffect, RunRecord, RunState, TaskState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -63,6 +63,10 @@ pub enum Outcome {
     /// The report was recorded (or ignored as a duplicate, which the agent also treats as done).
     ResultRecorded(OutcomeEffect),
     CancelRequested,
+    /// Whether the task was served from the cache (false: the entry or the task changed
+    /// meanwhile, and the task stays ready to run).
+    CacheUsed(bool),
+    CacheForgotten(usize),
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -106,6 +110,19 @@ pub struct ClusterState {
     pub request_ids: BTreeMap<String, String>,
     pub agents: BTreeMap<String, AgentRecord>,
     pub applied_index: u64,
+    /// Successful cacheable executions by cache key (the newest for each key).
+    #[serde(default)]
+    pub cache: BTreeMap<String, CacheEntry>,
+}
+
+/// What a CreateRun command brings.
+struct NewRun {
+    run_id: String,
+    request_id: Option<String>,
+    pipeline: crate::ir::PipelineSpec,
+    pipeline_root: String,
+    parameters: BTreeMap<String, serde_json::Value>,
+    caching: CachePolicy,
 }
 
 fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
@@ -127,12 +144,16 @@ impl ClusterState {
                 pipeline_root,
                 parameters,
                 at,
+                caching,
             } => self.create_run(
-                run_id,
-                request_id,
-                *pipeline,
-                pipeline_root,
-                parameters,
+                NewRun {
+                    run_id,
+                    request_id,
+                    pipeline: *pipeline,
+                    pipeline_root,
+                    parameters,
+                    caching,
+                },
                 at,
                 &mut events,
             ),
@@ -177,6 +198,20 @@ impl ClusterState {
                 outcome,
                 at,
             } => self.finish_attempt(attempt, outcome, at, &mut events),
+            Command::UseCachedResult {
+                run_id,
+                task_id,
+                at,
+            } => self.use_cached(run_id, task_id, at, &mut events),
+            Command::ForgetCache { keys } => {
+                let before = self.cache.len();
+                for k in &keys {
+                    self.cache.remove(k);
+                }
+                // The tasks that waited on these entries can now be placed.
+                events.push(Event::CapacityChanged);
+                Ok(Outcome::CacheForgotten(before - self.cache.len()))
+            }
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {
@@ -206,14 +241,18 @@ impl ClusterState {
     #[allow(clippy::too_many_arguments)]
     fn create_run(
         &mut self,
-        run_id: String,
-        request_id: Option<String>,
-        pipeline: crate::ir::PipelineSpec,
-        pipeline_root: String,
-        parameters: BTreeMap<String, serde_json::Value>,
+        new: NewRun,
         at: i64,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, Rejection> {
+        let NewRun {
+            run_id,
+            request_id,
+            pipeline,
+            pipeline_root,
+            parameters,
+            caching,
+        } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
             return Ok(Outcome::RunCreated {
                 run_id: existing.clone(),
@@ -224,6 +263,7 @@ impl ClusterState {
             return Err(Rejection::RunExists(run_id));
         }
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
+        run.caching = caching;
         let progress = engine::advance(&mut run, at);
         if !progress.ready.is_empty() {
             events.push(Event::TasksReady {
@@ -317,6 +357,19 @@ impl ClusterState {
             return Ok(Outcome::ResultRecorded(effect));
         }
         let req = resources_of(run, &key.task_id);
+        if let Some(t) = run.tasks.get(&key.task_id) {
+            if let (TaskState::Succeeded, Some(k)) = (t.state, &t.cache_key) {
+                self.cache.insert(
+                    k.clone(),
+                    CacheEntry {
+                        run_id: key.run_id.clone(),
+                        task_id: key.task_id.clone(),
+                        outputs: t.outputs.clone(),
+                        created_at: at,
+                    },
+                );
+            }
+        }
         let progress = engine::advance(run, at);
         let retrying = matches!(effect, OutcomeEffect::Retrying { .. });
         if !progress.ready.is_empty() || retrying {
@@ -335,6 +388,51 @@ impl ClusterState {
         }
         events.push(Event::CapacityChanged);
         Ok(Outcome::ResultRecorded(effect))
+    }
+
+    /// The cache entry ready task `task_id` of `run_id` may use at `now`, if any.
+    pub fn usable_cache_entry(&self, run_id: &str, task_id: &str, now: i64) -> Option<&CacheEntry> {
+        let run = self.runs.get(run_id)?;
+        let task = run.tasks.get(task_id)?;
+        if task.state != TaskState::Ready {
+            return None;
+        }
+        let entry = self.cache.get(task.cache_key.as_ref()?)?;
+        entry.usable_by(run, task, now).then_some(entry)
+    }
+
+    fn use_cached(
+        &mut self,
+        run_id: String,
+        task_id: String,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, Rejection> {
+        if !self.runs.contains_key(&run_id) {
+            return Err(Rejection::RunNotFound(run_id));
+        }
+        // Re-checked here: the entry may have been forgotten or the task canceled since the
+        // leader looked.
+        let Some(entry) = self.usable_cache_entry(&run_id, &task_id, at).cloned() else {
+            events.push(Event::TasksReady { run_id });
+            return Ok(Outcome::CacheUsed(false));
+        };
+        let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
+            return Err(Rejection::RunNotFound(run_id));
+        };
+        if !engine::record_cached(run, &task_id, &entry, at) {
+            return Ok(Outcome::CacheUsed(false));
+        }
+        let progress = engine::advance(run, at);
+        if !progress.ready.is_empty() {
+            events.push(Event::TasksReady {
+                run_id: run_id.clone(),
+            });
+        }
+        if let Some(state) = progress.finished {
+            events.push(Event::RunFinished { run_id, state });
+        }
+        Ok(Outcome::CacheUsed(true))
     }
 
     /// Runs newest first.

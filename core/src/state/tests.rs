@@ -21,6 +21,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         pipeline_root: "file:///tmp/gantry".into(),
         parameters: params,
         at,
+        caching: Default::default(),
     }
 }
 
@@ -182,6 +183,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 ]
                 .into(),
                 at: i as i64,
+                caching: Default::default(),
             },
         );
     }
@@ -257,4 +259,207 @@ fn unknown_runs_are_rejected() {
         },
     );
     assert_eq!(r.result, Err(Rejection::RunNotFound("nope".into())));
+}
+
+fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at: i64) -> Command {
+    let spec = parse_pipeline(LINEAR).unwrap();
+    let given = BTreeMap::from([("rows".to_string(), json!(rows))]);
+    let params = crate::ir::resolve_run_parameters(&spec, &given).unwrap();
+    Command::CreateRun {
+        run_id: run_id.into(),
+        request_id: None,
+        pipeline: Box::new(spec),
+        pipeline_root: "s3://bucket/root".into(),
+        parameters: params,
+        at,
+        caching,
+    }
+}
+
+fn make_data_succeeded(run: &str, at: i64) -> Command {
+    let art = gantry_model::ArtifactRef {
+        name: "data".into(),
+        uri: format!("s3://bucket/root/{run}/make-data/attempt-1/data"),
+        schema_title: "system.Dataset".into(),
+        schema_version: "0.0.1".into(),
+        metadata: Default::default(),
+    };
+    Command::AttemptFinished {
+        attempt: AttemptKey {
+            run_id: run.into(),
+            task_id: "make-data".into(),
+            attempt: 1,
+        },
+        outcome: StepOutcome::Succeeded {
+            parameters: BTreeMap::from([("Output".to_string(), json!(7))]),
+            artifacts: BTreeMap::from([("data".to_string(), vec![art])]),
+        },
+        at,
+    }
+}
+
+fn key_of(s: &ClusterState, run: &str, task: &str) -> Option<String> {
+    s.runs[run].tasks[task].cache_key.clone()
+}
+
+#[test]
+fn a_success_is_cached_and_serves_the_same_task_with_the_same_inputs() {
+    use crate::engine::CachePolicy;
+    use crate::scheduler::{cache_candidates, ready_steps};
+    let mut s = ClusterState::default();
+    let mut i = 0;
+    let mut apply = |s: &mut ClusterState, c: Command| {
+        i += 1;
+        s.apply(i, c)
+    };
+    apply(&mut s, register("a", 4.0));
+    apply(&mut s, create_with("r1", 7, CachePolicy::default(), 10));
+    let key = key_of(&s, "r1", "make-data").expect("a cacheable task has a key");
+    assert!(cache_candidates(&s, 11).is_empty(), "nothing cached yet");
+    apply(&mut s, assign("r1", "make-data", 1, "a"));
+    apply(&mut s, make_data_succeeded("r1", 20));
+    assert_eq!(s.cache[&key].run_id, "r1");
+    assert_eq!(s.cache[&key].created_at, 20);
+
+    // Same inputs: the same key; the task waits for the cache check instead of being placed.
+    apply(&mut s, create_with("r2", 7, CachePolicy::default(), 30));
+    assert_eq!(key_of(&s, "r2", "make-data"), Some(key.clone()));
+    assert!(!ready_steps(&s, 31)
+        .iter()
+        .any(|r| r.run_id == "r2" && r.task_id == "make-data"));
+    let cands = cache_candidates(&s, 31);
+    assert_eq!(cands.len(), 1);
+    assert_eq!(
+        cands[0].artifact_uris,
+        vec!["s3://bucket/root/r1/make-data/attempt-1/data"]
+    );
+    let out = apply(
+        &mut s,
+        Command::UseCachedResult {
+            run_id: "r2".into(),
+            task_id: "make-data".into(),
+            at: 32,
+        },
+    );
+    assert_eq!(out.result, Ok(Outcome::CacheUsed(true)));
+    let t = &s.runs["r2"].tasks["make-data"];
+    assert_eq!(t.state, TaskState::Cached);
+    assert!(t.attempts.is_empty(), "nothing ran");
+    assert_eq!(t.cached_from.as_deref(), Some("r1/make-data"));
+    assert_eq!(t.outputs.parameters["Output"], json!(7));
+    // Its consumer sees the reused outputs.
+    let scale = &s.runs["r2"].tasks["scale"];
+    assert_eq!(scale.state, TaskState::Ready);
+    assert_eq!(
+        scale.inputs.artifacts["data"][0].uri,
+        "s3://bucket/root/r1/make-data/attempt-1/data"
+    );
+
+    // Other inputs: another key.
+    apply(&mut s, create_with("r3", 8, CachePolicy::default(), 40));
+    assert_ne!(key_of(&s, "r3", "make-data"), Some(key.clone()));
+    // Cache off for the run, or an entry older than the run accepts: placed as usual.
+    let off = CachePolicy {
+        enabled: false,
+        ..Default::default()
+    };
+    apply(&mut s, create_with("r4", 7, off, 50));
+    let young = CachePolicy {
+        max_age_ms: Some(100),
+        ..Default::default()
+    };
+    apply(&mut s, create_with("r5", 7, young.clone(), 60));
+    let per_task = CachePolicy {
+        task_max_age_ms: BTreeMap::from([("make-data".to_string(), 5)]),
+        ..Default::default()
+    };
+    apply(&mut s, create_with("r6", 7, per_task, 70));
+    let placeable: Vec<String> = ready_steps(&s, 200)
+        .into_iter()
+        .filter(|r| r.task_id == "make-data")
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(placeable, vec!["r3", "r4", "r5", "r6"]);
+    assert!(s.usable_cache_entry("r5", "make-data", 110).is_some());
+    assert!(s.usable_cache_entry("r5", "make-data", 121).is_none());
+    // A stale hit proposed anyway changes nothing at apply.
+    let stale = apply(
+        &mut s,
+        Command::UseCachedResult {
+            run_id: "r5".into(),
+            task_id: "make-data".into(),
+            at: 500,
+        },
+    );
+    assert_eq!(stale.result, Ok(Outcome::CacheUsed(false)));
+    assert_eq!(s.runs["r5"].tasks["make-data"].state, TaskState::Ready);
+
+    // Artifacts gone: the entry is forgotten and the task is placed like any other.
+    apply(&mut s, create_with("r7", 7, CachePolicy::default(), 80));
+    let waiting: Vec<String> = cache_candidates(&s, 81)
+        .into_iter()
+        .map(|c| c.run_id)
+        .collect();
+    // r5's entry is young enough again at this earlier clock reading; r7 accepts any age.
+    assert_eq!(waiting, vec!["r5", "r7"]);
+    let forgot = apply(
+        &mut s,
+        Command::ForgetCache {
+            keys: vec![key.clone()],
+        },
+    );
+    assert_eq!(forgot.result, Ok(Outcome::CacheForgotten(1)));
+    assert!(cache_candidates(&s, 82).is_empty());
+    assert!(ready_steps(&s, 82)
+        .iter()
+        .any(|r| r.run_id == "r7" && r.task_id == "make-data"));
+}
+
+#[test]
+fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
+    let mut s = ClusterState::default();
+    s.apply(1, create_with("r1", 7, Default::default(), 1));
+    let k1 = key_of(&s, "r1", "make-data").unwrap();
+    // Another image: another key.
+    let mut spec = parse_pipeline(LINEAR).unwrap();
+    for e in spec.executors.values_mut() {
+        if let ExecutorSpec::Container(c) = e {
+            c.image = "python:3.12".into();
+        }
+    }
+    let given = BTreeMap::from([("rows".to_string(), json!(7))]);
+    let params = crate::ir::resolve_run_parameters(&spec, &given).unwrap();
+    s.apply(
+        2,
+        Command::CreateRun {
+            run_id: "r2".into(),
+            request_id: None,
+            pipeline: Box::new(spec.clone()),
+            pipeline_root: "s3://bucket/root".into(),
+            parameters: params.clone(),
+            at: 2,
+            caching: Default::default(),
+        },
+    );
+    assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
+    // enableCache false in the IR: no key, never served from the cache.
+    let crate::ir::Implementation::Dag(dag) = &mut spec.root.implementation else {
+        panic!("root is a DAG")
+    };
+    for t in dag.tasks.values_mut() {
+        t.cache_enabled = false;
+    }
+    s.apply(
+        3,
+        Command::CreateRun {
+            run_id: "r3".into(),
+            request_id: None,
+            pipeline: Box::new(spec),
+            pipeline_root: "s3://bucket/root".into(),
+            parameters: params,
+            at: 3,
+            caching: Default::default(),
+        },
+    );
+    assert_eq!(key_of(&s, "r3", "make-data"), None);
 }
