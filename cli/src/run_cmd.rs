@@ -35,6 +35,14 @@ pub enum RunCommand {
         /// The same for one task, TASK=DURATION with TASK the IR task name (repeatable).
         #[arg(long, value_name = "TASK=DURATION")]
         task_cache_max_age: Vec<String>,
+        /// Fail the run if it has not ended this long after submission; what still runs is
+        /// stopped.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+        timeout: Option<i64>,
+        /// Fail an attempt of task TASK (IR task name) that runs longer than DURATION, stopping
+        /// its container; its retry policy applies (repeatable).
+        #[arg(long, value_name = "TASK=DURATION")]
+        task_timeout: Vec<String>,
     },
     /// Show a run and its tasks.
     Get { run_id: String },
@@ -104,24 +112,16 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
             disable_cache,
             cache_max_age,
             task_cache_max_age,
+            timeout,
+            task_timeout,
         } => {
             let yaml = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
             let parameters = parse_params(&params)?;
             let mut c = connect(endpoint).await?;
             let request_id = request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
-            let mut task_ages = std::collections::HashMap::new();
-            for spec in &task_cache_max_age {
-                let (task, age) = spec.split_once('=').ok_or_else(|| {
-                    CliError::Refused(format!(
-                        "--task-cache-max-age {spec:?}: expected TASK=DURATION"
-                    ))
-                })?;
-                let ms = parse_duration_ms(age).map_err(|e| {
-                    CliError::Refused(format!("--task-cache-max-age {spec:?}: {e}"))
-                })?;
-                task_ages.insert(task.to_string(), ms);
-            }
+            let task_ages = per_task_durations("--task-cache-max-age", &task_cache_max_age)?;
+            let task_timeouts = per_task_durations("--task-timeout", &task_timeout)?;
             let req = pb::SubmitRunRequest {
                 pipeline_yaml: yaml,
                 parameters,
@@ -129,6 +129,8 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 disable_cache,
                 cache_max_age_ms: cache_max_age.unwrap_or(0),
                 task_cache_max_age_ms: task_ages,
+                timeout_ms: timeout.unwrap_or(0),
+                task_timeout_ms: task_timeouts,
             };
             // A timeout, a lost connection or a leader change is retried, on the next endpoint
             // when there is one, with the same request id: one run.
@@ -266,13 +268,30 @@ fn uuid_like() -> String {
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
+/// `TASK=DURATION` flags as milliseconds per task name.
+fn per_task_durations(
+    flag: &str,
+    specs: &[String],
+) -> Result<std::collections::HashMap<String, i64>, CliError> {
+    let mut out = std::collections::HashMap::new();
+    for spec in specs {
+        let (task, d) = spec
+            .split_once('=')
+            .ok_or_else(|| CliError::Refused(format!("{flag} {spec:?}: expected TASK=DURATION")))?;
+        let ms =
+            parse_duration_ms(d).map_err(|e| CliError::Refused(format!("{flag} {spec:?}: {e}")))?;
+        out.insert(task.to_string(), ms);
+    }
+    Ok(out)
+}
+
 /// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds (at least 1 ms).
 fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration like 30m, 24h or 7d: {e}"))?;
     let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))?;
     if ms == 0 {
-        return Err(format!("{text:?}: a maximum age must be at least 1ms"));
+        return Err(format!("{text:?}: a duration here must be at least 1ms"));
     }
     Ok(ms)
 }

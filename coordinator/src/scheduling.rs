@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::scheduler::{
-    agent_capacity, cache_candidates, ready_steps, schedule, waiting_reasons, CacheCandidate,
+    agent_capacity, cache_candidates, ready_steps, schedule, timeouts_due, waiting_reasons,
+    CacheCandidate,
 };
 use gantry_core::state::Command;
 
@@ -22,6 +23,12 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
             continue;
         }
         let now = crate::now_ms();
+        let due = timeouts_due(&c.state.read(), now);
+        for cmd in due {
+            if let Err(e) = c.propose(cmd).await {
+                tracing::warn!(error = %e, "time-out proposal failed");
+            }
+        }
         let candidates = cache_candidates(&c.state.read(), now);
         if !candidates.is_empty() {
             serve_from_cache(&c, candidates, now).await;

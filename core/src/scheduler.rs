@@ -101,6 +101,46 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentCapacity]) -> Plan {
     plan
 }
 
+/// The time-outs due at `now`: runs past their deadline, then attempts past their task's.
+pub fn timeouts_due(state: &ClusterState, now: i64) -> Vec<crate::state::Command> {
+    use crate::engine::{attempt_deadline, run_deadline, RunState};
+    use crate::state::{AttemptKey, Command};
+    let mut out = Vec::new();
+    for (_, run_id) in &state.run_order {
+        let Some(run) = state.runs.get(run_id) else {
+            continue;
+        };
+        if run.state.is_terminal() {
+            continue;
+        }
+        if run.state != RunState::Canceling && run_deadline(run).is_some_and(|d| d <= now) {
+            out.push(Command::TimeOutRun {
+                run_id: run_id.clone(),
+                at: now,
+            });
+            continue;
+        }
+        if run.limits.task_timeout_ms.is_empty() {
+            continue;
+        }
+        for t in run.tasks.values() {
+            if let Some((attempt, deadline)) = attempt_deadline(run, t) {
+                if deadline <= now {
+                    out.push(Command::TimeOutAttempt {
+                        attempt: AttemptKey {
+                            run_id: run_id.clone(),
+                            task_id: t.task_id.clone(),
+                            attempt,
+                        },
+                        at: now,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A ready task that a cache entry may serve, once its artifacts are known to exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheCandidate {

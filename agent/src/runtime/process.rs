@@ -301,8 +301,20 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(10));
         let pids = std::fs::read_to_string(&pidfile).expect("pids");
         for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            assert!(!alive(pid), "process {pid} survived the cancel");
+            assert!(dies_soon(pid), "process {pid} survived the cancel");
         }
+    }
+
+    /// SIGKILL is delivered asynchronously: a killed process may still be on its way out
+    /// (not yet a zombie) for a moment after `kill` returns, more so on a loaded machine.
+    fn dies_soon(pid: i32) -> bool {
+        for _ in 0..100 {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     #[tokio::test]
@@ -324,8 +336,7 @@ mod tests {
             .trim()
             .parse()
             .expect("pid number");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!alive(pid), "leftover {pid} survived");
+        assert!(dies_soon(pid), "leftover {pid} survived");
     }
 
     #[tokio::test]

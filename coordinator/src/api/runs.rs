@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use gantry_core::engine::{check_supported, CachePolicy};
+use gantry_core::engine::{check_supported, CachePolicy, RunLimits};
 use gantry_core::ir::{parse_pipeline, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome, Rejection};
 use gantry_proto::v1 as pb;
@@ -41,7 +41,56 @@ impl Api {
     }
 }
 
-/// The run's cache policy from the request; unknown task names and negative ages are refused.
+/// Checks a per-task setting: the task must exist in the pipeline, the value be positive.
+fn check_per_task(
+    pipeline: &gantry_core::ir::PipelineSpec,
+    what: &str,
+    values: &std::collections::HashMap<String, i64>,
+) -> Result<(), Status> {
+    let mut names = std::collections::BTreeSet::new();
+    for comp in std::iter::once(&pipeline.root).chain(pipeline.components.values()) {
+        if let gantry_core::ir::Implementation::Dag(d) = &comp.implementation {
+            names.extend(d.tasks.keys().cloned());
+        }
+    }
+    for (task, v) in values {
+        if !names.contains(task) {
+            return Err(Status::invalid_argument(format!(
+                "{what} for task {task:?}: the pipeline has no such task (tasks: {})",
+                names.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if *v <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "{what} for task {task:?} must be positive"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The run's time limits from the request.
+fn run_limits(
+    pipeline: &gantry_core::ir::PipelineSpec,
+    req: &pb::SubmitRunRequest,
+) -> Result<RunLimits, Status> {
+    if req.timeout_ms < 0 {
+        return Err(Status::invalid_argument(
+            "the run timeout must not be negative",
+        ));
+    }
+    check_per_task(pipeline, "timeout", &req.task_timeout_ms)?;
+    Ok(RunLimits {
+        timeout_ms: (req.timeout_ms > 0).then_some(req.timeout_ms),
+        task_timeout_ms: req
+            .task_timeout_ms
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    })
+}
+
+/// The run's cache policy from the request; unknown task names and bad ages are refused.
 fn cache_policy(
     pipeline: &gantry_core::ir::PipelineSpec,
     req: &pb::SubmitRunRequest,
@@ -51,25 +100,7 @@ fn cache_policy(
             "the cache max age must not be negative",
         ));
     }
-    let mut names = std::collections::BTreeSet::new();
-    for comp in std::iter::once(&pipeline.root).chain(pipeline.components.values()) {
-        if let gantry_core::ir::Implementation::Dag(d) = &comp.implementation {
-            names.extend(d.tasks.keys().cloned());
-        }
-    }
-    for (task, age) in &req.task_cache_max_age_ms {
-        if !names.contains(task) {
-            return Err(Status::invalid_argument(format!(
-                "cache max age for task {task:?}: the pipeline has no such task (tasks: {})",
-                names.iter().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        if *age < 0 {
-            return Err(Status::invalid_argument(format!(
-                "cache max age for task {task:?} must not be negative"
-            )));
-        }
-    }
+    check_per_task(pipeline, "cache max age", &req.task_cache_max_age_ms)?;
     Ok(CachePolicy {
         enabled: !req.disable_cache,
         max_age_ms: (req.cache_max_age_ms > 0).then_some(req.cache_max_age_ms),
@@ -109,6 +140,7 @@ impl RunService for Api {
         check_supported(&pipeline)
             .map_err(|e| Status::invalid_argument(format!("unsupported pipeline: {e}")))?;
         let caching = cache_policy(&pipeline, &req)?;
+        let limits = run_limits(&pipeline, &req)?;
         let given: BTreeMap<String, serde_json::Value> = req
             .parameters
             .into_iter()
@@ -125,6 +157,7 @@ impl RunService for Api {
             parameters,
             at: crate::now_ms(),
             caching,
+            limits,
         };
         let applied = self.0.propose(cmd).await?;
         match applied.result {

@@ -107,12 +107,12 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
     }
     let mut rec = new_record(parent_id, spec, kind, iteration, now);
     if run.state == RunState::Canceling {
-        finish(
-            &mut rec,
-            TaskState::Canceled,
-            Some("run canceled".into()),
-            now,
-        );
+        let why = if run.timed_out.is_some() {
+            "run timed out"
+        } else {
+            "run canceled"
+        };
+        finish(&mut rec, TaskState::Canceled, Some(why.into()), now);
         return Some(rec);
     }
     if let Some(up) = failed_upstream {
@@ -361,8 +361,12 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
             _ => None,
         };
         if let Some(state) = state {
-            // A cancel that raced with the last task still ends the run as canceled.
-            let state = if run.state == RunState::Canceling {
+            // A cancel that raced with the last task still ends the run as canceled; a run
+            // stopped by its timeout fails.
+            let state = if run.timed_out.is_some() {
+                run.error = run.timed_out.clone();
+                RunState::Failed
+            } else if run.state == RunState::Canceling {
                 RunState::Canceled
             } else {
                 state

@@ -13,6 +13,7 @@ mod loops;
 mod record;
 mod resolve;
 mod step;
+mod timeouts;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,7 @@ pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
 pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
 pub use step::{step_spec, task_resources};
+pub use timeouts::{attempt_deadline, human_ms, run_deadline, time_out_run, RunLimits};
 
 /// The id of the hidden task that stands for the root DAG.
 pub const ROOT_TASK_ID: &str = "";
@@ -174,6 +176,11 @@ pub struct RunRecord {
     pub tasks: BTreeMap<String, TaskRecord>,
     #[serde(default)]
     pub caching: CachePolicy,
+    #[serde(default)]
+    pub limits: RunLimits,
+    /// Set when the run outlived its timeout: it ends FAILED with this error.
+    #[serde(default)]
+    pub timed_out: Option<String>,
 }
 
 impl RunRecord {
@@ -221,6 +228,8 @@ impl RunRecord {
             finished_at: None,
             tasks,
             caching: CachePolicy::default(),
+            limits: RunLimits::default(),
+            timed_out: None,
         }
     }
 

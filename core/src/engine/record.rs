@@ -196,6 +196,15 @@ pub fn record_outcome(
 /// attempts (task id, attempt, agent) must be stopped on their agents, and their reports
 /// finish the cancellation.
 pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(String, u32, String)> {
+    cancel_run_because(run, now, "run canceled")
+}
+
+/// [`cancel_run`], with `reason` as the error of the tasks it cancels.
+pub(crate) fn cancel_run_because(
+    run: &mut RunRecord,
+    now: i64,
+    reason: &str,
+) -> Vec<(String, u32, String)> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
         return Vec::new();
     }
@@ -205,7 +214,7 @@ pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(String, u32, String)> {
         match (rec.kind, rec.state) {
             (TaskKind::Container, TaskState::Ready) => {
                 rec.state = TaskState::Canceled;
-                rec.error = Some("run canceled".into());
+                rec.error = Some(reason.into());
                 rec.finished_at = Some(now);
             }
             (TaskKind::Container, TaskState::Running) => {

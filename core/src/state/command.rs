@@ -7,7 +7,7 @@ use gantry_model::{HostInventory, StepOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::CachePolicy;
+use crate::engine::{CachePolicy, RunLimits};
 use crate::ir::PipelineSpec;
 
 /// One attempt of one task of one run.
@@ -46,6 +46,8 @@ pub enum Command {
         at: i64,
         #[serde(default)]
         caching: CachePolicy,
+        #[serde(default)]
+        limits: RunLimits,
     },
     RegisterAgent {
         agent_id: String,
@@ -81,5 +83,15 @@ pub enum Command {
     /// Cache entries whose artifacts are gone: they are never used again.
     ForgetCache {
         keys: Vec<String>,
+    },
+    /// The run passed its deadline (checked again at apply against `at`).
+    TimeOutRun {
+        run_id: String,
+        at: i64,
+    },
+    /// The attempt passed its task's deadline (checked again at apply against `at`).
+    TimeOutAttempt {
+        attempt: AttemptKey,
+        at: i64,
     },
 }

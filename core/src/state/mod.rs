@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{AttemptKey, Command, Placement};
 
-use crate::engine::{self, CacheEntry, CachePolicy, OutcomeEffect, RunRecord, RunState, TaskState};
+use crate::engine::{
+    self, CacheEntry, CachePolicy, OutcomeEffect, RunLimits, RunRecord, RunState, TaskState,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -67,6 +69,8 @@ pub enum Outcome {
     /// meanwhile, and the task stays ready to run).
     CacheUsed(bool),
     CacheForgotten(usize),
+    /// Whether the deadline had passed (false: nothing changed).
+    TimedOut(bool),
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -123,6 +127,7 @@ struct NewRun {
     pipeline_root: String,
     parameters: BTreeMap<String, serde_json::Value>,
     caching: CachePolicy,
+    limits: RunLimits,
 }
 
 fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
@@ -145,6 +150,7 @@ impl ClusterState {
                 parameters,
                 at,
                 caching,
+                limits,
             } => self.create_run(
                 NewRun {
                     run_id,
@@ -153,6 +159,7 @@ impl ClusterState {
                     pipeline_root,
                     parameters,
                     caching,
+                    limits,
                 },
                 at,
                 &mut events,
@@ -203,6 +210,10 @@ impl ClusterState {
                 task_id,
                 at,
             } => self.use_cached(run_id, task_id, at, &mut events),
+            Command::TimeOutRun { run_id, at } => self.time_out_run(run_id, at, &mut events),
+            Command::TimeOutAttempt { attempt, at } => {
+                self.time_out_attempt(attempt, at, &mut events)
+            }
             Command::ForgetCache { keys } => {
                 let before = self.cache.len();
                 for k in &keys {
@@ -252,6 +263,7 @@ impl ClusterState {
             pipeline_root,
             parameters,
             caching,
+            limits,
         } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
             return Ok(Outcome::RunCreated {
@@ -264,6 +276,7 @@ impl ClusterState {
         }
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         run.caching = caching;
+        run.limits = limits;
         let progress = engine::advance(&mut run, at);
         if !progress.ready.is_empty() {
             events.push(Event::TasksReady {
@@ -433,6 +446,67 @@ impl ClusterState {
             events.push(Event::RunFinished { run_id, state });
         }
         Ok(Outcome::CacheUsed(true))
+    }
+
+    fn time_out_run(
+        &mut self,
+        run_id: String,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, Rejection> {
+        let Some(run) = self.runs.get_mut(&run_id).map(Arc::make_mut) else {
+            return Err(Rejection::RunNotFound(run_id));
+        };
+        let Some(running) = engine::time_out_run(run, at) else {
+            return Ok(Outcome::TimedOut(false));
+        };
+        for (task_id, number, agent_id) in running {
+            events.push(Event::AttemptCanceled {
+                agent_id,
+                attempt: AttemptKey {
+                    run_id: run_id.clone(),
+                    task_id,
+                    attempt: number,
+                },
+            });
+        }
+        let progress = engine::advance(run, at);
+        if let Some(state) = progress.finished {
+            events.push(Event::RunFinished { run_id, state });
+        }
+        Ok(Outcome::TimedOut(true))
+    }
+
+    /// Fails the attempt as timed out (its retry policy applies) and stops its container.
+    fn time_out_attempt(
+        &mut self,
+        key: AttemptKey,
+        at: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<Outcome, Rejection> {
+        let Some(run) = self.runs.get(&key.run_id) else {
+            return Err(Rejection::RunNotFound(key.run_id));
+        };
+        let Some(task) = run.tasks.get(&key.task_id) else {
+            return Ok(Outcome::TimedOut(false));
+        };
+        let due = engine::attempt_deadline(run, task)
+            .is_some_and(|(n, deadline)| n == key.attempt && deadline <= at);
+        let limit = run.limits.task_timeout_ms.get(&task.name).copied();
+        let agent = task.attempts.last().map(|a| a.agent.clone());
+        let (true, Some(limit), Some(agent_id)) = (due, limit, agent) else {
+            return Ok(Outcome::TimedOut(false));
+        };
+        let outcome = gantry_model::StepOutcome::Failed {
+            error: format!("timed out after {}", engine::human_ms(limit)),
+            exit_code: None,
+        };
+        self.finish_attempt(key.clone(), outcome, at, events)?;
+        events.push(Event::AttemptCanceled {
+            agent_id,
+            attempt: key,
+        });
+        Ok(Outcome::TimedOut(true))
     }
 
     /// Runs newest first.

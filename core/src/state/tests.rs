@@ -22,6 +22,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         parameters: params,
         at,
         caching: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -184,6 +185,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 .into(),
                 at: i as i64,
                 caching: Default::default(),
+                limits: Default::default(),
             },
         );
     }
@@ -273,6 +275,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         parameters: params,
         at,
         caching,
+        limits: Default::default(),
     }
 }
 
@@ -439,6 +442,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             parameters: params.clone(),
             at: 2,
             caching: Default::default(),
+            limits: Default::default(),
         },
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -459,7 +463,156 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             parameters: params,
             at: 3,
             caching: Default::default(),
+            limits: Default::default(),
         },
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
+}
+
+fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Command {
+    let spec = parse_pipeline(LINEAR).unwrap();
+    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
+    Command::CreateRun {
+        run_id: run_id.into(),
+        request_id: None,
+        pipeline: Box::new(spec),
+        pipeline_root: "file:///tmp/gantry".into(),
+        parameters: params,
+        at,
+        caching: crate::engine::CachePolicy {
+            enabled: false,
+            ..Default::default()
+        },
+        limits,
+    }
+}
+
+#[test]
+fn a_run_past_its_timeout_fails_and_its_running_attempts_are_stopped() {
+    use crate::engine::RunLimits;
+    use crate::scheduler::timeouts_due;
+    let mut s = ClusterState::default();
+    s.apply(1, register("a", 4.0));
+    let limits = RunLimits {
+        timeout_ms: Some(1_000),
+        ..Default::default()
+    };
+    s.apply(2, create_limited("r1", limits, 100));
+    s.apply(3, assign("r1", "make-data", 1, "a"));
+    assert!(timeouts_due(&s, 1_099).is_empty());
+    let due = timeouts_due(&s, 1_100);
+    assert_eq!(
+        due,
+        vec![Command::TimeOutRun {
+            run_id: "r1".into(),
+            at: 1_100
+        }]
+    );
+    // Proposed too early (another node's clock), it changes nothing.
+    let early = s.apply(
+        4,
+        Command::TimeOutRun {
+            run_id: "r1".into(),
+            at: 1_000,
+        },
+    );
+    assert_eq!(early.result, Ok(Outcome::TimedOut(false)));
+    let applied = s.apply(5, due[0].clone());
+    assert_eq!(applied.result, Ok(Outcome::TimedOut(true)));
+    assert!(applied.events.iter().any(|e| matches!(
+        e,
+        Event::AttemptCanceled { agent_id, attempt } if agent_id == "a" && attempt.task_id == "make-data"
+    )));
+    assert_eq!(s.runs["r1"].state, RunState::Canceling);
+    assert!(timeouts_due(&s, 5_000).is_empty(), "not timed out twice");
+    // The agent reports the stopped attempt: the run ends FAILED with the timeout as error.
+    s.apply(
+        6,
+        Command::AttemptFinished {
+            attempt: AttemptKey {
+                run_id: "r1".into(),
+                task_id: "make-data".into(),
+                attempt: 1,
+            },
+            outcome: StepOutcome::Canceled,
+            at: 1_200,
+        },
+    );
+    let run = &s.runs["r1"];
+    assert_eq!(run.state, RunState::Failed);
+    assert!(
+        run.error.as_deref().unwrap_or("").contains("timeout of 1s"),
+        "{:?}",
+        run.error
+    );
+    assert!(s.agents["a"].running.is_empty());
+}
+
+#[test]
+fn an_attempt_past_its_task_timeout_fails_and_its_container_is_stopped() {
+    use crate::engine::RunLimits;
+    use crate::scheduler::timeouts_due;
+    let mut s = ClusterState::default();
+    s.apply(1, register("a", 4.0));
+    let limits = RunLimits {
+        task_timeout_ms: BTreeMap::from([("make-data".to_string(), 2_000)]),
+        ..Default::default()
+    };
+    s.apply(2, create_limited("r1", limits, 0));
+    s.apply(3, assign("r1", "make-data", 1, "a")); // assigned at 5
+    assert!(timeouts_due(&s, 2_004).is_empty());
+    let due = timeouts_due(&s, 2_005);
+    let key = AttemptKey {
+        run_id: "r1".into(),
+        task_id: "make-data".into(),
+        attempt: 1,
+    };
+    assert_eq!(
+        due,
+        vec![Command::TimeOutAttempt {
+            attempt: key.clone(),
+            at: 2_005
+        }]
+    );
+    let applied = s.apply(4, due[0].clone());
+    assert_eq!(applied.result, Ok(Outcome::TimedOut(true)));
+    assert!(applied
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::AttemptCanceled { attempt, .. } if *attempt == key)));
+    let t = &s.runs["r1"].tasks["make-data"];
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(t.error.as_deref(), Some("timed out after 2s"));
+    assert!(s.agents["a"].running.is_empty(), "capacity released");
+    // The late report of the stopped container changes nothing; nor does a repeat.
+    let late = s.apply(
+        5,
+        Command::AttemptFinished {
+            attempt: key.clone(),
+            outcome: StepOutcome::Canceled,
+            at: 2_100,
+        },
+    );
+    assert!(matches!(
+        late.result,
+        Ok(Outcome::ResultRecorded(OutcomeEffect::Ignored(_)))
+    ));
+    let again = s.apply(
+        6,
+        Command::TimeOutAttempt {
+            attempt: key,
+            at: 3_000,
+        },
+    );
+    assert_eq!(again.result, Ok(Outcome::TimedOut(false)));
+    assert_eq!(s.runs["r1"].state, RunState::Failed);
+}
+
+#[test]
+fn durations_read_well_in_messages() {
+    use crate::engine::human_ms;
+    assert_eq!(human_ms(2_000), "2s");
+    assert_eq!(human_ms(90_000), "1m30s");
+    assert_eq!(human_ms(86_400_000 + 5), "1d5ms");
+    assert_eq!(human_ms(0), "0ms");
 }
