@@ -15,7 +15,11 @@ def nap(seconds: int, tag: str, done: dsl.OutputPath(str)):
 def sleeper(seconds: int = 2):
     a = nap(seconds=seconds, tag="a")
     b = nap(seconds=seconds, tag=a.outputs["done"])
-    nap(seconds=seconds, tag=b.outputs["done"])
+    c = nap(seconds=seconds, tag=b.outputs["done"])
+    # The naps pass the same tag along, so caching would serve the second and third from the
+    # first: the tests that use this pipeline need every nap to really run.
+    for t in (a, b, c):
+        t.set_caching_options(False)
 
 
 if __name__ == "__main__":
