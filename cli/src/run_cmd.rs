@@ -63,6 +63,14 @@ pub enum RunCommand {
     },
     /// Cancel a run: stops its running steps.
     Cancel { run_id: String },
+    /// Run a FAILED or CANCELED run again from where it failed: tasks that succeeded keep
+    /// their outputs, the others run anew.
+    Retry {
+        run_id: String,
+        /// Wait for the run to end; exit 0 if it succeeded, 1 if it failed, 3 if canceled.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 fn parse_params(params: &[String]) -> Result<HashMap<String, String>, CliError> {
@@ -225,6 +233,26 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 }
             }
             Ok(())
+        }
+        RunCommand::Retry { run_id, wait } => {
+            let mut c = connect(endpoint).await?;
+            let run = c
+                .call(Duration::from_secs(15), |mut cl| {
+                    let run_id = run_id.clone();
+                    async move { cl.runs.retry_run(pb::RetryRunRequest { run_id }).await }
+                })
+                .await?
+                .into_inner();
+            if !wait {
+                show_run(format, &run);
+                return Ok(());
+            }
+            if format == Format::Table {
+                eprintln!("retrying run {run_id}; waiting");
+            }
+            let run = wait_for(&mut c, &run_id).await?;
+            show_run(format, &run);
+            final_status(&run)
         }
         RunCommand::Cancel { run_id } => {
             let mut c = connect(endpoint).await?;

@@ -22,6 +22,7 @@ fn rejection(r: Rejection) -> Status {
     match r {
         Rejection::RunNotFound(_) => Status::not_found(r.to_string()),
         Rejection::RunExists(_) => Status::already_exists(r.to_string()),
+        Rejection::NotRetryable(_) => Status::failed_precondition(r.to_string()),
     }
 }
 
@@ -213,6 +214,25 @@ impl RunService for Api {
         let applied = self
             .0
             .propose(Command::CancelRun {
+                run_id: run_id.clone(),
+                at: crate::now_ms(),
+            })
+            .await?;
+        applied.result.map_err(rejection)?;
+        self.run_proto(&run_id).map(Response::new)
+    }
+
+    async fn retry_run(
+        &self,
+        req: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return RunServiceClient::new(ch).retry_run(relay(req)).await;
+        }
+        let run_id = req.into_inner().run_id;
+        let applied = self
+            .0
+            .propose(Command::RetryRun {
                 run_id: run_id.clone(),
                 at: crate::now_ms(),
             })

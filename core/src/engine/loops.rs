@@ -158,17 +158,14 @@ pub(crate) fn step_loop(run: &mut RunRecord, loop_id: &str, now: i64) -> LoopSte
             return out;
         }
     };
-    let mut existing = 0;
+    // Iterations are created in order, but a retried run may miss some in the middle.
+    let mut missing = Vec::new();
     let mut unfinished = 0;
-    while existing < items.len() {
-        match run.tasks.get(&iteration_id(loop_id, existing)) {
-            Some(t) => {
-                if !t.state.is_terminal() {
-                    unfinished += 1;
-                }
-                existing += 1;
-            }
-            None => break,
+    for i in 0..items.len() {
+        match run.tasks.get(&iteration_id(loop_id, i)) {
+            Some(t) if !t.state.is_terminal() => unfinished += 1,
+            Some(_) => {}
+            None => missing.push(i),
         }
     }
     let canceling = run.state == RunState::Canceling;
@@ -178,20 +175,20 @@ pub(crate) fn step_loop(run: &mut RunRecord, loop_id: &str, now: i64) -> LoopSte
         } else {
             limit.saturating_sub(unfinished)
         };
-        for (i, item) in items.iter().enumerate().skip(existing).take(room) {
+        for &i in missing.iter().take(room) {
             out.created
-                .push(iteration_record(rec, &item_input, i, item.clone(), now));
+                .push(iteration_record(rec, &item_input, i, items[i].clone(), now));
         }
     }
-    if !out.created.is_empty() || unfinished > 0 || (existing < items.len() && !canceling) {
+    if !out.created.is_empty() || unfinished > 0 || (!missing.is_empty() && !canceling) {
         return out;
     }
     out.completed = true;
-    complete(run, loop_id, existing, items.len(), now);
+    complete(run, loop_id, items.len(), now);
     out
 }
 
-fn complete(run: &mut RunRecord, loop_id: &str, created: usize, total: usize, now: i64) {
+fn complete(run: &mut RunRecord, loop_id: &str, total: usize, now: i64) {
     let body = run
         .tasks
         .get(loop_id)
@@ -209,9 +206,11 @@ fn complete(run: &mut RunRecord, loop_id: &str, created: usize, total: usize, no
         }
     }
     let mut failure: Option<String> = None;
-    let mut canceled = created < total;
-    for i in 0..created {
+    let mut canceled = false;
+    for i in 0..total {
         let Some(t) = run.tasks.get(&iteration_id(loop_id, i)) else {
+            // Never created: the run was canceled first.
+            canceled = true;
             continue;
         };
         match t.state {

@@ -26,7 +26,9 @@ use crate::ir::PipelineSpec;
 pub use advance::advance;
 pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
-pub use record::{cancel_run, record_assignment, record_outcome, record_started, OutcomeEffect};
+pub use record::{
+    cancel_run, record_assignment, record_outcome, record_started, retry_run, OutcomeEffect,
+};
 pub use step::{step_spec, task_resources};
 pub use timeouts::{attempt_deadline, human_ms, run_deadline, time_out_run, RunLimits};
 
@@ -181,6 +183,9 @@ pub struct RunRecord {
     /// Set when the run outlived its timeout: it ends FAILED with this error.
     #[serde(default)]
     pub timed_out: Option<String>,
+    /// When the run was last retried; its timeout counts from then.
+    #[serde(default)]
+    pub restarted_at: Option<i64>,
 }
 
 impl RunRecord {
@@ -230,6 +235,7 @@ impl RunRecord {
             caching: CachePolicy::default(),
             limits: RunLimits::default(),
             timed_out: None,
+            restarted_at: None,
         }
     }
 

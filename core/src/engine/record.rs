@@ -227,3 +227,46 @@ pub(crate) fn cancel_run_because(
     }
     running
 }
+
+/// Puts a FAILED or CANCELED run back to work from where it failed: tasks that succeeded (or
+/// were served from the cache) keep their outputs; every other task is forgotten and decided
+/// again, so it runs anew with the same inputs. The DAGs and loops around kept tasks run
+/// again. Call [`super::advance`] afterwards.
+pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), String> {
+    if !matches!(run.state, RunState::Failed | RunState::Canceled) {
+        return Err(format!(
+            "run {} is {}: only a FAILED or CANCELED run can be retried",
+            run.run_id,
+            run.state.as_str()
+        ));
+    }
+    // DAGs (and loops) that contain a kept task stay, reopened; the rest goes.
+    let mut reopen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    reopen.insert(super::ROOT_TASK_ID.to_string());
+    for t in run.tasks.values().filter(|t| t.state.is_success()) {
+        let mut parent = t.parent.clone();
+        while let Some(p) = parent {
+            parent = run.tasks.get(&p).and_then(|r| r.parent.clone());
+            reopen.insert(p);
+        }
+    }
+    run.tasks
+        .retain(|id, t| t.state.is_success() || reopen.contains(id));
+    for id in &reopen {
+        if let Some(t) = run.tasks.get_mut(id) {
+            if !t.state.is_success() {
+                t.state = TaskState::Running;
+                t.error = None;
+                t.finished_at = None;
+                t.outputs = Default::default();
+            }
+        }
+    }
+    run.state = RunState::Running;
+    run.error = None;
+    run.finished_at = None;
+    run.timed_out = None;
+    // A retried run gets its full time again.
+    run.restarted_at = Some(now);
+    Ok(())
+}

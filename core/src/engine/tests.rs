@@ -479,6 +479,74 @@ fn a_failed_iteration_fails_the_loop_after_the_others_and_skips_its_consumers() 
 }
 
 #[test]
+fn a_retried_run_keeps_what_succeeded_and_reruns_the_rest() {
+    let mut run = new_run(LOOPS, &[("xs", json!([5, 6]))]);
+    assert!(
+        retry_run(&mut run, 1).is_err(),
+        "a running run is not retried"
+    );
+    fail(&mut run, "for-loop-1/iteration-0/square", "boom", 5);
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-1/square",
+        json!({"Output": 36}),
+        &["out"],
+        6,
+    );
+    succeed(&mut run, "rows", json!({"Output": ["r"]}), &[], 7);
+    for id in ids_with(&run, "/describe")
+        .into_iter()
+        .chain(ids_with(&run, "/cell"))
+    {
+        succeed(&mut run, &id, json!({"Output": "x"}), &[], 8);
+    }
+    assert_eq!(run.state, RunState::Failed);
+    let kept_uri = run.tasks["for-loop-1/iteration-1/square"].outputs.artifacts["out"][0]
+        .uri
+        .clone();
+
+    retry_run(&mut run, 20).unwrap();
+    advance(&mut run, 20);
+    assert_eq!(run.state, RunState::Running);
+    assert!(run.error.is_none());
+    // The failed iteration runs again, from a fresh task; the one that succeeded is kept.
+    let again = &run.tasks["for-loop-1/iteration-0/square"];
+    assert_eq!(again.state, TaskState::Ready);
+    assert!(again.attempts.is_empty());
+    assert_eq!(
+        state(&run, "for-loop-1/iteration-1/square"),
+        TaskState::Succeeded
+    );
+    assert_eq!(state(&run, "rows"), TaskState::Succeeded);
+    assert!(
+        !run.tasks.contains_key("total"),
+        "skipped consumers are decided again"
+    );
+    assert_eq!(ready(&run), vec!["for-loop-1/iteration-0/square"]);
+
+    succeed(
+        &mut run,
+        "for-loop-1/iteration-0/square",
+        json!({"Output": 25}),
+        &["out"],
+        30,
+    );
+    assert_eq!(
+        run.tasks["total"].inputs.parameters["nums"],
+        json!([25, 36])
+    );
+    let ds = &run.tasks["read-all"].inputs.artifacts["ds"];
+    assert_eq!(
+        ds[1].uri, kept_uri,
+        "the kept iteration's artifact is reused"
+    );
+    succeed(&mut run, "total", json!({"Output": 61}), &[], 40);
+    succeed(&mut run, "read-all", json!({"Output": "25,36"}), &[], 41);
+    assert_eq!(run.state, RunState::Succeeded);
+    assert!(retry_run(&mut run, 50).unwrap_err().contains("SUCCEEDED"));
+}
+
+#[test]
 fn an_empty_list_completes_the_loop_at_once_with_empty_collections() {
     let run = new_run(LOOPS, &[("xs", json!([]))]);
     assert_eq!(state(&run, "for-loop-1"), TaskState::Succeeded);

@@ -42,7 +42,9 @@ pub fn human_ms(ms: i64) -> String {
 
 /// When the run must be over, if it has a timeout.
 pub fn run_deadline(run: &RunRecord) -> Option<i64> {
-    run.limits.timeout_ms.map(|t| run.created_at + t)
+    run.limits
+        .timeout_ms
+        .map(|t| run.restarted_at.unwrap_or(run.created_at) + t)
 }
 
 /// When the current attempt of `task` must be over, if it is running and its task has a

@@ -84,6 +84,11 @@ pub enum Command {
     ForgetCache {
         keys: Vec<String>,
     },
+    /// Run a FAILED or CANCELED run again from where it failed, keeping what succeeded.
+    RetryRun {
+        run_id: String,
+        at: i64,
+    },
     /// The run passed its deadline (checked again at apply against `at`).
     TimeOutRun {
         run_id: String,

@@ -49,6 +49,8 @@ pub enum Rejection {
     RunNotFound(String),
     #[error("run {0} already exists")]
     RunExists(String),
+    #[error("{0}")]
+    NotRetryable(String),
 }
 
 /// The result of applying one command.
@@ -71,6 +73,7 @@ pub enum Outcome {
     CacheForgotten(usize),
     /// Whether the deadline had passed (false: nothing changed).
     TimedOut(bool),
+    Retried,
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -211,6 +214,24 @@ impl ClusterState {
                 at,
             } => self.use_cached(run_id, task_id, at, &mut events),
             Command::TimeOutRun { run_id, at } => self.time_out_run(run_id, at, &mut events),
+            Command::RetryRun { run_id, at } => {
+                match self.runs.get_mut(&run_id).map(Arc::make_mut) {
+                    Some(run) => match engine::retry_run(run, at) {
+                        Ok(()) => {
+                            let progress = engine::advance(run, at);
+                            events.push(Event::TasksReady {
+                                run_id: run_id.clone(),
+                            });
+                            if let Some(state) = progress.finished {
+                                events.push(Event::RunFinished { run_id, state });
+                            }
+                            Ok(Outcome::Retried)
+                        }
+                        Err(e) => Err(Rejection::NotRetryable(e)),
+                    },
+                    None => Err(Rejection::RunNotFound(run_id)),
+                }
+            }
             Command::TimeOutAttempt { attempt, at } => {
                 self.time_out_attempt(attempt, at, &mut events)
             }
