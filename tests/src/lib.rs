@@ -320,24 +320,49 @@ impl DevCluster {
         env: &[(String, String)],
     ) -> Result<DevCluster> {
         let data_dir = tempfile::tempdir()?;
-        let port = free_port();
+        // Port 0 and the address from the log: a port picked here could be taken by another
+        // test's server before `gantry dev` binds it.
         let mut cmd = Command::new(bin("gantry"));
         cmd.arg("dev")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--runtime", runtime.flag()]);
         if let Some(root) = artifact_root {
             cmd.args(["--artifact-root", root]);
         }
-        let log = std::fs::File::create(data_dir.path().join("dev.log"))?;
+        let log_path = data_dir.path().join("dev.log");
+        let log = std::fs::File::create(&log_path)?;
         cmd.envs(env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log);
         let mut child = cmd.spawn().context("starting gantry dev")?;
-        wait_for_port(port, &mut child, "gantry dev", Duration::from_secs(30))?;
+        const BANNER: &str = "gantry dev: coordinator on ";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let endpoint = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(rest) = text
+                .lines()
+                .find_map(|l| l.split_once(BANNER).map(|(_, r)| r))
+            {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("gantry dev exited ({status}) before serving:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("gantry dev did not start within 60s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let c = DevCluster {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint,
             data_dir,
             proc: Proc {
                 child,
