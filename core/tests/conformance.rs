@@ -5,57 +5,16 @@
 //! `GANTRY_BLESS=1 cargo test -p gantry-core --test conformance` rewrites the table.
 //! `GANTRY_CONFORMANCE_DIR` points at another copy of the corpus.
 
+mod common;
+
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::{cell, check_golden, corpus_dir, relative, yaml_files};
 use gantry_core::ir::parse_pipeline;
 
 const GOLDEN: &str = "tests/ir-conformance.md";
-
-fn corpus_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(dir) = std::env::var_os("GANTRY_CONFORMANCE_DIR") {
-        candidates.push(PathBuf::from(dir));
-    }
-    // `shared/` beside the repository (the usual layout), then inside it.
-    candidates.push(manifest.join("../../shared/kfp-conformance"));
-    candidates.push(manifest.join("../shared/kfp-conformance"));
-    match candidates.iter().find(|c| c.is_dir()) {
-        Some(dir) => dir.clone(),
-        None => panic!(
-            "the KFP conformance corpus is missing: looked in {}. It lives in `shared/kfp-conformance` \
-             beside the repository; set GANTRY_CONFORMANCE_DIR to use another copy.",
-            candidates
-                .iter()
-                .map(|c| c.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml") {
-            out.push(path);
-        }
-    }
-}
-
-fn cell(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('|', "\\|")
-}
 
 struct Row {
     file: String,
@@ -90,27 +49,6 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Lines only in `expected` (`-`) or only in `actual` (`+`), in order.
-fn diff(expected: &str, actual: &str) -> String {
-    let exp: Vec<&str> = expected.lines().collect();
-    let act: Vec<&str> = actual.lines().collect();
-    let mut out = String::new();
-    for line in &exp {
-        if !act.contains(line) {
-            out.push_str(&format!("- {line}\n"));
-        }
-    }
-    for line in &act {
-        if !exp.contains(line) {
-            out.push_str(&format!("+ {line}\n"));
-        }
-    }
-    if out.is_empty() {
-        out.push_str("(same lines, different order or repetition)\n");
-    }
-    out
-}
-
 #[test]
 fn kfp_conformance_corpus() {
     let dir = corpus_dir();
@@ -121,13 +59,7 @@ fn kfp_conformance_corpus() {
     let mut rows = Vec::new();
     let mut panics = Vec::new();
     for path in &files {
-        let rel = path
-            .strip_prefix(&dir)
-            .unwrap_or(path)
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
+        let rel = relative(&dir, path);
         let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let (accepted, reason) = match String::from_utf8(bytes) {
             Err(_) => (false, "not UTF-8 text".to_string()),
@@ -170,25 +102,6 @@ fn kfp_conformance_corpus() {
         );
     }
 
-    let actual = table(&rows);
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
-    if std::env::var("GANTRY_BLESS").is_ok_and(|v| v == "1") {
-        fs::write(&golden, &actual).unwrap_or_else(|e| panic!("writing {}: {e}", golden.display()));
-        return;
-    }
-    let expected = fs::read_to_string(&golden)
-        .unwrap_or_else(|e| {
-            panic!(
-                "reading {}: {e}; generate it with GANTRY_BLESS=1 cargo test -p gantry-core --test conformance",
-                golden.display()
-            )
-        })
-        .replace("\r\n", "\n");
-    assert!(
-        expected == actual,
-        "the conformance results differ from {} (- committed, + now):\n{}\nIf the change is intended, \
-         rerun with GANTRY_BLESS=1 cargo test -p gantry-core --test conformance and commit the file.",
-        golden.display(),
-        diff(&expected, &actual)
-    );
+    check_golden(&golden, &table(&rows), "conformance");
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_model::{ArtifactRef, StepInputs};
+use gantry_model::{ArtifactRef, ParamType, StepInputs};
 use serde_json::{json, Value};
 
 use super::{RunRecord, TaskRecord, TaskState};
@@ -149,16 +149,6 @@ pub(crate) fn resolve_inputs(
         };
         let value = match (value, &binding.selector) {
             (Some(v), Some(sel)) => match selector::select(sel, &v) {
-                // The SDK types a field of a loop item as STRING whatever it holds; the KFP
-                // backend hands a scalar over as its text.
-                Ok(v @ (Value::Number(_) | Value::Bool(_)))
-                    if component
-                        .input_parameters
-                        .get(name)
-                        .is_some_and(|d| d.ptype == gantry_model::ParamType::String) =>
-                {
-                    Some(Value::String(v.to_string()))
-                }
                 Ok(v) => Some(v),
                 Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
             },
@@ -168,6 +158,13 @@ pub(crate) fn resolve_inputs(
             let v = match component.input_parameters.get(name) {
                 Some(def) => match def.ptype.coerce(&v) {
                     Ok(v) => v,
+                    // The SDK types a loop item (and a field of one) as STRING when the list
+                    // declares no element type, whatever the items hold: a DAG passes such a
+                    // value on as it is, a step gets its JSON text, as from the KFP backend.
+                    Err(_) if def.ptype == ParamType::String => match &component.implementation {
+                        Implementation::Dag(_) => v,
+                        Implementation::Executor(_) => Value::String(v.to_string()),
+                    },
                     Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
                 },
                 None => v,
