@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_model::ResourceRequest;
 
+use crate::engine::RunRecord;
 use crate::state::{ClusterState, Placement};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,18 +102,21 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentCapacity]) -> Plan {
     plan
 }
 
+/// Runs not yet ended, oldest first.
+fn active_runs(state: &ClusterState) -> impl Iterator<Item = (&String, &RunRecord)> {
+    state
+        .run_order
+        .iter()
+        .filter_map(|(_, id)| state.runs.get(id).map(|r| (id, &**r)))
+        .filter(|(_, r)| !r.state.is_terminal())
+}
+
 /// The time-outs due at `now`: runs past their deadline, then attempts past their task's.
 pub fn timeouts_due(state: &ClusterState, now: i64) -> Vec<crate::state::Command> {
     use crate::engine::{attempt_deadline, run_deadline, RunState};
     use crate::state::{AttemptKey, Command};
     let mut out = Vec::new();
-    for (_, run_id) in &state.run_order {
-        let Some(run) = state.runs.get(run_id) else {
-            continue;
-        };
-        if run.state.is_terminal() {
-            continue;
-        }
+    for (run_id, run) in active_runs(state) {
         if run.state != RunState::Canceling && run_deadline(run).is_some_and(|d| d <= now) {
             out.push(Command::TimeOutRun {
                 run_id: run_id.clone(),
@@ -153,13 +157,7 @@ pub struct CacheCandidate {
 /// Ready tasks with a usable cache entry, oldest run first.
 pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
     let mut out = Vec::new();
-    for (_, run_id) in &state.run_order {
-        let Some(run) = state.runs.get(run_id) else {
-            continue;
-        };
-        if run.state.is_terminal() {
-            continue;
-        }
+    for (run_id, run) in active_runs(state) {
         for t in run.ready_tasks() {
             let (Some(key), Some(entry)) = (
                 t.cache_key.as_ref(),
@@ -181,13 +179,7 @@ pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
 /// The ready steps of every active run whose backoff has passed, oldest run first.
 pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
     let mut out = Vec::new();
-    for (_, run_id) in &state.run_order {
-        let Some(run) = state.runs.get(run_id) else {
-            continue;
-        };
-        if run.state.is_terminal() {
-            continue;
-        }
+    for (run_id, run) in active_runs(state) {
         // A task with a usable cache entry waits for the leader's cache check instead.
         let mut ready: Vec<_> = run
             .ready_tasks()

@@ -186,26 +186,26 @@ impl S3 {
         ]
     }
 
-    /// The bytes of an object, read from the server's directory.
-    pub fn read_object(&self, uri: &str) -> Result<Vec<u8>> {
+    /// Where the server keeps the object at `uri` (s3s-fs: a file per object).
+    pub fn object_path(&self, uri: &str) -> Result<PathBuf> {
         let root = self.root.as_ref().ok_or_else(|| {
             anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)")
         })?;
         let key = uri
             .strip_prefix("s3://")
             .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
-        std::fs::read(root.join(key)).with_context(|| format!("reading object {uri}"))
+        Ok(root.join(key))
+    }
+
+    /// The bytes of an object, read from the server's directory.
+    pub fn read_object(&self, uri: &str) -> Result<Vec<u8>> {
+        std::fs::read(self.object_path(uri)?).with_context(|| format!("reading object {uri}"))
     }
 
     /// Deletes an object (a file artifact) from the server's directory.
     pub fn delete_object(&self, uri: &str) -> Result<()> {
-        let root = self.root.as_ref().ok_or_else(|| {
-            anyhow!("the S3 server's directory is unknown (set GANTRY_TEST_S3_DIR)")
-        })?;
-        let key = uri
-            .strip_prefix("s3://")
-            .ok_or_else(|| anyhow!("not an s3 uri: {uri}"))?;
-        std::fs::remove_file(root.join(key)).with_context(|| format!("deleting object {uri}"))
+        std::fs::remove_file(self.object_path(uri)?)
+            .with_context(|| format!("deleting object {uri}"))
     }
 }
 
@@ -301,6 +301,30 @@ impl Runtime {
         match self {
             Runtime::Docker => "docker",
             Runtime::Process => "process",
+        }
+    }
+}
+
+/// A real S3 server and `gantry dev` on the Docker runtime writing artifacts under
+/// `s3://<bucket>/<prefix>`, with a directory for compiled pipelines: the usual setup of the
+/// end-to-end tests.
+pub struct DockerEnv {
+    pub s3: S3,
+    pub cluster: DevCluster,
+    pub out: tempfile::TempDir,
+}
+
+impl DockerEnv {
+    pub fn start(prefix: &str) -> DockerEnv {
+        ensure_images().expect("test images");
+        let s3 = S3::start().expect("S3 server");
+        let cluster =
+            DevCluster::start(Runtime::Docker, Some(&s3.artifact_root(prefix)), &s3.env())
+                .expect("gantry dev starts");
+        DockerEnv {
+            s3,
+            cluster,
+            out: tempfile::tempdir().expect("tempdir"),
         }
     }
 }

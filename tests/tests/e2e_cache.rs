@@ -26,11 +26,8 @@ fn all_ran(run: &Value) -> bool {
 
 #[test]
 fn a_second_identical_submission_is_served_from_the_cache_until_told_otherwise() {
-    ensure_images().expect("test images");
-    let s3 = S3::start().expect("S3 server");
-    let cluster = DevCluster::start(Runtime::Docker, Some(&s3.artifact_root("cache")), &s3.env())
-        .expect("gantry dev starts");
-    let out = tempfile::tempdir().unwrap();
+    let env = DockerEnv::start("cache");
+    let (s3, cluster, out) = (&env.s3, &env.cluster, &env.out);
     let file = compile_pipeline("linear", out.path()).unwrap();
     let cli = cluster.cli();
     let params = ["rows=5", "factor=2"];

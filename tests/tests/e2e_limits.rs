@@ -20,15 +20,8 @@ fn wait_no_containers(run_id: &str) {
 
 #[test]
 fn task_and_run_timeouts_fail_and_stop_the_containers() {
-    ensure_images().expect("test images");
-    let s3 = S3::start().expect("S3 server");
-    let cluster = DevCluster::start(
-        Runtime::Docker,
-        Some(&s3.artifact_root("limits")),
-        &s3.env(),
-    )
-    .expect("gantry dev starts");
-    let out = tempfile::tempdir().unwrap();
+    let env = DockerEnv::start("limits");
+    let (cluster, out) = (&env.cluster, &env.out);
     let file = compile_pipeline("sleeper", out.path()).unwrap();
     let cli = cluster.cli();
 

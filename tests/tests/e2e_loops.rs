@@ -6,22 +6,8 @@ use std::collections::BTreeSet;
 use gantry_tests::*;
 use serde_json::{json, Value};
 
-struct Env {
-    s3: S3,
-    cluster: DevCluster,
-    out: tempfile::TempDir,
-}
-
-fn setup(prefix: &str) -> Env {
-    ensure_images().expect("test images");
-    let s3 = S3::start().expect("S3 server");
-    let cluster = DevCluster::start(Runtime::Docker, Some(&s3.artifact_root(prefix)), &s3.env())
-        .expect("gantry dev starts");
-    Env {
-        s3,
-        cluster,
-        out: tempfile::tempdir().expect("tempdir"),
-    }
+fn setup(prefix: &str) -> DockerEnv {
+    DockerEnv::start(prefix)
 }
 
 fn tasks_named<'a>(run: &'a Value, name: &str) -> Vec<&'a Value> {

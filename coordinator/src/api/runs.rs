@@ -27,6 +27,12 @@ fn rejection(r: Rejection) -> Status {
 }
 
 impl Api {
+    /// Commits `cmd` (on the leader) and answers with run `run_id` as it is then.
+    async fn change_run(&self, run_id: &str, cmd: Command) -> Result<Response<pb::Run>, Status> {
+        self.0.propose(cmd).await?.result.map_err(rejection)?;
+        self.run_proto(run_id).map(Response::new)
+    }
+
     fn run_proto(&self, run_id: &str) -> Result<pb::Run, Status> {
         let waiting = self
             .0
@@ -211,15 +217,11 @@ impl RunService for Api {
             return RunServiceClient::new(ch).cancel_run(relay(req)).await;
         }
         let run_id = req.into_inner().run_id;
-        let applied = self
-            .0
-            .propose(Command::CancelRun {
-                run_id: run_id.clone(),
-                at: crate::now_ms(),
-            })
-            .await?;
-        applied.result.map_err(rejection)?;
-        self.run_proto(&run_id).map(Response::new)
+        let cmd = Command::CancelRun {
+            run_id: run_id.clone(),
+            at: crate::now_ms(),
+        };
+        self.change_run(&run_id, cmd).await
     }
 
     async fn retry_run(
@@ -230,15 +232,11 @@ impl RunService for Api {
             return RunServiceClient::new(ch).retry_run(relay(req)).await;
         }
         let run_id = req.into_inner().run_id;
-        let applied = self
-            .0
-            .propose(Command::RetryRun {
-                run_id: run_id.clone(),
-                at: crate::now_ms(),
-            })
-            .await?;
-        applied.result.map_err(rejection)?;
-        self.run_proto(&run_id).map(Response::new)
+        let cmd = Command::RetryRun {
+            run_id: run_id.clone(),
+            at: crate::now_ms(),
+        };
+        self.change_run(&run_id, cmd).await
     }
 
     type StreamLogsStream = LogStream;

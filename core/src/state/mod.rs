@@ -122,6 +122,35 @@ pub struct ClusterState {
     pub cache: BTreeMap<String, CacheEntry>,
 }
 
+/// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
+fn note_progress(events: &mut Vec<Event>, run_id: &str, progress: engine::Progress) {
+    if !progress.ready.is_empty() {
+        events.push(Event::TasksReady {
+            run_id: run_id.to_string(),
+        });
+    }
+    if let Some(state) = progress.finished {
+        events.push(Event::RunFinished {
+            run_id: run_id.to_string(),
+            state,
+        });
+    }
+}
+
+/// Tells the agents running these attempts (task id, attempt, agent) of `run_id` to stop.
+fn stop_attempts(events: &mut Vec<Event>, run_id: &str, running: Vec<(String, u32, String)>) {
+    for (task_id, attempt, agent_id) in running {
+        events.push(Event::AttemptCanceled {
+            agent_id,
+            attempt: AttemptKey {
+                run_id: run_id.to_string(),
+                task_id,
+                attempt,
+            },
+        });
+    }
+}
+
 /// What a CreateRun command brings.
 struct NewRun {
     run_id: String,
@@ -218,13 +247,7 @@ impl ClusterState {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => match engine::retry_run(run, at) {
                         Ok(()) => {
-                            let progress = engine::advance(run, at);
-                            events.push(Event::TasksReady {
-                                run_id: run_id.clone(),
-                            });
-                            if let Some(state) = progress.finished {
-                                events.push(Event::RunFinished { run_id, state });
-                            }
+                            note_progress(&mut events, &run_id, engine::advance(run, at));
                             Ok(Outcome::Retried)
                         }
                         Err(e) => Err(Rejection::NotRetryable(e)),
@@ -247,20 +270,8 @@ impl ClusterState {
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {
-                        for (task_id, number, agent_id) in engine::cancel_run(run, at) {
-                            events.push(Event::AttemptCanceled {
-                                agent_id,
-                                attempt: AttemptKey {
-                                    run_id: run_id.clone(),
-                                    task_id,
-                                    attempt: number,
-                                },
-                            });
-                        }
-                        let progress = engine::advance(run, at);
-                        if let Some(state) = progress.finished {
-                            events.push(Event::RunFinished { run_id, state });
-                        }
+                        stop_attempts(&mut events, &run_id, engine::cancel_run(run, at));
+                        note_progress(&mut events, &run_id, engine::advance(run, at));
                         Ok(Outcome::CancelRequested)
                     }
                     None => Err(Rejection::RunNotFound(run_id)),
@@ -298,18 +309,7 @@ impl ClusterState {
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         run.caching = caching;
         run.limits = limits;
-        let progress = engine::advance(&mut run, at);
-        if !progress.ready.is_empty() {
-            events.push(Event::TasksReady {
-                run_id: run_id.clone(),
-            });
-        }
-        if let Some(state) = progress.finished {
-            events.push(Event::RunFinished {
-                run_id: run_id.clone(),
-                state,
-            });
-        }
+        note_progress(events, &run_id, engine::advance(&mut run, at));
         if let Some(r) = request_id {
             self.request_ids.insert(r, run_id.clone());
         }
@@ -404,19 +404,13 @@ impl ClusterState {
                 );
             }
         }
-        let progress = engine::advance(run, at);
-        let retrying = matches!(effect, OutcomeEffect::Retrying { .. });
-        if !progress.ready.is_empty() || retrying {
+        if matches!(effect, OutcomeEffect::Retrying { .. }) {
+            // The retry waits out its backoff: the scheduler must look again then.
             events.push(Event::TasksReady {
                 run_id: key.run_id.clone(),
             });
         }
-        if let Some(state) = progress.finished {
-            events.push(Event::RunFinished {
-                run_id: key.run_id.clone(),
-                state,
-            });
-        }
+        note_progress(events, &key.run_id, engine::advance(run, at));
         if let Some(agent_id) = agent {
             self.release(&agent_id, &key, &req);
         }
@@ -457,15 +451,7 @@ impl ClusterState {
         if !engine::record_cached(run, &task_id, &entry, at) {
             return Ok(Outcome::CacheUsed(false));
         }
-        let progress = engine::advance(run, at);
-        if !progress.ready.is_empty() {
-            events.push(Event::TasksReady {
-                run_id: run_id.clone(),
-            });
-        }
-        if let Some(state) = progress.finished {
-            events.push(Event::RunFinished { run_id, state });
-        }
+        note_progress(events, &run_id, engine::advance(run, at));
         Ok(Outcome::CacheUsed(true))
     }
 
@@ -481,20 +467,8 @@ impl ClusterState {
         let Some(running) = engine::time_out_run(run, at) else {
             return Ok(Outcome::TimedOut(false));
         };
-        for (task_id, number, agent_id) in running {
-            events.push(Event::AttemptCanceled {
-                agent_id,
-                attempt: AttemptKey {
-                    run_id: run_id.clone(),
-                    task_id,
-                    attempt: number,
-                },
-            });
-        }
-        let progress = engine::advance(run, at);
-        if let Some(state) = progress.finished {
-            events.push(Event::RunFinished { run_id, state });
-        }
+        stop_attempts(events, &run_id, running);
+        note_progress(events, &run_id, engine::advance(run, at));
         Ok(Outcome::TimedOut(true))
     }
 
