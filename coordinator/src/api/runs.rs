@@ -87,13 +87,12 @@ fn run_limits(
         ));
     }
     check_per_task(pipeline, "timeout", &req.task_timeout_ms)?;
+    // kfp-kubernetes' set_timeout, unless the submission says otherwise.
+    let mut task_timeout_ms = gantry_core::engine::platform::task_timeouts(pipeline);
+    task_timeout_ms.extend(req.task_timeout_ms.iter().map(|(k, v)| (k.clone(), *v)));
     Ok(RunLimits {
         timeout_ms: (req.timeout_ms > 0).then_some(req.timeout_ms),
-        task_timeout_ms: req
-            .task_timeout_ms
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
+        task_timeout_ms,
     })
 }
 

@@ -10,6 +10,7 @@
 mod advance;
 mod cache;
 mod loops;
+pub mod platform;
 mod record;
 mod resolve;
 mod step;
@@ -280,6 +281,7 @@ pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
             }
         }
     }
+    problems.extend(platform::refusals(p));
     if problems.is_empty() {
         Ok(())
     } else {
