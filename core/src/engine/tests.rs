@@ -12,6 +12,7 @@ const LINEAR: &str = include_str!("testdata/linear.yaml");
 const CONDITIONS: &str = include_str!("testdata/conditions.yaml");
 const FAILING: &str = include_str!("testdata/failing.yaml");
 const LOOPS: &str = include_str!("testdata/loops.yaml");
+const LOOP_CONDITIONS: &str = include_str!("testdata/loop_conditions.yaml");
 
 fn new_run(yaml: &str, params: &[(&str, Value)]) -> RunRecord {
     let spec = parse_pipeline(yaml).expect("fixture parses");
@@ -544,6 +545,58 @@ fn a_retried_run_keeps_what_succeeded_and_reruns_the_rest() {
     succeed(&mut run, "read-all", json!({"Output": "25,36"}), &[], 41);
     assert_eq!(run.state, RunState::Succeeded);
     assert!(retry_run(&mut run, 50).unwrap_err().contains("SUCCEEDED"));
+}
+
+/// Runs every ready step with `Output` = its `text` input (what `say` and `flag` return).
+fn run_echoing(run: &mut RunRecord) {
+    let mut now = 10;
+    while !run.state.is_terminal() {
+        let ready = ready(run);
+        assert!(!ready.is_empty(), "stuck: {:#?}", run.tasks.keys());
+        for id in ready {
+            let t = &run.tasks[&id];
+            let out = t
+                .inputs
+                .parameters
+                .get("text")
+                .or_else(|| t.inputs.parameters.get("on"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            succeed(run, &id, json!({ "Output": out }), &[], now);
+            now += 2;
+        }
+    }
+}
+
+#[test]
+fn conditions_on_loop_items_and_nested_outputs_pick_one_branch_per_iteration() {
+    let mut run = new_run(LOOP_CONDITIONS, &[]);
+    run_echoing(&mut run);
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    let said = |prefix: &str| -> Vec<Value> {
+        run.tasks
+            .values()
+            .filter(|t| t.task_id.starts_with(prefix) && t.state == TaskState::Succeeded)
+            .filter(|t| t.name.starts_with("say"))
+            .map(|t| t.outputs.parameters["Output"].clone())
+            .collect()
+    };
+    // int(item) > 10, then !(… > 10) && int(item) > 3, then the negation of both.
+    assert_eq!(said("for-loop-2/iteration-0/"), vec![json!("small")]);
+    assert_eq!(said("for-loop-2/iteration-1/"), vec![json!("medium")]);
+    assert_eq!(said("for-loop-2/iteration-2/"), vec![json!("big")]);
+    // A condition on a nested pipeline's output, and one nested in it on a boolean output.
+    let on: Vec<&TaskRecord> = run
+        .tasks
+        .values()
+        .filter(|t| t.outputs.parameters.get("Output") == Some(&json!("flag on")))
+        .collect();
+    assert_eq!(on.len(), 1);
+    // limit (2.5) < 2.0 is false: that branch is skipped.
+    assert!(run
+        .tasks
+        .values()
+        .all(|t| t.outputs.parameters.get("Output") != Some(&json!("never"))));
 }
 
 #[test]
