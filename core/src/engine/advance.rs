@@ -1,9 +1,9 @@
 //! Moving a run forward to the next fixpoint.
 
-use gantry_model::{ArtifactRef, StepInputs};
+use gantry_model::ArtifactRef;
 
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
-use super::{RunRecord, RunState, TaskKind, TaskOutputs, TaskRecord, TaskState, ROOT_TASK_ID};
+use super::{RunRecord, RunState, TaskKind, TaskRecord, TaskState, ROOT_TASK_ID};
 use crate::ir::{
     condition, ComponentSpec, DagSpec, ExecutorSpec, Implementation, ImporterUri, PipelineSpec,
     TaskSpec, TriggerStrategy,
@@ -41,28 +41,16 @@ fn new_record(
     now: i64,
 ) -> TaskRecord {
     TaskRecord {
-        task_id: RunRecord::child_id(parent_id, &spec.name),
-        name: spec.name.clone(),
-        parent: if parent_id == ROOT_TASK_ID {
-            None
-        } else {
-            Some(parent_id.to_string())
-        },
+        parent: (parent_id != ROOT_TASK_ID).then(|| parent_id.to_string()),
         // Inside a loop body every task carries the index of its innermost iteration.
         iteration,
-        component: spec.component.clone(),
-        kind,
-        state: TaskState::Ready,
-        inputs: StepInputs::default(),
-        attempts: Vec::new(),
-        outputs: TaskOutputs::default(),
-        error: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        not_before: None,
-        cache_key: None,
-        cached_from: None,
+        ..TaskRecord::new(
+            RunRecord::child_id(parent_id, &spec.name),
+            spec.name.clone(),
+            spec.component.clone(),
+            kind,
+            now,
+        )
     }
 }
 

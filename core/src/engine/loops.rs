@@ -105,23 +105,18 @@ fn iteration_record(
         }
     }
     TaskRecord {
-        task_id: iteration_id(&loop_rec.task_id, i),
-        name: loop_rec.name.clone(),
         parent: Some(loop_rec.task_id.clone()),
         iteration: Some(i as u32),
-        component: loop_rec.component.clone(),
-        kind: TaskKind::Dag,
         state: TaskState::Running,
         inputs,
-        attempts: Vec::new(),
-        outputs: TaskOutputs::default(),
-        error: None,
-        created_at: now,
         started_at: Some(now),
-        finished_at: None,
-        not_before: None,
-        cache_key: None,
-        cached_from: None,
+        ..TaskRecord::new(
+            iteration_id(&loop_rec.task_id, i),
+            loop_rec.name.clone(),
+            loop_rec.component.clone(),
+            TaskKind::Dag,
+            now,
+        )
     }
 }
 

@@ -159,6 +159,35 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// A ready task with nothing recorded yet; callers set what differs.
+    pub(crate) fn new(
+        task_id: String,
+        name: String,
+        component: String,
+        kind: TaskKind,
+        now: i64,
+    ) -> Self {
+        TaskRecord {
+            task_id,
+            name,
+            parent: None,
+            iteration: None,
+            component,
+            kind,
+            state: TaskState::Ready,
+            inputs: StepInputs::default(),
+            attempts: Vec::new(),
+            outputs: TaskOutputs::default(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+            cache_key: None,
+            cached_from: None,
+        }
+    }
+
     pub fn current_attempt(&self) -> Option<&AttemptRecord> {
         self.attempts.last()
     }
@@ -200,26 +229,19 @@ impl RunRecord {
         now: i64,
     ) -> Self {
         let root = TaskRecord {
-            task_id: ROOT_TASK_ID.to_string(),
-            name: pipeline.name.clone(),
-            parent: None,
-            iteration: None,
-            component: "root".to_string(),
-            kind: TaskKind::Dag,
             state: TaskState::Running,
             inputs: StepInputs {
                 parameters: parameters.clone(),
                 artifacts: BTreeMap::new(),
             },
-            attempts: Vec::new(),
-            outputs: TaskOutputs::default(),
-            error: None,
-            created_at: now,
             started_at: Some(now),
-            finished_at: None,
-            not_before: None,
-            cache_key: None,
-            cached_from: None,
+            ..TaskRecord::new(
+                ROOT_TASK_ID.to_string(),
+                pipeline.name.clone(),
+                "root".to_string(),
+                TaskKind::Dag,
+                now,
+            )
         };
         let mut tasks = BTreeMap::new();
         tasks.insert(ROOT_TASK_ID.to_string(), root);
