@@ -3,7 +3,9 @@
 # (Debian packages + PyPI; no container registry is needed):
 #
 #   gantry/python-kfp:3.11  Debian 12 (debootstrap minbase) + Python 3.11 + kfp==2.16.1, pandas,
-#                           scikit-learn, joblib. Also tagged python:3.11 (the default base image
+#                           scikit-learn, joblib; a wheelhouse (PIP_FIND_LINKS) with the kfp
+#                           versions that compiled the conformance corpus and the packages its
+#                           pipelines install; the host's CA bundle. Also tagged python:3.11 (the default base image
 #                           of kfp 2.16.1's @dsl.component), python:3.11-slim, python:3.9,
 #                           python:3.10 and python:3.12, so compiled lightweight components run.
 #   gantry/busybox:latest   a static busybox, for small container components.
@@ -24,6 +26,8 @@ for arg in "$@"; do
 done
 
 KFP_VERSION=2.16.1
+# The SDK versions that compiled shared/kfp-conformance (its steps pin them).
+CORPUS_KFP_VERSIONS=(2.1.3 2.9.0 2.12.1 2.14.2 2.14.3 2.14.4 2.14.6 2.15.2)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 IMAGE=gantry/python-kfp:3.11
 BUSYBOX=gantry/busybox:latest
@@ -146,12 +150,26 @@ else
   # that every compiled KFP lightweight component runs first succeeds (already satisfied).
   rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
   in_chroot python3 -c 'import kfp, pandas, sklearn, joblib'
+  # Every compiled lightweight component first runs `pip install 'kfp==<its SDK version>'
+  # --no-deps`. Wheels of the SDK versions that compiled KFP's conformance corpus sit in the
+  # image (PIP_FIND_LINKS below), so those steps do not each fetch one.
+  mkdir -p "$rootfs/opt/kfp-wheels"
+  for v in "${CORPUS_KFP_VERSIONS[@]}"; do
+    # `pip wheel` builds the versions published only as source.
+    in_chroot python3 -m pip wheel --quiet --no-deps -w /opt/kfp-wheels "kfp==$v"
+  done
+  # And the packages corpus pipelines install with `packages_to_install` (with what they pull
+  # in), so the corpus runs with no package index at all (PIP_NO_INDEX=1 in its steps).
+  in_chroot python3 -m pip download --quiet -d /opt/kfp-wheels yapf \
+    'ipykernel>=6,<7' 'jupyter_client>=7,<9' 'nbclient>=0.10,<1'
+  in_chroot python3 -m pip download --quiet -d /opt/kfp-wheels pandas==2.2.0 scikit-learn==1.4.0
   done_phase "pip packages installed"
 
   phase "cleaning the rootfs"
   in_chroot sh -ec 'apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache /var/log/*.log \
     /var/log/apt/* /usr/share/doc/* /usr/share/man/* /usr/share/info/*'
-  rm -f "$rootfs/tmp/host-ca.crt"
+  # Steps trust what the host trusts (a site's TLS proxy in front of PyPI, say).
+  mv "$rootfs/tmp/host-ca.crt" "$rootfs/etc/ssl/certs/gantry-host-ca.crt"
   : >"$rootfs/etc/resolv.conf"
   unmount_all
   du_mb=$(du -sm --one-file-system "$rootfs" | cut -f1)
@@ -162,6 +180,10 @@ else
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV PYTHONUNBUFFERED=1' --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' --change 'ENV PIP_ROOT_USER_ACTION=ignore' \
+    --change 'ENV PIP_FIND_LINKS=/opt/kfp-wheels' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/gantry-host-ca.crt' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/gantry-host-ca.crt' \
+    --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/gantry-host-ca.crt' \
     --change "LABEL gantry.build-hash=$hash" --change "LABEL gantry.kfp-version=$KFP_VERSION" \
     --change 'CMD ["python3"]' \
     - "$IMAGE" >/dev/null

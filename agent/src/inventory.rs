@@ -12,11 +12,12 @@ use nvml_wrapper::Nvml;
 /// `libnvidia-ml.so.1` (a stand-in library in tests).
 pub const NVML_LIBRARY_ENV: &str = "GANTRY_NVML_LIBRARY";
 
-/// GPUs and the driver version.
+/// GPUs, the driver version and the CUDA version the driver supports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuProbe {
     pub gpus: Vec<GpuDevice>,
     pub driver_version: Option<String>,
+    pub cuda_version: Option<String>,
 }
 
 fn probe_gpus_inner(nvml_library_path: Option<&Path>) -> GpuProbe {
@@ -38,6 +39,13 @@ fn probe_gpus_inner(nvml_library_path: Option<&Path>) -> GpuProbe {
             None
         }
     };
+    let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| {
+        format!(
+            "{}.{}",
+            nvml_wrapper::cuda_driver_version_major(v),
+            nvml_wrapper::cuda_driver_version_minor(v)
+        )
+    });
     let count = match nvml.device_count() {
         Ok(c) => c,
         Err(e) => {
@@ -45,6 +53,7 @@ fn probe_gpus_inner(nvml_library_path: Option<&Path>) -> GpuProbe {
             return GpuProbe {
                 gpus: Vec::new(),
                 driver_version,
+                cuda_version,
             };
         }
     };
@@ -70,6 +79,9 @@ fn probe_gpus_inner(nvml_library_path: Option<&Path>) -> GpuProbe {
             tracing::warn!(index, error = %e, "NVML cannot read device memory; marked unhealthy");
         }
         let mem = mem.ok();
+        // Not every GPU reports these (NotSupported): unknown, not unhealthy.
+        let utilization_percent = d.utilization_rates().ok().map(|u| u.gpu);
+        let mig_enabled = d.mig_mode().ok().map(|m| m.current == 1);
         gpus.push(GpuDevice {
             index,
             uuid,
@@ -77,11 +89,14 @@ fn probe_gpus_inner(nvml_library_path: Option<&Path>) -> GpuProbe {
             memory_total_bytes: mem.as_ref().map_or(0, |m| m.total),
             memory_free_bytes: mem.as_ref().map_or(0, |m| m.free),
             healthy: mem.is_some(),
+            utilization_percent,
+            mig_enabled,
         });
     }
     GpuProbe {
         gpus,
         driver_version,
+        cuda_version,
     }
 }
 
@@ -130,9 +145,21 @@ fn memory_bytes() -> u64 {
     }
 }
 
+/// Bytes free on the file system holding `dir` (the mount point that is its longest prefix).
+fn disk_free_bytes(dir: &Path) -> Option<u64> {
+    let dir = std::path::absolute(dir).ok()?;
+    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
+    disks
+        .iter()
+        .filter(|d| dir.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| d.available_space())
+}
+
 /// This host's inventory, reported when the agent registers. GPUs come through the NVML
-/// library named by [`NVML_LIBRARY_ENV`] if set, else the system's.
-pub fn probe_host(runtime: &str) -> HostInventory {
+/// library named by [`NVML_LIBRARY_ENV`] if set, else the system's; disk space is that of the
+/// file system holding `work_dir`.
+pub fn probe_host(runtime: &str, work_dir: &Path) -> HostInventory {
     let library = std::env::var_os(NVML_LIBRARY_ENV).filter(|v| !v.is_empty());
     let gpu = probe_gpus(library.as_deref().map(Path::new));
     let hostname = sysinfo::System::host_name().unwrap_or_else(|e| {
@@ -145,6 +172,8 @@ pub fn probe_host(runtime: &str) -> HostInventory {
         memory_bytes: memory_bytes(),
         gpus: gpu.gpus,
         driver_version: gpu.driver_version,
+        cuda_version: gpu.cuda_version,
+        disk_free_bytes: disk_free_bytes(work_dir),
         os: sysinfo::System::long_os_version().ok(),
         runtime: runtime.to_string(),
     }
@@ -156,10 +185,11 @@ mod tests {
 
     #[test]
     fn probes_this_host() {
-        let inv = probe_host("process");
+        let inv = probe_host("process", Path::new("."));
         assert!(!inv.hostname.is_empty());
         assert!(inv.cpu_cores >= 1.0);
         assert!(inv.memory_bytes > 0);
+        assert!(inv.disk_free_bytes.is_some_and(|b| b > 0), "{inv:?}");
         assert_eq!(inv.runtime, "process");
     }
 

@@ -84,6 +84,8 @@ pub struct Launcher {
     stores: Arc<ArtifactStores>,
     work_root: PathBuf,
     network: Option<String>,
+    /// The operator's variables for every step (proxies, a package index), before Gantry's.
+    step_env: Vec<(String, String)>,
     mounts: Vec<Mount>,
     labels: BTreeMap<String, String>,
 }
@@ -286,9 +288,17 @@ impl Launcher {
             stores,
             work_root,
             network: None,
+            step_env: Vec::new(),
             mounts: Vec::new(),
             labels: BTreeMap::new(),
         }
+    }
+
+    /// Variables every step gets (an HTTP proxy, `PIP_INDEX_URL` of a local mirror); the
+    /// `GANTRY_*` ones and the component's own come after and win.
+    pub fn step_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.step_env = env;
+        self
     }
 
     /// Labels added to every step's container besides the `gantry.*` ones the launcher sets
@@ -533,12 +543,31 @@ impl Launcher {
         let args = placeholders::substitute_all(&spec.container.args, &ctx)
             .map_err(|e| format!("args: {e}"))?;
 
-        let env: Vec<(String, String)> = spec
-            .container
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
-            .collect();
+        // Which attempt this is lets a step tell a retry from a first run (Argo's
+        // `{{retries}}`); the component's own variables come after, so they win.
+        let mut env: Vec<(String, String)> = self.step_env.clone();
+        env.extend([
+            ("GANTRY_RUN_ID".into(), spec.run_id.clone()),
+            ("GANTRY_TASK_ID".into(), spec.task_id.clone()),
+            ("GANTRY_ATTEMPT".into(), spec.attempt.to_string()),
+            // Only the assigned GPUs; `void` keeps a CUDA base image's `all` from exposing the
+            // host's GPUs to a step that was given none.
+            (
+                "NVIDIA_VISIBLE_DEVICES".into(),
+                if spec.gpus.is_empty() {
+                    "void".into()
+                } else {
+                    spec.gpus.join(",")
+                },
+            ),
+            ("CUDA_VISIBLE_DEVICES".into(), spec.gpus.join(",")),
+        ]);
+        env.extend(
+            spec.container
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone())),
+        );
         let mut labels = self.labels.clone();
         labels.extend(
             [
@@ -562,6 +591,7 @@ impl Launcher {
             cpu_limit: spec.container.resources.cpu_limit,
             memory_limit_bytes: spec.container.resources.memory_limit_bytes,
             network: self.network.clone(),
+            gpus: spec.gpus.clone(),
         };
         Ok(Prepared { run, layout })
     }
@@ -757,6 +787,7 @@ mod tests {
                     },
                 )]),
             },
+            gpus: vec![],
         }
     }
 

@@ -31,6 +31,13 @@ struct Args {
     /// A label KEY=VALUE for placement (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// A taint KEY[=VALUE]:EFFECT (NoSchedule, PreferNoSchedule, NoExecute): only steps that
+    /// tolerate it are placed here, as with Kubernetes node taints (repeatable).
+    #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT")]
+    taints: Vec<String>,
+    /// A variable KEY=VALUE every step gets (repeatable): a proxy, PIP_INDEX_URL of a mirror.
+    #[arg(long = "step-env", value_name = "KEY=VALUE")]
+    step_env: Vec<String>,
 }
 
 #[tokio::main]
@@ -49,13 +56,29 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("label {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    let taints = args
+        .taints
+        .iter()
+        .map(|t| gantry_model::Taint::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let (runtime, runtime_name) = gantry_agent::runtime::select(&args.runtime).await?;
-    let inventory = gantry_agent::inventory::probe_host(&runtime_name);
-    let agent_id = args.agent_id.unwrap_or_else(|| inventory.hostname.clone());
     let work_dir = std::path::absolute(&args.work_dir)?;
+    let inventory = gantry_agent::inventory::probe_host(&runtime_name, &work_dir);
+    let agent_id = args.agent_id.unwrap_or_else(|| inventory.hostname.clone());
     tracing::info!(agent = %agent_id, runtime = %runtime_name, cpus = inventory.cpu_cores,
         memory = inventory.memory_bytes, gpus = inventory.gpus.len(), "agent starting");
-    let core = AgentCore::new(Arc::new(Launcher::new(runtime, work_dir)));
+    let step_env = args
+        .step_env
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow::anyhow!("--step-env {f:?} is not KEY=VALUE")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let core = AgentCore::new(Arc::new(
+        Launcher::new(runtime, work_dir.clone()).step_env(step_env),
+    ));
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         agent_id,
@@ -65,7 +88,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|c| session::endpoint_url(c))
             .collect::<anyhow::Result<_>>()?,
         labels,
+        taints,
         inventory,
+        reprobe: Some(session::Reprobe({
+            let (runtime_name, work_dir) = (runtime_name.clone(), work_dir.clone());
+            Arc::new(move || gantry_agent::inventory::probe_host(&runtime_name, &work_dir))
+        })),
     };
     let sessions = tokio::spawn(session::run(cfg, core.clone(), shutdown.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -26,7 +26,39 @@ pub struct SessionConfig {
     /// Coordinator endpoints, tried in turn.
     pub coordinators: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Steps must tolerate these to be placed here (`KEY[=VALUE]:EFFECT`, checked at start).
+    pub taints: Vec<gantry_model::Taint>,
+    /// The host as first probed; [`Reprobe`] keeps it current.
     pub inventory: HostInventory,
+    /// Probes the host again; `None`: the inventory never changes (tests, benches).
+    pub reprobe: Option<Reprobe>,
+}
+
+/// How the agent probes its host again while it runs, so a GPU that fails or vanishes stops
+/// getting steps.
+#[derive(Clone)]
+pub struct Reprobe(pub Arc<dyn Fn() -> HostInventory + Send + Sync>);
+
+impl std::fmt::Debug for Reprobe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reprobe")
+    }
+}
+
+/// How often the host is probed again.
+const REPROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// What placement depends on: a change here is reported at once. Free memory and utilisation
+/// move all the time and are not worth a replicated command each.
+fn placement_view(inv: &HostInventory) -> impl PartialEq {
+    (
+        inv.cpu_cores.to_bits(),
+        inv.memory_bytes,
+        inv.gpus
+            .iter()
+            .map(|g| (g.uuid.clone(), g.name.clone(), g.healthy, g.mig_enabled))
+            .collect::<Vec<_>>(),
+    )
 }
 
 type Key = (String, String, u32);
@@ -191,6 +223,7 @@ fn outcome_name(o: &StepOutcome) -> &'static str {
         StepOutcome::Succeeded { .. } => "succeeded",
         StepOutcome::Failed { .. } => "failed",
         StepOutcome::Canceled => "canceled",
+        StepOutcome::Lost { .. } => "lost",
     }
 }
 
@@ -331,6 +364,15 @@ impl Pacer {
 /// coordinators in turn, goes straight to the leader when a follower names it, and reconnects
 /// when the session breaks (leader lost, paused or stepped down).
 pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: CancellationToken) {
+    let current = Arc::new(Mutex::new(cfg.inventory.clone()));
+    if let Some(probe) = cfg.reprobe.clone() {
+        tokio::spawn(reprobe_loop(
+            probe,
+            current.clone(),
+            core.clone(),
+            shutdown.clone(),
+        ));
+    }
     let n = cfg.coordinators.len().max(1);
     let mut pacer = Pacer::new(n);
     let mut i = 0usize;
@@ -345,7 +387,7 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
         };
         let began = std::time::Instant::now();
         let end = tokio::select! {
-            r = session(&cfg, &endpoint, &core) => match r {
+            r = session(&cfg, &current, &endpoint, &core) => match r {
                 Ok(()) => {
                     tracing::info!(%endpoint, "session ended by the coordinator");
                     SessionEnd::Worked
@@ -381,7 +423,56 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
     }
 }
 
-async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> anyhow::Result<()> {
+/// Probes the host every [`REPROBE_EVERY`]; when what placement depends on changed, keeps the
+/// new inventory (the next registration carries it) and reports it on the current session.
+async fn reprobe_loop(
+    probe: Reprobe,
+    current: Arc<Mutex<HostInventory>>,
+    core: Arc<AgentCore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPROBE_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let p = probe.0.clone();
+        // NVML calls block.
+        let Ok(fresh) = tokio::task::spawn_blocking(move || p()).await else {
+            continue;
+        };
+        let changed = {
+            let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = placement_view(&cur) != placement_view(&fresh);
+            *cur = fresh.clone();
+            changed
+        };
+        if !changed {
+            continue;
+        }
+        tracing::info!(
+            gpus = fresh.gpus.len(),
+            healthy = fresh.gpus.iter().filter(|g| g.healthy).count(),
+            "host changed; reporting"
+        );
+        match serde_json::to_string(&fresh) {
+            Ok(json) => {
+                core.send_reliably(msg(Out::Inventory(pb::InventoryUpdate {
+                    inventory_json: json,
+                })))
+                .await
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the inventory"),
+        }
+    }
+}
+
+async fn session(
+    cfg: &SessionConfig,
+    current: &Mutex<HostInventory>,
+    endpoint: &str,
+    core: &Arc<AgentCore>,
+) -> anyhow::Result<()> {
     // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
         .connect_timeout(Duration::from_millis(500))
@@ -393,11 +484,14 @@ async fn session(cfg: &SessionConfig, endpoint: &str, core: &Arc<AgentCore>) -> 
         .await?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4096);
+    let inventory_json =
+        serde_json::to_string(&*current.lock().unwrap_or_else(|e| e.into_inner()))?;
     tx.send(msg(Out::Register(pb::Register {
         agent_id: cfg.agent_id.clone(),
-        inventory_json: serde_json::to_string(&cfg.inventory)?,
+        inventory_json,
         labels: cfg.labels.clone().into_iter().collect(),
         active: core.active(),
+        taints: cfg.taints.iter().map(|t| t.to_string()).collect(),
     })))
     .await?;
     let mut inbound = client

@@ -207,6 +207,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         RuntimeChoice::Process,
         None,
         "bench-agent".into(),
+        Vec::new(),
     )
     .await?;
     let endpoint = format!("http://{}", e.server.addr);

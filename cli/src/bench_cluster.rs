@@ -31,6 +31,8 @@ pub enum BenchKind {
     Raft(RaftBenchArgs),
     /// kill -9 of the leader, repeatedly: time to a new leader and to the next step dispatched.
     Failover(FailoverArgs),
+    /// Placement alone, in process: placements per second on simulated fleets.
+    Scheduler(crate::bench_scheduler::SchedulerBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +53,10 @@ pub struct FailoverArgs {
 }
 
 pub async fn run(kind: BenchKind) -> Result<(), CliError> {
+    let kind = match kind {
+        BenchKind::Scheduler(args) => return crate::bench_scheduler::run(args),
+        other => other,
+    };
     let mut cluster = Cluster::start(bin_dir()?)?;
     // Ctrl-C ends the bench through the guard rather than leaving the children running.
     let result = tokio::select! {
@@ -64,6 +70,8 @@ async fn bench(cluster: &mut Cluster, kind: BenchKind) -> Result<(), CliError> {
     match kind {
         BenchKind::Raft(a) => raft(cluster, a).await,
         BenchKind::Failover(a) => failover(cluster, a).await,
+        // Needs no cluster: `run` hands it over before starting one.
+        BenchKind::Scheduler(a) => crate::bench_scheduler::run(a),
     }
 }
 

@@ -38,6 +38,20 @@ pub struct DevArgs {
     /// Id of the embedded agent.
     #[arg(long, default_value = "dev-agent")]
     pub agent_id: String,
+    /// A variable KEY=VALUE every step gets (repeatable), e.g. a proxy or PIP_INDEX_URL.
+    #[arg(long = "step-env", value_name = "KEY=VALUE")]
+    pub step_env: Vec<String>,
+}
+
+/// `KEY=VALUE` flags as pairs; `what` names the flag in errors.
+pub fn parse_env_flags(what: &str, flags: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    flags
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(CliError::Refused(format!("{what} {f:?} is not KEY=VALUE"))),
+        })
+        .collect()
 }
 
 pub struct Embedded {
@@ -62,6 +76,7 @@ pub async fn start_embedded(
     runtime: RuntimeChoice,
     artifact_root: Option<String>,
     agent_id: String,
+    step_env: Vec<(String, String)>,
 ) -> Result<Embedded, CliError> {
     let data_dir = std::path::absolute(&data_dir)
         .map_err(|e| CliError::Refused(format!("data dir {}: {e}", data_dir.display())))?;
@@ -83,15 +98,20 @@ pub async fn start_embedded(
     ))
     .await
     .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
-    let launcher = Arc::new(Launcher::new(runtime, data_dir.join("agent")));
-    let inventory = gantry_agent::inventory::probe_host(&runtime_name);
+    let launcher = Arc::new(Launcher::new(runtime, data_dir.join("agent")).step_env(step_env));
+    let inventory = gantry_agent::inventory::probe_host(&runtime_name, &data_dir.join("agent"));
     let core = AgentCore::new(launcher);
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         agent_id,
         coordinators: vec![format!("http://{}", server.addr)],
         labels: Default::default(),
+        taints: Vec::new(),
         inventory,
+        reprobe: Some(gantry_agent::session::Reprobe({
+            let (runtime_name, work_dir) = (runtime_name.clone(), data_dir.join("agent"));
+            Arc::new(move || gantry_agent::inventory::probe_host(&runtime_name, &work_dir))
+        })),
     };
     tokio::spawn(session::run(cfg, core.clone(), shutdown.clone()));
     Ok(Embedded {
@@ -111,12 +131,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|_| "info,raft=warn".into()),
         )
         .init();
+    let step_env = parse_env_flags("--step-env", &args.step_env)?;
     let e = start_embedded(
         args.listen,
         args.data_dir,
         args.runtime,
         args.artifact_root,
         args.agent_id.clone(),
+        step_env,
     )
     .await?;
     eprintln!(

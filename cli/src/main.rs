@@ -4,6 +4,7 @@ use std::time::Duration;
 
 mod bench;
 mod bench_cluster;
+mod bench_scheduler;
 mod client;
 mod dev;
 mod exit;
@@ -63,8 +64,18 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AgentCommand {
-    /// List agents with their capacity and running steps.
+    /// List agents with their capacity, what is allocated, GPUs and running steps.
     List,
+    /// Stop placing new steps on agent ID; its running steps finish (for upgrades).
+    Drain {
+        /// The agent id.
+        id: String,
+    },
+    /// Let agent ID take new steps again.
+    Undrain {
+        /// The agent id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,32 +142,81 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 output::table(
                     &[
                         "AGENT", "STATE", "RUNTIME", "CPU", "MEMORY", "GPUS", "RUNNING", "LABELS",
+                        "TAINTS",
                     ],
-                    agents
-                        .iter()
-                        .map(|a| {
-                            vec![
-                                a.agent_id.clone(),
-                                a.state.clone(),
-                                a.runtime.clone(),
-                                format!("{}", a.cpu_cores),
-                                format!("{:.1}GiB", a.memory_bytes as f64 / (1u64 << 30) as f64),
-                                a.gpus.to_string(),
-                                a.running_attempts.to_string(),
-                                a.labels
-                                    .iter()
-                                    .map(|(k, v)| format!("{k}={v}"))
-                                    .collect::<Vec<_>>()
-                                    .join(","),
-                            ]
-                        })
-                        .collect(),
+                    agents.iter().map(agent_row).collect(),
                 );
             }
             Ok(())
         }
+        Command::Agent {
+            command: AgentCommand::Drain { id },
+        } => drain_agent(&cli.endpoint, cli.output, id, true).await,
+        Command::Agent {
+            command: AgentCommand::Undrain { id },
+        } => drain_agent(&cli.endpoint, cli.output, id, false).await,
+
         Command::Cluster { command } => cluster(&cli.endpoint, cli.output, command).await,
     }
+}
+
+async fn drain_agent(
+    endpoint: &str,
+    format: output::Format,
+    id: String,
+    drain: bool,
+) -> Result<(), CliError> {
+    let mut c = client::connect(endpoint).await?;
+    let a = c
+        .call(Duration::from_secs(15), |mut cl| {
+            let req = gantry_proto::v1::DrainAgentRequest {
+                agent_id: id.clone(),
+                drain,
+            };
+            async move { cl.agents.drain_agent(req).await }
+        })
+        .await?
+        .into_inner();
+    if !output::print_structured(format, &output::agent_json(&a)) {
+        let what = if drain {
+            "drained: no new steps; running ones finish"
+        } else {
+            "undrained: takes new steps"
+        };
+        println!(
+            "agent {} {what} ({} running)",
+            a.agent_id, a.running_attempts
+        );
+    }
+    Ok(())
+}
+
+fn agent_row(a: &gantry_proto::v1::AgentInfo) -> Vec<String> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let state = if a.draining {
+        format!("{},DRAINING", a.state)
+    } else {
+        a.state.clone()
+    };
+    vec![
+        a.agent_id.clone(),
+        state,
+        a.runtime.clone(),
+        format!("{:.1}/{}", a.cpu_allocated, a.cpu_cores),
+        format!(
+            "{:.1}/{:.1}GiB",
+            gib(a.memory_allocated),
+            gib(a.memory_bytes)
+        ),
+        format!("{}/{}", a.gpus_allocated, a.gpus),
+        a.running_attempts.to_string(),
+        a.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        a.taints.join(","),
+    ]
 }
 
 async fn cluster(

@@ -79,9 +79,16 @@ pub fn agent_json(a: &pb::AgentInfo) -> Value {
         "runtime": a.runtime,
         "cpu_cores": a.cpu_cores,
         "memory_bytes": a.memory_bytes,
-        "gpus": a.gpus,
+        "gpus": serde_json::from_str::<Value>(&a.gpus_json).unwrap_or(Value::Array(vec![])),
         "running_attempts": a.running_attempts,
         "labels": a.labels,
+        "taints": a.taints,
+        "draining": a.draining,
+        "allocated": {
+            "cpu": a.cpu_allocated,
+            "memory_bytes": a.memory_allocated,
+            "gpus": a.gpus_allocated,
+        },
         "registered_at": time(a.registered_at_ms),
     })
 }

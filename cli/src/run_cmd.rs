@@ -20,12 +20,20 @@ pub enum RunCommand {
         /// A pipeline parameter, NAME=VALUE (repeatable).
         #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// A pipeline input artifact, NAME=URI with URI s3://bucket/key or file:///path
+        /// (repeatable).
+        #[arg(short = 'a', long = "artifact", value_name = "NAME=URI")]
+        artifacts: Vec<String>,
         /// Wait for the run to end; exit 0 if it succeeded, 1 if it failed, 3 if canceled.
         #[arg(long)]
         wait: bool,
         /// Idempotency key: resubmitting with the same id returns the same run.
         #[arg(long)]
         request_id: Option<String>,
+        /// Placement order across runs: steps of higher-priority runs are placed first
+        /// (default 0; negative values go after).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
         /// Run every task, even those an earlier execution could serve from the cache.
         #[arg(long)]
         disable_cache: bool,
@@ -73,21 +81,18 @@ pub enum RunCommand {
     },
 }
 
-fn parse_params(params: &[String]) -> Result<HashMap<String, String>, CliError> {
+/// `NAME=VALUE` flags (`what` names them in errors) as a map; a name given twice is refused.
+fn parse_pairs(what: &str, pairs: &[String]) -> Result<HashMap<String, String>, CliError> {
     let mut out = HashMap::new();
-    for p in params {
+    for p in pairs {
         let Some((k, v)) = p.split_once('=') else {
-            return Err(CliError::Refused(format!(
-                "parameter {p:?} is not NAME=VALUE"
-            )));
+            return Err(CliError::Refused(format!("{what} {p:?} is not NAME=VALUE")));
         };
         if k.is_empty() {
-            return Err(CliError::Refused(format!(
-                "parameter {p:?} has an empty name"
-            )));
+            return Err(CliError::Refused(format!("{what} {p:?} has an empty name")));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(CliError::Refused(format!("parameter {k:?} given twice")));
+            return Err(CliError::Refused(format!("{what} {k:?} given twice")));
         }
     }
     Ok(out)
@@ -115,8 +120,10 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
         RunCommand::Submit {
             file,
             params,
+            artifacts,
             wait,
             request_id,
+            priority,
             disable_cache,
             cache_max_age,
             task_cache_max_age,
@@ -125,7 +132,8 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
         } => {
             let yaml = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
-            let parameters = parse_params(&params)?;
+            let parameters = parse_pairs("parameter", &params)?;
+            let artifacts = parse_pairs("input artifact", &artifacts)?;
             let mut c = connect(endpoint).await?;
             let request_id = request_id.unwrap_or_else(|| format!("cli-{}", uuid_like()));
             let task_ages = per_task_durations("--task-cache-max-age", &task_cache_max_age)?;
@@ -139,6 +147,8 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                 task_cache_max_age_ms: task_ages,
                 timeout_ms: timeout.unwrap_or(0),
                 task_timeout_ms: task_timeouts,
+                artifacts,
+                priority,
             };
             // A timeout, a lost connection or a leader change is retried, on the next endpoint
             // when there is one, with the same request id: one run.
@@ -329,21 +339,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parameters_must_be_name_value() {
-        assert!(parse_params(&["a=1".into(), "b=x=y".into()]).is_ok());
-        assert_eq!(parse_params(&["b=x=y".into()]).unwrap()["b"], "x=y");
-        assert!(matches!(
-            parse_params(&["a".into()]),
-            Err(CliError::Refused(_))
-        ));
-        assert!(matches!(
-            parse_params(&["=1".into()]),
-            Err(CliError::Refused(_))
-        ));
-        assert!(matches!(
-            parse_params(&["a=1".into(), "a=2".into()]),
-            Err(CliError::Refused(_))
-        ));
+    fn flags_must_be_name_value() {
+        let parse = |v: &[&str]| {
+            parse_pairs(
+                "input artifact",
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert!(parse(&["a=1", "b=x=y"]).is_ok());
+        assert_eq!(parse(&["b=s3://b/k?x=y"]).unwrap()["b"], "s3://b/k?x=y");
+        for bad in [&["a"][..], &["=1"], &["a=1", "a=2"]] {
+            match parse(bad) {
+                Err(CliError::Refused(m)) => assert!(m.starts_with("input artifact "), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

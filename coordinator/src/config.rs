@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::raft::{Members, NodeConfig};
 use crate::server::CoordinatorConfig;
+use gantry_core::scheduler::CpuPolicy;
 
 /// Gantry coordinator: keeps run state (Raft + sled) and serves the gRPC API.
 ///
@@ -18,7 +19,7 @@ use crate::server::CoordinatorConfig;
 pub struct Args {
     /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root, bootstrap,
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
-    /// snapshot_entries.
+    /// snapshot_entries, cpu_placement, agent_lease_ms.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -57,6 +58,14 @@ pub struct Args {
     /// Snapshot and compact the log every this many applied entries. Default 10000.
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
+    /// How steps without GPUs choose among agents that fit: `spread` (most free CPU first,
+    /// the default) or `binpack` (least free CPU first). GPU steps always bin-pack GPUs.
+    #[arg(long, value_name = "spread|binpack")]
+    pub cpu_placement: Option<String>,
+    /// An agent with running steps that is not heard from for this long (ms) is declared lost
+    /// and its steps are placed elsewhere. Default 15000 (three missed heartbeats).
+    #[arg(long, env = "GANTRY_AGENT_LEASE_MS")]
+    pub agent_lease_ms: Option<u64>,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -75,6 +84,8 @@ pub struct FileConfig {
     pub election_ticks: Option<usize>,
     pub heartbeat_ticks: Option<usize>,
     pub snapshot_entries: Option<u64>,
+    pub cpu_placement: Option<String>,
+    pub agent_lease_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -173,6 +184,20 @@ impl Args {
         if snapshot_entries == 0 {
             anyhow::bail!("snapshot_entries must be at least 1");
         }
+        let cpu_policy = match self.cpu_placement.or(file.cpu_placement).as_deref() {
+            None | Some("spread") => CpuPolicy::Spread,
+            Some("binpack") => CpuPolicy::BinPack,
+            Some(other) => {
+                anyhow::bail!("cpu_placement must be spread or binpack, not {other:?}")
+            }
+        };
+        let agent_lease = match self.agent_lease_ms.or(file.agent_lease_ms) {
+            None => crate::server::DEFAULT_AGENT_LEASE,
+            Some(ms) if ms >= 6000 => Duration::from_millis(ms),
+            Some(ms) => anyhow::bail!(
+                "agent_lease_ms must be at least 6000 (agents send a heartbeat every 5 s), not {ms}"
+            ),
+        };
         Ok(CoordinatorConfig {
             node_id,
             listen,
@@ -185,6 +210,8 @@ impl Args {
             snapshot_entries,
             bootstrap: self.bootstrap || file.bootstrap.unwrap_or(false),
             peers,
+            cpu_policy,
+            agent_lease,
         })
     }
 }

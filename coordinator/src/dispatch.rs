@@ -22,6 +22,10 @@ struct Session {
 
 pub struct Dispatcher {
     sessions: Mutex<HashMap<String, Session>>,
+    /// When this node last heard from each agent (any message, heartbeats every 5 s). Agents
+    /// it never heard from count from when it first looked (so a new leader gives every agent
+    /// a whole lease to come to it).
+    last_heard: Mutex<HashMap<String, std::time::Instant>>,
     next_session: AtomicU64,
     state: crate::machine::SharedState,
     /// Wakes the scheduling loop.
@@ -43,6 +47,7 @@ impl Dispatcher {
         let (run_finished, _) = broadcast::channel(1024);
         Arc::new(Dispatcher {
             sessions: Mutex::new(HashMap::new()),
+            last_heard: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             state,
             schedule: Arc::new(Notify::new()),
@@ -58,8 +63,28 @@ impl Dispatcher {
         self.sessions().keys().cloned().collect()
     }
 
+    /// Notes a message from `agent_id`.
+    pub fn heard(&self, agent_id: &str) {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(agent_id.to_string(), std::time::Instant::now());
+    }
+
+    /// Agents among `candidates` not heard from for longer than `lease`.
+    pub fn silent_for(&self, candidates: &[String], lease: std::time::Duration) -> Vec<String> {
+        let now = std::time::Instant::now();
+        let mut heard = self.last_heard.lock().unwrap_or_else(|e| e.into_inner());
+        candidates
+            .iter()
+            .filter(|a| now.duration_since(*heard.entry((*a).clone()).or_insert(now)) > lease)
+            .cloned()
+            .collect()
+    }
+
     /// Makes `tx` the live session of `agent_id` (replacing an older one). Returns its id.
     pub fn attach(&self, agent_id: &str, tx: SessionTx) -> u64 {
+        self.heard(agent_id);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.sessions()
             .insert(agent_id.to_string(), Session { id, tx });
@@ -126,6 +151,31 @@ impl Dispatcher {
                 tracing::info!(agent = agent_id, attempt = %key, "re-sending assignment");
                 self.send(agent_id, body);
             }
+        }
+    }
+
+    /// After a (re)connect: stops the attempts `agent_id` still runs that are no longer its own
+    /// (it was declared lost meanwhile and they were placed again elsewhere).
+    pub fn cancel_superseded(&self, agent_id: &str, known: &BTreeSet<AttemptKey>) {
+        let stale: Vec<AttemptKey> = {
+            let st = self.state.read();
+            let mine = st.agents.get(agent_id).map(|a| &a.running);
+            known
+                .iter()
+                .filter(|k| !mine.is_some_and(|m| m.contains(*k)))
+                .filter(|k| {
+                    // Only attempts whose task moved on; a finished one is just unreported.
+                    st.runs
+                        .get(&k.run_id)
+                        .and_then(|r| r.tasks.get(&k.task_id))
+                        .is_some_and(|t| t.attempts.len() as u32 > k.attempt)
+                })
+                .cloned()
+                .collect()
+        };
+        for key in stale {
+            tracing::info!(agent = agent_id, attempt = %key, "stopping a superseded attempt");
+            self.send(agent_id, Body::Cancel(attempt_ref(&key)));
         }
     }
 

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::scheduler::{
-    agent_capacity, cache_candidates, ready_steps, schedule, timeouts_due, waiting_reasons,
+    agent_views, cache_candidates, ready_steps, schedule, timeouts_due, waiting_reasons,
     CacheCandidate,
 };
-use gantry_core::state::Command;
+use gantry_core::state::{Command, Unschedulable};
 
 use crate::server::Coordinator;
 
@@ -33,17 +33,35 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
         if !candidates.is_empty() {
             serve_from_cache(&c, candidates, now).await;
         }
+        declare_lost_agents(&c, now).await;
         let connected = c.dispatcher.connected();
         let (steps, agents) = {
             let st = c.state.read();
-            (ready_steps(&st, now), agent_capacity(&st, &connected))
+            (ready_steps(&st, now), agent_views(&st, &connected))
         };
         if steps.is_empty() {
             c.waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
             continue;
         }
-        let plan = schedule(&steps, &agents);
+        let plan = schedule(&steps, &agents, c.cpu_policy);
         *c.waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting_reasons(&plan);
+        if !plan.unschedulable.is_empty() {
+            let tasks = plan
+                .unschedulable
+                .iter()
+                .map(|(s, reason)| Unschedulable {
+                    run_id: s.run_id.clone(),
+                    task_id: s.task_id.clone(),
+                    reason: reason.clone(),
+                })
+                .collect();
+            if let Err(e) = c
+                .propose(Command::FailUnschedulable { tasks, at: now })
+                .await
+            {
+                tracing::warn!(error = %e, "unschedulable proposal failed");
+            }
+        }
         if plan.placements.is_empty() {
             continue;
         }
@@ -59,6 +77,32 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
                 notify.notify_one();
             }
             Err(e) => tracing::warn!(error = %e, "placement proposal failed"),
+        }
+    }
+}
+
+/// Declares lost the agents with unfinished attempts that have been silent for longer than
+/// the lease: their attempts are placed again elsewhere.
+async fn declare_lost_agents(c: &Arc<Coordinator>, now: i64) {
+    let candidates: Vec<String> = {
+        let st = c.state.read();
+        st.agents
+            .values()
+            .filter(|a| a.lost_at.is_none() && !a.running.is_empty())
+            .map(|a| a.agent_id.clone())
+            .collect()
+    };
+    if candidates.is_empty() {
+        return;
+    }
+    for agent_id in c.dispatcher.silent_for(&candidates, c.agent_lease) {
+        tracing::warn!(agent = %agent_id, lease = ?c.agent_lease, "agent silent past its lease: declaring it lost");
+        let cmd = Command::DeclareAgentLost {
+            agent_id: agent_id.clone(),
+            at: now,
+        };
+        if let Err(e) = c.propose(cmd).await {
+            tracing::warn!(agent = %agent_id, error = %e, "could not declare the agent lost");
         }
     }
 }

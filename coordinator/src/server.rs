@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gantry_core::scheduler::CpuPolicy;
 use gantry_core::state::{Applied, Command};
 use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
@@ -20,6 +21,9 @@ use crate::logs::LogStore;
 use crate::machine::{ApplyOutput, ClusterMachine, SharedState};
 use crate::raft::transport::{peer_channel, GrpcTransport};
 use crate::raft::{self, Members, NodeConfig, RaftError, RaftHandle, SledLogStore, SnapshotDir};
+
+/// Three missed heartbeats (agents send one every 5 s).
+pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -38,6 +42,10 @@ pub struct CoordinatorConfig {
     pub bootstrap: bool,
     /// The initial voters of a new cluster, this node included (first start only).
     pub peers: Members,
+    /// How CPU-only steps choose among agents.
+    pub cpu_policy: CpuPolicy,
+    /// An agent with unfinished attempts that is silent this long is declared lost.
+    pub agent_lease: Duration,
 }
 
 impl CoordinatorConfig {
@@ -61,6 +69,8 @@ impl CoordinatorConfig {
             snapshot_entries: d.snapshot_entries,
             bootstrap: true,
             peers: Members::new(),
+            cpu_policy: CpuPolicy::Spread,
+            agent_lease: DEFAULT_AGENT_LEASE,
         }
     }
 
@@ -93,6 +103,8 @@ pub struct Coordinator {
     pub dispatcher: Arc<Dispatcher>,
     pub logs: LogStore,
     pub waiting: WaitingReasons,
+    pub cpu_policy: CpuPolicy,
+    pub agent_lease: Duration,
     pub artifact_root: String,
     /// The address clients and peers use for this node.
     pub advertise: String,
@@ -330,6 +342,8 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         dispatcher: dispatcher.clone(),
         logs,
         waiting: Arc::new(Mutex::new(Default::default())),
+        cpu_policy: cfg.cpu_policy,
+        agent_lease: cfg.agent_lease,
         artifact_root: cfg.artifact_root.clone(),
         advertise: advertise.clone(),
         snapshots,

@@ -201,7 +201,7 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         }
         for id in ready {
             let attempt = run.tasks[&id].attempts.len() as u32 + 1;
-            record_assignment(&mut run, &id, attempt, "agent", now)?;
+            record_assignment(&mut run, &id, attempt, "agent", &[], now)?;
             let step = step_spec(&run, &id, attempt)?;
             let task_name = run.tasks[&id].name.clone();
             let parameters = step

@@ -10,7 +10,7 @@ pub mod step;
 
 pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
 pub use params::ParamType;
-pub use resources::{GpuDevice, HostInventory, ResourceRequest};
+pub use resources::{GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, Toleration};
 pub use step::{
     ContainerSpec, EnvVar, OutputArtifactSpec, StepInputs, StepOutcome, StepOutputs, StepSpec,
 };

@@ -64,6 +64,9 @@ pub struct StepSpec {
     pub container: ContainerSpec,
     pub inputs: StepInputs,
     pub outputs: StepOutputs,
+    /// UUIDs of the GPUs the coordinator assigned to this attempt; the step sees only these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
 }
 
 impl StepSpec {
@@ -90,4 +93,7 @@ pub enum StepOutcome {
     },
     /// The attempt was stopped because its run was canceled.
     Canceled,
+    /// The agent running it was declared lost (no heartbeat within its lease): recorded by the
+    /// coordinator, never reported by an agent. Retried elsewhere apart from the retry policy.
+    Lost { error: String },
 }

@@ -344,11 +344,22 @@ impl Cluster {
 
     /// Starts an agent on the host with the process runtime, given every node's endpoint.
     pub fn start_agent(&mut self, agent_id: &str, env: &[(String, String)]) -> Result<()> {
+        self.start_agent_with(agent_id, &[], env)
+    }
+
+    /// Like [`Self::start_agent`] with extra agent flags (`--label`, `--taint`).
+    pub fn start_agent_with(
+        &mut self,
+        agent_id: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
         let work = self.dir.path().join(format!("agent-{agent_id}"));
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{agent_id}.log")))?;
         let child = Command::new(bin("gantry-agent"))
             .args(["--coordinator", &self.endpoints()])
             .args(["--agent-id", agent_id, "--runtime", "process"])
+            .args(args)
             .arg("--work-dir")
             .arg(&work)
             .envs(env.iter().cloned())
@@ -362,6 +373,14 @@ impl Cluster {
             name: format!("agent {agent_id}"),
         });
         Ok(())
+    }
+
+    /// `kill -9` of agent `agent_id`'s process.
+    pub fn kill_agent(&mut self, agent_id: &str) {
+        let name = format!("agent {agent_id}");
+        if let Some(p) = self.agents.iter_mut().find(|p| p.name == name) {
+            p.kill9();
+        }
     }
 
     pub fn log(&self, id: u64) -> String {

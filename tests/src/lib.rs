@@ -257,6 +257,30 @@ pub fn compile_source_with(src: &Path, out_dir: &Path, args: &[&str]) -> Result<
     Ok(out)
 }
 
+/// The stand-in NVML library (tests/nvml/standin_nvml.c), built once per test process: agents
+/// load it through `GANTRY_NVML_LIBRARY` and report the GPUs that `GANTRY_STANDIN_GPUS` or the
+/// file `GANTRY_STANDIN_GPUS_FILE` describe.
+pub fn standin_nvml() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = target_dir().join("standin-nvml");
+        std::fs::create_dir_all(&dir).expect("creating the stand-in NVML directory");
+        let out = dir.join(format!("libnvidia-ml-standin-{}.so", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(repo_root().join("tests/nvml/standin_nvml.c"))
+            .status()
+            .expect("cc runs");
+        assert!(
+            status.success(),
+            "building the stand-in NVML library failed"
+        );
+        out
+    })
+    .clone()
+}
+
 /// Builds the test images if they are missing (images/build.sh is idempotent).
 pub fn ensure_images() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
@@ -316,11 +340,20 @@ pub struct DockerEnv {
 
 impl DockerEnv {
     pub fn start(prefix: &str) -> DockerEnv {
+        Self::start_with(prefix, &[])
+    }
+
+    /// Like [`Self::start`] with extra `gantry dev` flags.
+    pub fn start_with(prefix: &str, dev_args: &[&str]) -> DockerEnv {
         ensure_images().expect("test images");
         let s3 = S3::start().expect("S3 server");
-        let cluster =
-            DevCluster::start(Runtime::Docker, Some(&s3.artifact_root(prefix)), &s3.env())
-                .expect("gantry dev starts");
+        let cluster = DevCluster::start_with(
+            Runtime::Docker,
+            Some(&s3.artifact_root(prefix)),
+            &s3.env(),
+            dev_args,
+        )
+        .expect("gantry dev starts");
         DockerEnv {
             s3,
             cluster,
@@ -343,6 +376,16 @@ impl DevCluster {
         artifact_root: Option<&str>,
         env: &[(String, String)],
     ) -> Result<DevCluster> {
+        Self::start_with(runtime, artifact_root, env, &[])
+    }
+
+    /// Like [`Self::start`] with extra `gantry dev` flags.
+    pub fn start_with(
+        runtime: Runtime,
+        artifact_root: Option<&str>,
+        env: &[(String, String)],
+        dev_args: &[&str],
+    ) -> Result<DevCluster> {
         let data_dir = tempfile::tempdir()?;
         // Port 0 and the address from the log: a port picked here could be taken by another
         // test's server before `gantry dev` binds it.
@@ -351,7 +394,8 @@ impl DevCluster {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir.path())
-            .args(["--runtime", runtime.flag()]);
+            .args(["--runtime", runtime.flag()])
+            .args(dev_args);
         if let Some(root) = artifact_root {
             cmd.args(["--artifact-root", root]);
         }
@@ -479,12 +523,18 @@ impl Cli {
 
     /// `gantry run submit FILE -p ...` without waiting: the new run's id.
     pub fn submit(&self, file: &Path, params: &[&str]) -> Result<String> {
+        self.submit_with(file, params, &[])
+    }
+
+    /// Like [`Self::submit`] with extra `run submit` flags.
+    pub fn submit_with(&self, file: &Path, params: &[&str], flags: &[&str]) -> Result<String> {
         let file = file.to_string_lossy().into_owned();
         let mut args = vec!["run", "submit", file.as_str(), "-o", "json"];
         for p in params {
             args.push("-p");
             args.push(p);
         }
+        args.extend_from_slice(flags);
         let r = self.run(&args);
         if r.code != 0 {
             bail!("submit exited {}: {}", r.code, r.stderr);

@@ -96,7 +96,7 @@ fn fifty_iterations_five_at_a_time_with_distinct_artifacts_collected_and_an_exit
         .as_str()
         .unwrap()
         .to_string();
-    assert!(report.starts_with("SUCCEEDED|exit-handler-1|"), "{report}");
+    assert!(report.starts_with("COMPLETE|exit-handler-1|"), "{report}");
     assert!(containers_of_run(run["run_id"].as_str().unwrap()).is_empty());
 }
 

@@ -1,6 +1,7 @@
-//! Retries on the process runtime (the steps' outcomes depend on files on the agent's host):
-//! a task's retry policy gives it a second attempt that succeeds, and `gantry run retry` runs a
-//! failed run again from where it failed, keeping what succeeded.
+//! Retries. On the Docker runtime, a task's retry policy gives a step that fails on its first
+//! attempt a second one that succeeds, and a policy that runs out fails the run. On the process
+//! runtime (the steps' outcomes depend on files on the agent's host) the same, and `gantry run
+//! retry` runs a failed run again from where it failed, keeping what succeeded.
 
 use gantry_tests::*;
 
@@ -68,4 +69,33 @@ fn retry_policy_and_run_retry_rerun_only_what_failed() {
     assert!(again.stderr.contains("SUCCEEDED"), "{}", again.stderr);
     let unknown = cli.run(&["run", "retry", "no-such-run"]);
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+}
+
+#[test]
+fn retry_policy_under_docker_gives_a_failed_step_another_attempt() {
+    let env = DockerEnv::start("retry");
+    let file = compile_pipeline("retry_attempt", env.out.path()).unwrap();
+    let cli = env.cluster.cli();
+
+    let (code, run) = cli.submit_wait(&file, &["fail_until=2"]).unwrap();
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    let t = task(&run, "flaky");
+    assert_eq!(t["state"], "SUCCEEDED", "{run:#}");
+    assert_eq!(t["attempts"], 2, "{t:#}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let logs = cli.run(&["run", "logs", run_id, "--task", "flaky"]);
+    assert!(logs.stdout.contains("attempt 1"), "{}", logs.stdout);
+    assert!(logs.stdout.contains("attempt 2"), "{}", logs.stdout);
+    assert!(containers_of_run(run_id).is_empty());
+
+    // Two retries: attempts 1 to 3 fail, the fourth is never made.
+    let (code, run) = cli.submit_wait(&file, &["fail_until=9"]).unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    let t = task(&run, "flaky");
+    assert_eq!(t["state"], "FAILED", "{run:#}");
+    assert_eq!(t["attempts"], 3, "{t:#}");
+    assert!(
+        t["error"].as_str().unwrap_or("").contains("exit code 4"),
+        "{t:#}"
+    );
 }

@@ -19,7 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount as DockerMount, MountType};
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount as DockerMount, MountType,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
     LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
@@ -225,6 +227,15 @@ impl DockerRuntime {
             memory,
             memory_swap: memory,
             network_mode: spec.network.clone(),
+            // The NVIDIA container toolkit exposes exactly these devices, by UUID.
+            device_requests: (!spec.gpus.is_empty()).then(|| {
+                vec![DeviceRequest {
+                    driver: Some("nvidia".into()),
+                    device_ids: Some(spec.gpus.clone()),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -496,6 +507,7 @@ mod tests {
             cpu_limit: Some(1.5),
             memory_limit_bytes: Some(1 << 30),
             network: Some("none".into()),
+            gpus: vec![],
         };
         let body = DockerRuntime::create_body(&spec);
         assert_eq!(
@@ -513,6 +525,20 @@ mod tests {
         assert_eq!(mounts[0].target.as_deref(), Some(STEP_ROOT));
         assert_eq!(mounts[0].source.as_deref(), Some("/w/r/t/attempt-1"));
         assert_eq!(mounts[1].read_only, Some(true));
+        assert_eq!(hc.device_requests, None, "no GPUs, no device request");
+        let with_gpus = ContainerRun {
+            gpus: vec!["GPU-a".into(), "GPU-b".into()],
+            ..spec.clone()
+        };
+        let hc = DockerRuntime::create_body(&with_gpus)
+            .host_config
+            .expect("host config");
+        let req = &hc.device_requests.expect("a device request")[0];
+        assert_eq!(req.driver.as_deref(), Some("nvidia"));
+        assert_eq!(
+            req.device_ids,
+            Some(vec!["GPU-a".to_string(), "GPU-b".to_string()])
+        );
 
         let no_cmd = ContainerRun {
             command: vec![],

@@ -71,6 +71,9 @@ pub struct ContainerRun {
     pub memory_limit_bytes: Option<u64>,
     /// Docker network mode (`none`, `bridge`, `host`, a network name); default: the engine's.
     pub network: Option<String>,
+    /// UUIDs of the GPUs assigned to the step: a device request under Docker, and in both
+    /// runtimes the only GPUs named in `NVIDIA_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES`.
+    pub gpus: Vec<String>,
 }
 
 impl ContainerRun {

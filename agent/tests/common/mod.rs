@@ -46,6 +46,7 @@ pub fn step(run_id: &str, task_id: &str, root: &str, image: &str, command: &[&st
         },
         inputs: StepInputs::default(),
         outputs: StepOutputs::default(),
+        gpus: vec![],
     }
 }
 

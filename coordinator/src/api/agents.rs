@@ -83,10 +83,34 @@ async fn serve_session(
             }
             None => break,
         };
+        c.dispatcher.heard(&agent_id);
         match msg.body {
             Some(In::Heartbeat(_)) | None => {}
             Some(In::Register(_)) => {
                 tracing::warn!(agent = %agent_id, "ignoring a second registration in one session")
+            }
+            Some(In::Inventory(u)) => {
+                match serde_json::from_str::<HostInventory>(&u.inventory_json) {
+                    Ok(inventory) => {
+                        let healthy = inventory.gpus.iter().filter(|g| g.healthy).count();
+                        tracing::info!(agent = %agent_id, gpus = inventory.gpus.len(), healthy,
+                        "agent inventory changed");
+                        let c = c.clone();
+                        let agent_id = agent_id.clone();
+                        tokio::spawn(async move {
+                            let cmd = Command::UpdateInventory {
+                                agent_id,
+                                inventory,
+                            };
+                            if let Err(e) = c.propose(cmd).await {
+                                tracing::warn!(error = %e, "could not record an inventory change");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %agent_id, error = %e, "unreadable inventory update")
+                    }
+                }
             }
             Some(In::Started(s)) => {
                 if let Ok(attempt) = key(s.attempt) {
@@ -156,6 +180,12 @@ impl AgentService for Api {
         let inventory: HostInventory = serde_json::from_str(&reg.inventory_json)
             .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
         let labels: BTreeMap<String, String> = reg.labels.into_iter().collect();
+        let taints = reg
+            .taints
+            .iter()
+            .map(|t| gantry_model::Taint::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
         let known: BTreeSet<AttemptKey> = reg
             .active
             .into_iter()
@@ -171,6 +201,7 @@ impl AgentService for Api {
                 agent_id: agent_id.clone(),
                 inventory,
                 labels,
+                taints,
                 at: crate::now_ms(),
             })
             .await?;
@@ -182,6 +213,7 @@ impl AgentService for Api {
             })),
         }));
         self.0.dispatcher.resend_assignments(&agent_id, &known);
+        self.0.dispatcher.cancel_superseded(&agent_id, &known);
         tracing::info!(agent = %agent_id, "agent connected");
         tokio::spawn(serve_session(self.0.clone(), agent_id, session_id, inbound));
         Ok(Response::new(Box::pin(
@@ -212,5 +244,38 @@ impl AgentService for Api {
             .map(|a| agent_to_proto(a, connected.contains(&a.agent_id)))
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn drain_agent(
+        &self,
+        req: Request<pb::DrainAgentRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        if let crate::server::Route::Leader(ch) = self
+            .0
+            .route_write(super::forwarded(&req), super::ROUTE_WAIT)
+            .await?
+        {
+            return pb::agent_service_client::AgentServiceClient::new(ch)
+                .drain_agent(super::relay(req))
+                .await;
+        }
+        let req = req.into_inner();
+        self.0
+            .propose(Command::SetAgentDraining {
+                agent_id: req.agent_id.clone(),
+                draining: req.drain,
+            })
+            .await?
+            .result
+            .map_err(super::runs::rejection)?;
+        let connected = self.0.dispatcher.connected();
+        let st = self.0.state.read();
+        let a = st.agents.get(&req.agent_id).ok_or_else(|| {
+            Status::not_found(format!("agent {} is not registered", req.agent_id))
+        })?;
+        Ok(Response::new(agent_to_proto(
+            a,
+            connected.contains(&a.agent_id),
+        )))
     }
 }

@@ -79,7 +79,9 @@ pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
     pb::AgentInfo {
         agent_id: a.agent_id.clone(),
         hostname: a.inventory.hostname.clone(),
-        state: if connected {
+        state: if a.lost_at.is_some() {
+            "LOST"
+        } else if connected {
             "CONNECTED"
         } else {
             "DISCONNECTED"
@@ -92,5 +94,31 @@ pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
         labels: a.labels.clone().into_iter().collect(),
         runtime: a.inventory.runtime.clone(),
         registered_at_ms: a.registered_at,
+        draining: a.draining,
+        cpu_allocated: a.cpu_allocated,
+        memory_allocated: a.memory_allocated,
+        gpus_allocated: a.gpus_in_use.len() as u32,
+        taints: a.taints.iter().map(|t| t.to_string()).collect(),
+        gpus_json: gpus_json(a),
     }
+}
+
+/// The agent's GPUs as NVML reported them, each with the attempt it is assigned to.
+fn gpus_json(a: &AgentRecord) -> String {
+    let gpus: Vec<serde_json::Value> = a
+        .inventory
+        .gpus
+        .iter()
+        .map(|g| {
+            let mut v = serde_json::to_value(g).unwrap_or_default();
+            if let (Some(k), Some(obj)) = (a.gpus_in_use.get(&g.uuid), v.as_object_mut()) {
+                obj.insert(
+                    "assigned_to".into(),
+                    format!("{}/{}/{}", k.run_id, k.task_id, k.attempt).into(),
+                );
+            }
+            v
+        })
+        .collect();
+    serde_json::Value::Array(gpus).to_string()
 }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use gantry_core::engine::{check_supported, CachePolicy, RunLimits};
-use gantry_core::ir::{parse_pipeline, resolve_run_parameters};
+use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome, Rejection};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
@@ -18,9 +18,9 @@ use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::logs::LogRecord;
 use crate::server::Route;
 
-fn rejection(r: Rejection) -> Status {
+pub(super) fn rejection(r: Rejection) -> Status {
     match r {
-        Rejection::RunNotFound(_) => Status::not_found(r.to_string()),
+        Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Status::not_found(r.to_string()),
         Rejection::RunExists(_) => Status::already_exists(r.to_string()),
         Rejection::NotRetryable(_) => Status::failed_precondition(r.to_string()),
     }
@@ -154,6 +154,9 @@ impl RunService for Api {
             .collect();
         let parameters = resolve_run_parameters(&pipeline, &given)
             .map_err(|e| Status::invalid_argument(format!("invalid parameters: {e}")))?;
+        let given_artifacts: BTreeMap<String, String> = req.artifacts.into_iter().collect();
+        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts)
+            .map_err(|e| Status::invalid_argument(format!("invalid input artifacts: {e}")))?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let cmd = Command::CreateRun {
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -161,9 +164,11 @@ impl RunService for Api {
             pipeline: Box::new(pipeline),
             pipeline_root: self.0.artifact_root.clone(),
             parameters,
+            artifacts,
             at: crate::now_ms(),
             caching,
             limits,
+            priority: req.priority,
         };
         let applied = self.0.propose(cmd).await?;
         match applied.result {

@@ -28,7 +28,8 @@ pub use advance::{advance, Progress};
 pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
 pub use record::{
-    cancel_run, record_assignment, record_outcome, record_started, retry_run, OutcomeEffect,
+    cancel_run, fail_unschedulable, record_assignment, record_outcome, record_started, retry_run,
+    OutcomeEffect, MAX_LOST_ATTEMPTS,
 };
 pub use step::{step_spec, task_resources};
 pub use timeouts::{attempt_deadline, human_ms, run_deadline, time_out_run, RunLimits};
@@ -123,6 +124,9 @@ pub struct TaskOutputs {
 pub struct AttemptRecord {
     pub number: u32,
     pub agent: String,
+    /// UUIDs of the GPUs the attempt was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
     pub assigned_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -216,6 +220,9 @@ pub struct RunRecord {
     /// When the run was last retried; its timeout counts from then.
     #[serde(default)]
     pub restarted_at: Option<i64>,
+    /// Higher runs' steps are placed first; equal priorities go oldest first.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl RunRecord {
@@ -259,6 +266,7 @@ impl RunRecord {
             limits: RunLimits::default(),
             timed_out: None,
             restarted_at: None,
+            priority: 0,
         }
     }
 

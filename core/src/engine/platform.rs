@@ -3,29 +3,29 @@
 //! something it counts on.
 //!
 //! - honoured: `activeDeadlineSeconds` (kfp-kubernetes `set_timeout`) becomes the task's timeout;
+//!   `nodeSelector` labels (`add_node_selector`) must all be labels of the agent that runs the
+//!   step; `tolerations` (`add_toleration`) let the step onto agents with those taints;
 //! - ignored, as they change nothing a step computes: `podMetadata` (pod labels and
-//!   annotations), `imagePullSecret` and `imagePullPolicy` (images are local to the agents),
-//!   `tolerations` (they only allow a pod onto tainted nodes, such as GPU nodes; agents have no
-//!   taints);
+//!   annotations), `imagePullSecret` and `imagePullPolicy` (images are local to the agents);
 //! - refused, naming the executor and the feature: volumes (`pvcMount`, `secretAsVolume`,
 //!   `configMapAsVolume`, `emptyDirMounts`, `genericEphemeralVolume`), environment taken from
-//!   the cluster (`secretAsEnv`, `configMapAsEnv`, `fieldPathAsEnv`), node placement
-//!   constraints (`nodeSelector`, `nodeAffinity`), shared memory, and the pipeline workspace
-//!   (`pipelineConfig.workspace`).
+//!   the cluster (`secretAsEnv`, `configMapAsEnv`, `fieldPathAsEnv`), `nodeAffinity`, shared
+//!   memory, the pipeline workspace (`pipelineConfig.workspace`), and node selectors or
+//!   tolerations taken from a pipeline parameter at run time (`nodeSelectorJson`,
+//!   `tolerationJson`).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use gantry_model::{TaintEffect, Toleration};
+
 use crate::ir::{Implementation, PipelineSpec};
 
-const IGNORED: &[&str] = &[
-    "podMetadata",
-    "imagePullSecret",
-    "imagePullPolicy",
-    "tolerations",
-];
+const IGNORED: &[&str] = &["podMetadata", "imagePullSecret", "imagePullPolicy"];
 const TIMEOUT: &str = "activeDeadlineSeconds";
+const NODE_SELECTOR: &str = "nodeSelector";
+const TOLERATIONS: &str = "tolerations";
 
 fn what(feature: &str) -> &'static str {
     match feature {
@@ -59,8 +59,13 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
             let Some(settings) = settings.as_object() else {
                 continue;
             };
+            if let Err(e) = placement_of(settings) {
+                out.push(format!("executor {label:?}: {e}"));
+            }
             for feature in settings.keys() {
-                if IGNORED.contains(&feature.as_str()) || feature == TIMEOUT {
+                if IGNORED.contains(&feature.as_str())
+                    || [TIMEOUT, NODE_SELECTOR, TOLERATIONS].contains(&feature.as_str())
+                {
                     continue;
                 }
                 out.push(format!(
@@ -82,6 +87,83 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
         );
     }
     out
+}
+
+/// The agent labels and taint tolerations an executor's platform settings ask for.
+fn placement_of(
+    settings: &serde_json::Map<String, Value>,
+) -> Result<(BTreeMap<String, String>, Vec<Toleration>), String> {
+    let mut labels = BTreeMap::new();
+    if let Some(sel) = settings.get(NODE_SELECTOR) {
+        if sel.get("nodeSelectorJson").is_some() {
+            return Err(
+                "its node selector comes from a pipeline parameter at run time \
+                 (nodeSelectorJson, a Kubernetes node selector), which Gantry does not support; \
+                 give the labels in the pipeline"
+                    .into(),
+            );
+        }
+        if let Some(map) = sel.get("labels").and_then(Value::as_object) {
+            for (k, v) in map {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("node selector label {k:?} is not a string: {v}"))?;
+                labels.insert(k.clone(), v.to_string());
+            }
+        }
+    }
+    let mut tolerations = Vec::new();
+    for t in settings
+        .get(TOLERATIONS)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if t.get("tolerationJson").is_some() {
+            return Err(
+                "its tolerations come from a pipeline parameter at run time (tolerationJson, \
+                 Kubernetes tolerations), which Gantry does not support; give them in the \
+                 pipeline"
+                    .into(),
+            );
+        }
+        let text = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+        let exists = match text("operator").as_str() {
+            "" | "Equal" => false,
+            "Exists" => true,
+            other => {
+                return Err(format!(
+                    "toleration operator {other:?} is not Equal or Exists"
+                ))
+            }
+        };
+        let effect = match text("effect").as_str() {
+            "" => None,
+            e => Some(
+                TaintEffect::parse(e)
+                    .ok_or_else(|| format!("toleration effect {e:?} is unknown"))?,
+            ),
+        };
+        tolerations.push(Toleration {
+            key: text("key"),
+            exists,
+            value: text("value"),
+            effect,
+        });
+    }
+    Ok((labels, tolerations))
+}
+
+/// The node selector and tolerations of the tasks running executor `label`.
+pub fn executor_placement(
+    spec: &PipelineSpec,
+    label: &str,
+) -> (BTreeMap<String, String>, Vec<Toleration>) {
+    executors(spec)
+        .and_then(|e| e.get(label))
+        .and_then(Value::as_object)
+        .and_then(|s| placement_of(s).ok())
+        .unwrap_or_default()
 }
 
 /// Task timeouts (ms) by IR task name from `activeDeadlineSeconds`, for every task that runs
@@ -136,7 +218,7 @@ mod tests {
     #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsEnv:\n          - secretName: s\n          tolerations:\n          - key: nvidia.com/gpu\n          podMetadata:\n            labels: {a: b}\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsEnv:\n          - secretName: s\n          podMetadata:\n            labels: {a: b}\n",
         );
         let r = refusals(&spec);
         assert_eq!(r.len(), 1, "{r:?}");
@@ -150,6 +232,38 @@ mod tests {
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );
         assert!(refusals(&ws)[0].contains("workspace"));
+    }
+
+    #[test]
+    fn node_selectors_and_tolerations_become_placement_constraints() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeSelector:\n            labels: {zone: a, gpu.model: h100}\n          tolerations:\n          - key: nvidia.com/gpu\n            operator: Exists\n            effect: NoSchedule\n          - key: team\n            value: ml\n",
+        );
+        assert!(refusals(&spec).is_empty(), "{:?}", refusals(&spec));
+        let (labels, tolerations) = executor_placement(&spec, "exec-make-data");
+        assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(labels.get("gpu.model").map(String::as_str), Some("h100"));
+        assert_eq!(tolerations.len(), 2);
+        assert!(tolerations[0].exists);
+        assert_eq!(tolerations[0].effect, Some(TaintEffect::NoSchedule));
+        assert_eq!(
+            (tolerations[1].key.as_str(), tolerations[1].value.as_str()),
+            ("team", "ml")
+        );
+
+        let dynamic = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeSelector:\n            nodeSelectorJson:\n              componentInputParameter: sel\n",
+        );
+        let r = refusals(&dynamic);
+        assert!(r.len() == 1 && r[0].contains("nodeSelectorJson"), "{r:?}");
+        let bad = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          tolerations:\n          - key: a\n            operator: Lt\n",
+        );
+        assert!(
+            refusals(&bad)[0].contains("operator \"Lt\""),
+            "{:?}",
+            refusals(&bad)
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum OutcomeEffect {
     Ignored(String),
 }
 
+/// Attempts of one task that may be lost with their agents before the task fails: apart from
+/// (and on top of) its retry policy.
+pub const MAX_LOST_ATTEMPTS: u32 = 3;
+
 /// The IR spec of a task record, found through its parent DAG.
 pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpec> {
     let parent_comp = match &rec.parent {
@@ -35,6 +39,7 @@ pub fn record_assignment(
     task_id: &str,
     attempt: u32,
     agent: &str,
+    gpus: &[String],
     now: i64,
 ) -> Result<(), String> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
@@ -59,6 +64,7 @@ pub fn record_assignment(
     rec.attempts.push(AttemptRecord {
         number: attempt,
         agent: agent.to_string(),
+        gpus: gpus.to_vec(),
         assigned_at: now,
         started_at: None,
         finished_at: None,
@@ -167,6 +173,36 @@ pub fn record_outcome(
             rec.finished_at = Some(now);
             OutcomeEffect::Recorded
         }
+        StepOutcome::Lost { error } => {
+            // Losing a host says nothing about the step: its own retry policy is left alone,
+            // and a separate allowance keeps a step that kills its hosts from going round.
+            let lost = rec
+                .attempts
+                .iter()
+                .filter(|a| matches!(a.outcome, Some(StepOutcome::Lost { .. })))
+                .count() as u32;
+            if lost <= MAX_LOST_ATTEMPTS && !canceling {
+                rec.state = TaskState::Ready;
+                rec.error = Some(error);
+                rec.not_before = None;
+                OutcomeEffect::Retrying {
+                    next_attempt: attempt + 1,
+                    not_before: now,
+                }
+            } else if canceling {
+                rec.state = TaskState::Canceled;
+                rec.error = Some(error);
+                rec.finished_at = Some(now);
+                OutcomeEffect::Recorded
+            } else {
+                let error = format!("{error} ({lost} attempts lost with their agents)");
+                first_error = Some(format!("task {task_id:?} failed: {error}"));
+                rec.state = TaskState::Failed;
+                rec.error = Some(error);
+                rec.finished_at = Some(now);
+                OutcomeEffect::Recorded
+            }
+        }
         StepOutcome::Failed { error, .. } => match retry_delay.filter(|_| !canceling) {
             Some(delay) => {
                 rec.state = TaskState::Ready;
@@ -190,6 +226,38 @@ pub fn record_outcome(
         run.error = first_error;
     }
     effect
+}
+
+/// Fails a ready container task that no agent of the fleet could ever run (placement found it
+/// unschedulable): waiting would never end. Not retried: no attempt was made, and another
+/// attempt would meet the same fleet.
+pub fn fail_unschedulable(
+    run: &mut RunRecord,
+    task_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), String> {
+    if run.state.is_terminal() || run.state == RunState::Canceling {
+        return Err(format!("run is {}", run.state.as_str()));
+    }
+    let rec = run
+        .tasks
+        .get_mut(task_id)
+        .ok_or_else(|| format!("no task {task_id:?}"))?;
+    if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
+        return Err(format!(
+            "task {task_id:?} is {}, not READY",
+            rec.state.as_str()
+        ));
+    }
+    let error = format!("unschedulable: {reason}");
+    rec.state = TaskState::Failed;
+    rec.error = Some(error.clone());
+    rec.finished_at = Some(now);
+    if run.error.is_none() {
+        run.error = Some(format!("task {task_id:?} failed: {error}"));
+    }
+    Ok(())
 }
 
 /// Starts canceling a run: tasks not yet running are canceled now; the returned running

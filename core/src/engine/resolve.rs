@@ -33,10 +33,14 @@ fn sibling<'a>(run: &'a RunRecord, parent_id: &str, name: &str) -> Option<&'a Ta
     run.tasks.get(&RunRecord::child_id(parent_id, name))
 }
 
-/// The value a finished task exposes to `dsl.PipelineTaskFinalStatus`.
+/// The value a finished task exposes to `dsl.PipelineTaskFinalStatus`, spelled as Kubeflow's
+/// backend spells it: states are ML Metadata execution states (`COMPLETE` for a success, as
+/// KFP's own status-state test asserts) and the job resource name starts with the pipeline's
+/// name.
 fn final_status(run: &RunRecord, task: &TaskRecord) -> Value {
     let state = match task.state {
-        TaskState::Succeeded | TaskState::Cached => "SUCCEEDED",
+        TaskState::Succeeded => "COMPLETE",
+        TaskState::Cached => "CACHED",
         TaskState::Failed => "FAILED",
         TaskState::Canceled => "CANCELED",
         TaskState::Skipped => "SKIPPED",
@@ -48,8 +52,18 @@ fn final_status(run: &RunRecord, task: &TaskRecord) -> Value {
             "code": if task.state == TaskState::Failed { 1 } else { 0 },
             "message": task.error.clone().unwrap_or_default(),
         },
-        "pipelineJobResourceName": run.run_id,
+        "pipelineJobResourceName": format!("{}-{}", run.pipeline.name, run.run_id),
         "pipelineTaskName": task.name,
+    })
+}
+
+/// The status of the run itself while it runs, for a final-status input nothing is bound to.
+fn run_status(run: &RunRecord) -> Value {
+    json!({
+        "state": "RUNNING",
+        "error": {"code": 0, "message": ""},
+        "pipelineJobResourceName": format!("{}-{}", run.pipeline.name, run.run_id),
+        "pipelineTaskName": run.pipeline.name,
     })
 }
 
@@ -178,6 +192,13 @@ pub(crate) fn resolve_inputs(
         }
         if let Some(d) = &def.default {
             parameters.insert(name.clone(), d.clone());
+        } else if def.ptype == ParamType::TaskFinalStatus
+            && matches!(component.implementation, Implementation::Executor(_))
+        {
+            // A component with a `PipelineTaskFinalStatus` input run outside an exit handler
+            // (compiled on its own, KFP issue 12033): kfp's executor cannot start without a
+            // status, so the step gets the run's own, still running.
+            parameters.insert(name.clone(), run_status(run));
         } else if !def.optional {
             return Resolution::Error(format!("required input {name:?} has no value"));
         }

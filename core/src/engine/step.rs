@@ -33,6 +33,13 @@ pub fn task_resources(run: &RunRecord, rec: &TaskRecord) -> Result<ResourceReque
         return Ok(ResourceRequest::default());
     };
     let mut r = exec.resources.clone();
+    if let Some(Implementation::Executor(label)) =
+        component(&run.pipeline, &rec.component).map(|c| &c.implementation)
+    {
+        let (selector, tolerations) = super::platform::executor_placement(&run.pipeline, label);
+        r.node_selector = selector;
+        r.tolerations = tolerations;
+    }
     let d = &exec.dynamic_resources;
     if d.is_empty() {
         return Ok(r);
@@ -139,5 +146,11 @@ pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpe
         },
         inputs: rec.inputs.clone(),
         outputs,
+        gpus: rec
+            .attempts
+            .iter()
+            .find(|a| a.number == attempt)
+            .map(|a| a.gpus.clone())
+            .unwrap_or_default(),
     })
 }

@@ -39,7 +39,7 @@ fn state(run: &RunRecord, id: &str) -> TaskState {
 
 fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now: i64) {
     let attempt = run.tasks[id].attempts.len() as u32 + 1;
-    record_assignment(run, id, attempt, "agent-a", now).expect("assignable");
+    record_assignment(run, id, attempt, "agent-a", &[], now).expect("assignable");
     let spec = step_spec(run, id, attempt).expect("step spec");
     let artifacts = artifacts
         .iter()
@@ -75,7 +75,7 @@ fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now
 
 fn fail(run: &mut RunRecord, id: &str, error: &str, now: i64) -> OutcomeEffect {
     let attempt = run.tasks[id].attempts.len() as u32 + 1;
-    record_assignment(run, id, attempt, "agent-a", now).expect("assignable");
+    record_assignment(run, id, attempt, "agent-a", &[], now).expect("assignable");
     let effect = record_outcome(
         run,
         id,
@@ -203,7 +203,7 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
     let mut r = ready(&run);
     r.sort();
     assert_eq!(r, vec!["boom", "ok-2"]);
-    record_assignment(&mut run, "ok-2", 1, "agent-a", 1).unwrap();
+    record_assignment(&mut run, "ok-2", 1, "agent-a", &[], 1).unwrap();
     fail(&mut run, "boom", "boom: x", 2);
     assert_eq!(state(&run, "boom"), TaskState::Failed);
     assert_eq!(state(&run, "ok"), TaskState::Skipped);
@@ -234,7 +234,7 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
 #[test]
 fn late_and_duplicate_reports_change_nothing() {
     let mut run = new_run(LINEAR, &[]);
-    record_assignment(&mut run, "make-data", 1, "a", 1).unwrap();
+    record_assignment(&mut run, "make-data", 1, "a", &[], 1).unwrap();
     let ok = StepOutcome::Succeeded {
         parameters: [("Output".to_string(), json!(10))].into(),
         artifacts: [(
@@ -272,7 +272,7 @@ fn late_and_duplicate_reports_change_nothing() {
     ));
     assert_eq!(run, before);
     // a second assignment of a finished task is refused too
-    assert!(record_assignment(&mut run, "make-data", 2, "a", 6).is_err());
+    assert!(record_assignment(&mut run, "make-data", 2, "a", &[], 6).is_err());
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn retry_policy_reschedules_with_backoff_then_gives_up() {
 #[test]
 fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
     let mut run = new_run(FAILING, &[]);
-    record_assignment(&mut run, "boom", 1, "agent-a", 1).unwrap();
+    record_assignment(&mut run, "boom", 1, "agent-a", &[], 1).unwrap();
     let to_stop = cancel_run(&mut run, 2);
     assert_eq!(
         to_stop,

@@ -18,7 +18,7 @@ mod validate;
 
 pub use error::IrError;
 pub use model::*;
-pub use params::resolve_run_parameters;
+pub use params::{resolve_run_artifacts, resolve_run_parameters};
 pub use parse::{
     parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, parse_pipeline,
 };

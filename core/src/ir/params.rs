@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use gantry_model::ArtifactRef;
 use serde_json::Value;
 
 use super::error::{list_names, IrError};
@@ -61,6 +62,82 @@ pub fn resolve_run_parameters(
         } else {
             format!(
                 "missing required pipeline parameters {}: they have no default",
+                list_names(missing.iter().copied())
+            )
+        };
+        return Err(IrError::new(path(first), message));
+    }
+    Ok(out)
+}
+
+/// Checks the input artifacts of a run (`NAME` → URI, as `--artifact NAME=URI` gives them)
+/// against the root's input artifacts of `spec` and makes their references.
+///
+/// - Unknown names are refused, listing the declared ones.
+/// - A URI must be `s3://bucket/key` or `file:///absolute/path`: the stores agents read.
+/// - Missing required artifacts are refused, all of them named; optional ones stay absent.
+///
+/// The artifact's type is the declared one; its metadata starts empty. Error paths are
+/// `root.inputDefinitions.artifacts.NAME`.
+pub fn resolve_run_artifacts(
+    spec: &PipelineSpec,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Vec<ArtifactRef>>, IrError> {
+    let defs = &spec.root.input_artifacts;
+    let path = |name: &str| format!("root.inputDefinitions.artifacts.{name}");
+    if let Some(name) = given.keys().find(|k| !defs.contains_key(*k)) {
+        let known = if defs.is_empty() {
+            "it declares none".to_string()
+        } else {
+            format!(
+                "the pipeline's input artifacts: {}",
+                list_names(defs.keys().map(String::as_str))
+            )
+        };
+        return Err(IrError::new(
+            path(name),
+            format!("unknown pipeline input artifact {name:?} ({known})"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for (name, def) in defs {
+        let Some(uri) = given.get(name) else {
+            if !def.optional {
+                missing.push(name);
+            }
+            continue;
+        };
+        let supported = uri.strip_prefix("s3://").is_some_and(|rest| {
+            rest.split_once('/')
+                .is_some_and(|(b, k)| !b.is_empty() && !k.is_empty())
+        }) || uri
+            .strip_prefix("file://")
+            .is_some_and(|p| p.starts_with('/'));
+        if !supported {
+            return Err(IrError::new(
+                path(name),
+                format!(
+                    "input artifact {name:?} has URI {uri:?}: expected s3://bucket/key or \
+                     file:///absolute/path"
+                ),
+            ));
+        }
+        let r = ArtifactRef {
+            name: name.clone(),
+            uri: uri.clone(),
+            schema_title: def.schema_title.clone(),
+            schema_version: def.schema_version.clone(),
+            metadata: Default::default(),
+        };
+        out.insert(name.clone(), vec![r]);
+    }
+    if let Some(first) = missing.first() {
+        let message = if missing.len() == 1 {
+            format!("missing required pipeline input artifact {first}: give it with --artifact {first}=URI")
+        } else {
+            format!(
+                "missing required pipeline input artifacts {}: give each with --artifact NAME=URI",
                 list_names(missing.iter().copied())
             )
         };
@@ -178,5 +255,69 @@ root:
         );
         let e = resolve_run_parameters(&spec, &given(&[("rows", Value::Null)])).unwrap_err();
         assert!(e.message.contains("missing"), "{e}");
+    }
+
+    const WITH_ARTIFACTS: &str = r#"
+pipelineInfo: {name: arts}
+root:
+  dag: {tasks: {}}
+  inputDefinitions:
+    artifacts:
+      data:
+        artifactType: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}
+      model:
+        artifactType: {schemaTitle: system.Model, schemaVersion: 0.0.1}
+        isOptional: true
+"#;
+
+    fn uris(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn input_artifacts_take_their_declared_type() {
+        let spec = parse_pipeline(WITH_ARTIFACTS).unwrap();
+        let got = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/in/data.csv")])).unwrap();
+        assert_eq!(got.len(), 1, "the optional model stays absent");
+        let data = &got["data"][0];
+        assert_eq!(data.name, "data");
+        assert_eq!(data.uri, "s3://b/in/data.csv");
+        assert_eq!(data.schema_title, "system.Dataset");
+        assert_eq!(data.schema_version, "0.0.1");
+        let got = resolve_run_artifacts(
+            &spec,
+            &uris(&[("data", "file:///tmp/d"), ("model", "s3://b/m")]),
+        )
+        .unwrap();
+        assert_eq!(got["model"][0].schema_title, "system.Model");
+    }
+
+    #[test]
+    fn input_artifacts_refuse_unknown_missing_and_foreign_uris() {
+        let spec = parse_pipeline(WITH_ARTIFACTS).unwrap();
+        let e = resolve_run_artifacts(&spec, &BTreeMap::new()).unwrap_err();
+        assert_eq!(e.path, "root.inputDefinitions.artifacts.data");
+        assert!(e.message.contains("--artifact data=URI"), "{e}");
+        let e = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/k"), ("dta", "s3://b/k")]))
+            .unwrap_err();
+        assert!(
+            e.message.contains("unknown pipeline input artifact \"dta\" (the pipeline's input artifacts: data, model)"),
+            "{e}"
+        );
+        for bad in [
+            "gs://b/k",
+            "s3://bucket-only",
+            "file://relative",
+            "/abs/path",
+        ] {
+            let e = resolve_run_artifacts(&spec, &uris(&[("data", bad)])).unwrap_err();
+            assert!(e.message.contains("expected s3://bucket/key"), "{bad}: {e}");
+        }
+        let none = parse_pipeline(PIPELINE).unwrap();
+        let e = resolve_run_artifacts(&none, &uris(&[("x", "s3://b/k")])).unwrap_err();
+        assert!(e.message.contains("it declares none"), "{e}");
     }
 }

@@ -30,6 +30,9 @@ pub struct Placement {
     pub task_id: String,
     pub attempt: u32,
     pub agent_id: String,
+    /// UUIDs of the agent's GPUs given to the attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,17 +46,41 @@ pub enum Command {
         pipeline_root: String,
         /// Already resolved against the pipeline's inputs.
         parameters: BTreeMap<String, Value>,
+        /// The root's input artifacts, already checked against its declarations.
+        #[serde(default)]
+        artifacts: BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
         at: i64,
         #[serde(default)]
         caching: CachePolicy,
         #[serde(default)]
         limits: RunLimits,
+        /// Placement order across runs: higher first.
+        #[serde(default)]
+        priority: i32,
     },
     RegisterAgent {
         agent_id: String,
         inventory: HostInventory,
         labels: BTreeMap<String, String>,
+        #[serde(default)]
+        taints: Vec<gantry_model::Taint>,
         at: i64,
+    },
+    /// The agent has not been heard from within its lease: its unfinished attempts end LOST
+    /// (and are placed again elsewhere); it takes no steps until it registers again.
+    DeclareAgentLost {
+        agent_id: String,
+        at: i64,
+    },
+    /// A registered agent's host changed (a GPU failed, vanished or came back).
+    UpdateInventory {
+        agent_id: String,
+        inventory: HostInventory,
+    },
+    /// Drain (no new placements; running attempts finish) or undrain an agent.
+    SetAgentDraining {
+        agent_id: String,
+        draining: bool,
     },
     /// Placements chosen by the leader's scheduler in one pass. Each is re-checked at apply.
     AssignAttempts {
@@ -99,4 +126,17 @@ pub enum Command {
         attempt: AttemptKey,
         at: i64,
     },
+    /// No connected agent could ever run these ready tasks (placement's reasons): they fail.
+    /// Checked again at apply: a task no longer READY is left alone.
+    FailUnschedulable {
+        tasks: Vec<Unschedulable>,
+        at: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unschedulable {
+    pub run_id: String,
+    pub task_id: String,
+    pub reason: String,
 }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use gantry_model::{HostInventory, ResourceRequest};
 use serde::{Deserialize, Serialize};
 
-pub use command::{AttemptKey, Command, Placement};
+pub use command::{AttemptKey, Command, Placement, Unschedulable};
 
 use crate::engine::{
     self, CacheEntry, CachePolicy, OutcomeEffect, RunLimits, RunRecord, RunState, TaskState,
 };
+use crate::scheduler::matching;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -28,17 +29,42 @@ pub struct AgentRecord {
     pub running: BTreeSet<AttemptKey>,
     pub cpu_allocated: f64,
     pub memory_allocated: u64,
-    pub gpus_allocated: u32,
+    /// GPU UUID → the attempt it is assigned to.
+    #[serde(default)]
+    pub gpus_in_use: BTreeMap<String, AttemptKey>,
+    /// From the agent's configuration: steps must tolerate these to land here.
+    #[serde(default)]
+    pub taints: Vec<gantry_model::Taint>,
+    /// Drained: running steps finish, no new ones are placed here.
+    #[serde(default)]
+    pub draining: bool,
+    /// When it was declared lost; cleared when it registers again.
+    #[serde(default)]
+    pub lost_at: Option<i64>,
 }
 
 impl AgentRecord {
-    pub fn fits(&self, req: &ResourceRequest) -> bool {
+    /// Whether `req` with the GPUs `gpus` can be assigned here now. Re-checked when a placement
+    /// is applied, so a plan made on an older state can never oversubscribe the agent.
+    pub fn fits(&self, req: &ResourceRequest, gpus: &[String]) -> bool {
         let cpu_ok = self.cpu_allocated + req.cpu_reserved() <= self.inventory.cpu_cores + 1e-9;
         let mem_ok = self.memory_allocated.saturating_add(req.memory_reserved())
             <= self.inventory.memory_bytes;
-        let gpu_ok =
-            self.gpus_allocated + req.accelerator_count <= self.inventory.gpus.len() as u32;
-        cpu_ok && mem_ok && gpu_ok
+        let distinct: BTreeSet<&String> = gpus.iter().collect();
+        let gpu_ok = gpus.len() == req.accelerator_count as usize
+            && distinct.len() == gpus.len()
+            && gpus.iter().all(|uuid| {
+                !self.gpus_in_use.contains_key(uuid)
+                    && self.inventory.gpus.iter().any(|g| {
+                        &g.uuid == uuid
+                            && g.healthy
+                            && matching::gpu_model_matches(req.accelerator_type.as_deref(), &g.name)
+                    })
+            });
+        let placement_ok = !self.draining
+            && matching::missing_label(&req.node_selector, &self.labels).is_none()
+            && matching::blocking_taint(&self.taints, &req.tolerations).is_none();
+        cpu_ok && mem_ok && gpu_ok && placement_ok
     }
 }
 
@@ -49,6 +75,8 @@ pub enum Rejection {
     RunNotFound(String),
     #[error("run {0} already exists")]
     RunExists(String),
+    #[error("agent {0} is not registered")]
+    AgentNotFound(String),
     #[error("{0}")]
     NotRetryable(String),
 }
@@ -74,6 +102,12 @@ pub enum Outcome {
     /// Whether the deadline had passed (false: nothing changed).
     TimedOut(bool),
     Retried,
+    /// How many of the tasks were failed as unschedulable.
+    Unschedulable(usize),
+    /// The agent's drain flag, as now set.
+    AgentDraining(bool),
+    /// How many running attempts ended LOST with the agent.
+    AgentLost(usize),
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -158,8 +192,10 @@ struct NewRun {
     pipeline: crate::ir::PipelineSpec,
     pipeline_root: String,
     parameters: BTreeMap<String, serde_json::Value>,
+    artifacts: BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
     caching: CachePolicy,
     limits: RunLimits,
+    priority: i32,
 }
 
 fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
@@ -180,9 +216,11 @@ impl ClusterState {
                 pipeline,
                 pipeline_root,
                 parameters,
+                artifacts,
                 at,
                 caching,
                 limits,
+                priority,
             } => self.create_run(
                 NewRun {
                     run_id,
@@ -190,8 +228,10 @@ impl ClusterState {
                     pipeline: *pipeline,
                     pipeline_root,
                     parameters,
+                    artifacts,
                     caching,
                     limits,
+                    priority,
                 },
                 at,
                 &mut events,
@@ -200,6 +240,7 @@ impl ClusterState {
                 agent_id,
                 inventory,
                 labels,
+                taints,
                 at,
             } => {
                 let rec = self
@@ -213,12 +254,58 @@ impl ClusterState {
                         running: BTreeSet::new(),
                         cpu_allocated: 0.0,
                         memory_allocated: 0,
-                        gpus_allocated: 0,
+                        gpus_in_use: BTreeMap::new(),
+                        taints: Vec::new(),
+                        draining: false,
+                        lost_at: None,
                     });
                 rec.inventory = inventory;
                 rec.labels = labels;
+                rec.taints = taints;
+                rec.lost_at = None;
                 events.push(Event::CapacityChanged);
                 Ok(Outcome::AgentRegistered)
+            }
+            Command::DeclareAgentLost { agent_id, at } => {
+                let Some(rec) = self.agents.get_mut(&agent_id) else {
+                    return Applied {
+                        result: Err(Rejection::AgentNotFound(agent_id)),
+                        events,
+                    };
+                };
+                rec.lost_at = Some(at);
+                let running: Vec<AttemptKey> = rec.running.iter().cloned().collect();
+                let error = format!("agent {agent_id} was lost: no word from it within its lease");
+                for key in &running {
+                    let outcome = gantry_model::StepOutcome::Lost {
+                        error: error.clone(),
+                    };
+                    // Finishing releases the attempt's CPU, memory and GPUs on the agent.
+                    let _ = self.finish_attempt(key.clone(), outcome, at, &mut events);
+                }
+                events.push(Event::CapacityChanged);
+                Ok(Outcome::AgentLost(running.len()))
+            }
+            Command::UpdateInventory {
+                agent_id,
+                inventory,
+            } => match self.agents.get_mut(&agent_id) {
+                Some(rec) => {
+                    rec.inventory = inventory;
+                    events.push(Event::CapacityChanged);
+                    Ok(Outcome::AgentRegistered)
+                }
+                None => Err(Rejection::AgentNotFound(agent_id)),
+            },
+            Command::SetAgentDraining { agent_id, draining } => {
+                match self.agents.get_mut(&agent_id) {
+                    Some(rec) => {
+                        rec.draining = draining;
+                        events.push(Event::CapacityChanged);
+                        Ok(Outcome::AgentDraining(draining))
+                    }
+                    None => Err(Rejection::AgentNotFound(agent_id)),
+                }
             }
             Command::AssignAttempts { placements, at } => {
                 Ok(Outcome::Assigned(self.assign(placements, at, &mut events)))
@@ -258,6 +345,19 @@ impl ClusterState {
             Command::TimeOutAttempt { attempt, at } => {
                 self.time_out_attempt(attempt, at, &mut events)
             }
+            Command::FailUnschedulable { tasks, at } => {
+                let mut failed = 0;
+                for u in tasks {
+                    let Some(run) = self.runs.get_mut(&u.run_id).map(Arc::make_mut) else {
+                        continue;
+                    };
+                    if engine::fail_unschedulable(run, &u.task_id, &u.reason, at).is_ok() {
+                        failed += 1;
+                        note_progress(&mut events, &u.run_id, engine::advance(run, at));
+                    }
+                }
+                Ok(Outcome::Unschedulable(failed))
+            }
             Command::ForgetCache { keys } => {
                 let before = self.cache.len();
                 for k in &keys {
@@ -294,8 +394,10 @@ impl ClusterState {
             pipeline,
             pipeline_root,
             parameters,
+            artifacts,
             caching,
             limits,
+            priority,
         } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
             return Ok(Outcome::RunCreated {
@@ -307,8 +409,12 @@ impl ClusterState {
             return Err(Rejection::RunExists(run_id));
         }
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
+        if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
+            root.inputs.artifacts = artifacts;
+        }
         run.caching = caching;
         run.limits = limits;
+        run.priority = priority;
         note_progress(events, &run_id, engine::advance(&mut run, at));
         if let Some(r) = request_id {
             self.request_ids.insert(r, run_id.clone());
@@ -336,20 +442,24 @@ impl ClusterState {
                 continue;
             };
             let req = resources_of(run, &p.task_id);
-            if !agent.fits(&req) {
+            if !agent.fits(&req, &p.gpus) {
                 continue;
             }
-            if engine::record_assignment(run, &p.task_id, p.attempt, &p.agent_id, at).is_err() {
+            if engine::record_assignment(run, &p.task_id, p.attempt, &p.agent_id, &p.gpus, at)
+                .is_err()
+            {
                 continue;
             }
             agent.cpu_allocated += req.cpu_reserved();
             agent.memory_allocated = agent.memory_allocated.saturating_add(req.memory_reserved());
-            agent.gpus_allocated += req.accelerator_count;
             let key = AttemptKey {
                 run_id: p.run_id.clone(),
                 task_id: p.task_id.clone(),
                 attempt: p.attempt,
             };
+            for uuid in &p.gpus {
+                agent.gpus_in_use.insert(uuid.clone(), key.clone());
+            }
             agent.running.insert(key.clone());
             events.push(Event::AttemptAssigned {
                 agent_id: p.agent_id.clone(),
@@ -366,7 +476,7 @@ impl ClusterState {
                 agent.cpu_allocated = (agent.cpu_allocated - req.cpu_reserved()).max(0.0);
                 agent.memory_allocated =
                     agent.memory_allocated.saturating_sub(req.memory_reserved());
-                agent.gpus_allocated = agent.gpus_allocated.saturating_sub(req.accelerator_count);
+                agent.gpus_in_use.retain(|_, k| k != key);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The state machine over plain commands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_model::{HostInventory, ResourceRequest, StepOutcome};
 use serde_json::json;
@@ -20,9 +20,11 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         pipeline: Box::new(spec),
         pipeline_root: "file:///tmp/gantry".into(),
         parameters: params,
+        artifacts: BTreeMap::new(),
         at,
         caching: Default::default(),
         limits: Default::default(),
+        priority: 0,
     }
 }
 
@@ -36,6 +38,7 @@ fn register(id: &str, cpu: f64) -> Command {
             ..Default::default()
         },
         labels: BTreeMap::new(),
+        taints: vec![],
         at: 0,
     }
 }
@@ -47,6 +50,7 @@ fn assign(run: &str, task: &str, attempt: u32, agent: &str) -> Command {
             task_id: task.into(),
             attempt,
             agent_id: agent.into(),
+            gpus: vec![],
         }],
         at: 5,
     }
@@ -183,9 +187,11 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                     ("factor".to_string(), json!(1.0)),
                 ]
                 .into(),
+                artifacts: BTreeMap::new(),
                 at: i as i64,
                 caching: Default::default(),
                 limits: Default::default(),
+                priority: 0,
             },
         );
     }
@@ -199,12 +205,14 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                     task_id: "make-data".into(),
                     attempt: 1,
                     agent_id: "small".into(),
+                    gpus: vec![],
                 },
                 Placement {
                     run_id: "r2".into(),
                     task_id: "make-data".into(),
                     attempt: 1,
                     agent_id: "small".into(),
+                    gpus: vec![],
                 },
             ],
             at: 5,
@@ -273,9 +281,11 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         pipeline: Box::new(spec),
         pipeline_root: "s3://bucket/root".into(),
         parameters: params,
+        artifacts: BTreeMap::new(),
         at,
         caching,
         limits: Default::default(),
+        priority: 0,
     }
 }
 
@@ -440,9 +450,11 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             pipeline: Box::new(spec.clone()),
             pipeline_root: "s3://bucket/root".into(),
             parameters: params.clone(),
+            artifacts: BTreeMap::new(),
             at: 2,
             caching: Default::default(),
             limits: Default::default(),
+            priority: 0,
         },
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -461,9 +473,11 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             pipeline: Box::new(spec),
             pipeline_root: "s3://bucket/root".into(),
             parameters: params,
+            artifacts: BTreeMap::new(),
             at: 3,
             caching: Default::default(),
             limits: Default::default(),
+            priority: 0,
         },
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
@@ -478,12 +492,14 @@ fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Co
         pipeline: Box::new(spec),
         pipeline_root: "file:///tmp/gantry".into(),
         parameters: params,
+        artifacts: BTreeMap::new(),
         at,
         caching: crate::engine::CachePolicy {
             enabled: false,
             ..Default::default()
         },
         limits,
+        priority: 0,
     }
 }
 
@@ -615,4 +631,234 @@ fn durations_read_well_in_messages() {
     assert_eq!(human_ms(90_000), "1m30s");
     assert_eq!(human_ms(86_400_000 + 5), "1d5ms");
     assert_eq!(human_ms(0), "0ms");
+}
+
+fn gpu_spec(count: u32, model: &str) -> crate::ir::PipelineSpec {
+    let mut spec = parse_pipeline(LINEAR).unwrap();
+    for e in spec.executors.values_mut() {
+        if let ExecutorSpec::Container(c) = e {
+            c.resources = ResourceRequest {
+                accelerator_count: count,
+                accelerator_type: Some(model.into()),
+                ..Default::default()
+            };
+        }
+    }
+    spec
+}
+
+fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i32) -> Command {
+    Command::CreateRun {
+        run_id: run_id.into(),
+        request_id: None,
+        pipeline: Box::new(spec),
+        pipeline_root: "file:///x".into(),
+        parameters: [
+            ("rows".to_string(), json!(1)),
+            ("factor".to_string(), json!(1.0)),
+        ]
+        .into(),
+        artifacts: BTreeMap::new(),
+        at,
+        caching: Default::default(),
+        limits: Default::default(),
+        priority,
+    }
+}
+
+fn register_gpus(id: &str, model: &str, n: usize) -> Command {
+    Command::RegisterAgent {
+        agent_id: id.into(),
+        inventory: HostInventory {
+            hostname: id.into(),
+            cpu_cores: 16.0,
+            memory_bytes: 64 << 30,
+            gpus: (0..n)
+                .map(|i| gantry_model::GpuDevice {
+                    index: i as u32,
+                    uuid: format!("GPU-{id}-{i}"),
+                    name: model.into(),
+                    memory_total_bytes: 80 << 30,
+                    memory_free_bytes: 80 << 30,
+                    healthy: true,
+                    utilization_percent: None,
+                    mig_enabled: None,
+                })
+                .collect(),
+            ..Default::default()
+        },
+        labels: BTreeMap::new(),
+        taints: vec![],
+        at: 0,
+    }
+}
+
+fn place(run: &str, task: &str, agent: &str, gpus: &[&str]) -> Command {
+    Command::AssignAttempts {
+        placements: vec![Placement {
+            run_id: run.into(),
+            task_id: task.into(),
+            attempt: 1,
+            agent_id: agent.into(),
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+        }],
+        at: 5,
+    }
+}
+
+#[test]
+fn gpus_are_assigned_by_uuid_once_and_freed_when_the_attempt_ends() {
+    let mut s = ClusterState::default();
+    s.apply(1, register_gpus("h", "NVIDIA H100 80GB HBM3", 2));
+    s.apply(2, create_spec("r1", gpu_spec(1, "H100"), 1, 0));
+    s.apply(3, create_spec("r2", gpu_spec(1, "H100"), 2, 0));
+    // Wrong count, unknown UUID, wrong model: refused at apply.
+    for (i, gpus) in [&[][..], &["GPU-h-0", "GPU-h-1"], &["GPU-x-0"]]
+        .iter()
+        .enumerate()
+    {
+        let applied = s.apply(4 + i as u64, place("r1", "make-data", "h", gpus));
+        assert_eq!(applied.result, Ok(Outcome::Assigned(vec![])), "{gpus:?}");
+    }
+    let applied = s.apply(10, place("r1", "make-data", "h", &["GPU-h-1"]));
+    assert!(matches!(applied.result, Ok(Outcome::Assigned(ref d)) if d.len() == 1));
+    assert_eq!(s.agents["h"].gpus_in_use.len(), 1);
+    let step = crate::engine::step_spec(&s.runs["r1"], "make-data", 1).unwrap();
+    assert_eq!(
+        step.gpus,
+        vec!["GPU-h-1".to_string()],
+        "the agent is told which GPU"
+    );
+    // A stale plan giving the same GPU to another attempt changes nothing.
+    let applied = s.apply(11, place("r2", "make-data", "h", &["GPU-h-1"]));
+    assert_eq!(applied.result, Ok(Outcome::Assigned(vec![])));
+    s.apply(12, finished("r1", "make-data", 1));
+    assert!(s.agents["h"].gpus_in_use.is_empty());
+    let applied = s.apply(13, place("r2", "make-data", "h", &["GPU-h-1"]));
+    assert!(matches!(applied.result, Ok(Outcome::Assigned(ref d)) if d.len() == 1));
+}
+
+#[test]
+fn an_unschedulable_task_fails_its_run_at_once_and_only_while_ready() {
+    let mut s = ClusterState::default();
+    s.apply(1, create_spec("r1", gpu_spec(1, "H100"), 1, 0));
+    let fail = |reason: &str| Command::FailUnschedulable {
+        tasks: vec![Unschedulable {
+            run_id: "r1".into(),
+            task_id: "make-data".into(),
+            reason: reason.into(),
+        }],
+        at: 7,
+    };
+    let applied = s.apply(
+        2,
+        fail("no connected agent could ever run it: a: has 0 of the 1 H100 GPU(s) needed"),
+    );
+    assert_eq!(applied.result, Ok(Outcome::Unschedulable(1)));
+    let run = &s.runs["r1"];
+    let t = &run.tasks["make-data"];
+    assert_eq!(t.state, TaskState::Failed);
+    assert!(t
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("unschedulable: no connected agent"));
+    assert!(t.attempts.is_empty());
+    assert_eq!(
+        run.state,
+        crate::engine::RunState::Failed,
+        "nothing else can run"
+    );
+    assert_eq!(
+        s.apply(3, fail("again")).result,
+        Ok(Outcome::Unschedulable(0))
+    );
+}
+
+#[test]
+fn ready_steps_come_by_run_priority_then_age() {
+    use crate::scheduler::ready_steps;
+    let mut s = ClusterState::default();
+    s.apply(1, create_spec("old", gpu_spec(0, ""), 1, 0));
+    s.apply(2, create_spec("urgent", gpu_spec(0, ""), 2, 5));
+    s.apply(3, create_spec("newer", gpu_spec(0, ""), 3, 0));
+    let order: Vec<String> = ready_steps(&s, 10).into_iter().map(|r| r.run_id).collect();
+    assert_eq!(order, ["urgent", "old", "newer"]);
+}
+
+#[test]
+fn a_lost_agents_attempts_are_placed_again_apart_from_the_retry_policy() {
+    use crate::engine::{OutcomeEffect, MAX_LOST_ATTEMPTS};
+    use crate::scheduler::{agent_views, ready_steps};
+    let mut s = ClusterState::default();
+    let mut i = 0;
+    let mut apply = |s: &mut ClusterState, c: Command| {
+        i += 1;
+        s.apply(i, c)
+    };
+    apply(&mut s, register("a", 4.0));
+    apply(&mut s, register("b", 4.0));
+    // LINEAR has no retry policy: a failure would end the task.
+    apply(&mut s, create("r1", None, 1));
+    apply(&mut s, assign("r1", "make-data", 1, "a"));
+    let lost = |agent: &str| Command::DeclareAgentLost {
+        agent_id: agent.into(),
+        at: 20,
+    };
+    let applied = apply(&mut s, lost("a"));
+    assert_eq!(applied.result, Ok(Outcome::AgentLost(1)));
+    let t = &s.runs["r1"].tasks["make-data"];
+    assert_eq!(t.state, TaskState::Ready, "placed again, not failed");
+    assert!(matches!(
+        t.attempts[0].outcome,
+        Some(StepOutcome::Lost { .. })
+    ));
+    assert!(s.agents["a"].running.is_empty());
+    assert_eq!(s.agents["a"].cpu_allocated, 0.0);
+    assert_eq!(s.agents["a"].lost_at, Some(20));
+    // Still attached or not, a lost agent gets nothing until it registers again.
+    let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+    let views = agent_views(&s, &both);
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].agent_id, "b");
+    let next = ready_steps(&s, 20);
+    assert_eq!(
+        (next[0].task_id.as_str(), next[0].attempt),
+        ("make-data", 2)
+    );
+    // The lost agent's late report of attempt 1 changes nothing.
+    let before = s.clone();
+    let late = apply(&mut s, finished("r1", "make-data", 1));
+    assert!(matches!(
+        late.result,
+        Ok(Outcome::ResultRecorded(OutcomeEffect::Ignored(_)))
+    ));
+    s.applied_index = before.applied_index;
+    assert_eq!(s, before);
+    apply(&mut s, register("a", 4.0));
+    assert_eq!(
+        s.agents["a"].lost_at, None,
+        "registering again brings it back"
+    );
+
+    // Losing every agent that runs it, again and again: the step fails in the end.
+    for attempt in 2..=MAX_LOST_ATTEMPTS + 1 {
+        apply(&mut s, assign("r1", "make-data", attempt, "b"));
+        apply(&mut s, lost("b"));
+        apply(&mut s, register("b", 4.0));
+    }
+    let t = &s.runs["r1"].tasks["make-data"];
+    assert_eq!(t.state, TaskState::Failed, "{t:#?}");
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap()
+            .ends_with("(4 attempts lost with their agents)"),
+        "{:?}",
+        t.error
+    );
+    assert_eq!(
+        apply(&mut s, lost("nobody")).result,
+        Err(Rejection::AgentNotFound("nobody".into()))
+    );
 }
