@@ -11,12 +11,11 @@ const ANY_GPU: &[&str] = &["", "nvidia.com/gpu", "gpu", "nvidia_gpu", "nvidia"];
 /// against NVML's `Tesla T4`, `NVIDIA_H100_80GB` against `NVIDIA H100 80GB HBM3`).
 const NOISE: &[&str] = &["NVIDIA", "TESLA"];
 
-fn tokens(s: &str) -> Vec<String> {
+/// The words of a model name or accelerator type, vendor words aside. Borrowed, no allocation:
+/// placement calls this for every GPU of every agent it looks at.
+fn tokens(s: &str) -> impl Iterator<Item = &str> + Clone {
     s.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(str::to_ascii_uppercase)
-        .filter(|t| !NOISE.contains(&t.as_str()))
-        .collect()
+        .filter(|t| !t.is_empty() && !NOISE.iter().any(|n| n.eq_ignore_ascii_case(t)))
 }
 
 /// Whether a GPU whose NVML name is `model` is of the KFP accelerator type `wanted`
@@ -30,12 +29,8 @@ pub fn gpu_model_matches(wanted: Option<&str>, model: &str) -> bool {
     if ANY_GPU.iter().any(|a| a.eq_ignore_ascii_case(wanted)) {
         return true;
     }
-    let want = tokens(wanted);
-    if want.is_empty() {
-        return true;
-    }
     let have = tokens(model);
-    want.iter().all(|w| have.contains(w))
+    tokens(wanted).all(|w| have.clone().any(|h| h.eq_ignore_ascii_case(w)))
 }
 
 /// The first `selector` entry the agent's labels lack, as `key=value`.

@@ -91,6 +91,25 @@ impl AgentView {
         self.matching_gpus(r).filter(|g| g.healthy && !g.in_use)
     }
 
+    /// Whether this agent could ever run `r` ([`Self::never_fits`] without the words).
+    fn could_ever_fit(&self, r: &ResourceRequest) -> bool {
+        r.cpu_reserved() <= self.total_cpu + EPSILON
+            && r.memory_reserved() <= self.total_memory
+            && (r.accelerator_count == 0
+                || self.matching_gpus(r).count() >= r.accelerator_count as usize)
+            && missing_label(&r.node_selector, &self.labels).is_none()
+            && blocking_taint(&self.taints, &r.tolerations).is_none()
+    }
+
+    /// Whether it can run `r` now, given that it could ever ([`Self::busy`] without the words).
+    fn fits_now(&self, r: &ResourceRequest) -> bool {
+        self.accepting
+            && r.cpu_reserved() <= self.free_cpu + EPSILON
+            && r.memory_reserved() <= self.free_memory
+            && (r.accelerator_count == 0
+                || self.free_gpus(r).count() >= r.accelerator_count as usize)
+    }
+
     /// Why this agent could never run `r`, whatever ends on it.
     fn never_fits(&self, r: &ResourceRequest) -> Option<String> {
         if let Some(l) = missing_label(&r.node_selector, &self.labels) {
@@ -180,16 +199,30 @@ impl AgentView {
 /// How many agents' reasons a message lists before it counts the rest.
 const REASONS_SHOWN: usize = 4;
 
-fn summarise(reasons: &[(String, String)]) -> String {
-    let mut parts: Vec<String> = reasons
-        .iter()
-        .take(REASONS_SHOWN)
-        .map(|(id, why)| format!("{id}: {why}"))
-        .collect();
-    if reasons.len() > REASONS_SHOWN {
-        parts.push(format!("and {} more", reasons.len() - REASONS_SHOWN));
+/// Agents' reasons for a message: the first [`REASONS_SHOWN`] in words, the rest counted.
+#[derive(Default)]
+struct Reasons {
+    shown: Vec<String>,
+    more: usize,
+}
+
+impl Reasons {
+    fn add(&mut self, a: &AgentView, why: impl FnOnce() -> Option<String>) {
+        if self.shown.len() < REASONS_SHOWN {
+            let why = why().unwrap_or_default();
+            self.shown.push(format!("{}: {why}", a.agent_id));
+        } else {
+            self.more += 1;
+        }
     }
-    parts.join("; ")
+
+    fn summary(&self) -> String {
+        let mut parts = self.shown.clone();
+        if self.more > 0 {
+            parts.push(format!("and {} more", self.more));
+        }
+        parts.join("; ")
+    }
 }
 
 /// The ordering key of an agent that fits `r` now: smaller is better.
@@ -237,18 +270,28 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
             }
             continue;
         }
-        let mut never = Vec::new();
-        let mut busy = Vec::new();
+        // First without words: most steps fit somewhere, and the reasons are only needed when
+        // none does.
         let mut best: Option<(usize, (usize, usize, i64, i64))> = None;
         for (i, a) in agents.iter().enumerate() {
-            if let Some(why) = a.never_fits(r) {
-                never.push((a.agent_id.clone(), why));
-            } else if let Some(why) = a.busy(r) {
-                busy.push((i, a.agent_id.clone(), why));
-            } else {
+            if a.fits_now(r) && a.could_ever_fit(r) {
                 let s = score(a, r, policy);
                 if best.as_ref().is_none_or(|(_, b)| s < *b) {
                     best = Some((i, s));
+                }
+            }
+        }
+        // Only the reasons a message shows are put into words; the rest are counted.
+        let mut never = Reasons::default();
+        let mut busy = Reasons::default();
+        let mut busy_agents = Vec::new();
+        if best.is_none() {
+            for (i, a) in agents.iter().enumerate() {
+                if !a.could_ever_fit(r) {
+                    never.add(a, || a.never_fits(r));
+                } else {
+                    busy.add(a, || a.busy(r));
+                    busy_agents.push(i);
                 }
             }
         }
@@ -269,23 +312,19 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
             });
             continue;
         }
-        if busy.is_empty() {
-            plan.unschedulable.push((
-                step.clone(),
-                format!(
-                    "no connected agent could ever run it: {}",
-                    summarise(&never)
-                ),
-            ));
+        if busy_agents.is_empty() {
+            let why = format!("no connected agent could ever run it: {}", never.summary());
+            no_room.insert(key, (true, why.clone()));
+            plan.unschedulable.push((step.clone(), why));
             continue;
         }
         // The accepting agent nearest to fitting: most free GPUs of the model, then most free
         // CPU, then memory.
-        let nearest = busy
+        let nearest = busy_agents
             .iter()
-            .filter(|(i, _, _)| agents[*i].accepting)
-            .max_by(|(x, _, _), (y, _, _)| {
-                let (a, b) = (&agents[*x], &agents[*y]);
+            .filter(|i| agents[**i].accepting)
+            .max_by(|x, y| {
+                let (a, b) = (&agents[**x], &agents[**y]);
                 a.free_gpus(r)
                     .count()
                     .cmp(&b.free_gpus(r).count())
@@ -293,13 +332,11 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
                     .then(a.free_memory.cmp(&b.free_memory))
                     .then(b.agent_id.cmp(&a.agent_id))
             })
-            .map(|(i, _, _)| *i);
+            .copied();
         if let Some(i) = nearest {
             agents[i].reserve(r);
         }
-        let reasons: Vec<(String, String)> =
-            busy.into_iter().map(|(_, id, why)| (id, why)).collect();
-        let why = format!("waiting for capacity: {}", summarise(&reasons));
+        let why = format!("waiting for capacity: {}", busy.summary());
         no_room.insert(key, (false, why.clone()));
         plan.waiting.push((step.clone(), why));
     }
