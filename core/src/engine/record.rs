@@ -33,15 +33,11 @@ pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpe
     }
 }
 
-/// Commits the placement of the next attempt of a ready task.
-pub fn record_assignment(
-    run: &mut RunRecord,
+/// The READY container task `task_id` of a run still going: what placement acts on.
+fn ready_container<'a>(
+    run: &'a mut RunRecord,
     task_id: &str,
-    attempt: u32,
-    agent: &str,
-    gpus: &[String],
-    now: i64,
-) -> Result<(), String> {
+) -> Result<&'a mut TaskRecord, String> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
         return Err(format!("run is {}", run.state.as_str()));
     }
@@ -55,6 +51,19 @@ pub fn record_assignment(
             rec.state.as_str()
         ));
     }
+    Ok(rec)
+}
+
+/// Commits the placement of the next attempt of a ready task.
+pub fn record_assignment(
+    run: &mut RunRecord,
+    task_id: &str,
+    attempt: u32,
+    agent: &str,
+    gpus: &[String],
+    now: i64,
+) -> Result<(), String> {
+    let rec = ready_container(run, task_id)?;
     let expected = rec.attempts.len() as u32 + 1;
     if attempt != expected {
         return Err(format!(
@@ -237,19 +246,7 @@ pub fn fail_unschedulable(
     reason: &str,
     now: i64,
 ) -> Result<(), String> {
-    if run.state.is_terminal() || run.state == RunState::Canceling {
-        return Err(format!("run is {}", run.state.as_str()));
-    }
-    let rec = run
-        .tasks
-        .get_mut(task_id)
-        .ok_or_else(|| format!("no task {task_id:?}"))?;
-    if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
-        return Err(format!(
-            "task {task_id:?} is {}, not READY",
-            rec.state.as_str()
-        ));
-    }
+    let rec = ready_container(run, task_id)?;
     let error = format!("unschedulable: {reason}");
     rec.state = TaskState::Failed;
     rec.error = Some(error.clone());

@@ -185,14 +185,16 @@ impl AgentView {
         }
     }
 
-    /// Holds what is free towards `r` for a waiting step: nothing smaller may take it.
-    fn reserve(&mut self, r: &ResourceRequest) {
+    /// Takes `r` with the first free healthy GPUs of its model (as many as it asks for, or
+    /// as are free), and returns their UUIDs.
+    fn take_with_gpus(&mut self, r: &ResourceRequest) -> Vec<String> {
         let gpus: Vec<String> = self
             .free_gpus(r)
             .take(r.accelerator_count as usize)
             .map(|g| g.uuid.clone())
             .collect();
         self.take(r, &gpus);
+        gpus
     }
 }
 
@@ -297,12 +299,7 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
         }
         if let Some((i, _)) = best {
             let agent = &mut agents[i];
-            let gpus: Vec<String> = agent
-                .free_gpus(r)
-                .take(r.accelerator_count as usize)
-                .map(|g| g.uuid.clone())
-                .collect();
-            agent.take(r, &gpus);
+            let gpus = agent.take_with_gpus(r);
             plan.placements.push(Placement {
                 run_id: step.run_id.clone(),
                 task_id: step.task_id.clone(),
@@ -334,7 +331,8 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
             })
             .copied();
         if let Some(i) = nearest {
-            agents[i].reserve(r);
+            // Held for this step: nothing smaller may take it in this pass.
+            agents[i].take_with_gpus(r);
         }
         let why = format!("waiting for capacity: {}", busy.summary());
         no_room.insert(key, (false, why.clone()));
