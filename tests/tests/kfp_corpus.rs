@@ -685,10 +685,13 @@ fn render(outcomes: &BTreeMap<String, Outcome>) -> String {
          `GANTRY_BLESS=1` rewrites it after a deliberate change).\n\n\
          - **SUCCEEDED**: the run ended SUCCEEDED.\n\
          - **FAILED**: the run ended FAILED; the detail names each failed step and why. Under \
-         `valid/failing/` that is the pipeline's intent; elsewhere the test allows only reasons of \
-         this machine: no container registry (an image that is neither a public base image the \
-         project builds a stand-in for nor buildable here) and no internet from steps (Google \
-         Cloud, PyPI packages the image lacks, public datasets).\n\
+         `valid/failing/` that is the pipeline's intent, as it is for steps named `fail*` that \
+         exit 1 elsewhere. Otherwise the test allows only reasons of this machine — no container \
+         registry (an image that is neither a public base image the project builds a stand-in \
+         for nor buildable here), no package index or internet for steps (they install only from \
+         the image's wheelhouse), no GPU, 2 CPUs, a kfp SDK newer than any release, the test S3 \
+         server's key length — or a by-design reason the test checks against the step's own \
+         output.\n\
          - **refused**: `gantry run submit` refused it and changed nothing; for `valid/` files \
          only features that need Kubernetes are refused.\n\n\
          Base images: `python:*`, `registry.access.redhat.com/ubi9/python-311`, \
