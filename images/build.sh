@@ -4,8 +4,8 @@
 #
 #   gantry/python-kfp:3.11  Debian 12 (debootstrap minbase) + Python 3.11 + kfp==2.16.1, pandas,
 #                           scikit-learn, joblib; a wheelhouse (PIP_FIND_LINKS) with the kfp
-#                           versions that compiled the conformance corpus and the packages its
-#                           pipelines install; the host's CA bundle. Also tagged python:3.11 (the default base image
+#                           versions that compiled the conformance corpus and the small packages
+#                           its pipelines install; the host's CA bundle. Also tagged python:3.11 (the default base image
 #                           of kfp 2.16.1's @dsl.component), python:3.11-slim, python:3.9,
 #                           python:3.10 and python:3.12, so compiled lightweight components run.
 #   gantry/busybox:latest   a static busybox, for small container components.
@@ -158,11 +158,12 @@ else
     # `pip wheel` builds the versions published only as source.
     in_chroot python3 -m pip wheel --quiet --no-deps -w /opt/kfp-wheels "kfp==$v"
   done
-  # And the packages corpus pipelines install with `packages_to_install` (with what they pull
-  # in), so the corpus runs with no package index at all (PIP_NO_INDEX=1 in its steps).
+  # And the small packages corpus pipelines install with `packages_to_install` (with what they
+  # pull in), so the corpus runs with no package index at all (PIP_NO_INDEX=1 in its steps).
+  # Not pandas 2.2.0 + scikit-learn 1.4.0 (iris): reinstalling them with numpy and scipy in
+  # each of its three steps took over 15 minutes on a loaded 2-core machine.
   in_chroot python3 -m pip download --quiet -d /opt/kfp-wheels yapf \
     'ipykernel>=6,<7' 'jupyter_client>=7,<9' 'nbclient>=0.10,<1'
-  in_chroot python3 -m pip download --quiet -d /opt/kfp-wheels pandas==2.2.0 scikit-learn==1.4.0
   done_phase "pip packages installed"
 
   phase "cleaning the rootfs"
