@@ -44,6 +44,12 @@ pub fn missing_label(
         .map(|(k, v)| format!("{k}={v}"))
 }
 
+/// Whether the agent's labels carry every `selector` entry ([`missing_label`] without the
+/// words, and so without allocating: placement asks it of many agents).
+pub fn has_labels(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// The first taint that keeps the step off the agent: a `NoSchedule` or `NoExecute` taint that
 /// no toleration accepts.
 pub fn blocking_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {

@@ -5,6 +5,7 @@
 //! Order: higher run priority first, then older runs, then each run's tasks in the order they
 //! became ready.
 
+mod index;
 pub(crate) mod matching;
 mod placement;
 

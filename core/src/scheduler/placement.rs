@@ -17,12 +17,19 @@
 //! 4. **Reservation.** A waiting step that some agent could run once work there ends holds that
 //!    agent's free resources (the agent nearest to fitting it) for the rest of the pass, so a
 //!    stream of small steps behind it cannot starve a large GPU request.
+//!
+//! The best agent is found through the fleet index ([`super::index`]) in about log n steps
+//! rather than by looking at every agent. Only a request shape that fits nowhere looks at the
+//! whole fleet, once per pass, to put reasons into words and choose the agent it holds.
 
 use std::collections::{BTreeMap, HashMap};
 
 use gantry_model::{ResourceRequest, Taint};
 
-use super::matching::{blocking_taint, gpu_model_matches, missing_label, untolerated_preferences};
+use super::index::{Fleet, Shape};
+#[cfg(test)]
+use super::matching::untolerated_preferences;
+use super::matching::{blocking_taint, gpu_model_matches, missing_label};
 use super::ReadyStep;
 use crate::state::Placement;
 
@@ -71,7 +78,7 @@ pub struct Plan {
     pub unschedulable: Vec<(ReadyStep, String)>,
 }
 
-const EPSILON: f64 = 1e-9;
+pub(super) const EPSILON: f64 = 1e-9;
 
 fn gpu_label(r: &ResourceRequest) -> String {
     match r.accelerator_type.as_deref() {
@@ -91,7 +98,9 @@ impl AgentView {
         self.matching_gpus(r).filter(|g| g.healthy && !g.in_use)
     }
 
-    /// Whether this agent could ever run `r` ([`Self::never_fits`] without the words).
+    /// Whether this agent could ever run `r` ([`Self::never_fits`] without the words). The
+    /// index asks the same through its classes; the oracle asks here.
+    #[cfg(test)]
     fn could_ever_fit(&self, r: &ResourceRequest) -> bool {
         r.cpu_reserved() <= self.total_cpu + EPSILON
             && r.memory_reserved() <= self.total_memory
@@ -102,6 +111,7 @@ impl AgentView {
     }
 
     /// Whether it can run `r` now, given that it could ever ([`Self::busy`] without the words).
+    #[cfg(test)]
     fn fits_now(&self, r: &ResourceRequest) -> bool {
         self.accepting
             && r.cpu_reserved() <= self.free_cpu + EPSILON
@@ -187,7 +197,7 @@ impl AgentView {
 
     /// Takes `r` with the first free healthy GPUs of its model (as many as it asks for, or
     /// as are free), and returns their UUIDs.
-    fn take_with_gpus(&mut self, r: &ResourceRequest) -> Vec<String> {
+    pub(super) fn take_with_gpus(&mut self, r: &ResourceRequest) -> Vec<String> {
         let gpus: Vec<String> = self
             .free_gpus(r)
             .take(r.accelerator_count as usize)
@@ -228,6 +238,7 @@ impl Reasons {
 }
 
 /// The ordering key of an agent that fits `r` now: smaller is better.
+#[cfg(test)]
 fn score(a: &AgentView, r: &ResourceRequest, policy: CpuPolicy) -> (usize, usize, i64, i64) {
     let penalty = untolerated_preferences(&a.taints, &r.tolerations);
     // CPU in millicores keeps the key integral (and so totally ordered).
@@ -247,6 +258,100 @@ fn score(a: &AgentView, r: &ResourceRequest, policy: CpuPolicy) -> (usize, usize
 
 /// Places `steps` (already in priority order) on `agents`.
 pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) -> Plan {
+    let mut fleet = Fleet::new(agents, policy);
+    let mut plan = Plan::default();
+    // Keyed by the request's whole content, so thousands of pending copies of a step share
+    // one look at the classes, and once one found no room, its verdict.
+    let mut shapes: HashMap<String, Shape> = HashMap::new();
+    for step in steps {
+        if fleet.agents().is_empty() {
+            plan.waiting
+                .push((step.clone(), "no agent is connected".to_string()));
+            continue;
+        }
+        let shape = shapes
+            .entry(format!("{:?}", step.request))
+            .or_insert_with(|| fleet.shape(&step.request));
+        place(&mut fleet, shape, step, &mut plan);
+    }
+    plan
+}
+
+/// Places one step, or records why it waits or can never run.
+fn place(fleet: &mut Fleet, shape: &mut Shape, step: &ReadyStep, plan: &mut Plan) {
+    // Within a pass free capacity only shrinks: a request that found no room (or could never
+    // fit) finds none for every later step asking the same.
+    if shape.verdict.is_none() {
+        if let Some(i) = fleet.best(shape) {
+            let gpus = fleet.take(i, &step.request);
+            plan.placements.push(Placement {
+                run_id: step.run_id.clone(),
+                task_id: step.task_id.clone(),
+                attempt: step.attempt,
+                agent_id: fleet.agents()[i].agent_id.clone(),
+                gpus,
+            });
+            return;
+        }
+        shape.verdict = Some(no_room(fleet, shape, &step.request));
+    }
+    if let Some((never, why)) = &shape.verdict {
+        let entry = (step.clone(), why.clone());
+        if *never {
+            plan.unschedulable.push(entry);
+        } else {
+            plan.waiting.push(entry);
+        }
+    }
+}
+
+/// Why `r` fits no agent now, and whether none could ever run it. If some could, the accepting
+/// one nearest to fitting it holds its free resources for `r`: nothing smaller may take them
+/// in this pass. Looks at every agent, but once per request shape and pass.
+fn no_room(fleet: &mut Fleet, shape: &Shape, r: &ResourceRequest) -> (bool, String) {
+    // Only the reasons a message shows are put into words; the rest are counted.
+    let mut never = Reasons::default();
+    let mut busy = Reasons::default();
+    let mut any_busy = false;
+    let mut nearest: Option<usize> = None;
+    for (i, a) in fleet.agents().iter().enumerate() {
+        if !fleet.could_ever_fit(i, shape, r) {
+            never.add(a, || a.never_fits(r));
+            continue;
+        }
+        busy.add(a, || a.busy(r));
+        any_busy = true;
+        // The last of equals wins, as `Iterator::max_by` chose before.
+        if a.accepting && nearest.is_none_or(|n| nearer(fleet, shape, i, n).is_ge()) {
+            nearest = Some(i);
+        }
+    }
+    if !any_busy {
+        let why = format!("no connected agent could ever run it: {}", never.summary());
+        return (true, why);
+    }
+    if let Some(i) = nearest {
+        fleet.take(i, r);
+    }
+    (false, format!("waiting for capacity: {}", busy.summary()))
+}
+
+/// How agent `x` compares with `y` in nearness to fitting: most free GPUs of the model, then
+/// most free CPU, then memory, then the smaller id.
+fn nearer(fleet: &Fleet, shape: &Shape, x: usize, y: usize) -> std::cmp::Ordering {
+    let (a, b) = (&fleet.agents()[x], &fleet.agents()[y]);
+    fleet
+        .free_gpus(x, shape)
+        .cmp(&fleet.free_gpus(y, shape))
+        .then(a.free_cpu.total_cmp(&b.free_cpu))
+        .then(a.free_memory.cmp(&b.free_memory))
+        .then(b.agent_id.cmp(&a.agent_id))
+}
+
+/// The scheduler as it was before the index: every agent looked at for every step. Kept as
+/// the oracle the indexed [`schedule`] must agree with.
+#[cfg(test)]
+pub(super) fn schedule_naive(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) -> Plan {
     let mut agents: Vec<AgentView> = agents.to_vec();
     // Ties go to the smaller id, whatever order the agents came in.
     agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));

@@ -406,3 +406,215 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn agents_sharing_an_id_are_held_and_chosen_as_the_full_scan_does() {
+    // Exact ties in nearness only arise between agents with the same id; the last of them holds
+    // the waiting step's GPUs, as `max_by` chose.
+    let twin = |prefix: &str| {
+        let mut g = gpus(prefix, "NVIDIA A100", 4);
+        g[0].in_use = true;
+        g[1].in_use = true;
+        agent("twin", 8.0, 8 * GIB, g)
+    };
+    let agents = vec![twin("x"), twin("y")];
+    let steps = [
+        step("big", 1.0, GIB, 4, None),
+        step("small", 1.0, GIB, 1, None),
+    ];
+    let plan = schedule(&steps, &agents, CpuPolicy::Spread);
+    assert_eq!(
+        plan,
+        super::placement::schedule_naive(&steps, &agents, CpuPolicy::Spread)
+    );
+    assert_eq!(
+        placed(&plan, "small").unwrap().gpus,
+        vec!["GPU-x-2".to_string()]
+    );
+}
+
+// ------------------------------------------------------------- property: the index changes nothing
+
+const ANY_MODEL: [&str; 4] = [
+    "NVIDIA A100-SXM4-40GB",
+    "NVIDIA H100 80GB HBM3",
+    "Tesla T4",
+    "NVIDIA L40S",
+];
+const ANY_TYPE: [&str; 6] = [
+    "NVIDIA_A100",
+    "NVIDIA_H100_80GB",
+    "NVIDIA_TESLA_T4",
+    "nvidia.com/gpu",
+    "NVIDIA_L4",
+    "",
+];
+const ANY_TAINT: [&str; 4] = [
+    "dedicated=ml:NoSchedule",
+    "spot:PreferNoSchedule",
+    "gpu=h100:NoExecute",
+    "cheap:PreferNoSchedule",
+];
+/// Nudges that put free CPU just off a whole number, where millicore rounding and the
+/// tolerance of the fit test disagree.
+const CPU_NUDGE: [f64; 5] = [0.0, 0.0, -0.0004, 0.0006, -1e-10];
+
+fn arb_taints() -> impl Strategy<Value = Vec<Taint>> {
+    proptest::sample::subsequence(ANY_TAINT.to_vec(), 0..=2).prop_map(|ts| {
+        ts.iter()
+            .map(|t| Taint::parse(t).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    })
+}
+
+fn arb_labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    (0usize..3, any::<bool>()).prop_map(|(zone, rack)| {
+        let mut l = BTreeMap::new();
+        if zone > 0 {
+            l.insert("zone".to_string(), ["a", "b"][zone - 1].to_string());
+        }
+        if rack {
+            l.insert("rack".to_string(), "1".to_string());
+        }
+        l
+    })
+}
+
+/// Agents that share classes and keys often: few sizes, few models (mixed on one host too),
+/// repeated ids, drained ones, free capacity above the total.
+fn arb_any_agent() -> impl Strategy<Value = AgentView> {
+    (
+        (
+            prop_oneof![0u32..6, 0u32..400],
+            1u32..=32,
+            -8i32..=40,
+            0usize..5,
+        ),
+        (1u64..=16, 0u64..=20, 0u32..1000),
+        proptest::collection::vec((0usize..4, any::<bool>(), any::<bool>()), 0..=5),
+        (arb_labels(), arb_taints(), proptest::bool::weighted(0.85)),
+    )
+        .prop_map(
+            |((id, quarters, used, nudge), (mem, used_mem, tag), g, rest)| {
+                let (labels, taints, accepting) = rest;
+                let cpu = quarters as f64 / 4.0;
+                let mut a = agent(&format!("a{id:03}"), cpu, mem * GIB / 2, vec![]);
+                // `used` past the total leaves no CPU; below zero, more free than the total (as
+                // with memory). Agents sharing an id still differ by their GPUs' UUIDs.
+                a.free_cpu = (cpu - used as f64 / 4.0).max(0.0) + CPU_NUDGE[nudge];
+                a.free_memory = (mem + 2).saturating_sub(used_mem) * GIB / 2;
+                a.gpus = g
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (model, healthy, in_use))| GpuSlot {
+                        uuid: format!("GPU-{id}-{tag}-{k}"),
+                        model: ANY_MODEL[*model].to_string(),
+                        healthy: *healthy || *in_use,
+                        in_use: *in_use,
+                    })
+                    .collect();
+                a.labels = labels;
+                a.taints = taints;
+                a.accepting = accepting;
+                a
+            },
+        )
+}
+
+fn arb_request() -> impl Strategy<Value = ResourceRequest> {
+    (
+        (0u32..=12, 0usize..5, 0u64..=10),
+        (0u32..=3, proptest::option::of(0usize..6)),
+        (0usize..4, 0usize..4),
+    )
+        .prop_map(|((cpu, nudge, mem), (gpus, t), (sel, tol))| {
+            let mut r = step(
+                "x",
+                cpu as f64 / 2.0 - CPU_NUDGE[nudge],
+                mem * GIB / 2,
+                gpus,
+                None,
+            )
+            .request;
+            r.accelerator_type = t.map(|t| ANY_TYPE[t].to_string());
+            let selector = [
+                None,
+                Some(("zone", "a")),
+                Some(("zone", "b")),
+                Some(("rack", "1")),
+            ];
+            if let Some((k, v)) = selector[sel] {
+                r.node_selector.insert(k.into(), v.into());
+            }
+            r.tolerations = match tol {
+                1 => vec![Toleration {
+                    key: "dedicated".into(),
+                    value: "ml".into(),
+                    ..Default::default()
+                }],
+                2 => vec![Toleration {
+                    key: "spot".into(),
+                    exists: true,
+                    ..Default::default()
+                }],
+                3 => vec![Toleration {
+                    exists: true,
+                    ..Default::default()
+                }],
+                _ => vec![],
+            };
+            r
+        })
+}
+
+/// A fleet and a queue drawn from a few request shapes, so that steps repeat and the per-shape
+/// memo and reservations come into play.
+fn arb_pass(
+    max_agents: usize,
+    max_steps: usize,
+) -> impl Strategy<Value = (Vec<AgentView>, Vec<ReadyStep>, CpuPolicy)> {
+    (
+        proptest::collection::vec(arb_any_agent(), 0..=max_agents),
+        proptest::collection::vec(arb_request(), 1..=8),
+        proptest::collection::vec(any::<prop::sample::Index>(), 1..=max_steps),
+        any::<bool>(),
+    )
+        .prop_map(|(agents, shapes, picks, pack)| {
+            let steps = picks
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ReadyStep {
+                    run_id: "r".into(),
+                    task_id: format!("s{i:03}"),
+                    attempt: 1,
+                    request: p.get(&shapes).clone(),
+                })
+                .collect();
+            let policy = if pack {
+                CpuPolicy::BinPack
+            } else {
+                CpuPolicy::Spread
+            };
+            (agents, steps, policy)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_index_places_exactly_as_the_full_scan((agents, steps, policy) in arb_pass(24, 60)) {
+        let naive = super::placement::schedule_naive(&steps, &agents, policy);
+        prop_assert_eq!(schedule(&steps, &agents, policy), naive);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_index_agrees_on_larger_fleets((agents, steps, policy) in arb_pass(300, 600)) {
+        let naive = super::placement::schedule_naive(&steps, &agents, policy);
+        prop_assert_eq!(schedule(&steps, &agents, policy), naive);
+    }
+}
