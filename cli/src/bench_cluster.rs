@@ -21,7 +21,7 @@ use crate::exit::CliError;
 const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 const GET_RUN_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
-const IDS: [u64; 3] = [1, 2, 3];
+pub(crate) const IDS: [u64; 3] = [1, 2, 3];
 /// Long enough that the run does not finish during the bench (0.1 s sleep per step).
 const CHAIN_STEPS: usize = 2000;
 
@@ -33,6 +33,9 @@ pub enum BenchKind {
     Failover(FailoverArgs),
     /// Placement alone, in process: placements per second on simulated fleets.
     Scheduler(crate::bench_scheduler::SchedulerBenchArgs),
+    /// End to end through Raft on 3 local coordinators with simulated in-process agents:
+    /// committed placements per second and the ready-to-assigned delay per fleet size.
+    Fleet(crate::bench_fleet::FleetArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,9 +58,11 @@ pub struct FailoverArgs {
 pub async fn run(kind: BenchKind) -> Result<(), CliError> {
     let kind = match kind {
         BenchKind::Scheduler(args) => return crate::bench_scheduler::run(args),
+        // Starts a fresh cluster per fleet size itself.
+        BenchKind::Fleet(args) => return crate::bench_fleet::run(args).await,
         other => other,
     };
-    let mut cluster = Cluster::start(bin_dir()?)?;
+    let mut cluster = Cluster::start(bin_dir()?, true)?;
     // Ctrl-C ends the bench through the guard rather than leaving the children running.
     let result = tokio::select! {
         r = bench(&mut cluster, kind) => r,
@@ -70,8 +75,9 @@ async fn bench(cluster: &mut Cluster, kind: BenchKind) -> Result<(), CliError> {
     match kind {
         BenchKind::Raft(a) => raft(cluster, a).await,
         BenchKind::Failover(a) => failover(cluster, a).await,
-        // Needs no cluster: `run` hands it over before starting one.
+        // These start their own (or none): `run` hands them over before starting one.
         BenchKind::Scheduler(a) => crate::bench_scheduler::run(a),
+        BenchKind::Fleet(a) => crate::bench_fleet::run(a).await,
     }
 }
 
@@ -79,7 +85,7 @@ fn unavailable(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::Unavailable(format!("{what}: {e}"))
 }
 
-fn bin_dir() -> Result<PathBuf, CliError> {
+pub(crate) fn bin_dir() -> Result<PathBuf, CliError> {
     if let Some(d) = std::env::var_os("GANTRY_BIN_DIR") {
         return Ok(PathBuf::from(d));
     }
@@ -89,7 +95,7 @@ fn bin_dir() -> Result<PathBuf, CliError> {
         .ok_or_else(|| CliError::Unavailable(format!("{} has no parent", exe.display())))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -108,7 +114,7 @@ fn free_ports(n: usize) -> Result<Vec<u16>, CliError> {
         .map_err(unavailable("cannot read a bound port"))
 }
 
-fn channel(addr: &str) -> Result<Channel, CliError> {
+pub(crate) fn channel(addr: &str) -> Result<Channel, CliError> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| CliError::Unavailable(format!("bad address {addr}: {e}")))?
         .connect_timeout(STATUS_TIMEOUT)
@@ -122,19 +128,26 @@ fn reap(mut child: Child) {
     let _ = child.wait();
 }
 
-struct Node {
-    addr: String,
+pub(crate) struct Node {
+    pub(crate) addr: String,
     child: Option<Child>,
-    channel: Channel,
+    pub(crate) channel: Channel,
+}
+
+impl Node {
+    /// The process id of the running child, if any.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// The child processes and their directory; dropping it kills and reaps every child, then
 /// removes the directory.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     bin_dir: PathBuf,
     peers: Vec<String>,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     agent: Option<Child>,
 }
 
@@ -152,8 +165,14 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn start(bin_dir: PathBuf) -> Result<Self, CliError> {
-        for b in ["gantry-coordinator", "gantry-agent"] {
+    /// `with_agent`: whether a `gantry-agent` binary must be there too (failover starts one).
+    pub(crate) fn start(bin_dir: PathBuf, with_agent: bool) -> Result<Self, CliError> {
+        let needed: &[&str] = if with_agent {
+            &["gantry-coordinator", "gantry-agent"]
+        } else {
+            &["gantry-coordinator"]
+        };
+        for b in needed {
             let p = bin_dir.join(b);
             if !p.is_file() {
                 return Err(CliError::Unavailable(format!(
@@ -200,7 +219,7 @@ impl Cluster {
         Ok(c)
     }
 
-    fn node(&self, id: u64) -> &Node {
+    pub(crate) fn node(&self, id: u64) -> &Node {
         &self.nodes[id as usize - 1]
     }
 
@@ -279,7 +298,7 @@ impl Cluster {
     }
 
     /// The temporary directory goes with the guard, so the logs are copied out to stay readable.
-    fn failed(&self, e: CliError) -> CliError {
+    pub(crate) fn failed(&self, e: CliError) -> CliError {
         let kept = std::env::temp_dir().join(format!("gantry-bench-logs-{}", now_ms()));
         let mut paths = Vec::new();
         if std::fs::create_dir_all(&kept).is_ok() {
@@ -315,7 +334,7 @@ impl Cluster {
             .max_by_key(|s| s.term)
     }
 
-    async fn wait_leader(
+    pub(crate) async fn wait_leader(
         &self,
         ids: &[u64],
         after_term: u64,
@@ -336,7 +355,7 @@ impl Cluster {
         }
     }
 
-    fn runs(&self, id: u64) -> RunServiceClient<Channel> {
+    pub(crate) fn runs(&self, id: u64) -> RunServiceClient<Channel> {
         RunServiceClient::new(self.node(id).channel.clone())
     }
 }

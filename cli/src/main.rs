@@ -4,6 +4,7 @@ use std::time::Duration;
 
 mod bench;
 mod bench_cluster;
+mod bench_fleet;
 mod bench_scheduler;
 mod client;
 mod dev;
