@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README and CI): bash scripts/test.sh [extra cargo test args]
-# On a fresh machine it first installs what the tests use (kfp==2.16.1 for the host Python,
+# On a fresh machine it first installs what the tests use (kfp==2.16.1 and kfp-kubernetes for the host Python,
 # s3s-fs), builds the local Docker images if missing (images/build.sh) and, unless
 # GANTRY_TEST_S3_ENDPOINT is already set, starts a local S3 server (s3s-fs) for the run.
 set -euo pipefail
@@ -11,6 +11,8 @@ PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 if ! python3 -c 'import sys, kfp; sys.exit(kfp.__version__ != "2.16.1")' 2>/dev/null; then
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet 'kfp==2.16.1'
 fi
+python3 -c 'import kfp.kubernetes' 2>/dev/null ||
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet 'kfp-kubernetes==2.16.1'
 command -v s3s-fs >/dev/null 2>&1 || cargo install --locked s3s-fs@0.14.1 --features binary
 
 if command -v docker >/dev/null 2>&1; then

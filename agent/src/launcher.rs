@@ -44,6 +44,14 @@
 //! directory for inspection (outputs, `executor_input.json`, the process runtime's `work/`)
 //! minus `inputs/` (copies of stored artifacts, possibly large) and `tmp/`; the next run of
 //! the same attempt replaces it. Nothing prunes old failed attempts yet.
+//!
+//! # Agent restarts
+//!
+//! While the step runs its spec is kept in the attempt directory (`step.json`). Under Docker
+//! the container outlives the agent process: a new process with the same agent id and work
+//! directory finds it by its labels ([`Launcher::orphans`]), follows it to its end and
+//! collects its outputs ([`Launcher::resume`]), so the step is not run twice. Its output is
+//! streamed again from the start.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -57,6 +65,8 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::{is_supported_uri, ArtifactError, ArtifactStores};
 use crate::placeholders::{self, StepArtifact};
 use crate::runtime::{ContainerRun, LogLine, LogStream, Mount, PathMap, Runtime};
+use crate::secrets::{self, Masker, SecretStore};
+use crate::volumes::Volumes;
 
 /// Stderr lines quoted in a failure message.
 const STDERR_TAIL: usize = 20;
@@ -88,6 +98,10 @@ pub struct Launcher {
     step_env: Vec<(String, String)>,
     mounts: Vec<Mount>,
     labels: BTreeMap<String, String>,
+    /// Where `secret_env` references are resolved; `None`: steps needing a secret fail.
+    secrets: Option<Arc<SecretStore>>,
+    /// What `volumes` of a step name.
+    volumes: Volumes,
 }
 
 /// The attempt directory and how the step sees it.
@@ -187,15 +201,21 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     validate_artifact_name(name).map_err(|e| format!("{what} {name:?}: {e}"))
 }
 
-/// `run_id` and every segment of `task_id` must be safe directory names.
-fn check_ids(spec: &StepSpec) -> Result<(), String> {
-    check_name("run id", &spec.run_id)?;
-    if spec.task_id.is_empty() {
+/// The run id and every segment of the task id are safe directory names.
+fn check_task_path(run_id: &str, task_id: &str) -> Result<(), String> {
+    check_name("run id", run_id)?;
+    if task_id.is_empty() {
         return Err("task id is empty".into());
     }
-    for seg in spec.task_id.split('/') {
-        check_name(&format!("task id {:?}: segment", spec.task_id), seg)?;
+    for seg in task_id.split('/') {
+        check_name(&format!("task id {task_id:?}: segment"), seg)?;
     }
+    Ok(())
+}
+
+/// `run_id` and every segment of `task_id` must be safe directory names.
+fn check_ids(spec: &StepSpec) -> Result<(), String> {
+    check_task_path(&spec.run_id, &spec.task_id)?;
     for name in spec.inputs.artifacts.keys() {
         check_name("input artifact", name)?;
     }
@@ -265,6 +285,22 @@ pub fn resolve_parameter_values(
         .collect()
 }
 
+/// The attempt's spec, kept in its directory while it runs so that a restarted agent can
+/// finish it.
+const SPEC_RECORD: &str = "step.json";
+
+/// The name of an attempt's container: the same for every agent process, so a restarted one
+/// finds it.
+fn container_run_name(spec: &StepSpec) -> String {
+    format!("gantry-{}-{}-{}", spec.run_id, spec.task_id, spec.attempt)
+}
+
+/// Whether [`Launcher::watch`] starts the step or follows one already running.
+enum Follow<'a> {
+    Start(&'a ContainerRun),
+    Reattach(&'a str),
+}
+
 /// What [`Launcher::prepare`] made of a spec: the process to run and the names the outputs
 /// will be found under.
 struct Prepared {
@@ -291,6 +327,33 @@ impl Launcher {
             step_env: Vec::new(),
             mounts: Vec::new(),
             labels: BTreeMap::new(),
+            secrets: None,
+            volumes: Volumes::default(),
+        }
+    }
+
+    /// The secret store steps' `secret_env` references are read from (`--secrets-dir`).
+    pub fn secrets(mut self, store: Option<SecretStore>) -> Self {
+        self.secrets = store.map(Arc::new);
+        self
+    }
+
+    /// The volumes steps may mount by name (`--volume`).
+    pub fn volumes(mut self, volumes: Volumes) -> Self {
+        self.volumes = volumes;
+        self
+    }
+
+    /// The masker of the secret values `spec` uses, read afresh from the store: a step this
+    /// process reattaches to had its values read by an earlier one.
+    fn masker(&self, spec: &StepSpec) -> Masker {
+        match secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env) {
+            Ok((_, masker)) => masker,
+            Err(e) => {
+                tracing::warn!(attempt = %spec.attempt_key(), error = %e,
+                    "cannot read the step's secrets: its logs are not masked");
+                Masker::default()
+            }
         }
     }
 
@@ -302,7 +365,9 @@ impl Launcher {
     }
 
     /// Labels added to every step's container besides the `gantry.*` ones the launcher sets
-    /// (which win): `gantry.agent=<id>` lets a restarted agent find its orphans.
+    /// (which win). They identify this agent's containers to a later process of it
+    /// ([`Launcher::orphans`]): `gantry.agent=<id>` and `gantry.work-dir=<path>`, as two
+    /// agents may share an engine.
     pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
         self
@@ -351,7 +416,103 @@ impl Launcher {
             };
         }
         let dir = self.attempt_dir(spec);
-        let outcome = match self.attempt(spec, &dir, logs, &cancel).await {
+        let result = self.attempt(spec, &dir, logs, &cancel).await;
+        self.settle(&dir, result, &cancel).await
+    }
+
+    /// Finishes an attempt an earlier process of this agent started (one of
+    /// [`Launcher::orphans`]): follows its container to its end, then collects its outputs as
+    /// [`Launcher::run_step`] would have. A container that is gone meanwhile makes the attempt
+    /// [`StepOutcome::Lost`]: nothing is known of how it ended.
+    pub async fn resume(
+        &self,
+        spec: &StepSpec,
+        logs: mpsc::Sender<LogLine>,
+        cancel: CancellationToken,
+    ) -> StepOutcome {
+        let dir = self.attempt_dir(spec);
+        let layout = Layout {
+            host: dir.clone(),
+            map: self.runtime.path_map(&dir),
+        };
+        let name = container_run_name(spec);
+        let result = self
+            .watch(spec, &layout, Follow::Reattach(&name), logs, &cancel)
+            .await;
+        self.settle(&dir, result, &cancel).await
+    }
+
+    /// The attempts an earlier process of this agent left in containers that outlive it
+    /// (Docker), found by the labels this launcher puts on every container ([`Self::labels`]
+    /// must name the agent and its work directory), each with the spec kept in its attempt
+    /// directory. A container whose spec cannot be read back is removed: nothing could report
+    /// its outcome, and the coordinator sends the attempt again.
+    pub async fn orphans(&self) -> Vec<StepSpec> {
+        if !self.runtime.survives_agent_restart() || self.labels.is_empty() {
+            return Vec::new();
+        }
+        let mut labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        labels.push(("gantry.managed", "true"));
+        let found = match self.runtime.orphans(&labels).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for the steps of an earlier agent process");
+                return Vec::new();
+            }
+        };
+        let mut specs = Vec::new();
+        for orphan in found {
+            match self.read_record(&orphan.labels).await {
+                Ok(spec) => specs.push(spec),
+                Err(why) => {
+                    tracing::warn!(container = %orphan.name, %why,
+                        "a step container of an earlier agent process cannot be reattached; removing it");
+                    self.runtime.discard(&orphan.name).await;
+                }
+            }
+        }
+        specs
+    }
+
+    /// The spec kept in the attempt directory that a container's labels name.
+    async fn read_record(&self, labels: &BTreeMap<String, String>) -> Result<StepSpec, String> {
+        let label = |k: &str| labels.get(k).ok_or_else(|| format!("it has no {k} label"));
+        let (run, task) = (label("gantry.run")?, label("gantry.task")?);
+        let attempt: u32 = label("gantry.attempt")?
+            .parse()
+            .map_err(|_| "its gantry.attempt label is not a number".to_string())?;
+        // Labels are anyone's to set who reaches the engine: no path may climb out.
+        check_task_path(run, task)?;
+        let path = self
+            .work_root
+            .join(run)
+            .join(task)
+            .join(format!("attempt-{attempt}"))
+            .join(SPEC_RECORD);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let spec: StepSpec = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a step spec: {e}", path.display()))?;
+        if (&spec.run_id, &spec.task_id, spec.attempt) != (run, task, attempt) {
+            return Err(format!("{} belongs to another attempt", path.display()));
+        }
+        check_ids(&spec)?;
+        Ok(spec)
+    }
+
+    /// The outcome of an attempt's result, its directory cleaned up.
+    async fn settle(
+        &self,
+        dir: &Path,
+        result: Result<StepOutcome, String>,
+        cancel: &CancellationToken,
+    ) -> StepOutcome {
+        let outcome = match result {
             Ok(o) => o,
             Err(_) if cancel.is_cancelled() => StepOutcome::Canceled,
             Err(error) => StepOutcome::Failed {
@@ -359,7 +520,7 @@ impl Launcher {
                 exit_code: None,
             },
         };
-        self.clean_up(&dir, &outcome).await;
+        self.clean_up(dir, &outcome).await;
         outcome
     }
 
@@ -399,12 +560,42 @@ impl Launcher {
             p = self.prepare(spec, dir) => p?,
             _ = cancel.cancelled() => return Ok(StepOutcome::Canceled),
         };
+        // Before the container starts: a restarted agent finds the attempt through it.
+        let record =
+            serde_json::to_vec(spec).map_err(|e| format!("cannot encode the step spec: {e}"))?;
+        let path = dir.join(SPEC_RECORD);
+        tokio::fs::write(&path, record)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.watch(
+            spec,
+            &prepared.layout,
+            Follow::Start(&prepared.run),
+            logs,
+            cancel,
+        )
+        .await
+    }
 
-        // Forward logs, keeping the stderr tail for the failure message.
+    /// Runs or follows the step's container to its end and makes its outcome.
+    async fn watch(
+        &self,
+        spec: &StepSpec,
+        layout: &Layout,
+        how: Follow<'_>,
+        logs: mpsc::Sender<LogLine>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, String> {
+        // Forward logs, keeping the stderr tail for the failure message; secret values are
+        // masked first, so neither the coordinator nor the failure message ever sees them.
         let (tx, mut rx) = mpsc::channel::<LogLine>(1024);
+        let masker = self.masker(spec);
         let tail = tokio::spawn(async move {
             let mut tail: VecDeque<String> = VecDeque::new();
-            while let Some(l) = rx.recv().await {
+            while let Some(mut l) = rx.recv().await {
+                if let std::borrow::Cow::Owned(masked) = masker.mask(&l.line) {
+                    l.line = masked;
+                }
                 if l.stream == LogStream::Stderr {
                     if tail.len() == STDERR_TAIL {
                         tail.pop_front();
@@ -415,9 +606,16 @@ impl Launcher {
             }
             tail
         });
-        let exit = self.runtime.run(&prepared.run, tx, cancel.clone()).await;
+        let exit = match how {
+            Follow::Start(run) => self.runtime.run(run, tx, cancel.clone()).await.map(Some),
+            Follow::Reattach(name) => self.runtime.reattach(name, tx, cancel.clone()).await,
+        };
         let tail = tail.await.unwrap_or_default();
-        let exit = exit.map_err(|e| e.to_string())?;
+        let Some(exit) = exit.map_err(|e| e.to_string())? else {
+            return Ok(StepOutcome::Lost {
+                error: "the step's container was gone when its agent restarted".into(),
+            });
+        };
         if exit.canceled {
             return Ok(StepOutcome::Canceled);
         }
@@ -443,7 +641,7 @@ impl Launcher {
             });
         }
         tokio::select! {
-            r = self.collect(spec, &prepared.layout) => r,
+            r = self.collect(spec, layout) => r,
             _ = cancel.cancelled() => Ok(StepOutcome::Canceled),
         }
     }
@@ -568,6 +766,25 @@ impl Launcher {
                 .iter()
                 .map(|e| (e.name.clone(), e.value.clone())),
         );
+        let (secret_env, _) =
+            secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env)?;
+        env.extend(secret_env);
+        let mut mounts = self.mounts.clone();
+        if !spec.container.volumes.is_empty() {
+            if self.runtime.name() == "process" {
+                return Err(format!(
+                    "the step mounts volume(s) {}, and the process runtime cannot show a host \
+                     directory at another path; run the agent with --runtime docker",
+                    spec.container
+                        .volumes
+                        .iter()
+                        .map(|v| format!("{:?} at {}", v.volume, v.mount_path))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
+        }
         let mut labels = self.labels.clone();
         labels.extend(
             [
@@ -580,12 +797,12 @@ impl Launcher {
             .map(|(k, v)| (k.to_string(), v)),
         );
         let run = ContainerRun {
-            name: format!("gantry-{}-{}-{}", spec.run_id, spec.task_id, spec.attempt),
+            name: container_run_name(spec),
             image: spec.container.image.clone(),
             command,
             args,
             env,
-            mounts: self.mounts.clone(),
+            mounts,
             work_dir: dir.to_path_buf(),
             labels,
             cpu_limit: spec.container.resources.cpu_limit,
@@ -762,6 +979,8 @@ mod tests {
                 args: vec![],
                 env: vec![],
                 resources: ResourceRequest::default(),
+                secret_env: vec![],
+                volumes: vec![],
             },
             inputs: StepInputs {
                 parameters: BTreeMap::from([

@@ -6,4 +6,6 @@ pub mod inventory;
 pub mod launcher;
 pub mod placeholders;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
+pub mod volumes;

@@ -35,9 +35,24 @@ struct Args {
     /// tolerate it are placed here, as with Kubernetes node taints (repeatable).
     #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT")]
     taints: Vec<String>,
+    /// On SIGTERM/SIGINT, stop the running steps. By default (Docker runtime) they are left
+    /// running and an agent started again with the same --agent-id and --work-dir reattaches
+    /// to them; the process runtime always stops them.
+    #[arg(long, env = "GANTRY_STOP_STEPS_ON_EXIT")]
+    stop_steps_on_exit: bool,
     /// A variable KEY=VALUE every step gets (repeatable): a proxy, PIP_INDEX_URL of a mirror.
     #[arg(long = "step-env", value_name = "KEY=VALUE")]
     step_env: Vec<String>,
+    /// Secret store for kfp-kubernetes `use_secret_as_env`: DIR/<secret>/<key> files, laid
+    /// out like Kubernetes secret volumes; each secret is advertised as the label
+    /// secret.gantry.dev/<secret>=true.
+    #[arg(long, env = "GANTRY_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// A host directory steps mount by name with kfp-kubernetes `mount_pvc(pvc_name=NAME)`
+    /// (repeatable; `:ro` read-only; Docker runtime only); advertised as the label
+    /// volume.gantry.dev/<NAME>=true.
+    #[arg(long = "volume", value_name = "NAME=HOST_PATH[:ro]")]
+    volumes: Vec<String>,
 }
 
 #[tokio::main]
@@ -63,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!(e))?;
     let (runtime, runtime_name) = gantry_agent::runtime::select(&args.runtime).await?;
+    let (secret_store, volumes) = gantry_agent::volumes::host_resources(
+        args.secrets_dir.as_deref(),
+        &args.volumes,
+        &runtime_name,
+        &mut labels,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let work_dir = std::path::absolute(&args.work_dir)?;
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &work_dir);
     let agent_id = args.agent_id.unwrap_or_else(|| inventory.hostname.clone());
@@ -76,9 +98,29 @@ async fn main() -> anyhow::Result<()> {
             _ => Err(anyhow::anyhow!("--step-env {f:?} is not KEY=VALUE")),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Two agents may share an engine: both labels tell this agent's containers apart.
+    let own_labels = BTreeMap::from([
+        ("gantry.agent".to_string(), agent_id.clone()),
+        (
+            "gantry.work-dir".to_string(),
+            work_dir.to_string_lossy().into_owned(),
+        ),
+    ]);
+    let leave_steps = runtime.survives_agent_restart() && !args.stop_steps_on_exit;
     let core = AgentCore::new(Arc::new(
-        Launcher::new(runtime, work_dir.clone()).step_env(step_env),
+        Launcher::new(runtime, work_dir.clone())
+            .step_env(step_env)
+            .labels(own_labels)
+            .secrets(secret_store)
+            .volumes(volumes),
     ));
+    let reattached = core.reattach_orphans().await;
+    if reattached > 0 {
+        tracing::info!(
+            steps = reattached,
+            "reattached to the steps of an earlier agent process"
+        );
+    }
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         agent_id,
@@ -100,6 +142,19 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    if leave_steps {
+        let running = core.running_count();
+        tracing::info!(
+            steps = running,
+            "stopping; running steps go on in their containers and an agent started again \
+             with the same --agent-id and --work-dir reattaches to them"
+        );
+        shutdown.cancel();
+        let _ = sessions.await;
+        // Not through the runtime's shutdown: dropping the step tasks would remove their
+        // containers.
+        std::process::exit(0);
     }
     tracing::info!("stopping: canceling running steps");
     core.cancel_all();

@@ -163,6 +163,23 @@ impl AgentCore {
 
     /// Starts a committed assignment unless this attempt is already known.
     pub fn start(self: &Arc<Self>, spec: StepSpec) {
+        self.spawn(spec, false);
+    }
+
+    /// Takes over the steps an earlier process of this agent left running (Docker), before
+    /// the first registration: they are then reported as active, so the coordinator neither
+    /// sends them again nor runs them twice. How many were found.
+    pub async fn reattach_orphans(self: &Arc<Self>) -> usize {
+        let orphans = self.launcher.orphans().await;
+        let n = orphans.len();
+        for spec in orphans {
+            tracing::info!(attempt = %spec.attempt_key(), "reattaching to a running step");
+            self.spawn(spec, true);
+        }
+        n
+    }
+
+    fn spawn(self: &Arc<Self>, spec: StepSpec, reattach: bool) {
         let k: Key = (spec.run_id.clone(), spec.task_id.clone(), spec.attempt);
         let cancel = CancellationToken::new();
         {
@@ -179,15 +196,21 @@ impl AgentCore {
                 },
             );
         }
-        tracing::info!(attempt = %spec.attempt_key(), image = %spec.container.image, "starting step");
-        self.send(msg(Out::Started(pb::AttemptStarted {
-            attempt: Some(attempt_ref(&k)),
-        })));
+        if !reattach {
+            tracing::info!(attempt = %spec.attempt_key(), image = %spec.container.image, "starting step");
+            self.send(msg(Out::Started(pb::AttemptStarted {
+                attempt: Some(attempt_ref(&k)),
+            })));
+        }
         let core = self.clone();
         tokio::spawn(async move {
             let (log_tx, log_rx) = mpsc::channel::<LogLine>(1024);
             let forwarder = tokio::spawn(forward_logs(core.clone(), k.clone(), log_rx));
-            let outcome = core.launcher.run_step(&spec, log_tx, cancel).await;
+            let outcome = if reattach {
+                core.launcher.resume(&spec, log_tx, cancel).await
+            } else {
+                core.launcher.run_step(&spec, log_tx, cancel).await
+            };
             let _ = forwarder.await;
             tracing::info!(attempt = %spec.attempt_key(), outcome = outcome_name(&outcome), "step ended");
             if let Some(a) = core.attempts().get_mut(&k) {

@@ -599,3 +599,50 @@ async fn orphans_are_removed_by_label() {
     assert_eq!(n, 2);
     assert!(containers_of(runtime.client(), &run).await.is_empty());
 }
+
+#[tokio::test]
+async fn orphans_whose_labels_lead_outside_the_work_dir_are_removed_not_followed() {
+    if skip() {
+        return;
+    }
+    let runtime = docker().await;
+    ensure_images();
+    let run = run_id("orphan-escape");
+    let _cleanup = Cleanup(run.clone());
+    let work = tempfile::tempdir().unwrap();
+    let agent = format!("agent-{run}");
+    let work_label = work.path().to_string_lossy().into_owned();
+    // A container claiming this agent, whose task label climbs out of its work directory.
+    let out = docker_cli(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("gantry.run={run}"),
+        "--label",
+        "gantry.managed=true",
+        "--label",
+        &format!("gantry.agent={agent}"),
+        "--label",
+        &format!("gantry.work-dir={work_label}"),
+        "--label",
+        "gantry.task=../../../etc",
+        "--label",
+        "gantry.attempt=1",
+        BUSYBOX,
+        "sleep",
+        "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launcher = Launcher::new(Arc::new(runtime.clone()), work.path().to_path_buf()).labels(
+        BTreeMap::from([
+            ("gantry.agent".to_string(), agent.clone()),
+            ("gantry.work-dir".to_string(), work_label.clone()),
+        ]),
+    );
+    assert!(launcher.orphans().await.is_empty());
+    assert!(containers_of(runtime.client(), &run).await.is_empty());
+}

@@ -208,6 +208,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         None,
         "bench-agent".into(),
         Vec::new(),
+        Default::default(),
     )
     .await?;
     let endpoint = format!("http://{}", e.server.addr);

@@ -41,6 +41,21 @@ pub struct DevArgs {
     /// A variable KEY=VALUE every step gets (repeatable), e.g. a proxy or PIP_INDEX_URL.
     #[arg(long = "step-env", value_name = "KEY=VALUE")]
     pub step_env: Vec<String>,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// What the embedded agent offers steps besides its capacity.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct HostArgs {
+    /// Secret store for kfp-kubernetes `use_secret_as_env`: DIR/<secret>/<key> files (as
+    /// gantry-agent --secrets-dir).
+    #[arg(long, env = "GANTRY_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// A host directory steps mount by name with kfp-kubernetes `mount_pvc` (repeatable;
+    /// `:ro` read-only; Docker runtime only; as gantry-agent --volume).
+    #[arg(long = "volume", value_name = "NAME=HOST_PATH[:ro]")]
+    pub volumes: Vec<String>,
 }
 
 /// `KEY=VALUE` flags as pairs; `what` names the flag in errors.
@@ -77,6 +92,7 @@ pub async fn start_embedded(
     artifact_root: Option<String>,
     agent_id: String,
     step_env: Vec<(String, String)>,
+    host: HostArgs,
 ) -> Result<Embedded, CliError> {
     let data_dir = std::path::absolute(&data_dir)
         .map_err(|e| CliError::Refused(format!("data dir {}: {e}", data_dir.display())))?;
@@ -90,6 +106,14 @@ pub async fn start_embedded(
         RuntimeChoice::Auto => gantry_agent::runtime::select("auto").await,
     }
     .map_err(|e| CliError::Refused(e.to_string()))?;
+    let mut labels = std::collections::BTreeMap::new();
+    let (secret_store, volumes) = gantry_agent::volumes::host_resources(
+        host.secrets_dir.as_deref(),
+        &host.volumes,
+        &runtime_name,
+        &mut labels,
+    )
+    .map_err(CliError::Refused)?;
     let server = server::start(CoordinatorConfig::single(
         1,
         listen,
@@ -98,14 +122,19 @@ pub async fn start_embedded(
     ))
     .await
     .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
-    let launcher = Arc::new(Launcher::new(runtime, data_dir.join("agent")).step_env(step_env));
+    let launcher = Arc::new(
+        Launcher::new(runtime, data_dir.join("agent"))
+            .step_env(step_env)
+            .secrets(secret_store)
+            .volumes(volumes),
+    );
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &data_dir.join("agent"));
     let core = AgentCore::new(launcher);
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
         agent_id,
         coordinators: vec![format!("http://{}", server.addr)],
-        labels: Default::default(),
+        labels,
         taints: Vec::new(),
         inventory,
         reprobe: Some(gantry_agent::session::Reprobe({
@@ -139,6 +168,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         args.artifact_root,
         args.agent_id.clone(),
         step_env,
+        args.host,
     )
     .await?;
     eprintln!(

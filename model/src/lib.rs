@@ -12,5 +12,7 @@ pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
 pub use params::ParamType;
 pub use resources::{GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, Toleration};
 pub use step::{
-    ContainerSpec, EnvVar, OutputArtifactSpec, StepInputs, StepOutcome, StepOutputs, StepSpec,
+    secret_label, validate_resource_name, validate_secret_key, volume_label, ContainerSpec, EnvVar,
+    OutputArtifactSpec, SecretEnv, StepInputs, StepOutcome, StepOutputs, StepSpec, VolumeMount,
+    RESOURCE_LABEL_VALUE,
 };

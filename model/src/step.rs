@@ -26,6 +26,81 @@ pub struct ContainerSpec {
     pub env: Vec<EnvVar>,
     #[serde(default)]
     pub resources: ResourceRequest,
+    /// Variables the agent fills from its secret store (kfp-kubernetes `use_secret_as_env`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// Agent volumes shown to the step (kfp-kubernetes `mount_pvc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// Environment variable `env` holds key `key` of secret `secret` from the agent's secret store.
+/// Only the reference travels (the spec is committed to the Raft log and sent over the wire);
+/// the value is read by the agent that runs the step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    pub secret: String,
+    pub key: String,
+    pub env: String,
+    /// A missing secret or key leaves the variable unset instead of failing the step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// The agent's volume `volume` (`--volume NAME=HOST_PATH`), or its `sub_path` below it, seen
+/// by the step at `mount_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
+}
+
+/// Label an agent carries when its secret store holds secret `name`: steps that need the
+/// secret select it, so they are placed only where it can be resolved.
+pub fn secret_label(name: &str) -> String {
+    format!("secret.gantry.dev/{name}")
+}
+
+/// Label an agent carries when it has volume `name` (see [`secret_label`]).
+pub fn volume_label(name: &str) -> String {
+    format!("volume.gantry.dev/{name}")
+}
+
+/// Value of the [`secret_label`] and [`volume_label`] labels.
+pub const RESOURCE_LABEL_VALUE: &str = "true";
+
+/// Whether `name` can name a secret or a volume: it becomes a directory name on the agent and
+/// part of a label key, so 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting and ending
+/// with a letter or digit (a Kubernetes label name; secret and claim names fit).
+pub fn validate_resource_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 63 {
+        return Err("must have 1 to 63 characters".into());
+    }
+    if !name.chars().all(ok_char) || !edge(name.chars().next()) || !edge(name.chars().last()) {
+        return Err(
+            "may hold only ASCII letters, digits, '-', '_' and '.', and must start and end \
+             with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `key` can be a key of a secret: a file name in the secret's directory (Kubernetes
+/// allows letters, digits, `-`, `_` and `.`).
+pub fn validate_secret_key(key: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if key.is_empty() || key.len() > 253 || key == "." || key == ".." {
+        return Err("must have 1 to 253 characters and not be '.' or '..'".into());
+    }
+    if !key.chars().all(ok_char) {
+        return Err("may hold only ASCII letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

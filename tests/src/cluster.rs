@@ -354,11 +354,29 @@ impl Cluster {
         args: &[&str],
         env: &[(String, String)],
     ) -> Result<()> {
+        self.start_agent_on("process", agent_id, args, env)
+    }
+
+    /// Starts agent `agent_id` on `runtime` (`process`, `docker`). An agent of that id
+    /// started before is stopped first (`kill -9` if still running): the new one is its
+    /// restart, with the same work directory, and its log goes on in the same file.
+    pub fn start_agent_on(
+        &mut self,
+        runtime: &str,
+        agent_id: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let name = format!("agent {agent_id}");
+        self.agents.retain(|p| p.name != name);
         let work = self.dir.path().join(format!("agent-{agent_id}"));
-        let log = std::fs::File::create(self.dir.path().join(format!("agent-{agent_id}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("agent-{agent_id}.log")))?;
         let child = Command::new(bin("gantry-agent"))
             .args(["--coordinator", &self.endpoints()])
-            .args(["--agent-id", agent_id, "--runtime", "process"])
+            .args(["--agent-id", agent_id, "--runtime", runtime])
             .args(args)
             .arg("--work-dir")
             .arg(&work)
@@ -368,11 +386,16 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .context("starting gantry-agent")?;
-        self.agents.push(Proc {
-            child,
-            name: format!("agent {agent_id}"),
-        });
+        self.agents.push(Proc { child, name });
         Ok(())
+    }
+
+    /// SIGTERM to agent `agent_id`, then SIGKILL if it has not exited within 10 s.
+    pub fn stop_agent(&mut self, agent_id: &str) {
+        let name = format!("agent {agent_id}");
+        if let Some(p) = self.agents.iter_mut().find(|p| p.name == name) {
+            p.terminate(Duration::from_secs(10));
+        }
     }
 
     /// `kill -9` of agent `agent_id`'s process.

@@ -12,7 +12,9 @@
 //!   `MemorySwap`, so no swap) from the memory limit, `NetworkMode` if set;
 //! - logs are followed (stdout and stderr) line by line; on cancel the container is stopped
 //!   with a short grace period; the container is always removed afterwards, also on errors
-//!   and when `run` is dropped half-way.
+//!   and when `run` is dropped half-way;
+//! - containers outlive the agent process: a restarted agent finds its own by their labels
+//!   ([`Runtime::orphans`]) and follows them to their end ([`Runtime::reattach`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,7 +34,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, PathMap, Runtime, RuntimeError,
+    ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, Orphan, PathMap, Runtime,
+    RuntimeError,
 };
 
 /// Where the attempt directory is mounted in every container.
@@ -122,6 +125,20 @@ impl DockerRuntime {
     /// `[("gantry.managed", "true"), ("gantry.agent", id)]` when an agent starts again after
     /// a crash: their attempts are lost to the coordinator anyway. Returns how many went.
     pub async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, RuntimeError> {
+        let found = self.list_labelled(labels).await?;
+        let mut n = 0;
+        for id in found.into_iter().filter_map(|c| c.id) {
+            self.remove(&id).await;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every container (running or not) carrying all of `labels`.
+    async fn list_labelled(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_string(),
             labels
@@ -138,12 +155,7 @@ impl DockerRuntime {
             }))
             .await
             .map_err(|e| RuntimeError::Unavailable(format!("listing containers: {e}")))?;
-        let mut n = 0;
-        for id in found.into_iter().filter_map(|c| c.id) {
-            self.remove(&id).await;
-            n += 1;
-        }
-        Ok(n)
+        Ok(found)
     }
 
     /// The engine client, for callers that need more (tests listing containers).
@@ -354,6 +366,17 @@ impl DockerRuntime {
         cancel: CancellationToken,
     ) -> Result<ExitInfo, RuntimeError> {
         self.create_and_start(name, spec).await?;
+        self.follow(name, logs, cancel).await
+    }
+
+    /// Streams the output of the started container `name` from its start and waits for its
+    /// end; `cancel` stops it.
+    async fn follow(
+        &self,
+        name: &str,
+        logs: mpsc::Sender<LogLine>,
+        cancel: CancellationToken,
+    ) -> Result<ExitInfo, RuntimeError> {
         let pump = self.spawn_log_pump(name, logs);
         let result = tokio::select! {
             r = self.wait(name) => r.map(|exit_code| (exit_code, false)),
@@ -421,6 +444,61 @@ impl Runtime for DockerRuntime {
 
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         self.pull_if_missing(image).await
+    }
+
+    fn survives_agent_restart(&self) -> bool {
+        true
+    }
+
+    async fn orphans(&self, labels: &[(&str, &str)]) -> Result<Vec<Orphan>, RuntimeError> {
+        Ok(self
+            .list_labelled(labels)
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                Some(Orphan {
+                    name,
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                })
+            })
+            .collect())
+    }
+
+    async fn reattach(
+        &self,
+        name: &str,
+        logs: mpsc::Sender<LogLine>,
+        cancel: CancellationToken,
+    ) -> Result<Option<ExitInfo>, RuntimeError> {
+        let name = container_name(name);
+        match self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => {
+                return Err(RuntimeError::Wait {
+                    name,
+                    message: e.to_string(),
+                })
+            }
+        }
+        let mut guard = RemoveGuard {
+            docker: self.docker.clone(),
+            name: name.clone(),
+            armed: true,
+        };
+        let result = self.follow(&name, logs, cancel).await;
+        self.remove(&name).await;
+        guard.armed = false;
+        result.map(Some)
+    }
+
+    async fn discard(&self, name: &str) {
+        self.remove(&container_name(name)).await;
     }
 
     async fn run(

@@ -179,6 +179,14 @@ impl PathMap {
     }
 }
 
+/// A step's container left running (or ended, not yet removed) by an earlier agent process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The container's name, as [`ContainerRun::name`] gave it (sanitized by the runtime).
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A way of running steps. Object-safe: the agent holds an `Arc<dyn Runtime>`.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
@@ -209,6 +217,33 @@ pub trait Runtime: Send + Sync {
         logs: mpsc::Sender<LogLine>,
         cancel: CancellationToken,
     ) -> Result<ExitInfo, RuntimeError>;
+
+    /// Whether steps outlive the agent process, so that a restarted agent can
+    /// [`Runtime::reattach`] to them. The process runtime's steps die with their agent.
+    fn survives_agent_restart(&self) -> bool {
+        false
+    }
+
+    /// The containers carrying all of `labels` (those an earlier process of this agent
+    /// started), running or ended.
+    async fn orphans(&self, _labels: &[(&str, &str)]) -> Result<Vec<Orphan>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    /// Follows the existing container named `name` (a [`ContainerRun::name`]) to its end, as
+    /// [`Runtime::run`] would have: its output from the start, then its exit; it is removed
+    /// afterwards. `Ok(None)`: there is no such container.
+    async fn reattach(
+        &self,
+        _name: &str,
+        _logs: mpsc::Sender<LogLine>,
+        _cancel: CancellationToken,
+    ) -> Result<Option<ExitInfo>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// Removes a container that cannot be reattached (its attempt's record is gone).
+    async fn discard(&self, _name: &str) {}
 }
 
 /// `docker`, `process`, or `auto` (Docker when an engine answers, else process).

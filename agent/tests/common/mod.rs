@@ -43,6 +43,8 @@ pub fn step(run_id: &str, task_id: &str, root: &str, image: &str, command: &[&st
             args: vec![],
             env: vec![],
             resources: ResourceRequest::default(),
+            secret_env: vec![],
+            volumes: vec![],
         },
         inputs: StepInputs::default(),
         outputs: StepOutputs::default(),

@@ -5,27 +5,44 @@
 //! - honoured: `activeDeadlineSeconds` (kfp-kubernetes `set_timeout`) becomes the task's timeout;
 //!   `nodeSelector` labels (`add_node_selector`) must all be labels of the agent that runs the
 //!   step; `tolerations` (`add_toleration`) let the step onto agents with those taints;
+//!   `secretAsEnv` (`use_secret_as_env`) becomes references (secret, key, variable) the agent
+//!   resolves from its secret store, and `pvcMount` (`mount_pvc`) a mount of the agent volume
+//!   of that name; both add the label the agent advertises for the secret or volume
+//!   ([`gantry_model::secret_label`], [`gantry_model::volume_label`]) to the node selector, so
+//!   the step goes only where they exist. Secret values never enter the spec or the run state;
 //! - ignored, as they change nothing a step computes: `podMetadata` (pod labels and
 //!   annotations), `imagePullSecret` and `imagePullPolicy` (images are local to the agents);
-//! - refused, naming the executor and the feature: volumes (`pvcMount`, `secretAsVolume`,
+//! - refused, naming the executor and the feature: other volumes (`secretAsVolume`,
 //!   `configMapAsVolume`, `emptyDirMounts`, `genericEphemeralVolume`), environment taken from
-//!   the cluster (`secretAsEnv`, `configMapAsEnv`, `fieldPathAsEnv`), `nodeAffinity`, shared
-//!   memory, the pipeline workspace (`pipelineConfig.workspace`), and node selectors or
-//!   tolerations taken from a pipeline parameter at run time (`nodeSelectorJson`,
-//!   `tolerationJson`).
+//!   the cluster (`configMapAsEnv`, `fieldPathAsEnv`), `nodeAffinity`, shared memory, the
+//!   pipeline workspace (`pipelineConfig.workspace`), claims the pipeline creates or deletes
+//!   (`CreatePVC`, `DeletePVC`), and node selectors, tolerations, secret names or claim names
+//!   taken from a pipeline parameter or a task output at run time (`nodeSelectorJson`,
+//!   `tolerationJson`, `secretNameParameter`, `pvcNameParameter`).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use gantry_model::{TaintEffect, Toleration};
+use gantry_model::{
+    secret_label, validate_resource_name, validate_secret_key, volume_label, SecretEnv,
+    TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
+};
 
-use crate::ir::{Implementation, PipelineSpec};
+use crate::ir::{ExecutorSpec, Implementation, PipelineSpec};
 
 const IGNORED: &[&str] = &["podMetadata", "imagePullSecret", "imagePullPolicy"];
 const TIMEOUT: &str = "activeDeadlineSeconds";
 const NODE_SELECTOR: &str = "nodeSelector";
 const TOLERATIONS: &str = "tolerations";
+const SECRET_AS_ENV: &str = "secretAsEnv";
+const PVC_MOUNT: &str = "pvcMount";
+/// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
+/// backend does the work itself instead of running them.
+const PVC_STUBS: &[(&str, &str)] = &[
+    ("argostub/createpvc", "CreatePVC"),
+    ("argostub/deletepvc", "DeletePVC"),
+];
 
 fn what(feature: &str) -> &'static str {
     match feature {
@@ -62,9 +79,19 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
             if let Err(e) = placement_of(settings) {
                 out.push(format!("executor {label:?}: {e}"));
             }
+            if let Err(e) = needs_of(settings) {
+                out.push(format!("executor {label:?}: {e}"));
+            }
             for feature in settings.keys() {
                 if IGNORED.contains(&feature.as_str())
-                    || [TIMEOUT, NODE_SELECTOR, TOLERATIONS].contains(&feature.as_str())
+                    || [
+                        TIMEOUT,
+                        NODE_SELECTOR,
+                        TOLERATIONS,
+                        SECRET_AS_ENV,
+                        PVC_MOUNT,
+                    ]
+                    .contains(&feature.as_str())
                 {
                     continue;
                 }
@@ -73,6 +100,19 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                     what(feature)
                 ));
             }
+        }
+    }
+    for (label, exec) in &spec.executors {
+        let ExecutorSpec::Container(c) = exec else {
+            continue;
+        };
+        let image = c.image.split(':').next().unwrap_or("");
+        if let Some((_, what)) = PVC_STUBS.iter().find(|(stub, _)| *stub == image) {
+            out.push(format!(
+                "executor {label:?} is kfp-kubernetes {what} (it creates or deletes a Kubernetes \
+                 persistent volume claim), which Gantry agents cannot do; give agents a host \
+                 directory with --volume NAME=HOST_PATH and mount it by name with mount_pvc"
+            ));
         }
     }
     let workspace = spec
@@ -155,15 +195,195 @@ fn placement_of(
 }
 
 /// The node selector and tolerations of the tasks running executor `label`.
+///
+/// The selector also names the agent label of every secret (unless optional) and volume the
+/// executor needs, so that only agents holding them qualify and the scheduler's reasons
+/// (`lacks label secret.gantry.dev/…`) say what is missing.
 pub fn executor_placement(
     spec: &PipelineSpec,
     label: &str,
 ) -> (BTreeMap<String, String>, Vec<Toleration>) {
-    executors(spec)
+    let Some(settings) = executors(spec)
         .and_then(|e| e.get(label))
         .and_then(Value::as_object)
-        .and_then(|s| placement_of(s).ok())
-        .unwrap_or_default()
+    else {
+        return Default::default();
+    };
+    let (mut labels, tolerations) = placement_of(settings).unwrap_or_default();
+    if let Ok(needs) = needs_of(settings) {
+        let present = || RESOURCE_LABEL_VALUE.to_string();
+        for s in needs.secret_env.iter().filter(|s| !s.optional) {
+            labels.insert(secret_label(&s.secret), present());
+        }
+        for v in &needs.volumes {
+            labels.insert(volume_label(&v.volume), present());
+        }
+    }
+    (labels, tolerations)
+}
+
+/// What the steps of an executor need from the agent that runs them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostNeeds {
+    pub secret_env: Vec<SecretEnv>,
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// The secrets-as-variables and volume mounts of the tasks running executor `label`.
+pub fn executor_needs(spec: &PipelineSpec, label: &str) -> Result<HostNeeds, String> {
+    match executors(spec)
+        .and_then(|e| e.get(label))
+        .and_then(Value::as_object)
+    {
+        Some(settings) => needs_of(settings).map_err(|e| format!("executor {label:?}: {e}")),
+        None => Ok(HostNeeds::default()),
+    }
+}
+
+fn list<'a>(
+    settings: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<&'a [Value], String> {
+    match settings.get(field) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(format!("{field} is not a list: {other}")),
+    }
+}
+
+/// The constant name a secret or claim entry gives. kfp-kubernetes writes it as
+/// `<param_field>: {runtimeValue: {constant: NAME}}` and, in older releases, as a plain field
+/// beside it (`secretName`, `constant`); a name taken from a pipeline parameter or a task
+/// output would have to be resolved per task at run time, which the engine does not do.
+fn constant_name(
+    entry: &Value,
+    param_field: &str,
+    legacy: &str,
+    what: &str,
+) -> Result<String, String> {
+    let dynamic = |source: &str| {
+        format!(
+            "its {what} comes from {source} at run time ({param_field}), which Gantry does not \
+             support; name it in the pipeline"
+        )
+    };
+    let reference = entry.get(param_field).unwrap_or(entry);
+    if let Some(c) = reference.pointer("/runtimeValue/constant") {
+        return c
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{param_field}: the {what} {c} is not a string"));
+    }
+    if reference.get("taskOutputParameter").is_some() {
+        return Err(dynamic("the output of another task"));
+    }
+    if reference.get("componentInputParameter").is_some() {
+        return Err(dynamic("a pipeline parameter"));
+    }
+    if let Some(name) = entry.get(legacy).and_then(Value::as_str) {
+        return Ok(name.to_string());
+    }
+    Err(format!(
+        "an entry gives no {what} ({param_field} or {legacy})"
+    ))
+}
+
+/// A variable name Docker and the process runtime can set.
+fn check_env_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('=') || name.chars().any(char::is_control) {
+        return Err(format!(
+            "environment variable name {name:?} is empty or holds '=' or a control character"
+        ));
+    }
+    Ok(())
+}
+
+/// A path inside the container: absolute, without `..`.
+fn check_mount_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path == "/" || path.split('/').any(|seg| seg == "..") {
+        return Err(format!(
+            "mount path {path:?} must be an absolute path below / without '..'"
+        ));
+    }
+    Ok(())
+}
+
+fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, String> {
+    let mut needs = HostNeeds::default();
+    for entry in list(settings, SECRET_AS_ENV)? {
+        let secret = constant_name(
+            entry,
+            "secretNameParameter",
+            "secretName",
+            "Kubernetes secret name",
+        )
+        .map_err(|e| format!("{SECRET_AS_ENV}: {e}"))?;
+        validate_resource_name(&secret)
+            .map_err(|e| format!("{SECRET_AS_ENV}: secret name {secret:?} {e}"))?;
+        let optional = entry
+            .get("optional")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let pairs = match entry.get("keyToEnv") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(other) => {
+                return Err(format!(
+                    "{SECRET_AS_ENV}: keyToEnv of secret {secret:?} is not a list: {other}"
+                ))
+            }
+        };
+        for pair in pairs {
+            let field = |f: &str| {
+                pair.get(f).and_then(Value::as_str).ok_or_else(|| {
+                    format!("{SECRET_AS_ENV}: an entry of keyToEnv of secret {secret:?} has no {f}")
+                })
+            };
+            let (key, env) = (field("secretKey")?, field("envVar")?);
+            validate_secret_key(key)
+                .map_err(|e| format!("{SECRET_AS_ENV}: key {key:?} of secret {secret:?} {e}"))?;
+            check_env_name(env).map_err(|e| format!("{SECRET_AS_ENV}: {e}"))?;
+            needs.secret_env.push(SecretEnv {
+                secret: secret.clone(),
+                key: key.to_string(),
+                env: env.to_string(),
+                optional,
+            });
+        }
+    }
+    for entry in list(settings, PVC_MOUNT)? {
+        let volume = constant_name(
+            entry,
+            "pvcNameParameter",
+            "constant",
+            "Kubernetes persistent volume claim name",
+        )
+        .map_err(|e| format!("{PVC_MOUNT}: {e}"))?;
+        validate_resource_name(&volume)
+            .map_err(|e| format!("{PVC_MOUNT}: claim name {volume:?} {e}"))?;
+        let mount_path = entry
+            .get("mountPath")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{PVC_MOUNT}: the mount of {volume:?} has no mountPath"))?;
+        check_mount_path(mount_path).map_err(|e| format!("{PVC_MOUNT}: {e}"))?;
+        let sub_path = entry.get("subPath").and_then(Value::as_str).unwrap_or("");
+        if sub_path.starts_with('/') || sub_path.split('/').any(|seg| seg == "..") {
+            return Err(format!(
+                "{PVC_MOUNT}: subPath {sub_path:?} of {volume:?} must be relative, without '..'"
+            ));
+        }
+        if needs.volumes.iter().any(|v| v.mount_path == mount_path) {
+            return Err(format!(
+                "{PVC_MOUNT}: two volumes are mounted at {mount_path:?}"
+            ));
+        }
+        needs.volumes.push(VolumeMount {
+            volume,
+            mount_path: mount_path.to_string(),
+            sub_path: sub_path.trim_end_matches('/').to_string(),
+        });
+    }
+    Ok(needs)
 }
 
 /// Task timeouts (ms) by IR task name from `activeDeadlineSeconds`, for every task that runs
@@ -218,12 +438,12 @@ mod tests {
     #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsEnv:\n          - secretName: s\n          podMetadata:\n            labels: {a: b}\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsVolume:\n          - secretName: s\n          podMetadata:\n            labels: {a: b}\n",
         );
         let r = refusals(&spec);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
-            r[0].contains("exec-make-data") && r[0].contains("secretAsEnv"),
+            r[0].contains("exec-make-data") && r[0].contains("secretAsVolume"),
             "{r:?}"
         );
         let err = crate::engine::check_supported(&spec).unwrap_err();
@@ -232,6 +452,197 @@ mod tests {
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );
         assert!(refusals(&ws)[0].contains("workspace"));
+    }
+
+    /// As kfp-kubernetes 2.16.1 writes `use_secret_as_env` and `mount_pvc` with constant names.
+    const SECRETS_AND_VOLUMES: &str = "platforms:
+  kubernetes:
+    deploymentSpec:
+      executors:
+        exec-make-data:
+          nodeSelector:
+            labels: {zone: a}
+          pvcMount:
+          - constant: v1
+            mountPath: /data
+            pvcNameParameter:
+              runtimeValue:
+                constant: v1
+          - constant: v2
+            mountPath: /data2
+            pvcNameParameter:
+              runtimeValue:
+                constant: v2
+            subPath: sub/dir
+          secretAsEnv:
+          - keyToEnv:
+            - envVar: ENV1
+              secretKey: k
+            - envVar: ENV2
+              secretKey: k2
+            optional: false
+            secretName: s1
+            secretNameParameter:
+              runtimeValue:
+                constant: s1
+          - keyToEnv:
+            - envVar: ENV3
+              secretKey: k
+            optional: true
+            secretName: s2
+            secretNameParameter:
+              runtimeValue:
+                constant: s2
+";
+
+    #[test]
+    fn secrets_as_env_and_pvc_mounts_become_references_and_placement_labels() {
+        let spec = with_platform(SECRETS_AND_VOLUMES);
+        assert!(refusals(&spec).is_empty(), "{:?}", refusals(&spec));
+        let needs = executor_needs(&spec, "exec-make-data").unwrap();
+        let env = |secret: &str, key: &str, env: &str, optional| SecretEnv {
+            secret: secret.into(),
+            key: key.into(),
+            env: env.into(),
+            optional,
+        };
+        assert_eq!(
+            needs.secret_env,
+            vec![
+                env("s1", "k", "ENV1", false),
+                env("s1", "k2", "ENV2", false),
+                env("s2", "k", "ENV3", true)
+            ]
+        );
+        assert_eq!(
+            needs.volumes,
+            vec![
+                VolumeMount {
+                    volume: "v1".into(),
+                    mount_path: "/data".into(),
+                    sub_path: String::new()
+                },
+                VolumeMount {
+                    volume: "v2".into(),
+                    mount_path: "/data2".into(),
+                    sub_path: "sub/dir".into()
+                },
+            ]
+        );
+        let (labels, _) = executor_placement(&spec, "exec-make-data");
+        let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+        // The optional secret does not restrict placement.
+        assert_eq!(
+            keys,
+            vec![
+                "secret.gantry.dev/s1",
+                "volume.gantry.dev/v1",
+                "volume.gantry.dev/v2",
+                "zone"
+            ]
+        );
+        assert_eq!(labels["secret.gantry.dev/s1"], "true");
+        assert_eq!(
+            executor_needs(&spec, "exec-other"),
+            Ok(HostNeeds::default())
+        );
+
+        // Older kfp-kubernetes wrote only the plain names.
+        let legacy = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          pvcMount:\n          - constant: v1\n            mountPath: /data\n          secretAsEnv:\n          - secretName: s1\n            keyToEnv:\n            - {secretKey: k, envVar: E}\n",
+        );
+        let needs = executor_needs(&legacy, "exec-make-data").unwrap();
+        assert_eq!(needs.secret_env, vec![env("s1", "k", "E", false)]);
+        assert_eq!(needs.volumes[0].volume, "v1");
+    }
+
+    fn refusal_of(executor_settings: &str) -> String {
+        let spec = with_platform(&format!(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n{executor_settings}"
+        ));
+        let r = refusals(&spec);
+        assert_eq!(r.len(), 1, "{r:?}");
+        r[0].clone()
+    }
+
+    #[test]
+    fn names_known_only_at_run_time_and_bad_names_are_refused_clearly() {
+        let r = refusal_of(
+            "          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            optional: false\n            secretNameParameter:\n              componentInputParameter: sname\n",
+        );
+        assert!(
+            r.contains("exec-make-data")
+                && r.contains("secretAsEnv")
+                && r.contains("Kubernetes secret name comes from a pipeline parameter at run time")
+                && r.contains("secretNameParameter"),
+            "{r}"
+        );
+        let r = refusal_of(
+            "          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            secretNameParameter:\n              taskOutputParameter: {outputParameterKey: o, producerTask: t}\n",
+        );
+        assert!(r.contains("the output of another task"), "{r}");
+        let r = refusal_of(
+            "          pvcMount:\n          - componentInputParameter: pname\n            mountPath: /d\n            pvcNameParameter:\n              componentInputParameter: pname\n",
+        );
+        assert!(
+            r.contains("pvcMount")
+                && r.contains(
+                    "Kubernetes persistent volume claim name comes from a pipeline parameter"
+                ),
+            "{r}"
+        );
+        // What kfp-kubernetes writes for mount_pvc(pvc_name=CreatePVC(...).outputs['name']).
+        let r = refusal_of(
+            "          pvcMount:\n          - mountPath: /data\n            taskOutputParameter: {outputParameterKey: name, producerTask: createpvc}\n            pvcNameParameter:\n              taskOutputParameter: {outputParameterKey: name, producerTask: createpvc}\n",
+        );
+        assert!(r.contains("the output of another task"), "{r}");
+        for (settings, needle) in [
+            (
+                "          secretAsEnv:\n          - secretName: ../etc\n            keyToEnv: [{envVar: E, secretKey: k}]\n",
+                "secret name \"../etc\" may hold only",
+            ),
+            (
+                "          secretAsEnv:\n          - secretName: s\n            keyToEnv: [{envVar: E, secretKey: ..}]\n",
+                "key \"..\" of secret \"s\"",
+            ),
+            (
+                "          secretAsEnv:\n          - secretName: s\n            keyToEnv: [{envVar: 'A=B', secretKey: k}]\n",
+                "variable name \"A=B\"",
+            ),
+            (
+                "          secretAsEnv:\n          - secretName: s\n            keyToEnv: [{secretKey: k}]\n",
+                "has no envVar",
+            ),
+            (
+                "          pvcMount:\n          - constant: v\n            mountPath: data\n",
+                "mount path \"data\" must be an absolute path",
+            ),
+            (
+                "          pvcMount:\n          - constant: v\n            mountPath: /d\n            subPath: ../x\n",
+                "subPath \"../x\"",
+            ),
+            (
+                "          pvcMount:\n          - {constant: v, mountPath: /d}\n          - {constant: w, mountPath: /d}\n",
+                "two volumes are mounted at \"/d\"",
+            ),
+        ] {
+            let r = refusal_of(settings);
+            assert!(r.contains(needle), "{needle:?} not in {r}");
+        }
+    }
+
+    #[test]
+    fn create_and_delete_pvc_tasks_are_refused() {
+        let mut spec = parse_pipeline(PIPELINE).unwrap();
+        let Some(ExecutorSpec::Container(c)) = spec.executors.values_mut().next() else {
+            panic!("the test pipeline has a container executor");
+        };
+        c.image = "argostub/createpvc".into();
+        let r = refusals(&spec);
+        assert!(
+            r.len() == 1 && r[0].contains("CreatePVC") && r[0].contains("--volume"),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpe
     let Some(ExecutorSpec::Container(exec)) = run.pipeline.executors.get(label) else {
         return Err(format!("executor {label:?} is not a container"));
     };
+    let needs = super::platform::executor_needs(&run.pipeline, label)?;
     let outputs = StepOutputs {
         parameters: comp
             .output_parameters
@@ -143,6 +144,8 @@ pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpe
                 })
                 .collect(),
             resources: task_resources(run, rec)?,
+            secret_env: needs.secret_env,
+            volumes: needs.volumes,
         },
         inputs: rec.inputs.clone(),
         outputs,

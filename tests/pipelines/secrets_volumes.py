@@ -1,0 +1,65 @@
+"""kfp-kubernetes secrets as variables and PVC mounts, run on agents given --secrets-dir and
+--volume. Compiles (needs kfp-kubernetes==2.16.1):
+
+- secrets_volumes.yaml: `use-secret` gets key `token` of secret `api` as API_TOKEN and the
+  agent volume `scratch` at /data; it prints the value (to be masked in the logs), writes its
+  SHA-256 and a line built from /data/in.txt into the volume;
+- missing_secret.yaml: a step needing secret `absent`, which no agent has;
+- dynamic_secret.yaml: the secret name is a pipeline parameter (refused at submit)."""
+import os
+import sys
+
+from kfp import compiler, dsl, kubernetes
+
+IMAGE = "gantry/busybox:latest"
+
+
+@dsl.container_component
+def use_secret():
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["sh", "-c"],
+        args=[
+            'test -n "$API_TOKEN" || { echo "API_TOKEN is not set" >&2; exit 2; }\n'
+            'echo "token is $API_TOKEN"\n'
+            'echo "on stderr: $API_TOKEN" >&2\n'
+            'test -z "$OPTIONAL_ONE" || { echo "OPTIONAL_ONE is set" >&2; exit 3; }\n'
+            'printf "%s" "$API_TOKEN" | sha256sum | cut -d" " -f1 > /data/token.sha256\n'
+            'echo "read: $(cat /data/in.txt)" > /data/out.txt\n'
+        ],
+    )
+
+
+@dsl.pipeline(name="secrets-volumes")
+def secrets_volumes():
+    t = use_secret().set_caching_options(False)
+    kubernetes.use_secret_as_env(t, secret_name="api", secret_key_to_env={"token": "API_TOKEN"})
+    kubernetes.use_secret_as_env(
+        t, secret_name="not-here", secret_key_to_env={"k": "OPTIONAL_ONE"}, optional=True
+    )
+    kubernetes.mount_pvc(t, pvc_name="scratch", mount_path="/data")
+
+
+@dsl.container_component
+def nothing():
+    return dsl.ContainerSpec(image=IMAGE, command=["true"])
+
+
+@dsl.pipeline(name="missing-secret")
+def missing_secret():
+    t = nothing().set_caching_options(False)
+    kubernetes.use_secret_as_env(t, secret_name="absent", secret_key_to_env={"k": "K"})
+
+
+@dsl.pipeline(name="dynamic-secret")
+def dynamic_secret(secret_name: str = "api"):
+    t = nothing()
+    kubernetes.use_secret_as_env(t, secret_name=secret_name, secret_key_to_env={"k": "K"})
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "secrets_volumes.yaml"
+    here = os.path.dirname(out)
+    compiler.Compiler().compile(secrets_volumes, out)
+    compiler.Compiler().compile(missing_secret, os.path.join(here, "missing_secret.yaml"))
+    compiler.Compiler().compile(dynamic_secret, os.path.join(here, "dynamic_secret.yaml"))
