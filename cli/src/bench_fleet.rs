@@ -37,6 +37,8 @@ const GET_RUN_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// No step assigned nor result recorded for this long: the bench is stuck, not slow.
 const STALL: Duration = Duration::from_secs(60);
+/// How long the idle leader is watched before the measured part.
+const IDLE: Duration = Duration::from_secs(5);
 const CPUS_PER_AGENT: f64 = 8.0;
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -370,6 +372,11 @@ struct Row {
     leader_cpu: f64,
     followers_cpu: f64,
     bench_cpu: f64,
+    /// The leader's CPU seconds per second with the fleet connected and nothing to place
+    /// (sessions, heartbeats, timers): what the fleet costs apart from placing.
+    leader_idle: f64,
+    /// Time the CPU figures cover: first submit to the last result recorded.
+    cpu_span: Duration,
 }
 
 pub async fn run(args: FleetArgs) -> Result<(), CliError> {
@@ -405,7 +412,11 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
     );
     println!(
         "cpu: seconds of CPU used during the measured part by the leader, the two followers \
-         together and this process (the simulated agents); µs/placement = leader CPU / steps"
+         together and this process (the simulated agents); µs/placement = leader CPU / steps; \
+         idle %: the leader's CPU with the fleet connected and nothing to place ({}s before the \
+         measured part: sessions, heartbeats); net µs/placement = (leader CPU - idle rate x \
+         seconds) / steps, the cost of placing alone",
+        IDLE.as_secs()
     );
     println!("goal: over 2000 placements/s, cost per placement growing at most logarithmically with the fleet");
     Ok(())
@@ -414,7 +425,7 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
 fn print_row(r: &Row, header: bool) {
     if header {
         println!(
-            "\n{:>7} {:>7} {:>8} {:>13} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "\n{:>7} {:>7} {:>8} {:>13} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13}",
             "agents",
             "steps",
             "seconds",
@@ -425,12 +436,14 @@ fn print_row(r: &Row, header: bool) {
             "leader s",
             "follow s",
             "bench s",
-            "µs/place"
+            "µs/place",
+            "idle %",
+            "net µs/place"
         );
     }
     let mut d = r.delays_ms.clone();
     println!(
-        "{:>7} {:>7} {:>8.2} {:>13.0} {:>8.0} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.0}",
+        "{:>7} {:>7} {:>8.2} {:>13.0} {:>8.0} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.1} {:>13.0}",
         r.agents,
         r.steps,
         r.wall.as_secs_f64(),
@@ -442,6 +455,9 @@ fn print_row(r: &Row, header: bool) {
         r.followers_cpu,
         r.bench_cpu,
         r.leader_cpu * 1e6 / r.steps.max(1) as f64,
+        r.leader_idle * 100.0,
+        (r.leader_cpu - r.leader_idle * r.cpu_span.as_secs_f64()).max(0.0) * 1e6
+            / r.steps.max(1) as f64,
     );
 }
 
@@ -516,6 +532,9 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         }
         (leader_cpu, followers, cpu_seconds("self").unwrap_or(0.0))
     };
+    let idle0 = cpu_now().0;
+    tokio::time::sleep(IDLE).await;
+    let leader_idle = (cpu_now().0 - idle0) / IDLE.as_secs_f64();
     let cpu0 = cpu_now();
     let t0 = now_us();
     let started = Instant::now();
@@ -588,7 +607,6 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         }
     }
     let wall = Duration::from_micros((last_assign - t0).max(1) as u64);
-    tracing::debug!(?elapsed, ?wall, "row measured");
     fleet.abort_all();
     Ok(Row {
         agents,
@@ -598,6 +616,8 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         leader_cpu: cpu1.0 - cpu0.0,
         followers_cpu: cpu1.1 - cpu0.1,
         bench_cpu: cpu1.2 - cpu0.2,
+        leader_idle,
+        cpu_span: elapsed,
     })
 }
 

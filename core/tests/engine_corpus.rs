@@ -14,7 +14,8 @@ use std::path::Path;
 
 use common::{cell, check_golden, corpus_dir, relative, yaml_files};
 use gantry_core::engine::{
-    advance, check_supported, record_assignment, record_outcome, step_spec, RunRecord, TaskState,
+    advance, advance_from, check_supported, record_assignment, record_outcome, step_spec,
+    RunRecord, TaskState,
 };
 use gantry_core::ir::{
     parse_pipeline, resolve_run_parameters, Implementation, IteratorItems, ParameterSource,
@@ -245,9 +246,11 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
                 },
                 now,
             );
+            // As the state machine does after each result; in debug builds it also checks
+            // itself against the full walk.
+            advance_from(&mut run, &id, now);
             now += 1;
         }
-        advance(&mut run, now);
     }
     if !run.state.is_terminal() {
         return Err(format!("did not end within {MAX_STEPS} steps"));

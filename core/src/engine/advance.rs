@@ -269,7 +269,52 @@ fn note_failure(run: &mut RunRecord, task_id: &str) {
     }
 }
 
-/// Moves `run` forward as far as the recorded facts allow.
+/// What one look at a running DAG did.
+#[derive(Default)]
+struct DagStep {
+    /// The children it decided: id, kind and state.
+    created: Vec<(String, TaskKind, TaskState)>,
+    /// Every child was over, and so is the DAG now.
+    completed: bool,
+}
+
+/// Decides the children of running DAG `dag_id` whose upstream tasks are over, then completes
+/// it if every child is.
+fn step_dag(run: &mut RunRecord, dag_id: &str, now: i64, progress: &mut Progress) -> DagStep {
+    let mut out = DagStep::default();
+    let Some(dag) = run.tasks.get(dag_id).and_then(|t| dag_of(&run.pipeline, t)) else {
+        return out;
+    };
+    let mut created = Vec::new();
+    for spec in dag.tasks.values() {
+        if run
+            .tasks
+            .contains_key(&RunRecord::child_id(dag_id, &spec.name))
+        {
+            continue;
+        }
+        if let Some(rec) = decide(run, dag_id, spec, now) {
+            created.push(rec);
+        }
+    }
+    for rec in created {
+        if rec.state == TaskState::Ready {
+            progress.ready.push(rec.task_id.clone());
+        }
+        let failed = rec.state == TaskState::Failed;
+        let id = rec.task_id.clone();
+        out.created.push((id.clone(), rec.kind, rec.state));
+        run.tasks.insert(rec.task_id.clone(), rec);
+        if failed {
+            note_failure(run, &id);
+        }
+    }
+    out.completed = try_complete_dag(run, dag_id, now);
+    out
+}
+
+/// Moves `run` forward as far as the recorded facts allow, looking at every running DAG and
+/// loop until none moves.
 pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
     let mut progress = Progress::default();
     if run.state.is_terminal() {
@@ -284,38 +329,8 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
             .map(|t| t.task_id.clone())
             .collect();
         for dag_id in running_dags {
-            let Some(dag) = run
-                .tasks
-                .get(&dag_id)
-                .and_then(|t| dag_of(&run.pipeline, t))
-            else {
-                continue;
-            };
-            let mut created = Vec::new();
-            for spec in dag.tasks.values() {
-                if run
-                    .tasks
-                    .contains_key(&RunRecord::child_id(&dag_id, &spec.name))
-                {
-                    continue;
-                }
-                if let Some(rec) = decide(run, &dag_id, spec, now) {
-                    created.push(rec);
-                }
-            }
-            for rec in created {
-                changed = true;
-                if rec.state == TaskState::Ready {
-                    progress.ready.push(rec.task_id.clone());
-                }
-                let failed = rec.state == TaskState::Failed;
-                let id = rec.task_id.clone();
-                run.tasks.insert(rec.task_id.clone(), rec);
-                if failed {
-                    note_failure(run, &id);
-                }
-            }
-            if try_complete_dag(run, &dag_id, now) {
+            let step = step_dag(run, &dag_id, now, &mut progress);
+            if step.completed || !step.created.is_empty() {
                 changed = true;
             }
         }
@@ -341,6 +356,106 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
             break;
         }
     }
+    settle_run(run, now, &mut progress);
+    progress
+}
+
+/// Like [`advance`] after the state of task `task_id` alone changed (an attempt's result was
+/// recorded): only the DAGs and loops above it, and those their progress creates, can move,
+/// so only they are looked at. A result then costs the depth of the task, not the size of
+/// the run — on a wide fan-out the full walk made every result cost the whole run, on every
+/// replica.
+///
+/// Debug builds also run the full [`advance`] on a copy and panic if the two differ, so every
+/// test that records a result checks this shortcut.
+pub fn advance_from(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
+    #[cfg(debug_assertions)]
+    let reference = {
+        let mut copy = run.clone();
+        let progress = advance(&mut copy, now);
+        (copy, progress)
+    };
+    let progress = advance_targeted(run, task_id, now);
+    #[cfg(debug_assertions)]
+    {
+        let (copy, mut expected) = reference;
+        assert!(
+            *run == copy,
+            "advancing after {task_id:?} differs from the full walk"
+        );
+        let mut got = progress.ready.clone();
+        got.sort();
+        expected.ready.sort();
+        assert_eq!(got, expected.ready, "tasks made ready after {task_id:?}");
+        assert_eq!(progress.finished, expected.finished);
+    }
+    progress
+}
+
+fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
+    let mut progress = Progress::default();
+    if run.state.is_terminal() {
+        return progress;
+    }
+    let parent_of = |run: &RunRecord, id: &str| -> Option<String> {
+        if id == ROOT_TASK_ID {
+            return None;
+        }
+        Some(
+            run.tasks
+                .get(id)
+                .and_then(|t| t.parent.clone())
+                .unwrap_or_else(|| ROOT_TASK_ID.to_string()),
+        )
+    };
+    // Smallest id first, as the full walk goes.
+    let mut work: std::collections::BTreeSet<String> =
+        parent_of(run, task_id).into_iter().collect();
+    while let Some(id) = work.pop_first() {
+        let Some(t) = run.tasks.get(&id) else {
+            continue;
+        };
+        if t.state != TaskState::Running {
+            continue;
+        }
+        match t.kind {
+            TaskKind::Dag => {
+                let step = step_dag(run, &id, now, &mut progress);
+                for (child, kind, state) in &step.created {
+                    if state == &TaskState::Running
+                        && matches!(kind, TaskKind::Dag | TaskKind::Loop)
+                    {
+                        work.insert(child.clone());
+                    }
+                }
+                if step.completed {
+                    work.extend(parent_of(run, &id));
+                } else if !step.created.is_empty() {
+                    // A child decided over at once (skipped, failed, imported) may let its
+                    // siblings be decided.
+                    work.insert(id);
+                }
+            }
+            TaskKind::Loop => {
+                let step = super::loops::step_loop(run, &id, now);
+                for rec in step.created {
+                    work.insert(rec.task_id.clone());
+                    run.tasks.insert(rec.task_id.clone(), rec);
+                }
+                if step.completed {
+                    note_failure(run, &id);
+                    work.extend(parent_of(run, &id));
+                }
+            }
+            TaskKind::Container | TaskKind::Importer => {}
+        }
+    }
+    settle_run(run, now, &mut progress);
+    progress
+}
+
+/// Ends the run when its root task is over.
+fn settle_run(run: &mut RunRecord, now: i64, progress: &mut Progress) {
     if let Some(root) = run.tasks.get(ROOT_TASK_ID) {
         let state = match root.state {
             TaskState::Succeeded => Some(RunState::Succeeded),
@@ -367,5 +482,4 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
             progress.finished = Some(state);
         }
     }
-    progress
 }

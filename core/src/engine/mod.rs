@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::ir::PipelineSpec;
 
-pub use advance::{advance, Progress};
+pub use advance::{advance, advance_from, Progress};
 pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
 pub use record::{

@@ -11,6 +11,7 @@ use crate::ir::{parse_pipeline, resolve_run_parameters, RetryPolicy};
 const LINEAR: &str = include_str!("testdata/linear.yaml");
 const CONDITIONS: &str = include_str!("testdata/conditions.yaml");
 const FAILING: &str = include_str!("testdata/failing.yaml");
+const SKIP_CHAIN: &str = include_str!("testdata/skip_chain.yaml");
 const LOOPS: &str = include_str!("testdata/loops.yaml");
 const LOOP_CONDITIONS: &str = include_str!("testdata/loop_conditions.yaml");
 
@@ -70,7 +71,7 @@ fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now
         now + 1,
     );
     assert_eq!(effect, OutcomeEffect::Recorded);
-    advance(run, now + 1);
+    advance_from(run, id, now + 1);
 }
 
 fn fail(run: &mut RunRecord, id: &str, error: &str, now: i64) -> OutcomeEffect {
@@ -86,7 +87,7 @@ fn fail(run: &mut RunRecord, id: &str, error: &str, now: i64) -> OutcomeEffect {
         },
         now + 1,
     );
-    advance(run, now + 1);
+    advance_from(run, id, now + 1);
     effect
 }
 
@@ -229,6 +230,18 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
     assert_eq!(run.state, RunState::Failed);
     let err = run.error.clone().unwrap_or_default();
     assert!(err.contains("boom") && err.contains("boom: x"), "{err}");
+}
+
+#[test]
+fn a_failure_skips_a_chain_of_dependents_within_one_result() {
+    // The second skip is decided only once the first is recorded: advancing after the
+    // result must look at the DAG again, not stop after one round of decisions.
+    let mut run = new_run(SKIP_CHAIN, &[]);
+    assert_eq!(ready(&run), vec!["boom"]);
+    fail(&mut run, "boom", "boom: x", 1);
+    assert_eq!(state(&run, "ok"), TaskState::Skipped);
+    assert_eq!(state(&run, "ok-2"), TaskState::Skipped);
+    assert_eq!(run.state, RunState::Failed);
 }
 
 #[test]

@@ -520,7 +520,11 @@ impl ClusterState {
                 run_id: key.run_id.clone(),
             });
         }
-        note_progress(events, &key.run_id, engine::advance(run, at));
+        note_progress(
+            events,
+            &key.run_id,
+            engine::advance_from(run, &key.task_id, at),
+        );
         if let Some(agent_id) = agent {
             self.release(&agent_id, &key, &req);
         }
