@@ -5,6 +5,7 @@ use std::sync::Arc;
 use clap::Parser;
 use gantry_agent::launcher::Launcher;
 use gantry_agent::session::{self, AgentCore, SessionConfig};
+use gantry_model::flags::key_value;
 use tokio_util::sync::CancellationToken;
 
 /// Gantry agent: reports this host's capacity and runs the steps the coordinator assigns.
@@ -66,9 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut labels = BTreeMap::new();
     for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("label {l:?} is not KEY=VALUE"))?;
+        let (k, v) = key_value("--label", l).map_err(|e| anyhow::anyhow!(e))?;
         labels.insert(k.to_string(), v.to_string());
     }
     let taints = args
@@ -93,11 +92,9 @@ async fn main() -> anyhow::Result<()> {
     let step_env = args
         .step_env
         .iter()
-        .map(|f| match f.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(anyhow::anyhow!("--step-env {f:?} is not KEY=VALUE")),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|f| key_value("--step-env", f).map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     // Two agents may share an engine: both labels tell this agent's containers apart.
     let own_labels = BTreeMap::from([
         ("gantry.agent".to_string(), agent_id.clone()),

@@ -62,9 +62,10 @@ pub struct HostArgs {
 pub fn parse_env_flags(what: &str, flags: &[String]) -> Result<Vec<(String, String)>, CliError> {
     flags
         .iter()
-        .map(|f| match f.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CliError::Refused(format!("{what} {f:?} is not KEY=VALUE"))),
+        .map(|f| {
+            gantry_model::flags::key_value(what, f)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map_err(CliError::Refused)
         })
         .collect()
 }

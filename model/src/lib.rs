@@ -4,6 +4,7 @@
 //! as JSON documents) and the Raft log. No I/O, no clocks, no async.
 
 pub mod artifact;
+pub mod flags;
 pub mod params;
 pub mod resources;
 pub mod step;
