@@ -41,9 +41,20 @@ pub struct AgentRecord {
     /// When it was declared lost; cleared when it registers again.
     #[serde(default)]
     pub lost_at: Option<i64>,
+    /// Bumped by every change to what placement sees of the agent (capacity, allocations,
+    /// labels, taints, drain, loss), so the leader's placer finds changed agents by comparing
+    /// integers instead of rebuilding its view of the whole fleet each pass. Not meaningful as
+    /// a number: only whether it moved.
+    #[serde(default)]
+    pub changes: u64,
 }
 
 impl AgentRecord {
+    /// Marks a change placement must see.
+    fn touch(&mut self) {
+        self.changes = self.changes.wrapping_add(1);
+    }
+
     /// Whether `req` with the GPUs `gpus` can be assigned here now. Re-checked when a placement
     /// is applied, so a plan made on an older state can never oversubscribe the agent.
     pub fn fits(&self, req: &ResourceRequest, gpus: &[String]) -> bool {
@@ -258,7 +269,9 @@ impl ClusterState {
                         taints: Vec::new(),
                         draining: false,
                         lost_at: None,
+                        changes: 0,
                     });
+                rec.touch();
                 rec.inventory = inventory;
                 rec.labels = labels;
                 rec.taints = taints;
@@ -274,6 +287,7 @@ impl ClusterState {
                     };
                 };
                 rec.lost_at = Some(at);
+                rec.touch();
                 let running: Vec<AttemptKey> = rec.running.iter().cloned().collect();
                 let error = format!("agent {agent_id} was lost: no word from it within its lease");
                 for key in &running {
@@ -292,6 +306,7 @@ impl ClusterState {
             } => match self.agents.get_mut(&agent_id) {
                 Some(rec) => {
                     rec.inventory = inventory;
+                    rec.touch();
                     events.push(Event::CapacityChanged);
                     Ok(Outcome::AgentRegistered)
                 }
@@ -301,6 +316,7 @@ impl ClusterState {
                 match self.agents.get_mut(&agent_id) {
                     Some(rec) => {
                         rec.draining = draining;
+                        rec.touch();
                         events.push(Event::CapacityChanged);
                         Ok(Outcome::AgentDraining(draining))
                     }
@@ -450,6 +466,7 @@ impl ClusterState {
             {
                 continue;
             }
+            agent.touch();
             agent.cpu_allocated += req.cpu_reserved();
             agent.memory_allocated = agent.memory_allocated.saturating_add(req.memory_reserved());
             let key = AttemptKey {
@@ -473,6 +490,7 @@ impl ClusterState {
     fn release(&mut self, agent_id: &str, key: &AttemptKey, req: &ResourceRequest) {
         if let Some(agent) = self.agents.get_mut(agent_id) {
             if agent.running.remove(key) {
+                agent.touch();
                 agent.cpu_allocated = (agent.cpu_allocated - req.cpu_reserved()).max(0.0);
                 agent.memory_allocated =
                     agent.memory_allocated.saturating_sub(req.memory_reserved());

@@ -738,6 +738,58 @@ fn gpus_are_assigned_by_uuid_once_and_freed_when_the_attempt_ends() {
     assert!(matches!(applied.result, Ok(Outcome::Assigned(ref d)) if d.len() == 1));
 }
 
+/// The leader's placer rebuilds only the agents whose counter moved: every change to what
+/// placement sees of an agent must move it, on every replica alike.
+#[test]
+fn every_change_placement_sees_moves_the_agents_counter() {
+    let mut s = ClusterState::default();
+    let mut last = None;
+    let mut moved = |s: &ClusterState, what: &str| {
+        let now = s.agents["h"].changes;
+        assert_ne!(Some(now), last, "{what}");
+        last = Some(now);
+    };
+    s.apply(1, register_gpus("h", "NVIDIA H100 80GB HBM3", 2));
+    moved(&s, "registered");
+    s.apply(2, create_spec("r1", gpu_spec(1, "H100"), 1, 0));
+    s.apply(3, place("r1", "make-data", "h", &["GPU-h-1"]));
+    moved(&s, "assigned");
+    let before = s.agents["h"].changes;
+    s.apply(4, place("r1", "make-data", "h", &["GPU-h-1"]));
+    assert_eq!(
+        s.agents["h"].changes, before,
+        "a stale placement changes nothing"
+    );
+    s.apply(5, finished("r1", "make-data", 1));
+    moved(&s, "released");
+    s.apply(
+        6,
+        Command::SetAgentDraining {
+            agent_id: "h".into(),
+            draining: true,
+        },
+    );
+    moved(&s, "drained");
+    s.apply(
+        7,
+        Command::UpdateInventory {
+            agent_id: "h".into(),
+            inventory: HostInventory::default(),
+        },
+    );
+    moved(&s, "inventory");
+    s.apply(
+        8,
+        Command::DeclareAgentLost {
+            agent_id: "h".into(),
+            at: 8,
+        },
+    );
+    moved(&s, "lost");
+    s.apply(9, register_gpus("h", "NVIDIA H100 80GB HBM3", 2));
+    moved(&s, "registered again");
+}
+
 #[test]
 fn an_unschedulable_task_fails_its_run_at_once_and_only_while_ready() {
     let mut s = ClusterState::default();
