@@ -9,9 +9,11 @@
 //! the first in key order that fits, found by entering only the subtrees that could hold one:
 //! about log n steps (log² n where CPU and memory disagree) instead of n.
 //!
-//! Views are built the first time a request needs them in a pass and follow every placement
-//! and reservation after that, so a placement costs O(classes · log n) and an update
-//! O(views holding the agent · log n).
+//! Views are built the first time a request needs them and follow every placement and
+//! reservation after that, so a placement costs O(classes · log n) and an update
+//! O(views holding the agent · log n). The leader's [`super::Placer`] keeps a fleet across
+//! passes: what a pass takes is put back at its end ([`Fleet::restore`]), and agents whose
+//! committed state changed are moved in place ([`Fleet::set_agent`]).
 
 use std::collections::BTreeMap;
 
@@ -350,6 +352,9 @@ pub(super) struct Fleet {
     homes: Vec<Home>,
     classes: Vec<Class>,
     policy: CpuPolicy,
+    /// The agents this pass took from, as they were before: put back at its end, so a
+    /// persistent fleet never carries one pass's tentative takes into the next.
+    saved: BTreeMap<usize, AgentView>,
 }
 
 fn sum_marked(counts: &[usize], mask: &[bool]) -> usize {
@@ -396,6 +401,7 @@ impl Fleet {
             homes: Vec::new(),
             classes: Vec::new(),
             policy,
+            saved: BTreeMap::new(),
         };
         fleet.classify();
         fleet
@@ -558,16 +564,66 @@ impl Fleet {
     /// Takes `r` on agent `i` (see [`AgentView::take_with_gpus`]) and moves the agent in every
     /// view that holds it.
     pub(super) fn take(&mut self, i: usize, r: &ResourceRequest) -> Vec<String> {
+        self.saved
+            .entry(i)
+            .or_insert_with(|| self.agents[i].clone());
         let gpus = self.agents[i].take_with_gpus(r);
+        self.reindex(i);
+        gpus
+    }
+
+    /// Recounts agent `i`'s GPUs and moves it in every view that holds it.
+    fn reindex(&mut self, i: usize) {
         let c = self.homes[i].class;
-        let (_, free) = count_gpus(&self.agents[i], &self.classes[c].models);
+        let (total, free) = count_gpus(&self.agents[i], &self.classes[c].models);
         self.homes[i].free = free;
+        self.homes[i].total = total;
         let slot = self.homes[i].slot;
         for k in 0..self.homes[i].views.len() {
             let v = self.homes[i].views[k];
             let (key, room) = self.entry(i, &self.classes[c].views[v].kind);
             self.classes[c].views[v].tree.put(slot, key, room);
         }
-        gpus
+    }
+
+    /// Puts back what the pass took, as if the fleet were built afresh from the same agents.
+    pub(super) fn restore(&mut self) {
+        for (i, a) in std::mem::take(&mut self.saved) {
+            self.agents[i] = a;
+            self.reindex(i);
+        }
+    }
+
+    /// Whether `a` can replace agent `i` in place: same id and the same traits that decide its
+    /// class and the views holding it (drain state, taints, GPU models, labels).
+    pub(super) fn can_replace(&self, i: usize, a: &AgentView) -> bool {
+        let old = &self.agents[i];
+        old.agent_id == a.agent_id
+            && old.accepting == a.accepting
+            && old.taints == a.taints
+            && old.labels == a.labels
+            && distinct_models(old) == distinct_models(a)
+    }
+
+    /// Replaces agent `i` (see [`Self::can_replace`]) with its capacity and GPUs as now.
+    pub(super) fn set_agent(&mut self, i: usize, a: AgentView) {
+        debug_assert!(self.saved.is_empty(), "set between passes only");
+        self.agents[i] = a;
+        self.reindex(i);
+    }
+
+    /// How many views the classes hold.
+    pub(super) fn view_count(&self) -> usize {
+        self.classes.iter().map(|c| c.views.len()).sum()
+    }
+
+    /// Drops every view: they are built again as requests need them.
+    pub(super) fn forget_views(&mut self) {
+        for c in &mut self.classes {
+            c.views.clear();
+        }
+        for h in &mut self.homes {
+            h.views.clear();
+        }
     }
 }

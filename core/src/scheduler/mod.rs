@@ -8,16 +8,18 @@
 mod index;
 pub(crate) mod matching;
 mod placement;
+mod placer;
 
 pub use matching::gpu_model_matches;
 pub use placement::{schedule, AgentView, CpuPolicy, GpuSlot, Plan};
+pub use placer::Placer;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_model::ResourceRequest;
 
 use crate::engine::RunRecord;
-use crate::state::ClusterState;
+use crate::state::{AgentRecord, ClusterState};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyStep {
@@ -141,29 +143,39 @@ pub fn agent_views(state: &ClusterState, connected: &BTreeSet<String>) -> Vec<Ag
     state
         .agents
         .values()
-        .filter(|a| connected.contains(&a.agent_id) && a.lost_at.is_none())
-        .map(|a| AgentView {
-            agent_id: a.agent_id.clone(),
-            total_cpu: a.inventory.cpu_cores,
-            free_cpu: (a.inventory.cpu_cores - a.cpu_allocated).max(0.0),
-            total_memory: a.inventory.memory_bytes,
-            free_memory: a.inventory.memory_bytes.saturating_sub(a.memory_allocated),
-            gpus: a
-                .inventory
-                .gpus
-                .iter()
-                .map(|g| GpuSlot {
-                    uuid: g.uuid.clone(),
-                    model: g.name.clone(),
-                    healthy: g.healthy,
-                    in_use: a.gpus_in_use.contains_key(&g.uuid),
-                })
-                .collect(),
-            labels: a.labels.clone(),
-            taints: a.taints.clone(),
-            accepting: !a.draining,
-        })
+        .filter(|a| is_placeable(a, connected))
+        .map(agent_view)
         .collect()
+}
+
+/// Whether placement sees the agent at all: connected to this node and not declared lost.
+fn is_placeable(a: &AgentRecord, connected: &BTreeSet<String>) -> bool {
+    connected.contains(&a.agent_id) && a.lost_at.is_none()
+}
+
+/// One agent as placement sees it.
+fn agent_view(a: &AgentRecord) -> AgentView {
+    AgentView {
+        agent_id: a.agent_id.clone(),
+        total_cpu: a.inventory.cpu_cores,
+        free_cpu: (a.inventory.cpu_cores - a.cpu_allocated).max(0.0),
+        total_memory: a.inventory.memory_bytes,
+        free_memory: a.inventory.memory_bytes.saturating_sub(a.memory_allocated),
+        gpus: a
+            .inventory
+            .gpus
+            .iter()
+            .map(|g| GpuSlot {
+                uuid: g.uuid.clone(),
+                model: g.name.clone(),
+                healthy: g.healthy,
+                in_use: a.gpus_in_use.contains_key(&g.uuid),
+            })
+            .collect(),
+        labels: a.labels.clone(),
+        taints: a.taints.clone(),
+        accepting: !a.draining,
+    }
 }
 
 /// Why each ready task of a run is waiting, for `gantry run get`.
@@ -174,5 +186,7 @@ pub fn waiting_reasons(plan: &Plan) -> BTreeMap<(String, String), String> {
         .collect()
 }
 
+#[cfg(test)]
+mod placer_tests;
 #[cfg(test)]
 mod tests;

@@ -258,7 +258,11 @@ fn score(a: &AgentView, r: &ResourceRequest, policy: CpuPolicy) -> (usize, usize
 
 /// Places `steps` (already in priority order) on `agents`.
 pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) -> Plan {
-    let mut fleet = Fleet::new(agents, policy);
+    plan_pass(&mut Fleet::new(agents, policy), steps)
+}
+
+/// Places `steps` on `fleet`, leaving in it what the pass took (see [`Fleet::restore`]).
+pub(super) fn plan_pass(fleet: &mut Fleet, steps: &[ReadyStep]) -> Plan {
     let mut plan = Plan::default();
     // Keyed by the request's whole content, so thousands of pending copies of a step share
     // one look at the classes, and once one found no room, its verdict.
@@ -272,7 +276,7 @@ pub fn schedule(steps: &[ReadyStep], agents: &[AgentView], policy: CpuPolicy) ->
         let shape = shapes
             .entry(format!("{:?}", step.request))
             .or_insert_with(|| fleet.shape(&step.request));
-        place(&mut fleet, shape, step, &mut plan);
+        place(fleet, shape, step, &mut plan);
     }
     plan
 }

@@ -459,7 +459,7 @@ const ANY_TAINT: [&str; 4] = [
 /// tolerance of the fit test disagree.
 const CPU_NUDGE: [f64; 5] = [0.0, 0.0, -0.0004, 0.0006, -1e-10];
 
-fn arb_taints() -> impl Strategy<Value = Vec<Taint>> {
+pub(super) fn arb_taints() -> impl Strategy<Value = Vec<Taint>> {
     proptest::sample::subsequence(ANY_TAINT.to_vec(), 0..=2).prop_map(|ts| {
         ts.iter()
             .map(|t| Taint::parse(t).unwrap_or_else(|e| panic!("{e}")))
@@ -467,7 +467,7 @@ fn arb_taints() -> impl Strategy<Value = Vec<Taint>> {
     })
 }
 
-fn arb_labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+pub(super) fn arb_labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     (0usize..3, any::<bool>()).prop_map(|(zone, rack)| {
         let mut l = BTreeMap::new();
         if zone > 0 {
@@ -521,7 +521,7 @@ fn arb_any_agent() -> impl Strategy<Value = AgentView> {
         )
 }
 
-fn arb_request() -> impl Strategy<Value = ResourceRequest> {
+pub(super) fn arb_request() -> impl Strategy<Value = ResourceRequest> {
     (
         (0u32..=12, 0usize..5, 0u64..=10),
         (0u32..=3, proptest::option::of(0usize..6)),
