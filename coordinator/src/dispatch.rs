@@ -20,8 +20,16 @@ struct Session {
     tx: SessionTx,
 }
 
+/// The live sessions, and a generation that moves whenever one opens or closes, so the
+/// leader's placer learns the connected set only when it may have changed.
+#[derive(Default)]
+struct Sessions {
+    by_agent: HashMap<String, Session>,
+    generation: u64,
+}
+
 pub struct Dispatcher {
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<Sessions>,
     /// When this node last heard from each agent (any message, heartbeats every 5 s). Agents
     /// it never heard from count from when it first looked (so a new leader gives every agent
     /// a whole lease to come to it).
@@ -46,7 +54,7 @@ impl Dispatcher {
     pub fn new(state: crate::machine::SharedState) -> Arc<Self> {
         let (run_finished, _) = broadcast::channel(1024);
         Arc::new(Dispatcher {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             last_heard: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             state,
@@ -55,12 +63,18 @@ impl Dispatcher {
         })
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn connected(&self) -> BTreeSet<String> {
-        self.sessions().keys().cloned().collect()
+        self.sessions().by_agent.keys().cloned().collect()
+    }
+
+    /// Moves whenever the connected set may have changed. Read before [`Self::connected`], a
+    /// set newer than its generation only makes the placer read it again.
+    pub fn connected_generation(&self) -> u64 {
+        self.sessions().generation
     }
 
     /// Notes a message from `agent_id`.
@@ -86,26 +100,31 @@ impl Dispatcher {
     pub fn attach(&self, agent_id: &str, tx: SessionTx) -> u64 {
         self.heard(agent_id);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.sessions()
-            .insert(agent_id.to_string(), Session { id, tx });
+        let mut s = self.sessions();
+        s.by_agent.insert(agent_id.to_string(), Session { id, tx });
+        s.generation += 1;
+        drop(s);
         self.schedule.notify_one();
         id
     }
 
     pub fn detach(&self, agent_id: &str, session_id: u64) {
         let mut s = self.sessions();
-        if s.get(agent_id).is_some_and(|x| x.id == session_id) {
-            s.remove(agent_id);
+        if s.by_agent.get(agent_id).is_some_and(|x| x.id == session_id) {
+            s.by_agent.remove(agent_id);
+            s.generation += 1;
         }
     }
 
     /// Ends every agent session (shutdown): their response streams close.
     pub fn close_all(&self) {
-        self.sessions().clear();
+        let mut s = self.sessions();
+        s.by_agent.clear();
+        s.generation += 1;
     }
 
     pub fn send(&self, agent_id: &str, body: Body) -> bool {
-        let tx = self.sessions().get(agent_id).map(|s| s.tx.clone());
+        let tx = self.sessions().by_agent.get(agent_id).map(|s| s.tx.clone());
         match tx {
             Some(tx) => tx.send(Ok(CoordinatorMessage { body: Some(body) })).is_ok(),
             None => false,

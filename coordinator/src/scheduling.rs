@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::scheduler::{
-    agent_views, cache_candidates, ready_steps, schedule, timeouts_due, waiting_reasons,
-    CacheCandidate,
+    cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer,
 };
 use gantry_core::state::{Command, Unschedulable};
 
@@ -20,12 +19,15 @@ const LEASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 pub async fn scheduling_loop(c: Arc<Coordinator>) {
     let notify = c.dispatcher.schedule.clone();
     let mut last_lease_check: Option<std::time::Instant> = None;
+    // Kept across passes while this node leads; a new term starts from a fresh one.
+    let mut placer: Option<Placer> = None;
     loop {
         tokio::select! {
             _ = notify.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         if !c.raft.status().is_leader {
+            placer = None;
             continue;
         }
         let now = crate::now_ms();
@@ -43,16 +45,21 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
             last_lease_check = Some(std::time::Instant::now());
             declare_lost_agents(&c, now).await;
         }
-        let connected = c.dispatcher.connected();
-        let (steps, agents) = {
+        let placer = placer.get_or_insert_with(|| Placer::new(c.cpu_policy));
+        let steps = {
             let st = c.state.read();
-            (ready_steps(&st, now), agent_views(&st, &connected))
+            let steps = ready_steps(&st, now);
+            if !steps.is_empty() {
+                let generation = c.dispatcher.connected_generation();
+                placer.sync(&st, generation, || c.dispatcher.connected());
+            }
+            steps
         };
         if steps.is_empty() {
             c.waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
             continue;
         }
-        let plan = schedule(&steps, &agents, c.cpu_policy);
+        let plan = placer.schedule(&steps);
         *c.waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting_reasons(&plan);
         if !plan.unschedulable.is_empty() {
             let tasks = plan
