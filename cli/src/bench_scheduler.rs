@@ -6,11 +6,20 @@
 //! twentieth a `NoSchedule` taint. The steps: mostly CPU-only (1 to 8 CPUs, 1 to 32 GiB), one
 //! in eight asking for 1, 2, 4 or 8 GPUs of a model, one in twenty pinned to `zone=b`. The
 //! numbers come from a fixed-seed generator, so runs compare.
+//!
+//! `--persistent` measures instead what the leader pays per pass with few steps: a fresh
+//! index over views of every agent (as before the persistent placer) against the leader's
+//! [`Placer`] brought up to date after `--changed` agents' allocations moved.
 
 use std::time::Instant;
 
-use gantry_core::scheduler::{schedule, AgentView, CpuPolicy, GpuSlot, ReadyStep};
-use gantry_model::{ResourceRequest, Taint};
+use std::collections::BTreeSet;
+
+use gantry_core::scheduler::{
+    agent_views, schedule, AgentView, CpuPolicy, GpuSlot, Placer, ReadyStep,
+};
+use gantry_core::state::{AgentRecord, ClusterState};
+use gantry_model::{GpuDevice, HostInventory, ResourceRequest, Taint};
 
 use crate::exit::CliError;
 
@@ -25,6 +34,12 @@ pub struct SchedulerBenchArgs {
     /// Passes per fleet size (the table gives the median).
     #[arg(long, default_value_t = 3)]
     pub passes: usize,
+    /// Measure a pass on the leader's persistent placer against a fresh one.
+    #[arg(long)]
+    pub persistent: bool,
+    /// With --persistent: agents whose allocations change between passes.
+    #[arg(long, default_value_t = 8)]
+    pub changed: usize,
 }
 
 /// A tiny fixed-seed generator (xorshift64*): the same fleet and queue every run.
@@ -136,6 +151,9 @@ pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
             "--agents, --steps and --passes must be positive".into(),
         ));
     }
+    if args.persistent {
+        return run_persistent(&args);
+    }
     println!(
         "{:>8} {:>9} {:>11} {:>9} {:>10} {:>13} {:>15} {:>10}",
         "agents",
@@ -178,6 +196,114 @@ pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
     println!(
         "one pass = every pending step considered once against the fleet (filters, score, GPU \
          choice, reservation); placements/s = steps placed in the pass / its median duration"
+    );
+    Ok(())
+}
+
+/// The replicated state the leader would hold for `agents`, nothing allocated.
+fn state_of(agents: &[AgentView]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for a in agents {
+        let gpus = a
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GpuDevice {
+                index: i as u32,
+                uuid: g.uuid.clone(),
+                name: g.model.clone(),
+                memory_total_bytes: 80 * GIB,
+                memory_free_bytes: 80 * GIB,
+                healthy: g.healthy,
+                utilization_percent: None,
+                mig_enabled: None,
+            })
+            .collect();
+        let rec = AgentRecord {
+            agent_id: a.agent_id.clone(),
+            inventory: HostInventory {
+                hostname: a.agent_id.clone(),
+                cpu_cores: a.total_cpu,
+                memory_bytes: a.total_memory,
+                gpus,
+                ..Default::default()
+            },
+            labels: a.labels.clone(),
+            registered_at: 0,
+            running: Default::default(),
+            cpu_allocated: 0.0,
+            memory_allocated: 0,
+            gpus_in_use: Default::default(),
+            taints: a.taints.clone(),
+            draining: false,
+            lost_at: None,
+            changes: 0,
+        };
+        state.agents.insert(a.agent_id.clone(), rec);
+    }
+    state
+}
+
+/// Moves the allocations of `count` agents spread over the fleet, as results and commits do
+/// between two passes.
+fn churn(state: &mut ClusterState, count: usize, pass: usize, rng: &mut Rng) {
+    let n = state.agents.len();
+    let stride = (n / count.max(1)).max(1);
+    for (k, a) in state.agents.values_mut().enumerate() {
+        if (k + pass) % stride == 0 {
+            a.cpu_allocated = (rng.below(16) as f64).min(a.inventory.cpu_cores);
+            a.memory_allocated = rng.below(64) * GIB;
+            a.changes += 1;
+        }
+    }
+}
+
+fn median_ms(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(0.0) * 1000.0
+}
+
+fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
+    println!(
+        "{:>8} {:>7} {:>8} {:>17} {:>19} {:>8} {:>6}",
+        "agents", "steps", "changed", "fresh pass ms", "persistent pass ms", "speedup", "same"
+    );
+    for &n in &args.agents {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+        let agents = fleet(n, &mut rng);
+        let steps = queue(args.steps, &mut rng);
+        let mut state = state_of(&agents);
+        let connected: BTreeSet<String> = state.agents.keys().cloned().collect();
+        let mut placer = Placer::new(CpuPolicy::Spread);
+        placer.sync(&state, 0, || connected.clone());
+        let (mut fresh, mut kept, mut same) = (Vec::new(), Vec::new(), true);
+        for pass in 0..args.passes {
+            churn(&mut state, args.changed, pass, &mut rng);
+            let t = Instant::now();
+            let a = schedule(&steps, &agent_views(&state, &connected), CpuPolicy::Spread);
+            fresh.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            placer.sync(&state, 0, || connected.clone());
+            let b = placer.schedule(&steps);
+            kept.push(t.elapsed().as_secs_f64());
+            same &= a == b;
+        }
+        let (f, k) = (median_ms(fresh), median_ms(kept));
+        println!(
+            "{:>8} {:>7} {:>8} {:>17.3} {:>19.3} {:>7.0}x {:>6}",
+            n,
+            args.steps,
+            args.changed,
+            f,
+            k,
+            f / k.max(1e-9),
+            if same { "yes" } else { "NO" }
+        );
+    }
+    println!(
+        "fresh = agent views of every agent + a new index (the leader before); persistent = \
+         the leader's placer synced after `changed` agents moved, then the pass; same = the \
+         two plans were equal in every pass"
     );
     Ok(())
 }
