@@ -250,7 +250,7 @@ fn churn(state: &mut ClusterState, count: usize, pass: usize, rng: &mut Rng) {
     let n = state.agents.len();
     let stride = (n / count.max(1)).max(1);
     for (k, a) in state.agents.values_mut().enumerate() {
-        if (k + pass) % stride == 0 {
+        if (k + pass).is_multiple_of(stride) {
             a.cpu_allocated = (rng.below(16) as f64).min(a.inventory.cpu_cores);
             a.memory_allocated = rng.below(64) * GIB;
             a.changes += 1;
