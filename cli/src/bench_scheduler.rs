@@ -265,8 +265,15 @@ fn median_ms(mut times: Vec<f64>) -> f64 {
 
 fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
     println!(
-        "{:>8} {:>7} {:>8} {:>17} {:>19} {:>8} {:>6}",
-        "agents", "steps", "changed", "fresh pass ms", "persistent pass ms", "speedup", "same"
+        "{:>8} {:>7} {:>8} {:>17} {:>19} {:>12} {:>8} {:>6}",
+        "agents",
+        "steps",
+        "changed",
+        "fresh pass ms",
+        "persistent pass ms",
+        "of it sync",
+        "speedup",
+        "same"
     );
     for &n in &args.agents {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
@@ -276,7 +283,8 @@ fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
         let connected: BTreeSet<String> = state.agents.keys().cloned().collect();
         let mut placer = Placer::new(CpuPolicy::Spread);
         placer.sync(&state, 0, || connected.clone());
-        let (mut fresh, mut kept, mut same) = (Vec::new(), Vec::new(), true);
+        let (mut fresh, mut kept, mut synced, mut same) =
+            (Vec::new(), Vec::new(), Vec::new(), true);
         for pass in 0..args.passes {
             churn(&mut state, args.changed, pass, &mut rng);
             let t = Instant::now();
@@ -284,18 +292,20 @@ fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
             fresh.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             placer.sync(&state, 0, || connected.clone());
+            synced.push(t.elapsed().as_secs_f64());
             let b = placer.schedule(&steps);
             kept.push(t.elapsed().as_secs_f64());
             same &= a == b;
         }
         let (f, k) = (median_ms(fresh), median_ms(kept));
         println!(
-            "{:>8} {:>7} {:>8} {:>17.3} {:>19.3} {:>7.0}x {:>6}",
+            "{:>8} {:>7} {:>8} {:>17.3} {:>19.3} {:>12.3} {:>7.0}x {:>6}",
             n,
             args.steps,
             args.changed,
             f,
             k,
+            median_ms(synced),
             f / k.max(1e-9),
             if same { "yes" } else { "NO" }
         );
