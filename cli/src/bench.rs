@@ -36,7 +36,15 @@ pub fn noop_pipeline(name: &str, steps: usize, chained: bool) -> String {
 /// IR of a `dsl.ParallelFor` over `0..iterations` whose body is one no-op container task, as
 /// kfp writes `with dsl.ParallelFor([0, 1, ...]) as x: noop(x=x)`.
 pub fn loop_pipeline(name: &str, iterations: usize) -> String {
+    loop_pipeline_with_cpu(name, iterations, None)
+}
+
+/// [`loop_pipeline`] whose task asks for `cpu` (`set_cpu_request`), if given.
+pub fn loop_pipeline_with_cpu(name: &str, iterations: usize, cpu: Option<&str>) -> String {
     let items: Vec<String> = (0..iterations).map(|i| i.to_string()).collect();
+    let resources = cpu
+        .map(|c| format!("\n        resources:\n          resourceCpuRequest: '{c}'"))
+        .unwrap_or_default();
     format!(
         "components:
   comp-for-loop-1:
@@ -67,7 +75,7 @@ deploymentSpec:
       container:
         command:
         - 'true'
-        image: gantry/busybox:latest
+        image: gantry/busybox:latest{resources}
 pipelineInfo:
   name: {name}
 root:
@@ -341,4 +349,20 @@ fn spawn_cost(n: u32) -> Duration {
         let _ = std::process::Command::new("true").status();
     }
     t0.elapsed() / n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_loops_parse_with_and_without_a_cpu_request() {
+        let plain = gantry_core::ir::parse_pipeline(&loop_pipeline("p", 3)).expect("parses");
+        let with_cpu = gantry_core::ir::parse_pipeline(&loop_pipeline_with_cpu("p", 3, Some("1")))
+            .expect("parses");
+        assert_ne!(plain, with_cpu, "the CPU request must reach the IR");
+        let yaml = loop_pipeline_with_cpu("p", 3, Some("1"));
+        assert!(yaml.contains("resourceCpuRequest: '1'"), "{yaml}");
+        assert!(!loop_pipeline("p", 3).contains("resources:"));
+    }
 }

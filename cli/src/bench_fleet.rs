@@ -75,59 +75,7 @@ fn unavailable(what: impl std::fmt::Display) -> CliError {
 /// 1 CPU and declaring no outputs. Without a CPU request every step would fit on the first
 /// agent (spread ranks by free CPU), and the fleet size would not matter.
 pub fn fleet_pipeline(name: &str, width: usize) -> String {
-    let items: Vec<String> = (0..width).map(|i| i.to_string()).collect();
-    format!(
-        "components:
-  comp-for-loop-1:
-    dag:
-      tasks:
-        noop:
-          componentRef:
-            name: comp-noop
-          inputs:
-            parameters:
-              x:
-                componentInputParameter: pipelinechannel--loop-item-param-1
-          taskInfo:
-            name: noop
-    inputDefinitions:
-      parameters:
-        pipelinechannel--loop-item-param-1:
-          parameterType: NUMBER_INTEGER
-  comp-noop:
-    executorLabel: exec-noop
-    inputDefinitions:
-      parameters:
-        x:
-          parameterType: NUMBER_INTEGER
-deploymentSpec:
-  executors:
-    exec-noop:
-      container:
-        command:
-        - 'true'
-        image: gantry/busybox:latest
-        resources:
-          resourceCpuRequest: '1'
-pipelineInfo:
-  name: {name}
-root:
-  dag:
-    tasks:
-      for-loop-1:
-        componentRef:
-          name: comp-for-loop-1
-        parameterIterator:
-          itemInput: pipelinechannel--loop-item-param-1
-          items:
-            raw: '[{}]'
-        taskInfo:
-          name: for-loop-1
-schemaVersion: 2.1.0
-sdkVersion: kfp-2.16.1
-",
-        items.join(", ")
-    )
+    crate::bench::loop_pipeline_with_cpu(name, width, Some("1"))
 }
 
 /// What the simulated agents saw, per run id.
