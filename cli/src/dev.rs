@@ -177,7 +177,13 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
          submit with: gantry run submit pipeline.yaml --wait        (Ctrl-C stops)",
         e.server.addr, args.agent_id, e.runtime_name, e.artifact_root
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let mut e = e;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        f = e.server.fatal() => {
+            return Err(CliError::Unavailable(format!("the coordinator stopped: {f}")));
+        }
+    }
     eprintln!("gantry dev: stopping");
     e.stop().await;
     Ok(())

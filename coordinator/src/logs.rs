@@ -19,7 +19,7 @@ pub struct LogRecord {
     pub seq: u64,
 }
 
-pub struct LogStore {
+pub struct StepLogs {
     tree: sled::Tree,
     seq: AtomicU64,
     tx: broadcast::Sender<LogRecord>,
@@ -33,7 +33,7 @@ fn key(run_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-impl LogStore {
+impl StepLogs {
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         let tree = db.open_tree("logs")?;
         let (tx, _) = broadcast::channel(4096);
@@ -50,7 +50,7 @@ impl LogStore {
             })
             .max()
             .unwrap_or(0);
-        Ok(LogStore {
+        Ok(StepLogs {
             tree,
             seq: AtomicU64::new(last + 1),
             tx,

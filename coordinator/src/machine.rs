@@ -5,8 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use gantry_core::state::{Applied, ClusterState, Command, Event};
 use tokio::sync::mpsc;
 
-use crate::raft::node::SnapshotWriter;
-use crate::raft::StateMachine;
+use crate::raft::{Fatal, SnapshotWriter, StateMachine};
 
 /// The live state, shared between the Raft thread (the only writer) and readers.
 #[derive(Clone, Default)]
@@ -25,21 +24,17 @@ pub struct ClusterMachine {
     pub events: mpsc::UnboundedSender<Event>,
 }
 
-/// What a proposer gets back.
-pub type ApplyOutput = Result<Applied, String>;
-
 impl StateMachine for ClusterMachine {
-    type Output = ApplyOutput;
+    type Output = Applied;
 
-    fn apply(&mut self, index: u64, data: &[u8]) -> ApplyOutput {
-        let command: Command = match serde_json::from_slice(data) {
-            Ok(c) => c,
-            Err(e) => {
-                // Same binary, same bytes: every replica refuses this entry the same way.
-                tracing::error!(index, error = %e, "undecodable committed entry");
-                return Err(format!("undecodable command at index {index}: {e}"));
-            }
-        };
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Applied, Fatal> {
+        // A replica that cannot decode a committed command (a newer binary's, during a rolling
+        // upgrade) must stop: skipping it would silently diverge from those that apply it.
+        let command: Command = serde_json::from_slice(data).map_err(|e| {
+            Fatal(format!(
+                "undecodable command at index {index} (written by a newer version?): {e}"
+            ))
+        })?;
         let applied = {
             let mut st = self.state.0.write().unwrap_or_else(|e| e.into_inner());
             st.apply(index, command)

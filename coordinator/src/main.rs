@@ -18,8 +18,14 @@ async fn main() -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let cfg = args.resolve(file)?;
-    let handle = start(cfg).await?;
+    let mut handle = start(cfg).await?;
     tokio::select! {
+        f = handle.fatal() => {
+            // The node can no longer keep what it promised; a supervisor restarts it from
+            // what is on disk.
+            tracing::error!(error = %f, "raft node stopped; exiting");
+            std::process::exit(70);
+        }
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; stopping");
             handle.stop().await;

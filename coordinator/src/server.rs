@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::dispatch::{Dispatcher, WaitingReasons};
-use crate::logs::LogStore;
-use crate::machine::{ApplyOutput, ClusterMachine, SharedState};
+use crate::logs::StepLogs;
+use crate::machine::{ClusterMachine, SharedState};
 use crate::raft::transport::{peer_channel, GrpcTransport};
-use crate::raft::{self, Members, NodeConfig, RaftError, RaftHandle, SledLogStore, SnapshotDir};
+use crate::raft::{
+    self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, SledLogStore, SnapshotDir,
+};
 
 /// Three missed heartbeats (agents send one every 5 s).
 pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
@@ -98,10 +100,10 @@ impl CoordinatorConfig {
 /// Everything the services and loops share.
 pub struct Coordinator {
     pub node_id: u64,
-    pub raft: RaftHandle<ApplyOutput>,
+    pub raft: RaftHandle<Applied>,
     pub state: SharedState,
     pub dispatcher: Arc<Dispatcher>,
-    pub logs: LogStore,
+    pub logs: StepLogs,
     pub waiting: WaitingReasons,
     pub cpu_policy: CpuPolicy,
     pub agent_lease: Duration,
@@ -130,8 +132,8 @@ pub const LEADER_HINT: &str = "gantry-leader";
 pub enum ProposeError {
     #[error(transparent)]
     Raft(#[from] RaftError),
-    #[error("{0}")]
-    Apply(String),
+    #[error("cannot encode the command: {0}")]
+    Encode(String),
     #[error("no leader elected within {0:?}")]
     NoLeader(Duration),
 }
@@ -139,7 +141,7 @@ pub enum ProposeError {
 impl From<ProposeError> for tonic::Status {
     fn from(e: ProposeError) -> Self {
         match &e {
-            ProposeError::Raft(RaftError::Storage(_)) | ProposeError::Apply(_) => {
+            ProposeError::Raft(RaftError::Storage(_)) | ProposeError::Encode(_) => {
                 tonic::Status::internal(e.to_string())
             }
             _ => tonic::Status::unavailable(e.to_string()),
@@ -229,11 +231,11 @@ impl Coordinator {
 
     /// Commits `cmd` and returns what applying it did. Waits out a leader election.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
-        let data = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Apply(e.to_string()))?;
+        let data = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Encode(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match self.raft.propose(data.clone()).await {
-                Ok(out) => return out.map_err(ProposeError::Apply),
+                Ok(applied) => return Ok(applied),
                 Err(RaftError::NotLeader { leader_id })
                     if leader_id == 0 || leader_id == self.node_id =>
                 {
@@ -253,7 +255,9 @@ pub struct ServerHandle {
     pub coordinator: Arc<Coordinator>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    raft_thread: Option<std::thread::JoinHandle<()>>,
+    raft_thread: Option<std::thread::JoinHandle<Result<(), Fatal>>>,
+    /// Resolves with the fatal error if the Raft node stops by itself.
+    fatal: Option<oneshot::Receiver<Fatal>>,
 }
 
 impl ServerHandle {
@@ -274,6 +278,20 @@ impl ServerHandle {
         self.coordinator.raft.shutdown();
         if let Some(t) = self.raft_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Resolves if the Raft node stops by itself with a fatal error (storage that cannot be
+    /// written, a committed entry that cannot be applied). The process should then exit so a
+    /// supervisor restarts it from what is on disk, as TiKV does; meanwhile the node answers
+    /// as stopped, never as leader. Pending forever otherwise.
+    pub async fn fatal(&mut self) -> Fatal {
+        match self.fatal.take() {
+            Some(rx) => match rx.await {
+                Ok(f) => f,
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
         }
     }
 
@@ -301,12 +319,12 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         .path(cfg.data_dir.join("sled"))
         .open()
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
-    let store = SledLogStore::open(db.clone())?;
+    let store = RaftStorage::open(Arc::new(SledLogStore::open(db.clone())?))?;
     if !store.is_fresh() && !initial_members.is_empty() && store.members() != initial_members {
         tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");
     }
     let snapshots = SnapshotDir::open(cfg.data_dir.join("snapshots"))?;
-    let logs = LogStore::open(&db)?;
+    let logs = StepLogs::open(&db)?;
     let state = SharedState::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let machine = ClusterMachine {
@@ -320,13 +338,19 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         heartbeat_tick: cfg.heartbeat_tick,
         snapshot_entries: cfg.snapshot_entries.max(1),
         initial_members,
+        election_range: None,
     };
     let rt = tokio::runtime::Handle::current();
     let transport_snaps = snapshots.clone();
     let transport_addr = advertise.clone();
-    let (raft, raft_thread) = raft::start(node_cfg, store, snapshots.clone(), machine, |sink| {
-        GrpcTransport::new(rt, cfg.node_id, transport_addr, transport_snaps, sink)
-    })?;
+    let (raft, raft_thread) = raft::start(
+        node_cfg,
+        store,
+        Arc::new(snapshots.clone()),
+        machine,
+        |sink| GrpcTransport::new(rt, cfg.node_id, transport_addr, transport_snaps, sink),
+    )?;
+    let (raft_thread, fatal) = watch_raft_thread(raft_thread);
     if raft.status().voters.is_empty() {
         tracing::info!(
             node = cfg.node_id,
@@ -378,7 +402,29 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         shutdown: Some(tx),
         server,
         raft_thread: Some(raft_thread),
+        fatal: Some(fatal),
     })
+}
+
+/// Joins the Raft thread on a watcher thread, and reports a fatal end through the receiver; the
+/// returned handle ends when the Raft thread does.
+fn watch_raft_thread(
+    raft_thread: std::thread::JoinHandle<Result<(), Fatal>>,
+) -> (
+    std::thread::JoinHandle<Result<(), Fatal>>,
+    oneshot::Receiver<Fatal>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let watcher = std::thread::spawn(move || {
+        let result = raft_thread
+            .join()
+            .unwrap_or_else(|_| Err(Fatal("the raft thread panicked".into())));
+        if let Err(f) = &result {
+            let _ = tx.send(f.clone());
+        }
+        result
+    });
+    (watcher, rx)
 }
 
 /// Agents hold their session with the leader only: when this node stops leading, end its

@@ -1,13 +1,34 @@
 //! Raft: the only module that touches `raft::RawNode`.
+//!
+//! - [`node`]: the Ready loop, driven by its own thread in the server and step by step by the
+//!   simulation;
+//! - [`handle`]: what the rest of the coordinator holds to propose, read and change membership;
+//! - [`proposals`]: callers waiting for their entries, matched by (term, index);
+//! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`sled_store`] on
+//!   disk, [`mem_store`] in memory);
+//! - [`snapshots`] and [`snapshot_files`]: where snapshots live;
+//! - [`transport`]: messages and snapshot streams to peers over tonic.
 
-pub mod log_store;
+pub mod handle;
+pub mod mem_store;
 pub mod node;
+mod proposals;
+pub mod sled_store;
 pub mod snapshot_files;
+pub mod snapshots;
+pub mod storage;
 pub mod transport;
 
-pub use log_store::{Members, SledLogStore};
-pub use node::{start, Feedback, NodeConfig, NodeStatus, RaftHandle, StateMachine};
+#[cfg(test)]
+mod sim;
+
+pub use handle::RaftHandle;
+pub use mem_store::MemLogStore;
+pub use node::{start, Fatal, Feedback, NodeConfig, NodeStatus, StateMachine};
+pub use sled_store::SledLogStore;
 pub use snapshot_files::SnapshotDir;
+pub use snapshots::{MemSnapshots, SnapshotStore, SnapshotWriter};
+pub use storage::{LogStore, LogStoreError, Members, RaftStorage};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {

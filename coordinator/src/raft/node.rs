@@ -1,4 +1,5 @@
-//! The one owner of `raft::RawNode`: a dedicated thread running the Ready loop.
+//! The one owner of `raft::RawNode`: the Ready loop. In the server a dedicated thread runs it
+//! ([`start`]); the simulation (`sim`) calls the same [`Node`] methods step by step.
 //!
 //! Order per Ready (raft-rs's documented order, as in TiKV): send messages; install a received
 //! snapshot; persist entries and hard state in one flushed batch; send persisted messages;
@@ -6,7 +7,7 @@
 //! mailbox before each Ready, so many proposals share one fsync (group commit).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,21 +18,21 @@ use raft::eraftpb::{
     Message, Snapshot, SnapshotMetadata,
 };
 use raft::{Config, RawNode, SnapshotStatus, StateRole};
-use tokio::sync::oneshot;
 
-use super::log_store::{Members, SledLogStore};
-use super::snapshot_files::SnapshotDir;
+use super::handle::{Mail, RaftHandle, Reply};
+use super::proposals::Waiters;
+use super::snapshots::{SnapshotStore, SnapshotWriter};
+use super::storage::{Members, RaftStorage};
 use super::RaftError;
-
-/// Writes a consistent copy of the state, away from the Raft thread.
-pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
 
 /// What the node applies committed entries to.
 pub trait StateMachine: Send + 'static {
     type Output: Send + 'static;
-    /// Applies one committed normal entry. Must be deterministic.
-    fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
-    /// A copy of the current state, to be written to a snapshot file on another thread.
+    /// Applies one committed normal entry. Must be deterministic. An error means the entry
+    /// cannot be applied here at all (an undecodable command, say): the node stops rather than
+    /// diverge from replicas that could apply it.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Self::Output, Fatal>;
+    /// A copy of the current state, to be written to a snapshot on another thread.
     fn snapshot(&self) -> SnapshotWriter;
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, r: &mut dyn Read) -> std::io::Result<()>;
@@ -71,6 +72,10 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// A fresh store starts with these voters; empty means "wait to be added to a cluster".
     pub initial_members: Members,
+    /// The election timeout is drawn from `[min, max)` ticks; `None` is raft-rs's default
+    /// `[election_tick, 2 × election_tick)`. The simulation fixes it per node so that a seed
+    /// replays exactly.
+    pub election_range: Option<(usize, usize)>,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +87,7 @@ impl Default for NodeConfig {
             heartbeat_tick: 1,
             snapshot_entries: 10_000,
             initial_members: Members::new(),
+            election_range: None,
         }
     }
 }
@@ -112,109 +118,9 @@ pub struct NodeStatus {
     /// On a follower: nothing heard from `leader_id` for several heartbeats (it may be dead or
     /// cut off), so clients should not be sent there while the election timer runs out.
     pub leader_silent: bool,
-}
-
-type Reply<O> = oneshot::Sender<Result<O, RaftError>>;
-
-enum Mail<O> {
-    Propose {
-        data: Vec<u8>,
-        reply: Reply<O>,
-    },
-    ConfChange {
-        cc: ConfChangeV2,
-        reply: Reply<ConfState>,
-    },
-    ReadIndex {
-        reply: Reply<()>,
-    },
-    TransferLeader(u64),
-    Step(Box<Message>),
-    Feedback(Feedback),
-    SnapshotWritten {
-        meta: SnapshotMetadata,
-        result: Result<(), String>,
-    },
-    Shutdown,
-}
-
-/// A cheap, cloneable handle to the node thread.
-pub struct RaftHandle<O> {
-    tx: mpsc::Sender<Mail<O>>,
-    status: Arc<RwLock<NodeStatus>>,
-}
-
-impl<O> Clone for RaftHandle<O> {
-    fn clone(&self) -> Self {
-        RaftHandle {
-            tx: self.tx.clone(),
-            status: self.status.clone(),
-        }
-    }
-}
-
-impl<O: Send + 'static> RaftHandle<O> {
-    fn mail<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Mail<O>,
-    ) -> oneshot::Receiver<Result<T, RaftError>> {
-        let (reply, rx) = oneshot::channel();
-        // A closed mailbox drops `reply`, which the receiver sees as Stopped.
-        let _ = self.tx.send(make(reply));
-        rx
-    }
-
-    /// Proposes `data` and waits until it is committed and applied on this node.
-    pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
-        self.mail(|reply| Mail::Propose { data, reply })
-            .await
-            .map_err(|_| RaftError::Stopped)?
-    }
-
-    /// Proposes a membership change and waits until it is applied here.
-    pub async fn change_membership(&self, cc: ConfChangeV2) -> Result<ConfState, RaftError> {
-        self.mail(|reply| Mail::ConfChange { cc, reply })
-            .await
-            .map_err(|_| RaftError::Stopped)?
-    }
-
-    /// Waits until this node has applied everything committed when the call was made, as
-    /// confirmed by the leader with a quorum (raft's ReadIndex): a read of local state after
-    /// this is linearizable.
-    pub async fn read_index(&self, timeout: Duration) -> Result<(), RaftError> {
-        let rx = self.mail(|reply| Mail::ReadIndex { reply });
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(r) => r.map_err(|_| RaftError::Stopped)?,
-            Err(_) => Err(RaftError::NotLeader {
-                leader_id: self.status().leader_id,
-            }),
-        }
-    }
-
-    pub fn transfer_leader(&self, to: u64) {
-        let _ = self.tx.send(Mail::TransferLeader(to));
-    }
-
-    pub fn step(&self, msg: Message) -> Result<(), RaftError> {
-        self.tx
-            .send(Mail::Step(Box::new(msg)))
-            .map_err(|_| RaftError::Stopped)
-    }
-
-    pub fn feedback(&self, f: Feedback) {
-        let _ = self.tx.send(Mail::Feedback(f));
-    }
-
-    pub fn status(&self) -> NodeStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Mail::Shutdown);
-    }
+    /// The node's thread has ended (shut down, or stopped by a fatal error): it leads nothing
+    /// and answers nothing.
+    pub stopped: bool,
 }
 
 struct TracingDrain;
@@ -234,31 +140,67 @@ impl slog::Drain for TracingDrain {
     }
 }
 
-/// A failure after which the node cannot go on without risking what it promised.
-#[derive(Debug, thiserror::Error)]
+/// A failure after which the node cannot go on without risking what it promised: storage that
+/// cannot be written, a committed entry that cannot be applied. The node stops.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-struct Fatal(String);
+pub struct Fatal(pub String);
 
-fn fatal(e: impl std::fmt::Display) -> Fatal {
+pub(super) fn fatal(e: impl std::fmt::Display) -> Fatal {
     Fatal(e.to_string())
 }
 
-struct Node<S: StateMachine, T: Transport> {
+/// Where snapshot bodies are written: on their own thread (the server), or at once on the
+/// caller's (the simulation, so that a seed replays exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SnapshotWrites {
+    Background,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Inline,
+}
+
+/// The running node: its handle, and its thread, which ends with the error that stopped it.
+pub type Started<O> = (RaftHandle<O>, std::thread::JoinHandle<Result<(), Fatal>>);
+
+/// What a new node is made of besides its configuration.
+pub(super) struct Parts<S, T> {
+    pub store: RaftStorage,
+    pub snaps: Arc<dyn SnapshotStore>,
+    pub sm: S,
+    pub transport: T,
+    /// Distinguishes this incarnation's ReadIndex requests from an earlier process's whose
+    /// answers may still be in flight.
+    pub nonce: u64,
+    pub snapshot_writes: SnapshotWrites,
+}
+
+/// The Ready loop's state. It is driven by [`start`]'s thread in the server, and step by step by
+/// the deterministic simulation; both run the same methods.
+pub(super) struct Node<S: StateMachine, T: Transport> {
     cfg: NodeConfig,
-    raw: RawNode<SledLogStore>,
-    store: SledLogStore,
-    snaps: SnapshotDir,
+    raw: RawNode<RaftStorage>,
+    store: RaftStorage,
+    snaps: Arc<dyn SnapshotStore>,
     sm: S,
     transport: T,
+    /// The node's own mailbox, for replies from its snapshot writer.
     mailbox: mpsc::Sender<Mail<S::Output>>,
-    pending: HashMap<u64, Reply<S::Output>>,
-    pending_conf: HashMap<u64, Reply<ConfState>>,
+    /// Callers of `propose`, by their entry's (term, index).
+    proposals: Waiters<S::Output>,
+    /// Callers of `change_membership`, likewise.
+    conf_changes: Waiters<ConfState>,
+    /// ReadIndex requests sent to the leader, by sequence number (`nonce` + sequence is the
+    /// request context).
     reads: HashMap<u64, Reply<()>>,
     /// ReadIndex answers waiting for apply to reach their index.
     reads_waiting: Vec<(u64, Reply<()>)>,
-    next_id: u64,
+    read_seq: u64,
+    nonce: u64,
     status: Arc<RwLock<NodeStatus>>,
+    /// A snapshot is being written; no second one starts meanwhile.
     snapshotting: bool,
+    snapshot_writes: SnapshotWrites,
+    /// Index of the newest snapshot this node holds.
     last_snapshot: u64,
 }
 
@@ -273,123 +215,166 @@ fn v1_to_v2(cc: ConfChange) -> ConfChangeV2 {
     v2
 }
 
-fn id_of(context: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = context.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
+fn read_context(nonce: u64, seq: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&nonce.to_be_bytes());
+    ctx.extend_from_slice(&seq.to_be_bytes());
+    ctx
 }
 
-/// Starts a node over `store`. A fresh store takes `cfg.initial_members` as its voters; a
-/// store that already has a configuration ignores it.
+/// The sequence number of a ReadIndex context made by this incarnation (`nonce`), if it is one.
+fn read_seq_of(nonce: u64, ctx: &[u8]) -> Option<u64> {
+    let n: [u8; 8] = ctx.get(..8)?.try_into().ok()?;
+    let s: [u8; 8] = ctx.get(8..16)?.try_into().ok()?;
+    (u64::from_be_bytes(n) == nonce && ctx.len() == 16).then(|| u64::from_be_bytes(s))
+}
+
+/// Starts a node on its own thread. A fresh store takes `cfg.initial_members` as its voters; a
+/// store that already has a configuration ignores it. The thread ends on shutdown, or with the
+/// fatal error that stopped the node (its status then says `stopped`, and every waiting caller
+/// was answered).
 pub fn start<S: StateMachine, T: Transport>(
     cfg: NodeConfig,
-    store: SledLogStore,
-    snaps: SnapshotDir,
-    mut sm: S,
+    store: RaftStorage,
+    snaps: Arc<dyn SnapshotStore>,
+    sm: S,
     make_transport: impl FnOnce(FeedbackSink) -> T,
-) -> Result<(RaftHandle<S::Output>, std::thread::JoinHandle<()>), RaftError> {
-    let storage_err = |e: &dyn std::fmt::Display| RaftError::Storage(e.to_string());
-    if store.is_fresh() && !cfg.initial_members.is_empty() {
-        let cs = ConfState {
-            voters: cfg.initial_members.keys().copied().collect(),
-            ..Default::default()
-        };
-        store
-            .set_members(&cfg.initial_members)
-            .map_err(|e| storage_err(&e))?;
-        store
-            .persist(&[], None, Some(&cs))
-            .map_err(|e| storage_err(&e))?;
-    }
-    // The state machine lives in memory: load the last snapshot, then replay the log after it.
-    let snap_meta = store.snapshot_meta();
-    if snap_meta.index > 0 {
-        let (_, mut reader) = snaps
-            .open_snapshot(snap_meta.term, snap_meta.index)
-            .map_err(|e| {
-                RaftError::Storage(format!(
-                    "snapshot at index {} (term {}) is recorded but cannot be read: {e}",
-                    snap_meta.index, snap_meta.term
-                ))
-            })?;
-        sm.restore(&mut reader).map_err(|e| storage_err(&e))?;
-        tracing::info!(index = snap_meta.index, "state loaded from snapshot");
-    }
-    let raft_cfg = Config {
-        id: cfg.id,
-        election_tick: cfg.election_tick,
-        heartbeat_tick: cfg.heartbeat_tick,
-        applied: snap_meta.index,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        check_quorum: true,
-        pre_vote: true,
-        ..Default::default()
-    };
-    raft_cfg.validate().map_err(|e| storage_err(&e))?;
-    let logger = slog::Logger::root(TracingDrain, slog::o!());
-    let mut raw = RawNode::new(&raft_cfg, store.clone(), &logger).map_err(|e| storage_err(&e))?;
-    let sole_voter = store.conf_state().voters == vec![cfg.id];
-    if sole_voter {
-        // No one else can win an election: start one now instead of after a timeout.
-        raw.campaign().map_err(|e| storage_err(&e))?;
-    }
+) -> Result<Started<S::Output>, RaftError> {
+    let (tx, rx) = mpsc::channel();
     let status = Arc::new(RwLock::new(NodeStatus {
         id: cfg.id,
         ..Default::default()
     }));
-    let (tx, rx) = mpsc::channel();
     let handle = RaftHandle {
         tx: tx.clone(),
-        status: status.clone(),
+        status,
     };
     let sink: FeedbackSink = {
         let h = handle.clone();
         Arc::new(move |f| h.feedback(f))
     };
-    let mut transport = make_transport(sink);
-    transport.set_members(&store.members());
-    let mut node = Node {
-        cfg: cfg.clone(),
-        raw,
+    let parts = Parts {
         store,
         snaps,
         sm,
-        transport,
-        mailbox: tx,
-        pending: HashMap::new(),
-        pending_conf: HashMap::new(),
-        reads: HashMap::new(),
-        reads_waiting: Vec::new(),
-        next_id: 1,
-        status,
-        snapshotting: false,
-        last_snapshot: snap_meta.index,
+        transport: make_transport(sink),
+        nonce: uuid::Uuid::new_v4().as_u64_pair().0,
+        snapshot_writes: SnapshotWrites::Background,
     };
-    node.publish_status();
+    let mut node = Node::new(cfg.clone(), parts, &handle)?;
     let tick = cfg.tick_interval;
     let thread = std::thread::Builder::new()
         .name(format!("raft-{}", cfg.id))
-        .spawn(move || node.run(rx, tick))
-        .map_err(|e| storage_err(&e))?;
+        .spawn(move || {
+            let result = node.run(rx, tick);
+            node.stop(result.clone().err());
+            result
+        })
+        .map_err(|e| RaftError::Storage(e.to_string()))?;
     Ok((handle, thread))
 }
 
 impl<S: StateMachine, T: Transport> Node<S, T> {
-    fn run(&mut self, rx: mpsc::Receiver<Mail<S::Output>>, tick: Duration) {
+    /// Opens the node over what `parts.store` holds: the state machine is loaded from the
+    /// newest snapshot, and raft-rs replays the log after it.
+    pub(super) fn new(
+        cfg: NodeConfig,
+        parts: Parts<S, T>,
+        handle: &RaftHandle<S::Output>,
+    ) -> Result<Self, RaftError> {
+        let Parts {
+            store,
+            snaps,
+            mut sm,
+            mut transport,
+            nonce,
+            snapshot_writes,
+        } = parts;
+        let storage_err = |e: &dyn std::fmt::Display| RaftError::Storage(e.to_string());
+        if store.is_fresh() && !cfg.initial_members.is_empty() {
+            let cs = ConfState {
+                voters: cfg.initial_members.keys().copied().collect(),
+                ..Default::default()
+            };
+            store
+                .set_members(&cfg.initial_members)
+                .map_err(|e| storage_err(&e))?;
+            store
+                .persist(&[], None, Some(&cs))
+                .map_err(|e| storage_err(&e))?;
+        }
+        let snap_meta = store.snapshot_meta();
+        if snap_meta.index > 0 {
+            let (_, mut reader) = snaps.open(snap_meta.term, snap_meta.index).map_err(|e| {
+                RaftError::Storage(format!(
+                    "snapshot at index {} (term {}) is recorded but cannot be read: {e}",
+                    snap_meta.index, snap_meta.term
+                ))
+            })?;
+            sm.restore(&mut reader).map_err(|e| storage_err(&e))?;
+            tracing::info!(index = snap_meta.index, "state loaded from snapshot");
+        }
+        let (min_election_tick, max_election_tick) = cfg.election_range.unwrap_or((0, 0));
+        let raft_cfg = Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            min_election_tick,
+            max_election_tick,
+            applied: snap_meta.index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate().map_err(|e| storage_err(&e))?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let mut raw =
+            RawNode::new(&raft_cfg, store.clone(), &logger).map_err(|e| storage_err(&e))?;
+        if store.conf_state().voters == vec![cfg.id] {
+            // No one else can win an election: start one now instead of after a timeout.
+            raw.campaign().map_err(|e| storage_err(&e))?;
+        }
+        transport.set_members(&store.members());
+        let mut node = Node {
+            cfg,
+            raw,
+            store,
+            snaps,
+            sm,
+            transport,
+            mailbox: handle.tx.clone(),
+            proposals: Waiters::default(),
+            conf_changes: Waiters::default(),
+            reads: HashMap::new(),
+            reads_waiting: Vec::new(),
+            read_seq: 0,
+            nonce,
+            status: handle.status.clone(),
+            snapshotting: false,
+            snapshot_writes,
+            last_snapshot: snap_meta.index,
+        };
+        node.publish_status();
+        Ok(node)
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Mail<S::Output>>, tick: Duration) -> Result<(), Fatal> {
         let mut last_tick = Instant::now();
         loop {
             let wait = tick.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(mail) => {
                     if !self.handle(mail) {
-                        return;
+                        return Ok(());
                     }
                     // Drain what queued meanwhile so it shares this Ready's fsync.
                     for _ in 0..4096 {
                         match rx.try_recv() {
                             Ok(mail) => {
                                 if !self.handle(mail) {
-                                    return;
+                                    return Ok(());
                                 }
                             }
                             Err(_) => break,
@@ -397,26 +382,36 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if last_tick.elapsed() >= tick {
-                self.raw.tick();
+                self.tick();
                 last_tick = Instant::now();
             }
-            if let Err(e) = self.on_ready() {
-                // The node can no longer guarantee what it acknowledged. Stop the process so a
-                // supervisor restarts it from what is on disk, as TiKV does.
-                tracing::error!(error = %e, "raft storage failed; exiting");
-                self.fail_all(RaftError::Storage(e.to_string()));
-                std::process::exit(70);
-            }
+            self.on_ready()?;
         }
     }
 
-    fn next_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+    /// The end of the node: every waiting caller is answered and the status says `stopped`,
+    /// so no one takes this node for a leader any more.
+    pub(super) fn stop(&mut self, fatal: Option<Fatal>) {
+        let err = match &fatal {
+            Some(f) => {
+                tracing::error!(node = self.cfg.id, error = %f, "raft node stopped by a fatal error");
+                RaftError::Storage(f.to_string())
+            }
+            None => RaftError::Stopped,
+        };
+        self.fail_all(err);
+        let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
+        s.stopped = true;
+        s.is_leader = false;
+        s.leader_id = 0;
+        s.role = "STOPPED";
+    }
+
+    pub(super) fn tick(&mut self) {
+        self.raw.tick();
     }
 
     fn not_leader(&self) -> RaftError {
@@ -425,17 +420,23 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         }
     }
 
-    fn handle(&mut self, mail: Mail<S::Output>) -> bool {
+    /// The (term, index) raft-rs gave the entry it has just appended.
+    fn appended(&self) -> (u64, u64) {
+        (self.raw.raft.term, self.raw.raft.raft_log.last_index())
+    }
+
+    /// Handles one piece of mail; false once the node is told to shut down.
+    pub(super) fn handle(&mut self, mail: Mail<S::Output>) -> bool {
         match mail {
             Mail::Propose { data, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(self.not_leader()));
                     return true;
                 }
-                let id = self.next_id();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+                match self.raw.propose(Vec::new(), data) {
                     Ok(()) => {
-                        self.pending.insert(id, reply);
+                        let (term, index) = self.appended();
+                        self.proposals.insert(term, index, reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RaftError::Dropped(e.to_string())));
@@ -447,10 +448,10 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     let _ = reply.send(Err(self.not_leader()));
                     return true;
                 }
-                let id = self.next_id();
-                match self.raw.propose_conf_change(id.to_be_bytes().to_vec(), cc) {
+                match self.raw.propose_conf_change(Vec::new(), cc) {
                     Ok(()) => {
-                        self.pending_conf.insert(id, reply);
+                        let (term, index) = self.appended();
+                        self.conf_changes.insert(term, index, reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RaftError::Dropped(e.to_string())));
@@ -458,9 +459,9 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                 }
             }
             Mail::ReadIndex { reply } => {
-                let id = self.next_id();
-                self.raw.read_index(id.to_be_bytes().to_vec());
-                self.reads.insert(id, reply);
+                self.read_seq += 1;
+                self.raw.read_index(read_context(self.nonce, self.read_seq));
+                self.reads.insert(self.read_seq, reply);
             }
             Mail::TransferLeader(to) => self.raw.transfer_leader(to),
             Mail::Step(m) => {
@@ -498,21 +499,14 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     Err(e) => tracing::error!(error = %e, index = meta.index, "snapshot failed"),
                 }
             }
-            Mail::Shutdown => {
-                self.fail_all(RaftError::Stopped);
-                return false;
-            }
+            Mail::Shutdown => return false,
         }
         true
     }
 
     fn fail_all(&mut self, err: RaftError) {
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(err.clone()));
-        }
-        for (_, reply) in self.pending_conf.drain() {
-            let _ = reply.send(Err(err.clone()));
-        }
+        self.proposals.fail_all(&err);
+        self.conf_changes.fail_all(&err);
         for (_, reply) in self.reads.drain() {
             let _ = reply.send(Err(err.clone()));
         }
@@ -523,25 +517,47 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         for e in entries {
-            let pending_id = id_of(&e.context);
+            // Whatever the entry is, a waiter of another kind at its slot lost its entry (raft-rs
+            // turns a refused membership change into an empty normal entry).
+            let proposal = self.proposals.take(e.term, e.index);
+            let conf_change = self.conf_changes.take(e.term, e.index);
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
+                    if let Some(r) = conf_change {
+                        let _ = r.send(Err(RaftError::Dropped(
+                            "the membership change was refused by the leader (another one is \
+                             still in progress)"
+                                .into(),
+                        )));
+                    }
                     if e.data.is_empty() {
                         // The empty entry a new leader appends.
                         continue;
                     }
-                    let out = self.sm.apply(e.index, &e.data);
-                    if let Some(reply) = pending_id.and_then(|id| self.pending.remove(&id)) {
+                    let out = match self.sm.apply(e.index, &e.data) {
+                        Ok(out) => out,
+                        Err(f) => {
+                            let f = fatal(format!(
+                                "committed entry {} cannot be applied: {f}",
+                                e.index
+                            ));
+                            if let Some(reply) = proposal {
+                                let _ = reply.send(Err(RaftError::Storage(f.to_string())));
+                            }
+                            return Err(f);
+                        }
+                    };
+                    if let Some(reply) = proposal {
                         let _ = reply.send(Ok(out));
                     }
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data).map_err(fatal)?;
-                    self.apply_membership(e.index, v1_to_v2(cc), pending_id)?;
+                    self.apply_membership(e.index, v1_to_v2(cc), conf_change)?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(fatal)?;
-                    self.apply_membership(e.index, cc, pending_id)?;
+                    self.apply_membership(e.index, cc, conf_change)?;
                 }
             }
         }
@@ -552,9 +568,8 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         &mut self,
         index: u64,
         cc: ConfChangeV2,
-        pending_id: Option<u64>,
+        reply: Option<Reply<ConfState>>,
     ) -> Result<(), Fatal> {
-        let reply = pending_id.and_then(|id| self.pending_conf.remove(&id));
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(e) => {
@@ -596,13 +611,17 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         let meta = snap.get_metadata();
         let (members, mut reader) = self
             .snaps
-            .open_snapshot(meta.term, meta.index)
+            .open(meta.term, meta.index)
             .map_err(|e| fatal(format!("received snapshot {} unreadable: {e}", meta.index)))?;
         self.sm.restore(&mut reader).map_err(fatal)?;
         self.store.apply_snapshot(meta, &members).map_err(fatal)?;
         self.transport.set_members(&members);
         self.snaps.retain_from(meta.index);
         self.last_snapshot = meta.index;
+        // Entries up to the snapshot were never applied here one by one.
+        let why = "a snapshot from the leader was installed over it";
+        self.proposals.drop_through(meta.index, why);
+        self.conf_changes.drop_through(meta.index, why);
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -611,7 +630,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         Ok(())
     }
 
-    /// Starts writing a snapshot in the background once enough entries were applied.
+    /// Starts writing a snapshot once enough entries were applied.
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.raw.raft.raft_log.applied;
         if self.snapshotting {
@@ -628,27 +647,26 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             ..Default::default()
         };
         meta.set_conf_state(self.store.conf_state());
-        let began = std::time::Instant::now();
         let writer = self.sm.snapshot();
-        tracing::debug!(
-            index = applied,
-            took_ms = began.elapsed().as_millis() as u64,
-            "snapshot cut"
-        );
         let members = self.store.members();
         let snaps = self.snaps.clone();
         let mailbox = self.mailbox.clone();
         self.snapshotting = true;
-        std::thread::Builder::new()
-            .name("raft-snapshot".into())
-            .spawn(move || {
-                let result = snaps
-                    .write(meta.term, meta.index, &members, writer)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = mailbox.send(Mail::SnapshotWritten { meta, result });
-            })
-            .map_err(fatal)?;
+        let job = move || {
+            let result = snaps
+                .write(meta.term, meta.index, &members, writer)
+                .map_err(|e| e.to_string());
+            let _ = mailbox.send(Mail::SnapshotWritten { meta, result });
+        };
+        match self.snapshot_writes {
+            SnapshotWrites::Inline => job(),
+            SnapshotWrites::Background => {
+                std::thread::Builder::new()
+                    .name("raft-snapshot".into())
+                    .spawn(job)
+                    .map_err(fatal)?;
+            }
+        }
         Ok(())
     }
 
@@ -656,6 +674,16 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     /// entries its followers still miss (up to one snapshot interval) so a briefly slow
     /// follower catches up from the log instead of by a whole snapshot.
     fn compact(&mut self, meta: &SnapshotMetadata) -> Result<(), Fatal> {
+        if meta.index <= self.last_snapshot {
+            // A snapshot from the leader was installed while this one was being written: it is
+            // newer, and recording this one would point the log at a snapshot already deleted.
+            tracing::debug!(
+                index = meta.index,
+                newer = self.last_snapshot,
+                "stale snapshot dropped"
+            );
+            return Ok(());
+        }
         let mut compact_index = meta.index;
         if self.raw.raft.state == StateRole::Leader {
             let slowest = self
@@ -670,14 +698,12 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             let floor = meta.index.saturating_sub(self.cfg.snapshot_entries);
             compact_index = slowest.clamp(floor, meta.index);
         }
-        let began = std::time::Instant::now();
         self.store.compact_to(meta, compact_index).map_err(fatal)?;
         self.snaps.retain_from(meta.index);
         self.last_snapshot = meta.index;
         tracing::info!(
             index = meta.index,
             compacted_to = compact_index,
-            compaction_ms = began.elapsed().as_millis() as u64,
             "snapshot taken"
         );
         Ok(())
@@ -686,7 +712,9 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
         let applied = self.raw.raft.raft_log.applied;
         for rs in states {
-            let Some(reply) = id_of(&rs.request_ctx).and_then(|id| self.reads.remove(&id)) else {
+            let Some(reply) =
+                read_seq_of(self.nonce, &rs.request_ctx).and_then(|seq| self.reads.remove(&seq))
+            else {
                 continue;
             };
             if rs.index <= applied {
@@ -709,7 +737,8 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), Fatal> {
+    /// One turn of raft-rs's Ready protocol, in its documented order.
+    pub(super) fn on_ready(&mut self) -> Result<(), Fatal> {
         if !self.raw.has_ready() {
             self.publish_status();
             return Ok(());
@@ -748,16 +777,12 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn publish_status(&mut self) {
         let is_leader = self.raw.raft.state == StateRole::Leader;
-        let idle = self.pending.is_empty() && self.pending_conf.is_empty();
-        if !is_leader && !idle {
+        let waiting = !(self.proposals.is_empty() && self.conf_changes.is_empty());
+        if !is_leader && waiting {
             // Lost leadership: these may or may not commit; callers retry with request ids.
             let err = self.not_leader();
-            for (_, reply) in self.pending.drain() {
-                let _ = reply.send(Err(err.clone()));
-            }
-            for (_, reply) in self.pending_conf.drain() {
-                let _ = reply.send(Err(err.clone()));
-            }
+            self.proposals.fail_all(&err);
+            self.conf_changes.fail_all(&err);
         }
         let raft = &self.raw.raft;
         let cs = self.store.conf_state();

@@ -1,14 +1,13 @@
 //! Snapshot files: one file per (term, index), written to a temporary name, fsynced and renamed,
-//! so a crash never leaves a half-written file under a final name.
-//!
-//! Layout of a file: one line of JSON with the member address book, then the state machine's
-//! own bytes. Raft messages carry only the metadata; the transport streams the file.
+//! so a crash never leaves a half-written file under a final name. The transport streams these
+//! files to peers.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::log_store::Members;
+use super::snapshots::{read_header, write_header, SnapshotStore, SnapshotWriter};
+use super::storage::Members;
 
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
@@ -58,8 +57,7 @@ impl SnapshotDir {
         let tmp = self.temp_path(term, index);
         let result = (|| {
             let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            serde_json::to_writer(&mut w, members)?;
-            w.write_all(b"\n")?;
+            write_header(&mut w, members)?;
             body(&mut w)?;
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
@@ -88,14 +86,7 @@ impl SnapshotDir {
     ) -> std::io::Result<(Members, BufReader<File>)> {
         let path = self.path(term, index);
         let mut r = BufReader::with_capacity(1 << 20, File::open(&path)?);
-        let mut header = String::new();
-        r.read_line(&mut header)?;
-        let members: Members = serde_json::from_str(header.trim_end()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("snapshot {}: bad header: {e}", path.display()),
-            )
-        })?;
+        let members = read_header(&mut r, &path.display().to_string())?;
         Ok((members, r))
     }
 
@@ -121,10 +112,30 @@ impl SnapshotDir {
     }
 }
 
+impl SnapshotStore for SnapshotDir {
+    fn write(
+        &self,
+        term: u64,
+        index: u64,
+        members: &Members,
+        body: SnapshotWriter,
+    ) -> std::io::Result<()> {
+        SnapshotDir::write(self, term, index, members, body).map(|_| ())
+    }
+
+    fn open(&self, term: u64, index: u64) -> std::io::Result<(Members, Box<dyn Read + Send>)> {
+        let (members, r) = self.open_snapshot(term, index)?;
+        Ok((members, Box::new(r)))
+    }
+
+    fn retain_from(&self, index: u64) {
+        SnapshotDir::retain_from(self, index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     #[test]
     fn write_then_open_round_trips_and_cleans_up() {

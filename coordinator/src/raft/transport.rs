@@ -16,9 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use super::log_store::Members;
 use super::node::{Feedback, FeedbackSink, Transport};
 use super::snapshot_files::SnapshotDir;
+use super::storage::Members;
 
 const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
