@@ -13,12 +13,12 @@ mod error;
 pub mod model;
 mod params;
 mod parse;
+mod quantity;
 pub mod selector;
 mod validate;
 
 pub use error::IrError;
 pub use model::*;
 pub use params::{resolve_run_artifacts, resolve_run_parameters};
-pub use parse::{
-    parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, parse_pipeline,
-};
+pub use parse::parse_pipeline;
+pub use quantity::{parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity};

@@ -1,0 +1,155 @@
+//! The outputs of a step that exited 0: output parameters from the executor output or their
+//! files, output artifacts uploaded from where the step left them.
+
+use std::collections::BTreeMap;
+
+use gantry_model::{ArtifactRef, ParamType, StepOutcome, StepSpec};
+use serde_json::Value;
+
+use super::layout::{read_output_file, Layout};
+use super::{is_metrics, Launcher};
+
+impl Launcher {
+    /// Reads the outputs of a step that exited 0 and uploads its artifacts.
+    pub(super) async fn collect(
+        &self,
+        spec: &StepSpec,
+        layout: &Layout,
+    ) -> Result<StepOutcome, String> {
+        let exec_out = match read_output_file(layout, &layout.host("outputs/executor_output.json"))?
+        {
+            Some(bytes) => serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| format!("executor output is not valid JSON: {e}"))?,
+            None => Value::Null,
+        };
+        let parameters = output_parameters(spec, layout, &exec_out)?;
+        let artifacts = self.upload_artifacts(spec, layout, &exec_out).await?;
+        Ok(StepOutcome::Succeeded {
+            parameters,
+            artifacts,
+        })
+    }
+
+    /// Uploads each output artifact from where the step left it (or records the URI it
+    /// stored it at itself), with the metadata the executor output reports.
+    async fn upload_artifacts(
+        &self,
+        spec: &StepSpec,
+        layout: &Layout,
+        exec_out: &Value,
+    ) -> Result<BTreeMap<String, Vec<ArtifactRef>>, String> {
+        let mut artifacts = BTreeMap::new();
+        for (name, out) in &spec.outputs.artifacts {
+            let rel = format!("outputs/artifacts/{name}");
+            let default_step_path = layout.step(&rel);
+            let reported = &exec_out["artifacts"][name]["artifacts"][0];
+            let metadata = reported["metadata"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let (local, uri) = match reported["uri"].as_str() {
+                None | Some("") => (Some(layout.host(&rel)), out.uri.clone()),
+                Some(u) if u == default_step_path => (Some(layout.host(&rel)), out.uri.clone()),
+                // The step stored it itself and says where: accepted under the run's
+                // pipeline root only (a step must not point downstream steps at, say,
+                // file:///etc on an agent host).
+                Some(u) if u.contains("://") => {
+                    if !under_root(u, &spec.pipeline_root) {
+                        return Err(format!(
+                            "output artifact {name:?}: the step reported URI {u}, which is not \
+                             under the pipeline root {}",
+                            spec.pipeline_root
+                        ));
+                    }
+                    (None, u.to_string())
+                }
+                Some(u) => match layout.map.host_path(u) {
+                    Some(h) => (Some(h), out.uri.clone()),
+                    None => {
+                        return Err(format!(
+                            "output artifact {name:?}: the step reported it at {u}, outside {}",
+                            layout.map.step_root().display()
+                        ))
+                    }
+                },
+            };
+            if let Some(local) = local {
+                match layout
+                    .confined(&local)
+                    .map_err(|e| format!("output artifact {name:?}: {e}"))?
+                {
+                    Some(real) => {
+                        self.stores
+                            .upload(&real, &uri)
+                            .await
+                            .map_err(|e| format!("uploading output artifact {name:?}: {e}"))?;
+                    }
+                    None if is_metrics(&out.schema_title) => {}
+                    None => {
+                        return Err(format!(
+                            "output artifact {name:?} was not written (expected at {})",
+                            layout.display(&local)
+                        ))
+                    }
+                }
+            }
+            artifacts.insert(
+                name.clone(),
+                vec![ArtifactRef {
+                    name: name.clone(),
+                    uri,
+                    schema_title: out.schema_title.clone(),
+                    schema_version: out.schema_version.clone(),
+                    metadata,
+                }],
+            );
+        }
+        Ok(artifacts)
+    }
+}
+
+/// Each output parameter, from the executor output's `parameterValues`, else from its file.
+fn output_parameters(
+    spec: &StepSpec,
+    layout: &Layout,
+    exec_out: &Value,
+) -> Result<BTreeMap<String, Value>, String> {
+    let mut parameters = BTreeMap::new();
+    for (name, ptype) in &spec.outputs.parameters {
+        let rel = format!("outputs/params/{name}");
+        let value = match exec_out["parameterValues"].get(name) {
+            Some(v) => ptype
+                .coerce(v)
+                .map_err(|e| format!("output parameter {name:?}: {e}"))?,
+            None => {
+                let bytes = read_output_file(layout, &layout.host(&rel))
+                    .map_err(|e| format!("output parameter {name:?}: {e}"))?
+                    .ok_or_else(|| {
+                        format!(
+                            "output parameter {name:?} was not written (expected in {} or in \
+                             the executor output's parameterValues)",
+                            layout.step(&rel)
+                        )
+                    })?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("output parameter {name:?} is not UTF-8 text"))?;
+                match ptype {
+                    ParamType::String => Value::String(text),
+                    other => other
+                        .parse_text(&text)
+                        .map_err(|e| format!("output parameter {name:?}: {e}"))?,
+                }
+            }
+        };
+        parameters.insert(name.clone(), value);
+    }
+    Ok(parameters)
+}
+
+/// `uri` lies under `root` (`root` itself or below `root/`), with no `..` segment.
+pub(super) fn under_root(uri: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    !root.is_empty()
+        && (uri == root || uri.starts_with(&format!("{root}/")))
+        && !uri.split('/').any(|seg| seg == "..")
+}

@@ -1,0 +1,302 @@
+//! An attempt made ready to run: its directory, its inputs staged, the executor input and
+//! placeholders resolved, and the environment, mounts and labels of its container.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use gantry_model::StepSpec;
+use serde_json::{Map, Value};
+
+use super::executor_input::executor_input_json;
+use super::layout::Layout;
+use super::{container_run_name, is_metrics, Launcher};
+use crate::artifacts::{is_supported_uri, ArtifactError};
+use crate::placeholders::{self, StepArtifact};
+use crate::runtime::{ContainerRun, Mount};
+use crate::secrets;
+
+/// Namespace of `{{$.pipeline_task_uuid}}` values (a v5 UUID of `run_id/task_id`).
+const TASK_UUID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a1f_3c2e_9b7d_4e58_a0c4_d2f1_8e63_b915);
+
+/// What [`Launcher::prepare`] made of a spec: the process to run and the names the outputs
+/// will be found under.
+pub(super) struct Prepared {
+    pub(super) run: ContainerRun,
+    pub(super) layout: Layout,
+}
+
+impl Launcher {
+    /// Makes the attempt directory, stages the inputs, writes the executor input and
+    /// substitutes the placeholders.
+    pub(super) async fn prepare(&self, spec: &StepSpec, dir: &Path) -> Result<Prepared, String> {
+        make_attempt_dir(dir).await?;
+        let layout = Layout {
+            host: dir.to_path_buf(),
+            map: self.runtime.path_map(dir),
+        };
+        // A missing image fails the step before any input is downloaded.
+        self.runtime
+            .ensure_image(&spec.container.image)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let ident = identity(spec);
+        let parameters = resolve_parameter_values(&spec.inputs.parameters, &ident);
+        let mut ctx = placeholders::Context {
+            input_parameters: parameters,
+            output_file: layout.step("outputs/executor_output.json"),
+            ..ident
+        };
+        self.stage_inputs(spec, &layout, &mut ctx).await?;
+        declare_outputs(spec, &layout, &mut ctx);
+        ctx.executor_input = executor_input_json(&ctx).to_string();
+        // For whoever inspects a failed attempt; the step gets it through `{{$}}`.
+        if let Err(e) = tokio::fs::write(dir.join("executor_input.json"), &ctx.executor_input).await
+        {
+            tracing::debug!(error = %e, "could not keep executor_input.json");
+        }
+        let command = placeholders::substitute_all(&spec.container.command, &ctx)
+            .map_err(|e| format!("command: {e}"))?;
+        let args = placeholders::substitute_all(&spec.container.args, &ctx)
+            .map_err(|e| format!("args: {e}"))?;
+
+        let run = ContainerRun {
+            name: container_run_name(spec),
+            image: spec.container.image.clone(),
+            command,
+            args,
+            env: self.container_env(spec)?,
+            mounts: self.container_mounts(spec)?,
+            work_dir: dir.to_path_buf(),
+            labels: self.container_labels(spec),
+            cpu_limit: spec.container.resources.cpu_limit,
+            memory_limit_bytes: spec.container.resources.memory_limit_bytes,
+            network: self.network.clone(),
+            gpus: spec.gpus.clone(),
+        };
+        Ok(Prepared { run, layout })
+    }
+
+    /// Downloads the input artifacts into the attempt directory and records, for each, the
+    /// path the step reads it at.
+    async fn stage_inputs(
+        &self,
+        spec: &StepSpec,
+        layout: &Layout,
+        ctx: &mut placeholders::Context,
+    ) -> Result<(), String> {
+        for (name, list) in &spec.inputs.artifacts {
+            let mut items = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let step_art = |path: String| StepArtifact {
+                    name: a.name.clone(),
+                    schema_title: a.schema_title.clone(),
+                    schema_version: a.schema_version.clone(),
+                    uri: path.clone(),
+                    path,
+                    metadata: a.metadata.clone(),
+                };
+                if !is_supported_uri(&a.uri) {
+                    tracing::warn!(input = %name, uri = %a.uri,
+                        "input artifact URI has no supported scheme; not downloaded");
+                    items.push(step_art(a.uri.clone()));
+                    continue;
+                }
+                let rel = format!("inputs/{name}/{i}/{}", last_segment(&a.uri));
+                match self.stores.download(&a.uri, &layout.host(&rel)).await {
+                    Ok(_) => {}
+                    Err(ArtifactError::NotFound(_)) if is_metrics(&a.schema_title) => {
+                        // Metrics live in their metadata; the file is optional.
+                    }
+                    Err(e) => return Err(format!("input artifact {name:?}: {e}")),
+                }
+                items.push(step_art(layout.step(&rel)));
+            }
+            ctx.input_artifacts.insert(name.clone(), items);
+        }
+        Ok(())
+    }
+
+    /// The container's variables: the operator's, then Gantry's, then the component's own,
+    /// then its secrets; a later one wins.
+    fn container_env(&self, spec: &StepSpec) -> Result<Vec<(String, String)>, String> {
+        // Which attempt this is lets a step tell a retry from a first run (Argo's
+        // `{{retries}}`); the component's own variables come after, so they win.
+        let mut env: Vec<(String, String)> = self.step_env.clone();
+        env.extend([
+            ("GANTRY_RUN_ID".into(), spec.run_id.clone()),
+            ("GANTRY_TASK_ID".into(), spec.task_id.clone()),
+            ("GANTRY_ATTEMPT".into(), spec.attempt.to_string()),
+            // Only the assigned GPUs; `void` keeps a CUDA base image's `all` from exposing the
+            // host's GPUs to a step that was given none.
+            (
+                "NVIDIA_VISIBLE_DEVICES".into(),
+                if spec.gpus.is_empty() {
+                    "void".into()
+                } else {
+                    spec.gpus.join(",")
+                },
+            ),
+            ("CUDA_VISIBLE_DEVICES".into(), spec.gpus.join(",")),
+        ]);
+        env.extend(
+            spec.container
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone())),
+        );
+        let (secret_env, _) =
+            secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env)?;
+        env.extend(secret_env);
+        Ok(env)
+    }
+
+    /// The operator's mounts, then the named volumes the step asks for.
+    fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, String> {
+        let mut mounts = self.mounts.clone();
+        if !spec.container.volumes.is_empty() {
+            if self.runtime.name() == "process" {
+                return Err(format!(
+                    "the step mounts volume(s) {}, and the process runtime cannot show a host \
+                     directory at another path; run the agent with --runtime docker",
+                    spec.container
+                        .volumes
+                        .iter()
+                        .map(|v| format!("{:?} at {}", v.volume, v.mount_path))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
+        }
+        Ok(mounts)
+    }
+
+    /// The operator's labels, then the `gantry.*` ones a restarted agent finds the container
+    /// by ([`Launcher::orphans`]); those win.
+    fn container_labels(&self, spec: &StepSpec) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.extend(
+            [
+                ("gantry.managed", "true".to_string()),
+                ("gantry.run", spec.run_id.clone()),
+                ("gantry.task", spec.task_id.clone()),
+                ("gantry.attempt", spec.attempt.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        labels
+    }
+}
+
+/// Clears what an earlier run of the same attempt left and makes the directories the step
+/// reads and writes.
+async fn make_attempt_dir(dir: &Path) -> Result<(), String> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot clear {}: {e}", dir.display())),
+    }
+    for sub in ["inputs", "outputs/params", "outputs/artifacts"] {
+        tokio::fs::create_dir_all(dir.join(sub))
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
+    }
+    // The container may run as a non-root user: it must read inputs and write outputs.
+    set_mode(dir, 0o755).await?;
+    for sub in ["outputs", "outputs/params", "outputs/artifacts"] {
+        set_mode(&dir.join(sub), 0o777).await?;
+    }
+    Ok(())
+}
+
+/// Where the step writes each output parameter and artifact, as the placeholders name them.
+fn declare_outputs(spec: &StepSpec, layout: &Layout, ctx: &mut placeholders::Context) {
+    for name in spec.outputs.parameters.keys() {
+        ctx.output_parameter_files
+            .insert(name.clone(), layout.step(&format!("outputs/params/{name}")));
+    }
+    for (name, a) in &spec.outputs.artifacts {
+        let path = layout.step(&format!("outputs/artifacts/{name}"));
+        ctx.output_artifacts.insert(
+            name.clone(),
+            StepArtifact {
+                name: name.clone(),
+                schema_title: a.schema_title.clone(),
+                schema_version: a.schema_version.clone(),
+                uri: path.clone(),
+                path,
+                metadata: Map::new(),
+            },
+        );
+    }
+}
+
+async fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .await
+        .map_err(|e| format!("cannot set permissions of {}: {e}", path.display()))
+}
+
+/// Identity of the run and task, for the pipeline-level placeholders.
+pub(super) fn identity(spec: &StepSpec) -> placeholders::Context {
+    let task_uuid = uuid::Uuid::new_v5(
+        &TASK_UUID_NAMESPACE,
+        format!("{}/{}", spec.run_id, spec.task_id).as_bytes(),
+    );
+    placeholders::Context {
+        job_name: spec.pipeline_name.clone(),
+        job_resource_name: format!("{}-{}", spec.pipeline_name, spec.run_id),
+        job_uuid: spec.run_id.clone(),
+        task_name: spec.task_name.clone(),
+        task_uuid: task_uuid.to_string(),
+        pipeline_root: spec.pipeline_root.clone(),
+        ..Default::default()
+    }
+}
+
+/// Resolves placeholders inside string parameter values: pipeline-level ones given as
+/// constants (`{{$.pipeline_job_uuid}}`) and references to other inputs of the same task
+/// (f-strings: `"{{$.inputs.parameters['pipelinechannel--x']}}-suffix"`), as Kubeflow's
+/// driver does. A value that does not resolve is passed on unchanged.
+pub fn resolve_parameter_values(
+    params: &BTreeMap<String, Value>,
+    ident: &placeholders::Context,
+) -> BTreeMap<String, Value> {
+    let ctx = placeholders::Context {
+        input_parameters: params.clone(),
+        ..ident.clone()
+    };
+    params
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) if s.contains("{{$") => {
+                    match placeholders::substitute_str(s, &ctx) {
+                        Ok(r) => Value::String(r),
+                        Err(e) => {
+                            tracing::warn!(parameter = %k, error = %e,
+                                "parameter value keeps its unresolved placeholder");
+                            v.clone()
+                        }
+                    }
+                }
+                other => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// The last segment of a URI, usable as a file name (`data` when there is none).
+pub(super) fn last_segment(uri: &str) -> String {
+    let seg = uri.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if seg.is_empty() || seg == "." || seg == ".." || seg.contains(':') {
+        "data".into()
+    } else {
+        seg.to_string()
+    }
+}

@@ -1,0 +1,179 @@
+//! Identity and parameter resolution, the executor input's shape, and the checks that keep
+//! ids and reported URIs where they belong.
+
+use std::collections::BTreeMap;
+
+use gantry_model::{
+    ContainerSpec, OutputArtifactSpec, ParamType, ResourceRequest, StepInputs, StepOutputs,
+    StepSpec,
+};
+use serde_json::{json, Map};
+
+use super::collect::under_root;
+use super::layout::check_ids;
+use super::prepare::{identity, last_segment};
+use super::*;
+use crate::placeholders::{self, StepArtifact};
+
+fn spec() -> StepSpec {
+    StepSpec {
+        run_id: "run-1".into(),
+        task_id: "for-loop-2/0/train".into(),
+        task_name: "train".into(),
+        attempt: 1,
+        pipeline_name: "my-pipeline".into(),
+        pipeline_root: "file:///tmp/root".into(),
+        container: ContainerSpec {
+            image: "img".into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            resources: ResourceRequest::default(),
+            secret_env: vec![],
+            volumes: vec![],
+        },
+        inputs: StepInputs {
+            parameters: BTreeMap::from([
+                ("n".to_string(), json!(3)),
+                ("job".to_string(), json!("{{$.pipeline_job_uuid}}")),
+                ("task".to_string(), json!("{{$.pipeline_task_name}}")),
+                (
+                    "greeting".to_string(),
+                    json!("hi-{{$.inputs.parameters['n']}}-there"),
+                ),
+                ("ws".to_string(), json!("{{$.workspace_path}}")),
+            ]),
+            artifacts: BTreeMap::new(),
+        },
+        outputs: StepOutputs {
+            parameters: BTreeMap::from([("acc".to_string(), ParamType::NumberDouble)]),
+            artifacts: BTreeMap::from([(
+                "model".to_string(),
+                OutputArtifactSpec {
+                    uri: "file:///tmp/root/run-1/train/attempt-1/model".into(),
+                    schema_title: "system.Model".into(),
+                    schema_version: "0.0.1".into(),
+                },
+            )]),
+        },
+        gpus: vec![],
+    }
+}
+
+#[test]
+fn parameter_values_resolve_self_references_and_run_identity() {
+    let s = spec();
+    let ident = identity(&s);
+    let p = resolve_parameter_values(&s.inputs.parameters, &ident);
+    assert_eq!(p["job"], json!("run-1"));
+    assert_eq!(p["task"], json!("train"));
+    assert_eq!(p["greeting"], json!("hi-3-there"));
+    assert_eq!(p["n"], json!(3));
+    // Unknown: kept as it was, for the step to see.
+    assert_eq!(p["ws"], json!("{{$.workspace_path}}"));
+    assert_eq!(ident.job_resource_name, "my-pipeline-run-1");
+    assert!(ident.job_resource_name.starts_with("my-pipeline-"));
+    assert_eq!(ident.task_uuid.len(), 36);
+    assert_eq!(identity(&s).task_uuid, ident.task_uuid);
+    let mut other = s.clone();
+    other.task_id = "for-loop-2/1/train".into();
+    assert_ne!(identity(&other).task_uuid, ident.task_uuid);
+}
+
+#[test]
+fn executor_input_has_kfp_shape() {
+    let ctx = placeholders::Context {
+        input_parameters: BTreeMap::from([("n".to_string(), json!(3))]),
+        input_artifacts: BTreeMap::from([(
+            "data".to_string(),
+            vec![StepArtifact {
+                name: "data".into(),
+                schema_title: "system.Dataset".into(),
+                schema_version: "0.0.1".into(),
+                path: "/gantry/inputs/data/0/data".into(),
+                uri: "/gantry/inputs/data/0/data".into(),
+                metadata: json!({"rows": 2}).as_object().cloned().unwrap_or_default(),
+            }],
+        )]),
+        output_parameter_files: BTreeMap::from([(
+            "acc".to_string(),
+            "/gantry/outputs/params/acc".to_string(),
+        )]),
+        output_artifacts: BTreeMap::from([(
+            "model".to_string(),
+            StepArtifact {
+                name: "model".into(),
+                schema_title: "system.Model".into(),
+                schema_version: "0.0.1".into(),
+                path: "/gantry/outputs/artifacts/model".into(),
+                uri: "/gantry/outputs/artifacts/model".into(),
+                metadata: Map::new(),
+            },
+        )]),
+        output_file: "/gantry/outputs/executor_output.json".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        executor_input_json(&ctx),
+        json!({
+            "inputs": {
+                "parameterValues": {"n": 3},
+                "artifacts": {"data": {"artifacts": [{
+                    "name": "data",
+                    "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"},
+                    "uri": "/gantry/inputs/data/0/data",
+                    "metadata": {"rows": 2},
+                }]}},
+            },
+            "outputs": {
+                "parameters": {"acc": {"outputFile": "/gantry/outputs/params/acc"}},
+                "artifacts": {"model": {"artifacts": [{
+                    "name": "model",
+                    "type": {"schemaTitle": "system.Model", "schemaVersion": "0.0.1"},
+                    "uri": "/gantry/outputs/artifacts/model",
+                    "metadata": {},
+                }]}},
+                "outputFile": "/gantry/outputs/executor_output.json",
+            },
+        })
+    );
+}
+
+#[test]
+fn ids_and_names_are_checked() {
+    assert!(check_ids(&spec()).is_ok());
+    let mut s = spec();
+    s.task_id = "a/../../etc".into();
+    assert!(check_ids(&s).is_err());
+    let mut s = spec();
+    s.run_id = "../x".into();
+    assert!(check_ids(&s).is_err());
+    let mut s = spec();
+    s.outputs
+        .parameters
+        .insert("../evil".into(), ParamType::String);
+    let e = check_ids(&s).expect_err("evil");
+    assert!(e.contains("output parameter"), "{e}");
+}
+
+#[test]
+fn reported_uris_must_stay_under_the_root() {
+    assert!(under_root("s3://b/root/x/y", "s3://b/root"));
+    assert!(under_root("s3://b/root/x", "s3://b/root/"));
+    assert!(!under_root("s3://b/rootx/y", "s3://b/root"));
+    assert!(!under_root("s3://b/root/../other", "s3://b/root"));
+    assert!(!under_root(
+        "file:///etc/shadow",
+        "file:///var/gantry/artifacts"
+    ));
+    assert!(!under_root("s3://b/x", ""));
+}
+
+#[test]
+fn last_segments() {
+    assert_eq!(last_segment("s3://b/r/t/attempt-1/model"), "model");
+    assert_eq!(last_segment("s3://b/r/t/attempt-1/model/"), "model");
+    assert_eq!(last_segment("s3://b"), "b");
+    assert_eq!(last_segment("file:///"), "data");
+    assert_eq!(last_segment("x/.."), "data");
+}
