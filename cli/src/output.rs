@@ -121,7 +121,7 @@ pub fn print_structured(format: Format, value: &Value) -> bool {
             true
         }
         Format::Yaml => {
-            print!("{}", serde_norway::to_string(value).unwrap_or_default());
+            print!("{}", serde_saphyr::to_string(value).unwrap_or_default());
             true
         }
         Format::Table => false,

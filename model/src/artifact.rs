@@ -58,11 +58,11 @@ pub fn artifact_uri(root: &str, run_id: &str, task_id: &str, attempt: u32, outpu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use std::collections::BTreeSet;
 
     #[test]
     fn uris_differ_by_run_task_iteration_and_attempt() {
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         for run in ["r1", "r2"] {
             for task in [
                 "train",

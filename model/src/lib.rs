@@ -2,6 +2,9 @@
 //!
 //! Everything here is plain data with serde derives: it crosses the wire (inside the gRPC messages
 //! as JSON documents) and the Raft log. No I/O, no clocks, no async.
+//!
+//! `clippy.toml` (the same list as `core`'s) names what that rules out.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod artifact;
 pub mod flags;

@@ -286,13 +286,15 @@ fn exit_tasks(doc: &Value) -> BTreeSet<String> {
 fn load(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_default();
     // The platform section, when present, is a second YAML document.
-    let mut docs = Vec::new();
-    for d in serde_norway::Deserializer::from_str(&text) {
-        match <Value as serde::Deserialize>::deserialize(d) {
-            Ok(v) => docs.push(v),
-            Err(_) => return Value::Null,
-        }
-    }
+    // YAML 1.2 scalars, as the IR parser reads them: `n` and `yes` stay strings.
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+    };
+    let Ok(docs) = serde_saphyr::from_multiple_with_options::<Value>(&text, options) else {
+        return Value::Null;
+    };
     let mut first = docs.first().cloned().unwrap_or(Value::Null);
     if let (Some(platform), Value::Object(m)) = (docs.get(1), &mut first) {
         m.insert("platformSpec".into(), platform.clone());

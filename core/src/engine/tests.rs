@@ -632,6 +632,7 @@ fn canceling_stops_new_iterations_and_cancels_the_loop() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // reads a pipeline of the KFP corpus from disk
 fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -662,6 +663,7 @@ fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // reads a pipeline of the KFP corpus from disk
 fn resources_decided_at_run_time_come_from_task_inputs() {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -22,7 +22,11 @@
 //! rather than by looking at every agent. Only a request shape that fits nowhere looks at the
 //! whole fleet, once per pass, to put reasons into words and choose the agent it holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+// Only for lookup-only memos: a map that is never iterated cannot leak its random order into
+// a plan (core/clippy.toml bans the type otherwise).
+#[allow(clippy::disallowed_types)]
+use std::collections::HashMap;
 
 use gantry_model::{ResourceRequest, Taint};
 
@@ -266,6 +270,7 @@ pub(super) fn plan_pass(fleet: &mut Fleet, steps: &[ReadyStep]) -> Plan {
     let mut plan = Plan::default();
     // Keyed by the request's whole content, so thousands of pending copies of a step share
     // one look at the classes, and once one found no room, its verdict.
+    #[allow(clippy::disallowed_types)] // looked up, never iterated
     let mut shapes: HashMap<String, Shape> = HashMap::new();
     for step in steps {
         if fleet.agents().is_empty() {
@@ -363,6 +368,7 @@ pub(super) fn schedule_naive(steps: &[ReadyStep], agents: &[AgentView], policy: 
     // Within a pass free capacity only shrinks: a request that found no room (or could never
     // fit) finds none for every later step asking the same. Keyed by the request's whole
     // content, so thousands of pending copies of a step cost one look at the fleet.
+    #[allow(clippy::disallowed_types)] // looked up, never iterated
     let mut no_room: HashMap<String, (bool, String)> = HashMap::new();
     for step in steps {
         let r = &step.request;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use gantry_model::ParamType;
 use serde_json::Value;
 
-use super::walk::{legacy_value, list_of_objs, Obj};
+use super::walk::{artifact_schema, legacy_value, list_of_objs, Obj};
 use crate::ir::condition;
 use crate::ir::error::{kind_of, IrError};
 use crate::ir::model::{
@@ -144,17 +144,7 @@ fn param_type(name: &str, path: &str) -> Result<ParamType, IrError> {
 
 fn parse_artifact_def(v: &Value, path: String) -> Result<ArtifactDef, IrError> {
     let d = Obj::of(v, path)?;
-    let (schema_title, schema_version) = match d.child("artifactType")? {
-        Some(t) => (
-            // `schemaTitle`, or an inline `instanceSchema` / `schemaUri` (rare, older SDKs):
-            // those are generic artifacts.
-            t.text("schemaTitle")?
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "system.Artifact".to_string()),
-            t.text("schemaVersion")?.unwrap_or_default(),
-        ),
-        None => ("system.Artifact".to_string(), String::new()),
-    };
+    let (schema_title, schema_version) = artifact_schema(d.child("artifactType")?)?;
     Ok(ArtifactDef {
         schema_title,
         schema_version,

@@ -3,7 +3,7 @@
 use gantry_model::ResourceRequest;
 use serde_json::{Map as JsonMap, Value};
 
-use super::walk::{legacy_value, list_of_objs, text, Obj};
+use super::walk::{artifact_schema, legacy_value, list_of_objs, text, Obj};
 use crate::ir::error::{index, list_names, IrError};
 use crate::ir::model::{
     ContainerExecutor, DynamicResources, ExecutorSpec, ImporterSpec, ImporterUri,
@@ -249,15 +249,7 @@ fn parse_importer(i: &Obj<'_>) -> Result<ImporterSpec, IrError> {
             "an importer's artifactUri needs `constant` or `runtimeParameter`",
         ));
     };
-    let (schema_title, schema_version) = match i.child("typeSchema")? {
-        Some(t) => (
-            t.text("schemaTitle")?
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "system.Artifact".to_string()),
-            t.text("schemaVersion")?.unwrap_or_default(),
-        ),
-        None => ("system.Artifact".to_string(), String::new()),
-    };
+    let (schema_title, schema_version) = artifact_schema(i.child("typeSchema")?)?;
     let metadata = match i.get("metadata") {
         None => JsonMap::new(),
         Some(Value::Object(m)) => m.clone(),

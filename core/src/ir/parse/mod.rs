@@ -1,6 +1,7 @@
 //! KFP IR YAML → [`PipelineSpec`]: reading the document.
 //!
-//! The YAML is first loaded into generic values, then walked by hand so that every error names
+//! The YAML is first loaded into generic values (by serde-saphyr, within budgets: the file
+//! arrives over gRPC from anyone who may submit), then walked by hand so that every error names
 //! its path in the document (`components.comp-train.inputDefinitions.parameters.x.parameterType`).
 //! The checks that need the whole document (references, types, cycles) live in
 //! [`super::validate`], which [`parse_pipeline`] runs last: a returned spec is always valid.
@@ -16,13 +17,12 @@ mod walk;
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde_json::{Map as JsonMap, Number, Value};
+use serde_json::Value;
 
 use self::dag::parse_component;
 use self::executor::parse_executor;
 use self::walk::Obj;
-use super::error::{index, join, kind_of, IrError};
+use super::error::{kind_of, IrError};
 use super::model::PipelineSpec;
 
 /// The fields of a pipeline spec document (`PipelineSpec` in `pipeline_spec.proto`).
@@ -93,77 +93,101 @@ fn unwrap_pipeline_job(doc: Value) -> (Value, String) {
     }
 }
 
-/// Every non-empty YAML document of the file, as JSON values.
-fn load_documents(text: &str) -> Result<Vec<Value>, IrError> {
-    let mut out = Vec::new();
-    for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let mut doc = serde_norway::Value::deserialize(de)
-            .map_err(|e| IrError::document(format!("malformed YAML: {e}")))?;
-        doc.apply_merge()
-            .map_err(|e| IrError::document(format!("malformed YAML in document {}: {e}", i + 1)))?;
-        let value = yaml_to_json(&doc, "")?;
-        if !value.is_null() {
-            out.push(value);
-        }
+/// Largest pipeline file read: tonic's default gRPC message limit, which a submission passes
+/// through anyway, and some 80 times the largest pipeline in the KFP conformance corpus.
+const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of mappings and lists. The corpus nests 14 deep at most; building a value
+/// recurses once per level, so a document of 10,000 `[` must stop early, not overflow the
+/// stack.
+const MAX_DEPTH: usize = 64;
+
+/// Most parser events that aliases may replay in a file. The KFP compiler writes no aliases; a
+/// hand-written file that shares a few blocks through anchors replays as many events as those
+/// blocks hold, while a billion-laughs bomb replays billions.
+const MAX_ALIAS_REPLAY_EVENTS: usize = 100_000;
+
+/// How the pipeline YAML is read: budgets against hostile input, and the YAML 1.2 core
+/// schema for untyped values, so that `yes`, `n`, `0755` and `1_000` stay strings, as they
+/// did under serde_norway.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            // The scanner reads flow collections (`[[[`) ahead of the depth count: cap them
+            // at the same depth.
+            flow_nesting_limit: MAX_DEPTH,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_REPLAY_EVENTS,
+        },
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        // Messages travel back to the submitter as one line; a rendered snippet spans several.
+        with_snippet: false,
     }
-    Ok(out)
 }
 
-fn yaml_to_json(v: &serde_norway::Value, path: &str) -> Result<Value, IrError> {
-    use serde_norway::Value as Y;
-    Ok(match v {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(*b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                Value::Number(
-                    Number::from_f64(f)
-                        .ok_or_else(|| IrError::new(path, format!("{f} is not a finite number")))?,
-                )
-            }
-        }
-        Y::String(s) => Value::String(s.clone()),
-        Y::Sequence(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| yaml_to_json(item, &index(path, i)))
-                .collect::<Result<_, _>>()?,
+/// Every non-empty YAML document of the file, as JSON values. Merge keys (`<<`) are
+/// expanded, duplicate keys and non-finite numbers refused.
+fn load_documents(text: &str) -> Result<Vec<Value>, IrError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(IrError::document(format!(
+            "the file holds {} bytes, over the size limit of {MAX_FILE_BYTES} bytes (4 MiB)",
+            text.len()
+        )));
+    }
+    serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options())
+        .map_err(|e| yaml_error(&e))
+}
+
+/// A YAML error as a document error. A breached budget names the limit in Gantry's terms;
+/// the library's own wording for it is a debug dump of its counters.
+fn yaml_error(e: &serde_saphyr::Error) -> IrError {
+    use serde_saphyr::budget::BudgetBreach as Breach;
+    use serde_saphyr::granit_parser::ErrorKind;
+    use serde_saphyr::{Error as E, ExternalMessageSource};
+
+    let mut cause = e;
+    while let E::WithSnippet { error, .. } | E::AliasError { error, .. } = cause {
+        cause = error;
+    }
+    let too_deep = match cause {
+        E::Budget {
+            breach: Breach::Depth { .. },
+            ..
+        } => true,
+        E::ExternalMessage { source, .. } => matches!(
+            &**source,
+            ExternalMessageSource::Parser(scan)
+                if *scan.kind() == ErrorKind::RecursionLimitExceeded
         ),
-        Y::Mapping(mapping) => {
-            let mut out = JsonMap::new();
-            for (k, item) in mapping {
-                let key = match k {
-                    Y::String(s) => s.clone(),
-                    Y::Number(n) => n.to_string(),
-                    Y::Bool(b) => b.to_string(),
-                    Y::Tagged(t) => match &t.value {
-                        Y::String(s) => s.clone(),
-                        _ => return Err(IrError::new(path, "a mapping key must be a scalar")),
-                    },
-                    _ => {
-                        return Err(IrError::new(
-                            path,
-                            "a mapping key must be a string, a number or a boolean",
-                        ))
-                    }
-                };
-                let child = join(path, &key);
-                let value = yaml_to_json(item, &child)?;
-                if out.insert(key.clone(), value).is_some() {
-                    return Err(IrError::new(child, "duplicate key"));
-                }
-            }
-            Value::Object(out)
+        _ => false,
+    };
+    let at = match cause.location() {
+        Some(l) if l.line() > 0 => format!(" (line {}, column {})", l.line(), l.column()),
+        _ => String::new(),
+    };
+    let limit = match cause {
+        _ if too_deep => {
+            format!("mappings and lists nest deeper than {MAX_DEPTH} levels (the depth limit)")
         }
-        // `!tag value`: the IR never uses tags; read the value.
-        Y::Tagged(t) => yaml_to_json(&t.value, path)?,
-    })
+        E::AliasReplayLimitExceeded { .. } => format!(
+            "aliases expand to more than {MAX_ALIAS_REPLAY_EVENTS} parser events (the alias limit)"
+        ),
+        // Limits left at the library's defaults: its wording names them, with the position.
+        E::AliasExpansionLimitExceeded { .. } | E::AliasReplayStackDepthExceeded { .. } => {
+            return IrError::document(format!("YAML refused: {cause}"));
+        }
+        E::Budget { breach, .. } => format!("the document is over the parser's budget: {breach:?}"),
+        // The library's wording advises its own options, which mean nothing to a submitter.
+        E::DuplicateMappingKey { key: Some(key), .. } => {
+            return IrError::document(format!("malformed YAML: duplicate key {key:?}{at}"));
+        }
+        _ => return IrError::document(format!("malformed YAML: {e}")),
+    };
+    IrError::document(format!("YAML refused: {limit}{at}"))
 }
 
 fn build_spec(doc: &Value, prefix: &str, platform: Option<Value>) -> Result<PipelineSpec, IrError> {

@@ -176,7 +176,7 @@ fn multi_document_files_keep_the_platform_spec() {
 
 #[test]
 fn pipeline_job_wrapper_is_unwrapped() {
-    let spec: Value = serde_norway::from_str(GOOD).unwrap();
+    let spec: Value = load_documents(GOOD).unwrap().remove(0);
     let job = json!({"displayName": "x", "pipelineSpec": spec}).to_string();
     assert_eq!(parse_pipeline(&job).unwrap().name, "demo");
 }
@@ -394,10 +394,87 @@ fn alias_bombs_and_deep_nesting_are_refused_quickly() {
         ));
     }
     let e = err(&bomb);
-    assert!(e.message.starts_with("malformed YAML"), "{e}");
+    assert!(e.message.starts_with("YAML refused"), "{e}");
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
     let e = err(&deep);
-    assert!(e.message.contains("recursion limit"), "{e}");
+    assert!(e.message.contains("depth limit"), "{e}");
+}
+
+#[test]
+fn a_billion_laughs_is_refused_at_the_alias_limit() {
+    // Ten levels of ten aliases each: 10^10 strings once expanded.
+    let mut bomb = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..10 {
+        let prev = format!("*l{}", level - 1);
+        bomb.push_str(&format!(
+            "l{level}: &l{level} [{}]\n",
+            vec![prev; 10].join(", ")
+        ));
+    }
+    let e = err(&bomb);
+    assert_eq!(e.path, "");
+    assert!(
+        e.message.starts_with(
+            "YAML refused: aliases expand to more than 100000 parser events (the alias limit)"
+        ),
+        "{e}"
+    );
+    // Aliases within the limit are read, and merge keys are expanded.
+    let yaml = GOOD.replace(
+        "      container:\n        image: python:3.11\n",
+        "      container:\n        <<: &base {image: python:3.11}\n",
+    );
+    let spec = parse_pipeline(&yaml).unwrap();
+    let Some(ExecutorSpec::Container(c)) = spec.executors.get("exec-train") else {
+        panic!("container expected");
+    };
+    assert_eq!(c.image, "python:3.11");
+}
+
+#[test]
+fn deep_nesting_is_refused_at_the_depth_limit() {
+    let flow = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut block = String::new();
+    for depth in 0..200 {
+        block.push_str(&format!("{}k{depth}:\n", "  ".repeat(depth)));
+    }
+    for text in [flow, block] {
+        let e = err(&text);
+        assert_eq!(e.path, "");
+        assert!(
+            e.message.starts_with("YAML refused: mappings and lists nest deeper than 64 levels (the depth limit) (line "),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_oversized_file_is_refused_at_the_size_limit() {
+    // Valid YAML, and a valid pipeline but for its size: a comment pads it.
+    let big = format!("{GOOD}# {}\n", "x".repeat(4 * 1024 * 1024));
+    let e = err(&big);
+    assert_eq!(e.path, "");
+    assert!(e.message.starts_with("the file holds 4195"), "{e}");
+    assert!(
+        e.message
+            .ends_with("over the size limit of 4194304 bytes (4 MiB)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_with_their_position() {
+    let yaml = GOOD.replace(
+        "pipelineInfo:\n  name: demo\n",
+        "pipelineInfo:\n  name: demo\n  name: other\n",
+    );
+    let e = err(&yaml);
+    assert_eq!(e.path, "");
+    assert!(
+        e.message
+            .starts_with("malformed YAML: duplicate key \"name\" (line 43, column 3)"),
+        "{e}"
+    );
 }
 
 #[test]

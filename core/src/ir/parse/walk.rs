@@ -223,3 +223,17 @@ pub(super) fn legacy_value(v: &Value) -> Option<Value> {
         _ => None,
     }
 }
+
+/// An artifact type's `(schemaTitle, schemaVersion)`. No type, or no title, is a generic
+/// `system.Artifact`: older SDKs wrote an inline `instanceSchema` or `schemaUri` instead.
+pub(super) fn artifact_schema(t: Option<Obj<'_>>) -> Result<(String, String), IrError> {
+    Ok(match t {
+        Some(t) => (
+            t.text("schemaTitle")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "system.Artifact".to_string()),
+            t.text("schemaVersion")?.unwrap_or_default(),
+        ),
+        None => ("system.Artifact".to_string(), String::new()),
+    })
+}
