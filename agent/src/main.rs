@@ -54,6 +54,68 @@ struct Args {
     /// volume.gantry.dev/<NAME>=true.
     #[arg(long = "volume", value_name = "NAME=HOST_PATH[:ro]")]
     volumes: Vec<String>,
+    /// The cluster CA (PEM). With --tls-cert and --tls-key the agent connects with TLS and
+    /// is the agent its certificate names (`gantry tls cert create --agent ID`). The files
+    /// are reloaded when they change.
+    #[arg(long, env = "GANTRY_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// This agent's certificate.
+    #[arg(long, env = "GANTRY_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// This agent's private key.
+    #[arg(long, env = "GANTRY_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Connect to a coordinator on a non-loopback address without TLS. Anyone on the path can
+    /// then read and change the steps this agent runs.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Loads the agent's TLS material, or checks that going without is allowed.
+fn load_tls(args: &Args) -> anyhow::Result<Option<Arc<gantry_tls::TlsContext>>> {
+    match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(gantry_tls::TlsContext::load(
+            gantry_tls::TlsFiles {
+                ca: ca.clone(),
+                cert: Some(cert.clone()),
+                key: Some(key.clone()),
+            },
+            gantry_tls::ClientCerts::Optional,
+            gantry_tls::Expect::Agent,
+            None,
+        )?)),
+        (None, None, None) => {
+            let remote = args.coordinator.iter().find(|c| !is_loopback(c));
+            if let Some(c) = remote {
+                if !args.insecure {
+                    anyhow::bail!(
+                        "refusing to talk to the coordinator at {c} without TLS: anyone on the \
+                         path could read and change the steps this agent runs. Give --tls-ca, \
+                         --tls-cert and --tls-key (see `gantry tls`), or pass --insecure"
+                    );
+                }
+            }
+            Ok(None)
+        }
+        _ => anyhow::bail!("--tls-ca, --tls-cert and --tls-key go together: give all three"),
+    }
+}
+
+/// Whether an endpoint (`host:port` or a URL) names this machine.
+fn is_loopback(endpoint: &str) -> bool {
+    let rest = endpoint
+        .trim()
+        .split_once("://")
+        .map_or(endpoint.trim(), |(_, r)| r);
+    let host = rest
+        .rsplit_once(':')
+        .map_or(rest, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[tokio::main]
@@ -65,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let tls = load_tls(&args)?;
+    if let Some(t) = &tls {
+        t.watch(std::time::Duration::from_secs(1));
+    }
     let mut labels = BTreeMap::new();
     for l in &args.labels {
         let (k, v) = key_value("--label", l).map_err(|e| anyhow::anyhow!(e))?;
@@ -86,7 +152,23 @@ async fn main() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!(e))?;
     let work_dir = std::path::absolute(&args.work_dir)?;
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &work_dir);
-    let agent_id = args.agent_id.unwrap_or_else(|| inventory.hostname.clone());
+    // With TLS the agent is the one its certificate names: the coordinator takes the id from
+    // there, so a different --agent-id would only mislabel its containers.
+    let cert_id = tls
+        .as_ref()
+        .and_then(|t| match t.identity().map(|i| i.role) {
+            Some(gantry_tls::Role::Agent(id)) => Some(id),
+            _ => None,
+        });
+    let agent_id = match (cert_id, args.agent_id.clone()) {
+        (Some(cert), Some(given)) if cert != given => anyhow::bail!(
+            "--agent-id {given} differs from the certificate's agent id {cert}; drop the flag \
+             or issue a certificate for {given}"
+        ),
+        (Some(cert), _) => cert,
+        (None, Some(given)) => given,
+        (None, None) => inventory.hostname.clone(),
+    };
     tracing::info!(agent = %agent_id, runtime = %runtime_name, cpus = inventory.cpu_cores,
         memory = inventory.memory_bytes, gpus = inventory.gpus.len(), "agent starting");
     let step_env = args
@@ -133,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
             let (runtime_name, work_dir) = (runtime_name.clone(), work_dir.clone());
             Arc::new(move || gantry_agent::inventory::probe_host(&runtime_name, &work_dir))
         })),
+        tls,
     };
     let sessions = tokio::spawn(session::run(cfg, core.clone(), shutdown.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -32,6 +32,9 @@ pub struct SessionConfig {
     pub inventory: HostInventory,
     /// Probes the host again; `None`: the inventory never changes (tests, benches).
     pub reprobe: Option<Reprobe>,
+    /// TLS material: the agent's certificate (its identity) and the cluster CA; `None` speaks
+    /// plain text (loopback or `--insecure` only).
+    pub tls: Option<Arc<gantry_tls::TlsContext>>,
 }
 
 /// How the agent probes its host again while it runs, so a GPU that fails or vanishes stops
@@ -497,14 +500,11 @@ async fn session(
     core: &Arc<AgentCore>,
 ) -> anyhow::Result<()> {
     // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
+    let channel = gantry_tls::client::channel(endpoint, cfg.tls.clone(), |e| {
+        e.http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+    })?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4096);
     let inventory_json =

@@ -1,22 +1,53 @@
 //! Connecting to coordinators: each call goes to the endpoint that last answered and moves on to
-//! the next one when a node is down, paused, cut off or has no leader.
+//! the next one when a node is down, paused, cut off or has no leader. Every call carries the
+//! token, and goes over TLS whenever a CA is configured.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gantry_proto::v1::acl_service_client::AclServiceClient;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_proto::v1::run_service_client::RunServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use gantry_tls::TlsContext;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::exit::CliError;
 
-/// The three services over one channel.
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct AddToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Svc = InterceptedService<Channel, AddToken>;
+
+/// The services over one channel.
 #[derive(Clone)]
 pub struct Clients {
-    pub runs: RunServiceClient<Channel>,
-    pub agents: AgentServiceClient<Channel>,
-    pub cluster: ClusterServiceClient<Channel>,
+    pub runs: RunServiceClient<Svc>,
+    pub agents: AgentServiceClient<Svc>,
+    pub cluster: ClusterServiceClient<Svc>,
+    pub acl: AclServiceClient<Svc>,
+}
+
+/// Where the CLI connects and with what credentials.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Comma-separated `host:port` or URLs.
+    pub endpoints: String,
+    pub tls: Option<Arc<TlsContext>>,
+    pub token: Option<String>,
 }
 
 /// Endpoints tried in turn, for up to `retry_for` per call.
@@ -24,6 +55,8 @@ pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Option<Channel>>,
     current: usize,
+    tls: Option<Arc<TlsContext>>,
+    token: AddToken,
     pub retry_for: Duration,
 }
 
@@ -34,19 +67,14 @@ fn retryable(s: &tonic::Status) -> bool {
     )
 }
 
-/// `endpoints` is a comma-separated list of `host:port` or URLs.
-pub fn connect_lazy(endpoints: &str) -> Result<Client, CliError> {
-    let endpoints: Vec<String> = endpoints
+/// A client for `target` that connects on first use.
+pub fn connect_lazy(target: &Target) -> Result<Client, CliError> {
+    let endpoints: Vec<String> = target
+        .endpoints
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.contains("://") {
-                e.to_string()
-            } else {
-                format!("http://{e}")
-            }
-        })
+        .map(str::to_string)
         .collect();
     if endpoints.is_empty() {
         return Err(CliError::Refused(
@@ -54,20 +82,33 @@ pub fn connect_lazy(endpoints: &str) -> Result<Client, CliError> {
         ));
     }
     for e in &endpoints {
-        Endpoint::from_shared(e.clone())
+        if e.starts_with("https://") && target.tls.is_none() {
+            return Err(CliError::Refused(format!(
+                "{e} is a TLS endpoint: give the cluster CA with --ca or GANTRY_CA"
+            )));
+        }
+        tonic::transport::Endpoint::from_shared(gantry_tls::client::endpoint_url(e))
             .map_err(|err| CliError::Refused(format!("bad endpoint {e}: {err}")))?;
     }
+    let token = match &target.token {
+        None => None,
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+            CliError::Refused("the token holds characters a header cannot carry".into())
+        })?),
+    };
     Ok(Client {
         channels: vec![None; endpoints.len()],
         endpoints,
         current: 0,
+        tls: target.tls.clone(),
+        token: AddToken(token),
         retry_for: Duration::from_secs(30),
     })
 }
 
 /// Like [`connect_lazy`], and fails at once when no endpoint accepts a connection.
-pub async fn connect(endpoints: &str) -> Result<Client, CliError> {
-    let mut c = connect_lazy(endpoints)?;
+pub async fn connect(target: &Target) -> Result<Client, CliError> {
+    let mut c = connect_lazy(target)?;
     c.call(Duration::from_secs(5), |cl| async move {
         let mut cluster = cl.cluster;
         cluster
@@ -84,11 +125,8 @@ impl Client {
         if let Some(c) = &self.channels[i] {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(self.endpoints[i].clone())
-            .map_err(|e| CliError::Refused(format!("bad endpoint {}: {e}", self.endpoints[i])))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = gantry_tls::client::channel(&self.endpoints[i], self.tls.clone(), |e| e)
+            .map_err(|e| CliError::Refused(format!("bad endpoint {}: {e}", self.endpoints[i])))?;
         self.channels[i] = Some(ch.clone());
         Ok(ch)
     }
@@ -108,10 +146,12 @@ impl Client {
             for k in 0..self.endpoints.len() {
                 let i = (self.current + k) % self.endpoints.len();
                 let ch = self.channel(i)?;
+                let svc = |ch: Channel| InterceptedService::new(ch, self.token.clone());
                 let clients = Clients {
-                    runs: RunServiceClient::new(ch.clone()),
-                    agents: AgentServiceClient::new(ch.clone()),
-                    cluster: ClusterServiceClient::new(ch),
+                    runs: RunServiceClient::new(svc(ch.clone())),
+                    agents: AgentServiceClient::new(svc(ch.clone())),
+                    cluster: ClusterServiceClient::new(svc(ch.clone())),
+                    acl: AclServiceClient::new(svc(ch)),
                 };
                 match tokio::time::timeout(per_try, f(clients)).await {
                     Ok(Ok(v)) => {

@@ -2,12 +2,13 @@
 //! the data dir), a local agent and a local artifact root.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gantry_agent::launcher::Launcher;
 use gantry_agent::session::{self, AgentCore, SessionConfig};
 use gantry_coordinator::server::{self, CoordinatorConfig, ServerHandle};
+use gantry_tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::CliError;
@@ -76,6 +77,100 @@ pub struct Embedded {
     pub shutdown: CancellationToken,
     pub runtime_name: String,
     pub artifact_root: String,
+    /// The client config the CLI reads (`<data-dir>/client.toml`).
+    pub client_config: PathBuf,
+    /// The admin token (also in `<data-dir>/admin.token`).
+    pub token: String,
+    /// `https://host:port` of the coordinator.
+    pub endpoint: String,
+}
+
+/// The cluster name of every `gantry dev` CA.
+const DEV_CLUSTER: &str = "dev";
+
+/// The dev cluster's TLS material under `<data-dir>/tls`: a CA, the coordinator's and the
+/// agent's certificates, each made on first start and kept after.
+fn dev_tls(data_dir: &Path, agent_id: &str) -> Result<(TlsFiles, TlsFiles), CliError> {
+    use gantry_tls::issue::{create_ca, create_cert, CaFiles, CertRequest};
+    let refused = |e: gantry_tls::issue::IssueError| CliError::Refused(format!("TLS: {e}"));
+    let dir = data_dir.join("tls");
+    let ca = CaFiles::in_dir(&dir);
+    if !ca.cert.exists() {
+        create_ca(&dir, DEV_CLUSTER, 3650, true).map_err(refused)?;
+    }
+    let issue = |role: gantry_tls::Role, stem: String| -> Result<TlsFiles, CliError> {
+        let files = TlsFiles {
+            ca: ca.cert.clone(),
+            cert: Some(dir.join(format!("{stem}.pem"))),
+            key: Some(dir.join(format!("{stem}.key"))),
+        };
+        if !files.cert.as_ref().is_some_and(|p| p.exists()) {
+            let req = CertRequest {
+                role,
+                cluster: None,
+                dns: vec!["localhost".into()],
+                ips: vec![],
+                days: 3650,
+            };
+            create_cert(&ca, &req, &dir, true).map_err(refused)?;
+        }
+        Ok(files)
+    };
+    let coordinator = issue(gantry_tls::Role::Coordinator(1), "coordinator-1".into())?;
+    let agent = issue(
+        gantry_tls::Role::Agent(agent_id.to_string()),
+        format!("agent-{agent_id}"),
+    )?;
+    Ok((coordinator, agent))
+}
+
+/// Writes a private file (mode 0600).
+fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| CliError::Refused(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)
+}
+
+/// The admin token: made by bootstrapping the ACL on first start and kept in
+/// `<data-dir>/admin.token`; read back from there on later starts.
+async fn dev_token(server: &ServerHandle, data_dir: &Path) -> Result<String, CliError> {
+    use gantry_proto::v1::acl_service_server::AclService;
+    let path = data_dir.join("admin.token");
+    let api = gantry_coordinator::api::Api(server.coordinator.clone());
+    match api
+        .bootstrap(tonic::Request::new(
+            gantry_proto::v1::AclBootstrapRequest {},
+        ))
+        .await
+    {
+        Ok(r) => {
+            let secret = r.into_inner().secret;
+            write_private(&path, &format!("{secret}\n"))?;
+            Ok(secret)
+        }
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                CliError::Refused(format!(
+                    "this data dir's ACL was bootstrapped before, but its admin token \
+                         {} cannot be read ({e}); use a token you kept, or start over with \
+                         another --data-dir",
+                    path.display()
+                ))
+            }),
+        Err(s) => Err(CliError::Unavailable(format!(
+            "cannot bootstrap the ACL: {}",
+            s.message()
+        ))),
+    }
 }
 
 impl Embedded {
@@ -115,14 +210,45 @@ pub async fn start_embedded(
         &mut labels,
     )
     .map_err(CliError::Refused)?;
-    let server = server::start(CoordinatorConfig::single(
+    gantry_tls::identity::check_label("agent id", &agent_id).map_err(|e| {
+        CliError::Refused(format!(
+            "--agent-id: {e} (it is part of the agent's certificate)"
+        ))
+    })?;
+    let (coordinator_tls, agent_files) = dev_tls(&data_dir, &agent_id)?;
+    let agent_tls = Some(
+        gantry_tls::TlsContext::load(
+            agent_files,
+            gantry_tls::ClientCerts::Optional,
+            gantry_tls::Expect::Agent,
+            None,
+        )
+        .map_err(|e| CliError::Refused(format!("TLS: {e}")))?,
+    );
+    let mut coordinator_cfg = CoordinatorConfig::single(
         1,
         listen,
         data_dir.join("coordinator"),
         artifact_root.clone(),
-    ))
-    .await
-    .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
+    );
+    let ca_path = coordinator_tls.ca.clone();
+    coordinator_cfg.tls = Some(coordinator_tls);
+    let server = server::start(coordinator_cfg)
+        .await
+        .map_err(|e| CliError::Unavailable(format!("cannot start the coordinator: {e:#}")))?;
+    let token = dev_token(&server, &data_dir).await?;
+    let endpoint = format!("https://{}", server.addr);
+    let client_config = data_dir.join("client.toml");
+    let config = crate::target::ClientConfig {
+        endpoint: Some(endpoint.clone()),
+        ca: Some(ca_path),
+        cert: None,
+        key: None,
+        token_file: Some(data_dir.join("admin.token")),
+    };
+    let text =
+        toml::to_string(&config).map_err(|e| CliError::Refused(format!("client config: {e}")))?;
+    write_private(&client_config, &text)?;
     let launcher = Arc::new(
         Launcher::new(runtime, data_dir.join("agent"))
             .step_env(step_env)
@@ -142,6 +268,7 @@ pub async fn start_embedded(
             let (runtime_name, work_dir) = (runtime_name.clone(), data_dir.join("agent"));
             Arc::new(move || gantry_agent::inventory::probe_host(&runtime_name, &work_dir))
         })),
+        tls: agent_tls,
     };
     tokio::spawn(session::run(cfg, core.clone(), shutdown.clone()));
     Ok(Embedded {
@@ -150,6 +277,9 @@ pub async fn start_embedded(
         shutdown,
         runtime_name,
         artifact_root,
+        client_config,
+        token,
+        endpoint,
     })
 }
 
@@ -173,9 +303,16 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     )
     .await?;
     eprintln!(
-        "gantry dev: coordinator on http://{} | agent {} ({} runtime) | artifacts at {}\n\
+        "gantry dev: coordinator on {} | agent {} ({} runtime) | artifacts at {}\n\
+         TLS and an admin token are set up: the CLI reads {} when run from this directory\n\
+         (elsewhere: export GANTRY_CLIENT_CONFIG={}).\n\
          submit with: gantry run submit pipeline.yaml --wait        (Ctrl-C stops)",
-        e.server.addr, args.agent_id, e.runtime_name, e.artifact_root
+        e.endpoint,
+        args.agent_id,
+        e.runtime_name,
+        e.artifact_root,
+        e.client_config.display(),
+        e.client_config.display()
     );
     let mut e = e;
     tokio::select! {

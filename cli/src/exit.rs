@@ -7,6 +7,7 @@
 //! | 2 | refused input: bad file, bad parameter, invalid pipeline, unknown id |
 //! | 3 | the run was CANCELED |
 //! | 4 | the coordinator is unreachable or answered with an internal error |
+//! | 5 | not allowed: no token, a bad, expired or revoked one, or a role without the right |
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -18,6 +19,8 @@ pub enum CliError {
     RunFailed(String),
     #[error("run {0} was canceled")]
     RunCanceled(String),
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 impl CliError {
@@ -27,6 +30,7 @@ impl CliError {
             CliError::Refused(_) => 2,
             CliError::RunCanceled(_) => 3,
             CliError::Unavailable(_) => 4,
+            CliError::NotAllowed(_) => 5,
         }
     }
 }
@@ -38,7 +42,11 @@ impl From<tonic::Status> for CliError {
             Code::InvalidArgument
             | Code::NotFound
             | Code::AlreadyExists
-            | Code::FailedPrecondition => CliError::Refused(s.message().to_string()),
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted => CliError::Refused(s.message().to_string()),
+            Code::Unauthenticated | Code::PermissionDenied => {
+                CliError::NotAllowed(format!("not allowed: {}", s.message()))
+            }
             _ => CliError::Unavailable(format!("{}: {}", s.code(), s.message())),
         }
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+mod acl_cmd;
 mod bench;
 mod bench_cluster;
 mod bench_fleet;
@@ -11,6 +12,8 @@ mod dev;
 mod exit;
 mod output;
 mod run_cmd;
+mod target;
+mod tls_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -24,14 +27,8 @@ use output::Format;
     about = "Run Kubeflow-compiled pipelines on your own fleet"
 )]
 struct Cli {
-    /// Coordinator endpoint(s), comma-separated, tried in turn.
-    #[arg(
-        long,
-        global = true,
-        env = "GANTRY_ENDPOINT",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    endpoint: String,
+    #[command(flatten)]
+    target: target::TargetArgs,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -57,6 +54,16 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// API tokens: the first admin token, and tokens for people and programs.
+    Acl {
+        #[command(subcommand)]
+        command: acl_cmd::AclCommand,
+    },
+    /// The cluster CA and the certificates of coordinators, agents and clients.
+    Tls {
+        #[command(subcommand)]
+        command: tls_cmd::TlsCommand,
     },
     /// Measure steps per second and coordinator overhead per step on an embedded cluster;
     /// `bench raft` and `bench failover` measure a 3-process local cluster.
@@ -124,11 +131,13 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Run { command } => run_cmd::run(&cli.endpoint, cli.output, command).await,
+        Command::Tls { command } => tls_cmd::run(command),
+        Command::Acl { command } => acl_cmd::run(&cli.target.resolve()?, cli.output, command).await,
+        Command::Run { command } => run_cmd::run(&cli.target.resolve()?, cli.output, command).await,
         Command::Agent {
             command: AgentCommand::List,
         } => {
-            let mut c = client::connect(&cli.endpoint).await?;
+            let mut c = client::connect(&cli.target.resolve()?).await?;
             let agents = c
                 .call(Duration::from_secs(5), |mut cl| async move {
                     cl.agents
@@ -152,17 +161,17 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Agent {
             command: AgentCommand::Drain { id },
-        } => drain_agent(&cli.endpoint, cli.output, id, true).await,
+        } => drain_agent(&cli.target.resolve()?, cli.output, id, true).await,
         Command::Agent {
             command: AgentCommand::Undrain { id },
-        } => drain_agent(&cli.endpoint, cli.output, id, false).await,
+        } => drain_agent(&cli.target.resolve()?, cli.output, id, false).await,
 
-        Command::Cluster { command } => cluster(&cli.endpoint, cli.output, command).await,
+        Command::Cluster { command } => cluster(&cli.target.resolve()?, cli.output, command).await,
     }
 }
 
 async fn drain_agent(
-    endpoint: &str,
+    endpoint: &client::Target,
     format: output::Format,
     id: String,
     drain: bool,
@@ -221,7 +230,7 @@ fn agent_row(a: &gantry_proto::v1::AgentInfo) -> Vec<String> {
 }
 
 async fn cluster(
-    endpoint: &str,
+    endpoint: &client::Target,
     format: output::Format,
     cmd: ClusterCommand,
 ) -> Result<(), CliError> {

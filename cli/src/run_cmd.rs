@@ -110,7 +110,11 @@ fn final_status(run: &pb::Run) -> Result<(), CliError> {
 /// How long one call may take on one endpoint before the next is tried.
 const PER_TRY: Duration = Duration::from_secs(5);
 
-pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), CliError> {
+pub async fn run(
+    endpoint: &crate::client::Target,
+    format: Format,
+    cmd: RunCommand,
+) -> Result<(), CliError> {
     match cmd {
         RunCommand::Submit {
             file,

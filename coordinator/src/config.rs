@@ -19,7 +19,8 @@ use gantry_core::scheduler::CpuPolicy;
 pub struct Args {
     /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root, bootstrap,
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
-    /// snapshot_entries, cpu_placement, agent_lease_ms.
+    /// snapshot_entries, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
+    /// cluster, require_client_certs.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -66,6 +67,27 @@ pub struct Args {
     /// and its steps are placed elsewhere. Default 15000 (three missed heartbeats).
     #[arg(long, env = "GANTRY_AGENT_LEASE_MS")]
     pub agent_lease_ms: Option<u64>,
+    /// The cluster CA (PEM). With --tls-cert and --tls-key every listener and every peer
+    /// connection uses TLS; see `gantry tls`. The files are reloaded when they change.
+    #[arg(long, env = "GANTRY_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This coordinator's certificate (`gantry tls cert create --coordinator ID`).
+    #[arg(long, env = "GANTRY_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// This coordinator's private key.
+    #[arg(long, env = "GANTRY_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address. Anyone on the network can then read the
+    /// traffic and act as a peer or an agent; tokens still gate the API.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The cluster's name, stamped on peer messages. With TLS it comes from the certificate.
+    #[arg(long, env = "GANTRY_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Refuse connections without a client certificate of the cluster CA (by default the API
+    /// also takes token-only clients such as the CLI and kfp.Client).
+    #[arg(long)]
+    pub require_client_certs: bool,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -86,6 +108,12 @@ pub struct FileConfig {
     pub snapshot_entries: Option<u64>,
     pub cpu_placement: Option<String>,
     pub agent_lease_ms: Option<u64>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure: Option<bool>,
+    pub cluster: Option<String>,
+    pub require_client_certs: Option<bool>,
 }
 
 impl FileConfig {
@@ -198,6 +226,23 @@ impl Args {
                 "agent_lease_ms must be at least 6000 (agents send a heartbeat every 5 s), not {ms}"
             ),
         };
+        let tls = match (
+            self.tls_ca.or(file.tls_ca),
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(gantry_tls::TlsFiles {
+                ca,
+                cert: Some(cert),
+                key: Some(key),
+            }),
+            _ => anyhow::bail!("--tls-ca, --tls-cert and --tls-key go together: give all three"),
+        };
+        let cluster = self.cluster.or(file.cluster);
+        if let Some(c) = &cluster {
+            gantry_tls::identity::check_label("cluster", c)?;
+        }
         Ok(CoordinatorConfig {
             node_id,
             listen,
@@ -212,6 +257,11 @@ impl Args {
             peers,
             cpu_policy,
             agent_lease,
+            tls,
+            insecure: self.insecure || file.insecure.unwrap_or(false),
+            cluster,
+            require_client_certs: self.require_client_certs
+                || file.require_client_certs.unwrap_or(false),
         })
     }
 }

@@ -9,9 +9,11 @@
 //! - [`scheduling`]: the leader's placement loop;
 //! - [`logs`]: step log lines (node-local, not replicated);
 //! - [`api`]: tonic services;
+//! - [`auth`]: who may call what (certificates and tokens), applied to every request;
 //! - [`server`]: the wiring.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod logs;

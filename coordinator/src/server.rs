@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gantry_core::scheduler::CpuPolicy;
 use gantry_core::state::{Applied, Command};
+use gantry_proto::v1::acl_service_server::AclServiceServer;
 use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
 use gantry_proto::v1::raft_service_server::RaftServiceServer;
@@ -48,6 +49,15 @@ pub struct CoordinatorConfig {
     pub cpu_policy: CpuPolicy,
     /// An agent with unfinished attempts that is silent this long is declared lost.
     pub agent_lease: Duration,
+    /// TLS material; `None` serves plain TCP, which only a loopback address or `insecure`
+    /// allows.
+    pub tls: Option<gantry_tls::TlsFiles>,
+    /// Serve without TLS on a non-loopback address.
+    pub insecure: bool,
+    /// The cluster's name when it does not come from the certificate (no TLS).
+    pub cluster: Option<String>,
+    /// Refuse connections without a client certificate.
+    pub require_client_certs: bool,
 }
 
 impl CoordinatorConfig {
@@ -73,6 +83,10 @@ impl CoordinatorConfig {
             peers: Members::new(),
             cpu_policy: CpuPolicy::Spread,
             agent_lease: DEFAULT_AGENT_LEASE,
+            tls: None,
+            insecure: false,
+            cluster: None,
+            require_client_certs: false,
         }
     }
 
@@ -114,6 +128,11 @@ pub struct Coordinator {
     /// For checking that a cache entry's artifacts still exist (S3 settings from the
     /// environment, as the agent reads them).
     pub artifacts: gantry_artifacts::ArtifactStores,
+    /// This node's TLS material (server side and peer connections); `None` without TLS.
+    pub tls: Option<Arc<gantry_tls::TlsContext>>,
+    /// The cluster this node belongs to: peers of another are refused.
+    pub cluster: Option<String>,
+    pub transport: crate::auth::Transport,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -156,7 +175,7 @@ impl Coordinator {
         if let Some(c) = m.get(address) {
             return Ok(c.clone());
         }
-        let c = peer_channel(address)
+        let c = peer_channel(address, self.tls.clone())
             .map_err(|e| tonic::Status::internal(format!("bad peer address {address}: {e}")))?;
         m.insert(address.to_string(), c.clone());
         Ok(c)
@@ -307,7 +326,49 @@ impl ServerHandle {
     }
 }
 
+/// Loads the node's TLS material, or checks that going without is allowed.
+fn load_tls(cfg: &CoordinatorConfig) -> anyhow::Result<Option<Arc<gantry_tls::TlsContext>>> {
+    let Some(files) = cfg.tls.clone() else {
+        if !cfg.listen.ip().is_loopback() && !cfg.insecure {
+            anyhow::bail!(
+                "refusing to listen on {} without TLS: anyone who can reach it could act as a \
+                 peer or an agent. Give --tls-ca, --tls-cert and --tls-key (see `gantry tls`), \
+                 or pass --insecure to serve in plain text anyway",
+                cfg.listen
+            );
+        }
+        return Ok(None);
+    };
+    let client_certs = if cfg.require_client_certs {
+        gantry_tls::ClientCerts::Required
+    } else {
+        gantry_tls::ClientCerts::Optional
+    };
+    let ctx = gantry_tls::TlsContext::load(
+        files,
+        client_certs,
+        gantry_tls::Expect::Coordinator,
+        cfg.cluster.clone(),
+    )?;
+    match ctx.identity().map(|i| i.role) {
+        Some(gantry_tls::Role::Coordinator(id)) if id == cfg.node_id => {}
+        other => anyhow::bail!(
+            "the TLS certificate is for {} but this is coordinator {}: issue one with \
+             `gantry tls cert create --coordinator {}`",
+            other.map_or("no coordinator".to_string(), |r| r.to_string()),
+            cfg.node_id,
+            cfg.node_id
+        ),
+    }
+    Ok(Some(ctx))
+}
+
 pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
+    let tls = load_tls(&cfg)?;
+    let cluster = match &tls {
+        Some(t) => t.cluster().map(str::to_string),
+        None => cfg.cluster.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -343,12 +404,24 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let rt = tokio::runtime::Handle::current();
     let transport_snaps = snapshots.clone();
     let transport_addr = advertise.clone();
+    let peer_tls = tls.clone();
+    let peer_cluster = cluster.clone().unwrap_or_default();
     let (raft, raft_thread) = raft::start(
         node_cfg,
         store,
         Arc::new(snapshots.clone()),
         machine,
-        |sink| GrpcTransport::new(rt, cfg.node_id, transport_addr, transport_snaps, sink),
+        |sink| {
+            GrpcTransport::new(
+                rt,
+                cfg.node_id,
+                transport_addr,
+                transport_snaps,
+                sink,
+                peer_tls,
+                peer_cluster,
+            )
+        },
     )?;
     let (raft_thread, fatal) = watch_raft_thread(raft_thread);
     if raft.status().voters.is_empty() {
@@ -372,21 +445,35 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         advertise: advertise.clone(),
         snapshots,
         artifacts: gantry_artifacts::ArtifactStores::from_env(),
+        tls: tls.clone(),
+        cluster,
+        transport: if tls.is_some() {
+            crate::auth::Transport::Tls
+        } else {
+            crate::auth::Transport::Insecure
+        },
         channels: Mutex::new(HashMap::new()),
     });
+    if let Some(t) = &tls {
+        t.watch(Duration::from_secs(1));
+    }
     tokio::spawn(dispatcher.run_events(events_rx));
     tokio::spawn(crate::scheduling::scheduling_loop(coordinator.clone()));
     tokio::spawn(leadership_watch(coordinator.clone()));
 
-    // Small messages on long-lived streams: without nodelay, Nagle and delayed ACKs add ~40 ms
-    // to every assignment.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = gantry_tls::server::incoming(listener, tls.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let api = crate::api::Api(coordinator.clone());
+    let auth = crate::auth::AuthLayer {
+        coordinator: coordinator.clone(),
+        transport: coordinator.transport,
+    };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .layer(auth)
+            .add_service(AclServiceServer::new(api.clone()))
             .add_service(RunServiceServer::new(api.clone()))
             .add_service(AgentServiceServer::new(api.clone()))
             .add_service(ClusterServiceServer::new(api.clone()))
@@ -395,7 +482,8 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
                 let _ = rx.await;
             }),
     );
-    tracing::info!(%addr, %advertise, node = cfg.node_id, artifact_root = %cfg.artifact_root, "coordinator serving");
+    tracing::info!(%addr, %advertise, node = cfg.node_id, artifact_root = %cfg.artifact_root,
+        tls = tls.is_some(), cluster = ?coordinator.cluster, "coordinator serving");
     Ok(ServerHandle {
         addr,
         coordinator,

@@ -30,13 +30,47 @@ fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
     })
 }
 
+/// Whether `attempt` was assigned to `agent_id`. An attempt number is given to one agent,
+/// once, so the answer never changes after it is true.
+fn assigned_to(c: &Coordinator, attempt: &AttemptKey, agent_id: &str) -> bool {
+    let st = c.state.read();
+    st.runs
+        .get(&attempt.run_id)
+        .and_then(|r| r.tasks.get(&attempt.task_id))
+        .and_then(|t| t.attempts.iter().find(|a| a.number == attempt.attempt))
+        .is_some_and(|a| a.agent == agent_id)
+}
+
+/// A report about an attempt this agent was never given is refused and logged: an agent acts
+/// only on its own attempts.
+fn refuse_foreign(c: &Coordinator, attempt: &AttemptKey, agent_id: &str, what: &str) -> bool {
+    if assigned_to(c, attempt, agent_id) {
+        return false;
+    }
+    tracing::warn!(agent = %agent_id, %attempt, what,
+        "refused: the attempt is not assigned to this agent");
+    true
+}
+
 /// Commits a reported outcome, then tells the agent it may forget it.
 async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFinished) {
     let attempt = match key(f.attempt) {
         Ok(k) => k,
         Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "bad report"),
     };
+    if refuse_foreign(&c, &attempt, &agent_id, "result") {
+        // Acknowledged so the agent stops resending it; nothing was recorded.
+        c.dispatcher
+            .send(&agent_id, Out::ResultRecorded(attempt_ref(&attempt)));
+        return;
+    }
     let outcome: StepOutcome = match serde_json::from_str(&f.outcome_json) {
+        // Only the coordinator declares an attempt lost (that outcome does not count against
+        // the step's retries); an agent saying so is reporting a failure.
+        Ok(StepOutcome::Lost { error }) => StepOutcome::Failed {
+            error: format!("the agent reported the attempt lost: {error}"),
+            exit_code: None,
+        },
         Ok(o) => o,
         Err(e) => StepOutcome::Failed {
             error: format!("agent sent an unreadable outcome: {e}"),
@@ -114,6 +148,9 @@ async fn serve_session(
             }
             Some(In::Started(s)) => {
                 if let Ok(attempt) = key(s.attempt) {
+                    if refuse_foreign(&c, &attempt, &agent_id, "start") {
+                        continue;
+                    }
                     let c = c.clone();
                     tokio::spawn(async move {
                         let cmd = Command::AttemptStarted {
@@ -128,6 +165,9 @@ async fn serve_session(
             }
             Some(In::Logs(batch)) => {
                 if let Ok(attempt) = key(batch.attempt) {
+                    if refuse_foreign(&c, &attempt, &agent_id, "log lines") {
+                        continue;
+                    }
                     let now = crate::now_ms();
                     for l in batch.lines {
                         c.logs.append(LogRecord {
@@ -164,6 +204,7 @@ impl AgentService for Api {
         if let Route::Leader(_) = self.0.route_write(false, super::ROUTE_WAIT).await? {
             return Err(self.0.not_leader_status());
         }
+        let principal = crate::auth::principal(&req);
         let mut inbound = req.into_inner();
         let first = inbound
             .next()
@@ -174,9 +215,29 @@ impl AgentService for Api {
                 "the first message of a session must be Register",
             ));
         };
-        if reg.agent_id.is_empty() {
-            return Err(Status::invalid_argument("agent_id is empty"));
-        }
+        // With TLS the agent is who its certificate says, whatever it claims.
+        let agent_id = match principal.cert.as_ref().map(|i| &i.role) {
+            Some(gantry_tls::Role::Agent(id)) => {
+                if !reg.agent_id.is_empty() && reg.agent_id != *id {
+                    tracing::warn!(cert = %id, claimed = %reg.agent_id,
+                        "refused: an agent registered under another agent's id");
+                    return Err(Status::permission_denied(format!(
+                        "this agent's certificate is for agent {id}; it may not register as {}",
+                        reg.agent_id
+                    )));
+                }
+                id.clone()
+            }
+            _ if self.0.transport == crate::auth::Transport::Tls => {
+                return Err(Status::permission_denied(
+                    "an agent session needs an agent certificate",
+                ));
+            }
+            _ if reg.agent_id.is_empty() => {
+                return Err(Status::invalid_argument("agent_id is empty"));
+            }
+            _ => reg.agent_id.clone(),
+        };
         let inventory: HostInventory = serde_json::from_str(&reg.inventory_json)
             .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
         let labels: BTreeMap<String, String> = reg.labels.into_iter().collect();
@@ -195,7 +256,6 @@ impl AgentService for Api {
                 attempt: r.attempt,
             })
             .collect();
-        let agent_id = reg.agent_id;
         self.0
             .propose(Command::RegisterAgent {
                 agent_id: agent_id.clone(),

@@ -1,5 +1,6 @@
 //! gRPC services. Proto types are converted to domain types here, at the edge.
 
+mod acl;
 mod agents;
 mod cluster;
 pub mod convert;
@@ -21,11 +22,16 @@ pub fn forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED)
 }
 
-/// The same request, marked as forwarded once, for the leader.
+/// The same request, marked as forwarded once, for the leader. The caller's token goes along:
+/// the leader authorizes the original caller, not the node that forwards.
 pub fn relay<T>(req: Request<T>) -> Request<T> {
+    let token = req.metadata().get("authorization").cloned();
     let mut out = Request::new(req.into_inner());
     out.metadata_mut()
         .insert(FORWARDED, MetadataValue::from_static("1"));
+    if let Some(t) = token {
+        out.metadata_mut().insert("authorization", t);
+    }
     out
 }
 

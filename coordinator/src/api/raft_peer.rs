@@ -9,7 +9,9 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
+use crate::auth::{principal, Principal, Transport};
 use crate::raft::Feedback;
+use gantry_tls::Role;
 
 /// Fault injection for the crash-during-install test: a pause before each received chunk is
 /// written, so a test can kill the node mid-transfer. Unset (the default) means no pause.
@@ -33,11 +35,49 @@ impl Api {
         }
     }
 
-    fn accept_from(&self, from: u64) -> Result<(), Status> {
+    /// Checks a peer's claim to be node `from` of `cluster` against its certificate and this
+    /// node's configuration. A refusal is logged with its reason and changes nothing.
+    fn accept_from(&self, from: u64, cluster: &str, principal: &Principal) -> Result<(), Status> {
+        let refuse = |reason: String| {
+            tracing::warn!(from, %reason, "raft traffic refused");
+            Err(Status::permission_denied(reason))
+        };
         if from == self.0.node_id {
-            return Err(Status::failed_precondition(format!(
+            return refuse(format!(
                 "a peer claims this node's own id {from}: two coordinators share an id"
-            )));
+            ));
+        }
+        if let Some(ours) = &self.0.cluster {
+            if cluster != ours {
+                return refuse(format!(
+                    "a message for cluster {cluster:?} reached cluster {ours:?}"
+                ));
+            }
+        }
+        if self.0.transport == Transport::Tls {
+            match principal.cert.as_ref().map(|i| &i.role) {
+                Some(Role::Coordinator(id)) if *id == from => {}
+                Some(Role::Coordinator(id)) => {
+                    return refuse(format!(
+                        "coordinator {id} sent raft messages claiming to be node {from}"
+                    ))
+                }
+                _ => {
+                    return refuse(format!(
+                        "raft traffic from {} (not a coordinator certificate)",
+                        principal.name()
+                    ))
+                }
+            }
+        }
+        let s = self.0.raft.status();
+        let known = s.voters.iter().chain(&s.learners).chain(&s.outgoing);
+        let configured = !(s.voters.is_empty() && s.learners.is_empty());
+        if configured && !known.clone().any(|id| *id == from) {
+            return refuse(format!(
+                "node {from} is not a member (voters {:?}, learners {:?})",
+                s.voters, s.learners
+            ));
         }
         Ok(())
     }
@@ -46,18 +86,25 @@ impl Api {
 #[tonic::async_trait]
 impl RaftService for Api {
     async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        let principal = principal(&req);
         let batch = req.into_inner();
-        self.accept_from(batch.from)?;
+        self.accept_from(batch.from, &batch.cluster, &principal)?;
         if !self.0.raft.status().members.contains_key(&batch.from) {
             self.learn_peer(batch.from, &batch.from_address);
         }
         for bytes in batch.messages {
             let msg = Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            if msg.to != self.0.node_id {
-                return Err(Status::failed_precondition(format!(
-                    "raft message for node {} reached node {}",
-                    msg.to, self.0.node_id
+            if msg.to != self.0.node_id || msg.from != batch.from {
+                tracing::warn!(
+                    from = batch.from,
+                    msg_from = msg.from,
+                    msg_to = msg.to,
+                    "raft message refused: its sender or receiver does not match the batch"
+                );
+                return Err(Status::permission_denied(format!(
+                    "raft message from {} to {} arrived in a batch from {} at node {}",
+                    msg.from, msg.to, batch.from, self.0.node_id
                 )));
             }
             self.0
@@ -72,15 +119,19 @@ impl RaftService for Api {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let principal = principal(&req);
         let mut stream = req.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        self.accept_from(first.from)?;
+        self.accept_from(first.from, &first.cluster, &principal)?;
         let msg = Message::parse_from_bytes(&first.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
-        if msg.get_msg_type() != MessageType::MsgSnapshot || msg.to != self.0.node_id {
+        if msg.get_msg_type() != MessageType::MsgSnapshot
+            || msg.to != self.0.node_id
+            || msg.from != first.from
+        {
             return Err(Status::invalid_argument(
                 "the first chunk must carry a MsgSnapshot for this node",
             ));

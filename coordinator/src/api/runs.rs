@@ -23,6 +23,18 @@ pub(super) fn rejection(r: Rejection) -> Status {
         Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Status::not_found(r.to_string()),
         Rejection::RunExists(_) => Status::already_exists(r.to_string()),
         Rejection::NotRetryable(_) => Status::failed_precondition(r.to_string()),
+        Rejection::Acl(ref e) => {
+            use gantry_core::state::acl::AclError;
+            match e {
+                AclError::AlreadyBootstrapped => Status::failed_precondition(r.to_string()),
+                AclError::NameTaken(_) => Status::already_exists(r.to_string()),
+                AclError::NotFound(_) => Status::not_found(r.to_string()),
+                AclError::TooMany => Status::resource_exhausted(r.to_string()),
+                AclError::BadName(_) | AclError::Malformed(_) => {
+                    Status::invalid_argument(r.to_string())
+                }
+            }
+        }
     }
 }
 

@@ -110,6 +110,8 @@ pub struct NodeStatus {
     pub role: &'static str,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Voters of the outgoing configuration while a change is joint: they still vote.
+    pub outgoing: Vec<u64>,
     /// True while a membership change is in its joint phase.
     pub in_joint: bool,
     pub members: Members,
@@ -808,6 +810,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         s.is_leader = is_leader;
         s.role = role;
         s.in_joint = !cs.voters_outgoing.is_empty();
+        s.outgoing = cs.voters_outgoing;
         s.voters = cs.voters;
         s.learners = cs.learners;
         s.members = self.store.members();

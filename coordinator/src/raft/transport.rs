@@ -24,25 +24,18 @@ const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// Turns `host:port` (or a URL) into a gRPC endpoint URL.
-pub fn endpoint_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
-/// A lazily connecting channel tuned for peers on a LAN: fast connect timeout, keepalive that
-/// notices a paused or vanished peer within seconds.
-pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(endpoint_url(addr))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+/// A lazily connecting channel tuned for peers on a LAN: keepalive that notices a paused or
+/// vanished peer within seconds. With TLS, this node presents its coordinator certificate and
+/// accepts only a coordinator of its cluster at the other end.
+pub fn peer_channel(
+    addr: &str,
+    tls: Option<Arc<gantry_tls::TlsContext>>,
+) -> Result<Channel, tonic::transport::Error> {
+    gantry_tls::client::channel(addr, tls, |e: Endpoint| {
+        e.http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+    })
 }
 
 struct Shared {
@@ -50,6 +43,9 @@ struct Shared {
     self_address: String,
     snaps: SnapshotDir,
     feedback: FeedbackSink,
+    tls: Option<Arc<gantry_tls::TlsContext>>,
+    /// Stamped on every message; the receiver refuses another cluster's.
+    cluster: String,
 }
 
 struct Peer {
@@ -71,6 +67,8 @@ impl GrpcTransport {
         self_address: String,
         snaps: SnapshotDir,
         feedback: FeedbackSink,
+        tls: Option<Arc<gantry_tls::TlsContext>>,
+        cluster: String,
     ) -> Self {
         GrpcTransport {
             rt,
@@ -79,6 +77,8 @@ impl GrpcTransport {
                 self_address,
                 snaps,
                 feedback,
+                tls,
+                cluster,
             }),
             peers: HashMap::new(),
         }
@@ -138,7 +138,7 @@ impl Transport for GrpcTransport {
 }
 
 async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, shared: Arc<Shared>) {
-    let channel = match peer_channel(&address) {
+    let channel = match peer_channel(&address, shared.tls.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(peer = id, %address, error = %e, "bad peer address");
@@ -169,6 +169,7 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
                 from: shared.self_id,
                 from_address: shared.self_address.clone(),
                 messages,
+                cluster: shared.cluster.clone(),
             };
             match tokio::time::timeout(Duration::from_secs(2), client.send(req)).await {
                 Ok(Ok(_)) => {}
@@ -219,6 +220,7 @@ async fn send_snapshot(
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
     let from = shared.self_id;
     let from_address = shared.self_address.clone();
+    let cluster = shared.cluster.clone();
     // The reader stays at most two chunks ahead of the network.
     let reader = tokio::spawn(async move {
         let mut first = true;
@@ -243,6 +245,11 @@ async fn send_snapshot(
                 message: if first { message.clone() } else { Vec::new() },
                 data: buf,
                 total_size: if first { total_size } else { 0 },
+                cluster: if first {
+                    cluster.clone()
+                } else {
+                    String::new()
+                },
             };
             first = false;
             if tx.send(chunk).await.is_err() || filled < SNAPSHOT_CHUNK {

@@ -10,6 +10,7 @@
 mod advance;
 mod cache;
 mod loops;
+mod outcome_check;
 pub mod platform;
 mod record;
 mod resolve;

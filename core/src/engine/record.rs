@@ -150,6 +150,13 @@ pub fn record_outcome(
     outcome: StepOutcome,
     now: i64,
 ) -> OutcomeEffect {
+    let outcome = super::outcome_check::confine_outcome(
+        &run.pipeline_root,
+        &run.run_id,
+        task_id,
+        attempt,
+        outcome,
+    );
     let retry_delay = run
         .tasks
         .get(task_id)

@@ -126,6 +126,17 @@ pub enum Command {
         attempt: AttemptKey,
         at: i64,
     },
+    /// The first admin token: refused once any bootstrap was applied.
+    AclBootstrap {
+        token: super::acl::TokenRecord,
+    },
+    CreateToken {
+        token: super::acl::TokenRecord,
+    },
+    /// Removes a token, named by accessor id or name.
+    RevokeToken {
+        accessor: String,
+    },
     /// No connected agent could ever run these ready tasks (placement's reasons): they fail.
     /// Checked again at apply: a task no longer READY is left alone.
     FailUnschedulable {

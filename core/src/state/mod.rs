@@ -4,6 +4,7 @@
 //! domain rejection (unknown run, stale placement) is a returned [`Rejection`], recorded the
 //! same way on every replica, never a panic.
 
+pub mod acl;
 mod command;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +91,8 @@ pub enum Rejection {
     AgentNotFound(String),
     #[error("{0}")]
     NotRetryable(String),
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
 }
 
 /// The result of applying one command.
@@ -119,6 +122,10 @@ pub enum Outcome {
     AgentDraining(bool),
     /// How many running attempts ended LOST with the agent.
     AgentLost(usize),
+    /// A token was created (or the first admin token, by bootstrap).
+    TokenCreated,
+    /// The revoked token's record.
+    TokenRevoked(acl::TokenRecord),
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -165,6 +172,9 @@ pub struct ClusterState {
     /// Successful cacheable executions by cache key (the newest for each key).
     #[serde(default)]
     pub cache: BTreeMap<String, CacheEntry>,
+    /// API tokens.
+    #[serde(default)]
+    pub acl: acl::AclState,
 }
 
 /// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
@@ -383,6 +393,21 @@ impl ClusterState {
                 events.push(Event::CapacityChanged);
                 Ok(Outcome::CacheForgotten(before - self.cache.len()))
             }
+            Command::AclBootstrap { token } => self
+                .acl
+                .bootstrap(token)
+                .map(|()| Outcome::TokenCreated)
+                .map_err(Rejection::from),
+            Command::CreateToken { token } => self
+                .acl
+                .create(token)
+                .map(|()| Outcome::TokenCreated)
+                .map_err(Rejection::from),
+            Command::RevokeToken { accessor } => self
+                .acl
+                .revoke(&accessor)
+                .map(Outcome::TokenRevoked)
+                .map_err(Rejection::from),
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {

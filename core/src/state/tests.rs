@@ -914,3 +914,53 @@ fn a_lost_agents_attempts_are_placed_again_apart_from_the_retry_policy() {
         Err(Rejection::AgentNotFound("nobody".into()))
     );
 }
+
+#[test]
+fn tokens_are_created_once_by_bootstrap_and_revoked_by_commands_replayed_alike() {
+    use super::acl::{AclError, Role, TokenRecord};
+    let token = |name: &str, digit: char| TokenRecord {
+        accessor: format!("acc-{name}"),
+        name: name.into(),
+        role: Role::Submitter,
+        secret_sha256: digit.to_string().repeat(64),
+        created_at: 5,
+        expires_at: None,
+        created_by: Some("root".into()),
+    };
+    let log = vec![
+        Command::AclBootstrap {
+            token: token("root", 'a'),
+        },
+        Command::AclBootstrap {
+            token: token("second", 'b'),
+        },
+        Command::CreateToken {
+            token: token("ci", 'c'),
+        },
+        Command::RevokeToken {
+            accessor: "acc-ci".into(),
+        },
+    ];
+    let mut s = ClusterState::default();
+    let results: Vec<_> = log
+        .iter()
+        .enumerate()
+        .map(|(i, c)| s.apply(i as u64 + 1, c.clone()).result)
+        .collect();
+    assert_eq!(results[0], Ok(Outcome::TokenCreated));
+    assert_eq!(
+        results[1],
+        Err(Rejection::Acl(AclError::AlreadyBootstrapped))
+    );
+    assert_eq!(results[2], Ok(Outcome::TokenCreated));
+    assert!(matches!(results[3], Ok(Outcome::TokenRevoked(ref t)) if t.name == "ci"));
+    assert!(s.acl.token(&"a".repeat(64)).is_some());
+    assert!(s.acl.token(&"c".repeat(64)).is_none());
+    // The commands survive the log's JSON, and a replay gives the same tokens.
+    let mut replay = ClusterState::default();
+    for (i, c) in log.iter().enumerate() {
+        let back: Command = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+        replay.apply(i as u64 + 1, back);
+    }
+    assert_eq!(replay.acl, s.acl);
+}

@@ -1,0 +1,332 @@
+//! Who may call what: the one authorization table, and the tower layer that applies it to
+//! every request before any handler runs.
+//!
+//! Two kinds of credential reach a coordinator:
+//! - a **certificate** of the cluster CA, verified during the TLS handshake, naming a
+//!   coordinator (Raft traffic), an agent (its session) or a client;
+//! - a **bearer token** (`authorization: Bearer <secret>`), looked up by its SHA-256 in the
+//!   replicated token table, whose role is admin, submitter or viewer.
+//!
+//! A method missing from [`TABLE`] is refused: new RPCs are closed until someone decides who
+//! may call them. Refusals are `Unauthenticated` (no or a bad credential) or
+//! `PermissionDenied` (a good credential without the right), say what was missing, and are
+//! logged; the handler never runs, so nothing changes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use gantry_core::state::acl::{Role, TokenRecord};
+use gantry_tls::{Identity, PeerInfo};
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::server::Coordinator;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allow {
+    /// No credential needed (only the one-time ACL bootstrap).
+    Anyone,
+    /// A token with one of these roles.
+    Roles(&'static [Role]),
+    /// A coordinator certificate of this cluster (peer traffic).
+    Coordinators,
+    /// An agent certificate of this cluster; the agent id is the certificate's.
+    Agents,
+    /// A token with one of these roles, or a coordinator certificate (a leader asking a
+    /// coordinator who it is before it joins).
+    RolesOrCoordinators(&'static [Role]),
+}
+
+pub const READ: &[Role] = &[Role::Admin, Role::Submitter, Role::Viewer];
+pub const WRITE: &[Role] = &[Role::Admin, Role::Submitter];
+pub const ADMIN: &[Role] = &[Role::Admin];
+
+pub struct Rule {
+    pub method: &'static str,
+    pub allow: Allow,
+}
+
+const fn rule(method: &'static str, allow: Allow) -> Rule {
+    Rule { method, allow }
+}
+
+/// Every RPC and who may call it. The README's table is rendered from this one
+/// ([`markdown_table`], checked by a test).
+pub const TABLE: &[Rule] = &[
+    rule("/gantry.v1.RunService/SubmitRun", Allow::Roles(WRITE)),
+    rule("/gantry.v1.RunService/CancelRun", Allow::Roles(WRITE)),
+    rule("/gantry.v1.RunService/RetryRun", Allow::Roles(WRITE)),
+    rule("/gantry.v1.RunService/GetRun", Allow::Roles(READ)),
+    rule("/gantry.v1.RunService/ListRuns", Allow::Roles(READ)),
+    rule("/gantry.v1.RunService/StreamLogs", Allow::Roles(READ)),
+    rule("/gantry.v1.AgentService/Session", Allow::Agents),
+    rule("/gantry.v1.AgentService/ListAgents", Allow::Roles(READ)),
+    rule("/gantry.v1.AgentService/DrainAgent", Allow::Roles(ADMIN)),
+    rule(
+        "/gantry.v1.ClusterService/Status",
+        Allow::RolesOrCoordinators(READ),
+    ),
+    rule("/gantry.v1.ClusterService/AddMember", Allow::Roles(ADMIN)),
+    rule(
+        "/gantry.v1.ClusterService/RemoveMember",
+        Allow::Roles(ADMIN),
+    ),
+    rule("/gantry.v1.RaftService/Send", Allow::Coordinators),
+    rule(
+        "/gantry.v1.RaftService/InstallSnapshot",
+        Allow::Coordinators,
+    ),
+    rule("/gantry.v1.AclService/Bootstrap", Allow::Anyone),
+    rule("/gantry.v1.AclService/CreateToken", Allow::Roles(ADMIN)),
+    rule("/gantry.v1.AclService/ListTokens", Allow::Roles(ADMIN)),
+    rule("/gantry.v1.AclService/RevokeToken", Allow::Roles(ADMIN)),
+];
+
+pub fn lookup(method: &str) -> Option<&'static Rule> {
+    TABLE.iter().find(|r| r.method == method)
+}
+
+/// The caller of a request, as authenticated. Handlers read it from the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Principal {
+    pub cert: Option<Identity>,
+    pub token: Option<TokenRecord>,
+}
+
+impl Principal {
+    /// How logs and records name the caller.
+    pub fn name(&self) -> String {
+        match (&self.token, &self.cert) {
+            (Some(t), _) => format!("token {} ({})", t.name, t.role),
+            (None, Some(id)) => id.role.to_string(),
+            (None, None) => "anonymous".into(),
+        }
+    }
+}
+
+/// The SHA-256 of a token secret, as stored.
+pub fn token_hash(secret: &str) -> String {
+    format!("{:x}", Sha256::digest(secret.as_bytes()))
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
+    let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("the authorization header is not `Bearer <token>`"))?
+        .trim();
+    Ok(Some(token))
+}
+
+/// Whether the listener runs without TLS (`--insecure`): then no certificate can be checked,
+/// and peer and agent traffic is trusted as the network is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Insecure,
+}
+
+/// Authenticates and authorizes one call.
+pub fn check(
+    c: &Coordinator,
+    transport: Transport,
+    method: &str,
+    peer: Option<&PeerInfo>,
+    headers: &http::HeaderMap,
+    now: i64,
+) -> Result<Principal, Status> {
+    let rule = lookup(method).ok_or_else(|| {
+        Status::permission_denied(format!(
+            "{method} is not in the authorization table; nobody may call it"
+        ))
+    })?;
+    let cert = peer
+        .and_then(|p| p.identity.clone())
+        .filter(|id| c.cluster.as_deref().is_none_or(|want| want == id.cluster));
+    let token = match bearer(headers)? {
+        None => None,
+        Some(secret) => {
+            let st = c.state.read();
+            let record = st.acl.token(&token_hash(secret)).cloned().ok_or_else(|| {
+                Status::unauthenticated("the token is not valid (unknown, or revoked)")
+            })?;
+            if record.expired(now) {
+                return Err(Status::unauthenticated(format!(
+                    "token {} expired",
+                    record.name
+                )));
+            }
+            Some(record)
+        }
+    };
+    let principal = Principal { cert, token };
+    let has_role = |roles: &[Role]| {
+        principal
+            .token
+            .as_ref()
+            .is_some_and(|t| roles.contains(&t.role))
+    };
+    let is_coordinator = matches!(
+        principal.cert.as_ref().map(|i| &i.role),
+        Some(gantry_tls::Role::Coordinator(_))
+    ) || transport == Transport::Insecure;
+    let is_agent = matches!(
+        principal.cert.as_ref().map(|i| &i.role),
+        Some(gantry_tls::Role::Agent(_))
+    ) || transport == Transport::Insecure;
+    let ok = match rule.allow {
+        Allow::Anyone => true,
+        Allow::Roles(_) if principal.token.is_none() => {
+            return Err(Status::unauthenticated(format!(
+                "{method} needs {}: pass --token or set GANTRY_TOKEN",
+                needs(rule.allow)
+            )));
+        }
+        Allow::RolesOrCoordinators(_) if principal.token.is_none() && !is_coordinator => {
+            return Err(Status::unauthenticated(format!(
+                "{method} needs {}",
+                needs(rule.allow)
+            )));
+        }
+        Allow::Roles(roles) => has_role(roles),
+        Allow::RolesOrCoordinators(roles) => is_coordinator || has_role(roles),
+        Allow::Coordinators => is_coordinator,
+        Allow::Agents => is_agent,
+    };
+    if ok {
+        return Ok(principal);
+    }
+    Err(Status::permission_denied(format!(
+        "{method} needs {}; the caller is {}",
+        needs(rule.allow),
+        principal.name()
+    )))
+}
+
+fn roles_text(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// What a rule asks of a caller, in words (errors and the README).
+pub fn needs(allow: Allow) -> String {
+    match allow {
+        Allow::Anyone => "no credential (it works once: the first admin token)".into(),
+        Allow::Roles(roles) => format!("a token with role {}", roles_text(roles)),
+        Allow::RolesOrCoordinators(roles) => format!(
+            "a token with role {}, or a coordinator certificate",
+            roles_text(roles)
+        ),
+        Allow::Coordinators => "a coordinator certificate of this cluster".into(),
+        Allow::Agents => {
+            "an agent certificate of this cluster (the agent acts as itself only)".into()
+        }
+    }
+}
+
+/// The authorization table as a markdown table, for the README.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| RPC | who may call it |\n| --- | --- |\n");
+    for r in TABLE {
+        let name = r.method.trim_start_matches("/gantry.v1.");
+        out.push_str(&format!("| `{name}` | {} |\n", needs(r.allow)));
+    }
+    out
+}
+
+/// Applies [`check`] to every request; a refusal is answered before the handler runs.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub coordinator: Arc<Coordinator>,
+    pub transport: Transport,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let result = check(
+            &self.layer.coordinator,
+            self.layer.transport,
+            &method,
+            peer.as_ref(),
+            req.headers(),
+            crate::now_ms(),
+        );
+        match result {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                // The clone that was polled ready serves this call; a fresh one waits for the next.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(ready.call(req))
+            }
+            Err(status) => {
+                tracing::warn!(
+                    %method,
+                    remote = ?peer.as_ref().and_then(|p| p.remote),
+                    caller = ?peer.as_ref().and_then(|p| p.identity.as_ref()).map(|i| i.to_string()),
+                    reason = %status.message(),
+                    "request refused"
+                );
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// The principal the authorization layer attached to a request.
+pub fn principal<T>(req: &tonic::Request<T>) -> Principal {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_default()
+}
