@@ -155,14 +155,13 @@ fn refused_input_exits_2_and_creates_nothing() {
     let r = cli.run(&["run", "get", "no-such-run"]);
     assert_eq!(r.code, 2);
 
-    // A Kubernetes-only feature from the KFP corpus: refused, the executor and feature named.
-    let secret = repo_root()
-        .join("../shared/kfp-conformance/valid/critical/pipeline_with_secret_as_env.yaml");
-    assert!(secret.exists(), "the KFP corpus beside the repository");
-    let r = cli.run(&["run", "submit", secret.to_str().unwrap()]);
+    // A Kubernetes-only feature (kfp-kubernetes use_config_map_as_env): refused, the executor
+    // and the feature named.
+    let config_map = compile_pipeline("config_map_env", env.out.path()).unwrap();
+    let r = cli.run(&["run", "submit", config_map.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("exec-comp") && r.stderr.contains("secretAsEnv"),
+        r.stderr.contains("exec-print-env") && r.stderr.contains("configMapAsEnv"),
         "{}",
         r.stderr
     );
