@@ -19,6 +19,7 @@ use common::*;
 use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::{ContainerRun, DockerRuntime, LogStream, Runtime};
 use gantry_model::{ArtifactRef, ParamType, StepOutcome};
+use gantry_testkit::poll_async;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -122,21 +123,20 @@ async fn containers_of(docker: &Docker, run: &str) -> Vec<bollard::models::Conta
 
 /// Waits until the run has a running container; its id.
 async fn wait_running(docker: &Docker, run: &str) -> String {
-    let t0 = Instant::now();
-    loop {
-        let found = containers_of(docker, run).await;
-        if let Some(c) = found
-            .iter()
-            .find(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
-        {
-            return c.id.clone().expect("container id");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no running container for {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let running = poll_async(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            containers_of(docker, run)
+                .await
+                .into_iter()
+                .find(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
+                .and_then(|c| c.id)
+                .ok_or(())
+        },
+    )
+    .await;
+    running.unwrap_or_else(|()| panic!("no running container for {run}"))
 }
 
 struct Env {

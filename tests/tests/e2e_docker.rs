@@ -1,7 +1,7 @@
 //! End to end on the Docker runtime with artifacts on a real S3 server: pipelines compiled by
 //! kfp 2.16.1 in the test run, submitted through the CLI to `gantry dev`.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::json;
 
 fn setup(prefix: &str) -> DockerEnv {
@@ -176,11 +176,13 @@ fn cancel_stops_the_running_container() {
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();
     let cli = env.cluster.cli();
     let run_id = cli.submit(&file, &["seconds=120"]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while containers_of_run(&run_id).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no container started");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(std::time::Duration::from_secs(60), || {
+        if containers_of_run(&run_id).is_empty() {
+            Err("no container started")
+        } else {
+            Ok(())
+        }
+    });
     let r = cli.run(&["run", "cancel", &run_id, "-o", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let run = cli.wait_finished(&run_id, std::time::Duration::from_secs(60));

@@ -2,7 +2,7 @@
 //! server: every parameter type and the typed artifacts, a nested pipeline used twice with
 //! its outputs (one from dsl.OneOf), and dsl.importer over s3:// and file:// URIs.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::{json, Value};
 
 fn setup(prefix: &str) -> DockerEnv {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::{json, Value};
 
 fn setup(prefix: &str) -> DockerEnv {
