@@ -1,18 +1,10 @@
-//! `gantry`: the command-line client, `gantry dev` and `gantry bench`.
+//! `gantry`: the command-line client and `gantry dev`. The benchmarks are `gantry-bench`
+//! (the `bench/` crate), so they do not ship in this binary.
 
 use std::time::Duration;
 
-mod bench;
-mod bench_cluster;
-mod bench_fleet;
-mod bench_scheduler;
-mod client;
-mod dev;
-mod exit;
-mod output;
-mod run_cmd;
-
 use clap::{Parser, Subcommand};
+use gantry_cli::{client, dev, exit, output, run_cmd};
 
 use exit::CliError;
 use output::Format;
@@ -58,9 +50,6 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Measure steps per second and coordinator overhead per step on an embedded cluster;
-    /// `bench raft` and `bench failover` measure a 3-process local cluster.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,7 +112,6 @@ fn main() {
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Run { command } => run_cmd::run(&cli.endpoint, cli.output, command).await,
         Command::Agent {
             command: AgentCommand::List,

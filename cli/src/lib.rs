@@ -1,0 +1,8 @@
+//! The parts of the `gantry` command: the client verbs, `gantry dev` and the embedded cluster
+//! it starts (which `gantry-bench` reuses), output formats and exit codes.
+
+pub mod client;
+pub mod dev;
+pub mod exit;
+pub mod output;
+pub mod run_cmd;
