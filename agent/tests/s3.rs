@@ -10,9 +10,8 @@ use common::*;
 use gantry_agent::artifacts::{ArtifactError, ArtifactStore, ArtifactStores, PART_SIZE};
 use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::ProcessRuntime;
-use gantry_model::{ParamType, StepOutcome};
+use gantry_model::ParamType;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn server() -> S3 {
     S3::start().unwrap_or_else(|e| panic!("{e:#}"))
@@ -101,8 +100,7 @@ async fn launcher_moves_artifacts_through_s3() {
     ]);
     add_output_artifact(&mut p, "data", "system.Dataset");
     add_output_artifact(&mut p, "dir", "system.Artifact");
-    let (tx, _logs) = log_collector();
-    let outcome = launcher.run_step(&p, tx, CancellationToken::new()).await;
+    let (outcome, _) = run_step(&launcher, &p).await;
     let (_, artifacts) = succeeded(&outcome);
     assert!(artifacts["data"][0].uri.starts_with("s3://"));
 
@@ -120,12 +118,8 @@ async fn launcher_moves_artifacts_through_s3() {
         .artifacts
         .insert("dir".into(), artifacts["dir"].clone());
     add_output_param(&mut c, "n", ParamType::NumberInteger);
-    let (tx, logs) = log_collector();
-    let outcome = launcher.run_step(&c, tx, CancellationToken::new()).await;
-    match &outcome {
-        StepOutcome::Succeeded { parameters, .. } => assert_eq!(parameters["n"], json!(2)),
-        other => panic!("expected success, got {other:?}"),
-    }
-    let logs = logs.await.expect("logs");
+    let (outcome, logs) = run_step(&launcher, &c).await;
+    let (parameters, _) = succeeded_or_logs(&outcome, &logs);
+    assert_eq!(parameters["n"], json!(2));
     assert!(logs.iter().any(|l| l.line == "in-dir"), "{logs:?}");
 }

@@ -17,17 +17,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gantry_model::{ArtifactRef, HostInventory, ParamType, StepOutcome, StepSpec};
+use gantry_cli::exit::CliError;
+use gantry_model::{HostInventory, StepSpec};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as Out;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::coordinator_message::Body as In;
-use serde_json::Value;
+use gantry_testkit::cluster::Cluster;
+use gantry_testkit::sim;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
-
-use gantry_cli::exit::CliError;
-use gantry_testkit::cluster::Cluster;
 
 use crate::cluster::{channel, failed, start_cluster, unavailable};
 use crate::table::{pct, table};
@@ -125,45 +124,6 @@ fn attempt_ref(s: &StepSpec) -> pb::AttemptRef {
         run_id: s.run_id.clone(),
         task_id: s.task_id.clone(),
         attempt: s.attempt,
-    }
-}
-
-/// A success with every declared output present, so a step with outputs is not failed for
-/// missing ones (the bench's own pipeline declares none).
-fn success(spec: &StepSpec) -> StepOutcome {
-    let parameters = spec
-        .outputs
-        .parameters
-        .iter()
-        .map(|(name, t)| {
-            let v = match t {
-                ParamType::String => Value::String(String::new()),
-                ParamType::NumberInteger | ParamType::NumberDouble => Value::from(0),
-                ParamType::Boolean => Value::Bool(false),
-                ParamType::List => Value::Array(Vec::new()),
-                ParamType::Struct | ParamType::TaskFinalStatus => Value::Object(Default::default()),
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    let artifacts = spec
-        .outputs
-        .artifacts
-        .iter()
-        .map(|(name, a)| {
-            let r = ArtifactRef {
-                name: name.clone(),
-                uri: a.uri.clone(),
-                schema_title: a.schema_title.clone(),
-                schema_version: a.schema_version.clone(),
-                metadata: Default::default(),
-            };
-            (name.clone(), vec![r])
-        })
-        .collect();
-    StepOutcome::Succeeded {
-        parameters,
-        artifacts,
     }
 }
 
@@ -268,8 +228,10 @@ async fn sim_session(
                     .or_default()
                     .assigned_us
                     .push(at);
-                let outcome_json =
-                    serde_json::to_string(&success(&spec)).map_err(|e| e.to_string())?;
+                // Every declared output present, so a step with outputs is not failed for
+                // missing ones (the bench's own pipeline declares none).
+                let outcome = sim::success(&spec, |_, t| sim::zero(t));
+                let outcome_json = serde_json::to_string(&outcome).map_err(|e| e.to_string())?;
                 let r = attempt_ref(&spec);
                 let started = msg(Out::Started(pb::AttemptStarted {
                     attempt: Some(r.clone()),

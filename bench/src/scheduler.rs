@@ -135,6 +135,15 @@ fn queue(n: usize, rng: &mut Rng) -> Vec<ReadyStep> {
         .collect()
 }
 
+/// The fleet of `agents` and a queue of `steps`, from a seed of the fleet size, so every run
+/// of a size measures the same work; the generator goes on for what the caller draws next.
+fn workload(agents: usize, steps: usize) -> (Rng, Vec<AgentView>, Vec<ReadyStep>) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ agents as u64);
+    let fleet = fleet(agents, &mut rng);
+    let queue = queue(steps, &mut rng);
+    (rng, fleet, queue)
+}
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -167,9 +176,7 @@ pub fn run(args: SchedulerArgs) -> Result<(), CliError> {
         "RSS MiB",
     ]);
     for &n in &args.agents {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-        let agents = fleet(n, &mut rng);
-        let steps = queue(args.steps, &mut rng);
+        let (_, agents, steps) = workload(n, args.steps);
         let mut times = Vec::new();
         let mut last = None;
         for _ in 0..args.passes {
@@ -276,9 +283,7 @@ fn run_persistent(args: &SchedulerArgs) -> Result<(), CliError> {
         "same",
     ]);
     for &n in &args.agents {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-        let agents = fleet(n, &mut rng);
-        let steps = queue(args.steps, &mut rng);
+        let (mut rng, agents, steps) = workload(n, args.steps);
         let mut state = state_of(&agents);
         let connected: BTreeSet<String> = state.agents.keys().cloned().collect();
         let mut placer = Placer::new(CpuPolicy::Spread);

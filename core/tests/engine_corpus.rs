@@ -20,9 +20,9 @@ use gantry_core::ir::{
     parse_pipeline, resolve_run_parameters, Implementation, IteratorItems, ParameterSource,
     PipelineSpec,
 };
-use gantry_model::{ArtifactRef, ParamType, StepOutcome};
+use gantry_model::ParamType;
 use gantry_testkit::corpus::{cell, corpus_dir, relative, yaml_files};
-use gantry_testkit::golden;
+use gantry_testkit::{golden, sim};
 use serde_json::{json, Value};
 
 const GOLDEN: &str = "tests/engine-conformance.md";
@@ -206,47 +206,15 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
             record_assignment(&mut run, &id, attempt, "agent", &[], now)?;
             let step = step_spec(&run, &id, attempt)?;
             let task_name = run.tasks[&id].name.clone();
-            let parameters = step
-                .outputs
-                .parameters
-                .iter()
-                .map(|(n, t)| {
-                    let v = match t {
-                        ParamType::List => sample_list(
-                            &items,
-                            (&fields, &list_fields),
-                            (task_name.clone(), n.clone()),
-                        ),
-                        t => sample(*t),
-                    };
-                    (n.clone(), v)
-                })
-                .collect();
-            let artifacts = step
-                .outputs
-                .artifacts
-                .iter()
-                .map(|(n, o)| {
-                    let a = ArtifactRef {
-                        name: n.clone(),
-                        uri: o.uri.clone(),
-                        schema_title: o.schema_title.clone(),
-                        schema_version: o.schema_version.clone(),
-                        metadata: Default::default(),
-                    };
-                    (n.clone(), vec![a])
-                })
-                .collect();
-            record_outcome(
-                &mut run,
-                &id,
-                attempt,
-                StepOutcome::Succeeded {
-                    parameters,
-                    artifacts,
-                },
-                now,
-            );
+            let outcome = sim::success(&step, |n, t| match t {
+                ParamType::List => sample_list(
+                    &items,
+                    (&fields, &list_fields),
+                    (task_name.clone(), n.to_string()),
+                ),
+                t => sample(t),
+            });
+            record_outcome(&mut run, &id, attempt, outcome, now);
             // As the state machine does after each result; in debug builds it also checks
             // itself against the full walk.
             advance_from(&mut run, &id, now);

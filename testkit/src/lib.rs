@@ -9,9 +9,9 @@
 //! - [`golden`]: golden files rewritten under `GANTRY_BLESS=1`;
 //! - [`corpus`]: the KFP conformance corpus named by `GANTRY_KFP_CORPUS`, and its files.
 //!
-//! Features add the heavier parts: `s3` (an S3 server), `system` (the built binaries,
-//! `gantry dev`, the CLI, kfp compiles, Docker images), `async` (async polling) and `cluster`
-//! (multi-process coordinator clusters).
+//! Features add the heavier parts: `model` (a simulated agent's results, [`sim`]), `s3` (an S3
+//! server), `system` (the built binaries, `gantry dev`, the CLI, kfp compiles, Docker images),
+//! `async` (async polling) and `cluster` (multi-process coordinator clusters).
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,8 @@ mod process;
 pub mod cluster;
 #[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "model")]
+pub mod sim;
 #[cfg(feature = "system")]
 mod system;
 

@@ -191,6 +191,17 @@ impl DockerEnv {
             out: tempfile::tempdir().expect("tempdir"),
         }
     }
+
+    /// Compiles `tests/pipelines/<pipeline>.py` into [`Self::out`], submits it with `params`
+    /// and waits: the exit code and the run.
+    pub fn submit_wait(&self, pipeline: &str, params: &[&str]) -> (i32, Value) {
+        let file = compile_pipeline(pipeline, self.out.path())
+            .unwrap_or_else(|e| panic!("compiling {pipeline}: {e:#}"));
+        self.cluster
+            .cli()
+            .submit_wait(&file, params)
+            .unwrap_or_else(|e| panic!("submitting {pipeline}: {e:#}"))
+    }
 }
 
 /// `gantry dev` in a child process.

@@ -11,12 +11,7 @@ fn setup(prefix: &str) -> DockerEnv {
 #[test]
 fn linear_pipeline_moves_parameters_and_artifacts_through_s3() {
     let env = setup("linear");
-    let file = compile_pipeline("linear", env.out.path()).unwrap();
-    let (code, run) = env
-        .cluster
-        .cli()
-        .submit_wait(&file, &["rows=25", "factor=3"])
-        .unwrap();
+    let (code, run) = env.submit_wait("linear", &["rows=25", "factor=3"]);
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
     assert_eq!(run["state"], "SUCCEEDED");
     assert_eq!(run["parameters"], json!({"rows": 25, "factor": 3.0}));
@@ -118,8 +113,7 @@ fn if_elif_else_runs_exactly_one_branch() {
 #[test]
 fn a_failing_step_fails_the_run_and_skips_its_dependents() {
     let env = setup("failing");
-    let file = compile_pipeline("failing", env.out.path()).unwrap();
-    let (code, run) = env.cluster.cli().submit_wait(&file, &[]).unwrap();
+    let (code, run) = env.submit_wait("failing", &[]);
     assert_eq!(code, 1, "{run:#}");
     assert_eq!(run["state"], "FAILED");
     assert!(run["error"].as_str().unwrap().contains("boom"), "{run:#}");

@@ -6,12 +6,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use gantry_agent::artifacts::S3Settings;
+use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::{LogLine, LogStream};
 use gantry_model::{
     artifact_uri, ContainerSpec, OutputArtifactSpec, ParamType, ResourceRequest, StepInputs,
-    StepOutputs, StepSpec,
+    StepOutcome, StepOutputs, StepSpec,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -85,6 +87,13 @@ pub fn log_collector() -> (mpsc::Sender<LogLine>, tokio::task::JoinHandle<Vec<Lo
     (tx, h)
 }
 
+/// Runs `spec` on `launcher` to its end: the outcome and every log line.
+pub async fn run_step(launcher: &Launcher, spec: &StepSpec) -> (StepOutcome, Vec<LogLine>) {
+    let (tx, logs) = log_collector();
+    let outcome = launcher.run_step(spec, tx, CancellationToken::new()).await;
+    (outcome, logs.await.expect("the log collector ends"))
+}
+
 pub fn lines(logs: &[LogLine], stream: LogStream) -> Vec<&str> {
     logs.iter()
         .filter(|l| l.stream == stream)
@@ -110,19 +119,32 @@ pub fn s3_settings(s3: &S3) -> S3Settings {
     }
 }
 
-/// Output parameters of a succeeded outcome, or a panic with the outcome.
+/// Output parameters and artifacts of a succeeded outcome, or a panic with the outcome.
+#[track_caller]
 pub fn succeeded(
     outcome: &gantry_model::StepOutcome,
 ) -> (
     &BTreeMap<String, serde_json::Value>,
     &BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
 ) {
+    succeeded_or_logs(outcome, &[])
+}
+
+/// [`succeeded`], with the step's log lines in the panic message.
+#[track_caller]
+pub fn succeeded_or_logs<'a>(
+    outcome: &'a gantry_model::StepOutcome,
+    logs: &[LogLine],
+) -> (
+    &'a BTreeMap<String, serde_json::Value>,
+    &'a BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
+) {
     match outcome {
         gantry_model::StepOutcome::Succeeded {
             parameters,
             artifacts,
         } => (parameters, artifacts),
-        other => panic!("expected success, got {other:?}"),
+        other => panic!("expected success, got {other:?}; logs: {logs:#?}"),
     }
 }
 
@@ -146,6 +168,47 @@ pub fn lightweight_command(source: &str) -> Vec<String> {
         "program_path=$(mktemp -d)\n\nprintf \"%s\" \"$0\" > \"$program_path/ephemeral_component.py\"\n_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main                         --component_module_path                         \"$program_path/ephemeral_component.py\"                         \"$@\"\n".into(),
         source.into(),
     ]
+}
+
+/// A step running [`TRAIN_SOURCE`]'s `train` as kfp compiles it, in `image`, given `n`, `rate`
+/// and `tag` and the dataset at `data_uri` (metadata `origin: test`); it declares the outputs
+/// `acc`, `note`, `rows`, `model` and `metrics`.
+pub fn train_step(
+    run_id: &str,
+    root: &str,
+    image: &str,
+    data_uri: String,
+    (n, rate, tag): (serde_json::Value, serde_json::Value, serde_json::Value),
+) -> StepSpec {
+    let mut s = step(run_id, "train", root, image, &[]);
+    s.container.command = lightweight_command(TRAIN_SOURCE);
+    s.container.args = strings(&[
+        "--executor_input",
+        "{{$}}",
+        "--function_to_execute",
+        "train",
+    ]);
+    s.inputs.parameters.insert("n".into(), n);
+    s.inputs.parameters.insert("rate".into(), rate);
+    s.inputs.parameters.insert("tag".into(), tag);
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("origin".into(), "test".into());
+    s.inputs.artifacts.insert(
+        "data".into(),
+        vec![gantry_model::ArtifactRef {
+            name: "data".into(),
+            uri: data_uri,
+            schema_title: "system.Dataset".into(),
+            schema_version: "0.0.1".into(),
+            metadata,
+        }],
+    );
+    add_output_param(&mut s, "acc", ParamType::NumberDouble);
+    add_output_param(&mut s, "note", ParamType::String);
+    add_output_param(&mut s, "rows", ParamType::NumberInteger);
+    add_output_artifact(&mut s, "model", "system.Model");
+    add_output_artifact(&mut s, "metrics", "system.Metrics");
+    s
 }
 
 /// A lightweight component exercising inputs, artifacts, metadata, metrics and a NamedTuple
