@@ -3,6 +3,8 @@
 # On a fresh machine it first installs what the tests use (kfp==2.16.1 and kfp-kubernetes for the host Python,
 # s3s-fs), builds the local Docker images if missing (images/build.sh) and, unless
 # GANTRY_TEST_S3_ENDPOINT is already set, starts a local S3 server (s3s-fs) for the run.
+# The KFP corpus tests run only when GANTRY_KFP_CORPUS names the corpus (.ci/run sets it to
+# ../shared/kfp-conformance); without it each prints one line saying it skipped, and passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=1

@@ -18,7 +18,8 @@ use bollard::Docker;
 use common::*;
 use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::{ContainerRun, DockerRuntime, LogStream, Runtime};
-use gantry_model::{ArtifactRef, ParamType, StepOutcome};
+use gantry_model::{ArtifactRef, ParamType, StepOutcome, StepSpec};
+use gantry_testkit::poll_async;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -122,21 +123,20 @@ async fn containers_of(docker: &Docker, run: &str) -> Vec<bollard::models::Conta
 
 /// Waits until the run has a running container; its id.
 async fn wait_running(docker: &Docker, run: &str) -> String {
-    let t0 = Instant::now();
-    loop {
-        let found = containers_of(docker, run).await;
-        if let Some(c) = found
-            .iter()
-            .find(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
-        {
-            return c.id.clone().expect("container id");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no running container for {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let running = poll_async(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            containers_of(docker, run)
+                .await
+                .into_iter()
+                .find(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running"))
+                .and_then(|c| c.id)
+                .ok_or(())
+        },
+    )
+    .await;
+    running.unwrap_or_else(|()| panic!("no running container for {run}"))
 }
 
 struct Env {
@@ -162,6 +162,43 @@ async fn env() -> Env {
     }
 }
 
+/// The usual start of a test: the environment, a fresh run id and the guard that removes the
+/// run's containers; None when Docker tests are skipped.
+async fn setup(tag: &str) -> Option<(Env, String, Cleanup)> {
+    if skip() {
+        return None;
+    }
+    let env = env().await;
+    let run = run_id(tag);
+    let cleanup = Cleanup(run.clone());
+    Some((env, run, cleanup))
+}
+
+impl Env {
+    /// Neither a container of `run` nor the step's attempt directory is left.
+    async fn assert_cleaned_up(&self, run: &str, s: &StepSpec) {
+        assert!(
+            containers_of(self.runtime.client(), run).await.is_empty(),
+            "container left behind"
+        );
+        assert!(
+            !self.launcher.attempt_dir(s).exists(),
+            "attempt directory left behind"
+        );
+    }
+
+    /// A step of `run` whose artifacts go under this environment's root.
+    fn step(&self, run: &str, task_id: &str, image: &str, command: &[&str]) -> StepSpec {
+        step(
+            run,
+            task_id,
+            &file_root(self.root_dir.path()),
+            image,
+            command,
+        )
+    }
+}
+
 const STEP: &str = r#"
 set -e
 echo "paths $0 $1"
@@ -175,19 +212,10 @@ echo bye
 
 #[tokio::test]
 async fn runs_a_step_with_labels_limits_logs_outputs_and_removes_it() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("docker").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("docker");
-    let _cleanup = Cleanup(run.clone());
-    let mut s = step(
-        &run,
-        "loop-1/0/work",
-        &file_root(env.root_dir.path()),
-        BUSYBOX,
-        &["sh", "-c"],
-    );
+    };
+    let mut s = env.step(&run, "loop-1/0/work", BUSYBOX, &["sh", "-c"]);
     s.container.args = strings(&[
         STEP,
         "{{$.outputs.parameters['next'].output_file}}",
@@ -259,34 +287,17 @@ async fn runs_a_step_with_labels_limits_logs_outputs_and_removes_it() {
         std::fs::read_to_string(stored).expect("uploaded"),
         "hello\n"
     );
-    assert!(
-        containers_of(docker, &run).await.is_empty(),
-        "container left behind"
-    );
-    assert!(!env.launcher.attempt_dir(&s).exists());
+    env.assert_cleaned_up(&run, &s).await;
 }
 
 #[tokio::test]
 async fn non_zero_exit_is_a_failure_with_its_code() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("exit").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("exit");
-    let _cleanup = Cleanup(run.clone());
-    let mut s = step(
-        &run,
-        "t",
-        &file_root(env.root_dir.path()),
-        BUSYBOX,
-        &["sh", "-c"],
-    );
+    };
+    let mut s = env.step(&run, "t", BUSYBOX, &["sh", "-c"]);
     s.container.args = strings(&["echo 'it broke' >&2; exit 7"]);
-    let (tx, _logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(&s, tx, CancellationToken::new())
-        .await;
+    let (outcome, _logs) = run_step(&env.launcher, &s).await;
     match &outcome {
         StepOutcome::Failed { error, exit_code } => {
             assert_eq!(*exit_code, Some(7));
@@ -300,19 +311,12 @@ async fn non_zero_exit_is_a_failure_with_its_code() {
 
 #[tokio::test]
 async fn a_missing_image_fails_with_a_clear_pull_error() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("pull").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("pull");
-    let _cleanup = Cleanup(run.clone());
+    };
     let image = "gantry/no-such-image:never";
-    let s = step(&run, "t", &file_root(env.root_dir.path()), image, &["true"]);
-    let (tx, _logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(&s, tx, CancellationToken::new())
-        .await;
+    let s = env.step(&run, "t", image, &["true"]);
+    let (outcome, _logs) = run_step(&env.launcher, &s).await;
     match &outcome {
         StepOutcome::Failed { error, exit_code } => {
             assert_eq!(*exit_code, None);
@@ -328,19 +332,10 @@ async fn a_missing_image_fails_with_a_clear_pull_error() {
 
 #[tokio::test]
 async fn cancel_stops_and_removes_the_container() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("cancel").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("cancel");
-    let _cleanup = Cleanup(run.clone());
-    let mut s = step(
-        &run,
-        "t",
-        &file_root(env.root_dir.path()),
-        BUSYBOX,
-        &["sh", "-c"],
-    );
+    };
+    let mut s = env.step(&run, "t", BUSYBOX, &["sh", "-c"]);
     s.container.args = strings(&["trap '' TERM; echo started; sleep 300"]);
     let cancel = CancellationToken::new();
     let (tx, logs) = log_collector();
@@ -357,33 +352,20 @@ async fn cancel_stops_and_removes_the_container() {
         .expect("join");
     assert_eq!(outcome, StepOutcome::Canceled);
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
-    assert!(
-        containers_of(docker, &run).await.is_empty(),
-        "container left behind"
-    );
     assert!(logs
         .await
         .expect("logs")
         .iter()
         .any(|l| l.line == "started"));
-    assert!(!env.launcher.attempt_dir(&s).exists());
+    env.assert_cleaned_up(&run, &s).await;
 }
 
 #[tokio::test]
 async fn a_non_root_image_user_can_write_its_outputs() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("nobody").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("nobody");
-    let _cleanup = Cleanup(run.clone());
-    let mut s = step(
-        &run,
-        "t",
-        &file_root(env.root_dir.path()),
-        BUSYBOX_NOBODY,
-        &["sh", "-c"],
-    );
+    };
+    let mut s = env.step(&run, "t", BUSYBOX_NOBODY, &["sh", "-c"]);
     s.container.args = strings(&[
         "id -u; cat \"$2\" > \"$0\"; cp \"$2\" \"$1\"",
         "{{$.outputs.parameters['p'].output_file}}",
@@ -405,19 +387,8 @@ async fn a_non_root_image_user_can_write_its_outputs() {
     );
     add_output_param(&mut s, "p", ParamType::String);
     add_output_artifact(&mut s, "a", "system.Dataset");
-    let (tx, logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(&s, tx, CancellationToken::new())
-        .await;
-    let logs = logs.await.expect("logs");
-    let (params, _) = match &outcome {
-        StepOutcome::Succeeded {
-            parameters,
-            artifacts,
-        } => (parameters, artifacts),
-        other => panic!("expected success, got {other:?}; logs {logs:?}"),
-    };
+    let (outcome, logs) = run_step(&env.launcher, &s).await;
+    let (params, _) = succeeded_or_logs(&outcome, &logs);
     assert_eq!(lines(&logs, LogStream::Stdout), vec!["65534"]);
     assert_eq!(params["p"], json!("payload"));
 }
@@ -463,27 +434,14 @@ async fn waiting_outlives_the_client_request_timeout() {
 
 #[tokio::test]
 async fn out_of_memory_is_reported() {
-    if skip() {
+    let Some((env, run, _cleanup)) = setup("oom").await else {
         return;
-    }
-    let env = env().await;
-    let run = run_id("oom");
-    let _cleanup = Cleanup(run.clone());
-    let mut s = step(
-        &run,
-        "t",
-        &file_root(env.root_dir.path()),
-        BUSYBOX,
-        &["sh", "-c"],
-    );
+    };
+    let mut s = env.step(&run, "t", BUSYBOX, &["sh", "-c"]);
     // A string that doubles forever.
     s.container.args = strings(&["awk 'BEGIN { s = \"x\"; while (1) s = s s }'"]);
     s.container.resources.memory_limit_bytes = Some(16 << 20);
-    let (tx, _logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(&s, tx, CancellationToken::new())
-        .await;
+    let (outcome, _logs) = run_step(&env.launcher, &s).await;
     match &outcome {
         StepOutcome::Failed { error, exit_code } => {
             assert!(exit_code.is_some_and(|c| c != 0), "{outcome:?}");
@@ -510,48 +468,15 @@ async fn kfp_python_executor_in_a_container() {
     let data_path = env.root_dir.path().join("upstream/data");
     std::fs::create_dir_all(data_path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&data_path, "a\nb\nc\n").expect("write");
-    let mut s = step(&run, "train", &root, image, &[]);
-    s.container.command = lightweight_command(TRAIN_SOURCE);
-    s.container.args = strings(&[
-        "--executor_input",
-        "{{$}}",
-        "--function_to_execute",
-        "train",
-    ]);
-    s.inputs.parameters.insert("n".into(), json!(2));
-    s.inputs.parameters.insert("rate".into(), json!(0.5));
-    s.inputs.parameters.insert("tag".into(), json!("x"));
-    s.inputs.artifacts.insert(
-        "data".into(),
-        vec![ArtifactRef {
-            name: "data".into(),
-            uri: file_root(&data_path),
-            schema_title: "system.Dataset".into(),
-            schema_version: "0.0.1".into(),
-            metadata: json!({"origin": "test"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        }],
+    let s = train_step(
+        &run,
+        &root,
+        image,
+        file_root(&data_path),
+        (json!(2), json!(0.5), json!("x")),
     );
-    add_output_param(&mut s, "acc", ParamType::NumberDouble);
-    add_output_param(&mut s, "note", ParamType::String);
-    add_output_param(&mut s, "rows", ParamType::NumberInteger);
-    add_output_artifact(&mut s, "model", "system.Model");
-    add_output_artifact(&mut s, "metrics", "system.Metrics");
-    let (tx, logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(&s, tx, CancellationToken::new())
-        .await;
-    let logs = logs.await.expect("logs");
-    let (params, artifacts) = match &outcome {
-        StepOutcome::Succeeded {
-            parameters,
-            artifacts,
-        } => (parameters, artifacts),
-        other => panic!("expected success, got {other:?}; logs {logs:#?}"),
-    };
+    let (outcome, logs) = run_step(&env.launcher, &s).await;
+    let (params, artifacts) = succeeded_or_logs(&outcome, &logs);
     assert_eq!(params["rows"], json!(3));
     assert_eq!(params["note"], json!("ok x"));
     assert_eq!(

@@ -37,15 +37,6 @@ impl Env {
     fn root(&self) -> String {
         file_root(self.root_dir.path())
     }
-
-    async fn run(&self, spec: &StepSpec) -> (StepOutcome, Vec<gantry_agent::runtime::LogLine>) {
-        let (tx, logs) = log_collector();
-        let outcome = self
-            .launcher
-            .run_step(spec, tx, CancellationToken::new())
-            .await;
-        (outcome, logs.await.expect("logs"))
-    }
 }
 
 const PRODUCER: &str = r#"
@@ -101,7 +92,7 @@ async fn producer_and_consumer_through_a_file_root() {
     let env = env();
     let run = run_id("pc");
     let spec = producer(&env, &run);
-    let (outcome, logs) = env.run(&spec).await;
+    let (outcome, logs) = run_step(&env.launcher, &spec).await;
     let (params, artifacts) = succeeded(&outcome);
     assert_eq!(params["count"], json!(42));
     assert_eq!(params["label"], json!("text with a trailing newline\n"));
@@ -178,7 +169,7 @@ async fn producer_and_consumer_through_a_file_root() {
     add_output_param(&mut c, "total", ParamType::NumberInteger);
     add_output_param(&mut c, "doubled", ParamType::NumberInteger);
     add_output_artifact(&mut c, "metrics", "system.Metrics");
-    let (outcome, logs) = env.run(&c).await;
+    let (outcome, logs) = run_step(&env.launcher, &c).await;
     let (params, artifacts) = succeeded(&outcome);
     assert_eq!(params["total"], json!(3));
     assert_eq!(params["doubled"], json!(84));
@@ -199,7 +190,7 @@ async fn non_zero_exit_fails_with_code_and_stderr_tail_and_keeps_outputs() {
         "{{$.outputs.artifacts['out'].path}}",
     ]);
     add_output_artifact(&mut s, "out", "system.Artifact");
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     match &outcome {
         StepOutcome::Failed { error, exit_code } => {
             assert_eq!(*exit_code, Some(3));
@@ -231,7 +222,7 @@ async fn missing_outputs_fail_naming_them() {
     let run = run_id("missing");
     let mut s = step(&run, "lazy", &env.root(), "ignored", &["true"]);
     add_output_param(&mut s, "answer", ParamType::NumberInteger);
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(
         e.contains("output parameter \"answer\" was not written"),
@@ -240,7 +231,7 @@ async fn missing_outputs_fail_naming_them() {
 
     let mut s = step(&run, "lazy2", &env.root(), "ignored", &["true"]);
     add_output_artifact(&mut s, "model", "system.Model");
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(
         e.contains("output artifact \"model\" was not written"),
@@ -253,7 +244,7 @@ async fn missing_outputs_fail_naming_them() {
         "{{$.outputs.parameters['answer'].output_file}}",
     ]);
     add_output_param(&mut s, "answer", ParamType::NumberInteger);
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(
         e.contains("\"answer\"") && e.contains("not an integer"),
@@ -272,7 +263,7 @@ async fn unknown_placeholder_fails_before_running() {
         &marker.display().to_string(),
         "--project={{$.pipeline_google_cloud_project_id}}",
     ]);
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(e.contains("{{$.pipeline_google_cloud_project_id}}"), "{e}");
     assert!(!marker.exists());
@@ -294,7 +285,7 @@ async fn missing_input_artifact_fails_naming_it() {
             metadata: Default::default(),
         }],
     );
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(
         e.contains("input artifact \"data\"") && e.contains(&uri),
@@ -317,7 +308,7 @@ async fn links_out_of_the_attempt_directory_are_refused() {
     ]);
     add_output_artifact(&mut s, "out", "system.Artifact");
     add_output_param(&mut s, "p", ParamType::String);
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let e = failure(&outcome);
     assert!(e.contains("outside the attempt directory"), "{e}");
     assert!(!e.contains("host secret"), "{e}");
@@ -370,45 +361,15 @@ async fn kfp_python_executor_runs_a_lightweight_component() {
     std::fs::create_dir_all(data_path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&data_path, "a\nb\nc\nd\n").expect("write");
 
-    let mut s = step(&run, "train", &env.root(), "python:3.11", &[]);
-    s.container.command = lightweight_command(TRAIN_SOURCE);
-    s.container.args = strings(&[
-        "--executor_input",
-        "{{$}}",
-        "--function_to_execute",
-        "train",
-    ]);
-    s.inputs.parameters.insert("n".into(), json!(5));
-    s.inputs.parameters.insert("rate".into(), json!(0.25));
-    s.inputs
-        .parameters
-        .insert("tag".into(), json!("{{$.pipeline_task_name}}"));
-    s.inputs.artifacts.insert(
-        "data".into(),
-        vec![ArtifactRef {
-            name: "data".into(),
-            uri: data_uri,
-            schema_title: "system.Dataset".into(),
-            schema_version: "0.0.1".into(),
-            metadata: json!({"origin": "test"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        }],
+    let s = train_step(
+        &run,
+        &env.root(),
+        "python:3.11",
+        data_uri,
+        (json!(5), json!(0.25), json!("{{$.pipeline_task_name}}")),
     );
-    add_output_param(&mut s, "acc", ParamType::NumberDouble);
-    add_output_param(&mut s, "note", ParamType::String);
-    add_output_param(&mut s, "rows", ParamType::NumberInteger);
-    add_output_artifact(&mut s, "model", "system.Model");
-    add_output_artifact(&mut s, "metrics", "system.Metrics");
-    let (outcome, logs) = env.run(&s).await;
-    let (params, artifacts) = match &outcome {
-        StepOutcome::Succeeded {
-            parameters,
-            artifacts,
-        } => (parameters, artifacts),
-        other => panic!("expected success, got {other:?}; logs: {logs:#?}"),
-    };
+    let (outcome, logs) = run_step(&env.launcher, &s).await;
+    let (params, artifacts) = succeeded_or_logs(&outcome, &logs);
     assert_eq!(params["acc"], json!(0.5));
     assert_eq!(params["note"], json!("ok train"));
     assert_eq!(params["rows"], json!(4));
@@ -436,7 +397,7 @@ printf '{"artifacts": {"out": {"artifacts": [{"name": "out", "uri": "%s", "metad
         "{{$.outputs.output_file}}",
     ]);
     add_output_artifact(&mut s, "out", "system.Dataset");
-    let (outcome, _) = env.run(&s).await;
+    let (outcome, _) = run_step(&env.launcher, &s).await;
     let (_, artifacts) = succeeded(&outcome);
     let a = &artifacts["out"][0];
     assert_eq!(a.uri, s.outputs.artifacts["out"].uri);
@@ -455,7 +416,7 @@ printf '{"artifacts": {"out": {"artifacts": [{"name": "out", "uri": "%s", "metad
             &reported,
         ]);
         add_output_artifact(&mut s, "out", "system.Dataset");
-        let (outcome, _) = env.run(&s).await;
+        let (outcome, _) = run_step(&env.launcher, &s).await;
         let e = failure(&outcome);
         assert!(
             e.contains("output artifact \"out\"") && e.contains(&reported),

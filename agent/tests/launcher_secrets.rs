@@ -12,7 +12,6 @@ use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::{LogStream, ProcessRuntime};
 use gantry_agent::secrets::SecretStore;
 use gantry_model::{SecretEnv, StepOutcome, VolumeMount};
-use tokio_util::sync::CancellationToken;
 
 const VALUE: &str = "pa55-w0rd-xyz";
 
@@ -50,12 +49,7 @@ fn env() -> Env {
 }
 
 async fn run(env: &Env, spec: &gantry_model::StepSpec) -> (StepOutcome, Vec<String>) {
-    let (tx, logs) = log_collector();
-    let outcome = env
-        .launcher
-        .run_step(spec, tx, CancellationToken::new())
-        .await;
-    let logs = logs.await.unwrap();
+    let (outcome, logs) = run_step(&env.launcher, spec).await;
     let all = lines(&logs, LogStream::Stdout)
         .into_iter()
         .chain(lines(&logs, LogStream::Stderr))

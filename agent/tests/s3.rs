@@ -1,6 +1,6 @@
 //! Artifact transfer and the launcher against a real S3 server: `GANTRY_TEST_S3_ENDPOINT`
-//! (bucket `GANTRY_TEST_S3_BUCKET`), else an `s3s-fs` started here if installed; skipped
-//! (with a message) when neither is available.
+//! (bucket `GANTRY_TEST_S3_BUCKET`), else an `s3s-fs` started here; without either they fail,
+//! saying how to get one.
 
 mod common;
 
@@ -10,14 +10,11 @@ use common::*;
 use gantry_agent::artifacts::{ArtifactError, ArtifactStore, ArtifactStores, PART_SIZE};
 use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::ProcessRuntime;
-use gantry_model::{ParamType, StepOutcome};
+use gantry_model::ParamType;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-fn server() -> S3Server {
-    s3_server().expect(
-        "no S3 server: set GANTRY_TEST_S3_ENDPOINT or install s3s-fs (scripts/test.sh does both)",
-    )
+fn server() -> S3 {
+    S3::start().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[tokio::test]
@@ -25,7 +22,7 @@ async fn files_directories_and_multipart_round_trip() {
     let s3 = server();
     let prefix = run_id("s3");
     let root = format!("s3://{}/{prefix}", s3.bucket);
-    let store = ArtifactStore::from_root_with(&root, &s3.settings).expect("store");
+    let store = ArtifactStore::from_root_with(&root, &s3_settings(&s3)).expect("store");
     let work = tempfile::tempdir().expect("tempdir");
 
     let small = work.path().join("small");
@@ -91,7 +88,7 @@ async fn launcher_moves_artifacts_through_s3() {
     let work = tempfile::tempdir().expect("tempdir");
     let launcher = Launcher::with_stores(
         Arc::new(ProcessRuntime::new()),
-        Arc::new(ArtifactStores::new(s3.settings.clone())),
+        Arc::new(ArtifactStores::new(s3_settings(&s3))),
         work.path().join("agent"),
     );
     let run = run_id("run");
@@ -103,8 +100,7 @@ async fn launcher_moves_artifacts_through_s3() {
     ]);
     add_output_artifact(&mut p, "data", "system.Dataset");
     add_output_artifact(&mut p, "dir", "system.Artifact");
-    let (tx, _logs) = log_collector();
-    let outcome = launcher.run_step(&p, tx, CancellationToken::new()).await;
+    let (outcome, _) = run_step(&launcher, &p).await;
     let (_, artifacts) = succeeded(&outcome);
     assert!(artifacts["data"][0].uri.starts_with("s3://"));
 
@@ -122,12 +118,8 @@ async fn launcher_moves_artifacts_through_s3() {
         .artifacts
         .insert("dir".into(), artifacts["dir"].clone());
     add_output_param(&mut c, "n", ParamType::NumberInteger);
-    let (tx, logs) = log_collector();
-    let outcome = launcher.run_step(&c, tx, CancellationToken::new()).await;
-    match &outcome {
-        StepOutcome::Succeeded { parameters, .. } => assert_eq!(parameters["n"], json!(2)),
-        other => panic!("expected success, got {other:?}"),
-    }
-    let logs = logs.await.expect("logs");
+    let (outcome, logs) = run_step(&launcher, &c).await;
+    let (parameters, _) = succeeded_or_logs(&outcome, &logs);
+    assert_eq!(parameters["n"], json!(2));
     assert!(logs.iter().any(|l| l.line == "in-dir"), "{logs:?}");
 }

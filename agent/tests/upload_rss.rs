@@ -46,7 +46,7 @@ async fn uploading_2_gib_stays_under_100_mib_of_rss() {
     let (root, settings, target) = match &s3 {
         Some(s) => (
             format!("s3://{}/{}", s.bucket, run_id("rss")),
-            s.settings.clone(),
+            s3_settings(s),
             format!("S3 at {}", s.endpoint),
         ),
         None => (

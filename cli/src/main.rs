@@ -1,21 +1,10 @@
-//! `gantry`: the command-line client, `gantry dev` and `gantry bench`.
+//! `gantry`: the command-line client and `gantry dev`. The benchmarks are `gantry-bench`
+//! (the `bench/` crate), so they do not ship in this binary.
 
 use std::time::Duration;
 
-mod acl_cmd;
-mod bench;
-mod bench_cluster;
-mod bench_fleet;
-mod bench_scheduler;
-mod client;
-mod dev;
-mod exit;
-mod output;
-mod run_cmd;
-mod target;
-mod tls_cmd;
-
 use clap::{Parser, Subcommand};
+use gantry_cli::{acl_cmd, client, dev, exit, output, run_cmd, target, tls_cmd};
 
 use exit::CliError;
 use output::Format;
@@ -65,9 +54,6 @@ enum Command {
         #[command(subcommand)]
         command: tls_cmd::TlsCommand,
     },
-    /// Measure steps per second and coordinator overhead per step on an embedded cluster;
-    /// `bench raft` and `bench failover` measure a 3-process local cluster.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,7 +116,6 @@ fn main() {
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Tls { command } => tls_cmd::run(command),
         Command::Acl { command } => acl_cmd::run(&cli.target.resolve()?, cli.output, command).await,
         Command::Run { command } => run_cmd::run(&cli.target.resolve()?, cli.output, command).await,

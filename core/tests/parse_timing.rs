@@ -9,21 +9,20 @@
 // Reads the corpus from disk and times it with a clock: a test may, the core may not.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod common;
-
 use std::fs;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{corpus_dir, yaml_files};
 use gantry_core::ir::parse_pipeline;
+use gantry_testkit::corpus::{corpus_dir, yaml_files};
 
 #[test]
 #[ignore = "a measurement: run it with --release -- --ignored --nocapture"]
 fn parse_time_of_the_corpus() {
-    let dir = corpus_dir();
-    let mut files = Vec::new();
-    yaml_files(&dir, &mut files);
+    let Some(dir) = corpus_dir("the parse timing") else {
+        return;
+    };
+    let mut files = yaml_files(&dir);
     files.sort();
     let texts: Vec<String> = files
         .iter()

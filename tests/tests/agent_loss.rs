@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use gantry_tests::cluster::{Cluster, ClusterOpts};
-use gantry_tests::*;
+use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::*;
 
 #[test]
 fn a_step_on_a_killed_agent_is_retried_on_another_and_the_run_succeeds() {

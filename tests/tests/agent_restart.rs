@@ -4,10 +4,10 @@
 //! `kill -9` (a crash). Docker's own event log proves each step's container was created once.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gantry_tests::cluster::{Cluster, ClusterOpts};
-use gantry_tests::*;
+use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::*;
 
 /// Removes every container of this test's agent, however the test ends.
 struct AgentContainers(String);
@@ -41,8 +41,7 @@ fn docker_lines(args: &[&str]) -> Vec<String> {
 
 /// The id of the running container of `run_id`'s task `task_id`, once it runs.
 fn running_container(run_id: &str, task_id: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), || {
         let ids = docker_lines(&[
             "ps",
             "-q",
@@ -54,15 +53,11 @@ fn running_container(run_id: &str, task_id: &str) -> String {
             "--filter",
             "status=running",
         ]);
-        if let [id] = ids.as_slice() {
-            return id.clone();
+        match ids.as_slice() {
+            [id] => Ok(id.clone()),
+            _ => Err(format!("no running container for {task_id}: {ids:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no running container for {task_id}: {ids:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 fn is_running(container: &str) -> bool {

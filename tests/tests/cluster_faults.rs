@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_tests::cluster::{Cluster, ClusterOpts};
-use gantry_tests::{compile_source_with, ensure_images, Cli, S3};
+use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::{
+    always, compile_source_with, ensure_images, eventually, poll_every, repeat_for, Cli, S3,
+};
 use serde_json::Value;
 
 fn chain(dir: &Path, steps: usize) -> std::path::PathBuf {
@@ -129,18 +131,19 @@ fn kill_9_of_the_leader_during_a_300_step_run_repeatedly_loses_and_repeats_nothi
     let mut last_progress = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while kills < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the run stalled: {}",
-            c.logs_tail()
-        );
-        let done = marks(&marker).len();
+        // 25 more steps between two kills, or the end of the run.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let done = poll_every(left, Duration::from_millis(100), || {
+            let done = marks(&marker).len();
+            if done >= 300 || done >= last_progress + 25 {
+                Ok(done)
+            } else {
+                Err(done)
+            }
+        })
+        .unwrap_or_else(|done| panic!("the run stalled at {done} steps: {}", c.logs_tail()));
         if done >= 300 {
             break;
-        }
-        if done < last_progress + 25 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
         }
         last_progress = done;
         let (leader, term) = c
@@ -233,32 +236,18 @@ fn a_paused_leader_steps_down_and_no_term_ever_has_two_leaders() {
     };
     c.pause(old);
     // Past the election timeout (6 ticks of 100 ms, randomised up to 12).
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        sample(&c, &mut leaders);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    repeat_for(Duration::from_secs(4), || sample(&c, &mut leaders));
     let (new, new_term) = c.wait_leader(&others, Duration::from_secs(5)).unwrap();
     assert!(new != old && new_term > term);
     c.resume(old);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || {
         sample(&c, &mut leaders);
-        if let Some(s) = c.status(old) {
-            if s.role == "FOLLOWER" && s.term >= new_term && s.leader_id != old {
-                break;
-            }
+        match c.status(old) {
+            Some(s) if s.role == "FOLLOWER" && s.term >= new_term && s.leader_id != old => Ok(()),
+            s => Err(format!("the old leader did not step down: {s:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not step down"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for _ in 0..20 {
-        sample(&c, &mut leaders);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    repeat_for(Duration::from_secs(1), || sample(&c, &mut leaders));
     for (t, ids) in &leaders {
         assert!(ids.len() <= 1, "term {t} had leaders {ids:?}");
     }
@@ -294,31 +283,17 @@ fn a_partitioned_leader_is_replaced_and_rejoins_as_a_follower() {
     let run = majority_cli.wait_finished(&run_id, Duration::from_secs(60));
     assert_each_step_once(&run, &marker, 5);
     // Cut off from a quorum, the old leader gives up leading (check_quorum).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.status(old).is_some_and(|s| s.role == "LEADER") {
-        assert!(
-            Instant::now() < deadline,
-            "the isolated leader kept leading"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(10), || match c.status(old) {
+        Some(s) if s.role == "LEADER" => Err("the isolated leader kept leading"),
+        _ => Ok(()),
+    });
     for m in &majority {
         c.heal(old, *m).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = c.status(old);
-        if s.as_ref()
-            .is_some_and(|s| s.role == "FOLLOWER" && s.leader_id != old && s.leader_id != 0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old leader did not rejoin: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(15), || match c.status(old) {
+        Some(s) if s.role == "FOLLOWER" && s.leader_id != old && s.leader_id != 0 => Ok(()),
+        s => Err(format!("old leader did not rejoin: {s:?}")),
+    });
     c.wait_converged(Duration::from_secs(15)).unwrap();
     let on_old = c.cli_for(&[old]).get_run(&run_id).unwrap();
     assert_eq!(on_old["state"], "SUCCEEDED", "{on_old:#}");
@@ -369,7 +344,7 @@ fn kill_9_of_every_node_then_restart_keeps_every_run_and_resumes_the_running_one
     // Results recorded before the stop are the same records after it.
     for t in before["tasks"].as_array().unwrap() {
         if t["state"] == "SUCCEEDED" {
-            let now = gantry_tests::task(&run, t["name"].as_str().unwrap());
+            let now = gantry_testkit::task(&run, t["name"].as_str().unwrap());
             assert_eq!(now["finished_at"], t["finished_at"], "{t:#} became {now:#}");
         }
     }
@@ -399,8 +374,8 @@ fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
     }
     let snaps = c.nodes[(lagging - 1) as usize].data.join("snapshots");
     c.start_node(lagging).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let partial = loop {
+    // Polled often: the kill must land while the file is there.
+    let partial = poll_every(Duration::from_secs(30), Duration::from_millis(20), || {
         let tmp = std::fs::read_dir(&snaps).ok().and_then(|d| {
             d.flatten().map(|e| e.path()).find(|p| {
                 p.file_name()
@@ -408,16 +383,9 @@ fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
                     .is_some_and(|n| n.starts_with("recv-") && n.ends_with(".tmp"))
             })
         });
-        if let Some(t) = tmp {
-            break t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot transfer began: {}",
-            c.log(lagging)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        tmp.ok_or(())
+    })
+    .unwrap_or_else(|()| panic!("no snapshot transfer began: {}", c.log(lagging)));
     c.kill9(lagging);
     assert!(partial.exists(), "the kill came after the transfer");
     assert!(
@@ -462,7 +430,7 @@ fn nothing_is_acted_on_before_it_is_committed() {
         )
         .unwrap();
     cli.wait_until(&run_id, Duration::from_secs(30), |r| {
-        gantry_tests::task(r, "mark")["state"] == "RUNNING"
+        gantry_testkit::task(r, "mark")["state"] == "RUNNING"
     });
     let (leader, _) = c.wait_leader(&c.all_ids(), Duration::from_secs(5)).unwrap();
     let followers: Vec<u64> = c.all_ids().into_iter().filter(|i| *i != leader).collect();
@@ -470,15 +438,16 @@ fn nothing_is_acted_on_before_it_is_committed() {
         c.pause(*f);
     }
     // step-0 ends on the agent; its result cannot commit, so step-1 must not start.
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
+    always(Duration::from_secs(6), || {
         let m = marks(&marker);
-        assert!(
-            !m.contains_key("step-1"),
-            "step-1 started while step-0's result was not committed: {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if m.contains_key("step-1") {
+            Err(format!(
+                "step-1 started while step-0's result was not committed: {m:?}"
+            ))
+        } else {
+            Ok(())
+        }
+    });
     assert_eq!(marks(&marker).get("step-0"), Some(&1));
     for f in &followers {
         c.resume(*f);

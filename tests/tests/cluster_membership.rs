@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_tests::cluster::{Cluster, ClusterOpts};
-use gantry_tests::{compile_source_with, S3};
+use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::{compile_source_with, S3};
 use serde_json::Value;
 
 fn members(v: &Value) -> Vec<(u64, String)> {

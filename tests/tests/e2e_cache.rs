@@ -2,7 +2,7 @@
 //! linear pipeline compiled by kfp 2.16.1 (caching on, the SDK's default), submitted through
 //! the CLI to `gantry dev`.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::Value;
 
 fn containers(run: &Value) -> Vec<&Value> {

@@ -1,7 +1,7 @@
 //! End to end on the Docker runtime with artifacts on a real S3 server: pipelines compiled by
 //! kfp 2.16.1 in the test run, submitted through the CLI to `gantry dev`.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::json;
 
 fn setup(prefix: &str) -> DockerEnv {
@@ -11,12 +11,7 @@ fn setup(prefix: &str) -> DockerEnv {
 #[test]
 fn linear_pipeline_moves_parameters_and_artifacts_through_s3() {
     let env = setup("linear");
-    let file = compile_pipeline("linear", env.out.path()).unwrap();
-    let (code, run) = env
-        .cluster
-        .cli()
-        .submit_wait(&file, &["rows=25", "factor=3"])
-        .unwrap();
+    let (code, run) = env.submit_wait("linear", &["rows=25", "factor=3"]);
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
     assert_eq!(run["state"], "SUCCEEDED");
     assert_eq!(run["parameters"], json!({"rows": 25, "factor": 3.0}));
@@ -118,8 +113,7 @@ fn if_elif_else_runs_exactly_one_branch() {
 #[test]
 fn a_failing_step_fails_the_run_and_skips_its_dependents() {
     let env = setup("failing");
-    let file = compile_pipeline("failing", env.out.path()).unwrap();
-    let (code, run) = env.cluster.cli().submit_wait(&file, &[]).unwrap();
+    let (code, run) = env.submit_wait("failing", &[]);
     assert_eq!(code, 1, "{run:#}");
     assert_eq!(run["state"], "FAILED");
     assert!(run["error"].as_str().unwrap().contains("boom"), "{run:#}");
@@ -155,14 +149,13 @@ fn refused_input_exits_2_and_creates_nothing() {
     let r = cli.run(&["run", "get", "no-such-run"]);
     assert_eq!(r.code, 2);
 
-    // A Kubernetes-only feature from the KFP corpus: refused, the executor and feature named.
-    let secret = repo_root()
-        .join("../shared/kfp-conformance/valid/critical/pipeline_with_secret_as_env.yaml");
-    assert!(secret.exists(), "the KFP corpus beside the repository");
-    let r = cli.run(&["run", "submit", secret.to_str().unwrap()]);
+    // A Kubernetes-only feature (kfp-kubernetes use_config_map_as_env): refused, the executor
+    // and the feature named.
+    let config_map = compile_pipeline("config_map_env", env.out.path()).unwrap();
+    let r = cli.run(&["run", "submit", config_map.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("exec-comp") && r.stderr.contains("secretAsEnv"),
+        r.stderr.contains("exec-print-env") && r.stderr.contains("configMapAsEnv"),
         "{}",
         r.stderr
     );
@@ -177,11 +170,13 @@ fn cancel_stops_the_running_container() {
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();
     let cli = env.cluster.cli();
     let run_id = cli.submit(&file, &["seconds=120"]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while containers_of_run(&run_id).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no container started");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(std::time::Duration::from_secs(60), || {
+        if containers_of_run(&run_id).is_empty() {
+            Err("no container started")
+        } else {
+            Ok(())
+        }
+    });
     let r = cli.run(&["run", "cancel", &run_id, "-o", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let run = cli.wait_finished(&run_id, std::time::Duration::from_secs(60));

@@ -1,7 +1,7 @@
 //! The README's example (the Kubeflow guide's training pipeline, plain kfp code) runs on the
 //! Docker runtime with artifacts on S3: preprocess → train → evaluate → deploy if accurate.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::json;
 
 #[test]

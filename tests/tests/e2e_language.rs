@@ -2,7 +2,7 @@
 //! server: every parameter type and the typed artifacts, a nested pipeline used twice with
 //! its outputs (one from dsl.OneOf), and dsl.importer over s3:// and file:// URIs.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::{json, Value};
 
 fn setup(prefix: &str) -> DockerEnv {
@@ -28,15 +28,10 @@ fn by_display<'a>(run: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn every_parameter_type_and_typed_artifacts_round_trip() {
     let env = setup("types");
-    let file = compile_pipeline("types", env.out.path()).unwrap();
-    let (code, run) = env
-        .cluster
-        .cli()
-        .submit_wait(
-            &file,
-            &["i=5", "f=1.25", "b=true", "l=[4, 5]", "d={\"z\": 9}"],
-        )
-        .unwrap();
+    let (code, run) = env.submit_wait(
+        "types",
+        &["i=5", "f=1.25", "b=true", "l=[4, 5]", "d={\"z\": 9}"],
+    );
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
     assert_eq!(
         run["parameters"],
@@ -97,8 +92,7 @@ fn every_parameter_type_and_typed_artifacts_round_trip() {
 #[test]
 fn a_nested_pipeline_used_twice_hands_on_its_outputs() {
     let env = setup("nested");
-    let file = compile_pipeline("nested", env.out.path()).unwrap();
-    let (code, run) = env.cluster.cli().submit_wait(&file, &[]).unwrap();
+    let (code, run) = env.submit_wait("nested", &[]);
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
     assert_eq!(
         task(&run, "combine")["outputs"]["parameters"]["Output"],

@@ -1,21 +1,18 @@
 //! Time limits end to end on the Docker runtime: `--task-timeout` fails an attempt that runs
 //! too long and `--timeout` fails a whole run, and in both cases the container is stopped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gantry_tests::*;
+use gantry_testkit::*;
 
 /// Containers are stopped by the agent once the time-out is committed; give it a moment.
 fn wait_no_containers(run_id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !containers_of_run(run_id).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "containers of {run_id} still there: {:?}",
-            containers_of_run(run_id)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(Duration::from_secs(30), || {
+        match containers_of_run(run_id) {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("containers of {run_id} still there: {left:?}")),
+        }
+    });
 }
 
 #[test]

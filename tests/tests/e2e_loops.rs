@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::{json, Value};
 
 fn setup(prefix: &str) -> DockerEnv {
@@ -41,8 +41,7 @@ fn max_overlap(tasks: &[&Value]) -> usize {
 #[test]
 fn fifty_iterations_five_at_a_time_with_distinct_artifacts_collected_and_an_exit_handler() {
     let env = setup("fanout");
-    let file = compile_pipeline("fanout", env.out.path()).unwrap();
-    let (code, run) = env.cluster.cli().submit_wait(&file, &["n=50"]).unwrap();
+    let (code, run) = env.submit_wait("fanout", &["n=50"]);
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
 
     let squares = tasks_named(&run, "square");
@@ -103,12 +102,7 @@ fn fifty_iterations_five_at_a_time_with_distinct_artifacts_collected_and_an_exit
 #[test]
 fn a_failing_iteration_fails_the_run_and_the_exit_handler_sees_it() {
     let env = setup("fanout-fail");
-    let file = compile_pipeline("fanout", env.out.path()).unwrap();
-    let (code, run) = env
-        .cluster
-        .cli()
-        .submit_wait(&file, &["n=6", "fail_on=3"])
-        .unwrap();
+    let (code, run) = env.submit_wait("fanout", &["n=6", "fail_on=3"]);
     assert_eq!(code, 1, "{run:#}");
     assert_eq!(run["state"], "FAILED");
     let squares = tasks_named(&run, "square");

@@ -2,9 +2,9 @@
 //! fails at once with the reason; a drained agent finishes its running step, takes nothing new
 //! (the next step waits, saying why) and goes on once undrained.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gantry_tests::*;
+use gantry_testkit::*;
 
 #[test]
 fn a_step_no_agent_could_ever_run_fails_at_once_with_the_reason() {
@@ -58,16 +58,17 @@ fn a_drained_agent_finishes_its_step_takes_nothing_new_and_resumes_when_undraine
         task(r, "nap")["state"] == "SUCCEEDED"
     });
     assert_eq!(run["state"], "RUNNING");
-    let held_until = Instant::now() + Duration::from_secs(3);
     let mut reason = String::new();
-    while Instant::now() < held_until {
+    always(Duration::from_secs(3), || {
         let (state, why) = state_of(&cli, &run_id, "nap-2");
-        assert_eq!(state, "READY", "placed on a drained agent");
         if !why.is_empty() {
             reason = why;
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        match state.as_str() {
+            "READY" => Ok(()),
+            _ => Err(format!("placed on a drained agent: {state}")),
+        }
+    });
     assert_eq!(reason, "waiting for capacity: dev-agent: drained");
     let list = cli.run(&["agent", "list", "-o", "json"]).json().unwrap();
     assert_eq!(list[0]["draining"], true, "{list:#}");

@@ -1,7 +1,7 @@
 //! The linear pipeline on the process runtime: lightweight Python components run unmodified
 //! with the agent's own Python (kfp installed on its PATH), artifacts under a file:// root.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 use serde_json::json;
 
 #[test]

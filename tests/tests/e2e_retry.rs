@@ -3,7 +3,7 @@
 //! runtime (the steps' outcomes depend on files on the agent's host) the same, and `gantry run
 //! retry` runs a failed run again from where it failed, keeping what succeeded.
 
-use gantry_tests::*;
+use gantry_testkit::*;
 
 fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)

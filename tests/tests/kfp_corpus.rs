@@ -1,5 +1,5 @@
-//! The KFP conformance corpus end to end: every pipeline under `shared/kfp-conformance/valid` is
-//! submitted to `gantry dev` on the Docker runtime, with artifacts on a real S3 server, and runs
+//! The KFP conformance corpus end to end: every pipeline under `valid/` of the corpus that
+//! `GANTRY_KFP_CORPUS` names (CI: `../shared/kfp-conformance`) is submitted to `gantry dev` on the Docker runtime, with artifacts on a real S3 server, and runs
 //! its own commands in containers; every file under `invalid/` must be refused. The outcome of
 //! each file is written into `docs/kfp-conformance.md` and compared with the committed table, so a
 //! change in what Gantry runs, refuses or fails shows up in review.
@@ -12,6 +12,7 @@
 //! - any other FAILED run failed for a reason of this machine (an image no local build provides,
 //!   or a step that needs the internet), never for a reason inside Gantry.
 //!
+//! Without `GANTRY_KFP_CORPUS` the test says so in one line and passes, starting nothing.
 //! `GANTRY_BLESS=1 cargo test -p gantry-tests --test kfp_corpus` rewrites the table.
 //! `GANTRY_CORPUS_FILTER=a,b` runs only the files whose path contains one of the comma-separated
 //! parts (the table is then printed, not compared).
@@ -22,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gantry_tests::*;
+use gantry_testkit::corpus::{cell, corpus_dir, relative, yaml_files};
+use gantry_testkit::*;
 use serde_json::Value;
 
 const TABLE: &str = "docs/kfp-conformance.md";
@@ -34,53 +36,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(900);
 /// Pipelines that take minutes whatever their arguments: submitted first, so they sleep while
 /// the others run.
 const SLOW: &[&str] = &["valid/long-running.yaml"];
-
-fn corpus_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("GANTRY_CONFORMANCE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let root = repo_root();
-    [
-        root.join("../shared/kfp-conformance"),
-        root.join("shared/kfp-conformance"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .unwrap_or_else(|| {
-        panic!(
-            "the KFP conformance corpus is missing: it lives in `shared/kfp-conformance` beside \
-             the repository; set GANTRY_CONFORMANCE_DIR to use another copy"
-        )
-    })
-}
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml") {
-            out.push(path);
-        }
-    }
-}
-
-fn relative(dir: &Path, path: &Path) -> String {
-    path.strip_prefix(dir)
-        .unwrap_or(path)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn cell(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('|', "\\|")
-}
 
 /// Public base images the corpus names, and the local image that stands in for each: the
 /// Python one carries Python 3.11 with kfp, the small one a static busybox (images/build.sh).
@@ -434,7 +389,9 @@ struct Outcome {
 
 #[test]
 fn every_corpus_pipeline_runs_or_is_refused() {
-    let dir = corpus_dir();
+    let Some(dir) = corpus_dir("the end-to-end corpus table") else {
+        return;
+    };
     let filter = std::env::var("GANTRY_CORPUS_FILTER").ok();
     // A short artifact prefix: the test S3 server names a file after each whole object key.
     // Steps install packages from the image's wheelhouse only: the outcome depends on no
@@ -445,10 +402,8 @@ fn every_corpus_pipeline_runs_or_is_refused() {
     fs::write(inputs.path().join("data.txt"), "1,2,3\n4,5,6\n").expect("writing an input");
     let cli = env.cluster.cli();
 
-    let mut files = Vec::new();
-    yaml_files(&dir.join("valid"), &mut files);
-    yaml_files(&dir.join("invalid"), &mut files);
-    files.sort();
+    let mut files = yaml_files(&dir.join("valid"));
+    files.extend(yaml_files(&dir.join("invalid")));
     let files: Vec<(String, PathBuf)> = files
         .into_iter()
         .map(|p| (relative(&dir, &p), p))
@@ -557,16 +512,12 @@ fn every_corpus_pipeline_runs_or_is_refused() {
     let table = render(&outcomes);
     if filter.is_none() {
         let path = repo_root().join(TABLE);
-        if std::env::var_os("GANTRY_BLESS").is_some() {
-            fs::write(&path, &table).expect("writing the table");
-        } else {
-            let committed = fs::read_to_string(&path).unwrap_or_default();
-            if committed != table {
-                problems.push(format!(
-                    "{TABLE} differs from this run (rerun with GANTRY_BLESS=1 after a deliberate change):\n{}",
-                    line_diff(&committed, &table)
-                ));
-            }
+        if let Err(e) = golden::compare(
+            &path,
+            &table,
+            "cargo test -p gantry-tests --test kfp_corpus",
+        ) {
+            problems.push(e);
         }
     } else {
         eprintln!("{table}");
@@ -713,21 +664,4 @@ fn render(outcomes: &BTreeMap<String, Outcome>) -> String {
         ));
     }
     s
-}
-
-fn line_diff(expected: &str, actual: &str) -> String {
-    let exp: Vec<&str> = expected.lines().collect();
-    let act: Vec<&str> = actual.lines().collect();
-    let mut out = String::new();
-    for l in &exp {
-        if !act.contains(l) {
-            out.push_str(&format!("- {l}\n"));
-        }
-    }
-    for l in &act {
-        if !exp.contains(l) {
-            out.push_str(&format!("+ {l}\n"));
-        }
-    }
-    out
 }

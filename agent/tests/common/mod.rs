@@ -2,18 +2,18 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use gantry_agent::artifacts::S3Settings;
+use gantry_agent::launcher::Launcher;
 use gantry_agent::runtime::{LogLine, LogStream};
 use gantry_model::{
     artifact_uri, ContainerSpec, OutputArtifactSpec, ParamType, ResourceRequest, StepInputs,
-    StepOutputs, StepSpec,
+    StepOutcome, StepOutputs, StepSpec,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -87,6 +87,13 @@ pub fn log_collector() -> (mpsc::Sender<LogLine>, tokio::task::JoinHandle<Vec<Lo
     (tx, h)
 }
 
+/// Runs `spec` on `launcher` to its end: the outcome and every log line.
+pub async fn run_step(launcher: &Launcher, spec: &StepSpec) -> (StepOutcome, Vec<LogLine>) {
+    let (tx, logs) = log_collector();
+    let outcome = launcher.run_step(spec, tx, CancellationToken::new()).await;
+    (outcome, logs.await.expect("the log collector ends"))
+}
+
 pub fn lines(logs: &[LogLine], stream: LogStream) -> Vec<&str> {
     logs.iter()
         .filter(|l| l.stream == stream)
@@ -94,132 +101,50 @@ pub fn lines(logs: &[LogLine], stream: LogStream) -> Vec<&str> {
         .collect()
 }
 
-/// A reachable S3 server: `GANTRY_TEST_S3_ENDPOINT` (bucket `GANTRY_TEST_S3_BUCKET`, default
-/// `gantry-artifacts`, which must exist), else an `s3s-fs` started here over a temporary
-/// directory. `None` when neither is available.
-pub struct S3Server {
-    pub endpoint: String,
-    pub bucket: String,
-    pub settings: S3Settings,
-    child: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
+pub use gantry_testkit::S3;
+
+/// A reachable S3 server ([`S3::start`]), or `None` when there is none (no
+/// `GANTRY_TEST_S3_ENDPOINT` and no s3s-fs installed).
+pub fn s3_server() -> Option<S3> {
+    S3::start().ok()
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// object_store settings that reach `s3`.
+pub fn s3_settings(s3: &S3) -> S3Settings {
+    S3Settings {
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some(s3.region.clone()),
+        access_key_id: Some(s3.access_key.clone()),
+        secret_access_key: Some(s3.secret_key.clone()),
     }
 }
 
-fn s3s_fs_binary() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("s3s-fs"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        candidates.push(PathBuf::from(home).join("bin/s3s-fs"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/s3s-fs"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn free_port() -> Option<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .ok()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port())
-}
-
-fn wait_for_port(port: u16, child: &mut Child) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-pub fn s3_server() -> Option<S3Server> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let access = env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "gantry".into());
-    let secret = env("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "gantrysecret".into());
-    if let Some(endpoint) = env("GANTRY_TEST_S3_ENDPOINT") {
-        let bucket = env("GANTRY_TEST_S3_BUCKET").unwrap_or_else(|| "gantry-artifacts".into());
-        return Some(S3Server {
-            settings: S3Settings {
-                endpoint: Some(endpoint.clone()),
-                region: Some(env("AWS_REGION").unwrap_or_else(|| "us-east-1".into())),
-                access_key_id: Some(access),
-                secret_access_key: Some(secret),
-            },
-            endpoint,
-            bucket,
-            child: None,
-            _dir: None,
-        });
-    }
-    let bin = s3s_fs_binary()?;
-    let dir = tempfile::tempdir().ok()?;
-    let bucket = "gantry-test".to_string();
-    std::fs::create_dir_all(dir.path().join(&bucket)).ok()?;
-    for _ in 0..5 {
-        let port = free_port()?;
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "gantry", "--secret-key", "gantrysecret"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        if wait_for_port(port, &mut child) {
-            let endpoint = format!("http://127.0.0.1:{port}");
-            return Some(S3Server {
-                settings: S3Settings {
-                    endpoint: Some(endpoint.clone()),
-                    region: Some("us-east-1".into()),
-                    access_key_id: Some("gantry".into()),
-                    secret_access_key: Some("gantrysecret".into()),
-                },
-                endpoint,
-                bucket,
-                child: Some(child),
-                _dir: Some(dir),
-            });
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    None
-}
-
-/// Output parameters of a succeeded outcome, or a panic with the outcome.
+/// Output parameters and artifacts of a succeeded outcome, or a panic with the outcome.
+#[track_caller]
 pub fn succeeded(
     outcome: &gantry_model::StepOutcome,
 ) -> (
     &BTreeMap<String, serde_json::Value>,
     &BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
 ) {
+    succeeded_or_logs(outcome, &[])
+}
+
+/// [`succeeded`], with the step's log lines in the panic message.
+#[track_caller]
+pub fn succeeded_or_logs<'a>(
+    outcome: &'a gantry_model::StepOutcome,
+    logs: &[LogLine],
+) -> (
+    &'a BTreeMap<String, serde_json::Value>,
+    &'a BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
+) {
     match outcome {
         gantry_model::StepOutcome::Succeeded {
             parameters,
             artifacts,
         } => (parameters, artifacts),
-        other => panic!("expected success, got {other:?}"),
+        other => panic!("expected success, got {other:?}; logs: {logs:#?}"),
     }
 }
 
@@ -243,6 +168,47 @@ pub fn lightweight_command(source: &str) -> Vec<String> {
         "program_path=$(mktemp -d)\n\nprintf \"%s\" \"$0\" > \"$program_path/ephemeral_component.py\"\n_KFP_RUNTIME=true python3 -m kfp.dsl.executor_main                         --component_module_path                         \"$program_path/ephemeral_component.py\"                         \"$@\"\n".into(),
         source.into(),
     ]
+}
+
+/// A step running [`TRAIN_SOURCE`]'s `train` as kfp compiles it, in `image`, given `n`, `rate`
+/// and `tag` and the dataset at `data_uri` (metadata `origin: test`); it declares the outputs
+/// `acc`, `note`, `rows`, `model` and `metrics`.
+pub fn train_step(
+    run_id: &str,
+    root: &str,
+    image: &str,
+    data_uri: String,
+    (n, rate, tag): (serde_json::Value, serde_json::Value, serde_json::Value),
+) -> StepSpec {
+    let mut s = step(run_id, "train", root, image, &[]);
+    s.container.command = lightweight_command(TRAIN_SOURCE);
+    s.container.args = strings(&[
+        "--executor_input",
+        "{{$}}",
+        "--function_to_execute",
+        "train",
+    ]);
+    s.inputs.parameters.insert("n".into(), n);
+    s.inputs.parameters.insert("rate".into(), rate);
+    s.inputs.parameters.insert("tag".into(), tag);
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("origin".into(), "test".into());
+    s.inputs.artifacts.insert(
+        "data".into(),
+        vec![gantry_model::ArtifactRef {
+            name: "data".into(),
+            uri: data_uri,
+            schema_title: "system.Dataset".into(),
+            schema_version: "0.0.1".into(),
+            metadata,
+        }],
+    );
+    add_output_param(&mut s, "acc", ParamType::NumberDouble);
+    add_output_param(&mut s, "note", ParamType::String);
+    add_output_param(&mut s, "rows", ParamType::NumberInteger);
+    add_output_artifact(&mut s, "model", "system.Model");
+    add_output_artifact(&mut s, "metrics", "system.Metrics");
+    s
 }
 
 /// A lightweight component exercising inputs, artifacts, metadata, metrics and a NamedTuple

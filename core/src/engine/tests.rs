@@ -14,6 +14,8 @@ const FAILING: &str = include_str!("testdata/failing.yaml");
 const SKIP_CHAIN: &str = include_str!("testdata/skip_chain.yaml");
 const LOOPS: &str = include_str!("testdata/loops.yaml");
 const LOOP_CONDITIONS: &str = include_str!("testdata/loop_conditions.yaml");
+const ARTIFACT_LOOPS: &str = include_str!("testdata/artifact_loops.yaml");
+const MACHINE_FIELDS: &str = include_str!("testdata/machine_fields.yaml");
 
 fn new_run(yaml: &str, params: &[(&str, Value)]) -> RunRecord {
     let spec = parse_pipeline(yaml).expect("fixture parses");
@@ -634,15 +636,7 @@ fn canceling_stops_new_iterations_and_cancels_the_loop() {
 #[test]
 #[allow(clippy::disallowed_methods)] // reads a pipeline of the KFP corpus from disk
 fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/kfp-conformance/valid"
-    );
-    let yaml = std::fs::read_to_string(format!(
-        "{dir}/pipeline_with_parallelfor_list_artifacts_GH-12033.yaml"
-    ))
-    .expect("conformance corpus beside the repository");
-    let mut run = new_run(&yaml, &[]);
+    let mut run = new_run(ARTIFACT_LOOPS, &[]);
     // make-artifacts is a nested pipeline whose loop makes one artifact per text (4 by
     // default) and collects them as its output.
     let makers = ids_with(&run, "/make-artifact");
@@ -665,16 +659,8 @@ fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
 #[test]
 #[allow(clippy::disallowed_methods)] // reads a pipeline of the KFP corpus from disk
 fn resources_decided_at_run_time_come_from_task_inputs() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/kfp-conformance/valid"
-    );
-    let yaml = std::fs::read_to_string(format!(
-        "{dir}/pipeline_with_string_machine_fields_pipeline_input.yaml"
-    ))
-    .expect("conformance corpus beside the repository");
     let run = new_run(
-        &yaml,
+        MACHINE_FIELDS,
         &[
             ("cpu_limit", json!("500m")),
             ("memory_limit", json!("2Gi")),
@@ -691,7 +677,7 @@ fn resources_decided_at_run_time_come_from_task_inputs() {
     assert_eq!(res.accelerator_type.as_deref(), Some("NVIDIA_H100"));
     assert_eq!(step_spec(&run, &r[0], 1).unwrap().container.resources, res);
 
-    let bad = new_run(&yaml, &[("cpu_limit", json!("lots"))]);
+    let bad = new_run(MACHINE_FIELDS, &[("cpu_limit", json!("lots"))]);
     let t = bad
         .tasks
         .values()

@@ -1,4 +1,4 @@
-//! `gantry bench fleet`: end to end through Raft on 3 local `gantry-coordinator` processes with
+//! `gantry-bench fleet`: end to end through Raft on 3 local `gantry-coordinator` processes with
 //! many simulated agents. Each agent is a tokio task in this process with its own `Session`
 //! stream to the leader (a few hundred streams share one HTTP/2 connection); it reports 8 CPUs
 //! and 64 GiB, and answers every assignment with Started and Finished (succeeded) at once, so
@@ -17,18 +17,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gantry_model::{ArtifactRef, HostInventory, ParamType, StepOutcome, StepSpec};
+use gantry_cli::exit::CliError;
+use gantry_model::{HostInventory, StepSpec};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as Out;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::coordinator_message::Body as In;
-use serde_json::Value;
+use gantry_testkit::cluster::Cluster;
+use gantry_testkit::sim;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
-use crate::bench::pct;
-use crate::bench_cluster::{bin_dir, Cluster, IDS};
-use crate::exit::CliError;
+use crate::cluster::{channel, failed, start_cluster, unavailable};
+use crate::table::{pct, table};
 
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const GET_RUN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,15 +68,11 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn unavailable(what: impl std::fmt::Display) -> CliError {
-    CliError::Unavailable(what.to_string())
-}
-
 /// IR of a `dsl.ParallelFor` over `0..width` whose body is one no-op container task asking for
 /// 1 CPU and declaring no outputs. Without a CPU request every step would fit on the first
 /// agent (spread ranks by free CPU), and the fleet size would not matter.
 pub fn fleet_pipeline(name: &str, width: usize) -> String {
-    crate::bench::loop_pipeline_with_cpu(name, width, Some("1"))
+    crate::pipeline::loop_pipeline_with_cpu(name, width, Some("1"))
 }
 
 /// What the simulated agents saw, per run id.
@@ -127,45 +124,6 @@ fn attempt_ref(s: &StepSpec) -> pb::AttemptRef {
         run_id: s.run_id.clone(),
         task_id: s.task_id.clone(),
         attempt: s.attempt,
-    }
-}
-
-/// A success with every declared output present, so a step with outputs is not failed for
-/// missing ones (the bench's own pipeline declares none).
-fn success(spec: &StepSpec) -> StepOutcome {
-    let parameters = spec
-        .outputs
-        .parameters
-        .iter()
-        .map(|(name, t)| {
-            let v = match t {
-                ParamType::String => Value::String(String::new()),
-                ParamType::NumberInteger | ParamType::NumberDouble => Value::from(0),
-                ParamType::Boolean => Value::Bool(false),
-                ParamType::List => Value::Array(Vec::new()),
-                ParamType::Struct | ParamType::TaskFinalStatus => Value::Object(Default::default()),
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    let artifacts = spec
-        .outputs
-        .artifacts
-        .iter()
-        .map(|(name, a)| {
-            let r = ArtifactRef {
-                name: name.clone(),
-                uri: a.uri.clone(),
-                schema_title: a.schema_title.clone(),
-                schema_version: a.schema_version.clone(),
-                metadata: Default::default(),
-            };
-            (name.clone(), vec![r])
-        })
-        .collect();
-    StepOutcome::Succeeded {
-        parameters,
-        artifacts,
     }
 }
 
@@ -270,8 +228,10 @@ async fn sim_session(
                     .or_default()
                     .assigned_us
                     .push(at);
-                let outcome_json =
-                    serde_json::to_string(&success(&spec)).map_err(|e| e.to_string())?;
+                // Every declared output present, so a step with outputs is not failed for
+                // missing ones (the bench's own pipeline declares none).
+                let outcome = sim::success(&spec, |_, t| sim::zero(t));
+                let outcome_json = serde_json::to_string(&outcome).map_err(|e| e.to_string())?;
                 let r = attempt_ref(&spec);
                 let started = msg(Out::Started(pb::AttemptStarted {
                     attempt: Some(r.clone()),
@@ -333,21 +293,40 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
             "--width, --in-flight and --agents-per-connection must be at least 1".into(),
         ));
     }
-    let bin = bin_dir()?;
-    let mut rows = Vec::new();
+    let mut t = table(&[
+        "agents",
+        "steps",
+        "seconds",
+        "placements/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "leader s",
+        "follow s",
+        "bench s",
+        "µs/place",
+        "idle %",
+        "net µs/place",
+    ]);
     for &n in &args.agents {
-        let cluster = Cluster::start(bin.clone(), false)?;
+        let cluster = start_cluster(false)?;
         // Ctrl-C ends the bench through the guard rather than leaving the children running.
         let result = tokio::select! {
             r = fleet_row(&cluster, &args, n.max(1)) => r,
             _ = tokio::signal::ctrl_c() => Err(unavailable("interrupted")),
         };
-        let row = result.map_err(|e| cluster.failed(e))?;
-        print_row(&row, rows.is_empty());
-        rows.push(row);
+        let row = result.map_err(|e| failed(&cluster, e))?;
+        println!(
+            "{} agents: {} steps placed in {:.2} s",
+            row.agents,
+            row.steps,
+            row.wall.as_secs_f64()
+        );
+        t.add_row(cells(&row));
         // Killed and reaped before the next size starts its own, so they do not compete.
         drop(cluster);
     }
+    println!("\n{t}");
     println!(
         "\nworkload: runs of one ParallelFor of {} no-op steps (1 CPU each), {} runs in flight, \
          agents with {CPUS_PER_AGENT} CPUs answering Started and Finished at once",
@@ -370,61 +349,49 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_row(r: &Row, header: bool) {
-    if header {
-        println!(
-            "\n{:>7} {:>7} {:>8} {:>13} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>13}",
-            "agents",
-            "steps",
-            "seconds",
-            "placements/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "leader s",
-            "follow s",
-            "bench s",
-            "µs/place",
-            "idle %",
-            "net µs/place"
-        );
-    }
+fn cells(r: &Row) -> Vec<String> {
     let mut d = r.delays_ms.clone();
-    println!(
-        "{:>7} {:>7} {:>8.2} {:>13.0} {:>8.0} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.1} {:>13.0}",
-        r.agents,
-        r.steps,
-        r.wall.as_secs_f64(),
-        r.steps as f64 / r.wall.as_secs_f64(),
-        pct(&mut d, 0.5),
-        pct(&mut d, 0.99),
-        pct(&mut d, 1.0),
-        r.leader_cpu,
-        r.followers_cpu,
-        r.bench_cpu,
-        r.leader_cpu * 1e6 / r.steps.max(1) as f64,
-        r.leader_idle * 100.0,
-        (r.leader_cpu - r.leader_idle * r.cpu_span.as_secs_f64()).max(0.0) * 1e6
-            / r.steps.max(1) as f64,
-    );
+    let steps = r.steps.max(1) as f64;
+    vec![
+        r.agents.to_string(),
+        r.steps.to_string(),
+        format!("{:.2}", r.wall.as_secs_f64()),
+        format!("{:.0}", r.steps as f64 / r.wall.as_secs_f64()),
+        format!("{:.0}", pct(&mut d, 0.5)),
+        format!("{:.0}", pct(&mut d, 0.99)),
+        format!("{:.0}", pct(&mut d, 1.0)),
+        format!("{:.2}", r.leader_cpu),
+        format!("{:.2}", r.followers_cpu),
+        format!("{:.2}", r.bench_cpu),
+        format!("{:.0}", r.leader_cpu * 1e6 / steps),
+        format!("{:.1}", r.leader_idle * 100.0),
+        format!(
+            "{:.0}",
+            (r.leader_cpu - r.leader_idle * r.cpu_span.as_secs_f64()).max(0.0) * 1e6 / steps
+        ),
+    ]
 }
 
 /// One fleet size on a fresh cluster: connect the agents, warm up, measure.
 async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, CliError> {
     let leader = c
-        .wait_leader(&IDS, 0, Duration::from_millis(50), Duration::from_secs(15))
-        .await?;
-    let leader_addr = c.node(leader.node_id).addr.clone();
+        .wait_leader_async(&c.all_ids(), 0, Duration::from_secs(15))
+        .await
+        .map_err(|e| unavailable(format!("{e:#}")))?;
+    let leader_addr = c.address(leader.node_id);
     let connections = agents.div_ceil(args.agents_per_connection);
     // Separate endpoints, so separate TCP connections; clones of one Channel would share one.
     let channels: Vec<Channel> = (0..connections)
-        .map(|_| crate::bench_cluster::channel(&leader_addr))
+        .map(|_| channel(&leader_addr))
         .collect::<Result<_, _>>()?;
     let by_addr: HashMap<String, Channel> = c
-        .nodes
-        .iter()
-        .map(|n| (n.addr.clone(), n.channel.clone()))
-        .collect();
+        .all_ids()
+        .into_iter()
+        .map(|id| {
+            let addr = c.address(id);
+            channel(&addr).map(|ch| (addr, ch))
+        })
+        .collect::<Result<_, _>>()?;
     let (channels, by_addr) = (Arc::new(channels), Arc::new(by_addr));
     let tracker = Arc::new(Tracker::default());
     // Dropped (and so aborted) when the row ends, however it ends.
@@ -456,16 +423,17 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         leader.node_id,
         t_reg.elapsed().as_secs_f64()
     );
-    let mut runs = c.runs(leader.node_id);
+    let mut runs = pb::run_service_client::RunServiceClient::new(channel(&leader_addr)?);
     // Warm-up: connections, allocations and code paths, not counted.
     let warm = submit(&mut runs, &fleet_pipeline("fleet-warm-up", 20), "warm-up").await?;
     wait_runs(&tracker, &[(warm, 20)]).await?;
 
     let total_runs = args.steps.div_ceil(args.width).max(1);
     let yaml = fleet_pipeline(&format!("fleet-{agents}"), args.width);
-    let pids: Vec<(u64, String)> = IDS
-        .iter()
-        .filter_map(|id| c.node(*id).pid().map(|p| (*id, p.to_string())))
+    let pids: Vec<(u64, String)> = c
+        .all_ids()
+        .into_iter()
+        .filter_map(|id| c.pid(id).map(|p| (id, p.to_string())))
         .collect();
     let cpu_now = || -> (f64, f64, f64) {
         let mut leader_cpu = 0.0;

@@ -1,18 +1,21 @@
-//! `gantry bench`: a 200-step chain, 200 independent steps and a 1 000-iteration ParallelFor of
-//! no-op container components (`true`) through the whole path — commit, placement, dispatch,
-//! launch, report — on an embedded cluster with the process runtime. Prints a table.
+//! `gantry-bench` without a subcommand: a 200-step chain, 200 independent steps and a
+//! 1 000-iteration ParallelFor of no-op container components (`true`) through the whole path —
+//! commit, placement, dispatch, launch, report — on an embedded cluster (`gantry dev`'s) with
+//! the process runtime. Prints a table. Also the pipeline IR the other benches submit.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use gantry_cli::dev::{start_embedded, Embedded, RuntimeChoice};
+use gantry_cli::exit::CliError;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
+use gantry_testkit::poll_async;
 
-use crate::dev::{start_embedded, RuntimeChoice};
-use crate::exit::CliError;
+use crate::table::{pct, table};
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+pub struct PipelineArgs {
     /// Steps in each pipeline.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
@@ -22,9 +25,6 @@ pub struct BenchArgs {
     /// Address for the embedded coordinator (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
-    /// Without one: the pipeline benchmark on an embedded cluster.
-    #[command(subcommand)]
-    pub kind: Option<crate::bench_cluster::BenchKind>,
 }
 
 /// IR of `steps` no-op container tasks, chained or independent, as kfp writes a container
@@ -134,6 +134,13 @@ pub fn container_pipeline(name: &str, steps: usize, chained: bool, command: &[&s
     y
 }
 
+/// Far beyond any bench run: a slow machine makes a slow figure, not an error.
+const RUN_LIMIT: Duration = Duration::from_secs(3600);
+
+fn is_over(run: &pb::Run) -> bool {
+    matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED")
+}
+
 struct Figures {
     label: String,
     steps: usize,
@@ -141,15 +148,6 @@ struct Figures {
     ready_to_assigned: Vec<i64>,
     assigned_to_started: Vec<i64>,
     started_to_recorded: Vec<i64>,
-}
-
-pub fn pct(v: &mut [i64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)] as f64
 }
 
 async fn run_one(
@@ -169,18 +167,21 @@ async fn run_one(
         .await?
         .into_inner()
         .run_id;
-    let run = loop {
-        let run = client
-            .get_run(pb::GetRunRequest {
-                run_id: run_id.clone(),
-            })
-            .await?
-            .into_inner();
-        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
-            break run;
+    // Ok(Err(_)): an error that ends the wait; Err(()): not over yet.
+    let run = poll_async(RUN_LIMIT, Duration::from_millis(20), async || {
+        let req = pb::GetRunRequest {
+            run_id: run_id.clone(),
+        };
+        match client.get_run(req).await {
+            Ok(r) if is_over(r.get_ref()) => Ok(Ok(r.into_inner())),
+            Ok(_) => Err(()),
+            Err(status) => Ok(Err(CliError::from(status))),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await
+    .map_err(|()| {
+        CliError::Unavailable(format!("run {run_id} did not end within {RUN_LIMIT:?}"))
+    })??;
     let wall = t0.elapsed();
     if run.state != "SUCCEEDED" {
         return Err(CliError::RunFailed(format!(
@@ -198,10 +199,7 @@ async fn run_one(
     })
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), CliError> {
-    if let Some(kind) = args.kind {
-        return crate::bench_cluster::run(kind).await;
-    }
+pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -223,16 +221,20 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let mut client = RunServiceClient::connect(endpoint)
         .await
         .map_err(|e| CliError::Unavailable(e.to_string()))?;
-    // wait for the agent
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.server.coordinator.dispatcher.connected().is_empty() {
-        if Instant::now() > deadline {
-            return Err(CliError::Unavailable(
-                "the embedded agent did not connect".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_async(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || {
+            if e.server.coordinator.dispatcher.connected().is_empty() {
+                Err(CliError::Unavailable(
+                    "the embedded agent did not connect".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await?;
     // warm-up
     run_one(&mut client, "warm-up", noop_pipeline("warm-up", 5, true), 5).await?;
     let mut figures = Vec::new();
@@ -276,31 +278,33 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     figures.push(f);
     let spawn = spawn_cost(50);
     e.stop().await;
-    println!(
-        "{:<12} {:>6} {:>9} {:>9} {:>14} {:>14} {:>14} {:>12}",
+    let mut t = table(&[
         "pipeline",
         "steps",
-        "wall_s",
+        "wall s",
         "steps/s",
-        "ready→assign",
-        "assign→start",
-        "start→record",
-        "overhead/step"
-    );
+        "ready→assign ms",
+        "assign→start ms",
+        "start→record ms",
+        "overhead/step ms",
+    ]);
     for mut f in figures {
         let per_step_ms = f.wall.as_secs_f64() * 1000.0 / f.steps as f64;
-        println!(
-            "{:<12} {:>6} {:>9.2} {:>9.1} {:>11.1} ms {:>11.1} ms {:>11.1} ms {:>9.2} ms",
-            f.label,
-            f.steps,
-            f.wall.as_secs_f64(),
-            f.steps as f64 / f.wall.as_secs_f64(),
-            pct(&mut f.ready_to_assigned, 0.5),
-            pct(&mut f.assigned_to_started, 0.5),
-            pct(&mut f.started_to_recorded, 0.5),
-            (per_step_ms - spawn.as_secs_f64() * 1000.0).max(0.0),
-        );
+        t.add_row(vec![
+            f.label.clone(),
+            f.steps.to_string(),
+            format!("{:.2}", f.wall.as_secs_f64()),
+            format!("{:.1}", f.steps as f64 / f.wall.as_secs_f64()),
+            format!("{:.1}", pct(&mut f.ready_to_assigned, 0.5)),
+            format!("{:.1}", pct(&mut f.assigned_to_started, 0.5)),
+            format!("{:.1}", pct(&mut f.started_to_recorded, 0.5)),
+            format!(
+                "{:.2}",
+                (per_step_ms - spawn.as_secs_f64() * 1000.0).max(0.0)
+            ),
+        ]);
     }
+    println!("{t}");
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
         "\nloop of {} iterations: {tasks} task records, run state {:.2} MiB as JSON; \
@@ -319,7 +323,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
 }
 
 /// Reads per-task timestamps from the coordinator's state directly (same process).
-fn timings(e: &crate::dev::Embedded, pipeline: &str, f: &mut Figures) {
+fn timings(e: &Embedded, pipeline: &str, f: &mut Figures) {
     let st = e.server.coordinator.state.read();
     let Some(run) = st.runs.values().find(|r| r.pipeline.name == pipeline) else {
         return;

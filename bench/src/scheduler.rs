@@ -1,4 +1,4 @@
-//! `gantry bench scheduler`: placement alone, in process, on simulated fleets — placements per
+//! `gantry-bench scheduler`: placement alone, in process, on simulated fleets — placements per
 //! second and memory with 1 000 and 10 000 agents and 100 000 pending steps.
 //!
 //! The fleet: a quarter of the agents carry 8 GPUs (A100, H100 or L4 in turn), the rest none;
@@ -21,10 +21,12 @@ use gantry_core::scheduler::{
 use gantry_core::state::{AgentRecord, ClusterState};
 use gantry_model::{GpuDevice, HostInventory, ResourceRequest, Taint};
 
-use crate::exit::CliError;
+use gantry_cli::exit::CliError;
+
+use crate::table::table;
 
 #[derive(clap::Args, Debug)]
-pub struct SchedulerBenchArgs {
+pub struct SchedulerArgs {
     /// Fleet sizes, one run each.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub agents: Vec<usize>,
@@ -133,6 +135,15 @@ fn queue(n: usize, rng: &mut Rng) -> Vec<ReadyStep> {
         .collect()
 }
 
+/// The fleet of `agents` and a queue of `steps`, from a seed of the fleet size, so every run
+/// of a size measures the same work; the generator goes on for what the caller draws next.
+fn workload(agents: usize, steps: usize) -> (Rng, Vec<AgentView>, Vec<ReadyStep>) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ agents as u64);
+    let fleet = fleet(agents, &mut rng);
+    let queue = queue(steps, &mut rng);
+    (rng, fleet, queue)
+}
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -145,7 +156,7 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
+pub fn run(args: SchedulerArgs) -> Result<(), CliError> {
     if args.steps == 0 || args.passes == 0 || args.agents.contains(&0) {
         return Err(CliError::Refused(
             "--agents, --steps and --passes must be positive".into(),
@@ -154,8 +165,7 @@ pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
     if args.persistent {
         return run_persistent(&args);
     }
-    println!(
-        "{:>8} {:>9} {:>11} {:>9} {:>10} {:>13} {:>15} {:>10}",
+    let mut t = table(&[
         "agents",
         "steps",
         "placed",
@@ -163,12 +173,10 @@ pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
         "unsched",
         "pass ms (med)",
         "placements/s",
-        "RSS MiB"
-    );
+        "RSS MiB",
+    ]);
     for &n in &args.agents {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-        let agents = fleet(n, &mut rng);
-        let steps = queue(args.steps, &mut rng);
+        let (_, agents, steps) = workload(n, args.steps);
         let mut times = Vec::new();
         let mut last = None;
         for _ in 0..args.passes {
@@ -181,18 +189,18 @@ pub fn run(args: SchedulerBenchArgs) -> Result<(), CliError> {
         let median = times[times.len() / 2];
         let plan = last.unwrap_or_default();
         let placed = plan.placements.len();
-        println!(
-            "{:>8} {:>9} {:>11} {:>9} {:>10} {:>13.1} {:>15.0} {:>10.1}",
-            n,
-            args.steps,
-            placed,
-            plan.waiting.len(),
-            plan.unschedulable.len(),
-            median * 1000.0,
-            placed as f64 / median,
-            rss_mib()
-        );
+        t.add_row(vec![
+            n.to_string(),
+            args.steps.to_string(),
+            placed.to_string(),
+            plan.waiting.len().to_string(),
+            plan.unschedulable.len().to_string(),
+            format!("{:.1}", median * 1000.0),
+            format!("{:.0}", placed as f64 / median),
+            format!("{:.1}", rss_mib()),
+        ]);
     }
+    println!("{t}");
     println!(
         "one pass = every pending step considered once against the fleet (filters, score, GPU \
          choice, reservation); placements/s = steps placed in the pass / its median duration"
@@ -263,9 +271,8 @@ fn median_ms(mut times: Vec<f64>) -> f64 {
     times.get(times.len() / 2).copied().unwrap_or(0.0) * 1000.0
 }
 
-fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
-    println!(
-        "{:>8} {:>7} {:>8} {:>17} {:>19} {:>12} {:>8} {:>6}",
+fn run_persistent(args: &SchedulerArgs) -> Result<(), CliError> {
+    let mut t = table(&[
         "agents",
         "steps",
         "changed",
@@ -273,12 +280,10 @@ fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
         "persistent pass ms",
         "of it sync",
         "speedup",
-        "same"
-    );
+        "same",
+    ]);
     for &n in &args.agents {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
-        let agents = fleet(n, &mut rng);
-        let steps = queue(args.steps, &mut rng);
+        let (mut rng, agents, steps) = workload(n, args.steps);
         let mut state = state_of(&agents);
         let connected: BTreeSet<String> = state.agents.keys().cloned().collect();
         let mut placer = Placer::new(CpuPolicy::Spread);
@@ -298,18 +303,18 @@ fn run_persistent(args: &SchedulerBenchArgs) -> Result<(), CliError> {
             same &= a == b;
         }
         let (f, k) = (median_ms(fresh), median_ms(kept));
-        println!(
-            "{:>8} {:>7} {:>8} {:>17.3} {:>19.3} {:>12.3} {:>7.0}x {:>6}",
-            n,
-            args.steps,
-            args.changed,
-            f,
-            k,
-            median_ms(synced),
-            f / k.max(1e-9),
-            if same { "yes" } else { "NO" }
-        );
+        t.add_row(vec![
+            n.to_string(),
+            args.steps.to_string(),
+            args.changed.to_string(),
+            format!("{f:.3}"),
+            format!("{k:.3}"),
+            format!("{:.3}", median_ms(synced)),
+            format!("{:.0}x", f / k.max(1e-9)),
+            if same { "yes" } else { "NO" }.to_string(),
+        ]);
     }
+    println!("{t}");
     println!(
         "fresh = agent views of every agent + a new index (the leader before); persistent = \
          the leader's placer synced after `changed` agents moved, then the pass; same = the \

@@ -1,0 +1,646 @@
+//! A real multi-process coordinator cluster: every coordinator is its own `gantry-coordinator`
+//! process, so a test or a bench can `kill -9`, pause (SIGSTOP) or restart any node, and start
+//! `gantry-agent` processes beside them. Two networks:
+//! - [`Network::Loopback`]: every node on 127.0.0.1 with its own port; needs nothing.
+//! - [`Network::Namespaces`]: every node in its own network namespace
+//!   (scripts/netns-cluster.sh; root and iproute2), so a node can also be cut off from another.
+//!   Agents and clients on the host reach the nodes over their host links.
+//!
+//! Everything is torn down on drop, also when a test fails. Node status comes over gRPC: the
+//! `*_async` methods for async code (the benches), the plain ones for test bodies, which run
+//! them on a runtime of their own and so must not be called from async code.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use gantry_proto::v1 as pb;
+use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
+
+use crate::net::{count_lines, free_ports, wait_for_line};
+use crate::poll::{poll_async, poll_every};
+use crate::{repo_root, Cli, Proc};
+
+/// Clusters are timing-sensitive, and namespaced ones share the host's namespace names: one
+/// at a time per process.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The port every namespaced node listens on (each has its own address).
+const NETNS_PORT: u16 = 7070;
+/// What a coordinator logs once it serves; counted, since a restarted node appends to its log.
+const SERVING: &str = "coordinator serving";
+/// Short, so that a dead or frozen node does not stall a polling loop.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often leaders and convergence are polled: fine enough for the failover bench.
+const EVERY: Duration = Duration::from_millis(10);
+/// What the caller's environment could set that would change a node's behaviour or timings.
+const SCRUBBED: &[&str] = &[
+    "GANTRY_CONFIG",
+    "GANTRY_ADVERTISE",
+    "GANTRY_ARTIFACT_ROOT",
+    "GANTRY_LISTEN",
+    "GANTRY_NODE_ID",
+    "GANTRY_DATA_DIR",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    Loopback,
+    Namespaces,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub nodes: usize,
+    pub network: Network,
+    pub snapshot_entries: u64,
+    /// None: each node's default (`file://<data-dir>/artifacts`).
+    pub artifact_root: Option<String>,
+    /// Extra environment for every coordinator.
+    pub env: Vec<(String, String)>,
+    /// Start node 1 with --bootstrap and the others with neither --bootstrap nor --peer, to be
+    /// joined with `gantry cluster join`.
+    pub bootstrap_one: bool,
+    /// Where `gantry-coordinator` and `gantry-agent` are; None: built by cargo
+    /// ([`crate::bin_dir`]).
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl ClusterOpts {
+    /// `nodes` namespaced nodes writing artifacts under `artifact_root`: the fault tests' setup.
+    pub fn new(nodes: usize, artifact_root: &str) -> Self {
+        ClusterOpts {
+            nodes,
+            network: Network::Namespaces,
+            snapshot_entries: 10_000,
+            artifact_root: Some(artifact_root.to_string()),
+            env: Vec::new(),
+            bootstrap_one: false,
+            bin_dir: None,
+        }
+    }
+
+    /// `nodes` nodes on loopback ports with every default.
+    pub fn loopback(nodes: usize) -> Self {
+        ClusterOpts {
+            nodes,
+            network: Network::Loopback,
+            snapshot_entries: 10_000,
+            artifact_root: None,
+            env: Vec::new(),
+            bootstrap_one: false,
+            bin_dir: None,
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub address: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    proc: Option<Proc>,
+    paused: bool,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    opts: ClusterOpts,
+    bin_dir: PathBuf,
+    /// The namespace set's number (scripts/netns-cluster.sh K), when namespaced.
+    netns: Option<u32>,
+    agents: Vec<Proc>,
+    rt: OnceLock<tokio::runtime::Runtime>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn netns(args: &[String]) -> Result<()> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/netns-cluster.sh"))
+        .args(args)
+        .output()
+        .context("running scripts/netns-cluster.sh")?;
+    if !out.status.success() {
+        bail!(
+            "netns-cluster.sh {args:?} failed (namespaced clusters need root and iproute2): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Starts every node and waits until each serves.
+    pub fn start(opts: ClusterOpts) -> Result<Cluster> {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-cluster-")
+            .tempdir()?;
+        let (netns_k, addresses) = match opts.network {
+            Network::Namespaces => {
+                // A namespace set of our own: K from the pid, so parallel test binaries differ.
+                let k = 20 + std::process::id() % 200;
+                let n = opts.nodes.to_string();
+                let _ = netns(&["down".into(), k.to_string(), n.clone()]);
+                netns(&["up".into(), k.to_string(), n])?;
+                let addrs = (1..=opts.nodes)
+                    .map(|id| format!("10.77.{k}.{id}:{NETNS_PORT}"))
+                    .collect();
+                (Some(k), addrs)
+            }
+            // Every peer's address must be known before the first node starts, so these
+            // cannot be port 0.
+            Network::Loopback => (
+                None,
+                free_ports(opts.nodes)
+                    .context("picking ports on 127.0.0.1")?
+                    .into_iter()
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        let nodes = addresses
+            .into_iter()
+            .enumerate()
+            .map(|(i, address)| {
+                let id = i as u64 + 1;
+                Node {
+                    id,
+                    address,
+                    data: dir.path().join(format!("n{id}")),
+                    log: dir.path().join(format!("n{id}.log")),
+                    proc: None,
+                    paused: false,
+                }
+            })
+            .collect();
+        let bin_dir = match &opts.bin_dir {
+            Some(d) => d.clone(),
+            None => crate::bin_dir().to_path_buf(),
+        };
+        // Built before any child, so the guard covers a failed start too.
+        let mut c = Cluster {
+            dir,
+            nodes,
+            opts,
+            bin_dir,
+            netns: netns_k,
+            agents: Vec::new(),
+            rt: OnceLock::new(),
+            _turn: turn,
+        };
+        for id in c.all_ids() {
+            c.start_node(id)?;
+        }
+        Ok(c)
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or restarts) node `id` on its data directory, with the same arguments every
+    /// time, and waits until it serves (its storage is open: a partial snapshot left by a kill
+    /// is gone by then).
+    pub fn start_node(&mut self, id: u64) -> Result<()> {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.address))
+            .collect();
+        let (address, data, log) = {
+            let n = self.node(id);
+            (n.address.clone(), n.data.clone(), n.log.clone())
+        };
+        let served_before = count_lines(&log, SERVING);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let coordinator = self.bin_dir.join("gantry-coordinator");
+        let mut cmd = match self.netns {
+            Some(k) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &format!("gt{k}-n{id}")])
+                    .arg(&coordinator);
+                c
+            }
+            None => Command::new(&coordinator),
+        };
+        cmd.args(["--node-id", &id.to_string(), "--listen", &address])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--snapshot-entries",
+                &self.opts.snapshot_entries.to_string(),
+            ]);
+        if let Some(root) = &self.opts.artifact_root {
+            cmd.args(["--artifact-root", root]);
+        }
+        if self.opts.bootstrap_one {
+            if id == 1 {
+                cmd.arg("--bootstrap");
+            }
+        } else {
+            for p in &peers {
+                cmd.args(["--peer", p]);
+            }
+        }
+        for v in SCRUBBED {
+            cmd.env_remove(v);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .envs(self.opts.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", coordinator.display()))?;
+        let node = self.node_mut(id);
+        node.proc = Some(Proc::new(child, format!("coordinator {id}")));
+        node.paused = false;
+        let what = format!("coordinator {id}");
+        let proc = node.proc.as_mut().map(|p| &mut p.child);
+        let child = proc.ok_or_else(|| anyhow!("node {id} has no process"))?;
+        wait_for_line(
+            &log,
+            SERVING,
+            served_before + 1,
+            child,
+            &what,
+            Duration::from_secs(20),
+        )?;
+        Ok(())
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(mut p) = node.proc.take() {
+            p.kill9();
+        }
+        node.paused = false;
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).proc.is_some()
+    }
+
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).proc.as_ref().map(|p| p.pid())
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(p) = &self.node(id).proc {
+            p.signal(libc::SIGSTOP);
+        }
+        self.node_mut(id).paused = true;
+    }
+
+    pub fn resume(&mut self, id: u64) {
+        if let Some(p) = &self.node(id).proc {
+            p.signal(libc::SIGCONT);
+        }
+        self.node_mut(id).paused = false;
+    }
+
+    fn netns_k(&self, what: &str) -> Result<u32> {
+        self.netns
+            .ok_or_else(|| anyhow!("{what} needs a namespaced cluster (Network::Namespaces)"))
+    }
+
+    /// Drops every packet between nodes `i` and `j`; the host still reaches both.
+    pub fn cut(&self, i: u64, j: u64) -> Result<()> {
+        let k = self.netns_k("cut")?;
+        netns(&["cut".into(), k.to_string(), i.to_string(), j.to_string()])
+    }
+
+    pub fn heal(&self, i: u64, j: u64) -> Result<()> {
+        let k = self.netns_k("heal")?;
+        netns(&["heal".into(), k.to_string(), i.to_string(), j.to_string()])
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.node(id).address.clone()
+    }
+
+    pub fn all_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Every node's endpoint, comma-separated, as agents and the CLI take them.
+    pub fn endpoints(&self) -> String {
+        self.endpoints_of(&self.all_ids())
+    }
+
+    fn endpoints_of(&self, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|id| format!("http://{}", self.address(*id)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn cli(&self) -> Cli {
+        self.cli_for(&self.all_ids())
+    }
+
+    /// The CLI pointed at some nodes only.
+    pub fn cli_for(&self, ids: &[u64]) -> Cli {
+        Cli {
+            endpoint: self.endpoints_of(ids),
+            env: Vec::new(),
+        }
+    }
+
+    // ------------------------------------------------------------ status, async
+
+    /// Node `id`'s own view, or None when it is not running or does not answer in 500 ms.
+    pub async fn status_async(&self, id: u64) -> Option<pb::ClusterStatus> {
+        if !self.is_running(id) {
+            return None;
+        }
+        let url = format!("http://{}", self.address(id));
+        let call = async {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .ok()?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+                .ok()?;
+            ClusterServiceClient::new(ch)
+                .status(pb::ClusterStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(STATUS_TIMEOUT, call)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The views of `ids`, asked at once.
+    pub async fn statuses_async(&self, ids: &[u64]) -> Vec<Option<pb::ClusterStatus>> {
+        futures::future::join_all(ids.iter().map(|id| self.status_async(*id))).await
+    }
+
+    /// A node of `among` that says it leads in a term after `after_term`, with no node of
+    /// `among` answering in a higher term.
+    pub async fn leader_async(&self, among: &[u64], after_term: u64) -> Option<pb::ClusterStatus> {
+        leader_of(self.statuses_async(among).await, after_term)
+    }
+
+    /// Until [`Self::leader_async`] finds one, polling every 10 ms.
+    pub async fn wait_leader_async(
+        &self,
+        among: &[u64],
+        after_term: u64,
+        within: Duration,
+    ) -> Result<pb::ClusterStatus> {
+        poll_async(within, EVERY, async || {
+            self.leader_async(among, after_term).await.ok_or_else(|| {
+                anyhow!("no leader after term {after_term} among nodes {among:?} within {within:?}")
+            })
+        })
+        .await
+    }
+
+    /// Every running node's applied index, when all of them answer.
+    async fn applied_async(&self) -> Result<u64, String> {
+        let running: Vec<u64> = self
+            .all_ids()
+            .into_iter()
+            .filter(|id| self.is_running(*id))
+            .collect();
+        let views = self.statuses_async(&running).await;
+        let applied: Vec<Option<u64>> = views
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.applied_index))
+            .collect();
+        match applied.first() {
+            Some(Some(first)) if applied.iter().all(|a| *a == Some(*first)) => Ok(*first),
+            _ => Err(format!("nodes {running:?} applied {applied:?}: {views:?}")),
+        }
+    }
+
+    // ------------------------------------------------------------ status, for test bodies
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for the cluster's status calls")
+            })
+            .block_on(f)
+    }
+
+    /// [`Self::status_async`] for test bodies.
+    pub fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
+        self.block_on(self.status_async(id))
+    }
+
+    /// Waits until one of `among` says it leads (and no other of them in a higher term says
+    /// otherwise); returns (leader id, term).
+    pub fn wait_leader(&self, among: &[u64], timeout: Duration) -> Result<(u64, u64)> {
+        let s = self.block_on(self.wait_leader_async(among, 0, timeout))?;
+        Ok((s.node_id, s.term))
+    }
+
+    /// Waits until every running node has applied the same index; returns it.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<u64> {
+        poll_every(timeout, EVERY, || self.block_on(self.applied_async()))
+            .map_err(|e| anyhow!("nodes did not converge within {timeout:?}: {e}"))
+    }
+
+    // ------------------------------------------------------------ agents
+
+    /// Starts an agent on the host with the process runtime, given every node's endpoint.
+    pub fn start_agent(&mut self, agent_id: &str, env: &[(String, String)]) -> Result<()> {
+        self.start_agent_with(agent_id, &[], env)
+    }
+
+    /// Like [`Self::start_agent`] with extra agent flags (`--label`, `--taint`).
+    pub fn start_agent_with(
+        &mut self,
+        agent_id: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        self.start_agent_on("process", agent_id, args, env)
+    }
+
+    /// Starts agent `agent_id` on `runtime` (`process`, `docker`). An agent of that id
+    /// started before is stopped first (`kill -9` if still running): the new one is its
+    /// restart, with the same work directory, and its log goes on in the same file.
+    pub fn start_agent_on(
+        &mut self,
+        runtime: &str,
+        agent_id: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let name = format!("agent {agent_id}");
+        self.agents.retain(|p| p.name != name);
+        let work = self.dir.path().join(format!("agent-{agent_id}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log_path(agent_id))?;
+        let agent = self.bin_dir.join("gantry-agent");
+        let child = Command::new(&agent)
+            .args(["--coordinator", &self.endpoints()])
+            .args(["--agent-id", agent_id, "--runtime", runtime])
+            .args(args)
+            .arg("--work-dir")
+            .arg(&work)
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", agent.display()))?;
+        self.agents.push(Proc::new(child, name));
+        Ok(())
+    }
+
+    /// SIGTERM to agent `agent_id`, then SIGKILL if it has not exited within 10 s.
+    pub fn stop_agent(&mut self, agent_id: &str) {
+        let name = format!("agent {agent_id}");
+        if let Some(p) = self.agents.iter_mut().find(|p| p.name == name) {
+            p.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// `kill -9` of agent `agent_id`'s process.
+    pub fn kill_agent(&mut self, agent_id: &str) {
+        let name = format!("agent {agent_id}");
+        if let Some(p) = self.agents.iter_mut().find(|p| p.name == name) {
+            p.kill9();
+        }
+    }
+
+    // ------------------------------------------------------------ logs
+
+    fn agent_log_path(&self, agent_id: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{agent_id}.log"))
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub fn agent_log(&self, agent_id: &str) -> String {
+        std::fs::read_to_string(self.agent_log_path(agent_id)).unwrap_or_default()
+    }
+
+    /// Every node's log tail, for assertion messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = self.log(n.id);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out.push_str(&format!("\n--- node {} ---\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Copies every log (nodes and agents) out of the cluster's directory, which goes with the
+    /// guard, into a new directory under `into`; returns the copies.
+    pub fn keep_logs(&self, into: &std::path::Path) -> Vec<PathBuf> {
+        let kept = into.join(format!(
+            "gantry-cluster-logs-{}-{}",
+            std::process::id(),
+            self.dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let mut out = Vec::new();
+        if std::fs::create_dir_all(&kept).is_err() {
+            return out;
+        }
+        let logs = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"));
+        for log in logs {
+            if let Some(name) = log.file_name() {
+                let to = kept.join(name);
+                if std::fs::copy(&log, &to).is_ok() {
+                    out.push(to);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The leader among `views`: says LEADER in a term after `after_term`, and no view is in a
+/// higher term.
+fn leader_of(views: Vec<Option<pb::ClusterStatus>>, after_term: u64) -> Option<pb::ClusterStatus> {
+    let views: Vec<pb::ClusterStatus> = views.into_iter().flatten().collect();
+    let max_term = views.iter().map(|s| s.term).max()?;
+    views
+        .into_iter()
+        .find(|s| s.role == "LEADER" && s.term == max_term && s.term > after_term)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agents.clear();
+        for id in self.all_ids() {
+            if self.node(id).paused {
+                self.resume(id);
+            }
+            self.kill9(id);
+        }
+        if let Some(k) = self.netns {
+            let _ = netns(&["down".into(), k.to_string(), self.nodes.len().to_string()]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(node_id: u64, role: &str, term: u64) -> Option<pb::ClusterStatus> {
+        Some(pb::ClusterStatus {
+            node_id,
+            role: role.into(),
+            term,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_leader_is_the_one_in_the_highest_term_after_the_given_one() {
+        let views = vec![view(1, "LEADER", 3), view(2, "FOLLOWER", 3), None];
+        assert_eq!(leader_of(views.clone(), 0).map(|s| s.node_id), Some(1));
+        assert_eq!(leader_of(views, 3), None);
+        // A stale leader, with a node already in a higher term, is not the leader.
+        let stale = vec![view(1, "LEADER", 3), view(2, "CANDIDATE", 4)];
+        assert_eq!(leader_of(stale, 0), None);
+        assert_eq!(leader_of(vec![None, None], 0), None);
+    }
+}

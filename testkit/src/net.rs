@@ -1,0 +1,106 @@
+//! Ports and readiness of the servers a test starts.
+//!
+//! A port picked here and handed to a child can be taken by someone else before the child
+//! binds it. Where a child can bind port 0 and say its address (s3s-fs, `gantry dev`), prefer
+//! that and read the address with [`wait_for_line`]; [`free_ports`] is for addresses that must
+//! be known before any child starts (the peers of a Raft cluster).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::poll::poll;
+
+/// A port the OS reports free on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// `n` ports the OS reports free on 127.0.0.1; all are held until each is known, so they
+/// differ.
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+/// Until something listens on 127.0.0.1:`port`; fails early if `child` exits.
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str, timeout: Duration) -> Result<()> {
+    poll(timeout, || {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Ok(()));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => Ok(Err(anyhow!(
+                "{what} exited with {status} before listening on {port}"
+            ))),
+            _ => Err(anyhow!(
+                "{what} did not listen on {port} within {timeout:?}"
+            )),
+        }
+    })?
+}
+
+/// Until the `occurrence`-th line of the file `log` holding `marker` is there (1 for the
+/// first; a log appended to across restarts counts its earlier lines); returns what follows
+/// the marker on that line, trimmed. Fails early, with the log, if `child` exits.
+pub fn wait_for_line(
+    log: &Path,
+    marker: &str,
+    occurrence: usize,
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let found = poll(timeout, || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text
+            .lines()
+            .filter_map(|l| l.split_once(marker).map(|(_, r)| r))
+            .nth(occurrence.saturating_sub(1))
+        {
+            return Ok(Ok(rest.trim().to_string()));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => Ok(Err(anyhow!("{what} exited ({status}):\n{text}"))),
+            _ => Err(anyhow!(
+                "{what} did not log {marker:?} within {timeout:?}:\n{text}"
+            )),
+        }
+    });
+    match found {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// How many lines of `log` hold `marker` (0 when the file is absent).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn count_lines(log: &Path, marker: &str) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().filter(|l| l.contains(marker)).count())
+        .unwrap_or(0)
+}
+
+/// The first word of what [`wait_for_line`] returned: an address after a banner.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+pub(crate) fn first_word(rest: &str) -> Result<String> {
+    rest.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .context("an address after the banner")
+}
