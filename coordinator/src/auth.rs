@@ -35,9 +35,10 @@ pub enum Allow {
     Coordinators,
     /// An agent certificate of this cluster; the agent id is the certificate's.
     Agents,
-    /// A token with one of these roles, or a coordinator certificate (a leader asking a
-    /// coordinator who it is before it joins).
-    RolesOrCoordinators(&'static [Role]),
+    /// A token with one of these roles, or any certificate of the cluster CA: a leader asking
+    /// a coordinator who it is before it joins, or an operator looking at a node that does not
+    /// know the cluster's tokens yet.
+    RolesOrCertificates(&'static [Role]),
 }
 
 pub const READ: &[Role] = &[Role::Admin, Role::Submitter, Role::Viewer];
@@ -67,7 +68,7 @@ pub const TABLE: &[Rule] = &[
     rule("/gantry.v1.AgentService/DrainAgent", Allow::Roles(ADMIN)),
     rule(
         "/gantry.v1.ClusterService/Status",
-        Allow::RolesOrCoordinators(READ),
+        Allow::RolesOrCertificates(READ),
     ),
     rule("/gantry.v1.ClusterService/AddMember", Allow::Roles(ADMIN)),
     rule(
@@ -180,6 +181,7 @@ pub fn check(
         principal.cert.as_ref().map(|i| &i.role),
         Some(gantry_tls::Role::Coordinator(_))
     ) || transport == Transport::Insecure;
+    let has_cert = principal.cert.is_some() || transport == Transport::Insecure;
     let is_agent = matches!(
         principal.cert.as_ref().map(|i| &i.role),
         Some(gantry_tls::Role::Agent(_))
@@ -192,14 +194,14 @@ pub fn check(
                 needs(rule.allow)
             )));
         }
-        Allow::RolesOrCoordinators(_) if principal.token.is_none() && !is_coordinator => {
+        Allow::RolesOrCertificates(_) if principal.token.is_none() && !has_cert => {
             return Err(Status::unauthenticated(format!(
                 "{method} needs {}",
                 needs(rule.allow)
             )));
         }
         Allow::Roles(roles) => has_role(roles),
-        Allow::RolesOrCoordinators(roles) => is_coordinator || has_role(roles),
+        Allow::RolesOrCertificates(roles) => has_cert || has_role(roles),
         Allow::Coordinators => is_coordinator,
         Allow::Agents => is_agent,
     };
@@ -226,8 +228,8 @@ pub fn needs(allow: Allow) -> String {
     match allow {
         Allow::Anyone => "no credential (it works once: the first admin token)".into(),
         Allow::Roles(roles) => format!("a token with role {}", roles_text(roles)),
-        Allow::RolesOrCoordinators(roles) => format!(
-            "a token with role {}, or a coordinator certificate",
+        Allow::RolesOrCertificates(roles) => format!(
+            "a token with role {}, or a certificate of the cluster CA",
             roles_text(roles)
         ),
         Allow::Coordinators => "a coordinator certificate of this cluster".into(),

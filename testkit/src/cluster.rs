@@ -6,18 +6,28 @@
 //!   (scripts/netns-cluster.sh; root and iproute2), so a node can also be cut off from another.
 //!   Agents and clients on the host reach the nodes over their host links.
 //!
+//! With [`ClusterOpts::tls`] (the default) the cluster is set up as a production one is: a CA
+//! made for the test, a certificate per coordinator and per agent, TLS on every connection,
+//! and the ACL bootstrapped once the first leader is elected; the CLI gets the CA and the admin
+//! token. Without it, nodes serve plain text (`--insecure` where the address is not loopback).
+//!
 //! Everything is torn down on drop, also when a test fails. Node status comes over gRPC: the
 //! `*_async` methods for async code (the benches), the plain ones for test bodies, which run
 //! them on a runtime of their own and so must not be called from async code.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use gantry_proto::v1 as pb;
+use gantry_proto::v1::acl_service_client::AclServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
+use gantry_tls::issue::{create_ca, create_cert, CaFiles, CertRequest};
+use gantry_tls::{Role, TlsContext, TlsFiles};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::net::{count_lines, free_ports, wait_for_line};
 use crate::poll::{poll_async, poll_every};
@@ -44,7 +54,13 @@ const SCRUBBED: &[&str] = &[
     "GANTRY_LISTEN",
     "GANTRY_NODE_ID",
     "GANTRY_DATA_DIR",
+    "GANTRY_TLS_CA",
+    "GANTRY_TLS_CERT",
+    "GANTRY_TLS_KEY",
+    "GANTRY_CLUSTER",
 ];
+/// The cluster name in the test CA and every certificate.
+pub const TEST_CLUSTER: &str = "test";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
@@ -67,6 +83,8 @@ pub struct ClusterOpts {
     /// Where `gantry-coordinator` and `gantry-agent` are; None: built by cargo
     /// ([`crate::bin_dir`]).
     pub bin_dir: Option<PathBuf>,
+    /// Certificates for every node and agent, TLS everywhere, and a bootstrapped ACL.
+    pub tls: bool,
 }
 
 impl ClusterOpts {
@@ -80,6 +98,7 @@ impl ClusterOpts {
             env: Vec::new(),
             bootstrap_one: false,
             bin_dir: None,
+            tls: true,
         }
     }
 
@@ -93,9 +112,35 @@ impl ClusterOpts {
             env: Vec::new(),
             bootstrap_one: false,
             bin_dir: None,
+            tls: true,
         }
     }
 }
+
+/// The cluster's CA and the credentials the harness itself uses.
+struct ClusterTls {
+    ca: CaFiles,
+    dir: PathBuf,
+    /// The harness's own credentials: a client certificate (enough to ask any node its
+    /// status, even one that does not know the cluster's tokens yet) and the CA.
+    client: Arc<TlsContext>,
+}
+
+/// Adds the admin token to the harness's own calls.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to a node with the harness's credentials.
+pub type Authed = InterceptedService<Channel, BearerToken>;
 
 pub struct Node {
     pub id: u64,
@@ -113,6 +158,9 @@ pub struct Cluster {
     bin_dir: PathBuf,
     /// The namespace set's number (scripts/netns-cluster.sh K), when namespaced.
     netns: Option<u32>,
+    tls: Option<ClusterTls>,
+    /// The admin token made when the ACL was bootstrapped.
+    token: Option<String>,
     agents: Vec<Proc>,
     rt: OnceLock<tokio::runtime::Runtime>,
     _turn: MutexGuard<'static, ()>,
@@ -182,6 +230,31 @@ impl Cluster {
             Some(d) => d.clone(),
             None => crate::bin_dir().to_path_buf(),
         };
+        let tls = if opts.tls {
+            let tls_dir = dir.path().join("tls");
+            let ca = create_ca(&tls_dir, TEST_CLUSTER, 30, false)?;
+            for id in 1..=opts.nodes as u64 {
+                issue(&ca, &tls_dir, Role::Coordinator(id))?;
+            }
+            issue(&ca, &tls_dir, Role::Client("harness".into()))?;
+            let client = TlsContext::load(
+                TlsFiles {
+                    ca: ca.cert.clone(),
+                    cert: Some(tls_dir.join("client-harness.pem")),
+                    key: Some(tls_dir.join("client-harness.key")),
+                },
+                gantry_tls::ClientCerts::Optional,
+                gantry_tls::Expect::Any,
+                Some(TEST_CLUSTER.into()),
+            )?;
+            Some(ClusterTls {
+                ca,
+                dir: tls_dir,
+                client,
+            })
+        } else {
+            None
+        };
         // Built before any child, so the guard covers a failed start too.
         let mut c = Cluster {
             dir,
@@ -189,6 +262,8 @@ impl Cluster {
             opts,
             bin_dir,
             netns: netns_k,
+            tls,
+            token: None,
             agents: Vec::new(),
             rt: OnceLock::new(),
             _turn: turn,
@@ -196,7 +271,101 @@ impl Cluster {
         for id in c.all_ids() {
             c.start_node(id)?;
         }
+        let token = c.block_on(c.bootstrap_acl_async())?;
+        c.token = Some(token);
         Ok(c)
+    }
+
+    /// Makes the first admin token, as an operator would after the first start: any node
+    /// takes the call and the leader commits it, once one is elected.
+    async fn bootstrap_acl_async(&self) -> Result<String> {
+        poll_async(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            async || {
+                let mut last = String::from("no node answered");
+                for id in self.all_ids() {
+                    let Some(ch) = self.channel(id) else { continue };
+                    let mut acl = AclServiceClient::new(ch);
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        acl.bootstrap(pb::AclBootstrapRequest {}),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) => return Ok(r.into_inner().secret),
+                        Ok(Err(s)) => last = format!("node {id}: {}", s.message()),
+                        Err(_) => last = format!("node {id}: no answer"),
+                    }
+                }
+                Err(anyhow!("the ACL could not be bootstrapped: {last}"))
+            },
+        )
+        .await
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Where the test CA and certificates are (`ca.pem`, `<role>-<id>.pem`/`.key`).
+    pub fn tls_dir(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.dir.as_path())
+    }
+
+    /// The CA, to issue more certificates in a test (another agent, a stranger).
+    pub fn ca(&self) -> Option<&CaFiles> {
+        self.tls.as_ref().map(|t| &t.ca)
+    }
+
+    /// A channel to node `id` with the harness's CA, certificate and admin token (None: the
+    /// address is bad).
+    pub fn channel(&self, id: u64) -> Option<Authed> {
+        self.channel_with(id, true)
+    }
+
+    /// Like [`Self::channel`]; without the token only the certificate speaks (a node that has
+    /// not caught up does not know the token and would refuse it).
+    fn channel_with(&self, id: u64, with_token: bool) -> Option<Authed> {
+        let tls = self.tls.as_ref().map(|t| t.client.clone());
+        let ch = gantry_tls::client::channel(&self.address(id), tls, |e| {
+            e.connect_timeout(CONNECT_TIMEOUT)
+        })
+        .ok()?;
+        let token = self
+            .token
+            .as_ref()
+            .filter(|_| with_token)
+            .and_then(|t| format!("Bearer {t}").parse().ok());
+        Some(InterceptedService::new(ch, BearerToken(token)))
+    }
+
+    /// The TLS flags of a program whose certificate is `<stem>.pem`.
+    fn tls_args(&self, stem: &str) -> Vec<String> {
+        match &self.tls {
+            None => {
+                if self.netns.is_some() {
+                    vec!["--insecure".into()]
+                } else {
+                    Vec::new()
+                }
+            }
+            Some(t) => vec![
+                "--tls-ca".into(),
+                t.ca.cert.to_string_lossy().into_owned(),
+                "--tls-cert".into(),
+                t.dir
+                    .join(format!("{stem}.pem"))
+                    .to_string_lossy()
+                    .into_owned(),
+                "--tls-key".into(),
+                t.dir
+                    .join(format!("{stem}.key"))
+                    .to_string_lossy()
+                    .into_owned(),
+            ],
+        }
     }
 
     fn node(&self, id: u64) -> &Node {
@@ -245,6 +414,7 @@ impl Cluster {
         if let Some(root) = &self.opts.artifact_root {
             cmd.args(["--artifact-root", root]);
         }
+        cmd.args(self.tls_args(&format!("coordinator-{id}")));
         if self.opts.bootstrap_one {
             if id == 1 {
                 cmd.arg("--bootstrap");
@@ -343,8 +513,9 @@ impl Cluster {
     }
 
     fn endpoints_of(&self, ids: &[u64]) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         ids.iter()
-            .map(|id| format!("http://{}", self.address(*id)))
+            .map(|id| format!("{scheme}://{}", self.address(*id)))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -355,9 +526,16 @@ impl Cluster {
 
     /// The CLI pointed at some nodes only.
     pub fn cli_for(&self, ids: &[u64]) -> Cli {
+        let mut env = Vec::new();
+        if let Some(t) = &self.tls {
+            env.push(("GANTRY_CA".into(), t.ca.cert.to_string_lossy().into_owned()));
+        }
+        if let Some(token) = &self.token {
+            env.push(("GANTRY_TOKEN".into(), token.clone()));
+        }
         Cli {
             endpoint: self.endpoints_of(ids),
-            env: Vec::new(),
+            env,
         }
     }
 
@@ -368,15 +546,9 @@ impl Cluster {
         if !self.is_running(id) {
             return None;
         }
-        let url = format!("http://{}", self.address(id));
         let call = async {
-            let ch = tonic::transport::Endpoint::from_shared(url)
-                .ok()?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect()
-                .await
-                .ok()?;
-            ClusterServiceClient::new(ch)
+            let with_token = self.tls.is_none();
+            ClusterServiceClient::new(self.channel_with(id, with_token)?)
                 .status(pb::ClusterStatusRequest {})
                 .await
                 .ok()
@@ -498,9 +670,15 @@ impl Cluster {
             .append(true)
             .open(self.agent_log_path(agent_id))?;
         let agent = self.bin_dir.join("gantry-agent");
+        if let Some(t) = &self.tls {
+            if !t.dir.join(format!("agent-{agent_id}.pem")).exists() {
+                issue(&t.ca, &t.dir, Role::Agent(agent_id.to_string()))?;
+            }
+        }
         let child = Command::new(&agent)
             .args(["--coordinator", &self.endpoints()])
             .args(["--agent-id", agent_id, "--runtime", runtime])
+            .args(self.tls_args(&format!("agent-{agent_id}")))
             .args(args)
             .arg("--work-dir")
             .arg(&work)
@@ -593,6 +771,23 @@ impl Cluster {
         out.sort();
         out
     }
+}
+
+/// Issues a certificate of the test CA into `dir`.
+pub fn issue(ca: &CaFiles, dir: &std::path::Path, role: Role) -> Result<()> {
+    create_cert(
+        ca,
+        &CertRequest {
+            role,
+            cluster: None,
+            dns: vec![],
+            ips: vec![],
+            days: 30,
+        },
+        dir,
+        true,
+    )?;
+    Ok(())
 }
 
 /// The leader among `views`: says LEADER in a term after `after_term`, and no view is in a

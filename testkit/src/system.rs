@@ -266,11 +266,29 @@ impl DevCluster {
         Ok(c)
     }
 
+    /// The CLI as `gantry dev` set it up: its CA and admin token, through the client config
+    /// it wrote.
     pub fn cli(&self) -> Cli {
+        let mut env = self.env.clone();
+        env.push((
+            "GANTRY_CLIENT_CONFIG".into(),
+            self.data_dir
+                .path()
+                .join("client.toml")
+                .to_string_lossy()
+                .into_owned(),
+        ));
         Cli {
             endpoint: self.endpoint.clone(),
-            env: self.env.clone(),
+            env,
         }
+    }
+
+    /// The admin token `gantry dev` made.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("admin.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
     }
 
     pub fn wait_for_agents(&self, n: usize) -> Result<()> {
