@@ -11,7 +11,10 @@ mkdir -p .gantry
 python3 examples/training_pipeline.py .gantry/training.yaml
 
 port=${GANTRY_EXAMPLE_PORT:-7070}
-export GANTRY_ENDPOINT="http://127.0.0.1:$port"
+# `gantry dev` sets up TLS and an admin token and writes where they are to this file, which
+# the CLI reads (from the default data dir, .gantry/client.toml, it would need no variable).
+export GANTRY_CLIENT_CONFIG=.gantry/dev/client.toml
+rm -f "$GANTRY_CLIENT_CONFIG"
 target/debug/gantry dev --listen "127.0.0.1:$port" --data-dir .gantry/dev 2> .gantry/dev.log &
 dev_pid=$!
 trap 'kill "$dev_pid" 2>/dev/null; wait "$dev_pid" 2>/dev/null || true' EXIT

@@ -216,11 +216,12 @@ pub fn check(
 }
 
 fn roles_text(roles: &[Role]) -> String {
-    roles
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(" or ")
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
 }
 
 /// What a rule asks of a caller, in words (errors and the README).
@@ -331,4 +332,68 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Principal {
         .get::<Principal>()
         .cloned()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_every_service_is_in_the_table_once() {
+        let services = [
+            (
+                "RunService",
+                gantry_proto::v1::run_service_server::SERVICE_NAME,
+            ),
+            (
+                "AgentService",
+                gantry_proto::v1::agent_service_server::SERVICE_NAME,
+            ),
+            (
+                "ClusterService",
+                gantry_proto::v1::cluster_service_server::SERVICE_NAME,
+            ),
+            (
+                "RaftService",
+                gantry_proto::v1::raft_service_server::SERVICE_NAME,
+            ),
+            (
+                "AclService",
+                gantry_proto::v1::acl_service_server::SERVICE_NAME,
+            ),
+        ];
+        let proto = include_str!("../../proto/proto/gantry.proto");
+        let mut declared = Vec::new();
+        let mut service = "";
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().unwrap_or("");
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                let name = rest.split('(').next().unwrap_or("").trim();
+                let full = services
+                    .iter()
+                    .find(|(s, _)| *s == service)
+                    .map(|(_, full)| *full)
+                    .unwrap_or_else(|| panic!("service {service} is not listed here"));
+                declared.push(format!("/{full}/{name}"));
+            }
+        }
+        let mut in_table: Vec<String> = TABLE.iter().map(|r| r.method.to_string()).collect();
+        declared.sort();
+        in_table.sort();
+        assert_eq!(
+            declared, in_table,
+            "the proto's RPCs and the authorization table differ"
+        );
+    }
+
+    #[test]
+    fn the_readme_shows_the_table() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&markdown_table()),
+            "README.md's authorization table is out of date; it should read:\n{}",
+            markdown_table()
+        );
+    }
 }

@@ -927,7 +927,7 @@ fn tokens_are_created_once_by_bootstrap_and_revoked_by_commands_replayed_alike()
         expires_at: None,
         created_by: Some("root".into()),
     };
-    let log = vec![
+    let log = [
         Command::AclBootstrap {
             token: token("root", 'a'),
         },
