@@ -654,3 +654,5 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod compat_tests;
