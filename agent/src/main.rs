@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
-        agent_id,
+        agent_id: agent_id.into(),
         coordinators: args
             .coordinator
             .iter()

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_model::{HostInventory, StepOutcome, StepSpec};
+use gantry_model::{AgentId, AttemptKey, HostInventory, StepOutcome, StepSpec};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as Out;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
@@ -22,7 +22,7 @@ use crate::runtime::{LogLine, LogStream};
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// Coordinator endpoints, tried in turn.
     pub coordinators: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -61,17 +61,17 @@ fn placement_view(inv: &HostInventory) -> impl PartialEq {
     )
 }
 
-type Key = (String, String, u32);
-
-fn key_of(r: &pb::AttemptRef) -> Key {
-    (r.run_id.clone(), r.task_id.clone(), r.attempt)
+/// The attempt a coordinator's message names (the wire carries ids as strings).
+fn key_of(r: &pb::AttemptRef) -> AttemptKey {
+    AttemptKey::new(r.run_id.as_str(), r.task_id.as_str(), r.attempt)
 }
 
-fn attempt_ref(k: &Key) -> pb::AttemptRef {
+/// An attempt as the agent's messages name it.
+fn attempt_ref(k: &AttemptKey) -> pb::AttemptRef {
     pb::AttemptRef {
-        run_id: k.0.clone(),
-        task_id: k.1.clone(),
-        attempt: k.2,
+        run_id: k.run_id.to_string(),
+        task_id: k.task_id.to_string(),
+        attempt: k.attempt,
     }
 }
 
@@ -84,7 +84,7 @@ struct Attempt {
 /// The agent's memory of its attempts, shared by sessions and the tasks running steps.
 pub struct AgentCore {
     launcher: Arc<Launcher>,
-    attempts: Mutex<HashMap<Key, Attempt>>,
+    attempts: Mutex<HashMap<AttemptKey, Attempt>>,
     outbound: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
 }
 
@@ -101,7 +101,7 @@ impl AgentCore {
         })
     }
 
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Attempt>> {
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, Attempt>> {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -143,14 +143,14 @@ impl AgentCore {
             .count()
     }
 
-    fn unreported(&self) -> Vec<(Key, StepOutcome)> {
+    fn unreported(&self) -> Vec<(AttemptKey, StepOutcome)> {
         self.attempts()
             .iter()
             .filter_map(|(k, a)| a.result.clone().map(|r| (k.clone(), r)))
             .collect()
     }
 
-    fn finished_msg(k: &Key, outcome: &StepOutcome) -> pb::AgentMessage {
+    fn finished_msg(k: &AttemptKey, outcome: &StepOutcome) -> pb::AgentMessage {
         let outcome_json = serde_json::to_string(outcome).unwrap_or_else(|e| {
             serde_json::json!({"status": "failed", "error": format!("cannot encode outcome: {e}")})
                 .to_string()
@@ -180,7 +180,7 @@ impl AgentCore {
     }
 
     fn spawn(self: &Arc<Self>, spec: StepSpec, reattach: bool) {
-        let k: Key = (spec.run_id.clone(), spec.task_id.clone(), spec.attempt);
+        let k = spec.attempt_key();
         let cancel = CancellationToken::new();
         {
             let mut attempts = self.attempts();
@@ -220,13 +220,13 @@ impl AgentCore {
         });
     }
 
-    fn cancel(&self, k: &Key) {
+    fn cancel(&self, k: &AttemptKey) {
         if let Some(a) = self.attempts().get(k) {
             a.cancel.cancel();
         }
     }
 
-    fn forget(&self, k: &Key) {
+    fn forget(&self, k: &AttemptKey) {
         let mut attempts = self.attempts();
         if attempts.get(k).is_some_and(|a| a.result.is_some()) {
             attempts.remove(k);
@@ -251,7 +251,7 @@ fn outcome_name(o: &StepOutcome) -> &'static str {
 }
 
 /// Sends log lines in batches: up to 128 lines or 100 ms.
-async fn forward_logs(core: Arc<AgentCore>, k: Key, mut rx: mpsc::Receiver<LogLine>) {
+async fn forward_logs(core: Arc<AgentCore>, k: AttemptKey, mut rx: mpsc::Receiver<LogLine>) {
     let mut batch = Vec::new();
     loop {
         let line = if batch.is_empty() {
@@ -286,7 +286,7 @@ async fn forward_logs(core: Arc<AgentCore>, k: Key, mut rx: mpsc::Receiver<LogLi
     }
 }
 
-fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
+fn flush(core: &AgentCore, k: &AttemptKey, batch: &mut Vec<pb::LogLine>) {
     if batch.is_empty() {
         return;
     }
@@ -510,7 +510,7 @@ async fn session(
     let inventory_json =
         serde_json::to_string(&*current.lock().unwrap_or_else(|e| e.into_inner()))?;
     tx.send(msg(Out::Register(pb::Register {
-        agent_id: cfg.agent_id.clone(),
+        agent_id: cfg.agent_id.to_string(),
         inventory_json,
         labels: cfg.labels.clone().into_iter().collect(),
         active: core.active(),
@@ -523,7 +523,7 @@ async fn session(
         .into_inner();
     core.set_outbound(Some(tx.clone()));
     for (k, outcome) in core.unreported() {
-        tracing::info!(run = %k.0, task = %k.1, attempt = k.2, "re-reporting a result");
+        tracing::info!(run = %k.run_id, task = %k.task_id, attempt = k.attempt, "re-reporting a result");
         let _ = tx.send(AgentCore::finished_msg(&k, &outcome)).await;
     }
     let heartbeat = {

@@ -331,7 +331,7 @@ fn timings(e: &crate::dev::Embedded, pipeline: &str, f: &mut Figures) {
             continue;
         };
         by_ready.insert(
-            t.task_id.clone(),
+            t.task_id.to_string(),
             (t.created_at, a.assigned_at, started, finished),
         );
     }

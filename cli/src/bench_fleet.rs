@@ -124,8 +124,8 @@ fn msg(body: Out) -> pb::AgentMessage {
 
 fn attempt_ref(s: &StepSpec) -> pb::AttemptRef {
     pb::AttemptRef {
-        run_id: s.run_id.clone(),
-        task_id: s.task_id.clone(),
+        run_id: s.run_id.to_string(),
+        task_id: s.task_id.to_string(),
         attempt: s.attempt,
     }
 }
@@ -266,7 +266,7 @@ async fn sim_session(
                     .map_err(|e| format!("unreadable assignment: {e}"))?;
                 tracker
                     .runs()
-                    .entry(spec.run_id.clone())
+                    .entry(spec.run_id.to_string())
                     .or_default()
                     .assigned_us
                     .push(at);

@@ -133,7 +133,7 @@ pub async fn start_embedded(
     let core = AgentCore::new(launcher);
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
-        agent_id,
+        agent_id: agent_id.into(),
         coordinators: vec![format!("http://{}", server.addr)],
         labels,
         taints: Vec::new(),

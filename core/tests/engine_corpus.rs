@@ -21,7 +21,7 @@ use gantry_core::ir::{
     parse_pipeline, resolve_run_parameters, Implementation, IteratorItems, ParameterSource,
     PipelineSpec,
 };
-use gantry_model::{ArtifactRef, ParamType, StepOutcome};
+use gantry_model::{ArtifactRef, ParamType, StepOutcome, TaskId};
 use serde_json::{json, Value};
 
 const GOLDEN: &str = "tests/engine-conformance.md";
@@ -193,7 +193,7 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         if run.state.is_terminal() {
             break;
         }
-        let ready: Vec<String> = run.ready_tasks().map(|t| t.task_id.clone()).collect();
+        let ready: Vec<TaskId> = run.ready_tasks().map(|t| t.task_id.clone()).collect();
         if ready.is_empty() {
             return Err(format!(
                 "stuck: run {} with no ready task",
@@ -202,7 +202,7 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         }
         for id in ready {
             let attempt = run.tasks[&id].attempts.len() as u32 + 1;
-            record_assignment(&mut run, &id, attempt, "agent", &[], now)?;
+            record_assignment(&mut run, &id, attempt, &"agent".into(), &[], now)?;
             let step = step_spec(&run, &id, attempt)?;
             let task_name = run.tasks[&id].name.clone();
             let parameters = step

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::{RunId, TaskId};
+
 /// One artifact as recorded in run state and handed to a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactRef {
@@ -44,7 +46,13 @@ pub fn validate_artifact_name(name: &str) -> Result<(), String> {
 ///
 /// `task_id` is the task's path in the run (`condition-1/train`, `for-loop-2/3/square`), made of
 /// IR task names and iteration numbers, so every segment is already a safe name.
-pub fn artifact_uri(root: &str, run_id: &str, task_id: &str, attempt: u32, output: &str) -> String {
+pub fn artifact_uri(
+    root: &str,
+    run_id: &RunId,
+    task_id: &TaskId,
+    attempt: u32,
+    output: &str,
+) -> String {
     format!(
         "{}/{}/{}/attempt-{}/{}",
         root.trim_end_matches('/'),
@@ -72,13 +80,19 @@ mod tests {
             ] {
                 for attempt in [1, 2] {
                     for out in ["model", "metrics"] {
-                        assert!(seen.insert(artifact_uri("s3://b/p/", run, task, attempt, out)));
+                        assert!(seen.insert(artifact_uri(
+                            "s3://b/p/",
+                            &run.into(),
+                            &task.into(),
+                            attempt,
+                            out
+                        )));
                     }
                 }
             }
         }
         assert_eq!(
-            artifact_uri("file:///tmp/a/", "r", "t", 1, "o"),
+            artifact_uri("file:///tmp/a/", &"r".into(), &"t".into(), 1, "o"),
             "file:///tmp/a/r/t/attempt-1/o"
         );
     }

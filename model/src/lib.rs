@@ -5,11 +5,13 @@
 
 pub mod artifact;
 pub mod flags;
+pub mod ids;
 pub mod params;
 pub mod resources;
 pub mod step;
 
 pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
+pub use ids::{AgentId, AttemptKey, RunId, TaskId};
 pub use params::ParamType;
 pub use resources::{GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, Toleration};
 pub use step::{

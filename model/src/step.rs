@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ArtifactRef, ParamType, ResourceRequest};
+use crate::{ArtifactRef, AttemptKey, ParamType, ResourceRequest, RunId, TaskId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvVar {
@@ -127,9 +127,9 @@ pub struct StepOutputs {
 /// One attempt of one task, as committed to the log and sent to the agent that runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepSpec {
-    pub run_id: String,
+    pub run_id: RunId,
     /// Path of the task in the run, unique within it (`condition-1/train`).
-    pub task_id: String,
+    pub task_id: TaskId,
     /// The IR task name (`train`).
     pub task_name: String,
     pub attempt: u32,
@@ -145,9 +145,14 @@ pub struct StepSpec {
 }
 
 impl StepSpec {
-    /// Identifies the attempt everywhere (container labels, logs, reports).
-    pub fn attempt_key(&self) -> String {
-        format!("{}/{}/{}", self.run_id, self.task_id, self.attempt)
+    /// Identifies the attempt everywhere (container labels, logs, reports); it displays as
+    /// `run/task/attempt`.
+    pub fn attempt_key(&self) -> AttemptKey {
+        AttemptKey {
+            run_id: self.run_id.clone(),
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+        }
     }
 }
 

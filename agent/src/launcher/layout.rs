@@ -104,7 +104,7 @@ pub(super) fn check_task_path(run_id: &str, task_id: &str) -> Result<(), String>
 
 /// `run_id` and every segment of `task_id` must be safe directory names.
 pub(super) fn check_ids(spec: &StepSpec) -> Result<(), String> {
-    check_task_path(&spec.run_id, &spec.task_id)?;
+    check_task_path(spec.run_id.as_str(), spec.task_id.as_str())?;
     for name in spec.inputs.artifacts.keys() {
         check_name("input artifact", name)?;
     }

@@ -217,8 +217,8 @@ impl Launcher {
     /// `WORK_ROOT/<run>/<task_id>/attempt-<n>`.
     pub fn attempt_dir(&self, spec: &StepSpec) -> PathBuf {
         self.work_root
-            .join(&spec.run_id)
-            .join(&spec.task_id)
+            .join(spec.run_id.as_str())
+            .join(spec.task_id.as_str())
             .join(format!("attempt-{}", spec.attempt))
     }
 
@@ -319,7 +319,9 @@ impl Launcher {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let spec: StepSpec = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{} is not a step spec: {e}", path.display()))?;
-        if (&spec.run_id, &spec.task_id, spec.attempt) != (run, task, attempt) {
+        if (spec.run_id.as_str(), spec.task_id.as_str(), spec.attempt)
+            != (run.as_str(), task.as_str(), attempt)
+        {
             return Err(format!("{} belongs to another attempt", path.display()));
         }
         check_ids(&spec)?;

@@ -125,8 +125,8 @@ impl Launcher {
         // `{{retries}}`); the component's own variables come after, so they win.
         let mut env: Vec<(String, String)> = self.step_env.clone();
         env.extend([
-            ("GANTRY_RUN_ID".into(), spec.run_id.clone()),
-            ("GANTRY_TASK_ID".into(), spec.task_id.clone()),
+            ("GANTRY_RUN_ID".into(), spec.run_id.to_string()),
+            ("GANTRY_TASK_ID".into(), spec.task_id.to_string()),
             ("GANTRY_ATTEMPT".into(), spec.attempt.to_string()),
             // Only the assigned GPUs; `void` keeps a CUDA base image's `all` from exposing the
             // host's GPUs to a step that was given none.
@@ -180,8 +180,8 @@ impl Launcher {
         labels.extend(
             [
                 ("gantry.managed", "true".to_string()),
-                ("gantry.run", spec.run_id.clone()),
-                ("gantry.task", spec.task_id.clone()),
+                ("gantry.run", spec.run_id.to_string()),
+                ("gantry.task", spec.task_id.to_string()),
                 ("gantry.attempt", spec.attempt.to_string()),
             ]
             .into_iter()
@@ -250,7 +250,7 @@ pub(super) fn identity(spec: &StepSpec) -> placeholders::Context {
     placeholders::Context {
         job_name: spec.pipeline_name.clone(),
         job_resource_name: format!("{}-{}", spec.pipeline_name, spec.run_id),
-        job_uuid: spec.run_id.clone(),
+        job_uuid: spec.run_id.to_string(),
         task_name: spec.task_name.clone(),
         task_uuid: task_uuid.to_string(),
         pipeline_root: spec.pipeline_root.clone(),

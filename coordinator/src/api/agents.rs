@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use gantry_core::state::{AttemptKey, Command, Outcome};
-use gantry_model::{HostInventory, StepOutcome};
+use gantry_core::state::{Command, Outcome};
+use gantry_model::{AgentId, AttemptKey, HostInventory, StepOutcome};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as In;
 use gantry_proto::v1::agent_service_server::AgentService;
@@ -13,9 +13,8 @@ use gantry_proto::v1::coordinator_message::Body as Out;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::agent_to_proto;
+use super::convert::{agent_to_proto, attempt_key, attempt_ref};
 use super::Api;
-use crate::dispatch::attempt_ref;
 use crate::logs::LogRecord;
 use crate::server::{Coordinator, Route};
 
@@ -23,15 +22,11 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, St
 
 fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
-    Ok(AttemptKey {
-        run_id: r.run_id,
-        task_id: r.task_id,
-        attempt: r.attempt,
-    })
+    Ok(attempt_key(r))
 }
 
 /// Commits a reported outcome, then tells the agent it may forget it.
-async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFinished) {
+async fn record_finished(c: Arc<Coordinator>, agent_id: AgentId, f: pb::AttemptFinished) {
     let attempt = match key(f.attempt) {
         Ok(k) => k,
         Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "bad report"),
@@ -70,7 +65,7 @@ async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFi
 
 async fn serve_session(
     c: Arc<Coordinator>,
-    agent_id: String,
+    agent_id: AgentId,
     session_id: u64,
     mut inbound: Streaming<pb::AgentMessage>,
 ) {
@@ -186,16 +181,8 @@ impl AgentService for Api {
             .map(|t| gantry_model::Taint::parse(t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Status::invalid_argument)?;
-        let known: BTreeSet<AttemptKey> = reg
-            .active
-            .into_iter()
-            .map(|r| AttemptKey {
-                run_id: r.run_id,
-                task_id: r.task_id,
-                attempt: r.attempt,
-            })
-            .collect();
-        let agent_id = reg.agent_id;
+        let known: BTreeSet<AttemptKey> = reg.active.into_iter().map(attempt_key).collect();
+        let agent_id = AgentId::from(reg.agent_id);
         self.0
             .propose(Command::RegisterAgent {
                 agent_id: agent_id.clone(),
@@ -209,7 +196,7 @@ impl AgentService for Api {
         let session_id = self.0.dispatcher.attach(&agent_id, tx.clone());
         let _ = tx.send(Ok(pb::CoordinatorMessage {
             body: Some(Out::Registered(pb::Registered {
-                agent_id: agent_id.clone(),
+                agent_id: agent_id.to_string(),
             })),
         }));
         self.0.dispatcher.resend_assignments(&agent_id, &known);
@@ -262,7 +249,7 @@ impl AgentService for Api {
         let req = req.into_inner();
         self.0
             .propose(Command::SetAgentDraining {
-                agent_id: req.agent_id.clone(),
+                agent_id: req.agent_id.as_str().into(),
                 draining: req.drain,
             })
             .await?
@@ -270,7 +257,7 @@ impl AgentService for Api {
             .map_err(super::runs::rejection)?;
         let connected = self.0.dispatcher.connected();
         let st = self.0.state.read();
-        let a = st.agents.get(&req.agent_id).ok_or_else(|| {
+        let a = st.agents.get(req.agent_id.as_str()).ok_or_else(|| {
             Status::not_found(format!("agent {} is not registered", req.agent_id))
         })?;
         Ok(Response::new(agent_to_proto(

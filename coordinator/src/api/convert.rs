@@ -1,11 +1,31 @@
-//! Domain → proto conversions for what the API returns.
+//! Conversions between proto messages and domain types, in one place: ids travel as strings
+//! on the wire and as newtypes inside; states as proto enums on the wire.
 
 use std::collections::BTreeMap;
 
 use gantry_core::engine::{RunRecord, ROOT_TASK_ID};
 use gantry_core::state::AgentRecord;
+use gantry_model::{AttemptKey, RunId, TaskId};
 use gantry_proto::v1 as pb;
 use serde_json::{json, Value};
+
+/// The attempt an agent's message names.
+pub fn attempt_key(r: pb::AttemptRef) -> AttemptKey {
+    AttemptKey {
+        run_id: r.run_id.into(),
+        task_id: r.task_id.into(),
+        attempt: r.attempt,
+    }
+}
+
+/// An attempt as messages to agents name it.
+pub fn attempt_ref(k: &AttemptKey) -> pb::AttemptRef {
+    pb::AttemptRef {
+        run_id: k.run_id.to_string(),
+        task_id: k.task_id.to_string(),
+        attempt: k.attempt,
+    }
+}
 
 pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     let artifacts: BTreeMap<&String, Vec<Value>> = outputs
@@ -28,7 +48,7 @@ pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     json!({ "parameters": outputs.parameters, "artifacts": artifacts }).to_string()
 }
 
-pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String>) -> pb::Run {
+pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>) -> pb::Run {
     let mut tasks: Vec<&gantry_core::engine::TaskRecord> = run
         .tasks
         .values()
@@ -40,7 +60,7 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
             .then(a.task_id.cmp(&b.task_id))
     });
     pb::Run {
-        run_id: run.run_id.clone(),
+        run_id: run.run_id.to_string(),
         pipeline_name: run.pipeline.name.clone(),
         state: run.state.as_str().to_string(),
         error: run.error.clone().unwrap_or_default(),
@@ -50,16 +70,16 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
         tasks: tasks
             .into_iter()
             .map(|t| pb::Task {
-                task_id: t.task_id.clone(),
+                task_id: t.task_id.to_string(),
                 name: t.name.clone(),
-                parent: t.parent.clone().unwrap_or_default(),
+                parent: t.parent.as_ref().map(TaskId::to_string).unwrap_or_default(),
                 iteration: t.iteration.map_or(-1, i64::from),
                 state: t.state.as_str().to_string(),
                 attempts: t.attempts.len() as u32,
                 agent: t
                     .attempts
                     .last()
-                    .map(|a| a.agent.clone())
+                    .map(|a| a.agent.to_string())
                     .unwrap_or_default(),
                 started_at_ms: t.started_at.unwrap_or(0),
                 finished_at_ms: t.finished_at.unwrap_or(0),
@@ -77,7 +97,7 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
 
 pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
     pb::AgentInfo {
-        agent_id: a.agent_id.clone(),
+        agent_id: a.agent_id.to_string(),
         hostname: a.inventory.hostname.clone(),
         state: if a.lost_at.is_some() {
             "LOST"
@@ -112,10 +132,7 @@ fn gpus_json(a: &AgentRecord) -> String {
         .map(|g| {
             let mut v = serde_json::to_value(g).unwrap_or_default();
             if let (Some(k), Some(obj)) = (a.gpus_in_use.get(&g.uuid), v.as_object_mut()) {
-                obj.insert(
-                    "assigned_to".into(),
-                    format!("{}/{}/{}", k.run_id, k.task_id, k.attempt).into(),
-                );
+                obj.insert("assigned_to".into(), k.to_string().into());
             }
             v
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 use gantry_core::engine::{check_supported, CachePolicy, RunLimits};
 use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome, Rejection};
+use gantry_model::{RunId, TaskId};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
 use gantry_proto::v1::run_service_server::RunService;
@@ -28,12 +29,12 @@ pub(super) fn rejection(r: Rejection) -> Status {
 
 impl Api {
     /// Commits `cmd` (on the leader) and answers with run `run_id` as it is then.
-    async fn change_run(&self, run_id: &str, cmd: Command) -> Result<Response<pb::Run>, Status> {
+    async fn change_run(&self, run_id: &RunId, cmd: Command) -> Result<Response<pb::Run>, Status> {
         self.0.propose(cmd).await?.result.map_err(rejection)?;
         self.run_proto(run_id).map(Response::new)
     }
 
-    fn run_proto(&self, run_id: &str) -> Result<pb::Run, Status> {
+    fn run_proto(&self, run_id: &RunId) -> Result<pb::Run, Status> {
         let waiting = self
             .0
             .waiting
@@ -122,8 +123,8 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>
 
 fn log_entry(r: LogRecord) -> pb::LogEntry {
     pb::LogEntry {
-        run_id: r.run_id,
-        task_id: r.task_id,
+        run_id: r.run_id.into_string(),
+        task_id: r.task_id.into_string(),
         attempt: r.attempt,
         stream: r.stream,
         line: r.line,
@@ -159,7 +160,7 @@ impl RunService for Api {
             .map_err(|e| Status::invalid_argument(format!("invalid input artifacts: {e}")))?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let cmd = Command::CreateRun {
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id: uuid::Uuid::new_v4().to_string().into(),
             request_id,
             pipeline: Box::new(pipeline),
             pipeline_root: self.0.artifact_root.clone(),
@@ -173,7 +174,10 @@ impl RunService for Api {
         let applied = self.0.propose(cmd).await?;
         match applied.result {
             Ok(Outcome::RunCreated { run_id, existing }) => {
-                Ok(Response::new(pb::SubmitRunResponse { run_id, existing }))
+                Ok(Response::new(pb::SubmitRunResponse {
+                    run_id: run_id.into_string(),
+                    existing,
+                }))
             }
             Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
             Err(r) => Err(rejection(r)),
@@ -182,7 +186,8 @@ impl RunService for Api {
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         self.0.read_barrier().await?;
-        self.run_proto(&req.into_inner().run_id).map(Response::new)
+        self.run_proto(&RunId::from(req.into_inner().run_id))
+            .map(Response::new)
     }
 
     async fn list_runs(
@@ -220,7 +225,7 @@ impl RunService for Api {
         if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
             return RunServiceClient::new(ch).cancel_run(relay(req)).await;
         }
-        let run_id = req.into_inner().run_id;
+        let run_id = RunId::from(req.into_inner().run_id);
         let cmd = Command::CancelRun {
             run_id: run_id.clone(),
             at: crate::now_ms(),
@@ -235,7 +240,7 @@ impl RunService for Api {
         if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
             return RunServiceClient::new(ch).retry_run(relay(req)).await;
         }
-        let run_id = req.into_inner().run_id;
+        let run_id = RunId::from(req.into_inner().run_id);
         let cmd = Command::RetryRun {
             run_id: run_id.clone(),
             at: crate::now_ms(),
@@ -259,19 +264,20 @@ impl RunService for Api {
         }
         self.0.read_barrier().await?;
         let req = req.into_inner();
+        let run_id = RunId::from(req.run_id);
         // Existence check, and the task filter matches either the IR name or the task id.
-        self.run_proto(&req.run_id)?;
+        self.run_proto(&run_id)?;
         let c = self.0.clone();
         // Subscribe before reading the backlog so no line falls between the two.
         let live = c.logs.subscribe();
         let finished = c.dispatcher.run_finished.subscribe();
-        let backlog = c.logs.read_run(&req.run_id);
+        let backlog = c.logs.read_run(&run_id);
         let matches = {
             let task = req.task.clone();
-            let names: BTreeMap<String, String> = {
+            let names: BTreeMap<TaskId, String> = {
                 let st = c.state.read();
                 st.runs
-                    .get(&req.run_id)
+                    .get(&run_id)
                     .map(|r| {
                         r.tasks
                             .values()
@@ -286,7 +292,6 @@ impl RunService for Api {
                     || names.get(&r.task_id).is_some_and(|n| *n == task)
             }
         };
-        let run_id = req.run_id.clone();
         let follow = req.follow;
         let stream = async_stream_logs(c, run_id, backlog, follow, matches, live, finished);
         Ok(Response::new(Box::pin(stream)))
@@ -295,12 +300,12 @@ impl RunService for Api {
 
 fn async_stream_logs(
     c: std::sync::Arc<crate::server::Coordinator>,
-    run_id: String,
+    run_id: RunId,
     backlog: Vec<LogRecord>,
     follow: bool,
     matches: impl Fn(&LogRecord) -> bool + Send + 'static,
     mut live: tokio::sync::broadcast::Receiver<LogRecord>,
-    mut finished: tokio::sync::broadcast::Receiver<String>,
+    mut finished: tokio::sync::broadcast::Receiver<RunId>,
 ) -> impl Stream<Item = Result<pb::LogEntry, Status>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {

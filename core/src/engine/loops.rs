@@ -8,7 +8,7 @@
 //! iterations, in iteration order: a parameter output becomes the list of the iterations'
 //! values (`dsl.Collected`), an artifact output the concatenation of their artifacts.
 
-use gantry_model::ArtifactRef;
+use gantry_model::{ArtifactRef, TaskId};
 use serde_json::Value;
 
 use super::advance::{component, finish};
@@ -84,7 +84,7 @@ pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, S
     }
 }
 
-pub(crate) fn iteration_id(loop_id: &str, i: usize) -> String {
+pub(crate) fn iteration_id(loop_id: &str, i: usize) -> TaskId {
     RunRecord::child_id(loop_id, &format!("iteration-{i}"))
 }
 
@@ -111,7 +111,7 @@ fn iteration_record(
         inputs,
         started_at: Some(now),
         ..TaskRecord::new(
-            iteration_id(&loop_rec.task_id, i),
+            iteration_id(loop_rec.task_id.as_str(), i),
             loop_rec.name.clone(),
             loop_rec.component.clone(),
             TaskKind::Dag,

@@ -18,7 +18,7 @@ mod timeouts;
 
 use std::collections::BTreeMap;
 
-use gantry_model::{ArtifactRef, StepInputs, StepOutcome};
+use gantry_model::{AgentId, ArtifactRef, RunId, StepInputs, StepOutcome, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -123,7 +123,7 @@ pub struct TaskOutputs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub number: u32,
-    pub agent: String,
+    pub agent: AgentId,
     /// UUIDs of the GPUs the attempt was given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
@@ -135,11 +135,11 @@ pub struct AttemptRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub task_id: String,
+    pub task_id: TaskId,
     /// IR task name (key in its DAG's `tasks`).
     pub name: String,
     /// Task id of the enclosing DAG task; `None` at the root.
-    pub parent: Option<String>,
+    pub parent: Option<TaskId>,
     pub iteration: Option<u32>,
     /// Component key (`comp-train`).
     pub component: String,
@@ -165,7 +165,7 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// A ready task with nothing recorded yet; callers set what differs.
     pub(crate) fn new(
-        task_id: String,
+        task_id: TaskId,
         name: String,
         component: String,
         kind: TaskKind,
@@ -200,7 +200,7 @@ impl TaskRecord {
 /// One run: the pipeline it runs, its parameters, and the record of every task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub pipeline: PipelineSpec,
     pub pipeline_root: String,
     pub parameters: BTreeMap<String, Value>,
@@ -209,7 +209,7 @@ pub struct RunRecord {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     /// Every instantiated task by task id, the root DAG included (id [`ROOT_TASK_ID`]).
-    pub tasks: BTreeMap<String, TaskRecord>,
+    pub tasks: BTreeMap<TaskId, TaskRecord>,
     #[serde(default)]
     pub caching: CachePolicy,
     #[serde(default)]
@@ -229,7 +229,7 @@ impl RunRecord {
     /// A new run with its root DAG instantiated. `parameters` must already be resolved and
     /// type-checked against the pipeline's inputs.
     pub fn new(
-        run_id: String,
+        run_id: RunId,
         pipeline: PipelineSpec,
         pipeline_root: String,
         parameters: BTreeMap<String, Value>,
@@ -243,7 +243,7 @@ impl RunRecord {
             },
             started_at: Some(now),
             ..TaskRecord::new(
-                ROOT_TASK_ID.to_string(),
+                TaskId::from(ROOT_TASK_ID),
                 pipeline.name.clone(),
                 "root".to_string(),
                 TaskKind::Dag,
@@ -251,7 +251,7 @@ impl RunRecord {
             )
         };
         let mut tasks = BTreeMap::new();
-        tasks.insert(ROOT_TASK_ID.to_string(), root);
+        tasks.insert(TaskId::from(ROOT_TASK_ID), root);
         RunRecord {
             run_id,
             pipeline,
@@ -271,11 +271,11 @@ impl RunRecord {
     }
 
     /// The id of a child task of the DAG task `parent_id`.
-    pub fn child_id(parent_id: &str, name: &str) -> String {
+    pub fn child_id(parent_id: &str, name: &str) -> TaskId {
         if parent_id.is_empty() {
-            name.to_string()
+            TaskId::from(name)
         } else {
-            format!("{parent_id}/{name}")
+            TaskId::from(format!("{parent_id}/{name}"))
         }
     }
 

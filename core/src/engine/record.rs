@@ -1,6 +1,6 @@
 //! Recording what happened to attempts: assignment, start, outcome, cancellation.
 
-use gantry_model::StepOutcome;
+use gantry_model::{AgentId, StepOutcome, TaskId};
 
 use super::advance::component;
 use super::{AttemptRecord, RunRecord, RunState, TaskKind, TaskRecord, TaskState};
@@ -36,7 +36,7 @@ pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpe
 /// The READY container task `task_id` of a run still going: what placement acts on.
 fn ready_container<'a>(
     run: &'a mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
 ) -> Result<&'a mut TaskRecord, String> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
         return Err(format!("run is {}", run.state.as_str()));
@@ -57,9 +57,9 @@ fn ready_container<'a>(
 /// Commits the placement of the next attempt of a ready task.
 pub fn record_assignment(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
-    agent: &str,
+    agent: &AgentId,
     gpus: &[String],
     now: i64,
 ) -> Result<(), String> {
@@ -72,7 +72,7 @@ pub fn record_assignment(
     }
     rec.attempts.push(AttemptRecord {
         number: attempt,
-        agent: agent.to_string(),
+        agent: agent.clone(),
         gpus: gpus.to_vec(),
         assigned_at: now,
         started_at: None,
@@ -90,7 +90,7 @@ pub fn record_assignment(
 
 fn current_running<'a>(
     run: &'a mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
 ) -> Result<&'a mut TaskRecord, String> {
     let rec = run
@@ -110,7 +110,7 @@ fn current_running<'a>(
 }
 
 /// Notes that the agent started the container of an attempt.
-pub fn record_started(run: &mut RunRecord, task_id: &str, attempt: u32, now: i64) -> bool {
+pub fn record_started(run: &mut RunRecord, task_id: &TaskId, attempt: u32, now: i64) -> bool {
     match current_running(run, task_id, attempt) {
         Ok(rec) => {
             if let Some(a) = rec.attempts.last_mut() {
@@ -145,7 +145,7 @@ fn backoff_ms(spec: Option<&TaskSpec>, failed_attempt: u32) -> Option<i64> {
 /// late or duplicate report changes nothing. Call [`super::advance`] afterwards.
 pub fn record_outcome(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
     outcome: StepOutcome,
     now: i64,
@@ -242,7 +242,7 @@ pub fn record_outcome(
 /// attempt would meet the same fleet.
 pub fn fail_unschedulable(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     reason: &str,
     now: i64,
 ) -> Result<(), String> {
@@ -260,7 +260,7 @@ pub fn fail_unschedulable(
 /// Starts canceling a run: tasks not yet running are canceled now; the returned running
 /// attempts (task id, attempt, agent) must be stopped on their agents, and their reports
 /// finish the cancellation.
-pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(String, u32, String)> {
+pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(TaskId, u32, AgentId)> {
     cancel_run_because(run, now, "run canceled")
 }
 
@@ -269,7 +269,7 @@ pub(crate) fn cancel_run_because(
     run: &mut RunRecord,
     now: i64,
     reason: &str,
-) -> Vec<(String, u32, String)> {
+) -> Vec<(TaskId, u32, AgentId)> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
         return Vec::new();
     }
@@ -306,8 +306,8 @@ pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), String> {
         ));
     }
     // DAGs (and loops) that contain a kept task stay, reopened; the rest goes.
-    let mut reopen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    reopen.insert(super::ROOT_TASK_ID.to_string());
+    let mut reopen: std::collections::BTreeSet<TaskId> = std::collections::BTreeSet::new();
+    reopen.insert(TaskId::from(super::ROOT_TASK_ID));
     for t in run.tasks.values().filter(|t| t.state.is_success()) {
         let mut parent = t.parent.clone();
         while let Some(p) = parent {

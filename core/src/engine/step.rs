@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use gantry_model::{
-    artifact_uri, ContainerSpec, EnvVar, OutputArtifactSpec, ResourceRequest, StepOutputs, StepSpec,
+    artifact_uri, ContainerSpec, EnvVar, OutputArtifactSpec, ResourceRequest, StepOutputs,
+    StepSpec, TaskId,
 };
 
 use super::advance::component;
@@ -91,7 +92,7 @@ pub fn task_resources(run: &RunRecord, rec: &TaskRecord) -> Result<ResourceReque
 
 /// The spec of attempt `attempt` of container task `task_id`. Deterministic: any node derives
 /// the same spec from the same state, so it need not be stored.
-pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpec, String> {
+pub fn step_spec(run: &RunRecord, task_id: &TaskId, attempt: u32) -> Result<StepSpec, String> {
     let rec = run
         .tasks
         .get(task_id)
@@ -126,7 +127,7 @@ pub fn step_spec(run: &RunRecord, task_id: &str, attempt: u32) -> Result<StepSpe
     };
     Ok(StepSpec {
         run_id: run.run_id.clone(),
-        task_id: task_id.to_string(),
+        task_id: task_id.clone(),
         task_name: rec.name.clone(),
         attempt,
         pipeline_name: run.pipeline.name.clone(),
