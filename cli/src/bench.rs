@@ -176,16 +176,17 @@ async fn run_one(
             })
             .await?
             .into_inner();
-        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+        if run.state().is_terminal() {
             break run;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let wall = t0.elapsed();
-    if run.state != "SUCCEEDED" {
+    if run.state() != pb::RunState::Succeeded {
         return Err(CliError::RunFailed(format!(
             "{run_id} ({}): {}",
-            run.state, run.error
+            run.state().word(),
+            run.error
         )));
     }
     Ok(Figures {

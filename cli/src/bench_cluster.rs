@@ -568,12 +568,13 @@ async fn wait_steady(
     while Instant::now() < deadline {
         if let Some(leader) = sole_leader(c.statuses(&IDS).await) {
             if let Some(run) = get_run(c, leader.node_id, run_id).await {
-                match run.state.as_str() {
-                    "SUCCEEDED" => *run_id = submit(c, leader.node_id, yaml).await?,
-                    "FAILED" | "CANCELED" => {
+                match run.state() {
+                    pb::RunState::Succeeded => *run_id = submit(c, leader.node_id, yaml).await?,
+                    pb::RunState::Failed | pb::RunState::Canceled => {
                         return Err(CliError::Unavailable(format!(
                             "run {run_id} is {}: {}",
-                            run.state, run.error
+                            run.state().word(),
+                            run.error
                         )))
                     }
                     _ if recent_success(&run, now_ms() - 1000) => return Ok(leader),
@@ -600,7 +601,7 @@ fn sole_leader(all: Vec<Option<pb::ClusterStatus>>) -> Option<pb::ClusterStatus>
 fn recent_success(run: &pb::Run, since_ms: i64) -> bool {
     run.tasks
         .iter()
-        .any(|t| t.state == "SUCCEEDED" && t.finished_at_ms >= since_ms)
+        .any(|t| t.state() == pb::TaskState::Succeeded && t.finished_at_ms >= since_ms)
 }
 
 /// The committed assignment time of the first task assigned at or after `t0` (a task's

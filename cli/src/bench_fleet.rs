@@ -542,10 +542,11 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
     };
     for id in &measured {
         let run = get_run(&mut runs, id).await?;
-        if run.state != "SUCCEEDED" {
+        if run.state() != pb::RunState::Succeeded {
             return Err(unavailable(format!(
                 "run {id} ended {}: {}",
-                run.state, run.error
+                run.state().word(),
+                run.error
             )));
         }
         for at in assigned.get(id).into_iter().flatten() {

@@ -100,9 +100,9 @@ fn show_run(format: Format, run: &pb::Run) {
 }
 
 fn final_status(run: &pb::Run) -> Result<(), CliError> {
-    match run.state.as_str() {
-        "SUCCEEDED" => Ok(()),
-        "CANCELED" => Err(CliError::RunCanceled(run.run_id.clone())),
+    match run.state() {
+        pb::RunState::Succeeded => Ok(()),
+        pb::RunState::Canceled => Err(CliError::RunCanceled(run.run_id.clone())),
         _ => Err(CliError::RunFailed(run.run_id.clone())),
     }
 }
@@ -198,7 +198,7 @@ pub async fn run(endpoint: &str, format: Format, cmd: RunCommand) -> Result<(), 
                             vec![
                                 r.run_id.clone(),
                                 r.pipeline_name.clone(),
-                                r.state.clone(),
+                                r.state().word().to_string(),
                                 output::short_time(r.created_at_ms),
                                 r.error.chars().take(80).collect(),
                             ]
@@ -285,7 +285,7 @@ async fn wait_for(c: &mut Client, run_id: &str) -> Result<pb::Run, CliError> {
             })
             .await?
             .into_inner();
-        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+        if run.state().is_terminal() {
             return Ok(run);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -3,11 +3,47 @@
 
 use std::collections::BTreeMap;
 
-use gantry_core::engine::{RunRecord, ROOT_TASK_ID};
+use gantry_core::engine::{RunRecord, RunState, TaskState, ROOT_TASK_ID};
 use gantry_core::state::AgentRecord;
 use gantry_model::{AttemptKey, RunId, TaskId};
 use gantry_proto::v1 as pb;
 use serde_json::{json, Value};
+
+/// A run's state on the wire.
+pub fn run_state(s: RunState) -> pb::RunState {
+    match s {
+        RunState::Pending => pb::RunState::Pending,
+        RunState::Running => pb::RunState::Running,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Canceling => pb::RunState::Canceling,
+        RunState::Canceled => pb::RunState::Canceled,
+    }
+}
+
+/// A task's state on the wire.
+pub fn task_state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Ready => pb::TaskState::Ready,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Skipped => pb::TaskState::Skipped,
+        TaskState::Cached => pb::TaskState::Cached,
+        TaskState::Canceled => pb::TaskState::Canceled,
+    }
+}
+
+/// How the API shows an agent: lost (until it registers again) before connected.
+pub fn agent_state(a: &AgentRecord, connected: bool) -> pb::AgentState {
+    if a.lost_at.is_some() {
+        pb::AgentState::Lost
+    } else if connected {
+        pb::AgentState::Connected
+    } else {
+        pb::AgentState::Disconnected
+    }
+}
 
 /// The attempt an agent's message names.
 pub fn attempt_key(r: pb::AttemptRef) -> AttemptKey {
@@ -62,7 +98,7 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>
     pb::Run {
         run_id: run.run_id.to_string(),
         pipeline_name: run.pipeline.name.clone(),
-        state: run.state.as_str().to_string(),
+        state: run_state(run.state).into(),
         error: run.error.clone().unwrap_or_default(),
         parameters_json: serde_json::to_string(&run.parameters).unwrap_or_else(|_| "{}".into()),
         created_at_ms: run.created_at,
@@ -74,7 +110,7 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>
                 name: t.name.clone(),
                 parent: t.parent.as_ref().map(TaskId::to_string).unwrap_or_default(),
                 iteration: t.iteration.map_or(-1, i64::from),
-                state: t.state.as_str().to_string(),
+                state: task_state(t.state).into(),
                 attempts: t.attempts.len() as u32,
                 agent: t
                     .attempts
@@ -99,14 +135,7 @@ pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
     pb::AgentInfo {
         agent_id: a.agent_id.to_string(),
         hostname: a.inventory.hostname.clone(),
-        state: if a.lost_at.is_some() {
-            "LOST"
-        } else if connected {
-            "CONNECTED"
-        } else {
-            "DISCONNECTED"
-        }
-        .to_string(),
+        state: agent_state(a, connected).into(),
         cpu_cores: a.inventory.cpu_cores,
         memory_bytes: a.inventory.memory_bytes,
         gpus: a.inventory.gpus.len() as u32,
@@ -138,4 +167,39 @@ fn gpus_json(a: &AgentRecord) -> String {
         })
         .collect();
     serde_json::Value::Array(gpus).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients print the proto enum's name without its prefix: the words must stay those the
+    /// API sent as text before the enums (`gantry ... -o json` shows `"state": "SUCCEEDED"`).
+    #[test]
+    fn states_keep_their_words_on_the_wire() {
+        use RunState as R;
+        for s in [
+            R::Pending,
+            R::Running,
+            R::Succeeded,
+            R::Failed,
+            R::Canceling,
+            R::Canceled,
+        ] {
+            assert_eq!(run_state(s).word(), s.as_str());
+            assert_eq!(run_state(s).is_terminal(), s.is_terminal());
+        }
+        use TaskState as T;
+        for s in [
+            T::Ready,
+            T::Running,
+            T::Succeeded,
+            T::Failed,
+            T::Skipped,
+            T::Cached,
+            T::Canceled,
+        ] {
+            assert_eq!(task_state(s).word(), s.as_str());
+        }
+    }
 }
