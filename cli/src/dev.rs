@@ -65,7 +65,7 @@ pub fn parse_env_flags(what: &str, flags: &[String]) -> Result<Vec<(String, Stri
         .map(|f| {
             gantry_model::flags::key_value(what, f)
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .map_err(CliError::Refused)
+                .map_err(CliError::from)
         })
         .collect()
 }

@@ -85,7 +85,7 @@ pub enum RunCommand {
 fn parse_pairs(what: &str, pairs: &[String]) -> Result<HashMap<String, String>, CliError> {
     let mut out = HashMap::new();
     for p in pairs {
-        let (k, v) = gantry_model::flags::key_value(what, p).map_err(CliError::Refused)?;
+        let (k, v) = gantry_model::flags::key_value(what, p)?;
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(CliError::Refused(format!("{what} {k:?} given twice")));
         }

@@ -19,24 +19,36 @@ pub struct ArtifactRef {
     pub metadata: Map<String, Value>,
 }
 
+/// Why a name cannot name an artifact (or an output, or a path segment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArtifactNameError {
+    #[error("artifact name is empty")]
+    Empty,
+    #[error("artifact name {0:?} contains \"..\" (path traversal)")]
+    Traversal(String),
+    #[error(
+        "artifact name {name:?} contains {found:?}; only letters, digits, '_', '-' and '.' are allowed"
+    )]
+    Character { name: String, found: char },
+}
+
 /// Refuses artifact and output names that could escape their directory once joined into a
 /// path or an object key.
-pub fn validate_artifact_name(name: &str) -> Result<(), String> {
+pub fn validate_artifact_name(name: &str) -> Result<(), ArtifactNameError> {
     if name.is_empty() {
-        return Err("artifact name is empty".into());
+        return Err(ArtifactNameError::Empty);
     }
     if name == "." || name == ".." || name.contains("..") {
-        return Err(format!(
-            "artifact name {name:?} contains \"..\" (path traversal)"
-        ));
+        return Err(ArtifactNameError::Traversal(name.to_string()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
-        return Err(format!(
-            "artifact name {name:?} contains {c:?}; only letters, digits, '_', '-' and '.' are allowed"
-        ));
+        return Err(ArtifactNameError::Character {
+            name: name.to_string(),
+            found,
+        });
     }
     Ok(())
 }
@@ -99,8 +111,14 @@ mod tests {
 
     #[test]
     fn refuses_traversal_in_names() {
-        assert!(validate_artifact_name("../etc").is_err());
-        assert!(validate_artifact_name("a/b").is_err());
+        assert_eq!(
+            validate_artifact_name("../etc").unwrap_err().to_string(),
+            r#"artifact name "../etc" contains ".." (path traversal)"#
+        );
+        assert_eq!(
+            validate_artifact_name("a/b").unwrap_err().to_string(),
+            r#"artifact name "a/b" contains '/'; only letters, digits, '_', '-' and '.' are allowed"#
+        );
         assert!(validate_artifact_name("..").is_err());
         assert!(validate_artifact_name("").is_err());
         assert!(validate_artifact_name("model_v1.pkl").is_ok());

@@ -180,7 +180,7 @@ impl AgentService for Api {
             .iter()
             .map(|t| gantry_model::Taint::parse(t))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let known: BTreeSet<AttemptKey> = reg.active.into_iter().map(attempt_key).collect();
         let agent_id = AgentId::from(reg.agent_id);
         self.0

@@ -111,7 +111,7 @@ fn parse_parameter_def(v: &Value, path: String, input: bool) -> Result<Parameter
                 Some(
                     ptype
                         .coerce(&raw)
-                        .map_err(|e| IrError::new(d.at("defaultValue"), e))?,
+                        .map_err(|e| IrError::new(d.at("defaultValue"), e.to_string()))?,
                 )
             }
         }

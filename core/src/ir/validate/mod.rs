@@ -125,7 +125,7 @@ fn check_definitions(
     ] {
         for name in map {
             validate_artifact_name(name)
-                .map_err(|e| IrError::new(join(&join(&cp, section), name), e))?;
+                .map_err(|e| IrError::new(join(&join(&cp, section), name), e.to_string()))?;
         }
     }
     match &comp.implementation {
