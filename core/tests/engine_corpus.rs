@@ -202,8 +202,9 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         }
         for id in ready {
             let attempt = run.tasks[&id].attempts.len() as u32 + 1;
-            record_assignment(&mut run, &id, attempt, &"agent".into(), &[], now)?;
-            let step = step_spec(&run, &id, attempt)?;
+            record_assignment(&mut run, &id, attempt, &"agent".into(), &[], now)
+                .map_err(|e| e.to_string())?;
+            let step = step_spec(&run, &id, attempt).map_err(|e| e.to_string())?;
             let task_name = run.tasks[&id].name.clone();
             let parameters = step
                 .outputs

@@ -121,7 +121,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             return Some(rec);
         }
         Resolution::Error(e) => {
-            finish(&mut rec, TaskState::Failed, Some(e), now);
+            finish(&mut rec, TaskState::Failed, Some(e.to_string()), now);
             return Some(rec);
         }
     }
@@ -160,7 +160,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
                     rec.cache_key = super::cache::cache_key(run, comp, &rec);
                 }
             }
-            Err(e) => finish(&mut rec, TaskState::Failed, Some(e), now),
+            Err(e) => finish(&mut rec, TaskState::Failed, Some(e.to_string()), now),
         },
         TaskKind::Importer => import(run, comp, &mut rec, now),
     }
@@ -241,7 +241,7 @@ fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
     } else {
         match dag_outputs(run, dag_task_id, dag) {
             Ok(o) => (TaskState::Succeeded, None, Some(o)),
-            Err(e) => (TaskState::Failed, Some(e), None),
+            Err(e) => (TaskState::Failed, Some(e.to_string()), None),
         }
     };
     if let Some(rec) = run.tasks.get_mut(dag_task_id) {

@@ -27,11 +27,13 @@ use crate::ir::PipelineSpec;
 pub use advance::{advance, advance_from, Progress};
 pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
+pub use platform::PlatformError;
 pub use record::{
     cancel_run, fail_unschedulable, record_assignment, record_outcome, record_started, retry_run,
-    OutcomeEffect, MAX_LOST_ATTEMPTS,
+    AttemptError, NotRetryable, OutcomeEffect, MAX_LOST_ATTEMPTS,
 };
-pub use step::{step_spec, task_resources};
+pub use resolve::ResolveError;
+pub use step::{step_spec, task_resources, ResourceError, StepError};
 pub use timeouts::{attempt_deadline, human_ms, run_deadline, time_out_run, RunLimits};
 
 /// The id of the hidden task that stands for the root DAG.
@@ -77,6 +79,20 @@ pub enum TaskState {
     Skipped,
     Cached,
     Canceled,
+}
+
+/// As the API and messages spell it (`SUCCEEDED`).
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As the API and messages spell it (`SKIPPED`).
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl TaskState {
@@ -290,8 +306,15 @@ impl RunRecord {
 #[cfg(test)]
 mod tests;
 
+/// A pipeline that uses what the engine cannot run yet: one line per feature and task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct Unsupported {
+    pub problems: Vec<String>,
+}
+
 /// Refuses, at submit, what the engine cannot run yet, naming the feature and the task.
-pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
+pub fn check_supported(p: &PipelineSpec) -> Result<(), Unsupported> {
     let mut problems = Vec::new();
     let comps = std::iter::once(&p.root).chain(p.components.values());
     for comp in comps {
@@ -315,6 +338,6 @@ pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(Unsupported { problems })
     }
 }

@@ -1,6 +1,6 @@
 //! Recording what happened to attempts: assignment, start, outcome, cancellation.
 
-use gantry_model::{AgentId, StepOutcome, TaskId};
+use gantry_model::{AgentId, RunId, StepOutcome, TaskId};
 
 use super::advance::component;
 use super::{AttemptRecord, RunRecord, RunState, TaskKind, TaskRecord, TaskState};
@@ -14,7 +14,34 @@ pub enum OutcomeEffect {
     /// The attempt failed and the retry policy allows another one.
     Retrying { next_attempt: u32, not_before: i64 },
     /// Not the current attempt, or already recorded: nothing changed.
-    Ignored(String),
+    Ignored(AttemptError),
+}
+
+/// Why an assignment, a start or a result does not apply to a task as it is now: placements
+/// and reports made on an older state arrive late, and are then left out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// The run has ended or is being canceled: nothing more is placed.
+    #[error("run is {0}")]
+    RunNotActive(RunState),
+    #[error("no task {0:?}")]
+    NoTask(TaskId),
+    #[error("task {task:?} is {state}, not READY")]
+    NotReady { task: TaskId, state: TaskState },
+    #[error("attempt {attempt} is not the next one ({expected})")]
+    NotNext { attempt: u32, expected: u32 },
+    #[error("attempt {attempt} is not the current attempt ({current:?})")]
+    NotCurrent { attempt: u32, current: Option<u32> },
+    #[error("attempt {0} already has a result")]
+    AlreadyRecorded(u32),
+}
+
+/// A run that is not FAILED or CANCELED cannot be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run_id} is {state}: only a FAILED or CANCELED run can be retried")]
+pub struct NotRetryable {
+    pub run_id: RunId,
+    pub state: RunState,
 }
 
 /// Attempts of one task that may be lost with their agents before the task fails: apart from
@@ -37,19 +64,19 @@ pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpe
 fn ready_container<'a>(
     run: &'a mut RunRecord,
     task_id: &TaskId,
-) -> Result<&'a mut TaskRecord, String> {
+) -> Result<&'a mut TaskRecord, AttemptError> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
-        return Err(format!("run is {}", run.state.as_str()));
+        return Err(AttemptError::RunNotActive(run.state));
     }
     let rec = run
         .tasks
         .get_mut(task_id)
-        .ok_or_else(|| format!("no task {task_id:?}"))?;
+        .ok_or_else(|| AttemptError::NoTask(task_id.clone()))?;
     if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
-        return Err(format!(
-            "task {task_id:?} is {}, not READY",
-            rec.state.as_str()
-        ));
+        return Err(AttemptError::NotReady {
+            task: task_id.clone(),
+            state: rec.state,
+        });
     }
     Ok(rec)
 }
@@ -62,13 +89,11 @@ pub fn record_assignment(
     agent: &AgentId,
     gpus: &[String],
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), AttemptError> {
     let rec = ready_container(run, task_id)?;
     let expected = rec.attempts.len() as u32 + 1;
     if attempt != expected {
-        return Err(format!(
-            "attempt {attempt} is not the next one ({expected})"
-        ));
+        return Err(AttemptError::NotNext { attempt, expected });
     }
     rec.attempts.push(AttemptRecord {
         number: attempt,
@@ -92,19 +117,17 @@ fn current_running<'a>(
     run: &'a mut RunRecord,
     task_id: &TaskId,
     attempt: u32,
-) -> Result<&'a mut TaskRecord, String> {
+) -> Result<&'a mut TaskRecord, AttemptError> {
     let rec = run
         .tasks
         .get_mut(task_id)
-        .ok_or_else(|| format!("no task {task_id:?}"))?;
+        .ok_or_else(|| AttemptError::NoTask(task_id.clone()))?;
     let current = rec.attempts.last().map(|a| a.number);
     if current != Some(attempt) {
-        return Err(format!(
-            "attempt {attempt} is not the current attempt ({current:?})"
-        ));
+        return Err(AttemptError::NotCurrent { attempt, current });
     }
     if rec.state != TaskState::Running || rec.attempts.last().is_some_and(|a| a.outcome.is_some()) {
-        return Err(format!("attempt {attempt} already has a result"));
+        return Err(AttemptError::AlreadyRecorded(attempt));
     }
     Ok(rec)
 }
@@ -245,7 +268,7 @@ pub fn fail_unschedulable(
     task_id: &TaskId,
     reason: &str,
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), AttemptError> {
     let rec = ready_container(run, task_id)?;
     let error = format!("unschedulable: {reason}");
     rec.state = TaskState::Failed;
@@ -297,13 +320,12 @@ pub(crate) fn cancel_run_because(
 /// were served from the cache) keep their outputs; every other task is forgotten and decided
 /// again, so it runs anew with the same inputs. The DAGs and loops around kept tasks run
 /// again. Call [`super::advance`] afterwards.
-pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), String> {
+pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), NotRetryable> {
     if !matches!(run.state, RunState::Failed | RunState::Canceled) {
-        return Err(format!(
-            "run {} is {}: only a FAILED or CANCELED run can be retried",
-            run.run_id,
-            run.state.as_str()
-        ));
+        return Err(NotRetryable {
+            run_id: run.run_id.clone(),
+            state: run.state,
+        });
     }
     // DAGs (and loops) that contain a kept task stay, reopened; the rest goes.
     let mut reopen: std::collections::BTreeSet<TaskId> = std::collections::BTreeSet::new();

@@ -357,7 +357,7 @@ fn loop_selectors_are_checked_at_submit() {
     };
     let t = dag.tasks.get_mut("describe").unwrap();
     t.parameters.get_mut("label").unwrap().selector = Some("exec(string_value)".into());
-    let err = check_supported(&spec).unwrap_err();
+    let err = check_supported(&spec).unwrap_err().to_string();
     assert!(err.contains("describe") && err.contains("exec"), "{err}");
 }
 
@@ -562,7 +562,10 @@ fn a_retried_run_keeps_what_succeeded_and_reruns_the_rest() {
     succeed(&mut run, "total", json!({"Output": 61}), &[], 40);
     succeed(&mut run, "read-all", json!({"Output": "25,36"}), &[], 41);
     assert_eq!(run.state, RunState::Succeeded);
-    assert!(retry_run(&mut run, 50).unwrap_err().contains("SUCCEEDED"));
+    assert_eq!(
+        retry_run(&mut run, 50).unwrap_err().to_string(),
+        "run run-1 is SUCCEEDED: only a FAILED or CANCELED run can be retried"
+    );
 }
 
 /// Runs every ready step with `Output` = its `text` input (what `say` and `flag` return).

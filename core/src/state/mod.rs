@@ -90,8 +90,8 @@ pub enum Rejection {
     RunExists(RunId),
     #[error("agent {0} is not registered")]
     AgentNotFound(AgentId),
-    #[error("{0}")]
-    NotRetryable(String),
+    #[error(transparent)]
+    NotRetryable(#[from] engine::NotRetryable),
 }
 
 /// The result of applying one command.
