@@ -114,7 +114,7 @@ pub async fn start_embedded(
         &runtime_name,
         &mut labels,
     )
-    .map_err(CliError::Refused)?;
+    .map_err(|e| CliError::Refused(e.to_string()))?;
     let server = server::start(CoordinatorConfig::single(
         1,
         listen,

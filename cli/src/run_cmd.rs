@@ -318,13 +318,29 @@ fn per_task_durations(
     Ok(out)
 }
 
+/// Why a flag's text is not a usable duration; each variant holds the text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum DurationError {
+    #[error("{text:?} is not a duration like 30m, 24h or 7d: {error}")]
+    Syntax {
+        text: String,
+        error: humantime::DurationError,
+    },
+    #[error("{0:?} is too long")]
+    TooLong(String),
+    #[error("{0:?}: a duration here must be at least 1ms")]
+    Zero(String),
+}
+
 /// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds (at least 1 ms).
-fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like 30m, 24h or 7d: {e}"))?;
-    let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))?;
+fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|error| DurationError::Syntax {
+        text: text.to_string(),
+        error,
+    })?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| DurationError::TooLong(text.to_string()))?;
     if ms == 0 {
-        return Err(format!("{text:?}: a duration here must be at least 1ms"));
+        return Err(DurationError::Zero(text.to_string()));
     }
     Ok(ms)
 }
@@ -355,9 +371,13 @@ mod tests {
     fn cache_ages_are_durations_of_at_least_a_millisecond() {
         assert_eq!(super::parse_duration_ms("90s"), Ok(90_000));
         assert_eq!(super::parse_duration_ms("1d"), Ok(86_400_000));
-        assert!(super::parse_duration_ms("0s").is_err());
+        assert_eq!(
+            super::parse_duration_ms("0s"),
+            Err(DurationError::Zero("0s".into()))
+        );
         assert!(super::parse_duration_ms("soon")
             .unwrap_err()
-            .contains("soon"));
+            .to_string()
+            .starts_with(r#""soon" is not a duration like 30m"#));
     }
 }
