@@ -14,15 +14,15 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{agent_to_proto, attempt_key, attempt_ref};
+use super::status::ApiError;
 use super::Api;
 use crate::logs::LogRecord;
 use crate::server::{Coordinator, Route};
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
-fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
-    let r = r.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
-    Ok(attempt_key(r))
+fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, ApiError> {
+    r.map(attempt_key).ok_or(ApiError::MissingAttempt)
 }
 
 /// Commits a reported outcome, then tells the agent it may forget it.
@@ -157,30 +157,25 @@ impl AgentService for Api {
         // Assignments go out from the leader only; elsewhere say where the leader is. During an
         // election this waits for the outcome, so the agent is sent on as soon as there is one.
         if let Route::Leader(_) = self.0.route_write(false, super::ROUTE_WAIT).await? {
-            return Err(self.0.not_leader_status());
+            return Err(self.0.not_leader().into());
         }
         let mut inbound = req.into_inner();
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("session closed before registering"))??;
+        let first = inbound.next().await.ok_or(ApiError::NoRegistration)??;
         let Some(In::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be Register",
-            ));
+            return Err(ApiError::FirstNotRegister.into());
         };
         if reg.agent_id.is_empty() {
-            return Err(Status::invalid_argument("agent_id is empty"));
+            return Err(ApiError::EmptyAgentId.into());
         }
-        let inventory: HostInventory = serde_json::from_str(&reg.inventory_json)
-            .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
+        let inventory: HostInventory =
+            serde_json::from_str(&reg.inventory_json).map_err(ApiError::Inventory)?;
         let labels: BTreeMap<String, String> = reg.labels.into_iter().collect();
         let taints = reg
             .taints
             .iter()
             .map(|t| gantry_model::Taint::parse(t))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(ApiError::from)?;
         let known: BTreeSet<AttemptKey> = reg.active.into_iter().map(attempt_key).collect();
         let agent_id = AgentId::from(reg.agent_id);
         self.0
@@ -254,12 +249,13 @@ impl AgentService for Api {
             })
             .await?
             .result
-            .map_err(super::runs::rejection)?;
+            .map_err(ApiError::from)?;
         let connected = self.0.dispatcher.connected();
         let st = self.0.state.read();
-        let a = st.agents.get(req.agent_id.as_str()).ok_or_else(|| {
-            Status::not_found(format!("agent {} is not registered", req.agent_id))
-        })?;
+        let a = st
+            .agents
+            .get(req.agent_id.as_str())
+            .ok_or_else(|| ApiError::AgentNotFound(req.agent_id.as_str().into()))?;
         Ok(Response::new(agent_to_proto(
             a,
             connected.contains(&a.agent_id),

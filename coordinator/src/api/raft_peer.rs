@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::ApiError;
 use super::Api;
 use crate::raft::Feedback;
 
@@ -33,11 +34,9 @@ impl Api {
         }
     }
 
-    fn accept_from(&self, from: u64) -> Result<(), Status> {
+    fn accept_from(&self, from: u64) -> Result<(), ApiError> {
         if from == self.0.node_id {
-            return Err(Status::failed_precondition(format!(
-                "a peer claims this node's own id {from}: two coordinators share an id"
-            )));
+            return Err(ApiError::SharedNodeId(from));
         }
         Ok(())
     }
@@ -52,18 +51,15 @@ impl RaftService for Api {
             self.learn_peer(batch.from, &batch.from_address);
         }
         for bytes in batch.messages {
-            let msg = Message::parse_from_bytes(&bytes)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            let msg = Message::parse_from_bytes(&bytes).map_err(ApiError::UndecodableMessage)?;
             if msg.to != self.0.node_id {
-                return Err(Status::failed_precondition(format!(
-                    "raft message for node {} reached node {}",
-                    msg.to, self.0.node_id
-                )));
+                return Err(ApiError::Misaddressed {
+                    to: msg.to,
+                    node: self.0.node_id,
+                }
+                .into());
             }
-            self.0
-                .raft
-                .step(msg)
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            self.0.raft.step(msg).map_err(ApiError::Step)?;
         }
         Ok(Response::new(pb::RaftAck {}))
     }
@@ -73,17 +69,12 @@ impl RaftService for Api {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = req.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = stream.next().await.ok_or(ApiError::EmptySnapshotStream)??;
         self.accept_from(first.from)?;
-        let msg = Message::parse_from_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        let msg =
+            Message::parse_from_bytes(&first.message).map_err(ApiError::UndecodableSnapshot)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot || msg.to != self.0.node_id {
-            return Err(Status::invalid_argument(
-                "the first chunk must carry a MsgSnapshot for this node",
-            ));
+            return Err(ApiError::NotASnapshot.into());
         }
         self.learn_peer(first.from, &first.from_address);
         let meta = msg.get_snapshot().get_metadata().clone();
@@ -117,14 +108,14 @@ impl RaftService for Api {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Status::aborted(format!("snapshot transfer: {e}")));
+                return Err(ApiError::SnapshotTransfer(e).into());
             }
         };
         let snaps = self.0.snapshots.clone();
         tokio::task::spawn_blocking(move || snaps.publish(&tmp, meta.term, meta.index))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("snapshot publish: {e}")))?;
+            .map_err(ApiError::SnapshotTask)?
+            .map_err(ApiError::SnapshotPublish)?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -132,10 +123,7 @@ impl RaftService for Api {
             from = first.from,
             "snapshot received"
         );
-        self.0
-            .raft
-            .step(msg)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.0.raft.step(msg).map_err(ApiError::Step)?;
         Ok(Response::new(pb::RaftAck {}))
     }
 }
