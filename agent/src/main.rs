@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             .coordinator
             .iter()
             .map(|c| session::endpoint_url(c))
-            .collect::<anyhow::Result<_>>()?,
+            .collect::<Result<_, _>>()?,
         labels,
         taints,
         inventory,

@@ -185,7 +185,7 @@ fn inventory(agent_id: &str) -> HostInventory {
 
 /// The leader's address from a follower's refusal, as the real agent reads it.
 fn leader_hint(s: &tonic::Status) -> Option<String> {
-    let addr = s.metadata().get("gantry-leader")?.to_str().ok()?;
+    let addr = gantry_proto::leader_hint(s)?;
     Some(addr.trim_start_matches("http://").to_string())
 }
 

@@ -127,7 +127,8 @@ pub enum Route {
 /// Set on a request one coordinator forwards to another, so it is forwarded at most once.
 pub const FORWARDED: &str = "gantry-forwarded";
 /// Set on a refusal from a non-leader: the leader's address, for agents to go to directly.
-pub const LEADER_HINT: &str = "gantry-leader";
+/// Defined with the contracts, where agents and clients find it without this crate.
+pub use gantry_proto::LEADER_HINT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
