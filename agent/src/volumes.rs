@@ -13,7 +13,7 @@ use gantry_model::{
     validate_resource_name, volume_label, NameError, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
-use crate::runtime::{Mount, STEP_ROOT};
+use crate::runtime::{Mount, Runtime, STEP_ROOT};
 use crate::secrets::{self, SecretError, SecretStore};
 
 /// What is wrong with a `--volume` flag, or with a step's mount of a volume.
@@ -257,11 +257,12 @@ impl Volumes {
 }
 
 /// The secret store (`--secrets-dir`) and volumes (`--volume`) of an agent, their labels added
-/// to `labels`. Volumes need a runtime that can show a host directory at another path.
+/// to `labels`. Volumes need a runtime that can show a host directory at another path
+/// ([`Runtime::mounts_host_dirs`]).
 pub fn host_resources(
     secrets_dir: Option<&Path>,
     volume_flags: &[String],
-    runtime_name: &str,
+    runtime: &dyn Runtime,
     labels: &mut BTreeMap<String, String>,
 ) -> Result<(Option<SecretStore>, Volumes), HostResourceError> {
     let store = secrets_dir.map(SecretStore::open).transpose()?;
@@ -271,7 +272,7 @@ pub fn host_resources(
         labels.extend(found);
     }
     let volumes = Volumes::from_flags(volume_flags)?;
-    if !volumes.is_empty() && runtime_name == "process" {
+    if !volumes.is_empty() && !runtime.mounts_host_dirs() {
         return Err(VolumeError::NeedsDocker.into());
     }
     labels.extend(volumes.labels());
@@ -317,6 +318,21 @@ mod tests {
         }
         let twice = Volumes::from_flags(&[format!("a={d}"), format!("a={d}")]).unwrap_err();
         assert!(matches!(twice, VolumeError::GivenTwice(_)), "{twice}");
+    }
+
+    #[test]
+    fn volumes_need_a_runtime_that_mounts_host_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = [format!("data={}", dir.path().display())];
+        let mut labels = BTreeMap::new();
+        let process = crate::runtime::ProcessRuntime::new();
+        let e = host_resources(None, &flags, &process, &mut labels).unwrap_err();
+        assert!(
+            matches!(e, HostResourceError::Volumes(VolumeError::NeedsDocker)),
+            "{e}"
+        );
+        let (store, volumes) = host_resources(None, &[], &process, &mut labels).unwrap();
+        assert!(store.is_none() && volumes.is_empty() && labels.is_empty());
     }
 
     #[test]

@@ -12,13 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exit::CliError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RuntimeChoice {
-    /// Docker if an engine answers, else the process runtime.
-    Auto,
-    Docker,
-    Process,
-}
+/// The agent's own runtime choice, so `gantry dev --runtime` and `gantry-agent --runtime`
+/// take the same values.
+pub use gantry_agent::runtime::RuntimeChoice;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -101,17 +97,15 @@ pub async fn start_embedded(
         Some(r) => r,
         None => format!("file://{}", data_dir.join("artifacts").display()),
     };
-    let (runtime, runtime_name) = match runtime {
-        RuntimeChoice::Process => gantry_agent::runtime::select("process").await,
-        RuntimeChoice::Docker => gantry_agent::runtime::select("docker").await,
-        RuntimeChoice::Auto => gantry_agent::runtime::select("auto").await,
-    }
-    .map_err(|e| CliError::Refused(e.to_string()))?;
+    let runtime = gantry_agent::runtime::select(runtime)
+        .await
+        .map_err(|e| CliError::Refused(e.to_string()))?;
+    let runtime_name = runtime.name().to_string();
     let mut labels = std::collections::BTreeMap::new();
     let (secret_store, volumes) = gantry_agent::volumes::host_resources(
         host.secrets_dir.as_deref(),
         &host.volumes,
-        &runtime_name,
+        runtime.as_ref(),
         &mut labels,
     )
     .map_err(|e| CliError::Refused(e.to_string()))?;

@@ -119,7 +119,7 @@ pub enum LaunchError {
     },
     #[error("input artifact {name:?}: {error}")]
     InputArtifact { name: String, error: ArtifactError },
-    /// The runtime shows the step host paths unchanged, so it cannot mount a volume elsewhere.
+    /// The runtime cannot show a host directory at another path ([`Runtime::mounts_host_dirs`]).
     #[error(
         "the step mounts volume(s) {}, and the process runtime cannot show a host directory at \
          another path; run the agent with --runtime docker",

@@ -163,7 +163,7 @@ impl Launcher {
     fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, LaunchError> {
         let mut mounts = self.mounts.clone();
         if !spec.container.volumes.is_empty() {
-            if self.runtime.name() == "process" {
+            if !self.runtime.mounts_host_dirs() {
                 return Err(LaunchError::VolumesNeedDocker {
                     volumes: spec.container.volumes.clone(),
                 });
