@@ -180,7 +180,10 @@ mod tests {
         let m = BTreeMap::from([(AgentId::from("a"), 1), (AgentId::from("b"), 2)]);
         assert_eq!(m.get("b"), Some(&2));
         assert_eq!(m["a"], 1);
-        assert!(AgentId::from("a") == "a" && "a" == AgentId::from("a"));
+        let a = AgentId::from("a");
+        assert_eq!(a, "a");
+        assert_eq!("a", a);
+        assert_eq!(a, *"a");
     }
 
     #[test]
