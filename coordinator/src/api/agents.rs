@@ -242,9 +242,10 @@ impl AgentService for Api {
                 .await;
         }
         let req = req.into_inner();
+        let agent_id = AgentId::from(req.agent_id);
         self.0
             .propose(Command::SetAgentDraining {
-                agent_id: req.agent_id.as_str().into(),
+                agent_id: agent_id.clone(),
                 draining: req.drain,
             })
             .await?
@@ -254,8 +255,8 @@ impl AgentService for Api {
         let st = self.0.state.read();
         let a = st
             .agents
-            .get(req.agent_id.as_str())
-            .ok_or_else(|| ApiError::AgentNotFound(req.agent_id.as_str().into()))?;
+            .get(&agent_id)
+            .ok_or_else(|| ApiError::AgentNotFound(agent_id.clone()))?;
         Ok(Response::new(agent_to_proto(
             a,
             connected.contains(&a.agent_id),
