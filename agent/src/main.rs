@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gantry_agent::launcher::Launcher;
+use gantry_agent::runtime::RuntimeChoice;
 use gantry_agent::session::{self, AgentCore, SessionConfig};
 use gantry_model::flags::key_value;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,8 @@ struct Args {
     #[arg(long, env = "GANTRY_AGENT_ID")]
     agent_id: Option<String>,
     /// Container runtime: docker, process, or auto (docker if an engine answers).
-    #[arg(long, env = "GANTRY_RUNTIME", default_value = "auto")]
-    runtime: String,
+    #[arg(long, env = "GANTRY_RUNTIME", value_enum, default_value_t = RuntimeChoice::Auto)]
+    runtime: RuntimeChoice,
     /// Directory for per-attempt working directories.
     #[arg(long, env = "GANTRY_WORK_DIR", default_value = ".gantry/agent")]
     work_dir: PathBuf,
@@ -133,25 +134,24 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut labels = BTreeMap::new();
     for l in &args.labels {
-        let (k, v) = key_value("--label", l).map_err(|e| anyhow::anyhow!(e))?;
+        let (k, v) = key_value("--label", l)?;
         labels.insert(k.to_string(), v.to_string());
     }
     let taints = args
         .taints
         .iter()
         .map(|t| gantry_model::Taint::parse(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let (runtime, runtime_name) = gantry_agent::runtime::select(&args.runtime).await?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let runtime = gantry_agent::runtime::select(args.runtime).await?;
+    let runtime_name = runtime.name();
     let (secret_store, volumes) = gantry_agent::volumes::host_resources(
         args.secrets_dir.as_deref(),
         &args.volumes,
-        &runtime_name,
+        runtime.as_ref(),
         &mut labels,
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    )?;
     let work_dir = std::path::absolute(&args.work_dir)?;
-    let inventory = gantry_agent::inventory::probe_host(&runtime_name, &work_dir);
+    let inventory = gantry_agent::inventory::probe_host(runtime_name, &work_dir);
     // With TLS the agent is the one its certificate names: the coordinator takes the id from
     // there, so a different --agent-id would only mislabel its containers.
     let cert_id = tls
@@ -175,8 +175,7 @@ async fn main() -> anyhow::Result<()> {
         .step_env
         .iter()
         .map(|f| key_value("--step-env", f).map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .collect::<Result<Vec<_>, _>>()?;
     // Two agents may share an engine: both labels tell this agent's containers apart.
     let own_labels = BTreeMap::from([
         ("gantry.agent".to_string(), agent_id.clone()),
@@ -202,18 +201,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
-        agent_id,
+        agent_id: agent_id.into(),
         coordinators: args
             .coordinator
             .iter()
             .map(|c| session::endpoint_url(c))
-            .collect::<anyhow::Result<_>>()?,
+            .collect::<Result<_, _>>()?,
         labels,
         taints,
         inventory,
         reprobe: Some(session::Reprobe({
-            let (runtime_name, work_dir) = (runtime_name.clone(), work_dir.clone());
-            Arc::new(move || gantry_agent::inventory::probe_host(&runtime_name, &work_dir))
+            let work_dir = work_dir.clone();
+            Arc::new(move || gantry_agent::inventory::probe_host(runtime_name, &work_dir))
         })),
         tls,
     };

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gantry_model::{
-    secret_label, validate_resource_name, validate_secret_key, SecretEnv, RESOURCE_LABEL_VALUE,
+    secret_label, validate_resource_name, validate_secret_key, NameError, SecretEnv,
+    RESOURCE_LABEL_VALUE,
 };
 
 /// What replaces a secret value in logs.
@@ -36,6 +37,73 @@ pub const MASK: &str = "***";
 pub const MIN_MASKED_LEN: usize = 4;
 /// Largest secret value read (a Kubernetes secret holds at most 1 MiB).
 const MAX_VALUE_BYTES: u64 = 1024 * 1024;
+
+/// What went wrong reading the secret store or a step's secrets. Messages name the secret,
+/// the key and the variable, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secrets dir {}: {error}", dir.display())]
+    Dir { dir: PathBuf, error: std::io::Error },
+    #[error("secrets dir {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("secret name {secret:?} {error}")]
+    SecretName { secret: String, error: NameError },
+    #[error("key {key:?} of secret {secret:?} {error}")]
+    KeyName {
+        key: String,
+        secret: String,
+        error: NameError,
+    },
+    #[error("secret {secret:?}, key {key:?}: {error}")]
+    Read {
+        secret: String,
+        key: String,
+        error: std::io::Error,
+    },
+    #[error("secret {secret:?}, key {key:?}: {} is not a file", path.display())]
+    NotAFile {
+        secret: String,
+        key: String,
+        path: PathBuf,
+    },
+    #[error(
+        "secret {secret:?}, key {key:?}: the value has {bytes} bytes; at most {MAX_VALUE_BYTES} \
+         are accepted"
+    )]
+    TooLarge {
+        secret: String,
+        key: String,
+        bytes: u64,
+    },
+    #[error("secret {secret:?}, key {key:?}: the value is not UTF-8 text")]
+    NotUtf8 { secret: String, key: String },
+    #[error(
+        "secret {secret:?}, key {key:?}: the value holds a NUL byte, which no environment \
+         variable can"
+    )]
+    NulByte { secret: String, key: String },
+    /// A step needs a key the store does not hold (and the reference is not optional).
+    #[error(
+        "secret {secret:?} has no key {key:?} in this agent's secret store ({} holds no file \
+         {secret}/{key}) for variable {env}",
+        dir.display()
+    )]
+    MissingKey {
+        secret: String,
+        key: String,
+        env: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "the step needs key {key:?} of secret {secret:?} (variable {env}), and this agent has \
+         no secret store (--secrets-dir)"
+    )]
+    NoStore {
+        secret: String,
+        key: String,
+        env: String,
+    },
+}
 
 /// The agent's secret store: `DIR/<secret>/<key>` files.
 #[derive(Debug, Clone)]
@@ -46,11 +114,13 @@ pub struct SecretStore {
 impl SecretStore {
     /// The store at `dir`, which must be a readable directory. Secrets whose files anyone on
     /// the host may read are reported with a warning.
-    pub fn open(dir: &Path) -> Result<Self, String> {
-        let meta =
-            std::fs::metadata(dir).map_err(|e| format!("secrets dir {}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<Self, SecretError> {
+        let meta = std::fs::metadata(dir).map_err(|error| SecretError::Dir {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
         if !meta.is_dir() {
-            return Err(format!("secrets dir {} is not a directory", dir.display()));
+            return Err(SecretError::NotADirectory(dir.to_path_buf()));
         }
         let store = SecretStore {
             dir: dir.to_path_buf(),
@@ -67,12 +137,15 @@ impl SecretStore {
 
     /// The secrets present: the store's subdirectories with valid names (others are skipped
     /// with a warning, as no step could name them).
-    pub fn names(&self) -> Result<Vec<String>, String> {
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| format!("secrets dir {}: {e}", self.dir.display()))?;
+    pub fn names(&self) -> Result<Vec<String>, SecretError> {
+        let dir_error = |error| SecretError::Dir {
+            dir: self.dir.clone(),
+            error,
+        };
+        let entries = std::fs::read_dir(&self.dir).map_err(dir_error)?;
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| format!("secrets dir {}: {e}", self.dir.display()))?;
+            let entry = entry.map_err(dir_error)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !entry.path().is_dir() {
                 continue;
@@ -107,38 +180,49 @@ impl SecretStore {
 
     /// The value of `key` of `secret`; `Ok(None)` when the secret or the key does not exist.
     /// Errors name the secret and key, never the value.
-    pub fn read(&self, secret: &str, key: &str) -> Result<Option<String>, String> {
+    pub fn read(&self, secret: &str, key: &str) -> Result<Option<String>, SecretError> {
         // Checked again here: the names come over the wire and become a path.
-        validate_resource_name(secret).map_err(|e| format!("secret name {secret:?} {e}"))?;
-        validate_secret_key(key).map_err(|e| format!("key {key:?} of secret {secret:?} {e}"))?;
+        validate_resource_name(secret).map_err(|error| SecretError::SecretName {
+            secret: secret.to_string(),
+            error,
+        })?;
+        validate_secret_key(key).map_err(|error| SecretError::KeyName {
+            key: key.to_string(),
+            secret: secret.to_string(),
+            error,
+        })?;
+        let (s, k) = (secret.to_string(), key.to_string());
+        let read_error = |error| SecretError::Read {
+            secret: s.clone(),
+            key: k.clone(),
+            error,
+        };
         let path = self.dir.join(secret).join(key);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("secret {secret:?}, key {key:?}: {e}")),
+            Err(e) => return Err(read_error(e)),
         };
         if !meta.is_file() {
-            return Err(format!(
-                "secret {secret:?}, key {key:?}: {} is not a file",
-                path.display()
-            ));
+            return Err(SecretError::NotAFile {
+                secret: s,
+                key: k,
+                path,
+            });
         }
         if meta.len() > MAX_VALUE_BYTES {
-            return Err(format!(
-                "secret {secret:?}, key {key:?}: the value has {} bytes; at most \
-                 {MAX_VALUE_BYTES} are accepted",
-                meta.len()
-            ));
+            return Err(SecretError::TooLarge {
+                secret: s,
+                key: k,
+                bytes: meta.len(),
+            });
         }
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("secret {secret:?}, key {key:?}: {e}"))?;
-        let value = String::from_utf8(bytes)
-            .map_err(|_| format!("secret {secret:?}, key {key:?}: the value is not UTF-8 text"))?;
+        let bytes = std::fs::read(&path).map_err(read_error)?;
+        let Ok(value) = String::from_utf8(bytes) else {
+            return Err(SecretError::NotUtf8 { secret: s, key: k });
+        };
         if value.contains('\0') {
-            return Err(format!(
-                "secret {secret:?}, key {key:?}: the value holds a NUL byte, which no \
-                 environment variable can"
-            ));
+            return Err(SecretError::NulByte { secret: s, key: k });
         }
         Ok(Some(value))
     }
@@ -149,7 +233,7 @@ impl SecretStore {
 pub fn resolve(
     store: Option<&SecretStore>,
     refs: &[SecretEnv],
-) -> Result<(Vec<(String, String)>, Masker), String> {
+) -> Result<(Vec<(String, String)>, Masker), SecretError> {
     let mut env = Vec::new();
     let mut values = Vec::new();
     for r in refs {
@@ -171,21 +255,17 @@ pub fn resolve(
             None if r.optional => {}
             None => {
                 return Err(match store {
-                    Some(s) => format!(
-                        "secret {:?} has no key {:?} in this agent's secret store ({} holds no \
-                         file {}/{}) for variable {}",
-                        r.secret,
-                        r.key,
-                        s.dir().display(),
-                        r.secret,
-                        r.key,
-                        r.env
-                    ),
-                    None => format!(
-                        "the step needs key {:?} of secret {:?} (variable {}), and this agent \
-                         has no secret store (--secrets-dir)",
-                        r.key, r.secret, r.env
-                    ),
+                    Some(s) => SecretError::MissingKey {
+                        secret: r.secret.clone(),
+                        key: r.key.clone(),
+                        env: r.env.clone(),
+                        dir: s.dir().to_path_buf(),
+                    },
+                    None => SecretError::NoStore {
+                        secret: r.secret.clone(),
+                        key: r.key.clone(),
+                        env: r.env.clone(),
+                    },
                 })
             }
         }
@@ -194,7 +274,7 @@ pub fn resolve(
 }
 
 /// Labels advertising the secrets of `store`: `secret.gantry.dev/<name>=true`.
-pub fn labels(store: &SecretStore) -> Result<BTreeMap<String, String>, String> {
+pub fn labels(store: &SecretStore) -> Result<BTreeMap<String, String>, SecretError> {
     Ok(store
         .names()?
         .iter()
@@ -297,9 +377,9 @@ mod tests {
         );
         assert_eq!(store.read("db", "nope").unwrap(), None);
         assert_eq!(store.read("nope", "password").unwrap(), None);
-        let e = store.read("..", "password").unwrap_err();
+        let e = store.read("..", "password").unwrap_err().to_string();
         assert!(e.contains("secret name \"..\""), "{e}");
-        let e = store.read("db", "../db/user").unwrap_err();
+        let e = store.read("db", "../db/user").unwrap_err().to_string();
         assert!(e.contains("key \"../db/user\""), "{e}");
     }
 
@@ -324,12 +404,16 @@ mod tests {
         );
         assert_eq!(masker.mask("pw=hunter22 user=admin"), "pw=*** user=***");
 
-        let e = resolve(Some(&store), &[r("db", "token", "TOKEN", false)]).unwrap_err();
+        let e = resolve(Some(&store), &[r("db", "token", "TOKEN", false)])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("secret \"db\" has no key \"token\"") && e.contains("TOKEN"),
             "{e}"
         );
-        let e = resolve(None, &[r("db", "password", "PW", false)]).unwrap_err();
+        let e = resolve(None, &[r("db", "password", "PW", false)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no secret store (--secrets-dir)"), "{e}");
         assert!(resolve(None, &[r("db", "password", "PW", true)])
             .unwrap()
@@ -342,12 +426,17 @@ mod tests {
         let (dir, store) = store_with(&[("s", "nul", "abc\0def")]);
         std::fs::write(dir.path().join("s/bin"), [0xff, 0xfe, 0x41]).unwrap();
         std::fs::create_dir(dir.path().join("s/sub")).unwrap();
-        let e = store.read("s", "nul").unwrap_err();
+        let e = store.read("s", "nul").unwrap_err().to_string();
         assert!(e.contains("NUL") && !e.contains("abc"), "{e}");
-        assert!(store.read("s", "bin").unwrap_err().contains("not UTF-8"));
+        assert!(store
+            .read("s", "bin")
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
         assert!(store
             .read("s", "sub")
             .unwrap_err()
+            .to_string()
             .contains("is not a file"));
     }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_model::{HostInventory, StepOutcome, StepSpec};
+use gantry_model::{AgentId, AttemptKey, HostInventory, StepOutcome, StepSpec};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as Out;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
@@ -22,7 +22,7 @@ use crate::runtime::{LogLine, LogStream};
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// Coordinator endpoints, tried in turn.
     pub coordinators: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -64,17 +64,17 @@ fn placement_view(inv: &HostInventory) -> impl PartialEq {
     )
 }
 
-type Key = (String, String, u32);
-
-fn key_of(r: &pb::AttemptRef) -> Key {
-    (r.run_id.clone(), r.task_id.clone(), r.attempt)
+/// The attempt a coordinator's message names (the wire carries ids as strings).
+fn key_of(r: &pb::AttemptRef) -> AttemptKey {
+    AttemptKey::new(r.run_id.as_str(), r.task_id.as_str(), r.attempt)
 }
 
-fn attempt_ref(k: &Key) -> pb::AttemptRef {
+/// An attempt as the agent's messages name it.
+fn attempt_ref(k: &AttemptKey) -> pb::AttemptRef {
     pb::AttemptRef {
-        run_id: k.0.clone(),
-        task_id: k.1.clone(),
-        attempt: k.2,
+        run_id: k.run_id.to_string(),
+        task_id: k.task_id.to_string(),
+        attempt: k.attempt,
     }
 }
 
@@ -87,7 +87,7 @@ struct Attempt {
 /// The agent's memory of its attempts, shared by sessions and the tasks running steps.
 pub struct AgentCore {
     launcher: Arc<Launcher>,
-    attempts: Mutex<HashMap<Key, Attempt>>,
+    attempts: Mutex<HashMap<AttemptKey, Attempt>>,
     outbound: Mutex<Option<mpsc::Sender<pb::AgentMessage>>>,
 }
 
@@ -104,7 +104,7 @@ impl AgentCore {
         })
     }
 
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Attempt>> {
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, Attempt>> {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -146,14 +146,14 @@ impl AgentCore {
             .count()
     }
 
-    fn unreported(&self) -> Vec<(Key, StepOutcome)> {
+    fn unreported(&self) -> Vec<(AttemptKey, StepOutcome)> {
         self.attempts()
             .iter()
             .filter_map(|(k, a)| a.result.clone().map(|r| (k.clone(), r)))
             .collect()
     }
 
-    fn finished_msg(k: &Key, outcome: &StepOutcome) -> pb::AgentMessage {
+    fn finished_msg(k: &AttemptKey, outcome: &StepOutcome) -> pb::AgentMessage {
         let outcome_json = serde_json::to_string(outcome).unwrap_or_else(|e| {
             serde_json::json!({"status": "failed", "error": format!("cannot encode outcome: {e}")})
                 .to_string()
@@ -183,7 +183,7 @@ impl AgentCore {
     }
 
     fn spawn(self: &Arc<Self>, spec: StepSpec, reattach: bool) {
-        let k: Key = (spec.run_id.clone(), spec.task_id.clone(), spec.attempt);
+        let k = spec.attempt_key();
         let cancel = CancellationToken::new();
         {
             let mut attempts = self.attempts();
@@ -223,13 +223,13 @@ impl AgentCore {
         });
     }
 
-    fn cancel(&self, k: &Key) {
+    fn cancel(&self, k: &AttemptKey) {
         if let Some(a) = self.attempts().get(k) {
             a.cancel.cancel();
         }
     }
 
-    fn forget(&self, k: &Key) {
+    fn forget(&self, k: &AttemptKey) {
         let mut attempts = self.attempts();
         if attempts.get(k).is_some_and(|a| a.result.is_some()) {
             attempts.remove(k);
@@ -254,7 +254,7 @@ fn outcome_name(o: &StepOutcome) -> &'static str {
 }
 
 /// Sends log lines in batches: up to 128 lines or 100 ms.
-async fn forward_logs(core: Arc<AgentCore>, k: Key, mut rx: mpsc::Receiver<LogLine>) {
+async fn forward_logs(core: Arc<AgentCore>, k: AttemptKey, mut rx: mpsc::Receiver<LogLine>) {
     let mut batch = Vec::new();
     loop {
         let line = if batch.is_empty() {
@@ -289,7 +289,7 @@ async fn forward_logs(core: Arc<AgentCore>, k: Key, mut rx: mpsc::Receiver<LogLi
     }
 }
 
-fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
+fn flush(core: &AgentCore, k: &AttemptKey, batch: &mut Vec<pb::LogLine>) {
     if batch.is_empty() {
         return;
     }
@@ -299,32 +299,76 @@ fn flush(core: &AgentCore, k: &Key, batch: &mut Vec<pb::LogLine>) {
     })));
 }
 
+/// A coordinator endpoint that is not `host:port` or a URL.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("an empty coordinator endpoint was given")]
+    Empty,
+    #[error("coordinator endpoint {given:?} is not HOST:PORT or a URL: {error}")]
+    NotAUrl {
+        given: String,
+        error: tonic::codegen::http::uri::InvalidUri,
+    },
+}
+
 /// A coordinator endpoint as given on the command line (`host:port` or a URL) as a URL.
-pub fn endpoint_url(given: &str) -> anyhow::Result<String> {
+pub fn endpoint_url(given: &str) -> Result<String, EndpointError> {
     let given = given.trim();
     if given.is_empty() {
-        anyhow::bail!("an empty coordinator endpoint was given");
+        return Err(EndpointError::Empty);
     }
     let url = if given.contains("://") {
         given.to_string()
     } else {
         format!("http://{given}")
     };
-    url.parse::<tonic::transport::Uri>().map_err(|e| {
-        anyhow::anyhow!("coordinator endpoint {given:?} is not HOST:PORT or a URL: {e}")
-    })?;
+    if let Err(error) = url.parse::<tonic::transport::Uri>() {
+        return Err(EndpointError::NotAUrl {
+            given: given.to_string(),
+            error,
+        });
+    }
     Ok(url)
 }
 
-/// The leader's address from a coordinator's "not the leader" refusal.
-fn leader_hint(e: &anyhow::Error) -> Option<String> {
-    let status = e.downcast_ref::<tonic::Status>()?;
-    let addr = status.metadata().get("gantry-leader")?.to_str().ok()?;
-    Some(if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    })
+/// How a session with a coordinator failed, decided where the call failed, so the reconnect
+/// loop matches on what happened instead of digging in an error's text.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The coordinator is not the leader and named it: go there (a URL).
+    #[error("not the leader; the leader is at {leader}")]
+    NotLeader { leader: String },
+    /// No connection to the coordinator (down, unreachable, a bad endpoint).
+    #[error("{0}")]
+    Unreachable(tonic::transport::Error),
+    /// The coordinator refused the session without naming a leader (no leader elected yet,
+    /// a registration it did not accept).
+    #[error("{0}")]
+    Refused(tonic::Status),
+    /// The open session broke (the coordinator died, was cut off, or dropped the stream).
+    #[error("{0}")]
+    Broken(tonic::Status),
+    #[error("cannot encode the inventory: {0}")]
+    Encode(serde_json::Error),
+    /// The session's own outbound queue closed under it.
+    #[error("the session's outbound stream closed")]
+    Closed,
+}
+
+impl SessionError {
+    /// A refusal of the session call: a redirect when it names the leader.
+    fn refused(status: tonic::Status) -> Self {
+        match gantry_proto::leader_hint(&status) {
+            Some(addr) => SessionError::NotLeader {
+                leader: if addr.contains("://") {
+                    addr.to_string()
+                } else {
+                    format!("http://{addr}")
+                },
+            },
+            None => SessionError::Refused(status),
+        }
+    }
 }
 
 /// How one attempt at a session ended, for pacing the next.
@@ -418,20 +462,19 @@ pub async fn run(cfg: SessionConfig, core: Arc<AgentCore>, shutdown: Cancellatio
                     tracing::info!(%endpoint, "session ended by the coordinator");
                     SessionEnd::Worked
                 }
+                Err(SessionError::NotLeader { leader }) if leader != endpoint => {
+                    tracing::info!(%endpoint, %leader, "not the leader; going to the leader");
+                    hint = Some(leader);
+                    SessionEnd::Redirected
+                }
                 Err(e) => {
-                    hint = leader_hint(&e).filter(|h| *h != endpoint);
-                    if let Some(h) = &hint {
-                        tracing::info!(%endpoint, leader = %h, "not the leader; going to the leader");
-                        SessionEnd::Redirected
+                    tracing::warn!(%endpoint, error = %e, "coordinator session failed");
+                    if began.elapsed() > Duration::from_secs(2) {
+                        SessionEnd::Worked
+                    } else if named {
+                        SessionEnd::NamedLeaderFailed
                     } else {
-                        tracing::warn!(%endpoint, error = %e, "coordinator session failed");
-                        if began.elapsed() > Duration::from_secs(2) {
-                            SessionEnd::Worked
-                        } else if named {
-                            SessionEnd::NamedLeaderFailed
-                        } else {
-                            SessionEnd::Failed
-                        }
+                        SessionEnd::Failed
                     }
                 }
             },
@@ -498,32 +541,35 @@ async fn session(
     current: &Mutex<HostInventory>,
     endpoint: &str,
     core: &Arc<AgentCore>,
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
     // Keepalive notices a coordinator that is paused or cut off, not only one that is gone.
     let channel = gantry_tls::client::channel(endpoint, cfg.tls.clone(), |e| {
         e.http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true)
-    })?;
+    })
+    .map_err(SessionError::Unreachable)?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4096);
-    let inventory_json =
-        serde_json::to_string(&*current.lock().unwrap_or_else(|e| e.into_inner()))?;
+    let inventory_json = serde_json::to_string(&*current.lock().unwrap_or_else(|e| e.into_inner()))
+        .map_err(SessionError::Encode)?;
     tx.send(msg(Out::Register(pb::Register {
-        agent_id: cfg.agent_id.clone(),
+        agent_id: cfg.agent_id.to_string(),
         inventory_json,
         labels: cfg.labels.clone().into_iter().collect(),
         active: core.active(),
         taints: cfg.taints.iter().map(|t| t.to_string()).collect(),
     })))
-    .await?;
+    .await
+    .map_err(|_| SessionError::Closed)?;
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
+        .await
+        .map_err(SessionError::refused)?
         .into_inner();
     core.set_outbound(Some(tx.clone()));
     for (k, outcome) in core.unreported() {
-        tracing::info!(run = %k.0, task = %k.1, attempt = k.2, "re-reporting a result");
+        tracing::info!(run = %k.run_id, task = %k.task_id, attempt = k.attempt, "re-reporting a result");
         let _ = tx.send(AgentCore::finished_msg(&k, &outcome)).await;
     }
     let heartbeat = {
@@ -542,7 +588,7 @@ async fn session(
         })
     };
     let result = async {
-        while let Some(m) = inbound.message().await? {
+        while let Some(m) = inbound.message().await.map_err(SessionError::Broken)? {
             match m.body {
                 Some(In::Registered(r)) => {
                     tracing::info!(agent = %r.agent_id, %endpoint, "registered with coordinator")
@@ -556,7 +602,7 @@ async fn session(
                 None => {}
             }
         }
-        anyhow::Ok(())
+        Ok(())
     }
     .await;
     heartbeat.abort();
@@ -593,14 +639,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_naming_the_leader_is_a_redirect_to_its_url() {
+        let mut s = tonic::Status::unavailable("node 2 is not the leader (leader: 1)");
+        assert!(matches!(
+            SessionError::refused(s.clone()),
+            SessionError::Refused(_)
+        ));
+        s.metadata_mut()
+            .insert(gantry_proto::LEADER_HINT, "10.0.0.1:7070".parse().unwrap());
+        match SessionError::refused(s) {
+            SessionError::NotLeader { leader } => assert_eq!(leader, "http://10.0.0.1:7070"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn endpoints_are_taken_as_host_port_or_url() {
         assert_eq!(
             endpoint_url("10.0.0.1:7070").unwrap(),
             "http://10.0.0.1:7070"
         );
         assert_eq!(endpoint_url(" https://c:1 ").unwrap(), "https://c:1");
-        assert!(endpoint_url("").is_err());
-        assert!(endpoint_url("a b:1").is_err());
+        assert!(matches!(endpoint_url(""), Err(EndpointError::Empty)));
+        assert!(matches!(
+            endpoint_url("a b:1"),
+            Err(EndpointError::NotAUrl { .. })
+        ));
     }
 
     #[test]

@@ -9,10 +9,84 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use gantry_model::{validate_resource_name, volume_label, VolumeMount, RESOURCE_LABEL_VALUE};
+use gantry_model::{
+    validate_resource_name, volume_label, NameError, VolumeMount, RESOURCE_LABEL_VALUE,
+};
 
-use crate::runtime::{Mount, STEP_ROOT};
-use crate::secrets::{self, SecretStore};
+use crate::runtime::{Mount, Runtime, STEP_ROOT};
+use crate::secrets::{self, SecretError, SecretStore};
+
+/// What is wrong with a `--volume` flag, or with a step's mount of a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("--volume {0:?} is not NAME=HOST_PATH[:ro]")]
+    FlagSyntax(String),
+    #[error("--volume {flag:?}: the name {error}")]
+    FlagName { flag: String, error: NameError },
+    #[error("--volume {0:?}: the host path must be absolute")]
+    RelativeHostPath(String),
+    #[error("--volume {flag:?}: {error}")]
+    HostPath { flag: String, error: std::io::Error },
+    #[error("--volume {flag:?}: {} is not a directory", path.display())]
+    NotADirectory { flag: String, path: PathBuf },
+    #[error("--volume: the name {0:?} is given twice")]
+    GivenTwice(String),
+    /// The runtime cannot show a host directory at another path (the process runtime).
+    #[error(
+        "--volume needs the docker runtime: the process runtime cannot show a host directory \
+         at another path"
+    )]
+    NeedsDocker,
+    /// `have` lists this agent's volumes.
+    #[error(
+        "the step mounts volume {volume:?} at {mount_path}, which this agent does not have (its \
+         volumes: {}; add one with --volume {volume}=HOST_PATH)",
+        if have.is_empty() { "none".to_string() } else { have.join(", ") }
+    )]
+    Unknown {
+        volume: String,
+        mount_path: String,
+        have: Vec<String>,
+    },
+    #[error("volume {volume:?}: mount path {mount_path:?} must be an absolute path below / without '..'")]
+    MountPath { volume: String, mount_path: String },
+    #[error(
+        "volume {volume:?}: mount path {mount_path} would hide the step's own directory \
+         {STEP_ROOT}"
+    )]
+    HidesStepRoot { volume: String, mount_path: String },
+    #[error("volume {volume:?}: sub path {sub_path:?} must be relative, without '..'")]
+    SubPathNotRelative { volume: String, sub_path: String },
+    #[error("volume {volume:?}: cannot create sub path {sub_path:?}: {error}")]
+    CreateSubPath {
+        volume: String,
+        sub_path: String,
+        error: std::io::Error,
+    },
+    #[error("volume {volume:?}: sub path {sub_path:?}: {error}")]
+    SubPath {
+        volume: String,
+        sub_path: String,
+        error: std::io::Error,
+    },
+    #[error("volume {volume:?}: {}: {error}", path.display())]
+    Root {
+        volume: String,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("volume {volume:?}: sub path {sub_path:?} leads outside the volume")]
+    SubPathOutside { volume: String, sub_path: String },
+}
+
+/// Why the agent's secret store or volumes cannot be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostResourceError {
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    #[error(transparent)]
+    Volumes(#[from] VolumeError),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostVolume {
@@ -29,11 +103,14 @@ pub struct Volumes {
 /// `NAME=HOST_PATH`, `NAME=HOST_PATH:ro` or `NAME=HOST_PATH:rw`; the host path must be an
 /// existing directory (Docker refuses to bind a missing one, and a typo should stop the agent
 /// rather than fail every step later).
-pub fn parse_flag(flag: &str) -> Result<(String, HostVolume), String> {
+pub fn parse_flag(flag: &str) -> Result<(String, HostVolume), VolumeError> {
     let (name, rest) = flag
         .split_once('=')
-        .ok_or_else(|| format!("--volume {flag:?} is not NAME=HOST_PATH[:ro]"))?;
-    validate_resource_name(name).map_err(|e| format!("--volume {flag:?}: the name {e}"))?;
+        .ok_or_else(|| VolumeError::FlagSyntax(flag.to_string()))?;
+    validate_resource_name(name).map_err(|error| VolumeError::FlagName {
+        flag: flag.to_string(),
+        error,
+    })?;
     let (path, read_only) = match rest.rsplit_once(':') {
         Some((p, "ro")) => (p, true),
         Some((p, "rw")) => (p, false),
@@ -41,14 +118,17 @@ pub fn parse_flag(flag: &str) -> Result<(String, HostVolume), String> {
     };
     let path = Path::new(path);
     if !path.is_absolute() {
-        return Err(format!("--volume {flag:?}: the host path must be absolute"));
+        return Err(VolumeError::RelativeHostPath(flag.to_string()));
     }
-    let meta = std::fs::metadata(path).map_err(|e| format!("--volume {flag:?}: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|error| VolumeError::HostPath {
+        flag: flag.to_string(),
+        error,
+    })?;
     if !meta.is_dir() {
-        return Err(format!(
-            "--volume {flag:?}: {} is not a directory",
-            path.display()
-        ));
+        return Err(VolumeError::NotADirectory {
+            flag: flag.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok((
         name.to_string(),
@@ -61,12 +141,12 @@ pub fn parse_flag(flag: &str) -> Result<(String, HostVolume), String> {
 
 impl Volumes {
     /// From `--volume` flags; a name given twice is refused.
-    pub fn from_flags(flags: &[String]) -> Result<Self, String> {
+    pub fn from_flags(flags: &[String]) -> Result<Self, VolumeError> {
         let mut by_name = BTreeMap::new();
         for f in flags {
             let (name, v) = parse_flag(f)?;
             if by_name.insert(name.clone(), v).is_some() {
-                return Err(format!("--volume: the name {name:?} is given twice"));
+                return Err(VolumeError::GivenTwice(name));
             }
         }
         Ok(Volumes { by_name })
@@ -88,42 +168,35 @@ impl Volumes {
     /// lacks it, when the mount path would hide the attempt directory, or when the sub path
     /// leads outside the volume; a missing sub path of a writable volume is created, as
     /// Kubernetes does.
-    pub fn mounts_for(&self, wanted: &[VolumeMount]) -> Result<Vec<Mount>, String> {
+    pub fn mounts_for(&self, wanted: &[VolumeMount]) -> Result<Vec<Mount>, VolumeError> {
         wanted.iter().map(|w| self.mount_for(w)).collect()
     }
 
-    fn mount_for(&self, w: &VolumeMount) -> Result<Mount, String> {
-        let v = self.by_name.get(&w.volume).ok_or_else(|| {
-            let have: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            format!(
-                "the step mounts volume {:?} at {}, which this agent does not have (its \
-                 volumes: {}; add one with --volume {}=HOST_PATH)",
-                w.volume,
-                w.mount_path,
-                if have.is_empty() {
-                    "none".to_string()
-                } else {
-                    have.join(", ")
-                },
-                w.volume
-            )
-        })?;
+    fn mount_for(&self, w: &VolumeMount) -> Result<Mount, VolumeError> {
+        let v = self
+            .by_name
+            .get(&w.volume)
+            .ok_or_else(|| VolumeError::Unknown {
+                volume: w.volume.clone(),
+                mount_path: w.mount_path.clone(),
+                have: self.by_name.keys().cloned().collect(),
+            })?;
         let target = Path::new(&w.mount_path);
         let clean = target.is_absolute()
             && target
                 .components()
                 .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
         if !clean || target == Path::new("/") {
-            return Err(format!(
-                "volume {:?}: mount path {:?} must be an absolute path below / without '..'",
-                w.volume, w.mount_path
-            ));
+            return Err(VolumeError::MountPath {
+                volume: w.volume.clone(),
+                mount_path: w.mount_path.clone(),
+            });
         }
         if target.starts_with(STEP_ROOT) {
-            return Err(format!(
-                "volume {:?}: mount path {} would hide the step's own directory {STEP_ROOT}",
-                w.volume, w.mount_path
-            ));
+            return Err(VolumeError::HidesStepRoot {
+                volume: w.volume.clone(),
+                mount_path: w.mount_path.clone(),
+            });
         }
         let host_path = if w.sub_path.is_empty() {
             v.host_path.clone()
@@ -137,42 +210,61 @@ impl Volumes {
         })
     }
 
-    fn sub_path(&self, name: &str, v: &HostVolume, sub: &str) -> Result<PathBuf, String> {
+    fn sub_path(&self, name: &str, v: &HostVolume, sub: &str) -> Result<PathBuf, VolumeError> {
+        let (volume, sub_path) = (name.to_string(), sub.to_string());
         let rel = Path::new(sub);
         if !rel
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return Err(format!(
-                "volume {name:?}: sub path {sub:?} must be relative, without '..'"
-            ));
+            return Err(VolumeError::SubPathNotRelative { volume, sub_path });
         }
         let path = v.host_path.join(rel);
         if !path.exists() && !v.read_only {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| format!("volume {name:?}: cannot create sub path {sub:?}: {e}"))?;
+            if let Err(error) = std::fs::create_dir_all(&path) {
+                return Err(VolumeError::CreateSubPath {
+                    volume,
+                    sub_path,
+                    error,
+                });
+            }
         }
-        let real = std::fs::canonicalize(&path)
-            .map_err(|e| format!("volume {name:?}: sub path {sub:?}: {e}"))?;
-        let root = std::fs::canonicalize(&v.host_path)
-            .map_err(|e| format!("volume {name:?}: {}: {e}", v.host_path.display()))?;
+        let real = match std::fs::canonicalize(&path) {
+            Ok(real) => real,
+            Err(error) => {
+                return Err(VolumeError::SubPath {
+                    volume,
+                    sub_path,
+                    error,
+                })
+            }
+        };
+        let root = match std::fs::canonicalize(&v.host_path) {
+            Ok(root) => root,
+            Err(error) => {
+                return Err(VolumeError::Root {
+                    volume,
+                    path: v.host_path.clone(),
+                    error,
+                })
+            }
+        };
         if !real.starts_with(&root) {
-            return Err(format!(
-                "volume {name:?}: sub path {sub:?} leads outside the volume"
-            ));
+            return Err(VolumeError::SubPathOutside { volume, sub_path });
         }
         Ok(real)
     }
 }
 
 /// The secret store (`--secrets-dir`) and volumes (`--volume`) of an agent, their labels added
-/// to `labels`. Volumes need a runtime that can show a host directory at another path.
+/// to `labels`. Volumes need a runtime that can show a host directory at another path
+/// ([`Runtime::mounts_host_dirs`]).
 pub fn host_resources(
     secrets_dir: Option<&Path>,
     volume_flags: &[String],
-    runtime_name: &str,
+    runtime: &dyn Runtime,
     labels: &mut BTreeMap<String, String>,
-) -> Result<(Option<SecretStore>, Volumes), String> {
+) -> Result<(Option<SecretStore>, Volumes), HostResourceError> {
     let store = secrets_dir.map(SecretStore::open).transpose()?;
     if let Some(s) = &store {
         let found = secrets::labels(s)?;
@@ -180,12 +272,8 @@ pub fn host_resources(
         labels.extend(found);
     }
     let volumes = Volumes::from_flags(volume_flags)?;
-    if !volumes.is_empty() && runtime_name == "process" {
-        return Err(
-            "--volume needs the docker runtime: the process runtime cannot show a host \
-             directory at another path"
-                .into(),
-        );
+    if !volumes.is_empty() && !runtime.mounts_host_dirs() {
+        return Err(VolumeError::NeedsDocker.into());
     }
     labels.extend(volumes.labels());
     Ok((store, volumes))
@@ -222,11 +310,29 @@ mod tests {
         ] {
             match Volumes::from_flags(std::slice::from_ref(&flag)) {
                 Ok(_) => assert!(needle.is_empty(), "{flag} accepted"),
-                Err(e) => assert!(!needle.is_empty() && e.contains(needle), "{flag}: {e}"),
+                Err(e) => assert!(
+                    !needle.is_empty() && e.to_string().contains(needle),
+                    "{flag}: {e}"
+                ),
             }
         }
         let twice = Volumes::from_flags(&[format!("a={d}"), format!("a={d}")]).unwrap_err();
-        assert!(twice.contains("given twice"), "{twice}");
+        assert!(matches!(twice, VolumeError::GivenTwice(_)), "{twice}");
+    }
+
+    #[test]
+    fn volumes_need_a_runtime_that_mounts_host_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = [format!("data={}", dir.path().display())];
+        let mut labels = BTreeMap::new();
+        let process = crate::runtime::ProcessRuntime::new();
+        let e = host_resources(None, &flags, &process, &mut labels).unwrap_err();
+        assert!(
+            matches!(e, HostResourceError::Volumes(VolumeError::NeedsDocker)),
+            "{e}"
+        );
+        let (store, volumes) = host_resources(None, &[], &process, &mut labels).unwrap();
+        assert!(store.is_none() && volumes.is_empty() && labels.is_empty());
     }
 
     #[test]
@@ -250,7 +356,7 @@ mod tests {
         );
         assert!(m[0].host_path.ends_with("a/b"));
         let e = v.mounts_for(&[mount("ro", "/x", "missing")]).unwrap_err();
-        assert!(e.contains("sub path \"missing\""), "{e}");
+        assert!(e.to_string().contains("sub path \"missing\""), "{e}");
 
         for (m, needle) in [
             (
@@ -267,11 +373,11 @@ mod tests {
             (mount("data", "/d", "escape"), "leads outside the volume"),
         ] {
             let e = v.mounts_for(&[m]).unwrap_err();
-            assert!(e.contains(needle), "{needle:?} not in {e}");
+            assert!(e.to_string().contains(needle), "{needle:?} not in {e}");
         }
         let none = Volumes::default()
             .mounts_for(&[mount("x", "/x", "")])
             .unwrap_err();
-        assert!(none.contains("its volumes: none"), "{none}");
+        assert!(none.to_string().contains("its volumes: none"), "{none}");
     }
 }

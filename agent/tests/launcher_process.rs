@@ -424,3 +424,28 @@ printf '{"artifacts": {"out": {"artifacts": [{"name": "out", "uri": "%s", "metad
         );
     }
 }
+
+/// The process runtime shows steps host paths unchanged: a step that mounts a volume is
+/// refused (it would otherwise read whatever lies at its mount path on the host).
+#[tokio::test]
+async fn a_step_mounting_a_volume_fails_on_a_runtime_that_cannot_mount_it() {
+    let env = env();
+    let mut s = step("r-vol", "uses-volume", &env.root(), "ignored", &["true"]);
+    s.container.volumes = vec![gantry_model::VolumeMount {
+        volume: "data".into(),
+        mount_path: "/data".into(),
+        sub_path: String::new(),
+    }];
+    let (outcome, _) = run_step(&env.launcher, &s).await;
+    match outcome {
+        StepOutcome::Failed { error, exit_code } => {
+            assert_eq!(exit_code, None);
+            assert_eq!(
+                error,
+                "the step mounts volume(s) \"data\" at /data, and the process runtime cannot \
+                 show a host directory at another path; run the agent with --runtime docker"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -398,17 +398,18 @@ async fn wait_steady(
         let Some(run) = get_run(links, leader.node_id, &id).await else {
             return Err(());
         };
-        match run.state.as_str() {
-            "SUCCEEDED" => match submit(links, leader.node_id, yaml).await {
+        match run.state() {
+            pb::RunState::Succeeded => match submit(links, leader.node_id, yaml).await {
                 Ok(next) => {
                     *current.borrow_mut() = next;
                     Err(())
                 }
                 Err(e) => Ok(Err(e)),
             },
-            "FAILED" | "CANCELED" => Ok(Err(unavailable(format!(
+            pb::RunState::Failed | pb::RunState::Canceled => Ok(Err(unavailable(format!(
                 "run {id} is {}: {}",
-                run.state, run.error
+                run.state().word(),
+                run.error
             )))),
             _ if recent_success(&run, now_ms() - 1000) => Ok(Ok(leader)),
             _ => Err(()),
@@ -436,7 +437,7 @@ fn sole_leader(all: Vec<Option<pb::ClusterStatus>>) -> Option<pb::ClusterStatus>
 fn recent_success(run: &pb::Run, since_ms: i64) -> bool {
     run.tasks
         .iter()
-        .any(|t| t.state == "SUCCEEDED" && t.finished_at_ms >= since_ms)
+        .any(|t| t.state() == pb::TaskState::Succeeded && t.finished_at_ms >= since_ms)
 }
 
 /// The committed assignment time of the first task assigned at or after `t0` (a task's

@@ -121,8 +121,8 @@ fn msg(body: Out) -> pb::AgentMessage {
 
 fn attempt_ref(s: &StepSpec) -> pb::AttemptRef {
     pb::AttemptRef {
-        run_id: s.run_id.clone(),
-        task_id: s.task_id.clone(),
+        run_id: s.run_id.to_string(),
+        task_id: s.task_id.to_string(),
         attempt: s.attempt,
     }
 }
@@ -143,7 +143,7 @@ fn inventory(agent_id: &str) -> HostInventory {
 
 /// The leader's address from a follower's refusal, as the real agent reads it.
 fn leader_hint(s: &tonic::Status) -> Option<String> {
-    let addr = s.metadata().get("gantry-leader")?.to_str().ok()?;
+    let addr = gantry_proto::leader_hint(s)?;
     Some(addr.trim_start_matches("http://").to_string())
 }
 
@@ -224,7 +224,7 @@ async fn sim_session(
                     .map_err(|e| format!("unreadable assignment: {e}"))?;
                 tracker
                     .runs()
-                    .entry(spec.run_id.clone())
+                    .entry(spec.run_id.to_string())
                     .or_default()
                     .assigned_us
                     .push(at);
@@ -510,10 +510,11 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
     };
     for id in &measured {
         let run = get_run(&mut runs, id).await?;
-        if run.state != "SUCCEEDED" {
+        if run.state() != pb::RunState::Succeeded {
             return Err(unavailable(format!(
                 "run {id} ended {}: {}",
-                run.state, run.error
+                run.state().word(),
+                run.error
             )));
         }
         for at in assigned.get(id).into_iter().flatten() {

@@ -138,7 +138,7 @@ pub fn container_pipeline(name: &str, steps: usize, chained: bool, command: &[&s
 const RUN_LIMIT: Duration = Duration::from_secs(3600);
 
 fn is_over(run: &pb::Run) -> bool {
-    matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED")
+    run.state().is_terminal()
 }
 
 struct Figures {
@@ -183,10 +183,11 @@ async fn run_one(
         CliError::Unavailable(format!("run {run_id} did not end within {RUN_LIMIT:?}"))
     })??;
     let wall = t0.elapsed();
-    if run.state != "SUCCEEDED" {
+    if run.state() != pb::RunState::Succeeded {
         return Err(CliError::RunFailed(format!(
             "{run_id} ({}): {}",
-            run.state, run.error
+            run.state().word(),
+            run.error
         )));
     }
     Ok(Figures {
@@ -335,7 +336,7 @@ fn timings(e: &Embedded, pipeline: &str, f: &mut Figures) {
             continue;
         };
         by_ready.insert(
-            t.task_id.clone(),
+            t.task_id.to_string(),
             (t.created_at, a.assigned_at, started, finished),
         );
     }

@@ -96,7 +96,7 @@ fn fleet(n: usize, rng: &mut Rng) -> Vec<AgentView> {
                 Vec::new()
             };
             AgentView {
-                agent_id: format!("agent-{i:05}"),
+                agent_id: format!("agent-{i:05}").into(),
                 total_cpu: cpu,
                 free_cpu: cpu,
                 total_memory: mem,
@@ -126,8 +126,8 @@ fn queue(n: usize, rng: &mut Rng) -> Vec<ReadyStep> {
                 r.node_selector.insert("zone".into(), "b".into());
             }
             ReadyStep {
-                run_id: format!("run-{}", i / 1000),
-                task_id: format!("task-{i}"),
+                run_id: format!("run-{}", i / 1000).into(),
+                task_id: format!("task-{i}").into(),
                 attempt: 1,
                 request: r,
             }
@@ -230,7 +230,7 @@ fn state_of(agents: &[AgentView]) -> ClusterState {
         let rec = AgentRecord {
             agent_id: a.agent_id.clone(),
             inventory: HostInventory {
-                hostname: a.agent_id.clone(),
+                hostname: a.agent_id.to_string(),
                 cpu_cores: a.total_cpu,
                 memory_bytes: a.total_memory,
                 gpus,
@@ -285,7 +285,7 @@ fn run_persistent(args: &SchedulerArgs) -> Result<(), CliError> {
     for &n in &args.agents {
         let (mut rng, agents, steps) = workload(n, args.steps);
         let mut state = state_of(&agents);
-        let connected: BTreeSet<String> = state.agents.keys().cloned().collect();
+        let connected: BTreeSet<_> = state.agents.keys().cloned().collect();
         let mut placer = Placer::new(CpuPolicy::Spread);
         placer.sync(&state, 0, || connected.clone());
         let (mut fresh, mut kept, mut synced, mut same) =

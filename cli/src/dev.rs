@@ -13,13 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exit::CliError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RuntimeChoice {
-    /// Docker if an engine answers, else the process runtime.
-    Auto,
-    Docker,
-    Process,
-}
+/// The agent's own runtime choice, so `gantry dev --runtime` and `gantry-agent --runtime`
+/// take the same values.
+pub use gantry_agent::runtime::RuntimeChoice;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
@@ -66,7 +62,7 @@ pub fn parse_env_flags(what: &str, flags: &[String]) -> Result<Vec<(String, Stri
         .map(|f| {
             gantry_model::flags::key_value(what, f)
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .map_err(CliError::Refused)
+                .map_err(CliError::from)
         })
         .collect()
 }
@@ -196,20 +192,18 @@ pub async fn start_embedded(
         Some(r) => r,
         None => format!("file://{}", data_dir.join("artifacts").display()),
     };
-    let (runtime, runtime_name) = match runtime {
-        RuntimeChoice::Process => gantry_agent::runtime::select("process").await,
-        RuntimeChoice::Docker => gantry_agent::runtime::select("docker").await,
-        RuntimeChoice::Auto => gantry_agent::runtime::select("auto").await,
-    }
-    .map_err(|e| CliError::Refused(e.to_string()))?;
+    let runtime = gantry_agent::runtime::select(runtime)
+        .await
+        .map_err(|e| CliError::Refused(e.to_string()))?;
+    let runtime_name = runtime.name().to_string();
     let mut labels = std::collections::BTreeMap::new();
     let (secret_store, volumes) = gantry_agent::volumes::host_resources(
         host.secrets_dir.as_deref(),
         &host.volumes,
-        &runtime_name,
+        runtime.as_ref(),
         &mut labels,
     )
-    .map_err(CliError::Refused)?;
+    .map_err(|e| CliError::Refused(e.to_string()))?;
     gantry_tls::identity::check_label("agent id", &agent_id).map_err(|e| {
         CliError::Refused(format!(
             "--agent-id: {e} (it is part of the agent's certificate)"
@@ -259,7 +253,7 @@ pub async fn start_embedded(
     let core = AgentCore::new(launcher);
     let shutdown = CancellationToken::new();
     let cfg = SessionConfig {
-        agent_id,
+        agent_id: agent_id.into(),
         coordinators: vec![format!("http://{}", server.addr)],
         labels,
         taints: Vec::new(),

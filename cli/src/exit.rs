@@ -35,6 +35,13 @@ impl CliError {
     }
 }
 
+/// A malformed `KEY=VALUE` flag is refused input.
+impl From<gantry_model::flags::KeyValueError> for CliError {
+    fn from(e: gantry_model::flags::KeyValueError) -> Self {
+        CliError::Refused(e.to_string())
+    }
+}
+
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;

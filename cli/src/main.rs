@@ -189,9 +189,9 @@ async fn drain_agent(
 fn agent_row(a: &gantry_proto::v1::AgentInfo) -> Vec<String> {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let state = if a.draining {
-        format!("{},DRAINING", a.state)
+        format!("{},DRAINING", a.state().word())
     } else {
-        a.state.clone()
+        a.state().word().to_string()
     };
     vec![
         a.agent_id.clone(),

@@ -38,7 +38,7 @@ pub fn task_json(t: &pb::Task) -> Value {
         "name": t.name,
         "parent": opt_str(&t.parent),
         "iteration": if t.iteration < 0 { Value::Null } else { json!(t.iteration) },
-        "state": t.state,
+        "state": t.state().word(),
         "attempts": t.attempts,
         "agent": opt_str(&t.agent),
         "started_at": time(t.started_at_ms),
@@ -59,7 +59,7 @@ pub fn run_json(r: &pb::Run, with_tasks: bool) -> Value {
     let mut v = json!({
         "run_id": r.run_id,
         "pipeline_name": r.pipeline_name,
-        "state": r.state,
+        "state": r.state().word(),
         "error": opt_str(&r.error),
         "parameters": parse_json(&r.parameters_json),
         "created_at": time(r.created_at_ms),
@@ -75,7 +75,7 @@ pub fn agent_json(a: &pb::AgentInfo) -> Value {
     json!({
         "agent_id": a.agent_id,
         "hostname": a.hostname,
-        "state": a.state,
+        "state": a.state().word(),
         "runtime": a.runtime,
         "cpu_cores": a.cpu_cores,
         "memory_bytes": a.memory_bytes,
@@ -184,7 +184,7 @@ fn duration(start: i64, end: i64) -> String {
 pub fn print_run(r: &pb::Run) {
     println!("run:       {}", r.run_id);
     println!("pipeline:  {}", r.pipeline_name);
-    println!("state:     {}", r.state);
+    println!("state:     {}", r.state().word());
     if !r.error.is_empty() {
         println!("error:     {}", r.error);
     }
@@ -212,7 +212,7 @@ pub fn print_run(r: &pb::Run) {
                 let detail: String = detail.replace('\n', " | ").chars().take(100).collect();
                 vec![
                     t.task_id.clone(),
-                    t.state.clone(),
+                    t.state().word().to_string(),
                     t.attempts.to_string(),
                     if t.agent.is_empty() {
                         "-".into()

@@ -85,7 +85,7 @@ pub enum RunCommand {
 fn parse_pairs(what: &str, pairs: &[String]) -> Result<HashMap<String, String>, CliError> {
     let mut out = HashMap::new();
     for p in pairs {
-        let (k, v) = gantry_model::flags::key_value(what, p).map_err(CliError::Refused)?;
+        let (k, v) = gantry_model::flags::key_value(what, p)?;
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(CliError::Refused(format!("{what} {k:?} given twice")));
         }
@@ -100,9 +100,9 @@ fn show_run(format: Format, run: &pb::Run) {
 }
 
 fn final_status(run: &pb::Run) -> Result<(), CliError> {
-    match run.state.as_str() {
-        "SUCCEEDED" => Ok(()),
-        "CANCELED" => Err(CliError::RunCanceled(run.run_id.clone())),
+    match run.state() {
+        pb::RunState::Succeeded => Ok(()),
+        pb::RunState::Canceled => Err(CliError::RunCanceled(run.run_id.clone())),
         _ => Err(CliError::RunFailed(run.run_id.clone())),
     }
 }
@@ -202,7 +202,7 @@ pub async fn run(
                             vec![
                                 r.run_id.clone(),
                                 r.pipeline_name.clone(),
-                                r.state.clone(),
+                                r.state().word().to_string(),
                                 output::short_time(r.created_at_ms),
                                 r.error.chars().take(80).collect(),
                             ]
@@ -289,7 +289,7 @@ async fn wait_for(c: &mut Client, run_id: &str) -> Result<pb::Run, CliError> {
             })
             .await?
             .into_inner();
-        if matches!(run.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
+        if run.state().is_terminal() {
             return Ok(run);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -322,13 +322,29 @@ fn per_task_durations(
     Ok(out)
 }
 
+/// Why a flag's text is not a usable duration; each variant holds the text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum DurationError {
+    #[error("{text:?} is not a duration like 30m, 24h or 7d: {error}")]
+    Syntax {
+        text: String,
+        error: humantime::DurationError,
+    },
+    #[error("{0:?} is too long")]
+    TooLong(String),
+    #[error("{0:?}: a duration here must be at least 1ms")]
+    Zero(String),
+}
+
 /// A duration such as `90s`, `30m`, `24h` or `7d`, in milliseconds (at least 1 ms).
-fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like 30m, 24h or 7d: {e}"))?;
-    let ms = i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))?;
+fn parse_duration_ms(text: &str) -> Result<i64, DurationError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|error| DurationError::Syntax {
+        text: text.to_string(),
+        error,
+    })?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| DurationError::TooLong(text.to_string()))?;
     if ms == 0 {
-        return Err(format!("{text:?}: a duration here must be at least 1ms"));
+        return Err(DurationError::Zero(text.to_string()));
     }
     Ok(ms)
 }
@@ -359,9 +375,13 @@ mod tests {
     fn cache_ages_are_durations_of_at_least_a_millisecond() {
         assert_eq!(super::parse_duration_ms("90s"), Ok(90_000));
         assert_eq!(super::parse_duration_ms("1d"), Ok(86_400_000));
-        assert!(super::parse_duration_ms("0s").is_err());
+        assert_eq!(
+            super::parse_duration_ms("0s"),
+            Err(DurationError::Zero("0s".into()))
+        );
         assert!(super::parse_duration_ms("soon")
             .unwrap_err()
-            .contains("soon"));
+            .to_string()
+            .starts_with(r#""soon" is not a duration like 30m"#));
     }
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gantry_core::engine::step_spec;
-use gantry_core::state::{AttemptKey, Event};
-use gantry_proto::v1::{coordinator_message::Body, Assignment, AttemptRef, CoordinatorMessage};
+use gantry_core::state::Event;
+use gantry_model::{AgentId, AttemptKey, RunId, TaskId};
+use gantry_proto::v1::{coordinator_message::Body, Assignment, CoordinatorMessage};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tonic::Status;
 
@@ -24,7 +25,7 @@ struct Session {
 /// leader's placer learns the connected set only when it may have changed.
 #[derive(Default)]
 struct Sessions {
-    by_agent: HashMap<String, Session>,
+    by_agent: HashMap<AgentId, Session>,
     generation: u64,
 }
 
@@ -33,21 +34,13 @@ pub struct Dispatcher {
     /// When this node last heard from each agent (any message, heartbeats every 5 s). Agents
     /// it never heard from count from when it first looked (so a new leader gives every agent
     /// a whole lease to come to it).
-    last_heard: Mutex<HashMap<String, std::time::Instant>>,
+    last_heard: Mutex<HashMap<AgentId, std::time::Instant>>,
     next_session: AtomicU64,
     state: crate::machine::SharedState,
     /// Wakes the scheduling loop.
     pub schedule: Arc<Notify>,
     /// Run ids as they finish (ends `logs -f` followers).
-    pub run_finished: broadcast::Sender<String>,
-}
-
-pub fn attempt_ref(k: &AttemptKey) -> AttemptRef {
-    AttemptRef {
-        run_id: k.run_id.clone(),
-        task_id: k.task_id.clone(),
-        attempt: k.attempt,
-    }
+    pub run_finished: broadcast::Sender<RunId>,
 }
 
 impl Dispatcher {
@@ -67,7 +60,7 @@ impl Dispatcher {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn connected(&self) -> BTreeSet<String> {
+    pub fn connected(&self) -> BTreeSet<AgentId> {
         self.sessions().by_agent.keys().cloned().collect()
     }
 
@@ -78,15 +71,15 @@ impl Dispatcher {
     }
 
     /// Notes a message from `agent_id`.
-    pub fn heard(&self, agent_id: &str) {
+    pub fn heard(&self, agent_id: &AgentId) {
         self.last_heard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(agent_id.to_string(), std::time::Instant::now());
+            .insert(agent_id.clone(), std::time::Instant::now());
     }
 
     /// Agents among `candidates` not heard from for longer than `lease`.
-    pub fn silent_for(&self, candidates: &[String], lease: std::time::Duration) -> Vec<String> {
+    pub fn silent_for(&self, candidates: &[AgentId], lease: std::time::Duration) -> Vec<AgentId> {
         let now = std::time::Instant::now();
         let mut heard = self.last_heard.lock().unwrap_or_else(|e| e.into_inner());
         candidates
@@ -97,18 +90,18 @@ impl Dispatcher {
     }
 
     /// Makes `tx` the live session of `agent_id` (replacing an older one). Returns its id.
-    pub fn attach(&self, agent_id: &str, tx: SessionTx) -> u64 {
+    pub fn attach(&self, agent_id: &AgentId, tx: SessionTx) -> u64 {
         self.heard(agent_id);
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let mut s = self.sessions();
-        s.by_agent.insert(agent_id.to_string(), Session { id, tx });
+        s.by_agent.insert(agent_id.clone(), Session { id, tx });
         s.generation += 1;
         drop(s);
         self.schedule.notify_one();
         id
     }
 
-    pub fn detach(&self, agent_id: &str, session_id: u64) {
+    pub fn detach(&self, agent_id: &AgentId, session_id: u64) {
         let mut s = self.sessions();
         if s.by_agent.get(agent_id).is_some_and(|x| x.id == session_id) {
             s.by_agent.remove(agent_id);
@@ -123,7 +116,7 @@ impl Dispatcher {
         s.generation += 1;
     }
 
-    pub fn send(&self, agent_id: &str, body: Body) -> bool {
+    pub fn send(&self, agent_id: &AgentId, body: Body) -> bool {
         let tx = self.sessions().by_agent.get(agent_id).map(|s| s.tx.clone());
         match tx {
             Some(tx) => tx.send(Ok(CoordinatorMessage { body: Some(body) })).is_ok(),
@@ -151,7 +144,7 @@ impl Dispatcher {
 
     /// After a (re)connect: sends the committed assignments of `agent_id` that it does not
     /// report as running or finished.
-    pub fn resend_assignments(&self, agent_id: &str, known: &BTreeSet<AttemptKey>) {
+    pub fn resend_assignments(&self, agent_id: &AgentId, known: &BTreeSet<AttemptKey>) {
         let missing: Vec<AttemptKey> = {
             let st = self.state.read();
             st.agents
@@ -167,7 +160,7 @@ impl Dispatcher {
         };
         for key in missing {
             if let Some(body) = self.assignment(&key) {
-                tracing::info!(agent = agent_id, attempt = %key, "re-sending assignment");
+                tracing::info!(agent = %agent_id, attempt = %key, "re-sending assignment");
                 self.send(agent_id, body);
             }
         }
@@ -175,7 +168,7 @@ impl Dispatcher {
 
     /// After a (re)connect: stops the attempts `agent_id` still runs that are no longer its own
     /// (it was declared lost meanwhile and they were placed again elsewhere).
-    pub fn cancel_superseded(&self, agent_id: &str, known: &BTreeSet<AttemptKey>) {
+    pub fn cancel_superseded(&self, agent_id: &AgentId, known: &BTreeSet<AttemptKey>) {
         let stale: Vec<AttemptKey> = {
             let st = self.state.read();
             let mine = st.agents.get(agent_id).map(|a| &a.running);
@@ -193,8 +186,11 @@ impl Dispatcher {
                 .collect()
         };
         for key in stale {
-            tracing::info!(agent = agent_id, attempt = %key, "stopping a superseded attempt");
-            self.send(agent_id, Body::Cancel(attempt_ref(&key)));
+            tracing::info!(agent = %agent_id, attempt = %key, "stopping a superseded attempt");
+            self.send(
+                agent_id,
+                Body::Cancel(crate::api::convert::attempt_ref(&key)),
+            );
         }
     }
 
@@ -211,7 +207,10 @@ impl Dispatcher {
                     }
                 }
                 Event::AttemptCanceled { agent_id, attempt } => {
-                    self.send(&agent_id, Body::Cancel(attempt_ref(&attempt)));
+                    self.send(
+                        &agent_id,
+                        Body::Cancel(crate::api::convert::attempt_ref(&attempt)),
+                    );
                 }
                 Event::TasksReady { .. } | Event::CapacityChanged => self.schedule.notify_one(),
                 Event::RunFinished { run_id, state } => {
@@ -225,4 +224,4 @@ impl Dispatcher {
 }
 
 /// Why ready tasks wait, from the last scheduling pass.
-pub type WaitingReasons = Arc<Mutex<BTreeMap<(String, String), String>>>;
+pub type WaitingReasons = Arc<Mutex<BTreeMap<(RunId, TaskId), String>>>;

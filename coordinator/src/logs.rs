@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gantry_model::{RunId, TaskId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: RunId,
+    pub task_id: TaskId,
     pub attempt: u32,
     pub stream: String,
     pub line: String,
@@ -25,9 +26,9 @@ pub struct StepLogs {
     tx: broadcast::Sender<LogRecord>,
 }
 
-fn key(run_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(run_id.len() + 9);
-    k.extend_from_slice(run_id.as_bytes());
+fn key(run_id: &RunId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(run_id.as_str().len() + 9);
+    k.extend_from_slice(run_id.as_str().as_bytes());
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -76,8 +77,8 @@ impl StepLogs {
     }
 
     /// Every stored line of a run, in arrival order.
-    pub fn read_run(&self, run_id: &str) -> Vec<LogRecord> {
-        let mut prefix = run_id.as_bytes().to_vec();
+    pub fn read_run(&self, run_id: &RunId) -> Vec<LogRecord> {
+        let mut prefix = run_id.as_str().as_bytes().to_vec();
         prefix.push(0);
         self.tree
             .scan_prefix(prefix)

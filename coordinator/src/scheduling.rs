@@ -8,6 +8,7 @@ use gantry_core::scheduler::{
     cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer,
 };
 use gantry_core::state::{Command, Unschedulable};
+use gantry_model::AgentId;
 
 use crate::server::Coordinator;
 
@@ -100,7 +101,7 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
 /// Declares lost the agents with unfinished attempts that have been silent for longer than
 /// the lease: their attempts are placed again elsewhere.
 async fn declare_lost_agents(c: &Arc<Coordinator>, now: i64) {
-    let candidates: Vec<String> = {
+    let candidates: Vec<AgentId> = {
         let st = c.state.read();
         st.agents
             .values()

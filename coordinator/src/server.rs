@@ -17,6 +17,7 @@ use gantry_proto::v1::run_service_server::RunServiceServer;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
+use crate::api::status::ApiError;
 use crate::dispatch::{Dispatcher, WaitingReasons};
 use crate::logs::StepLogs;
 use crate::machine::{ClusterMachine, SharedState};
@@ -145,7 +146,8 @@ pub enum Route {
 /// Set on a request one coordinator forwards to another, so it is forwarded at most once.
 pub const FORWARDED: &str = "gantry-forwarded";
 /// Set on a refusal from a non-leader: the leader's address, for agents to go to directly.
-pub const LEADER_HINT: &str = "gantry-leader";
+/// Defined with the contracts, where agents and clients find it without this crate.
+pub use gantry_proto::LEADER_HINT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -157,26 +159,17 @@ pub enum ProposeError {
     NoLeader(Duration),
 }
 
-impl From<ProposeError> for tonic::Status {
-    fn from(e: ProposeError) -> Self {
-        match &e {
-            ProposeError::Raft(RaftError::Storage(_)) | ProposeError::Encode(_) => {
-                tonic::Status::internal(e.to_string())
-            }
-            _ => tonic::Status::unavailable(e.to_string()),
-        }
-    }
-}
-
 impl Coordinator {
     /// A cached channel to another coordinator.
-    pub fn channel(&self, address: &str) -> Result<Channel, tonic::Status> {
+    pub fn channel(&self, address: &str) -> Result<Channel, ApiError> {
         let mut m = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = m.get(address) {
             return Ok(c.clone());
         }
-        let c = peer_channel(address, self.tls.clone())
-            .map_err(|e| tonic::Status::internal(format!("bad peer address {address}: {e}")))?;
+        let c = peer_channel(address, self.tls.clone()).map_err(|error| ApiError::PeerAddress {
+            address: address.to_string(),
+            error,
+        })?;
         m.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -192,11 +185,7 @@ impl Coordinator {
 
     /// Where a write must go: here when this node leads, else the leader (waiting out an
     /// election for up to `wait`). A request that was already forwarded is never forwarded again.
-    pub async fn route_write(
-        &self,
-        forwarded: bool,
-        wait: Duration,
-    ) -> Result<Route, tonic::Status> {
+    pub async fn route_write(&self, forwarded: bool, wait: Duration) -> Result<Route, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let s = self.raft.status();
@@ -205,47 +194,37 @@ impl Coordinator {
             }
             if let Some(addr) = self.leader_address() {
                 if forwarded {
-                    return Err(self.not_leader_status());
+                    return Err(self.not_leader());
                 }
                 return Ok(Route::Leader(self.channel(&addr)?));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(tonic::Status::unavailable(format!(
-                    "no leader elected within {wait:?} (node {}, term {})",
-                    self.node_id, s.term
-                )));
+                return Err(ApiError::NoLeader {
+                    wait,
+                    node: self.node_id,
+                    term: s.term,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// "Not the leader", with the leader's address attached when known.
-    pub fn not_leader_status(&self) -> tonic::Status {
-        let s = self.raft.status();
-        let mut status = tonic::Status::unavailable(format!(
-            "node {} is not the leader (leader: {})",
-            self.node_id,
-            if s.leader_id == 0 {
-                "unknown".to_string()
-            } else {
-                s.leader_id.to_string()
-            }
-        ));
-        if let Some(addr) = self.leader_address() {
-            if let Ok(v) = addr.parse() {
-                status.metadata_mut().insert(LEADER_HINT, v);
-            }
+    pub fn not_leader(&self) -> ApiError {
+        ApiError::NotLeader {
+            node: self.node_id,
+            leader_id: self.raft.status().leader_id,
+            hint: self.leader_address(),
         }
-        status
     }
 
     /// Waits until this node's state includes every write committed before the call: the
     /// ReadIndex barrier for reads that must be current.
-    pub async fn read_barrier(&self) -> Result<(), tonic::Status> {
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
         self.raft
             .read_index(Duration::from_secs(3))
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("cannot confirm a current read: {e}")))
+            .map_err(ApiError::ReadBarrier)
     }
 
     /// Commits `cmd` and returns what applying it did. Waits out a leader election.

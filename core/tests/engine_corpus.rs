@@ -23,7 +23,7 @@ use gantry_core::ir::{
     parse_pipeline, resolve_run_parameters, Implementation, IteratorItems, ParameterSource,
     PipelineSpec,
 };
-use gantry_model::ParamType;
+use gantry_model::{ParamType, TaskId};
 use gantry_testkit::corpus::{cell, corpus_dir, relative, yaml_files};
 use gantry_testkit::{golden, sim};
 use serde_json::{json, Value};
@@ -197,7 +197,7 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         if run.state.is_terminal() {
             break;
         }
-        let ready: Vec<String> = run.ready_tasks().map(|t| t.task_id.clone()).collect();
+        let ready: Vec<TaskId> = run.ready_tasks().map(|t| t.task_id.clone()).collect();
         if ready.is_empty() {
             return Err(format!(
                 "stuck: run {} with no ready task",
@@ -206,8 +206,9 @@ fn simulate(yaml: &str) -> Result<Outcome, String> {
         }
         for id in ready {
             let attempt = run.tasks[&id].attempts.len() as u32 + 1;
-            record_assignment(&mut run, &id, attempt, "agent", &[], now)?;
-            let step = step_spec(&run, &id, attempt)?;
+            record_assignment(&mut run, &id, attempt, &"agent".into(), &[], now)
+                .map_err(|e| e.to_string())?;
+            let step = step_spec(&run, &id, attempt).map_err(|e| e.to_string())?;
             let task_name = run.tasks[&id].name.clone();
             let outcome = sim::success(&step, |n, t| match t {
                 ParamType::List => sample_list(

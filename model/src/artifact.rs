@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::{RunId, TaskId};
+
 /// One artifact as recorded in run state and handed to a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactRef {
@@ -17,24 +19,36 @@ pub struct ArtifactRef {
     pub metadata: Map<String, Value>,
 }
 
+/// Why a name cannot name an artifact (or an output, or a path segment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArtifactNameError {
+    #[error("artifact name is empty")]
+    Empty,
+    #[error("artifact name {0:?} contains \"..\" (path traversal)")]
+    Traversal(String),
+    #[error(
+        "artifact name {name:?} contains {found:?}; only letters, digits, '_', '-' and '.' are allowed"
+    )]
+    Character { name: String, found: char },
+}
+
 /// Refuses artifact and output names that could escape their directory once joined into a
 /// path or an object key.
-pub fn validate_artifact_name(name: &str) -> Result<(), String> {
+pub fn validate_artifact_name(name: &str) -> Result<(), ArtifactNameError> {
     if name.is_empty() {
-        return Err("artifact name is empty".into());
+        return Err(ArtifactNameError::Empty);
     }
     if name == "." || name == ".." || name.contains("..") {
-        return Err(format!(
-            "artifact name {name:?} contains \"..\" (path traversal)"
-        ));
+        return Err(ArtifactNameError::Traversal(name.to_string()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
-        return Err(format!(
-            "artifact name {name:?} contains {c:?}; only letters, digits, '_', '-' and '.' are allowed"
-        ));
+        return Err(ArtifactNameError::Character {
+            name: name.to_string(),
+            found,
+        });
     }
     Ok(())
 }
@@ -44,7 +58,13 @@ pub fn validate_artifact_name(name: &str) -> Result<(), String> {
 ///
 /// `task_id` is the task's path in the run (`condition-1/train`, `for-loop-2/3/square`), made of
 /// IR task names and iteration numbers, so every segment is already a safe name.
-pub fn artifact_uri(root: &str, run_id: &str, task_id: &str, attempt: u32, output: &str) -> String {
+pub fn artifact_uri(
+    root: &str,
+    run_id: &RunId,
+    task_id: &TaskId,
+    attempt: u32,
+    output: &str,
+) -> String {
     format!(
         "{}/{}/{}/attempt-{}/{}",
         root.trim_end_matches('/'),
@@ -72,21 +92,33 @@ mod tests {
             ] {
                 for attempt in [1, 2] {
                     for out in ["model", "metrics"] {
-                        assert!(seen.insert(artifact_uri("s3://b/p/", run, task, attempt, out)));
+                        assert!(seen.insert(artifact_uri(
+                            "s3://b/p/",
+                            &run.into(),
+                            &task.into(),
+                            attempt,
+                            out
+                        )));
                     }
                 }
             }
         }
         assert_eq!(
-            artifact_uri("file:///tmp/a/", "r", "t", 1, "o"),
+            artifact_uri("file:///tmp/a/", &"r".into(), &"t".into(), 1, "o"),
             "file:///tmp/a/r/t/attempt-1/o"
         );
     }
 
     #[test]
     fn refuses_traversal_in_names() {
-        assert!(validate_artifact_name("../etc").is_err());
-        assert!(validate_artifact_name("a/b").is_err());
+        assert_eq!(
+            validate_artifact_name("../etc").unwrap_err().to_string(),
+            r#"artifact name "../etc" contains ".." (path traversal)"#
+        );
+        assert_eq!(
+            validate_artifact_name("a/b").unwrap_err().to_string(),
+            r#"artifact name "a/b" contains '/'; only letters, digits, '_', '-' and '.' are allowed"#
+        );
         assert!(validate_artifact_name("..").is_err());
         assert!(validate_artifact_name("").is_err());
         assert!(validate_artifact_name("model_v1.pkl").is_ok());

@@ -8,15 +8,19 @@
 
 pub mod artifact;
 pub mod flags;
+pub mod ids;
 pub mod params;
 pub mod resources;
 pub mod step;
 
-pub use artifact::{artifact_uri, validate_artifact_name, ArtifactRef};
-pub use params::ParamType;
-pub use resources::{GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, Toleration};
+pub use artifact::{artifact_uri, validate_artifact_name, ArtifactNameError, ArtifactRef};
+pub use ids::{AgentId, AttemptKey, RunId, TaskId};
+pub use params::{ParamError, ParamType};
+pub use resources::{
+    GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, TaintError, Toleration,
+};
 pub use step::{
     secret_label, validate_resource_name, validate_secret_key, volume_label, ContainerSpec, EnvVar,
-    OutputArtifactSpec, SecretEnv, StepInputs, StepOutcome, StepOutputs, StepSpec, VolumeMount,
-    RESOURCE_LABEL_VALUE,
+    NameError, OutputArtifactSpec, SecretEnv, StepInputs, StepOutcome, StepOutputs, StepSpec,
+    VolumeMount, RESOURCE_LABEL_VALUE,
 };

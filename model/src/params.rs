@@ -3,6 +3,30 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Why a value does not fit a parameter type. The texts are quoted as the value was given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    /// The JSON value has another type (`got` says which: `a string`, `an integer`...).
+    #[error("expected {}, got {got}", expected.ir_name())]
+    WrongType {
+        expected: ParamType,
+        got: &'static str,
+    },
+    /// A number with a fraction given to an integer parameter.
+    #[error("expected NUMBER_INTEGER, got {0}")]
+    NotWhole(serde_json::Number),
+    #[error("{0:?} is not an integer")]
+    NotInteger(String),
+    #[error("{0:?} is not a number")]
+    NotNumber(String),
+    #[error("{0:?} is not a boolean (true or false)")]
+    NotBoolean(String),
+    #[error("{0:?} is not a JSON list")]
+    NotList(String),
+    #[error("{0:?} is not a JSON object")]
+    NotObject(String),
+}
+
 /// The `parameterType` of an IR parameter definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -45,7 +69,7 @@ impl ParamType {
 
     /// Checks that `value` already has this type. Integers must be whole numbers; a double
     /// accepts any number.
-    pub fn check(self, value: &Value) -> Result<(), String> {
+    pub fn check(self, value: &Value) -> Result<(), ParamError> {
         let ok = match self {
             Self::String => value.is_string(),
             Self::NumberInteger => value.is_i64() || value.is_u64(),
@@ -57,17 +81,16 @@ impl ParamType {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "expected {}, got {}",
-                self.ir_name(),
-                json_kind(value)
-            ))
+            Err(ParamError::WrongType {
+                expected: self,
+                got: json_kind(value),
+            })
         }
     }
 
     /// Converts a value given as text (a CLI `-p NAME=VALUE`, or the content of an output
     /// parameter file) into this type.
-    pub fn parse_text(self, text: &str) -> Result<Value, String> {
+    pub fn parse_text(self, text: &str) -> Result<Value, ParamError> {
         let trimmed = text.trim();
         match self {
             Self::String => Ok(Value::String(text.to_string())),
@@ -83,31 +106,31 @@ impl ParamType {
                         .map(|f| Value::from(f as i64))
                         .ok_or(())
                 })
-                .map_err(|_| format!("{trimmed:?} is not an integer")),
+                .map_err(|_| ParamError::NotInteger(trimmed.to_string())),
             Self::NumberDouble => trimmed
                 .parse::<f64>()
                 .ok()
                 .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
-                .ok_or_else(|| format!("{trimmed:?} is not a number")),
+                .ok_or_else(|| ParamError::NotNumber(trimmed.to_string())),
             Self::Boolean => match trimmed.to_ascii_lowercase().as_str() {
                 "true" => Ok(Value::Bool(true)),
                 "false" => Ok(Value::Bool(false)),
-                _ => Err(format!("{trimmed:?} is not a boolean (true or false)")),
+                _ => Err(ParamError::NotBoolean(trimmed.to_string())),
             },
             Self::List => match serde_json::from_str::<Value>(trimmed) {
                 Ok(v @ Value::Array(_)) => Ok(v),
-                _ => Err(format!("{trimmed:?} is not a JSON list")),
+                _ => Err(ParamError::NotList(trimmed.to_string())),
             },
             Self::Struct | Self::TaskFinalStatus => match serde_json::from_str::<Value>(trimmed) {
                 Ok(v @ Value::Object(_)) => Ok(v),
-                _ => Err(format!("{trimmed:?} is not a JSON object")),
+                _ => Err(ParamError::NotObject(trimmed.to_string())),
             },
         }
     }
 
     /// Coerces a JSON value that may come with a looser type (an integer given as 3.0, a
     /// number given to a string parameter by a YAML constant) to this type, or says why not.
-    pub fn coerce(self, value: &Value) -> Result<Value, String> {
+    pub fn coerce(self, value: &Value) -> Result<Value, ParamError> {
         if self.check(value).is_ok() {
             return Ok(value.clone());
         }
@@ -116,7 +139,7 @@ impl ParamType {
                 .as_f64()
                 .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
                 .map(|f| Value::from(f as i64))
-                .ok_or_else(|| format!("expected NUMBER_INTEGER, got {n}")),
+                .ok_or_else(|| ParamError::NotWhole(n.clone())),
             (_, Value::String(s)) if self != Self::String => self.parse_text(s),
             _ => self.check(value).map(|_| value.clone()),
         }
@@ -164,7 +187,24 @@ mod tests {
 
     #[test]
     fn check_refuses_wrong_json_types() {
-        assert!(ParamType::NumberInteger.check(&json!(1.5)).is_err());
+        assert_eq!(
+            ParamType::NumberInteger
+                .check(&json!(1.5))
+                .unwrap_err()
+                .to_string(),
+            "expected NUMBER_INTEGER, got a number"
+        );
+        assert_eq!(
+            ParamType::NumberInteger
+                .coerce(&json!(1.5))
+                .unwrap_err()
+                .to_string(),
+            "expected NUMBER_INTEGER, got 1.5"
+        );
+        assert_eq!(
+            ParamType::Boolean.parse_text(" yes ").unwrap_err(),
+            ParamError::NotBoolean("yes".into())
+        );
         assert!(ParamType::NumberDouble.check(&json!(1)).is_ok());
         assert!(ParamType::String.check(&json!(1)).is_err());
         assert_eq!(

@@ -62,18 +62,28 @@ pub struct Taint {
     pub effect: TaintEffect,
 }
 
+/// Why text is not a taint; each variant holds the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaintError {
+    #[error("taint {0:?} is not KEY[=VALUE]:EFFECT")]
+    Syntax(String),
+    #[error("taint {0:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute")]
+    UnknownEffect(String),
+    #[error("taint {0:?} has an empty key")]
+    EmptyKey(String),
+}
+
 impl Taint {
     /// `key=value:Effect` or `key:Effect`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, TaintError> {
         let (kv, effect) = s
             .rsplit_once(':')
-            .ok_or_else(|| format!("taint {s:?} is not KEY[=VALUE]:EFFECT"))?;
-        let effect = TaintEffect::parse(effect).ok_or_else(|| {
-            format!("taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
-        })?;
+            .ok_or_else(|| TaintError::Syntax(s.to_string()))?;
+        let effect =
+            TaintEffect::parse(effect).ok_or_else(|| TaintError::UnknownEffect(s.to_string()))?;
         let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
         if key.is_empty() {
-            return Err(format!("taint {s:?} has an empty key"));
+            return Err(TaintError::EmptyKey(s.to_string()));
         }
         Ok(Taint {
             key: key.to_string(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ArtifactRef, ParamType, ResourceRequest};
+use crate::{ArtifactRef, AttemptKey, ParamType, ResourceRequest, RunId, TaskId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvVar {
@@ -71,34 +71,47 @@ pub fn volume_label(name: &str) -> String {
 /// Value of the [`secret_label`] and [`volume_label`] labels.
 pub const RESOURCE_LABEL_VALUE: &str = "true";
 
+/// Why a text cannot name a secret or a volume, or be a secret's key. The messages are the
+/// end of a sentence whose subject the caller gives (`the name must have 1 to 63 characters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must have 1 to 63 characters")]
+    ResourceNameLength,
+    #[error(
+        "may hold only ASCII letters, digits, '-', '_' and '.', and must start and end with a \
+         letter or digit"
+    )]
+    ResourceNameCharacters,
+    #[error("must have 1 to 253 characters and not be '.' or '..'")]
+    SecretKeyLength,
+    #[error("may hold only ASCII letters, digits, '-', '_' and '.'")]
+    SecretKeyCharacters,
+}
+
 /// Whether `name` can name a secret or a volume: it becomes a directory name on the agent and
 /// part of a label key, so 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting and ending
 /// with a letter or digit (a Kubernetes label name; secret and claim names fit).
-pub fn validate_resource_name(name: &str) -> Result<(), String> {
+pub fn validate_resource_name(name: &str) -> Result<(), NameError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > 63 {
-        return Err("must have 1 to 63 characters".into());
+        return Err(NameError::ResourceNameLength);
     }
     if !name.chars().all(ok_char) || !edge(name.chars().next()) || !edge(name.chars().last()) {
-        return Err(
-            "may hold only ASCII letters, digits, '-', '_' and '.', and must start and end \
-             with a letter or digit"
-                .into(),
-        );
+        return Err(NameError::ResourceNameCharacters);
     }
     Ok(())
 }
 
 /// Whether `key` can be a key of a secret: a file name in the secret's directory (Kubernetes
 /// allows letters, digits, `-`, `_` and `.`).
-pub fn validate_secret_key(key: &str) -> Result<(), String> {
+pub fn validate_secret_key(key: &str) -> Result<(), NameError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if key.is_empty() || key.len() > 253 || key == "." || key == ".." {
-        return Err("must have 1 to 253 characters and not be '.' or '..'".into());
+        return Err(NameError::SecretKeyLength);
     }
     if !key.chars().all(ok_char) {
-        return Err("may hold only ASCII letters, digits, '-', '_' and '.'".into());
+        return Err(NameError::SecretKeyCharacters);
     }
     Ok(())
 }
@@ -127,9 +140,9 @@ pub struct StepOutputs {
 /// One attempt of one task, as committed to the log and sent to the agent that runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepSpec {
-    pub run_id: String,
+    pub run_id: RunId,
     /// Path of the task in the run, unique within it (`condition-1/train`).
-    pub task_id: String,
+    pub task_id: TaskId,
     /// The IR task name (`train`).
     pub task_name: String,
     pub attempt: u32,
@@ -145,9 +158,14 @@ pub struct StepSpec {
 }
 
 impl StepSpec {
-    /// Identifies the attempt everywhere (container labels, logs, reports).
-    pub fn attempt_key(&self) -> String {
-        format!("{}/{}/{}", self.run_id, self.task_id, self.attempt)
+    /// Identifies the attempt everywhere (container labels, logs, reports); it displays as
+    /// `run/task/attempt`.
+    pub fn attempt_key(&self) -> AttemptKey {
+        AttemptKey {
+            run_id: self.run_id.clone(),
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use gantry_model::{ArtifactRef, ParamType, StepOutcome, StepSpec};
 use serde_json::Value;
 
 use super::layout::{read_output_file, Layout};
-use super::{is_metrics, Launcher};
+use super::{is_metrics, LaunchError, Launcher};
 
 impl Launcher {
     /// Reads the outputs of a step that exited 0 and uploads its artifacts.
@@ -15,11 +15,12 @@ impl Launcher {
         &self,
         spec: &StepSpec,
         layout: &Layout,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, LaunchError> {
         let exec_out = match read_output_file(layout, &layout.host("outputs/executor_output.json"))?
         {
-            Some(bytes) => serde_json::from_slice::<Value>(&bytes)
-                .map_err(|e| format!("executor output is not valid JSON: {e}"))?,
+            Some(bytes) => {
+                serde_json::from_slice::<Value>(&bytes).map_err(LaunchError::ExecutorOutput)?
+            }
             None => Value::Null,
         };
         let parameters = output_parameters(spec, layout, &exec_out)?;
@@ -37,7 +38,7 @@ impl Launcher {
         spec: &StepSpec,
         layout: &Layout,
         exec_out: &Value,
-    ) -> Result<BTreeMap<String, Vec<ArtifactRef>>, String> {
+    ) -> Result<BTreeMap<String, Vec<ArtifactRef>>, LaunchError> {
         let mut artifacts = BTreeMap::new();
         for (name, out) in &spec.outputs.artifacts {
             let rel = format!("outputs/artifacts/{name}");
@@ -55,41 +56,47 @@ impl Launcher {
                 // file:///etc on an agent host).
                 Some(u) if u.contains("://") => {
                     if !under_root(u, &spec.pipeline_root) {
-                        return Err(format!(
-                            "output artifact {name:?}: the step reported URI {u}, which is not \
-                             under the pipeline root {}",
-                            spec.pipeline_root
-                        ));
+                        return Err(LaunchError::ArtifactOutsideRoot {
+                            name: name.clone(),
+                            uri: u.to_string(),
+                            root: spec.pipeline_root.clone(),
+                        });
                     }
                     (None, u.to_string())
                 }
                 Some(u) => match layout.map.host_path(u) {
                     Some(h) => (Some(h), out.uri.clone()),
                     None => {
-                        return Err(format!(
-                            "output artifact {name:?}: the step reported it at {u}, outside {}",
-                            layout.map.step_root().display()
-                        ))
+                        return Err(LaunchError::ArtifactOutsideDir {
+                            name: name.clone(),
+                            path: u.to_string(),
+                            step_root: layout.map.step_root().to_path_buf(),
+                        })
                     }
                 },
             };
             if let Some(local) = local {
-                match layout
+                let file = layout
                     .confined(&local)
-                    .map_err(|e| format!("output artifact {name:?}: {e}"))?
-                {
+                    .map_err(|error| LaunchError::ArtifactFile {
+                        name: name.clone(),
+                        error,
+                    })?;
+                match file {
                     Some(real) => {
-                        self.stores
-                            .upload(&real, &uri)
-                            .await
-                            .map_err(|e| format!("uploading output artifact {name:?}: {e}"))?;
+                        if let Err(error) = self.stores.upload(&real, &uri).await {
+                            return Err(LaunchError::Upload {
+                                name: name.clone(),
+                                error,
+                            });
+                        }
                     }
                     None if is_metrics(&out.schema_title) => {}
                     None => {
-                        return Err(format!(
-                            "output artifact {name:?} was not written (expected at {})",
-                            layout.display(&local)
-                        ))
+                        return Err(LaunchError::ArtifactNotWritten {
+                            name: name.clone(),
+                            expected: layout.display(&local),
+                        })
                     }
                 }
             }
@@ -113,31 +120,31 @@ fn output_parameters(
     spec: &StepSpec,
     layout: &Layout,
     exec_out: &Value,
-) -> Result<BTreeMap<String, Value>, String> {
+) -> Result<BTreeMap<String, Value>, LaunchError> {
     let mut parameters = BTreeMap::new();
     for (name, ptype) in &spec.outputs.parameters {
         let rel = format!("outputs/params/{name}");
+        let bad_value = |error| LaunchError::ParameterValue {
+            name: name.clone(),
+            error,
+        };
         let value = match exec_out["parameterValues"].get(name) {
-            Some(v) => ptype
-                .coerce(v)
-                .map_err(|e| format!("output parameter {name:?}: {e}"))?,
+            Some(v) => ptype.coerce(v).map_err(bad_value)?,
             None => {
                 let bytes = read_output_file(layout, &layout.host(&rel))
-                    .map_err(|e| format!("output parameter {name:?}: {e}"))?
-                    .ok_or_else(|| {
-                        format!(
-                            "output parameter {name:?} was not written (expected in {} or in \
-                             the executor output's parameterValues)",
-                            layout.step(&rel)
-                        )
+                    .map_err(|error| LaunchError::ParameterFile {
+                        name: name.clone(),
+                        error,
+                    })?
+                    .ok_or_else(|| LaunchError::ParameterNotWritten {
+                        name: name.clone(),
+                        expected: layout.step(&rel),
                     })?;
                 let text = String::from_utf8(bytes)
-                    .map_err(|_| format!("output parameter {name:?} is not UTF-8 text"))?;
+                    .map_err(|_| LaunchError::ParameterNotUtf8(name.clone()))?;
                 match ptype {
                     ParamType::String => Value::String(text),
-                    other => other
-                        .parse_text(&text)
-                        .map_err(|e| format!("output parameter {name:?}: {e}"))?,
+                    other => other.parse_text(&text).map_err(bad_value)?,
                 }
             }
         };

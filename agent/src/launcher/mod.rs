@@ -69,19 +69,123 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gantry_model::{StepOutcome, StepSpec};
+use gantry_model::{ParamError, StepOutcome, StepSpec, VolumeMount};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::executor_input::executor_input_json;
-pub use self::layout::MAX_OUTPUT_FILE_BYTES;
+pub use self::layout::{LayoutError, MAX_OUTPUT_FILE_BYTES};
 pub use self::prepare::resolve_parameter_values;
 
 use self::layout::{check_ids, check_task_path, Layout};
-use crate::artifacts::ArtifactStores;
-use crate::runtime::{ContainerRun, LogLine, LogStream, Mount, Runtime};
-use crate::secrets::{self, Masker, SecretStore};
-use crate::volumes::Volumes;
+use crate::artifacts::{ArtifactError, ArtifactStores};
+use crate::placeholders::PlaceholderError;
+use crate::runtime::{ContainerRun, LogLine, LogStream, Mount, Runtime, RuntimeError};
+use crate::secrets::{self, Masker, SecretError, SecretStore};
+use crate::volumes::{VolumeError, Volumes};
+
+/// Why an attempt could not be prepared, run or collected: it ends FAILED with this message
+/// (or CANCELED, when it was canceled meanwhile).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    #[error(transparent)]
+    Volumes(#[from] VolumeError),
+    #[error("cannot clear {}: {error}", path.display())]
+    ClearDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot create {}: {error}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot set permissions of {}: {error}", path.display())]
+    SetMode {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A placeholder of the step's `command` or `args` (`field`) does not resolve.
+    #[error("{field}: {error}")]
+    Placeholder {
+        field: &'static str,
+        error: PlaceholderError,
+    },
+    #[error("input artifact {name:?}: {error}")]
+    InputArtifact { name: String, error: ArtifactError },
+    /// The runtime cannot show a host directory at another path ([`Runtime::mounts_host_dirs`]).
+    #[error(
+        "the step mounts volume(s) {}, and the process runtime cannot show a host directory at \
+         another path; run the agent with --runtime docker",
+        volumes.iter().map(|v| format!("{:?} at {}", v.volume, v.mount_path)).collect::<Vec<_>>().join(", ")
+    )]
+    VolumesNeedDocker { volumes: Vec<VolumeMount> },
+    /// A container of an earlier agent process lacks a label the launcher sets.
+    #[error("it has no {0} label")]
+    MissingLabel(&'static str),
+    #[error("its gantry.attempt label is not a number")]
+    AttemptLabel,
+    #[error("cannot read {}: {error}", path.display())]
+    ReadRecord {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is not a step spec: {error}", path.display())]
+    BadRecord {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("{} belongs to another attempt", .0.display())]
+    OtherAttempt(PathBuf),
+    #[error("cannot encode the step spec: {0}")]
+    EncodeSpec(serde_json::Error),
+    #[error("cannot write {}: {error}", path.display())]
+    WriteRecord {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("executor output is not valid JSON: {0}")]
+    ExecutorOutput(serde_json::Error),
+    #[error(
+        "output artifact {name:?}: the step reported URI {uri}, which is not under the pipeline \
+         root {root}"
+    )]
+    ArtifactOutsideRoot {
+        name: String,
+        uri: String,
+        root: String,
+    },
+    #[error("output artifact {name:?}: the step reported it at {path}, outside {}", step_root.display())]
+    ArtifactOutsideDir {
+        name: String,
+        path: String,
+        step_root: PathBuf,
+    },
+    #[error("output artifact {name:?}: {error}")]
+    ArtifactFile { name: String, error: LayoutError },
+    #[error("uploading output artifact {name:?}: {error}")]
+    Upload { name: String, error: ArtifactError },
+    /// `expected` is where the step should have written it, as the step sees it.
+    #[error("output artifact {name:?} was not written (expected at {expected})")]
+    ArtifactNotWritten { name: String, expected: String },
+    #[error("output parameter {name:?}: {error}")]
+    ParameterValue { name: String, error: ParamError },
+    #[error("output parameter {name:?}: {error}")]
+    ParameterFile { name: String, error: LayoutError },
+    #[error(
+        "output parameter {name:?} was not written (expected in {expected} or in the executor \
+         output's parameterValues)"
+    )]
+    ParameterNotWritten { name: String, expected: String },
+    #[error("output parameter {0:?} is not UTF-8 text")]
+    ParameterNotUtf8(String),
+}
 
 /// Stderr lines quoted in a failure message.
 const STDERR_TAIL: usize = 20;
@@ -217,8 +321,8 @@ impl Launcher {
     /// `WORK_ROOT/<run>/<task_id>/attempt-<n>`.
     pub fn attempt_dir(&self, spec: &StepSpec) -> PathBuf {
         self.work_root
-            .join(&spec.run_id)
-            .join(&spec.task_id)
+            .join(spec.run_id.as_str())
+            .join(spec.task_id.as_str())
             .join(format!("attempt-{}", spec.attempt))
     }
 
@@ -230,9 +334,9 @@ impl Launcher {
         logs: mpsc::Sender<LogLine>,
         cancel: CancellationToken,
     ) -> StepOutcome {
-        if let Err(error) = check_ids(spec) {
+        if let Err(e) = check_ids(spec) {
             return StepOutcome::Failed {
-                error,
+                error: e.to_string(),
                 exit_code: None,
             };
         }
@@ -300,12 +404,15 @@ impl Launcher {
     }
 
     /// The spec kept in the attempt directory that a container's labels name.
-    async fn read_record(&self, labels: &BTreeMap<String, String>) -> Result<StepSpec, String> {
-        let label = |k: &str| labels.get(k).ok_or_else(|| format!("it has no {k} label"));
+    async fn read_record(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<StepSpec, LaunchError> {
+        let label = |k: &'static str| labels.get(k).ok_or(LaunchError::MissingLabel(k));
         let (run, task) = (label("gantry.run")?, label("gantry.task")?);
         let attempt: u32 = label("gantry.attempt")?
             .parse()
-            .map_err(|_| "its gantry.attempt label is not a number".to_string())?;
+            .map_err(|_| LaunchError::AttemptLabel)?;
         // Labels are anyone's to set who reaches the engine: no path may climb out.
         check_task_path(run, task)?;
         let path = self
@@ -314,13 +421,18 @@ impl Launcher {
             .join(task)
             .join(format!("attempt-{attempt}"))
             .join(SPEC_RECORD);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let spec: StepSpec = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not a step spec: {e}", path.display()))?;
-        if (&spec.run_id, &spec.task_id, spec.attempt) != (run, task, attempt) {
-            return Err(format!("{} belongs to another attempt", path.display()));
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(error) => return Err(LaunchError::ReadRecord { path, error }),
+        };
+        let spec: StepSpec = match serde_json::from_slice(&bytes) {
+            Ok(spec) => spec,
+            Err(error) => return Err(LaunchError::BadRecord { path, error }),
+        };
+        if (spec.run_id.as_str(), spec.task_id.as_str(), spec.attempt)
+            != (run.as_str(), task.as_str(), attempt)
+        {
+            return Err(LaunchError::OtherAttempt(path));
         }
         check_ids(&spec)?;
         Ok(spec)
@@ -330,14 +442,14 @@ impl Launcher {
     async fn settle(
         &self,
         dir: &Path,
-        result: Result<StepOutcome, String>,
+        result: Result<StepOutcome, LaunchError>,
         cancel: &CancellationToken,
     ) -> StepOutcome {
         let outcome = match result {
             Ok(o) => o,
             Err(_) if cancel.is_cancelled() => StepOutcome::Canceled,
-            Err(error) => StepOutcome::Failed {
-                error,
+            Err(e) => StepOutcome::Failed {
+                error: e.to_string(),
                 exit_code: None,
             },
         };
@@ -376,18 +488,17 @@ impl Launcher {
         dir: &Path,
         logs: mpsc::Sender<LogLine>,
         cancel: &CancellationToken,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, LaunchError> {
         let prepared = tokio::select! {
             p = self.prepare(spec, dir) => p?,
             _ = cancel.cancelled() => return Ok(StepOutcome::Canceled),
         };
         // Before the container starts: a restarted agent finds the attempt through it.
-        let record =
-            serde_json::to_vec(spec).map_err(|e| format!("cannot encode the step spec: {e}"))?;
+        let record = serde_json::to_vec(spec).map_err(LaunchError::EncodeSpec)?;
         let path = dir.join(SPEC_RECORD);
-        tokio::fs::write(&path, record)
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if let Err(error) = tokio::fs::write(&path, record).await {
+            return Err(LaunchError::WriteRecord { path, error });
+        }
         self.watch(
             spec,
             &prepared.layout,
@@ -406,7 +517,7 @@ impl Launcher {
         how: Follow<'_>,
         logs: mpsc::Sender<LogLine>,
         cancel: &CancellationToken,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, LaunchError> {
         // Forward logs, keeping the stderr tail for the failure message; secret values are
         // masked first, so neither the coordinator nor the failure message ever sees them.
         let (tx, mut rx) = mpsc::channel::<LogLine>(1024);
@@ -432,7 +543,7 @@ impl Launcher {
             Follow::Reattach(name) => self.runtime.reattach(name, tx, cancel.clone()).await,
         };
         let tail = tail.await.unwrap_or_default();
-        let Some(exit) = exit.map_err(|e| e.to_string())? else {
+        let Some(exit) = exit? else {
             return Ok(StepOutcome::Lost {
                 error: "the step's container was gone when its agent restarted".into(),
             });

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::executor_input::executor_input_json;
 use super::layout::Layout;
-use super::{container_run_name, is_metrics, Launcher};
+use super::{container_run_name, is_metrics, LaunchError, Launcher};
 use crate::artifacts::{is_supported_uri, ArtifactError};
 use crate::placeholders::{self, StepArtifact};
 use crate::runtime::{ContainerRun, Mount};
@@ -29,17 +29,18 @@ pub(super) struct Prepared {
 impl Launcher {
     /// Makes the attempt directory, stages the inputs, writes the executor input and
     /// substitutes the placeholders.
-    pub(super) async fn prepare(&self, spec: &StepSpec, dir: &Path) -> Result<Prepared, String> {
+    pub(super) async fn prepare(
+        &self,
+        spec: &StepSpec,
+        dir: &Path,
+    ) -> Result<Prepared, LaunchError> {
         make_attempt_dir(dir).await?;
         let layout = Layout {
             host: dir.to_path_buf(),
             map: self.runtime.path_map(dir),
         };
         // A missing image fails the step before any input is downloaded.
-        self.runtime
-            .ensure_image(&spec.container.image)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.runtime.ensure_image(&spec.container.image).await?;
 
         let ident = identity(spec);
         let parameters = resolve_parameter_values(&spec.inputs.parameters, &ident);
@@ -56,10 +57,11 @@ impl Launcher {
         {
             tracing::debug!(error = %e, "could not keep executor_input.json");
         }
+        let placeholder = |field| move |error| LaunchError::Placeholder { field, error };
         let command = placeholders::substitute_all(&spec.container.command, &ctx)
-            .map_err(|e| format!("command: {e}"))?;
+            .map_err(placeholder("command"))?;
         let args = placeholders::substitute_all(&spec.container.args, &ctx)
-            .map_err(|e| format!("args: {e}"))?;
+            .map_err(placeholder("args"))?;
 
         let run = ContainerRun {
             name: container_run_name(spec),
@@ -85,7 +87,7 @@ impl Launcher {
         spec: &StepSpec,
         layout: &Layout,
         ctx: &mut placeholders::Context,
-    ) -> Result<(), String> {
+    ) -> Result<(), LaunchError> {
         for (name, list) in &spec.inputs.artifacts {
             let mut items = Vec::new();
             for (i, a) in list.iter().enumerate() {
@@ -109,7 +111,12 @@ impl Launcher {
                     Err(ArtifactError::NotFound(_)) if is_metrics(&a.schema_title) => {
                         // Metrics live in their metadata; the file is optional.
                     }
-                    Err(e) => return Err(format!("input artifact {name:?}: {e}")),
+                    Err(error) => {
+                        return Err(LaunchError::InputArtifact {
+                            name: name.clone(),
+                            error,
+                        })
+                    }
                 }
                 items.push(step_art(layout.step(&rel)));
             }
@@ -120,13 +127,13 @@ impl Launcher {
 
     /// The container's variables: the operator's, then Gantry's, then the component's own,
     /// then its secrets; a later one wins.
-    fn container_env(&self, spec: &StepSpec) -> Result<Vec<(String, String)>, String> {
+    fn container_env(&self, spec: &StepSpec) -> Result<Vec<(String, String)>, LaunchError> {
         // Which attempt this is lets a step tell a retry from a first run (Argo's
         // `{{retries}}`); the component's own variables come after, so they win.
         let mut env: Vec<(String, String)> = self.step_env.clone();
         env.extend([
-            ("GANTRY_RUN_ID".into(), spec.run_id.clone()),
-            ("GANTRY_TASK_ID".into(), spec.task_id.clone()),
+            ("GANTRY_RUN_ID".into(), spec.run_id.to_string()),
+            ("GANTRY_TASK_ID".into(), spec.task_id.to_string()),
             ("GANTRY_ATTEMPT".into(), spec.attempt.to_string()),
             // Only the assigned GPUs; `void` keeps a CUDA base image's `all` from exposing the
             // host's GPUs to a step that was given none.
@@ -153,20 +160,13 @@ impl Launcher {
     }
 
     /// The operator's mounts, then the named volumes the step asks for.
-    fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, String> {
+    fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, LaunchError> {
         let mut mounts = self.mounts.clone();
         if !spec.container.volumes.is_empty() {
-            if self.runtime.name() == "process" {
-                return Err(format!(
-                    "the step mounts volume(s) {}, and the process runtime cannot show a host \
-                     directory at another path; run the agent with --runtime docker",
-                    spec.container
-                        .volumes
-                        .iter()
-                        .map(|v| format!("{:?} at {}", v.volume, v.mount_path))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+            if !self.runtime.mounts_host_dirs() {
+                return Err(LaunchError::VolumesNeedDocker {
+                    volumes: spec.container.volumes.clone(),
+                });
             }
             mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
         }
@@ -180,8 +180,8 @@ impl Launcher {
         labels.extend(
             [
                 ("gantry.managed", "true".to_string()),
-                ("gantry.run", spec.run_id.clone()),
-                ("gantry.task", spec.task_id.clone()),
+                ("gantry.run", spec.run_id.to_string()),
+                ("gantry.task", spec.task_id.to_string()),
                 ("gantry.attempt", spec.attempt.to_string()),
             ]
             .into_iter()
@@ -193,16 +193,22 @@ impl Launcher {
 
 /// Clears what an earlier run of the same attempt left and makes the directories the step
 /// reads and writes.
-async fn make_attempt_dir(dir: &Path) -> Result<(), String> {
+async fn make_attempt_dir(dir: &Path) -> Result<(), LaunchError> {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot clear {}: {e}", dir.display())),
+        Err(error) => {
+            return Err(LaunchError::ClearDir {
+                path: dir.to_path_buf(),
+                error,
+            })
+        }
     }
     for sub in ["inputs", "outputs/params", "outputs/artifacts"] {
-        tokio::fs::create_dir_all(dir.join(sub))
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
+        let path = dir.join(sub);
+        if let Err(error) = tokio::fs::create_dir_all(&path).await {
+            return Err(LaunchError::CreateDir { path, error });
+        }
     }
     // The container may run as a non-root user: it must read inputs and write outputs.
     set_mode(dir, 0o755).await?;
@@ -234,11 +240,14 @@ fn declare_outputs(spec: &StepSpec, layout: &Layout, ctx: &mut placeholders::Con
     }
 }
 
-async fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+async fn set_mode(path: &Path, mode: u32) -> Result<(), LaunchError> {
     use std::os::unix::fs::PermissionsExt;
     tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .await
-        .map_err(|e| format!("cannot set permissions of {}: {e}", path.display()))
+        .map_err(|error| LaunchError::SetMode {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 /// Identity of the run and task, for the pipeline-level placeholders.
@@ -250,7 +259,7 @@ pub(super) fn identity(spec: &StepSpec) -> placeholders::Context {
     placeholders::Context {
         job_name: spec.pipeline_name.clone(),
         job_resource_name: format!("{}-{}", spec.pipeline_name, spec.run_id),
-        job_uuid: spec.run_id.clone(),
+        job_uuid: spec.run_id.to_string(),
         task_name: spec.task_name.clone(),
         task_uuid: task_uuid.to_string(),
         pipeline_root: spec.pipeline_root.clone(),

@@ -153,7 +153,14 @@ fn ids_and_names_are_checked() {
         .parameters
         .insert("../evil".into(), ParamType::String);
     let e = check_ids(&s).expect_err("evil");
-    assert!(e.contains("output parameter"), "{e}");
+    assert!(
+        matches!(&e, LayoutError::Name { what, .. } if what == "output parameter"),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        r#"output parameter "../evil": artifact name "../evil" contains ".." (path traversal)"#
+    );
 }
 
 #[test]

@@ -442,6 +442,11 @@ impl Runtime for DockerRuntime {
         PathMap::new(work_dir, STEP_ROOT)
     }
 
+    /// Bind mounts put any host directory at any path in the container.
+    fn mounts_host_dirs(&self) -> bool {
+        true
+    }
+
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         self.pull_if_missing(image).await
     }

@@ -196,6 +196,13 @@ pub trait Runtime: Send + Sync {
     /// Where `work_dir` (an attempt directory) and the paths below it appear to the step.
     fn path_map(&self, work_dir: &Path) -> PathMap;
 
+    /// Whether a [`Mount`] shows its host directory to the step at its `container_path`. A
+    /// step that mounts a volume (kfp-kubernetes `mount_pvc`) reads and writes at the path it
+    /// chose; where the runtime cannot put the volume there (the process runtime, whose steps
+    /// see host paths unchanged) the launcher refuses the step, and the agent refuses
+    /// `--volume`, rather than let the step use whatever lies at that path on the host.
+    fn mounts_host_dirs(&self) -> bool;
+
     /// The path the step sees for `host`, a path under `work_dir`.
     fn container_path(&self, work_dir: &Path, host: &Path) -> Option<String> {
         self.path_map(work_dir).container_path(host)
@@ -246,24 +253,29 @@ pub trait Runtime: Send + Sync {
     async fn discard(&self, _name: &str) {}
 }
 
-/// `docker`, `process`, or `auto` (Docker when an engine answers, else process).
-pub async fn select(choice: &str) -> Result<(Arc<dyn Runtime>, String), RuntimeError> {
+/// The runtime an agent asks for (`gantry-agent --runtime`, `gantry dev --runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// Docker if an engine answers, else the process runtime.
+    #[default]
+    Auto,
+    Docker,
+    Process,
+}
+
+/// The runtime `choice` names; `Auto` is Docker when an engine answers, else process.
+/// [`Runtime::name`] says which one it is.
+pub async fn select(choice: RuntimeChoice) -> Result<Arc<dyn Runtime>, RuntimeError> {
     match choice {
-        "process" => Ok((Arc::new(ProcessRuntime::new()), "process".into())),
-        "docker" => {
-            let d = DockerRuntime::connect().await?;
-            Ok((Arc::new(d), "docker".into()))
-        }
-        "auto" => match DockerRuntime::connect().await {
-            Ok(d) => Ok((Arc::new(d), "docker".into())),
+        RuntimeChoice::Process => Ok(Arc::new(ProcessRuntime::new())),
+        RuntimeChoice::Docker => Ok(Arc::new(DockerRuntime::connect().await?)),
+        RuntimeChoice::Auto => match DockerRuntime::connect().await {
+            Ok(d) => Ok(Arc::new(d)),
             Err(e) => {
                 tracing::info!(error = %e, "no Docker engine answered; using the process runtime");
-                Ok((Arc::new(ProcessRuntime::new()), "process".into()))
+                Ok(Arc::new(ProcessRuntime::new()))
             }
         },
-        other => Err(RuntimeError::Unavailable(format!(
-            "unknown runtime {other:?} (expected docker, process or auto)"
-        ))),
     }
 }
 

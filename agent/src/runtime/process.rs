@@ -110,6 +110,12 @@ impl Runtime for ProcessRuntime {
         PathMap::identity(work_dir)
     }
 
+    /// A process sees the host's file system as it is: a host directory cannot appear at
+    /// another path for it.
+    fn mounts_host_dirs(&self) -> bool {
+        false
+    }
+
     async fn run(
         &self,
         spec: &ContainerRun,

@@ -10,7 +10,7 @@ use gantry_proto::v1::acl_service_client::AclServiceClient;
 use gantry_proto::v1::acl_service_server::AclService;
 use tonic::{Request, Response, Status};
 
-use super::runs::rejection;
+use super::status::ApiError;
 use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::auth::{principal, token_hash};
 use crate::server::Route;
@@ -74,7 +74,7 @@ impl AclService for Api {
                 token: record.clone(),
             })
             .await?;
-        applied.result.map_err(rejection)?;
+        applied.result.map_err(ApiError::from)?;
         tracing::info!(accessor = %record.accessor, "ACL bootstrapped: the first admin token was created");
         Ok(Response::new(pb::TokenSecret {
             token: Some(token_info(&record)),
@@ -91,24 +91,19 @@ impl AclService for Api {
         }
         let by = principal(&req).token.map(|t| t.name);
         let r = req.into_inner();
-        let role = Role::parse(&r.role).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "role {:?} is not one of admin, submitter, viewer",
-                r.role
-            ))
-        })?;
+        let role = Role::parse(&r.role).ok_or_else(|| ApiError::BadRole(r.role.clone()))?;
         if r.name.is_empty() || r.name.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!(
-                "name must be 1 to {MAX_NAME} characters"
-            )));
+            return Err(ApiError::BadTokenName { max: MAX_NAME }.into());
         }
         let ttl = match r.ttl_ms {
             0 => None,
             t if (1..=MAX_TTL_MS).contains(&t) => Some(t),
-            t => {
-                return Err(Status::invalid_argument(format!(
-                    "ttl_ms {t} is not between 1 and {MAX_TTL_MS} (ten years)"
-                )))
+            ttl => {
+                return Err(ApiError::BadTtl {
+                    ttl,
+                    max: MAX_TTL_MS,
+                }
+                .into())
             }
         };
         let (secret, record) = new_token(&r.name, role, ttl, by);
@@ -118,7 +113,7 @@ impl AclService for Api {
                 token: record.clone(),
             })
             .await?;
-        applied.result.map_err(rejection)?;
+        applied.result.map_err(ApiError::from)?;
         tracing::info!(name = %record.name, role = %record.role, accessor = %record.accessor, by = ?record.created_by, "token created");
         Ok(Response::new(pb::TokenSecret {
             token: Some(token_info(&record)),
@@ -152,12 +147,12 @@ impl AclService for Api {
                 accessor: accessor.clone(),
             })
             .await?;
-        match applied.result.map_err(rejection)? {
+        match applied.result.map_err(ApiError::from)? {
             Outcome::TokenRevoked(t) => {
                 tracing::info!(name = %t.name, accessor = %t.accessor, %by, "token revoked");
                 Ok(Response::new(token_info(&t)))
             }
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(ApiError::UnexpectedOutcome(format!("{other:?}")).into()),
         }
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use gantry_core::state::{AttemptKey, Command, Outcome};
-use gantry_model::{HostInventory, StepOutcome};
+use gantry_core::state::{Command, Outcome};
+use gantry_model::{AgentId, AttemptKey, HostInventory, StepOutcome};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as In;
 use gantry_proto::v1::agent_service_server::AgentService;
@@ -13,37 +13,32 @@ use gantry_proto::v1::coordinator_message::Body as Out;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::agent_to_proto;
+use super::convert::{agent_to_proto, attempt_key, attempt_ref};
+use super::status::ApiError;
 use super::Api;
-use crate::dispatch::attempt_ref;
 use crate::logs::LogRecord;
 use crate::server::{Coordinator, Route};
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
-fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, Status> {
-    let r = r.ok_or_else(|| Status::invalid_argument("attempt is missing"))?;
-    Ok(AttemptKey {
-        run_id: r.run_id,
-        task_id: r.task_id,
-        attempt: r.attempt,
-    })
+fn key(r: Option<pb::AttemptRef>) -> Result<AttemptKey, ApiError> {
+    r.map(attempt_key).ok_or(ApiError::MissingAttempt)
 }
 
 /// Whether `attempt` was assigned to `agent_id`. An attempt number is given to one agent,
 /// once, so the answer never changes after it is true.
-fn assigned_to(c: &Coordinator, attempt: &AttemptKey, agent_id: &str) -> bool {
+fn assigned_to(c: &Coordinator, attempt: &AttemptKey, agent_id: &AgentId) -> bool {
     let st = c.state.read();
     st.runs
         .get(&attempt.run_id)
         .and_then(|r| r.tasks.get(&attempt.task_id))
         .and_then(|t| t.attempts.iter().find(|a| a.number == attempt.attempt))
-        .is_some_and(|a| a.agent == agent_id)
+        .is_some_and(|a| a.agent == *agent_id)
 }
 
 /// A report about an attempt this agent was never given is refused and logged: an agent acts
 /// only on its own attempts.
-fn refuse_foreign(c: &Coordinator, attempt: &AttemptKey, agent_id: &str, what: &str) -> bool {
+fn refuse_foreign(c: &Coordinator, attempt: &AttemptKey, agent_id: &AgentId, what: &str) -> bool {
     if assigned_to(c, attempt, agent_id) {
         return false;
     }
@@ -53,7 +48,7 @@ fn refuse_foreign(c: &Coordinator, attempt: &AttemptKey, agent_id: &str, what: &
 }
 
 /// Commits a reported outcome, then tells the agent it may forget it.
-async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFinished) {
+async fn record_finished(c: Arc<Coordinator>, agent_id: AgentId, f: pb::AttemptFinished) {
     let attempt = match key(f.attempt) {
         Ok(k) => k,
         Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "bad report"),
@@ -104,7 +99,7 @@ async fn record_finished(c: Arc<Coordinator>, agent_id: String, f: pb::AttemptFi
 
 async fn serve_session(
     c: Arc<Coordinator>,
-    agent_id: String,
+    agent_id: AgentId,
     session_id: u64,
     mut inbound: Streaming<pb::AgentMessage>,
 ) {
@@ -202,60 +197,46 @@ impl AgentService for Api {
         // Assignments go out from the leader only; elsewhere say where the leader is. During an
         // election this waits for the outcome, so the agent is sent on as soon as there is one.
         if let Route::Leader(_) = self.0.route_write(false, super::ROUTE_WAIT).await? {
-            return Err(self.0.not_leader_status());
+            return Err(self.0.not_leader().into());
         }
         let principal = crate::auth::principal(&req);
         let mut inbound = req.into_inner();
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("session closed before registering"))??;
+        let first = inbound.next().await.ok_or(ApiError::NoRegistration)??;
         let Some(In::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument(
-                "the first message of a session must be Register",
-            ));
+            return Err(ApiError::FirstNotRegister.into());
         };
         // With TLS the agent is who its certificate says, whatever it claims.
-        let agent_id = match principal.cert.as_ref().map(|i| &i.role) {
+        let agent_id: AgentId = match principal.cert.as_ref().map(|i| &i.role) {
             Some(gantry_tls::Role::Agent(id)) => {
                 if !reg.agent_id.is_empty() && reg.agent_id != *id {
-                    tracing::warn!(cert = %id, claimed = %reg.agent_id,
-                        "refused: an agent registered under another agent's id");
-                    return Err(Status::permission_denied(format!(
+                    let e = ApiError::AgentRefused(format!(
                         "this agent's certificate is for agent {id}; it may not register as {}",
                         reg.agent_id
-                    )));
+                    ));
+                    tracing::warn!(reason = %e, "agent session refused");
+                    return Err(e.into());
                 }
-                id.clone()
+                AgentId::from(id.as_str())
             }
             _ if self.0.transport == crate::auth::Transport::Tls => {
-                return Err(Status::permission_denied(
-                    "an agent session needs an agent certificate",
-                ));
+                return Err(ApiError::AgentRefused(
+                    "an agent session needs an agent certificate".into(),
+                )
+                .into());
             }
-            _ if reg.agent_id.is_empty() => {
-                return Err(Status::invalid_argument("agent_id is empty"));
-            }
-            _ => reg.agent_id.clone(),
+            _ if reg.agent_id.is_empty() => return Err(ApiError::EmptyAgentId.into()),
+            _ => AgentId::from(reg.agent_id.as_str()),
         };
-        let inventory: HostInventory = serde_json::from_str(&reg.inventory_json)
-            .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
+        let inventory: HostInventory =
+            serde_json::from_str(&reg.inventory_json).map_err(ApiError::Inventory)?;
         let labels: BTreeMap<String, String> = reg.labels.into_iter().collect();
         let taints = reg
             .taints
             .iter()
             .map(|t| gantry_model::Taint::parse(t))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
-        let known: BTreeSet<AttemptKey> = reg
-            .active
-            .into_iter()
-            .map(|r| AttemptKey {
-                run_id: r.run_id,
-                task_id: r.task_id,
-                attempt: r.attempt,
-            })
-            .collect();
+            .map_err(ApiError::from)?;
+        let known: BTreeSet<AttemptKey> = reg.active.into_iter().map(attempt_key).collect();
         self.0
             .propose(Command::RegisterAgent {
                 agent_id: agent_id.clone(),
@@ -269,7 +250,7 @@ impl AgentService for Api {
         let session_id = self.0.dispatcher.attach(&agent_id, tx.clone());
         let _ = tx.send(Ok(pb::CoordinatorMessage {
             body: Some(Out::Registered(pb::Registered {
-                agent_id: agent_id.clone(),
+                agent_id: agent_id.to_string(),
             })),
         }));
         self.0.dispatcher.resend_assignments(&agent_id, &known);
@@ -320,19 +301,21 @@ impl AgentService for Api {
                 .await;
         }
         let req = req.into_inner();
+        let agent_id = AgentId::from(req.agent_id);
         self.0
             .propose(Command::SetAgentDraining {
-                agent_id: req.agent_id.clone(),
+                agent_id: agent_id.clone(),
                 draining: req.drain,
             })
             .await?
             .result
-            .map_err(super::runs::rejection)?;
+            .map_err(ApiError::from)?;
         let connected = self.0.dispatcher.connected();
         let st = self.0.state.read();
-        let a = st.agents.get(&req.agent_id).ok_or_else(|| {
-            Status::not_found(format!("agent {} is not registered", req.agent_id))
-        })?;
+        let a = st
+            .agents
+            .get(&agent_id)
+            .ok_or_else(|| ApiError::AgentNotFound(agent_id.clone()))?;
         Ok(Response::new(agent_to_proto(
             a,
             connected.contains(&a.agent_id),

@@ -8,6 +8,7 @@ use gantry_proto::v1::cluster_service_server::ClusterService;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
+use super::status::ApiError;
 use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::raft::{Members, NodeStatus};
 use crate::server::Route;
@@ -74,26 +75,24 @@ impl Api {
     }
 
     /// Waits until the joint phase of the last change is over, so the next change may start.
-    async fn settle(&self) -> Result<(), Status> {
+    async fn settle(&self) -> Result<(), ApiError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.0.raft.status().in_joint {
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::unavailable(
-                    "the cluster is still leaving a joint configuration; retry",
-                ));
+                return Err(ApiError::JointConfiguration);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
 
-    async fn change(&self, cc: ConfChangeV2) -> Result<(), Status> {
+    async fn change(&self, cc: ConfChangeV2) -> Result<(), ApiError> {
         self.settle().await?;
         self.0
             .raft
             .change_membership(cc)
             .await
-            .map_err(|e| Status::unavailable(format!("membership change not committed: {e}")))?;
+            .map_err(ApiError::MembershipChange)?;
         self.settle().await
     }
 }
@@ -116,19 +115,15 @@ impl ClusterService for Api {
         }
         let address = req.into_inner().address.trim().to_string();
         if address.is_empty() {
-            return Err(Status::invalid_argument(
-                "the new member's address is empty",
-            ));
+            return Err(ApiError::EmptyAddress.into());
         }
         // Ask the new node who it is; it must not already belong to a cluster.
         let theirs = ClusterServiceClient::new(self.0.channel(&address)?)
             .status(pb::ClusterStatusRequest {})
             .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot reach a coordinator at {address}: {}",
-                    e.message()
-                ))
+            .map_err(|e| ApiError::Unreachable {
+                address: address.clone(),
+                message: e.message().to_string(),
             })?
             .into_inner();
         let id = theirs.node_id;
@@ -136,26 +131,26 @@ impl ClusterService for Api {
         let is_voter = ours.voters.contains(&id);
         let is_learner = ours.learners.contains(&id);
         if (is_voter || is_learner) && ours.members.get(&id) != Some(&address) {
-            return Err(Status::already_exists(format!(
-                "node id {id} is already a member at {}",
-                ours.members
-                    .get(&id)
-                    .map_or("an unknown address", |a| a.as_str())
-            )));
+            return Err(ApiError::MemberElsewhere {
+                id,
+                address: ours.members.get(&id).cloned(),
+            }
+            .into());
         }
         if !is_voter && !is_learner && !theirs.members.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "the coordinator at {address} (node {id}) already belongs to a cluster with members {:?}; \
-                 start it with an empty data directory and without --bootstrap or --peer",
-                theirs.members.iter().map(|m| m.id).collect::<Vec<_>>()
-            )));
+            return Err(ApiError::InOtherCluster {
+                address,
+                id,
+                members: theirs.members.iter().map(|m| m.id).collect(),
+            }
+            .into());
         }
         if is_voter {
             return Ok(Response::new(self.status_proto()));
         }
         if !is_learner {
             let context = serde_json::to_vec(&Members::from([(id, address.clone())]))
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(ApiError::EncodeMembers)?;
             self.change(joint_change(ConfChangeType::AddLearnerNode, id, context))
                 .await?;
             tracing::info!(node = id, %address, "added as a learner");
@@ -166,16 +161,18 @@ impl ClusterService for Api {
         loop {
             let s = self.0.raft.status();
             if !s.is_leader {
-                return Err(self.0.not_leader_status());
+                return Err(self.0.not_leader().into());
             }
             if s.matched.get(&id).is_some_and(|m| *m >= s.commit_index) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::deadline_exceeded(format!(
-                    "node {id} is a learner but has not caught up within {CATCH_UP:?}; \
-                     run `gantry cluster join {address}` again to retry the promotion"
-                )));
+                return Err(ApiError::NotCaughtUp {
+                    id,
+                    address,
+                    within: CATCH_UP,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -197,12 +194,10 @@ impl ClusterService for Api {
         let id = req.get_ref().node_id;
         let s = self.0.raft.status();
         if !s.voters.contains(&id) && !s.learners.contains(&id) {
-            return Err(Status::not_found(format!("node {id} is not a member")));
+            return Err(ApiError::NotAMember(id).into());
         }
         if s.voters.len() == 1 && s.voters.contains(&id) {
-            return Err(Status::failed_precondition(
-                "cannot remove the last voter: the cluster would have no one to decide",
-            ));
+            return Err(ApiError::LastVoter.into());
         }
         if id == self.0.node_id {
             // Hand leadership to the most up-to-date voter first, then let it remove us.
@@ -212,17 +207,13 @@ impl ClusterService for Api {
                 .filter(|(m, _)| **m != id && s.voters.contains(m))
                 .max_by_key(|(_, matched)| **matched)
             else {
-                return Err(Status::failed_precondition(
-                    "no other voter to hand leadership to",
-                ));
+                return Err(ApiError::NoOtherVoter.into());
             };
             self.0.raft.transfer_leader(to);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while self.0.raft.status().is_leader {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Status::unavailable(format!(
-                        "leadership transfer to node {to} did not complete; retry"
-                    )));
+                    return Err(ApiError::TransferIncomplete(to).into());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -232,7 +223,7 @@ impl ClusterService for Api {
                         .remove_member(relay(req))
                         .await
                 }
-                Route::Local => Err(Status::unavailable("leadership came back here; retry")),
+                Route::Local => Err(ApiError::LeadershipCameBack.into()),
             };
         }
         self.change(joint_change(ConfChangeType::RemoveNode, id, Vec::new()))

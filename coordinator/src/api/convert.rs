@@ -1,11 +1,67 @@
-//! Domain → proto conversions for what the API returns.
+//! Conversions between proto messages and domain types, in one place: ids travel as strings
+//! on the wire and as newtypes inside; states as proto enums on the wire.
 
 use std::collections::BTreeMap;
 
-use gantry_core::engine::{RunRecord, ROOT_TASK_ID};
+use gantry_core::engine::{RunRecord, RunState, TaskState, ROOT_TASK_ID};
 use gantry_core::state::AgentRecord;
+use gantry_model::{AttemptKey, RunId, TaskId};
 use gantry_proto::v1 as pb;
 use serde_json::{json, Value};
+
+/// A run's state on the wire.
+pub fn run_state(s: RunState) -> pb::RunState {
+    match s {
+        RunState::Pending => pb::RunState::Pending,
+        RunState::Running => pb::RunState::Running,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Canceling => pb::RunState::Canceling,
+        RunState::Canceled => pb::RunState::Canceled,
+    }
+}
+
+/// A task's state on the wire.
+pub fn task_state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Ready => pb::TaskState::Ready,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Skipped => pb::TaskState::Skipped,
+        TaskState::Cached => pb::TaskState::Cached,
+        TaskState::Canceled => pb::TaskState::Canceled,
+    }
+}
+
+/// How the API shows an agent: lost (until it registers again) before connected.
+pub fn agent_state(a: &AgentRecord, connected: bool) -> pb::AgentState {
+    if a.lost_at.is_some() {
+        pb::AgentState::Lost
+    } else if connected {
+        pb::AgentState::Connected
+    } else {
+        pb::AgentState::Disconnected
+    }
+}
+
+/// The attempt an agent's message names.
+pub fn attempt_key(r: pb::AttemptRef) -> AttemptKey {
+    AttemptKey {
+        run_id: r.run_id.into(),
+        task_id: r.task_id.into(),
+        attempt: r.attempt,
+    }
+}
+
+/// An attempt as messages to agents name it.
+pub fn attempt_ref(k: &AttemptKey) -> pb::AttemptRef {
+    pb::AttemptRef {
+        run_id: k.run_id.to_string(),
+        task_id: k.task_id.to_string(),
+        attempt: k.attempt,
+    }
+}
 
 pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     let artifacts: BTreeMap<&String, Vec<Value>> = outputs
@@ -28,7 +84,7 @@ pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     json!({ "parameters": outputs.parameters, "artifacts": artifacts }).to_string()
 }
 
-pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String>) -> pb::Run {
+pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>) -> pb::Run {
     let mut tasks: Vec<&gantry_core::engine::TaskRecord> = run
         .tasks
         .values()
@@ -40,9 +96,9 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
             .then(a.task_id.cmp(&b.task_id))
     });
     pb::Run {
-        run_id: run.run_id.clone(),
+        run_id: run.run_id.to_string(),
         pipeline_name: run.pipeline.name.clone(),
-        state: run.state.as_str().to_string(),
+        state: run_state(run.state).into(),
         error: run.error.clone().unwrap_or_default(),
         parameters_json: serde_json::to_string(&run.parameters).unwrap_or_else(|_| "{}".into()),
         created_at_ms: run.created_at,
@@ -50,16 +106,16 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
         tasks: tasks
             .into_iter()
             .map(|t| pb::Task {
-                task_id: t.task_id.clone(),
+                task_id: t.task_id.to_string(),
                 name: t.name.clone(),
-                parent: t.parent.clone().unwrap_or_default(),
+                parent: t.parent.as_ref().map(TaskId::to_string).unwrap_or_default(),
                 iteration: t.iteration.map_or(-1, i64::from),
-                state: t.state.as_str().to_string(),
+                state: task_state(t.state).into(),
                 attempts: t.attempts.len() as u32,
                 agent: t
                     .attempts
                     .last()
-                    .map(|a| a.agent.clone())
+                    .map(|a| a.agent.to_string())
                     .unwrap_or_default(),
                 started_at_ms: t.started_at.unwrap_or(0),
                 finished_at_ms: t.finished_at.unwrap_or(0),
@@ -77,16 +133,9 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(String, String), String
 
 pub fn agent_to_proto(a: &AgentRecord, connected: bool) -> pb::AgentInfo {
     pb::AgentInfo {
-        agent_id: a.agent_id.clone(),
+        agent_id: a.agent_id.to_string(),
         hostname: a.inventory.hostname.clone(),
-        state: if a.lost_at.is_some() {
-            "LOST"
-        } else if connected {
-            "CONNECTED"
-        } else {
-            "DISCONNECTED"
-        }
-        .to_string(),
+        state: agent_state(a, connected).into(),
         cpu_cores: a.inventory.cpu_cores,
         memory_bytes: a.inventory.memory_bytes,
         gpus: a.inventory.gpus.len() as u32,
@@ -112,13 +161,45 @@ fn gpus_json(a: &AgentRecord) -> String {
         .map(|g| {
             let mut v = serde_json::to_value(g).unwrap_or_default();
             if let (Some(k), Some(obj)) = (a.gpus_in_use.get(&g.uuid), v.as_object_mut()) {
-                obj.insert(
-                    "assigned_to".into(),
-                    format!("{}/{}/{}", k.run_id, k.task_id, k.attempt).into(),
-                );
+                obj.insert("assigned_to".into(), k.to_string().into());
             }
             v
         })
         .collect();
     serde_json::Value::Array(gpus).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients print the proto enum's name without its prefix: the words must stay those the
+    /// API sent as text before the enums (`gantry ... -o json` shows `"state": "SUCCEEDED"`).
+    #[test]
+    fn states_keep_their_words_on_the_wire() {
+        use RunState as R;
+        for s in [
+            R::Pending,
+            R::Running,
+            R::Succeeded,
+            R::Failed,
+            R::Canceling,
+            R::Canceled,
+        ] {
+            assert_eq!(run_state(s).word(), s.as_str());
+            assert_eq!(run_state(s).is_terminal(), s.is_terminal());
+        }
+        use TaskState as T;
+        for s in [
+            T::Ready,
+            T::Running,
+            T::Succeeded,
+            T::Failed,
+            T::Skipped,
+            T::Cached,
+            T::Canceled,
+        ] {
+            assert_eq!(task_state(s).word(), s.as_str());
+        }
+    }
 }

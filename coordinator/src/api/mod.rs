@@ -6,6 +6,7 @@ mod cluster;
 pub mod convert;
 mod raft_peer;
 mod runs;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status::ApiError;
 use super::Api;
 use crate::auth::{principal, Principal, Transport};
 use crate::raft::Feedback;
@@ -37,36 +38,34 @@ impl Api {
 
     /// Checks a peer's claim to be node `from` of `cluster` against its certificate and this
     /// node's configuration. A refusal is logged with its reason and changes nothing.
-    fn accept_from(&self, from: u64, cluster: &str, principal: &Principal) -> Result<(), Status> {
-        let refuse = |reason: String| {
-            tracing::warn!(from, %reason, "raft traffic refused");
-            Err(Status::permission_denied(reason))
+    fn accept_from(&self, from: u64, cluster: &str, principal: &Principal) -> Result<(), ApiError> {
+        let refuse = |e: ApiError| {
+            tracing::warn!(from, reason = %e, "raft traffic refused");
+            Err(e)
         };
         if from == self.0.node_id {
-            return refuse(format!(
-                "a peer claims this node's own id {from}: two coordinators share an id"
-            ));
+            return refuse(ApiError::SharedNodeId(from));
         }
         if let Some(ours) = &self.0.cluster {
             if cluster != ours {
-                return refuse(format!(
+                return refuse(ApiError::PeerRefused(format!(
                     "a message for cluster {cluster:?} reached cluster {ours:?}"
-                ));
+                )));
             }
         }
         if self.0.transport == Transport::Tls {
             match principal.cert.as_ref().map(|i| &i.role) {
                 Some(Role::Coordinator(id)) if *id == from => {}
                 Some(Role::Coordinator(id)) => {
-                    return refuse(format!(
+                    return refuse(ApiError::PeerRefused(format!(
                         "coordinator {id} sent raft messages claiming to be node {from}"
-                    ))
+                    )))
                 }
                 _ => {
-                    return refuse(format!(
+                    return refuse(ApiError::PeerRefused(format!(
                         "raft traffic from {} (not a coordinator certificate)",
                         principal.name()
-                    ))
+                    )))
                 }
             }
         }
@@ -74,10 +73,10 @@ impl Api {
         let known = s.voters.iter().chain(&s.learners).chain(&s.outgoing);
         let configured = !(s.voters.is_empty() && s.learners.is_empty());
         if configured && !known.clone().any(|id| *id == from) {
-            return refuse(format!(
+            return refuse(ApiError::PeerRefused(format!(
                 "node {from} is not a member (voters {:?}, learners {:?})",
                 s.voters, s.learners
-            ));
+            )));
         }
         Ok(())
     }
@@ -93,24 +92,16 @@ impl RaftService for Api {
             self.learn_peer(batch.from, &batch.from_address);
         }
         for bytes in batch.messages {
-            let msg = Message::parse_from_bytes(&bytes)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            let msg = Message::parse_from_bytes(&bytes).map_err(ApiError::UndecodableMessage)?;
             if msg.to != self.0.node_id || msg.from != batch.from {
-                tracing::warn!(
-                    from = batch.from,
-                    msg_from = msg.from,
-                    msg_to = msg.to,
-                    "raft message refused: its sender or receiver does not match the batch"
-                );
-                return Err(Status::permission_denied(format!(
+                let e = ApiError::PeerRefused(format!(
                     "raft message from {} to {} arrived in a batch from {} at node {}",
                     msg.from, msg.to, batch.from, self.0.node_id
-                )));
+                ));
+                tracing::warn!(from = batch.from, reason = %e, "raft traffic refused");
+                return Err(e.into());
             }
-            self.0
-                .raft
-                .step(msg)
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            self.0.raft.step(msg).map_err(ApiError::Step)?;
         }
         Ok(Response::new(pb::RaftAck {}))
     }
@@ -121,20 +112,15 @@ impl RaftService for Api {
     ) -> Result<Response<pb::RaftAck>, Status> {
         let principal = principal(&req);
         let mut stream = req.into_inner();
-        let first = stream
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let first = stream.next().await.ok_or(ApiError::EmptySnapshotStream)??;
         self.accept_from(first.from, &first.cluster, &principal)?;
-        let msg = Message::parse_from_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        let msg =
+            Message::parse_from_bytes(&first.message).map_err(ApiError::UndecodableSnapshot)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot
             || msg.to != self.0.node_id
             || msg.from != first.from
         {
-            return Err(Status::invalid_argument(
-                "the first chunk must carry a MsgSnapshot for this node",
-            ));
+            return Err(ApiError::NotASnapshot.into());
         }
         self.learn_peer(first.from, &first.from_address);
         let meta = msg.get_snapshot().get_metadata().clone();
@@ -168,14 +154,14 @@ impl RaftService for Api {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Status::aborted(format!("snapshot transfer: {e}")));
+                return Err(ApiError::SnapshotTransfer(e).into());
             }
         };
         let snaps = self.0.snapshots.clone();
         tokio::task::spawn_blocking(move || snaps.publish(&tmp, meta.term, meta.index))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("snapshot publish: {e}")))?;
+            .map_err(ApiError::SnapshotTask)?
+            .map_err(ApiError::SnapshotPublish)?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -183,10 +169,7 @@ impl RaftService for Api {
             from = first.from,
             "snapshot received"
         );
-        self.0
-            .raft
-            .step(msg)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.0.raft.step(msg).map_err(ApiError::Step)?;
         Ok(Response::new(pb::RaftAck {}))
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use gantry_core::engine::{check_supported, CachePolicy, RunLimits};
 use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
-use gantry_core::state::{Command, Outcome, Rejection};
+use gantry_core::state::{Command, Outcome};
+use gantry_model::{RunId, TaskId};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
 use gantry_proto::v1::run_service_server::RunService;
@@ -14,38 +15,19 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert::run_to_proto;
+use super::status::ApiError;
 use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::logs::LogRecord;
 use crate::server::Route;
 
-pub(super) fn rejection(r: Rejection) -> Status {
-    match r {
-        Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Status::not_found(r.to_string()),
-        Rejection::RunExists(_) => Status::already_exists(r.to_string()),
-        Rejection::NotRetryable(_) => Status::failed_precondition(r.to_string()),
-        Rejection::Acl(ref e) => {
-            use gantry_core::state::acl::AclError;
-            match e {
-                AclError::AlreadyBootstrapped => Status::failed_precondition(r.to_string()),
-                AclError::NameTaken(_) => Status::already_exists(r.to_string()),
-                AclError::NotFound(_) => Status::not_found(r.to_string()),
-                AclError::TooMany => Status::resource_exhausted(r.to_string()),
-                AclError::BadName(_) | AclError::Malformed(_) => {
-                    Status::invalid_argument(r.to_string())
-                }
-            }
-        }
-    }
-}
-
 impl Api {
     /// Commits `cmd` (on the leader) and answers with run `run_id` as it is then.
-    async fn change_run(&self, run_id: &str, cmd: Command) -> Result<Response<pb::Run>, Status> {
-        self.0.propose(cmd).await?.result.map_err(rejection)?;
-        self.run_proto(run_id).map(Response::new)
+    async fn change_run(&self, run_id: &RunId, cmd: Command) -> Result<Response<pb::Run>, Status> {
+        self.0.propose(cmd).await?.result.map_err(ApiError::from)?;
+        Ok(Response::new(self.run_proto(run_id)?))
     }
 
-    fn run_proto(&self, run_id: &str) -> Result<pb::Run, Status> {
+    fn run_proto(&self, run_id: &RunId) -> Result<pb::Run, ApiError> {
         let waiting = self
             .0
             .waiting
@@ -56,16 +38,16 @@ impl Api {
         st.runs
             .get(run_id)
             .map(|r| run_to_proto(r, &waiting))
-            .ok_or_else(|| Status::not_found(format!("run {run_id} not found")))
+            .ok_or_else(|| ApiError::RunNotFound(run_id.clone()))
     }
 }
 
 /// Checks a per-task setting: the task must exist in the pipeline, the value be positive.
 fn check_per_task(
     pipeline: &gantry_core::ir::PipelineSpec,
-    what: &str,
+    setting: &'static str,
     values: &std::collections::HashMap<String, i64>,
-) -> Result<(), Status> {
+) -> Result<(), ApiError> {
     let mut names = std::collections::BTreeSet::new();
     for comp in std::iter::once(&pipeline.root).chain(pipeline.components.values()) {
         if let gantry_core::ir::Implementation::Dag(d) = &comp.implementation {
@@ -74,15 +56,17 @@ fn check_per_task(
     }
     for (task, v) in values {
         if !names.contains(task) {
-            return Err(Status::invalid_argument(format!(
-                "{what} for task {task:?}: the pipeline has no such task (tasks: {})",
-                names.iter().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(ApiError::UnknownTask {
+                setting,
+                task: task.clone(),
+                known: names.iter().cloned().collect::<Vec<_>>().join(", "),
+            });
         }
         if *v <= 0 {
-            return Err(Status::invalid_argument(format!(
-                "{what} for task {task:?} must be positive"
-            )));
+            return Err(ApiError::NotPositive {
+                setting,
+                task: task.clone(),
+            });
         }
     }
     Ok(())
@@ -92,11 +76,9 @@ fn check_per_task(
 fn run_limits(
     pipeline: &gantry_core::ir::PipelineSpec,
     req: &pb::SubmitRunRequest,
-) -> Result<RunLimits, Status> {
+) -> Result<RunLimits, ApiError> {
     if req.timeout_ms < 0 {
-        return Err(Status::invalid_argument(
-            "the run timeout must not be negative",
-        ));
+        return Err(ApiError::NegativeTimeout);
     }
     check_per_task(pipeline, "timeout", &req.task_timeout_ms)?;
     // kfp-kubernetes' set_timeout, unless the submission says otherwise.
@@ -112,11 +94,9 @@ fn run_limits(
 fn cache_policy(
     pipeline: &gantry_core::ir::PipelineSpec,
     req: &pb::SubmitRunRequest,
-) -> Result<CachePolicy, Status> {
+) -> Result<CachePolicy, ApiError> {
     if req.cache_max_age_ms < 0 {
-        return Err(Status::invalid_argument(
-            "the cache max age must not be negative",
-        ));
+        return Err(ApiError::NegativeCacheAge);
     }
     check_per_task(pipeline, "cache max age", &req.task_cache_max_age_ms)?;
     Ok(CachePolicy {
@@ -134,8 +114,8 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>
 
 fn log_entry(r: LogRecord) -> pb::LogEntry {
     pb::LogEntry {
-        run_id: r.run_id,
-        task_id: r.task_id,
+        run_id: r.run_id.into_string(),
+        task_id: r.task_id.into_string(),
         attempt: r.attempt,
         stream: r.stream,
         line: r.line,
@@ -153,10 +133,8 @@ impl RunService for Api {
             return RunServiceClient::new(ch).submit_run(relay(req)).await;
         }
         let req = req.into_inner();
-        let pipeline = parse_pipeline(&req.pipeline_yaml)
-            .map_err(|e| Status::invalid_argument(format!("invalid pipeline: {e}")))?;
-        check_supported(&pipeline)
-            .map_err(|e| Status::invalid_argument(format!("unsupported pipeline: {e}")))?;
+        let pipeline = parse_pipeline(&req.pipeline_yaml).map_err(ApiError::InvalidPipeline)?;
+        check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
         let caching = cache_policy(&pipeline, &req)?;
         let limits = run_limits(&pipeline, &req)?;
         let given: BTreeMap<String, serde_json::Value> = req
@@ -164,14 +142,14 @@ impl RunService for Api {
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
-        let parameters = resolve_run_parameters(&pipeline, &given)
-            .map_err(|e| Status::invalid_argument(format!("invalid parameters: {e}")))?;
+        let parameters =
+            resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
         let given_artifacts: BTreeMap<String, String> = req.artifacts.into_iter().collect();
         let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts)
-            .map_err(|e| Status::invalid_argument(format!("invalid input artifacts: {e}")))?;
+            .map_err(ApiError::InvalidArtifacts)?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let cmd = Command::CreateRun {
-            run_id: uuid::Uuid::new_v4().to_string(),
+            run_id: uuid::Uuid::new_v4().to_string().into(),
             request_id,
             pipeline: Box::new(pipeline),
             pipeline_root: self.0.artifact_root.clone(),
@@ -185,16 +163,21 @@ impl RunService for Api {
         let applied = self.0.propose(cmd).await?;
         match applied.result {
             Ok(Outcome::RunCreated { run_id, existing }) => {
-                Ok(Response::new(pb::SubmitRunResponse { run_id, existing }))
+                Ok(Response::new(pb::SubmitRunResponse {
+                    run_id: run_id.into_string(),
+                    existing,
+                }))
             }
-            Ok(other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-            Err(r) => Err(rejection(r)),
+            Ok(other) => Err(ApiError::UnexpectedOutcome(format!("{other:?}")).into()),
+            Err(r) => Err(ApiError::from(r).into()),
         }
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         self.0.read_barrier().await?;
-        self.run_proto(&req.into_inner().run_id).map(Response::new)
+        Ok(Response::new(
+            self.run_proto(&RunId::from(req.into_inner().run_id))?,
+        ))
     }
 
     async fn list_runs(
@@ -232,7 +215,7 @@ impl RunService for Api {
         if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
             return RunServiceClient::new(ch).cancel_run(relay(req)).await;
         }
-        let run_id = req.into_inner().run_id;
+        let run_id = RunId::from(req.into_inner().run_id);
         let cmd = Command::CancelRun {
             run_id: run_id.clone(),
             at: crate::now_ms(),
@@ -247,7 +230,7 @@ impl RunService for Api {
         if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
             return RunServiceClient::new(ch).retry_run(relay(req)).await;
         }
-        let run_id = req.into_inner().run_id;
+        let run_id = RunId::from(req.into_inner().run_id);
         let cmd = Command::RetryRun {
             run_id: run_id.clone(),
             at: crate::now_ms(),
@@ -271,19 +254,20 @@ impl RunService for Api {
         }
         self.0.read_barrier().await?;
         let req = req.into_inner();
+        let run_id = RunId::from(req.run_id);
         // Existence check, and the task filter matches either the IR name or the task id.
-        self.run_proto(&req.run_id)?;
+        self.run_proto(&run_id)?;
         let c = self.0.clone();
         // Subscribe before reading the backlog so no line falls between the two.
         let live = c.logs.subscribe();
         let finished = c.dispatcher.run_finished.subscribe();
-        let backlog = c.logs.read_run(&req.run_id);
+        let backlog = c.logs.read_run(&run_id);
         let matches = {
             let task = req.task.clone();
-            let names: BTreeMap<String, String> = {
+            let names: BTreeMap<TaskId, String> = {
                 let st = c.state.read();
                 st.runs
-                    .get(&req.run_id)
+                    .get(&run_id)
                     .map(|r| {
                         r.tasks
                             .values()
@@ -298,7 +282,6 @@ impl RunService for Api {
                     || names.get(&r.task_id).is_some_and(|n| *n == task)
             }
         };
-        let run_id = req.run_id.clone();
         let follow = req.follow;
         let stream = async_stream_logs(c, run_id, backlog, follow, matches, live, finished);
         Ok(Response::new(Box::pin(stream)))
@@ -307,12 +290,12 @@ impl RunService for Api {
 
 fn async_stream_logs(
     c: std::sync::Arc<crate::server::Coordinator>,
-    run_id: String,
+    run_id: RunId,
     backlog: Vec<LogRecord>,
     follow: bool,
     matches: impl Fn(&LogRecord) -> bool + Send + 'static,
     mut live: tokio::sync::broadcast::Receiver<LogRecord>,
-    mut finished: tokio::sync::broadcast::Receiver<String>,
+    mut finished: tokio::sync::broadcast::Receiver<RunId>,
 ) -> impl Stream<Item = Result<pb::LogEntry, Status>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
@@ -340,7 +323,7 @@ fn async_stream_logs(
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::data_loss(format!("{n} log lines dropped (slow reader)")))).await;
+                        let _ = tx.send(Err(ApiError::LogsDropped(n).into())).await;
                         return;
                     }
                     Err(_) => return,

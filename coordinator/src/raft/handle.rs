@@ -30,7 +30,7 @@ pub(super) enum Mail<O> {
     Feedback(Feedback),
     SnapshotWritten {
         meta: SnapshotMetadata,
-        result: Result<(), String>,
+        result: std::io::Result<()>,
     },
     Shutdown,
 }

@@ -655,9 +655,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         let mailbox = self.mailbox.clone();
         self.snapshotting = true;
         let job = move || {
-            let result = snaps
-                .write(meta.term, meta.index, &members, writer)
-                .map_err(|e| e.to_string());
+            let result = snaps.write(meta.term, meta.index, &members, writer);
             let _ = mailbox.send(Mail::SnapshotWritten { meta, result });
         };
         match self.snapshot_writes {

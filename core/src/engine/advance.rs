@@ -1,6 +1,6 @@
 //! Moving a run forward to the next fixpoint.
 
-use gantry_model::ArtifactRef;
+use gantry_model::{ArtifactRef, TaskId};
 
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
 use super::{RunRecord, RunState, TaskKind, TaskRecord, TaskState, ROOT_TASK_ID};
@@ -13,7 +13,7 @@ use crate::ir::{
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// Container tasks that became ready for placement.
-    pub ready: Vec<String>,
+    pub ready: Vec<TaskId>,
     /// The run reached a terminal state in this call.
     pub finished: Option<RunState>,
 }
@@ -41,7 +41,7 @@ fn new_record(
     now: i64,
 ) -> TaskRecord {
     TaskRecord {
-        parent: (parent_id != ROOT_TASK_ID).then(|| parent_id.to_string()),
+        parent: (parent_id != ROOT_TASK_ID).then(|| TaskId::from(parent_id)),
         // Inside a loop body every task carries the index of its innermost iteration.
         iteration,
         ..TaskRecord::new(
@@ -121,7 +121,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
             return Some(rec);
         }
         Resolution::Error(e) => {
-            finish(&mut rec, TaskState::Failed, Some(e), now);
+            finish(&mut rec, TaskState::Failed, Some(e.to_string()), now);
             return Some(rec);
         }
     }
@@ -160,7 +160,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
                     rec.cache_key = super::cache::cache_key(run, comp, &rec);
                 }
             }
-            Err(e) => finish(&mut rec, TaskState::Failed, Some(e), now),
+            Err(e) => finish(&mut rec, TaskState::Failed, Some(e.to_string()), now),
         },
         TaskKind::Importer => import(run, comp, &mut rec, now),
     }
@@ -215,7 +215,7 @@ fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
     let Some(dag) = dag_of(&run.pipeline, rec) else {
         return false;
     };
-    let mut first_failure: Option<(String, String)> = None;
+    let mut first_failure: Option<(TaskId, String)> = None;
     let mut canceled = false;
     for name in dag.tasks.keys() {
         match run.tasks.get(&RunRecord::child_id(dag_task_id, name)) {
@@ -241,7 +241,7 @@ fn try_complete_dag(run: &mut RunRecord, dag_task_id: &str, now: i64) -> bool {
     } else {
         match dag_outputs(run, dag_task_id, dag) {
             Ok(o) => (TaskState::Succeeded, None, Some(o)),
-            Err(e) => (TaskState::Failed, Some(e), None),
+            Err(e) => (TaskState::Failed, Some(e.to_string()), None),
         }
     };
     if let Some(rec) = run.tasks.get_mut(dag_task_id) {
@@ -273,7 +273,7 @@ fn note_failure(run: &mut RunRecord, task_id: &str) {
 #[derive(Default)]
 struct DagStep {
     /// The children it decided: id, kind and state.
-    created: Vec<(String, TaskKind, TaskState)>,
+    created: Vec<(TaskId, TaskKind, TaskState)>,
     /// Every child was over, and so is the DAG now.
     completed: bool,
 }
@@ -306,7 +306,7 @@ fn step_dag(run: &mut RunRecord, dag_id: &str, now: i64, progress: &mut Progress
         out.created.push((id.clone(), rec.kind, rec.state));
         run.tasks.insert(rec.task_id.clone(), rec);
         if failed {
-            note_failure(run, &id);
+            note_failure(run, id.as_str());
         }
     }
     out.completed = try_complete_dag(run, dag_id, now);
@@ -322,26 +322,26 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
     }
     loop {
         let mut changed = false;
-        let running_dags: Vec<String> = run
+        let running_dags: Vec<TaskId> = run
             .tasks
             .values()
             .filter(|t| t.kind == TaskKind::Dag && t.state == TaskState::Running)
             .map(|t| t.task_id.clone())
             .collect();
         for dag_id in running_dags {
-            let step = step_dag(run, &dag_id, now, &mut progress);
+            let step = step_dag(run, dag_id.as_str(), now, &mut progress);
             if step.completed || !step.created.is_empty() {
                 changed = true;
             }
         }
-        let running_loops: Vec<String> = run
+        let running_loops: Vec<TaskId> = run
             .tasks
             .values()
             .filter(|t| t.kind == TaskKind::Loop && t.state == TaskState::Running)
             .map(|t| t.task_id.clone())
             .collect();
         for loop_id in running_loops {
-            let step = super::loops::step_loop(run, &loop_id, now);
+            let step = super::loops::step_loop(run, loop_id.as_str(), now);
             if step.completed || !step.created.is_empty() {
                 changed = true;
             }
@@ -349,7 +349,7 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
                 run.tasks.insert(rec.task_id.clone(), rec);
             }
             if step.completed {
-                note_failure(run, &loop_id);
+                note_failure(run, loop_id.as_str());
             }
         }
         if !changed {
@@ -368,14 +368,14 @@ pub fn advance(run: &mut RunRecord, now: i64) -> Progress {
 ///
 /// Debug builds also run the full [`advance`] on a copy and panic if the two differ, so every
 /// test that records a result checks this shortcut.
-pub fn advance_from(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
+pub fn advance_from(run: &mut RunRecord, task_id: &TaskId, now: i64) -> Progress {
     #[cfg(debug_assertions)]
     let reference = {
         let mut copy = run.clone();
         let progress = advance(&mut copy, now);
         (copy, progress)
     };
-    let progress = advance_targeted(run, task_id, now);
+    let progress = advance_targeted(run, task_id.as_str(), now);
     #[cfg(debug_assertions)]
     {
         let (copy, mut expected) = reference;
@@ -397,7 +397,7 @@ fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
     if run.state.is_terminal() {
         return progress;
     }
-    let parent_of = |run: &RunRecord, id: &str| -> Option<String> {
+    let parent_of = |run: &RunRecord, id: &str| -> Option<TaskId> {
         if id == ROOT_TASK_ID {
             return None;
         }
@@ -405,11 +405,11 @@ fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
             run.tasks
                 .get(id)
                 .and_then(|t| t.parent.clone())
-                .unwrap_or_else(|| ROOT_TASK_ID.to_string()),
+                .unwrap_or_else(|| TaskId::from(ROOT_TASK_ID)),
         )
     };
     // Smallest id first, as the full walk goes.
-    let mut work: std::collections::BTreeSet<String> =
+    let mut work: std::collections::BTreeSet<TaskId> =
         parent_of(run, task_id).into_iter().collect();
     while let Some(id) = work.pop_first() {
         let Some(t) = run.tasks.get(&id) else {
@@ -420,7 +420,7 @@ fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
         }
         match t.kind {
             TaskKind::Dag => {
-                let step = step_dag(run, &id, now, &mut progress);
+                let step = step_dag(run, id.as_str(), now, &mut progress);
                 for (child, kind, state) in &step.created {
                     if state == &TaskState::Running
                         && matches!(kind, TaskKind::Dag | TaskKind::Loop)
@@ -429,7 +429,7 @@ fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
                     }
                 }
                 if step.completed {
-                    work.extend(parent_of(run, &id));
+                    work.extend(parent_of(run, id.as_str()));
                 } else if !step.created.is_empty() {
                     // A child decided over at once (skipped, failed, imported) may let its
                     // siblings be decided.
@@ -437,14 +437,14 @@ fn advance_targeted(run: &mut RunRecord, task_id: &str, now: i64) -> Progress {
                 }
             }
             TaskKind::Loop => {
-                let step = super::loops::step_loop(run, &id, now);
+                let step = super::loops::step_loop(run, id.as_str(), now);
                 for rec in step.created {
                     work.insert(rec.task_id.clone());
                     run.tasks.insert(rec.task_id.clone(), rec);
                 }
                 if step.completed {
-                    note_failure(run, &id);
-                    work.extend(parent_of(run, &id));
+                    note_failure(run, id.as_str());
+                    work.extend(parent_of(run, id.as_str()));
                 }
             }
             TaskKind::Container | TaskKind::Importer => {}

@@ -53,8 +53,8 @@ impl CachePolicy {
 /// A successful execution others may reuse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheEntry {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: gantry_model::RunId,
+    pub task_id: gantry_model::TaskId,
     pub outputs: TaskOutputs,
     /// When the execution's result was recorded.
     pub created_at: i64,
@@ -128,7 +128,12 @@ pub(crate) fn cache_key(run: &RunRecord, comp: &ComponentSpec, rec: &TaskRecord)
 
 /// Marks the ready task `task_id` CACHED with `entry`'s outputs. False (nothing changed) if the
 /// task is not a ready container task.
-pub fn record_cached(run: &mut RunRecord, task_id: &str, entry: &CacheEntry, now: i64) -> bool {
+pub fn record_cached(
+    run: &mut RunRecord,
+    task_id: &gantry_model::TaskId,
+    entry: &CacheEntry,
+    now: i64,
+) -> bool {
     let Some(rec) = run.tasks.get_mut(task_id) else {
         return false;
     };

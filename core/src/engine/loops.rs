@@ -8,7 +8,7 @@
 //! iterations, in iteration order: a parameter output becomes the list of the iterations'
 //! values (`dsl.Collected`), an artifact output the concatenation of their artifacts.
 
-use gantry_model::ArtifactRef;
+use gantry_model::{ArtifactRef, TaskId};
 use serde_json::Value;
 
 use super::advance::{component, finish};
@@ -27,29 +27,62 @@ pub(crate) enum Item {
     Artifact(ArtifactRef),
 }
 
-fn as_list(what: &str, v: &Value) -> Result<Vec<Value>, String> {
+/// Why a loop has no items to iterate over: the loop task fails.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum LoopError {
+    /// `what` names the items (`the loop's items`, `the loop's input "xs"`).
+    #[error("{what} is not a JSON list: {text:?}")]
+    NotJsonList { what: String, text: String },
+    #[error("{what} is not a list: {value}")]
+    NotList { what: String, value: Value },
+    #[error("{what} has {count} items; a loop may have at most {MAX_ITERATIONS}")]
+    TooManyItems { what: String, count: usize },
+    #[error("task {0:?} is not a loop")]
+    NotALoop(String),
+    #[error("the loop's input {0:?} has no value")]
+    NoInput(String),
+    #[error("the loop's input artifact {0:?} has no value")]
+    NoInputArtifact(String),
+    #[error(
+        "the loop's input artifact {name:?} lists {count} artifacts; a loop may have at most \
+         {MAX_ITERATIONS}"
+    )]
+    TooManyArtifacts { name: String, count: usize },
+}
+
+fn as_list(what: &str, v: &Value) -> Result<Vec<Value>, LoopError> {
     let list = match v {
         Value::Array(items) => items.clone(),
         // A list that reached the loop as JSON text (a raw list in the IR, a STRING output).
         Value::String(s) => match serde_json::from_str::<Value>(s) {
             Ok(Value::Array(items)) => items,
-            _ => return Err(format!("{what} is not a JSON list: {s:?}")),
+            _ => {
+                return Err(LoopError::NotJsonList {
+                    what: what.to_string(),
+                    text: s.clone(),
+                })
+            }
         },
-        other => return Err(format!("{what} is not a list: {other}")),
+        other => {
+            return Err(LoopError::NotList {
+                what: what.to_string(),
+                value: other.clone(),
+            })
+        }
     };
     if list.len() > MAX_ITERATIONS {
-        return Err(format!(
-            "{what} has {} items; a loop may have at most {MAX_ITERATIONS}",
-            list.len()
-        ));
+        return Err(LoopError::TooManyItems {
+            what: what.to_string(),
+            count: list.len(),
+        });
     }
     Ok(list)
 }
 
 /// The items of the loop task `rec`, whose inputs are resolved.
-pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, String> {
+pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, LoopError> {
     let Some(it) = &spec.iterator else {
-        return Err(format!("task {:?} is not a loop", spec.name));
+        return Err(LoopError::NotALoop(spec.name.clone()));
     };
     match &it.items {
         IteratorItems::Raw(v) => Ok(as_list("the loop's items", v)?
@@ -61,7 +94,7 @@ pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, S
                 .inputs
                 .parameters
                 .get(name)
-                .ok_or_else(|| format!("the loop's input {name:?} has no value"))?;
+                .ok_or_else(|| LoopError::NoInput(name.clone()))?;
             Ok(as_list(&format!("the loop's input {name:?}"), v)?
                 .into_iter()
                 .map(Item::Parameter)
@@ -72,19 +105,19 @@ pub(crate) fn items_of(spec: &TaskSpec, rec: &TaskRecord) -> Result<Vec<Item>, S
                 .inputs
                 .artifacts
                 .get(name)
-                .ok_or_else(|| format!("the loop's input artifact {name:?} has no value"))?;
+                .ok_or_else(|| LoopError::NoInputArtifact(name.clone()))?;
             if list.len() > MAX_ITERATIONS {
-                return Err(format!(
-                    "the loop's input artifact {name:?} lists {} artifacts; a loop may have at most {MAX_ITERATIONS}",
-                    list.len()
-                ));
+                return Err(LoopError::TooManyArtifacts {
+                    name: name.clone(),
+                    count: list.len(),
+                });
             }
             Ok(list.iter().cloned().map(Item::Artifact).collect())
         }
     }
 }
 
-pub(crate) fn iteration_id(loop_id: &str, i: usize) -> String {
+pub(crate) fn iteration_id(loop_id: &str, i: usize) -> TaskId {
     RunRecord::child_id(loop_id, &format!("iteration-{i}"))
 }
 
@@ -111,7 +144,7 @@ fn iteration_record(
         inputs,
         started_at: Some(now),
         ..TaskRecord::new(
-            iteration_id(&loop_rec.task_id, i),
+            iteration_id(loop_rec.task_id.as_str(), i),
             loop_rec.name.clone(),
             loop_rec.component.clone(),
             TaskKind::Dag,
@@ -147,7 +180,7 @@ pub(crate) fn step_loop(run: &mut RunRecord, loop_id: &str, now: i64) -> LoopSte
         Ok(items) => items,
         Err(e) => {
             if let Some(rec) = run.tasks.get_mut(loop_id) {
-                finish(rec, TaskState::Failed, Some(e), now);
+                finish(rec, TaskState::Failed, Some(e.to_string()), now);
             }
             out.completed = true;
             return out;

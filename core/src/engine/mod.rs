@@ -19,7 +19,7 @@ mod timeouts;
 
 use std::collections::BTreeMap;
 
-use gantry_model::{ArtifactRef, StepInputs, StepOutcome};
+use gantry_model::{AgentId, ArtifactRef, RunId, StepInputs, StepOutcome, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -28,11 +28,13 @@ use crate::ir::PipelineSpec;
 pub use advance::{advance, advance_from, Progress};
 pub use cache::{record_cached, CacheEntry, CachePolicy};
 pub use loops::MAX_ITERATIONS;
+pub use platform::PlatformError;
 pub use record::{
     cancel_run, fail_unschedulable, record_assignment, record_outcome, record_started, retry_run,
-    OutcomeEffect, MAX_LOST_ATTEMPTS,
+    AttemptError, NotRetryable, OutcomeEffect, MAX_LOST_ATTEMPTS,
 };
-pub use step::{step_spec, task_resources};
+pub use resolve::ResolveError;
+pub use step::{step_spec, task_resources, ResourceError, StepError};
 pub use timeouts::{attempt_deadline, human_ms, run_deadline, time_out_run, RunLimits};
 
 /// The id of the hidden task that stands for the root DAG.
@@ -80,6 +82,20 @@ pub enum TaskState {
     Canceled,
 }
 
+/// As the API and messages spell it (`SUCCEEDED`).
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As the API and messages spell it (`SKIPPED`).
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -124,7 +140,7 @@ pub struct TaskOutputs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub number: u32,
-    pub agent: String,
+    pub agent: AgentId,
     /// UUIDs of the GPUs the attempt was given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
@@ -136,11 +152,11 @@ pub struct AttemptRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub task_id: String,
+    pub task_id: TaskId,
     /// IR task name (key in its DAG's `tasks`).
     pub name: String,
     /// Task id of the enclosing DAG task; `None` at the root.
-    pub parent: Option<String>,
+    pub parent: Option<TaskId>,
     pub iteration: Option<u32>,
     /// Component key (`comp-train`).
     pub component: String,
@@ -166,7 +182,7 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// A ready task with nothing recorded yet; callers set what differs.
     pub(crate) fn new(
-        task_id: String,
+        task_id: TaskId,
         name: String,
         component: String,
         kind: TaskKind,
@@ -201,7 +217,7 @@ impl TaskRecord {
 /// One run: the pipeline it runs, its parameters, and the record of every task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
-    pub run_id: String,
+    pub run_id: RunId,
     pub pipeline: PipelineSpec,
     pub pipeline_root: String,
     pub parameters: BTreeMap<String, Value>,
@@ -210,7 +226,7 @@ pub struct RunRecord {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     /// Every instantiated task by task id, the root DAG included (id [`ROOT_TASK_ID`]).
-    pub tasks: BTreeMap<String, TaskRecord>,
+    pub tasks: BTreeMap<TaskId, TaskRecord>,
     #[serde(default)]
     pub caching: CachePolicy,
     #[serde(default)]
@@ -230,7 +246,7 @@ impl RunRecord {
     /// A new run with its root DAG instantiated. `parameters` must already be resolved and
     /// type-checked against the pipeline's inputs.
     pub fn new(
-        run_id: String,
+        run_id: RunId,
         pipeline: PipelineSpec,
         pipeline_root: String,
         parameters: BTreeMap<String, Value>,
@@ -244,7 +260,7 @@ impl RunRecord {
             },
             started_at: Some(now),
             ..TaskRecord::new(
-                ROOT_TASK_ID.to_string(),
+                TaskId::from(ROOT_TASK_ID),
                 pipeline.name.clone(),
                 "root".to_string(),
                 TaskKind::Dag,
@@ -252,7 +268,7 @@ impl RunRecord {
             )
         };
         let mut tasks = BTreeMap::new();
-        tasks.insert(ROOT_TASK_ID.to_string(), root);
+        tasks.insert(TaskId::from(ROOT_TASK_ID), root);
         RunRecord {
             run_id,
             pipeline,
@@ -272,11 +288,11 @@ impl RunRecord {
     }
 
     /// The id of a child task of the DAG task `parent_id`.
-    pub fn child_id(parent_id: &str, name: &str) -> String {
+    pub fn child_id(parent_id: &str, name: &str) -> TaskId {
         if parent_id.is_empty() {
-            name.to_string()
+            TaskId::from(name)
         } else {
-            format!("{parent_id}/{name}")
+            TaskId::from(format!("{parent_id}/{name}"))
         }
     }
 
@@ -291,8 +307,15 @@ impl RunRecord {
 #[cfg(test)]
 mod tests;
 
+/// A pipeline that uses what the engine cannot run yet: one line per feature and task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct Unsupported {
+    pub problems: Vec<String>,
+}
+
 /// Refuses, at submit, what the engine cannot run yet, naming the feature and the task.
-pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
+pub fn check_supported(p: &PipelineSpec) -> Result<(), Unsupported> {
     let mut problems = Vec::new();
     let comps = std::iter::once(&p.root).chain(p.components.values());
     for comp in comps {
@@ -316,6 +339,6 @@ pub fn check_supported(p: &PipelineSpec) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(Unsupported { problems })
     }
 }

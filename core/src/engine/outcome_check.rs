@@ -4,13 +4,13 @@
 //! forge or redirect what downstream steps and the cache read, so it is recorded as a failure
 //! of the attempt, with the offending URI named, on every replica alike.
 
-use gantry_model::{artifact_uri, StepOutcome};
+use gantry_model::{artifact_uri, RunId, StepOutcome, TaskId};
 
 /// `outcome` as it may be recorded for attempt `attempt` of `task_id` in run `run_id`.
 pub fn confine_outcome(
     root: &str,
-    run_id: &str,
-    task_id: &str,
+    run_id: &RunId,
+    task_id: &TaskId,
     attempt: u32,
     outcome: StepOutcome,
 ) -> StepOutcome {
@@ -59,9 +59,10 @@ mod tests {
 
     #[test]
     fn only_the_attempts_own_prefix_is_accepted() {
+        let (r1, train) = (RunId::from("r1"), TaskId::from("train"));
         let ok = succeeded("s3://b/root/r1/train/attempt-2/model");
         assert_eq!(
-            confine_outcome("s3://b/root", "r1", "train", 2, ok.clone()),
+            confine_outcome("s3://b/root", &r1, &train, 2, ok.clone()),
             ok
         );
         for bad in [
@@ -71,7 +72,7 @@ mod tests {
             "file:///etc/shadow",
             "s3://other/root/r1/train/attempt-2/model",
         ] {
-            let out = confine_outcome("s3://b/root", "r1", "train", 2, succeeded(bad));
+            let out = confine_outcome("s3://b/root", &r1, &train, 2, succeeded(bad));
             assert!(
                 matches!(&out, StepOutcome::Failed { error, .. } if error.contains(bad)),
                 "{bad}: {out:?}"
@@ -82,7 +83,7 @@ mod tests {
             exit_code: Some(1),
         };
         assert_eq!(
-            confine_outcome("s3://b/root", "r1", "train", 2, failed.clone()),
+            confine_outcome("s3://b/root", &r1, &train, 2, failed.clone()),
             failed
         );
     }

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use gantry_model::{
-    secret_label, validate_resource_name, validate_secret_key, volume_label, SecretEnv,
+    secret_label, validate_resource_name, validate_secret_key, volume_label, NameError, SecretEnv,
     TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
@@ -43,6 +43,107 @@ const PVC_STUBS: &[(&str, &str)] = &[
     ("argostub/createpvc", "CreatePVC"),
     ("argostub/deletepvc", "DeletePVC"),
 ];
+
+/// Why an executor's Kubernetes settings cannot be honoured (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    #[error(
+        "its node selector comes from a pipeline parameter at run time (nodeSelectorJson, a \
+         Kubernetes node selector), which Gantry does not support; give the labels in the \
+         pipeline"
+    )]
+    RuntimeNodeSelector,
+    #[error("node selector label {key:?} is not a string: {value}")]
+    LabelNotString { key: String, value: Value },
+    #[error(
+        "its tolerations come from a pipeline parameter at run time (tolerationJson, \
+         Kubernetes tolerations), which Gantry does not support; give them in the pipeline"
+    )]
+    RuntimeTolerations,
+    #[error("toleration operator {0:?} is not Equal or Exists")]
+    TolerationOperator(String),
+    #[error("toleration effect {0:?} is unknown")]
+    TolerationEffect(String),
+    #[error("{field} is not a list: {value}")]
+    NotAList { field: String, value: Value },
+    /// A secret or claim name given as a constant that is not a string.
+    #[error("{param_field}: the {what} {value} is not a string")]
+    NameNotString {
+        param_field: String,
+        what: &'static str,
+        value: Value,
+    },
+    /// A secret or claim name taken from `from` (a parameter, a task output) at run time.
+    #[error(
+        "its {what} comes from {from} at run time ({param_field}), which Gantry does not \
+         support; name it in the pipeline"
+    )]
+    RuntimeName {
+        what: &'static str,
+        from: &'static str,
+        param_field: String,
+    },
+    #[error("an entry gives no {what} ({param_field} or {legacy})")]
+    NoName {
+        what: &'static str,
+        param_field: String,
+        legacy: String,
+    },
+    #[error("environment variable name {0:?} is empty or holds '=' or a control character")]
+    EnvName(String),
+    #[error("mount path {0:?} must be an absolute path below / without '..'")]
+    MountPath(String),
+    #[error("secret name {secret:?} {error}")]
+    SecretName { secret: String, error: NameError },
+    #[error("keyToEnv of secret {secret:?} is not a list: {value}")]
+    KeyToEnvNotAList { secret: String, value: Value },
+    #[error("an entry of keyToEnv of secret {secret:?} has no {field}")]
+    KeyToEnvField { secret: String, field: String },
+    #[error("key {key:?} of secret {secret:?} {error}")]
+    SecretKey {
+        key: String,
+        secret: String,
+        error: NameError,
+    },
+    #[error("claim name {claim:?} {error}")]
+    ClaimName { claim: String, error: NameError },
+    #[error("the mount of {0:?} has no mountPath")]
+    NoMountPath(String),
+    #[error("subPath {sub_path:?} of {volume:?} must be relative, without '..'")]
+    SubPath { sub_path: String, volume: String },
+    #[error("two volumes are mounted at {0:?}")]
+    MountPathTaken(String),
+    /// A problem with one setting (`secretAsEnv`, `pvcMount`) of an executor.
+    #[error("{feature}: {error}")]
+    InSetting {
+        feature: &'static str,
+        error: Box<PlatformError>,
+    },
+    /// A problem with the settings of executor `label`.
+    #[error("executor {label:?}: {error}")]
+    InExecutor {
+        label: String,
+        error: Box<PlatformError>,
+    },
+}
+
+impl PlatformError {
+    /// This error, as a problem of setting `feature`.
+    fn in_setting(feature: &'static str) -> impl Fn(PlatformError) -> PlatformError {
+        move |e| PlatformError::InSetting {
+            feature,
+            error: Box::new(e),
+        }
+    }
+
+    /// This error, as a problem of executor `label`'s settings.
+    fn in_executor(label: &str) -> impl Fn(PlatformError) -> PlatformError + '_ {
+        move |e| PlatformError::InExecutor {
+            label: label.to_string(),
+            error: Box::new(e),
+        }
+    }
+}
 
 fn what(feature: &str) -> &'static str {
     match feature {
@@ -77,10 +178,10 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                 continue;
             };
             if let Err(e) = placement_of(settings) {
-                out.push(format!("executor {label:?}: {e}"));
+                out.push(PlatformError::in_executor(label)(e).to_string());
             }
             if let Err(e) = needs_of(settings) {
-                out.push(format!("executor {label:?}: {e}"));
+                out.push(PlatformError::in_executor(label)(e).to_string());
             }
             for feature in settings.keys() {
                 if IGNORED.contains(&feature.as_str())
@@ -132,22 +233,18 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
 /// The agent labels and taint tolerations an executor's platform settings ask for.
 fn placement_of(
     settings: &serde_json::Map<String, Value>,
-) -> Result<(BTreeMap<String, String>, Vec<Toleration>), String> {
+) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let mut labels = BTreeMap::new();
     if let Some(sel) = settings.get(NODE_SELECTOR) {
         if sel.get("nodeSelectorJson").is_some() {
-            return Err(
-                "its node selector comes from a pipeline parameter at run time \
-                 (nodeSelectorJson, a Kubernetes node selector), which Gantry does not support; \
-                 give the labels in the pipeline"
-                    .into(),
-            );
+            return Err(PlatformError::RuntimeNodeSelector);
         }
         if let Some(map) = sel.get("labels").and_then(Value::as_object) {
             for (k, v) in map {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| format!("node selector label {k:?} is not a string: {v}"))?;
+                let v = v.as_str().ok_or_else(|| PlatformError::LabelNotString {
+                    key: k.clone(),
+                    value: v.clone(),
+                })?;
                 labels.insert(k.clone(), v.to_string());
             }
         }
@@ -160,28 +257,19 @@ fn placement_of(
         .flatten()
     {
         if t.get("tolerationJson").is_some() {
-            return Err(
-                "its tolerations come from a pipeline parameter at run time (tolerationJson, \
-                 Kubernetes tolerations), which Gantry does not support; give them in the \
-                 pipeline"
-                    .into(),
-            );
+            return Err(PlatformError::RuntimeTolerations);
         }
         let text = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("").to_string();
         let exists = match text("operator").as_str() {
             "" | "Equal" => false,
             "Exists" => true,
-            other => {
-                return Err(format!(
-                    "toleration operator {other:?} is not Equal or Exists"
-                ))
-            }
+            other => return Err(PlatformError::TolerationOperator(other.to_string())),
         };
         let effect = match text("effect").as_str() {
             "" => None,
             e => Some(
                 TaintEffect::parse(e)
-                    .ok_or_else(|| format!("toleration effect {e:?} is unknown"))?,
+                    .ok_or_else(|| PlatformError::TolerationEffect(e.to_string()))?,
             ),
         };
         tolerations.push(Toleration {
@@ -230,12 +318,12 @@ pub struct HostNeeds {
 }
 
 /// The secrets-as-variables and volume mounts of the tasks running executor `label`.
-pub fn executor_needs(spec: &PipelineSpec, label: &str) -> Result<HostNeeds, String> {
+pub fn executor_needs(spec: &PipelineSpec, label: &str) -> Result<HostNeeds, PlatformError> {
     match executors(spec)
         .and_then(|e| e.get(label))
         .and_then(Value::as_object)
     {
-        Some(settings) => needs_of(settings).map_err(|e| format!("executor {label:?}: {e}")),
+        Some(settings) => needs_of(settings).map_err(PlatformError::in_executor(label)),
         None => Ok(HostNeeds::default()),
     }
 }
@@ -243,11 +331,14 @@ pub fn executor_needs(spec: &PipelineSpec, label: &str) -> Result<HostNeeds, Str
 fn list<'a>(
     settings: &'a serde_json::Map<String, Value>,
     field: &str,
-) -> Result<&'a [Value], String> {
+) -> Result<&'a [Value], PlatformError> {
     match settings.get(field) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
-        Some(other) => Err(format!("{field} is not a list: {other}")),
+        Some(other) => Err(PlatformError::NotAList {
+            field: field.to_string(),
+            value: other.clone(),
+        }),
     }
 }
 
@@ -259,20 +350,23 @@ fn constant_name(
     entry: &Value,
     param_field: &str,
     legacy: &str,
-    what: &str,
-) -> Result<String, String> {
-    let dynamic = |source: &str| {
-        format!(
-            "its {what} comes from {source} at run time ({param_field}), which Gantry does not \
-             support; name it in the pipeline"
-        )
+    what: &'static str,
+) -> Result<String, PlatformError> {
+    let dynamic = |from: &'static str| PlatformError::RuntimeName {
+        what,
+        from,
+        param_field: param_field.to_string(),
     };
     let reference = entry.get(param_field).unwrap_or(entry);
     if let Some(c) = reference.pointer("/runtimeValue/constant") {
         return c
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("{param_field}: the {what} {c} is not a string"));
+            .ok_or_else(|| PlatformError::NameNotString {
+                param_field: param_field.to_string(),
+                what,
+                value: c.clone(),
+            });
     }
     if reference.get("taskOutputParameter").is_some() {
         return Err(dynamic("the output of another task"));
@@ -283,33 +377,32 @@ fn constant_name(
     if let Some(name) = entry.get(legacy).and_then(Value::as_str) {
         return Ok(name.to_string());
     }
-    Err(format!(
-        "an entry gives no {what} ({param_field} or {legacy})"
-    ))
+    Err(PlatformError::NoName {
+        what,
+        param_field: param_field.to_string(),
+        legacy: legacy.to_string(),
+    })
 }
 
 /// A variable name Docker and the process runtime can set.
-fn check_env_name(name: &str) -> Result<(), String> {
+fn check_env_name(name: &str) -> Result<(), PlatformError> {
     if name.is_empty() || name.contains('=') || name.chars().any(char::is_control) {
-        return Err(format!(
-            "environment variable name {name:?} is empty or holds '=' or a control character"
-        ));
+        return Err(PlatformError::EnvName(name.to_string()));
     }
     Ok(())
 }
 
 /// A path inside the container: absolute, without `..`.
-fn check_mount_path(path: &str) -> Result<(), String> {
+fn check_mount_path(path: &str) -> Result<(), PlatformError> {
     if !path.starts_with('/') || path == "/" || path.split('/').any(|seg| seg == "..") {
-        return Err(format!(
-            "mount path {path:?} must be an absolute path below / without '..'"
-        ));
+        return Err(PlatformError::MountPath(path.to_string()));
     }
     Ok(())
 }
 
-fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, String> {
+fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, PlatformError> {
     let mut needs = HostNeeds::default();
+    let secret_env = PlatformError::in_setting(SECRET_AS_ENV);
     for entry in list(settings, SECRET_AS_ENV)? {
         let secret = constant_name(
             entry,
@@ -317,9 +410,13 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Stri
             "secretName",
             "Kubernetes secret name",
         )
-        .map_err(|e| format!("{SECRET_AS_ENV}: {e}"))?;
-        validate_resource_name(&secret)
-            .map_err(|e| format!("{SECRET_AS_ENV}: secret name {secret:?} {e}"))?;
+        .map_err(&secret_env)?;
+        validate_resource_name(&secret).map_err(|error| {
+            secret_env(PlatformError::SecretName {
+                secret: secret.clone(),
+                error,
+            })
+        })?;
         let optional = entry
             .get("optional")
             .and_then(Value::as_bool)
@@ -328,21 +425,30 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Stri
             None | Some(Value::Null) => &[][..],
             Some(Value::Array(a)) => a.as_slice(),
             Some(other) => {
-                return Err(format!(
-                    "{SECRET_AS_ENV}: keyToEnv of secret {secret:?} is not a list: {other}"
-                ))
+                return Err(secret_env(PlatformError::KeyToEnvNotAList {
+                    secret: secret.clone(),
+                    value: other.clone(),
+                }))
             }
         };
         for pair in pairs {
             let field = |f: &str| {
                 pair.get(f).and_then(Value::as_str).ok_or_else(|| {
-                    format!("{SECRET_AS_ENV}: an entry of keyToEnv of secret {secret:?} has no {f}")
+                    secret_env(PlatformError::KeyToEnvField {
+                        secret: secret.clone(),
+                        field: f.to_string(),
+                    })
                 })
             };
             let (key, env) = (field("secretKey")?, field("envVar")?);
-            validate_secret_key(key)
-                .map_err(|e| format!("{SECRET_AS_ENV}: key {key:?} of secret {secret:?} {e}"))?;
-            check_env_name(env).map_err(|e| format!("{SECRET_AS_ENV}: {e}"))?;
+            validate_secret_key(key).map_err(|error| {
+                secret_env(PlatformError::SecretKey {
+                    key: key.to_string(),
+                    secret: secret.clone(),
+                    error,
+                })
+            })?;
+            check_env_name(env).map_err(&secret_env)?;
             needs.secret_env.push(SecretEnv {
                 secret: secret.clone(),
                 key: key.to_string(),
@@ -351,6 +457,7 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Stri
             });
         }
     }
+    let pvc_mount = PlatformError::in_setting(PVC_MOUNT);
     for entry in list(settings, PVC_MOUNT)? {
         let volume = constant_name(
             entry,
@@ -358,24 +465,29 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Stri
             "constant",
             "Kubernetes persistent volume claim name",
         )
-        .map_err(|e| format!("{PVC_MOUNT}: {e}"))?;
-        validate_resource_name(&volume)
-            .map_err(|e| format!("{PVC_MOUNT}: claim name {volume:?} {e}"))?;
+        .map_err(&pvc_mount)?;
+        validate_resource_name(&volume).map_err(|error| {
+            pvc_mount(PlatformError::ClaimName {
+                claim: volume.clone(),
+                error,
+            })
+        })?;
         let mount_path = entry
             .get("mountPath")
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("{PVC_MOUNT}: the mount of {volume:?} has no mountPath"))?;
-        check_mount_path(mount_path).map_err(|e| format!("{PVC_MOUNT}: {e}"))?;
+            .ok_or_else(|| pvc_mount(PlatformError::NoMountPath(volume.clone())))?;
+        check_mount_path(mount_path).map_err(&pvc_mount)?;
         let sub_path = entry.get("subPath").and_then(Value::as_str).unwrap_or("");
         if sub_path.starts_with('/') || sub_path.split('/').any(|seg| seg == "..") {
-            return Err(format!(
-                "{PVC_MOUNT}: subPath {sub_path:?} of {volume:?} must be relative, without '..'"
-            ));
+            return Err(pvc_mount(PlatformError::SubPath {
+                sub_path: sub_path.to_string(),
+                volume,
+            }));
         }
         if needs.volumes.iter().any(|v| v.mount_path == mount_path) {
-            return Err(format!(
-                "{PVC_MOUNT}: two volumes are mounted at {mount_path:?}"
-            ));
+            return Err(pvc_mount(PlatformError::MountPathTaken(
+                mount_path.to_string(),
+            )));
         }
         needs.volumes.push(VolumeMount {
             volume,
@@ -446,7 +558,9 @@ mod tests {
             r[0].contains("exec-make-data") && r[0].contains("secretAsVolume"),
             "{r:?}"
         );
-        let err = crate::engine::check_supported(&spec).unwrap_err();
+        let err = crate::engine::check_supported(&spec)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Kubernetes secret"), "{err}");
         let ws = with_platform(
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",

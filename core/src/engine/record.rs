@@ -1,6 +1,6 @@
 //! Recording what happened to attempts: assignment, start, outcome, cancellation.
 
-use gantry_model::StepOutcome;
+use gantry_model::{AgentId, RunId, StepOutcome, TaskId};
 
 use super::advance::component;
 use super::{AttemptRecord, RunRecord, RunState, TaskKind, TaskRecord, TaskState};
@@ -14,7 +14,34 @@ pub enum OutcomeEffect {
     /// The attempt failed and the retry policy allows another one.
     Retrying { next_attempt: u32, not_before: i64 },
     /// Not the current attempt, or already recorded: nothing changed.
-    Ignored(String),
+    Ignored(AttemptError),
+}
+
+/// Why an assignment, a start or a result does not apply to a task as it is now: placements
+/// and reports made on an older state arrive late, and are then left out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// The run has ended or is being canceled: nothing more is placed.
+    #[error("run is {0}")]
+    RunNotActive(RunState),
+    #[error("no task {0:?}")]
+    NoTask(TaskId),
+    #[error("task {task:?} is {state}, not READY")]
+    NotReady { task: TaskId, state: TaskState },
+    #[error("attempt {attempt} is not the next one ({expected})")]
+    NotNext { attempt: u32, expected: u32 },
+    #[error("attempt {attempt} is not the current attempt ({current:?})")]
+    NotCurrent { attempt: u32, current: Option<u32> },
+    #[error("attempt {0} already has a result")]
+    AlreadyRecorded(u32),
+}
+
+/// A run that is not FAILED or CANCELED cannot be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run_id} is {state}: only a FAILED or CANCELED run can be retried")]
+pub struct NotRetryable {
+    pub run_id: RunId,
+    pub state: RunState,
 }
 
 /// Attempts of one task that may be lost with their agents before the task fails: apart from
@@ -36,20 +63,20 @@ pub fn task_spec<'a>(run: &'a RunRecord, rec: &TaskRecord) -> Option<&'a TaskSpe
 /// The READY container task `task_id` of a run still going: what placement acts on.
 fn ready_container<'a>(
     run: &'a mut RunRecord,
-    task_id: &str,
-) -> Result<&'a mut TaskRecord, String> {
+    task_id: &TaskId,
+) -> Result<&'a mut TaskRecord, AttemptError> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
-        return Err(format!("run is {}", run.state.as_str()));
+        return Err(AttemptError::RunNotActive(run.state));
     }
     let rec = run
         .tasks
         .get_mut(task_id)
-        .ok_or_else(|| format!("no task {task_id:?}"))?;
+        .ok_or_else(|| AttemptError::NoTask(task_id.clone()))?;
     if rec.kind != TaskKind::Container || rec.state != TaskState::Ready {
-        return Err(format!(
-            "task {task_id:?} is {}, not READY",
-            rec.state.as_str()
-        ));
+        return Err(AttemptError::NotReady {
+            task: task_id.clone(),
+            state: rec.state,
+        });
     }
     Ok(rec)
 }
@@ -57,22 +84,20 @@ fn ready_container<'a>(
 /// Commits the placement of the next attempt of a ready task.
 pub fn record_assignment(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
-    agent: &str,
+    agent: &AgentId,
     gpus: &[String],
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), AttemptError> {
     let rec = ready_container(run, task_id)?;
     let expected = rec.attempts.len() as u32 + 1;
     if attempt != expected {
-        return Err(format!(
-            "attempt {attempt} is not the next one ({expected})"
-        ));
+        return Err(AttemptError::NotNext { attempt, expected });
     }
     rec.attempts.push(AttemptRecord {
         number: attempt,
-        agent: agent.to_string(),
+        agent: agent.clone(),
         gpus: gpus.to_vec(),
         assigned_at: now,
         started_at: None,
@@ -90,27 +115,25 @@ pub fn record_assignment(
 
 fn current_running<'a>(
     run: &'a mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
-) -> Result<&'a mut TaskRecord, String> {
+) -> Result<&'a mut TaskRecord, AttemptError> {
     let rec = run
         .tasks
         .get_mut(task_id)
-        .ok_or_else(|| format!("no task {task_id:?}"))?;
+        .ok_or_else(|| AttemptError::NoTask(task_id.clone()))?;
     let current = rec.attempts.last().map(|a| a.number);
     if current != Some(attempt) {
-        return Err(format!(
-            "attempt {attempt} is not the current attempt ({current:?})"
-        ));
+        return Err(AttemptError::NotCurrent { attempt, current });
     }
     if rec.state != TaskState::Running || rec.attempts.last().is_some_and(|a| a.outcome.is_some()) {
-        return Err(format!("attempt {attempt} already has a result"));
+        return Err(AttemptError::AlreadyRecorded(attempt));
     }
     Ok(rec)
 }
 
 /// Notes that the agent started the container of an attempt.
-pub fn record_started(run: &mut RunRecord, task_id: &str, attempt: u32, now: i64) -> bool {
+pub fn record_started(run: &mut RunRecord, task_id: &TaskId, attempt: u32, now: i64) -> bool {
     match current_running(run, task_id, attempt) {
         Ok(rec) => {
             if let Some(a) = rec.attempts.last_mut() {
@@ -145,7 +168,7 @@ fn backoff_ms(spec: Option<&TaskSpec>, failed_attempt: u32) -> Option<i64> {
 /// late or duplicate report changes nothing. Call [`super::advance`] afterwards.
 pub fn record_outcome(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     attempt: u32,
     outcome: StepOutcome,
     now: i64,
@@ -249,10 +272,10 @@ pub fn record_outcome(
 /// attempt would meet the same fleet.
 pub fn fail_unschedulable(
     run: &mut RunRecord,
-    task_id: &str,
+    task_id: &TaskId,
     reason: &str,
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), AttemptError> {
     let rec = ready_container(run, task_id)?;
     let error = format!("unschedulable: {reason}");
     rec.state = TaskState::Failed;
@@ -267,7 +290,7 @@ pub fn fail_unschedulable(
 /// Starts canceling a run: tasks not yet running are canceled now; the returned running
 /// attempts (task id, attempt, agent) must be stopped on their agents, and their reports
 /// finish the cancellation.
-pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(String, u32, String)> {
+pub fn cancel_run(run: &mut RunRecord, now: i64) -> Vec<(TaskId, u32, AgentId)> {
     cancel_run_because(run, now, "run canceled")
 }
 
@@ -276,7 +299,7 @@ pub(crate) fn cancel_run_because(
     run: &mut RunRecord,
     now: i64,
     reason: &str,
-) -> Vec<(String, u32, String)> {
+) -> Vec<(TaskId, u32, AgentId)> {
     if run.state.is_terminal() || run.state == RunState::Canceling {
         return Vec::new();
     }
@@ -304,17 +327,16 @@ pub(crate) fn cancel_run_because(
 /// were served from the cache) keep their outputs; every other task is forgotten and decided
 /// again, so it runs anew with the same inputs. The DAGs and loops around kept tasks run
 /// again. Call [`super::advance`] afterwards.
-pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), String> {
+pub fn retry_run(run: &mut RunRecord, now: i64) -> Result<(), NotRetryable> {
     if !matches!(run.state, RunState::Failed | RunState::Canceled) {
-        return Err(format!(
-            "run {} is {}: only a FAILED or CANCELED run can be retried",
-            run.run_id,
-            run.state.as_str()
-        ));
+        return Err(NotRetryable {
+            run_id: run.run_id.clone(),
+            state: run.state,
+        });
     }
     // DAGs (and loops) that contain a kept task stay, reopened; the rest goes.
-    let mut reopen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    reopen.insert(super::ROOT_TASK_ID.to_string());
+    let mut reopen: std::collections::BTreeSet<TaskId> = std::collections::BTreeSet::new();
+    reopen.insert(TaskId::from(super::ROOT_TASK_ID));
     for t in run.tasks.values().filter(|t| t.state.is_success()) {
         let mut parent = t.parent.clone();
         while let Some(p) = parent {

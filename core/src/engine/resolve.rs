@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use gantry_model::{ArtifactRef, ParamType, StepInputs};
+use gantry_model::{ArtifactRef, ParamError, ParamType, StepInputs};
 use serde_json::{json, Value};
 
 use super::{RunRecord, TaskRecord, TaskState};
+use crate::ir::selector::SelectorError;
 use crate::ir::{
     selector, ArtifactSource, ComponentSpec, DagOutputParameter, DagSpec, Implementation,
     IteratorItems, OutputSelector, ParameterSource, TaskSpec,
@@ -22,11 +23,46 @@ pub(crate) fn dag_body(comp: &ComponentSpec) -> Option<&DagSpec> {
 /// What resolving a task's inputs found.
 pub(crate) enum Resolution {
     Resolved(StepInputs),
-    /// An input comes from a task that was skipped: the task cannot run and is skipped too.
+    /// An input comes from a task that was skipped: the task cannot run and is skipped too
+    /// (the text is the skip reason shown on the task, not an error).
     Unavailable(String),
     /// The inputs are inconsistent at run time (a producer lacks a declared output, a type
     /// does not convert): the task fails.
-    Error(String),
+    Error(ResolveError),
+}
+
+/// Why a task's inputs, or a finished DAG's outputs, cannot be resolved at run time.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("producer task {0:?} has not run")]
+    ProducerNotRun(String),
+    #[error("task {task:?} finished without output parameter {output:?}")]
+    NoOutputParameter { task: String, output: String },
+    #[error("task {task:?} finished without output artifact {output:?}")]
+    NoOutputArtifact { task: String, output: String },
+    #[error("parent DAG {0:?} is not instantiated")]
+    NoParent(String),
+    /// A `PipelineTaskFinalStatus` input names a task that has not run.
+    #[error("input {input:?}: task {task:?} has not run")]
+    StatusOfTaskNotRun { input: String, task: String },
+    #[error("input {input:?}: {error}")]
+    Selector { input: String, error: SelectorError },
+    #[error("input {input:?}: {error}")]
+    Type { input: String, error: ParamError },
+    #[error("required input {0:?} has no value")]
+    NoInput(String),
+    #[error("required input artifact {0:?} has no value")]
+    NoInputArtifact(String),
+    #[error("output {output:?}: {error}")]
+    DagOutput {
+        output: String,
+        error: Box<ResolveError>,
+    },
+    #[error("output artifact {output:?}: {error}")]
+    DagOutputArtifact {
+        output: String,
+        error: Box<ResolveError>,
+    },
 }
 
 fn sibling<'a>(run: &'a RunRecord, parent_id: &str, name: &str) -> Option<&'a TaskRecord> {
@@ -73,9 +109,8 @@ fn task_output_parameter(
     sel: &OutputSelector,
 ) -> Result<Option<Value>, Resolution> {
     let Some(producer) = sibling(run, parent_id, &sel.producer_task) else {
-        return Err(Resolution::Error(format!(
-            "producer task {:?} has not run",
-            sel.producer_task
+        return Err(Resolution::Error(ResolveError::ProducerNotRun(
+            sel.producer_task.clone(),
         )));
     };
     if !producer.state.is_success() {
@@ -83,10 +118,10 @@ fn task_output_parameter(
     }
     match producer.outputs.parameters.get(&sel.output_key) {
         Some(v) => Ok(Some(v.clone())),
-        None => Err(Resolution::Error(format!(
-            "task {:?} finished without output parameter {:?}",
-            sel.producer_task, sel.output_key
-        ))),
+        None => Err(Resolution::Error(ResolveError::NoOutputParameter {
+            task: sel.producer_task.clone(),
+            output: sel.output_key.clone(),
+        })),
     }
 }
 
@@ -96,9 +131,8 @@ fn task_output_artifacts(
     sel: &OutputSelector,
 ) -> Result<Option<Vec<ArtifactRef>>, Resolution> {
     let Some(producer) = sibling(run, parent_id, &sel.producer_task) else {
-        return Err(Resolution::Error(format!(
-            "producer task {:?} has not run",
-            sel.producer_task
+        return Err(Resolution::Error(ResolveError::ProducerNotRun(
+            sel.producer_task.clone(),
         )));
     };
     if !producer.state.is_success() {
@@ -106,10 +140,10 @@ fn task_output_artifacts(
     }
     match producer.outputs.artifacts.get(&sel.output_key) {
         Some(v) => Ok(Some(v.clone())),
-        None => Err(Resolution::Error(format!(
-            "task {:?} finished without output artifact {:?}",
-            sel.producer_task, sel.output_key
-        ))),
+        None => Err(Resolution::Error(ResolveError::NoOutputArtifact {
+            task: sel.producer_task.clone(),
+            output: sel.output_key.clone(),
+        })),
     }
 }
 
@@ -121,7 +155,7 @@ pub(crate) fn resolve_inputs(
     component: &ComponentSpec,
 ) -> Resolution {
     let Some(parent) = run.tasks.get(parent_id) else {
-        return Resolution::Error(format!("parent DAG {parent_id:?} is not instantiated"));
+        return Resolution::Error(ResolveError::NoParent(parent_id.to_string()));
     };
     // A loop's item input is bound per iteration, not here.
     let item_input = task.iterator.as_ref().map(|it| it.item_input.as_str());
@@ -155,16 +189,22 @@ pub(crate) fn resolve_inputs(
             ParameterSource::TaskFinalStatus(producer) => match sibling(run, parent_id, producer) {
                 Some(t) => Some(final_status(run, t)),
                 None => {
-                    return Resolution::Error(format!(
-                        "input {name:?}: task {producer:?} has not run"
-                    ))
+                    return Resolution::Error(ResolveError::StatusOfTaskNotRun {
+                        input: name.clone(),
+                        task: producer.clone(),
+                    })
                 }
             },
         };
         let value = match (value, &binding.selector) {
             (Some(v), Some(sel)) => match selector::select(sel, &v) {
                 Ok(v) => Some(v),
-                Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
+                Err(error) => {
+                    return Resolution::Error(ResolveError::Selector {
+                        input: name.clone(),
+                        error,
+                    })
+                }
             },
             (v, _) => v,
         };
@@ -179,7 +219,12 @@ pub(crate) fn resolve_inputs(
                         Implementation::Dag(_) => v,
                         Implementation::Executor(_) => Value::String(v.to_string()),
                     },
-                    Err(e) => return Resolution::Error(format!("input {name:?}: {e}")),
+                    Err(error) => {
+                        return Resolution::Error(ResolveError::Type {
+                            input: name.clone(),
+                            error,
+                        })
+                    }
                 },
                 None => v,
             };
@@ -200,7 +245,7 @@ pub(crate) fn resolve_inputs(
             // status, so the step gets the run's own, still running.
             parameters.insert(name.clone(), run_status(run));
         } else if !def.optional {
-            return Resolution::Error(format!("required input {name:?} has no value"));
+            return Resolution::Error(ResolveError::NoInput(name.clone()));
         }
     }
 
@@ -233,7 +278,7 @@ pub(crate) fn resolve_inputs(
     for (name, def) in &component.input_artifacts {
         let is_item = item_is_artifact && item_input == Some(name);
         if !(artifacts.contains_key(name) || def.optional || is_item) {
-            return Resolution::Error(format!("required input artifact {name:?} has no value"));
+            return Resolution::Error(ResolveError::NoInputArtifact(name.clone()));
         }
     }
     Resolution::Resolved(StepInputs {
@@ -247,7 +292,7 @@ pub(crate) fn dag_outputs(
     run: &RunRecord,
     dag_task_id: &str,
     dag: &DagSpec,
-) -> Result<super::TaskOutputs, String> {
+) -> Result<super::TaskOutputs, ResolveError> {
     let mut out = super::TaskOutputs::default();
     for (name, spec) in &dag.output_parameters {
         let selectors: Vec<&OutputSelector> = match spec {
@@ -261,7 +306,12 @@ pub(crate) fn dag_outputs(
                     break;
                 }
                 Ok(None) => continue,
-                Err(Resolution::Error(e)) => return Err(format!("output {name:?}: {e}")),
+                Err(Resolution::Error(e)) => {
+                    return Err(ResolveError::DagOutput {
+                        output: name.clone(),
+                        error: Box::new(e),
+                    })
+                }
                 Err(_) => continue,
             }
         }
@@ -274,7 +324,12 @@ pub(crate) fn dag_outputs(
                     break;
                 }
                 Ok(None) => continue,
-                Err(Resolution::Error(e)) => return Err(format!("output artifact {name:?}: {e}")),
+                Err(Resolution::Error(e)) => {
+                    return Err(ResolveError::DagOutputArtifact {
+                        output: name.clone(),
+                        error: Box::new(e),
+                    })
+                }
                 Err(_) => continue,
             }
         }

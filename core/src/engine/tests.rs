@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_model::{ArtifactRef, StepOutcome};
+use gantry_model::{AgentId, ArtifactRef, StepOutcome, TaskId};
 use serde_json::{json, Value};
 
 use super::*;
@@ -30,7 +30,7 @@ fn new_run(yaml: &str, params: &[(&str, Value)]) -> RunRecord {
 }
 
 fn ready(run: &RunRecord) -> Vec<String> {
-    run.ready_tasks().map(|t| t.task_id.clone()).collect()
+    run.ready_tasks().map(|t| t.task_id.to_string()).collect()
 }
 
 fn state(run: &RunRecord, id: &str) -> TaskState {
@@ -41,8 +41,9 @@ fn state(run: &RunRecord, id: &str) -> TaskState {
 }
 
 fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now: i64) {
+    let id = &TaskId::from(id);
     let attempt = run.tasks[id].attempts.len() as u32 + 1;
-    record_assignment(run, id, attempt, "agent-a", &[], now).expect("assignable");
+    record_assignment(run, id, attempt, &"agent-a".into(), &[], now).expect("assignable");
     let spec = step_spec(run, id, attempt).expect("step spec");
     let artifacts = artifacts
         .iter()
@@ -77,8 +78,9 @@ fn succeed(run: &mut RunRecord, id: &str, params: Value, artifacts: &[&str], now
 }
 
 fn fail(run: &mut RunRecord, id: &str, error: &str, now: i64) -> OutcomeEffect {
+    let id = &TaskId::from(id);
     let attempt = run.tasks[id].attempts.len() as u32 + 1;
-    record_assignment(run, id, attempt, "agent-a", &[], now).expect("assignable");
+    record_assignment(run, id, attempt, &"agent-a".into(), &[], now).expect("assignable");
     let effect = record_outcome(
         run,
         id,
@@ -124,8 +126,8 @@ fn linear_pipeline_passes_parameters_and_artifacts_in_order() {
 #[test]
 fn step_spec_carries_the_executor_and_unique_output_uris() {
     let run = new_run(LINEAR, &[]);
-    let a = step_spec(&run, "make-data", 1).unwrap();
-    let b = step_spec(&run, "make-data", 2).unwrap();
+    let a = step_spec(&run, &"make-data".into(), 1).unwrap();
+    let b = step_spec(&run, &"make-data".into(), 2).unwrap();
     assert_eq!(a.container.image, "python:3.11-slim");
     assert!(a.container.args.iter().any(|x| x == "{{$}}"));
     assert_ne!(
@@ -157,11 +159,14 @@ fn elif_branch_runs_and_oneof_output_reaches_the_consumer() {
     assert_eq!(inner.len(), 1, "{inner:?}");
     assert!(inner[0].starts_with("condition-branches-1/condition-3/"));
     assert_eq!(
-        run.tasks[&inner[0]].inputs.parameters["text"],
+        run.tasks[inner[0].as_str()].inputs.parameters["text"],
         json!("medium")
     );
     assert_eq!(
-        run.tasks[&inner[0]].parent.as_deref(),
+        run.tasks[inner[0].as_str()]
+            .parent
+            .as_ref()
+            .map(TaskId::as_str),
         Some("condition-branches-1/condition-3")
     );
 
@@ -206,7 +211,7 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
     let mut r = ready(&run);
     r.sort();
     assert_eq!(r, vec!["boom", "ok-2"]);
-    record_assignment(&mut run, "ok-2", 1, "agent-a", &[], 1).unwrap();
+    record_assignment(&mut run, &"ok-2".into(), 1, &"agent-a".into(), &[], 1).unwrap();
     fail(&mut run, "boom", "boom: x", 2);
     assert_eq!(state(&run, "boom"), TaskState::Failed);
     assert_eq!(state(&run, "ok"), TaskState::Skipped);
@@ -219,7 +224,7 @@ fn a_failure_skips_dependents_lets_independent_work_finish_and_fails_the_run() {
     assert_eq!(run.state, RunState::Running);
     let effect = record_outcome(
         &mut run,
-        "ok-2",
+        &"ok-2".into(),
         1,
         StepOutcome::Succeeded {
             parameters: [("Output".to_string(), json!("independent"))].into(),
@@ -249,7 +254,7 @@ fn a_failure_skips_a_chain_of_dependents_within_one_result() {
 #[test]
 fn late_and_duplicate_reports_change_nothing() {
     let mut run = new_run(LINEAR, &[]);
-    record_assignment(&mut run, "make-data", 1, "a", &[], 1).unwrap();
+    record_assignment(&mut run, &"make-data".into(), 1, &"a".into(), &[], 1).unwrap();
     let ok = StepOutcome::Succeeded {
         parameters: [("Output".to_string(), json!(10))].into(),
         artifacts: [(
@@ -265,11 +270,11 @@ fn late_and_duplicate_reports_change_nothing() {
         .into(),
     };
     assert!(matches!(
-        record_outcome(&mut run, "make-data", 2, ok.clone(), 2),
+        record_outcome(&mut run, &"make-data".into(), 2, ok.clone(), 2),
         OutcomeEffect::Ignored(_)
     ));
     assert_eq!(
-        record_outcome(&mut run, "make-data", 1, ok.clone(), 3),
+        record_outcome(&mut run, &"make-data".into(), 1, ok.clone(), 3),
         OutcomeEffect::Recorded
     );
     let before = run.clone();
@@ -278,16 +283,16 @@ fn late_and_duplicate_reports_change_nothing() {
         exit_code: Some(1),
     };
     assert!(matches!(
-        record_outcome(&mut run, "make-data", 1, late_failure, 4),
+        record_outcome(&mut run, &"make-data".into(), 1, late_failure, 4),
         OutcomeEffect::Ignored(_)
     ));
     assert!(matches!(
-        record_outcome(&mut run, "make-data", 1, ok, 5),
+        record_outcome(&mut run, &"make-data".into(), 1, ok, 5),
         OutcomeEffect::Ignored(_)
     ));
     assert_eq!(run, before);
     // a second assignment of a finished task is refused too
-    assert!(record_assignment(&mut run, "make-data", 2, "a", &[], 6).is_err());
+    assert!(record_assignment(&mut run, &"make-data".into(), 2, &"a".into(), &[], 6).is_err());
 }
 
 #[test]
@@ -323,17 +328,17 @@ fn retry_policy_reschedules_with_backoff_then_gives_up() {
 #[test]
 fn cancel_stops_running_attempts_and_ends_the_run_canceled() {
     let mut run = new_run(FAILING, &[]);
-    record_assignment(&mut run, "boom", 1, "agent-a", &[], 1).unwrap();
+    record_assignment(&mut run, &"boom".into(), 1, &"agent-a".into(), &[], 1).unwrap();
     let to_stop = cancel_run(&mut run, 2);
     assert_eq!(
         to_stop,
-        vec![("boom".to_string(), 1, "agent-a".to_string())]
+        vec![(TaskId::from("boom"), 1, AgentId::from("agent-a"))]
     );
     assert_eq!(run.state, RunState::Canceling);
     assert_eq!(state(&run, "ok-2"), TaskState::Canceled);
     advance(&mut run, 2);
     assert_eq!(run.state, RunState::Canceling);
-    record_outcome(&mut run, "boom", 1, StepOutcome::Canceled, 3);
+    record_outcome(&mut run, &"boom".into(), 1, StepOutcome::Canceled, 3);
     advance(&mut run, 3);
     assert_eq!(run.state, RunState::Canceled);
     assert_eq!(state(&run, "ok"), TaskState::Canceled);
@@ -354,15 +359,15 @@ fn loop_selectors_are_checked_at_submit() {
     };
     let t = dag.tasks.get_mut("describe").unwrap();
     t.parameters.get_mut("label").unwrap().selector = Some("exec(string_value)".into());
-    let err = check_supported(&spec).unwrap_err();
+    let err = check_supported(&spec).unwrap_err().to_string();
     assert!(err.contains("describe") && err.contains("exec"), "{err}");
 }
 
 fn ids_with(run: &RunRecord, suffix: &str) -> Vec<String> {
     run.tasks
         .keys()
-        .filter(|k| k.ends_with(suffix))
-        .cloned()
+        .filter(|k| k.as_str().ends_with(suffix))
+        .map(TaskId::to_string)
         .collect()
 }
 
@@ -559,7 +564,10 @@ fn a_retried_run_keeps_what_succeeded_and_reruns_the_rest() {
     succeed(&mut run, "total", json!({"Output": 61}), &[], 40);
     succeed(&mut run, "read-all", json!({"Output": "25,36"}), &[], 41);
     assert_eq!(run.state, RunState::Succeeded);
-    assert!(retry_run(&mut run, 50).unwrap_err().contains("SUCCEEDED"));
+    assert_eq!(
+        retry_run(&mut run, 50).unwrap_err().to_string(),
+        "run run-1 is SUCCEEDED: only a FAILED or CANCELED run can be retried"
+    );
 }
 
 /// Runs every ready step with `Output` = its `text` input (what `say` and `flag` return).
@@ -569,7 +577,7 @@ fn run_echoing(run: &mut RunRecord) {
         let ready = ready(run);
         assert!(!ready.is_empty(), "stuck: {:#?}", run.tasks.keys());
         for id in ready {
-            let t = &run.tasks[&id];
+            let t = &run.tasks[id.as_str()];
             let out = t
                 .inputs
                 .parameters
@@ -591,7 +599,7 @@ fn conditions_on_loop_items_and_nested_outputs_pick_one_branch_per_iteration() {
     let said = |prefix: &str| -> Vec<Value> {
         run.tasks
             .values()
-            .filter(|t| t.task_id.starts_with(prefix) && t.state == TaskState::Succeeded)
+            .filter(|t| t.task_id.as_str().starts_with(prefix) && t.state == TaskState::Succeeded)
             .filter(|t| t.name.starts_with("say"))
             .map(|t| t.outputs.parameters["Output"].clone())
             .collect()
@@ -650,7 +658,7 @@ fn a_loop_over_an_artifact_list_gives_each_iteration_one_artifact() {
     let printers = ids_with(&run, "/print-artifact-name");
     assert_eq!(printers.len(), 4, "{printers:?}");
     for (i, want) in collected.iter().enumerate() {
-        let t = &run.tasks[&format!("for-loop-1/iteration-{i}/print-artifact-name")];
+        let t = &run.tasks[format!("for-loop-1/iteration-{i}/print-artifact-name").as_str()];
         assert_eq!(t.inputs.artifacts["artifact"], vec![want.clone()]);
         assert_eq!(t.iteration, Some(i as u32));
     }
@@ -670,12 +678,18 @@ fn resources_decided_at_run_time_come_from_task_inputs() {
     );
     let r = ready(&run);
     assert_eq!(r.len(), 1);
-    let res = task_resources(&run, &run.tasks[&r[0]]).unwrap();
+    let res = task_resources(&run, &run.tasks[r[0].as_str()]).unwrap();
     assert_eq!(res.cpu_limit, Some(0.5));
     assert_eq!(res.memory_limit_bytes, Some(2 << 30));
     assert_eq!(res.accelerator_count, 2);
     assert_eq!(res.accelerator_type.as_deref(), Some("NVIDIA_H100"));
-    assert_eq!(step_spec(&run, &r[0], 1).unwrap().container.resources, res);
+    assert_eq!(
+        step_spec(&run, &r[0].as_str().into(), 1)
+            .unwrap()
+            .container
+            .resources,
+        res
+    );
 
     let bad = new_run(MACHINE_FIELDS, &[("cpu_limit", json!("lots"))]);
     let t = bad

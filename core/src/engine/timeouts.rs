@@ -61,7 +61,10 @@ pub fn attempt_deadline(run: &RunRecord, task: &TaskRecord) -> Option<(u32, i64)
 /// Fails a run past its deadline at `now`: tasks not running are canceled, the returned
 /// running attempts (task id, attempt, agent) must be stopped, and the run ends FAILED once
 /// they report. Nothing happens before the deadline or to a run already ending.
-pub fn time_out_run(run: &mut RunRecord, now: i64) -> Option<Vec<(String, u32, String)>> {
+pub fn time_out_run(
+    run: &mut RunRecord,
+    now: i64,
+) -> Option<Vec<(gantry_model::TaskId, u32, gantry_model::AgentId)>> {
     let deadline = run_deadline(run)?;
     if now < deadline || run.state.is_terminal() || run.state == RunState::Canceling {
         return None;

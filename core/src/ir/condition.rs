@@ -27,6 +27,8 @@ use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Program, Value as Cel};
 use serde_json::Value;
 
+use super::selector::SelectorError;
+
 /// The name of the one variable a condition may use.
 pub const VARIABLE: &str = "inputs";
 
@@ -67,6 +69,47 @@ const FUNCTIONS: &[&str] = &[
 
 pub(crate) const PARSER_GAVE_UP: &str = "not a valid CEL expression (the parser could not read it)";
 
+/// An expression whose shape the CEL parser could not survive (see [`check_shape`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("the expression is too long ({0} bytes, at most {MAX_LENGTH})")]
+    TooLong(usize),
+    #[error("the expression nests brackets more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+    #[error("the expression chains more than {MAX_CHAIN} operators without && or ||")]
+    ChainTooLong,
+}
+
+/// Why a condition does not compile or cannot be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionError {
+    #[error("the condition is empty")]
+    Empty,
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// The parser panicked (it does on some malformed input) and the panic was caught.
+    #[error("{PARSER_GAVE_UP}")]
+    ParserGaveUp,
+    /// The parser's own message, on one line.
+    #[error("not a valid CEL expression: {0}")]
+    Syntax(String),
+    #[error("unknown variable {0:?}: a condition can only read {VARIABLE}.parameter_values")]
+    UnknownVariable(String),
+    #[error("unknown function {0:?}")]
+    UnknownFunction(String),
+    /// `known` lists the parameters that have values (shortened).
+    #[error("the condition reads parameter {name:?}, which has no value (known: {known})")]
+    MissingParameter { name: String, known: String },
+    #[error("the CEL interpreter failed (panicked) on this condition")]
+    Panicked,
+    /// The interpreter's own message (a type error, a division by zero...).
+    #[error("{0}")]
+    Evaluation(String),
+    /// What it yields instead (`the int 3`).
+    #[error("the condition yields {0}, not a boolean")]
+    NotBoolean(String),
+}
+
 /// A compiled condition.
 pub struct Condition {
     source: String,
@@ -99,16 +142,19 @@ impl Condition {
     /// Reading a parameter that is not in `parameter_values` is an error (CEL's "no such key"),
     /// not a null: `cel-interpreter` would quietly yield null, and a condition on a value that
     /// never arrived must not silently be false.
-    pub fn evaluate(&self, parameter_values: &BTreeMap<String, Value>) -> Result<bool, String> {
+    pub fn evaluate(
+        &self,
+        parameter_values: &BTreeMap<String, Value>,
+    ) -> Result<bool, ConditionError> {
         if let Some(k) = self
             .parameter_keys()
             .into_iter()
             .find(|k| !parameter_values.contains_key(k))
         {
-            return Err(format!(
-                "the condition reads parameter {k:?}, which has no value (known: {})",
-                super::error::list_names(parameter_values.keys().map(String::as_str))
-            ));
+            return Err(ConditionError::MissingParameter {
+                name: k,
+                known: super::error::list_names(parameter_values.keys().map(String::as_str)),
+            });
         }
         // The CEL map type is a hash map; it is only looked up here, never iterated.
         let values = Cel::Map(Map {
@@ -132,14 +178,11 @@ impl Condition {
         let mut context = Context::default();
         context.add_variable_from_value(VARIABLE, Cel::Map(inputs));
         let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
-            .map_err(|_| "the CEL interpreter failed (panicked) on this condition".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConditionError::Panicked)?
+            .map_err(|e| ConditionError::Evaluation(e.to_string()))?;
         match result {
             Cel::Bool(b) => Ok(b),
-            other => Err(format!(
-                "the condition yields {}, not a boolean",
-                describe(&other)
-            )),
+            other => Err(ConditionError::NotBoolean(describe(&other))),
         }
     }
 }
@@ -159,23 +202,18 @@ pub const MAX_CHAIN: usize = 24;
 /// level (24 levels of `int(...)` take seconds), and about 14 nested parentheses overflow a
 /// 2 MiB thread stack in a debug build (about 280 in release). A stack overflow aborts the
 /// process and cannot be caught, so these limits are checked before the parser runs.
-pub(crate) fn check_shape(expr: &str) -> Result<(), String> {
+pub(crate) fn check_shape(expr: &str) -> Result<(), ShapeError> {
     if expr.len() > MAX_LENGTH {
-        return Err(format!(
-            "the expression is too long ({} bytes, at most {MAX_LENGTH})",
-            expr.len()
-        ));
+        return Err(ShapeError::TooLong(expr.len()));
     }
     let chars: Vec<char> = expr.chars().collect();
     // One operator counter per open nesting level.
     let mut chains: Vec<usize> = vec![0];
-    let bump = |chains: &mut Vec<usize>| -> Result<(), String> {
+    let bump = |chains: &mut Vec<usize>| -> Result<(), ShapeError> {
         if let Some(c) = chains.last_mut() {
             *c += 1;
             if *c > MAX_CHAIN {
-                return Err(format!(
-                    "the expression chains more than {MAX_CHAIN} operators without && or ||"
-                ));
+                return Err(ShapeError::ChainTooLong);
             }
         }
         Ok(())
@@ -215,9 +253,7 @@ pub(crate) fn check_shape(expr: &str) -> Result<(), String> {
                 }
                 chains.push(0);
                 if chains.len() > MAX_DEPTH + 1 {
-                    return Err(format!(
-                        "the expression nests brackets more than {MAX_DEPTH} levels deep"
-                    ));
+                    return Err(ShapeError::TooDeep);
                 }
             }
             ')' | ']' | '}' if chains.len() > 1 => {
@@ -253,24 +289,22 @@ pub(crate) fn check_shape(expr: &str) -> Result<(), String> {
 
 /// Parses a condition and checks that it reads nothing but `inputs` and calls only known
 /// functions. The error says why, with the parser's position.
-pub fn compile(expr: &str) -> Result<Condition, String> {
+pub fn compile(expr: &str) -> Result<Condition, ConditionError> {
     if expr.trim().is_empty() {
-        return Err("the condition is empty".into());
+        return Err(ConditionError::Empty);
     }
     check_shape(expr)?;
     // The ANTLR-generated parser panics on some malformed input (`a ==`) instead of
     // returning an error; the panic is caught here. (This needs `panic = "unwind"`, the
     // default: a profile with `panic = "abort"` would let a bad condition stop the process.)
     let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
-        .map_err(|_| PARSER_GAVE_UP.to_string())?
-        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))?;
+        .map_err(|_| ConditionError::ParserGaveUp)?
+        .map_err(|e| ConditionError::Syntax(one_line(&e.to_string())))?;
     let references = program.references();
     let mut variables = references.variables();
     variables.sort_unstable();
     if let Some(v) = variables.iter().find(|v| **v != VARIABLE) {
-        return Err(format!(
-            "unknown variable {v:?}: a condition can only read {VARIABLE}.parameter_values"
-        ));
+        return Err(ConditionError::UnknownVariable(v.to_string()));
     }
     let mut functions = references.functions();
     functions.sort_unstable();
@@ -278,7 +312,7 @@ pub fn compile(expr: &str) -> Result<Condition, String> {
         .iter()
         .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
     {
-        return Err(format!("unknown function {f:?}"));
+        return Err(ConditionError::UnknownFunction(f.to_string()));
     }
     Ok(Condition {
         source: expr.to_string(),
@@ -287,21 +321,24 @@ pub fn compile(expr: &str) -> Result<Condition, String> {
 }
 
 /// Compiles and evaluates `expr` with `parameter_values` as `inputs.parameter_values`.
-pub fn evaluate(expr: &str, parameter_values: &BTreeMap<String, Value>) -> Result<bool, String> {
+pub fn evaluate(
+    expr: &str,
+    parameter_values: &BTreeMap<String, Value>,
+) -> Result<bool, ConditionError> {
     compile(expr)?.evaluate(parameter_values)
 }
 
 /// Checks that a `parameterExpressionSelector` (`parseJson(string_value)["A_a"]`) is a CEL
 /// expression; it is evaluated elsewhere, with its own variables and functions.
-pub fn check_selector_syntax(expr: &str) -> Result<(), String> {
+pub fn check_selector_syntax(expr: &str) -> Result<(), SelectorError> {
     if expr.trim().is_empty() {
-        return Err("the selector is empty".into());
+        return Err(SelectorError::Empty);
     }
     check_shape(expr)?;
     catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
-        .map_err(|_| PARSER_GAVE_UP.to_string())?
+        .map_err(|_| SelectorError::ParserGaveUp)?
         .map(|_| ())
-        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))
+        .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))
 }
 
 /// The keys of `parameter_values['KEY']` (or `"KEY"`) in `expr`.
@@ -450,33 +487,36 @@ mod tests {
     fn non_boolean_results_are_errors() {
         let v = values(&[("x", json!(3))]);
         let e = evaluate("inputs.parameter_values['x']", &v).unwrap_err();
-        assert!(e.contains("not a boolean"), "{e}");
+        assert!(e.to_string().contains("not a boolean"), "{e}");
         let e = evaluate(
             "inputs.parameter_values['s']",
             &values(&[("s", json!("a"))]),
         )
         .unwrap_err();
-        assert!(e.contains("the string \"a\""), "{e}");
+        assert!(e.to_string().contains("the string \"a\""), "{e}");
     }
 
     #[test]
     fn missing_parameters_are_errors_not_panics() {
         let e = evaluate("inputs.parameter_values['nope'] == 'x'", &BTreeMap::new()).unwrap_err();
-        assert!(e.contains("nope"), "{e}");
+        assert!(e.to_string().contains("nope"), "{e}");
     }
 
     #[test]
     fn compile_refuses_bad_syntax_unknown_variables_and_functions() {
         assert!(compile("inputs.parameter_values['x'] ==")
             .unwrap_err()
+            .to_string()
             .contains("not a valid CEL"));
-        assert!(compile("").unwrap_err().contains("empty"));
+        assert!(compile("").unwrap_err().to_string().contains("empty"));
         assert!(compile("(((").is_err());
         assert!(compile("outputs.x == 1")
             .unwrap_err()
+            .to_string()
             .contains("unknown variable \"outputs\""));
         assert!(compile("frobnicate(inputs.parameter_values['x'])")
             .unwrap_err()
+            .to_string()
             .contains("unknown function \"frobnicate\""));
         assert!(compile("size(inputs.parameter_values['x']) > 0").is_ok());
     }
@@ -516,17 +556,27 @@ mod tests {
     #[test]
     fn shapes_that_would_overflow_the_parser_are_refused() {
         let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
-        assert!(compile(&deep).unwrap_err().contains("more than 8 levels"));
+        assert!(compile(&deep)
+            .unwrap_err()
+            .to_string()
+            .contains("more than 8 levels"));
         let calls = format!("{}1{} > 0", "int(".repeat(30), ")".repeat(30));
-        assert!(compile(&calls).unwrap_err().contains("more than 8 levels"));
+        assert!(compile(&calls)
+            .unwrap_err()
+            .to_string()
+            .contains("more than 8 levels"));
         let chain = vec!["1"; 100].join(" + ") + " > 0";
-        assert!(compile(&chain).unwrap_err().contains("chains more than 24"));
+        assert!(compile(&chain)
+            .unwrap_err()
+            .to_string()
+            .contains("chains more than 24"));
         let members = format!("inputs{} == 1", ".a".repeat(100));
         assert!(compile(&members)
             .unwrap_err()
+            .to_string()
             .contains("chains more than 24"));
         let long = vec!["true"; 5000].join(" && ");
-        assert!(compile(&long).unwrap_err().contains("too long"));
+        assert!(compile(&long).unwrap_err().to_string().contains("too long"));
         // Brackets and operators inside strings do not count.
         let quoted = format!(
             "inputs.parameter_values['{}'] == '(((((((((((+.+.+'",

@@ -21,4 +21,6 @@ pub use error::IrError;
 pub use model::*;
 pub use params::{resolve_run_artifacts, resolve_run_parameters};
 pub use parse::parse_pipeline;
-pub use quantity::{parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity};
+pub use quantity::{
+    parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, QuantityError,
+};

@@ -2,8 +2,21 @@
 //! and protobuf-JSON durations. The engine parses the same spellings when a resource comes
 //! from a pipeline input at run time, so they are not tied to reading the document.
 
+/// Which kind of quantity a text is not; each variant holds the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    #[error("{0:?} is not a CPU amount like \"2\", \"0.5\" or \"500m\"")]
+    Cpu(String),
+    #[error("{0:?} is not a memory amount like \"512Mi\", \"4G\" or a number of bytes")]
+    Memory(String),
+    #[error("{0:?} is not an accelerator count (a whole number)")]
+    AcceleratorCount(String),
+    #[error("{0:?} is not a duration like \"60s\"")]
+    Duration(String),
+}
+
 /// A Kubernetes CPU quantity (`"2"`, `"0.5"`, `"500m"`) in cores.
-pub fn parse_cpu_quantity(s: &str) -> Result<f64, String> {
+pub fn parse_cpu_quantity(s: &str) -> Result<f64, QuantityError> {
     let t = s.trim();
     let (number, scale) = match t.strip_suffix('m') {
         Some(n) => (n, 0.001),
@@ -12,11 +25,11 @@ pub fn parse_cpu_quantity(s: &str) -> Result<f64, String> {
     decimal(number)
         .map(|v| v * scale)
         .filter(|v| v.is_finite() && *v < 1.0e9)
-        .ok_or_else(|| format!("{s:?} is not a CPU amount like \"2\", \"0.5\" or \"500m\""))
+        .ok_or_else(|| QuantityError::Cpu(s.to_string()))
 }
 
 /// A Kubernetes memory quantity (`"4G"`, `"1536Mi"`, `"268435456"`) in bytes.
-pub fn parse_memory_quantity(s: &str) -> Result<u64, String> {
+pub fn parse_memory_quantity(s: &str) -> Result<u64, QuantityError> {
     const SUFFIXES: &[(&str, f64)] = &[
         ("Ki", 1024.0),
         ("Mi", 1_048_576.0),
@@ -42,13 +55,11 @@ pub fn parse_memory_quantity(s: &str) -> Result<u64, String> {
         .map(|v| (v * scale).ceil())
         .filter(|v| v.is_finite() && *v < u64::MAX as f64)
         .map(|v| v as u64)
-        .ok_or_else(|| {
-            format!("{s:?} is not a memory amount like \"512Mi\", \"4G\" or a number of bytes")
-        })
+        .ok_or_else(|| QuantityError::Memory(s.to_string()))
 }
 
 /// An accelerator count (`"1"`, `2`).
-pub fn parse_accelerator_count(s: &str) -> Result<u32, String> {
+pub fn parse_accelerator_count(s: &str) -> Result<u32, QuantityError> {
     let t = s.trim();
     t.parse::<u32>()
         .ok()
@@ -57,7 +68,7 @@ pub fn parse_accelerator_count(s: &str) -> Result<u32, String> {
                 .filter(|f| f.fract() == 0.0 && *f <= u32::MAX as f64)
                 .map(|f| f as u32)
         })
-        .ok_or_else(|| format!("{s:?} is not an accelerator count (a whole number)"))
+        .ok_or_else(|| QuantityError::AcceleratorCount(s.to_string()))
 }
 
 /// A non-negative decimal number without exponent or sign.
@@ -75,7 +86,7 @@ fn decimal(s: &str) -> Option<f64> {
 
 /// A protobuf JSON duration (`"0s"`, `"60s"`, `"1.5s"`) in milliseconds. Plain numbers of
 /// seconds, and `ms` / `m` / `h` suffixes, are accepted too.
-pub(crate) fn parse_proto_duration_ms(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_proto_duration_ms(s: &str) -> Result<u64, QuantityError> {
     let t = s.trim();
     let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1.0)
@@ -97,7 +108,7 @@ pub(crate) fn parse_proto_duration_ms(s: &str) -> Result<u64, String> {
         .filter(|v| ok && v.is_finite() && *v * scale < 1.0e15);
     match value {
         Some(v) => Ok((v * scale).round() as u64),
-        None => Err(format!("{s:?} is not a duration like \"60s\"")),
+        None => Err(QuantityError::Duration(s.to_string())),
     }
 }
 
@@ -111,7 +122,10 @@ mod tests {
         assert_eq!(parse_cpu_quantity("2").unwrap(), 2.0);
         assert_eq!(parse_cpu_quantity("1.5").unwrap(), 1.5);
         assert!(parse_cpu_quantity("-1").is_err());
-        assert!(parse_cpu_quantity("two").is_err());
+        assert_eq!(
+            parse_cpu_quantity("two").unwrap_err().to_string(),
+            r#""two" is not a CPU amount like "2", "0.5" or "500m""#
+        );
         assert!(parse_cpu_quantity("NaN").is_err());
         assert_eq!(parse_memory_quantity("4G").unwrap(), 4_000_000_000);
         assert_eq!(parse_memory_quantity("1536Mi").unwrap(), 1_610_612_736);
@@ -128,7 +142,10 @@ mod tests {
         assert_eq!(parse_proto_duration_ms("60s").unwrap(), 60_000);
         assert_eq!(parse_proto_duration_ms("1.5s").unwrap(), 1_500);
         assert_eq!(parse_proto_duration_ms("3600s").unwrap(), 3_600_000);
-        assert!(parse_proto_duration_ms("soon").is_err());
+        assert_eq!(
+            parse_proto_duration_ms("soon").unwrap_err(),
+            QuantityError::Duration("soon".into())
+        );
         assert!(parse_proto_duration_ms("-1s").is_err());
     }
 }

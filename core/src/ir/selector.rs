@@ -15,11 +15,43 @@ use std::sync::Arc;
 use cel_interpreter::{Context, ExecutionError, Program, Value as Cel};
 use serde_json::Value;
 
-use super::condition::{check_shape, one_line, to_cel, PARSER_GAVE_UP};
+use super::condition::{check_shape, one_line, to_cel, ShapeError, PARSER_GAVE_UP};
 
 /// The one variable a selector reads.
 pub const VARIABLE: &str = "string_value";
 const FUNCTIONS: &[&str] = &["parseJson", "int", "double", "string", "size"];
+
+/// Why a selector does not compile, or what applying it met.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("the selector is empty")]
+    Empty,
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// The parser panicked (it does on some malformed input) and the panic was caught.
+    #[error("{PARSER_GAVE_UP}")]
+    ParserGaveUp,
+    /// The parser's own message, on one line.
+    #[error("not a valid CEL expression: {0}")]
+    Syntax(String),
+    #[error("unknown variable {0:?}: a selector can only read {VARIABLE}")]
+    UnknownVariable(String),
+    #[error("unknown function {0:?} in a selector")]
+    UnknownFunction(String),
+    #[error("the CEL interpreter failed (panicked) on this selector")]
+    Panicked,
+    /// The interpreter's own message (`parseJson` failing on text that is not JSON...).
+    #[error("selector {selector:?}: {message}")]
+    Evaluation { selector: String, message: String },
+    /// CEL's null for a missing key: the KFP backend fails there, so this does too.
+    #[error("selector {selector:?} selects nothing in {value}")]
+    SelectsNothing { selector: String, value: Value },
+    #[error("the selector yields {0}, which JSON cannot hold")]
+    NotFinite(f64),
+    /// A CEL value with no JSON form (its CEL type).
+    #[error("the selector yields a {0}")]
+    NotJson(String),
+}
 
 pub struct Selector {
     source: String,
@@ -35,26 +67,24 @@ impl std::fmt::Debug for Selector {
 }
 
 /// Parses a selector and checks that it reads only `string_value` and calls known functions.
-pub fn compile(expr: &str) -> Result<Selector, String> {
+pub fn compile(expr: &str) -> Result<Selector, SelectorError> {
     if expr.trim().is_empty() {
-        return Err("the selector is empty".into());
+        return Err(SelectorError::Empty);
     }
     check_shape(expr)?;
     let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
-        .map_err(|_| PARSER_GAVE_UP.to_string())?
-        .map_err(|e| format!("not a valid CEL expression: {}", one_line(&e.to_string())))?;
+        .map_err(|_| SelectorError::ParserGaveUp)?
+        .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))?;
     let refs = program.references();
     if let Some(v) = refs.variables().into_iter().find(|v| *v != VARIABLE) {
-        return Err(format!(
-            "unknown variable {v:?}: a selector can only read {VARIABLE}"
-        ));
+        return Err(SelectorError::UnknownVariable(v.to_string()));
     }
     if let Some(f) = refs
         .functions()
         .into_iter()
         .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
     {
-        return Err(format!("unknown function {f:?} in a selector"));
+        return Err(SelectorError::UnknownFunction(f.to_string()));
     }
     Ok(Selector {
         source: expr.to_string(),
@@ -68,7 +98,7 @@ fn parse_json(text: Arc<String>) -> Result<Cel, ExecutionError> {
         .map_err(|e| ExecutionError::function_error("parseJson", e))
 }
 
-fn to_json(v: &Cel) -> Result<Value, String> {
+fn to_json(v: &Cel) -> Result<Value, SelectorError> {
     Ok(match v {
         Cel::Null => Value::Null,
         Cel::Bool(b) => Value::Bool(*b),
@@ -76,7 +106,7 @@ fn to_json(v: &Cel) -> Result<Value, String> {
         Cel::UInt(u) => Value::from(*u),
         Cel::Float(f) => serde_json::Number::from_f64(*f)
             .map(Value::Number)
-            .ok_or_else(|| format!("the selector yields {f}, which JSON cannot hold"))?,
+            .ok_or(SelectorError::NotFinite(*f))?,
         Cel::String(s) => Value::String(s.to_string()),
         Cel::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
         Cel::Map(m) => {
@@ -86,7 +116,7 @@ fn to_json(v: &Cel) -> Result<Value, String> {
             }
             Value::Object(obj)
         }
-        other => return Err(format!("the selector yields a {}", other.type_of())),
+        other => return Err(SelectorError::NotJson(other.type_of().to_string())),
     })
 }
 
@@ -96,7 +126,7 @@ impl Selector {
     }
 
     /// The selected part of `value`.
-    pub fn apply(&self, value: &Value) -> Result<Value, String> {
+    pub fn apply(&self, value: &Value) -> Result<Value, SelectorError> {
         let text = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -105,21 +135,24 @@ impl Selector {
         context.add_variable_from_value(VARIABLE, Cel::String(Arc::new(text)));
         context.add_function("parseJson", parse_json);
         let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
-            .map_err(|_| "the CEL interpreter failed (panicked) on this selector".to_string())?
-            .map_err(|e| format!("selector {:?}: {e}", self.source))?;
+            .map_err(|_| SelectorError::Panicked)?
+            .map_err(|e| SelectorError::Evaluation {
+                selector: self.source.clone(),
+                message: e.to_string(),
+            })?;
         // cel-interpreter yields null for a missing map key; the KFP backend fails instead.
         if matches!(result, Cel::Null) {
-            return Err(format!(
-                "selector {:?} selects nothing in {value}",
-                self.source
-            ));
+            return Err(SelectorError::SelectsNothing {
+                selector: self.source.clone(),
+                value: value.clone(),
+            });
         }
         to_json(&result)
     }
 }
 
 /// Compiles and applies `expr` to `value`.
-pub fn select(expr: &str, value: &Value) -> Result<Value, String> {
+pub fn select(expr: &str, value: &Value) -> Result<Value, SelectorError> {
     compile(expr)?.apply(value)
 }
 
@@ -156,14 +189,16 @@ mod tests {
         assert!(compile("").is_err());
         assert!(compile("inputs.x")
             .unwrap_err()
+            .to_string()
             .contains("unknown variable"));
         assert!(compile("exec(string_value)")
             .unwrap_err()
+            .to_string()
             .contains("unknown function"));
         assert!(compile("parseJson(string_value)[").is_err());
         let missing = select(r#"parseJson(string_value)["zz"]"#, &json!({"a": 1})).unwrap_err();
-        assert!(missing.contains("selects nothing"), "{missing}");
+        assert!(missing.to_string().contains("selects nothing"), "{missing}");
         let not_json = select(r#"parseJson(string_value)["a"]"#, &json!("not json")).unwrap_err();
-        assert!(not_json.contains("parseJson"), "{not_json}");
+        assert!(not_json.to_string().contains("parseJson"), "{not_json}");
     }
 }

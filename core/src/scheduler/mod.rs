@@ -16,21 +16,21 @@ pub use placer::Placer;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_model::ResourceRequest;
+use gantry_model::{AgentId, ResourceRequest, RunId, TaskId};
 
 use crate::engine::RunRecord;
 use crate::state::{AgentRecord, ClusterState};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyStep {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: RunId,
+    pub task_id: TaskId,
     pub attempt: u32,
     pub request: ResourceRequest,
 }
 
 /// Runs not yet ended, oldest first.
-fn active_runs(state: &ClusterState) -> impl Iterator<Item = (&String, &RunRecord)> {
+fn active_runs(state: &ClusterState) -> impl Iterator<Item = (&RunId, &RunRecord)> {
     state
         .run_order
         .iter()
@@ -75,8 +75,8 @@ pub fn timeouts_due(state: &ClusterState, now: i64) -> Vec<crate::state::Command
 /// A ready task that a cache entry may serve, once its artifacts are known to exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheCandidate {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: RunId,
+    pub task_id: TaskId,
     pub key: String,
     pub artifact_uris: Vec<String>,
 }
@@ -139,7 +139,7 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
 }
 
 /// The agents in `connected` as placement sees them.
-pub fn agent_views(state: &ClusterState, connected: &BTreeSet<String>) -> Vec<AgentView> {
+pub fn agent_views(state: &ClusterState, connected: &BTreeSet<AgentId>) -> Vec<AgentView> {
     state
         .agents
         .values()
@@ -149,7 +149,7 @@ pub fn agent_views(state: &ClusterState, connected: &BTreeSet<String>) -> Vec<Ag
 }
 
 /// Whether placement sees the agent at all: connected to this node and not declared lost.
-fn is_placeable(a: &AgentRecord, connected: &BTreeSet<String>) -> bool {
+fn is_placeable(a: &AgentRecord, connected: &BTreeSet<AgentId>) -> bool {
     connected.contains(&a.agent_id) && a.lost_at.is_none()
 }
 
@@ -179,7 +179,7 @@ fn agent_view(a: &AgentRecord) -> AgentView {
 }
 
 /// Why each ready task of a run is waiting, for `gantry run get`.
-pub fn waiting_reasons(plan: &Plan) -> BTreeMap<(String, String), String> {
+pub fn waiting_reasons(plan: &Plan) -> BTreeMap<(RunId, TaskId), String> {
     plan.waiting
         .iter()
         .map(|(s, why)| ((s.run_id.clone(), s.task_id.clone()), why.clone()))

@@ -51,7 +51,7 @@ pub struct GpuSlot {
 /// An agent as placement sees it: capacity, what is free, and what steps it takes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
-    pub agent_id: String,
+    pub agent_id: gantry_model::AgentId,
     pub total_cpu: f64,
     pub free_cpu: f64,
     pub total_memory: u64,

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeSet;
 
+use gantry_model::AgentId;
+
 use super::index::Fleet;
 use super::placement::{plan_pass, CpuPolicy, Plan};
 use super::{agent_view, agent_views, is_placeable, ReadyStep};
@@ -29,7 +31,7 @@ pub struct Placer {
     /// position in the fleet if placeable.
     seen: Vec<(u64, Option<usize>)>,
     /// The connected agents as of `generation`.
-    connected: BTreeSet<String>,
+    connected: BTreeSet<AgentId>,
     generation: Option<u64>,
     /// Whether the fleet was ever built from a state.
     built: bool,
@@ -53,7 +55,7 @@ impl Placer {
         &mut self,
         state: &ClusterState,
         generation: u64,
-        connected: impl FnOnce() -> BTreeSet<String>,
+        connected: impl FnOnce() -> BTreeSet<AgentId>,
     ) {
         let reconnected = self.generation != Some(generation);
         if reconnected {

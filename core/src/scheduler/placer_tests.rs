@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_model::{GpuDevice, HostInventory, ResourceRequest, Taint};
+use gantry_model::{AgentId, GpuDevice, HostInventory, ResourceRequest, Taint};
 use proptest::prelude::*;
 
 use super::tests::{arb_labels, arb_request, arb_taints};
@@ -20,15 +20,15 @@ const MODELS: [&str; 4] = [
     "NVIDIA L40S",
 ];
 
-fn id(k: usize) -> String {
-    format!("a{k}")
+fn id(k: usize) -> AgentId {
+    AgentId::from(format!("a{k}"))
 }
 
 /// GPU UUIDs follow the agent and the GPU's position, so allocations survive an inventory
 /// update that keeps the GPU.
 fn inventory(k: usize, quarters: u32, halves: u64, gpus: &[(usize, bool)]) -> HostInventory {
     HostInventory {
-        hostname: id(k),
+        hostname: id(k).to_string(),
         cpu_cores: f64::from(quarters) / 4.0,
         memory_bytes: halves * GIB / 2,
         gpus: gpus
@@ -135,7 +135,7 @@ fn arb_change() -> impl Strategy<Value = Change> {
 /// The fleet as the leader sees it: replicated state plus this node's sessions.
 struct World {
     state: ClusterState,
-    connected: BTreeSet<String>,
+    connected: BTreeSet<AgentId>,
     generation: u64,
     index: u64,
     /// The previous pass's placements with their requests, not yet committed.
@@ -166,7 +166,7 @@ impl World {
                         task_id: p.task_id.clone(),
                         attempt: p.attempt,
                     };
-                    self.allocate(&p.agent_id, |a| {
+                    self.allocate(p.agent_id.as_str(), |a| {
                         a.cpu_allocated += r.cpu_reserved();
                         a.memory_allocated += r.memory_reserved();
                         for g in &p.gpus {
@@ -179,16 +179,16 @@ impl World {
                 k,
                 quarters,
                 halves,
-            } => self.allocate(&id(k), |a| {
+            } => self.allocate(id(k).as_str(), |a| {
                 a.cpu_allocated = f64::from(quarters) / 4.0;
                 a.memory_allocated = halves * GIB / 2;
             }),
-            Change::Gpu { k, g, used } => self.allocate(&id(k), |a| {
+            Change::Gpu { k, g, used } => self.allocate(id(k).as_str(), |a| {
                 let uuid = format!("GPU-{k}-{g}");
                 if used {
                     let key = AttemptKey {
                         run_id: "other".into(),
-                        task_id: uuid.clone(),
+                        task_id: uuid.clone().into(),
                         attempt: 1,
                     };
                     a.gpus_in_use.insert(uuid, key);
@@ -252,8 +252,8 @@ fn steps_of(
         .iter()
         .enumerate()
         .map(|(i, p)| ReadyStep {
-            run_id: format!("r{pass}"),
-            task_id: format!("s{i:03}"),
+            run_id: format!("r{pass}").into(),
+            task_id: format!("s{i:03}").into(),
             attempt: 1,
             request: p.get(shapes).clone(),
         })
@@ -340,7 +340,7 @@ fn an_unchanged_fleet_keeps_its_plan() {
             },
         );
     }
-    let connected: BTreeSet<String> = (0..4).map(id).collect();
+    let connected: BTreeSet<AgentId> = (0..4).map(id).collect();
     let mut r = ResourceRequest {
         cpu_request: Some(2.0),
         ..Default::default()
@@ -349,7 +349,7 @@ fn an_unchanged_fleet_keeps_its_plan() {
     let steps: Vec<ReadyStep> = (0..12)
         .map(|i| ReadyStep {
             run_id: "r".into(),
-            task_id: format!("t{i}"),
+            task_id: format!("t{i}").into(),
             attempt: 1,
             request: r.clone(),
         })
@@ -379,7 +379,7 @@ fn a_drained_agent_leaves_its_class() {
             },
         );
     }
-    let connected: BTreeSet<String> = (0..2).map(id).collect();
+    let connected: BTreeSet<AgentId> = (0..2).map(id).collect();
     let steps = vec![ReadyStep {
         run_id: "r".into(),
         task_id: "t".into(),

@@ -585,7 +585,7 @@ fn arb_pass(
                 .enumerate()
                 .map(|(i, p)| ReadyStep {
                     run_id: "r".into(),
-                    task_id: format!("s{i:03}"),
+                    task_id: format!("s{i:03}").into(),
                     attempt: 1,
                     request: p.get(&shapes).clone(),
                 })

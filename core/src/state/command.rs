@@ -3,33 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use gantry_model::{HostInventory, StepOutcome};
+use gantry_model::{AgentId, AttemptKey, HostInventory, RunId, StepOutcome, TaskId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::{CachePolicy, RunLimits};
 use crate::ir::PipelineSpec;
 
-/// One attempt of one task of one run.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AttemptKey {
-    pub run_id: String,
-    pub task_id: String,
-    pub attempt: u32,
-}
-
-impl std::fmt::Display for AttemptKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.run_id, self.task_id, self.attempt)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: RunId,
+    pub task_id: TaskId,
     pub attempt: u32,
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// UUIDs of the agent's GPUs given to the attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
@@ -39,7 +25,7 @@ pub struct Placement {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     CreateRun {
-        run_id: String,
+        run_id: RunId,
         /// Client request id: a retried submission with the same id creates one run.
         request_id: Option<String>,
         pipeline: Box<PipelineSpec>,
@@ -59,7 +45,7 @@ pub enum Command {
         priority: i32,
     },
     RegisterAgent {
-        agent_id: String,
+        agent_id: AgentId,
         inventory: HostInventory,
         labels: BTreeMap<String, String>,
         #[serde(default)]
@@ -69,17 +55,17 @@ pub enum Command {
     /// The agent has not been heard from within its lease: its unfinished attempts end LOST
     /// (and are placed again elsewhere); it takes no steps until it registers again.
     DeclareAgentLost {
-        agent_id: String,
+        agent_id: AgentId,
         at: i64,
     },
     /// A registered agent's host changed (a GPU failed, vanished or came back).
     UpdateInventory {
-        agent_id: String,
+        agent_id: AgentId,
         inventory: HostInventory,
     },
     /// Drain (no new placements; running attempts finish) or undrain an agent.
     SetAgentDraining {
-        agent_id: String,
+        agent_id: AgentId,
         draining: bool,
     },
     /// Placements chosen by the leader's scheduler in one pass. Each is re-checked at apply.
@@ -97,14 +83,14 @@ pub enum Command {
         at: i64,
     },
     CancelRun {
-        run_id: String,
+        run_id: RunId,
         at: i64,
     },
     /// The leader found a usable cache entry for this ready task and checked that its
     /// artifacts exist: the task takes the entry's outputs instead of running.
     UseCachedResult {
-        run_id: String,
-        task_id: String,
+        run_id: RunId,
+        task_id: TaskId,
         at: i64,
     },
     /// Cache entries whose artifacts are gone: they are never used again.
@@ -113,12 +99,12 @@ pub enum Command {
     },
     /// Run a FAILED or CANCELED run again from where it failed, keeping what succeeded.
     RetryRun {
-        run_id: String,
+        run_id: RunId,
         at: i64,
     },
     /// The run passed its deadline (checked again at apply against `at`).
     TimeOutRun {
-        run_id: String,
+        run_id: RunId,
         at: i64,
     },
     /// The attempt passed its task's deadline (checked again at apply against `at`).
@@ -147,7 +133,18 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unschedulable {
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: RunId,
+    pub task_id: TaskId,
     pub reason: String,
+}
+
+impl Placement {
+    /// The attempt this placement assigns.
+    pub fn attempt_key(&self) -> AttemptKey {
+        AttemptKey {
+            run_id: self.run_id.clone(),
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+        }
+    }
 }

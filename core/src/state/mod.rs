@@ -10,10 +10,12 @@ mod command;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gantry_model::{HostInventory, ResourceRequest};
+use gantry_model::{AgentId, HostInventory, ResourceRequest, RunId, TaskId};
 use serde::{Deserialize, Serialize};
 
-pub use command::{AttemptKey, Command, Placement, Unschedulable};
+pub use command::{Command, Placement, Unschedulable};
+/// Re-exported from the vocabulary crate, where the agent finds it too.
+pub use gantry_model::AttemptKey;
 
 use crate::engine::{
     self, CacheEntry, CachePolicy, OutcomeEffect, RunLimits, RunRecord, RunState, TaskState,
@@ -22,7 +24,7 @@ use crate::scheduler::matching;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub inventory: HostInventory,
     pub labels: BTreeMap<String, String>,
     pub registered_at: i64,
@@ -84,13 +86,13 @@ impl AgentRecord {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
     #[error("run {0} not found")]
-    RunNotFound(String),
+    RunNotFound(RunId),
     #[error("run {0} already exists")]
-    RunExists(String),
+    RunExists(RunId),
     #[error("agent {0} is not registered")]
-    AgentNotFound(String),
-    #[error("{0}")]
-    NotRetryable(String),
+    AgentNotFound(AgentId),
+    #[error(transparent)]
+    NotRetryable(#[from] engine::NotRetryable),
     #[error(transparent)]
     Acl(#[from] acl::AclError),
 }
@@ -99,7 +101,7 @@ pub enum Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     RunCreated {
-        run_id: String,
+        run_id: RunId,
         existing: bool,
     },
     AgentRegistered,
@@ -133,20 +135,20 @@ pub enum Outcome {
 pub enum Event {
     /// New work may be placeable.
     TasksReady {
-        run_id: String,
+        run_id: RunId,
     },
     /// Tell `agent_id` to run this attempt (committed now, so it may act on it).
     AttemptAssigned {
-        agent_id: String,
+        agent_id: AgentId,
         attempt: AttemptKey,
     },
     /// Tell `agent_id` to stop this attempt.
     AttemptCanceled {
-        agent_id: String,
+        agent_id: AgentId,
         attempt: AttemptKey,
     },
     RunFinished {
-        run_id: String,
+        run_id: RunId,
         state: RunState,
     },
     /// Capacity freed or agents changed.
@@ -163,11 +165,12 @@ pub struct Applied {
 pub struct ClusterState {
     /// Behind `Arc` so a snapshot's copy of the state costs a pointer per run; a run is copied
     /// only when it changes while a snapshot still holds it.
-    pub runs: BTreeMap<String, Arc<RunRecord>>,
+    pub runs: BTreeMap<RunId, Arc<RunRecord>>,
     /// (created_at, run_id) for listing newest first.
-    pub run_order: BTreeSet<(i64, String)>,
-    pub request_ids: BTreeMap<String, String>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub run_order: BTreeSet<(i64, RunId)>,
+    /// Client request id → the run it created.
+    pub request_ids: BTreeMap<String, RunId>,
+    pub agents: BTreeMap<AgentId, AgentRecord>,
     pub applied_index: u64,
     /// Successful cacheable executions by cache key (the newest for each key).
     #[serde(default)]
@@ -178,27 +181,27 @@ pub struct ClusterState {
 }
 
 /// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
-fn note_progress(events: &mut Vec<Event>, run_id: &str, progress: engine::Progress) {
+fn note_progress(events: &mut Vec<Event>, run_id: &RunId, progress: engine::Progress) {
     if !progress.ready.is_empty() {
         events.push(Event::TasksReady {
-            run_id: run_id.to_string(),
+            run_id: run_id.clone(),
         });
     }
     if let Some(state) = progress.finished {
         events.push(Event::RunFinished {
-            run_id: run_id.to_string(),
+            run_id: run_id.clone(),
             state,
         });
     }
 }
 
 /// Tells the agents running these attempts (task id, attempt, agent) of `run_id` to stop.
-fn stop_attempts(events: &mut Vec<Event>, run_id: &str, running: Vec<(String, u32, String)>) {
+fn stop_attempts(events: &mut Vec<Event>, run_id: &RunId, running: Vec<(TaskId, u32, AgentId)>) {
     for (task_id, attempt, agent_id) in running {
         events.push(Event::AttemptCanceled {
             agent_id,
             attempt: AttemptKey {
-                run_id: run_id.to_string(),
+                run_id: run_id.clone(),
                 task_id,
                 attempt,
             },
@@ -208,7 +211,7 @@ fn stop_attempts(events: &mut Vec<Event>, run_id: &str, running: Vec<(String, u3
 
 /// What a CreateRun command brings.
 struct NewRun {
-    run_id: String,
+    run_id: RunId,
     request_id: Option<String>,
     pipeline: crate::ir::PipelineSpec,
     pipeline_root: String,
@@ -219,7 +222,7 @@ struct NewRun {
     priority: i32,
 }
 
-fn resources_of(run: &RunRecord, task_id: &str) -> ResourceRequest {
+fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
     run.tasks
         .get(task_id)
         .and_then(|t| engine::task_resources(run, t).ok())
@@ -512,7 +515,7 @@ impl ClusterState {
         done
     }
 
-    fn release(&mut self, agent_id: &str, key: &AttemptKey, req: &ResourceRequest) {
+    fn release(&mut self, agent_id: &AgentId, key: &AttemptKey, req: &ResourceRequest) {
         if let Some(agent) = self.agents.get_mut(agent_id) {
             if agent.running.remove(key) {
                 agent.touch();
@@ -576,7 +579,12 @@ impl ClusterState {
     }
 
     /// The cache entry ready task `task_id` of `run_id` may use at `now`, if any.
-    pub fn usable_cache_entry(&self, run_id: &str, task_id: &str, now: i64) -> Option<&CacheEntry> {
+    pub fn usable_cache_entry(
+        &self,
+        run_id: &RunId,
+        task_id: &TaskId,
+        now: i64,
+    ) -> Option<&CacheEntry> {
         let run = self.runs.get(run_id)?;
         let task = run.tasks.get(task_id)?;
         if task.state != TaskState::Ready {
@@ -588,8 +596,8 @@ impl ClusterState {
 
     fn use_cached(
         &mut self,
-        run_id: String,
-        task_id: String,
+        run_id: RunId,
+        task_id: TaskId,
         at: i64,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, Rejection> {
@@ -614,7 +622,7 @@ impl ClusterState {
 
     fn time_out_run(
         &mut self,
-        run_id: String,
+        run_id: RunId,
         at: i64,
         events: &mut Vec<Event>,
     ) -> Result<Outcome, Rejection> {
@@ -677,5 +685,7 @@ impl ClusterState {
     }
 }
 
+#[cfg(test)]
+mod compat_tests;
 #[cfg(test)]
 mod tests;

@@ -178,7 +178,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
         s.apply(
             2 + i as u64,
             Command::CreateRun {
-                run_id: id.to_string(),
+                run_id: (*id).into(),
                 request_id: None,
                 pipeline: Box::new(spec.clone()),
                 pipeline_root: "file:///x".into(),
@@ -387,14 +387,18 @@ fn a_success_is_cached_and_serves_the_same_task_with_the_same_inputs() {
         ..Default::default()
     };
     apply(&mut s, create_with("r6", 7, per_task, 70));
-    let placeable: Vec<String> = ready_steps(&s, 200)
+    let placeable: Vec<RunId> = ready_steps(&s, 200)
         .into_iter()
         .filter(|r| r.task_id == "make-data")
         .map(|r| r.run_id)
         .collect();
     assert_eq!(placeable, vec!["r3", "r4", "r5", "r6"]);
-    assert!(s.usable_cache_entry("r5", "make-data", 110).is_some());
-    assert!(s.usable_cache_entry("r5", "make-data", 121).is_none());
+    assert!(s
+        .usable_cache_entry(&"r5".into(), &"make-data".into(), 110)
+        .is_some());
+    assert!(s
+        .usable_cache_entry(&"r5".into(), &"make-data".into(), 121)
+        .is_none());
     // A stale hit proposed anyway changes nothing at apply.
     let stale = apply(
         &mut s,
@@ -409,7 +413,7 @@ fn a_success_is_cached_and_serves_the_same_task_with_the_same_inputs() {
 
     // Artifacts gone: the entry is forgotten and the task is placed like any other.
     apply(&mut s, create_with("r7", 7, CachePolicy::default(), 80));
-    let waiting: Vec<String> = cache_candidates(&s, 81)
+    let waiting: Vec<RunId> = cache_candidates(&s, 81)
         .into_iter()
         .map(|c| c.run_id)
         .collect();
@@ -723,7 +727,7 @@ fn gpus_are_assigned_by_uuid_once_and_freed_when_the_attempt_ends() {
     let applied = s.apply(10, place("r1", "make-data", "h", &["GPU-h-1"]));
     assert!(matches!(applied.result, Ok(Outcome::Assigned(ref d)) if d.len() == 1));
     assert_eq!(s.agents["h"].gpus_in_use.len(), 1);
-    let step = crate::engine::step_spec(&s.runs["r1"], "make-data", 1).unwrap();
+    let step = crate::engine::step_spec(&s.runs["r1"], &"make-data".into(), 1).unwrap();
     assert_eq!(
         step.gpus,
         vec!["GPU-h-1".to_string()],
@@ -834,7 +838,7 @@ fn ready_steps_come_by_run_priority_then_age() {
     s.apply(1, create_spec("old", gpu_spec(0, ""), 1, 0));
     s.apply(2, create_spec("urgent", gpu_spec(0, ""), 2, 5));
     s.apply(3, create_spec("newer", gpu_spec(0, ""), 3, 0));
-    let order: Vec<String> = ready_steps(&s, 10).into_iter().map(|r| r.run_id).collect();
+    let order: Vec<RunId> = ready_steps(&s, 10).into_iter().map(|r| r.run_id).collect();
     assert_eq!(order, ["urgent", "old", "newer"]);
 }
 
@@ -869,7 +873,7 @@ fn a_lost_agents_attempts_are_placed_again_apart_from_the_retry_policy() {
     assert_eq!(s.agents["a"].cpu_allocated, 0.0);
     assert_eq!(s.agents["a"].lost_at, Some(20));
     // Still attached or not, a lost agent gets nothing until it registers again.
-    let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+    let both: BTreeSet<AgentId> = ["a".into(), "b".into()].into();
     let views = agent_views(&s, &both);
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].agent_id, "b");

@@ -111,7 +111,7 @@ fn parse_parameter_def(v: &Value, path: String, input: bool) -> Result<Parameter
                 Some(
                     ptype
                         .coerce(&raw)
-                        .map_err(|e| IrError::new(d.at("defaultValue"), e))?,
+                        .map_err(|e| IrError::new(d.at("defaultValue"), e.to_string()))?,
                 )
             }
         }
@@ -375,7 +375,7 @@ fn parse_retry(r: &Obj<'_>) -> Result<RetryPolicy, IrError> {
                 let path = r.at(key);
                 match v {
                     Value::String(s) => {
-                        parse_proto_duration_ms(s).map_err(|e| IrError::new(path, e))
+                        parse_proto_duration_ms(s).map_err(|e| IrError::new(path, e.to_string()))
                     }
                     Value::Number(n) => n
                         .as_f64()
@@ -476,7 +476,7 @@ fn parse_parameter_binding(v: &Value, path: String) -> Result<ParameterBinding, 
         .filter(|s| !s.trim().is_empty());
     if let Some(s) = &selector {
         condition::check_selector_syntax(s)
-            .map_err(|e| IrError::new(b.at("parameterExpressionSelector"), e))?;
+            .map_err(|e| IrError::new(b.at("parameterExpressionSelector"), e.to_string()))?;
     }
     Ok(ParameterBinding { source, selector })
 }

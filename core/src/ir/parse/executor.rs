@@ -8,7 +8,9 @@ use crate::ir::error::{index, list_names, IrError};
 use crate::ir::model::{
     ContainerExecutor, DynamicResources, ExecutorSpec, ImporterSpec, ImporterUri,
 };
-use crate::ir::quantity::{parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity};
+use crate::ir::quantity::{
+    parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, QuantityError,
+};
 
 pub(super) fn parse_executor(v: &Value, path: String) -> Result<ExecutorSpec, IrError> {
     let e = Obj::of(v, path)?;
@@ -188,7 +190,7 @@ fn parse_resources(r: &Obj<'_>) -> Result<(ResourceRequest, DynamicResources), I
 fn quantity<T>(
     s: &str,
     path: &str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, QuantityError>,
 ) -> Result<Quantity<T>, IrError> {
     if s.trim().is_empty() {
         return Ok(Quantity::Absent);
@@ -198,7 +200,7 @@ fn quantity<T>(
     }
     parse(s)
         .map(Quantity::Constant)
-        .map_err(|e| IrError::new(path, e))
+        .map_err(|e| IrError::new(path, e.to_string()))
 }
 
 /// `{{$.inputs.parameters['NAME']}}` → `NAME`; other text → `None`; another placeholder is an

@@ -125,7 +125,7 @@ fn check_definitions(
     ] {
         for name in map {
             validate_artifact_name(name)
-                .map_err(|e| IrError::new(join(&join(&cp, section), name), e))?;
+                .map_err(|e| IrError::new(join(&join(&cp, section), name), e.to_string()))?;
         }
     }
     match &comp.implementation {
@@ -169,7 +169,7 @@ fn check_dag(
     let tasks_path = join(cp, "dag.tasks");
     for (tname, task) in &dag.tasks {
         let tp = join(&tasks_path, tname);
-        check_task_name(tname).map_err(|e| IrError::new(tp.clone(), e))?;
+        check_task_name(tname).map_err(|e| IrError::new(tp.clone(), e.to_string()))?;
         let Some(sub) = spec.components.get(&task.component) else {
             return Err(IrError::unknown(
                 join(&tp, "componentRef.name"),
@@ -194,7 +194,8 @@ fn check_dag(
         check_iterator(task, sub, &tp)?;
         if let Some(expr) = &task.condition {
             let path = join(&tp, "triggerPolicy.condition");
-            let compiled = condition::compile(expr).map_err(|e| IrError::new(path.clone(), e))?;
+            let compiled =
+                condition::compile(expr).map_err(|e| IrError::new(path.clone(), e.to_string()))?;
             if let Some(k) = compiled
                 .parameter_keys()
                 .into_iter()
@@ -228,23 +229,35 @@ fn check_dag(
     check_task_cycles(dag, &tasks_path)
 }
 
+/// Why a task name cannot become a path segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TaskNameError {
+    #[error("a task name cannot be empty")]
+    Empty,
+    #[error("task name {0:?} is not a safe path segment (\"..\" or \".\")")]
+    Traversal(String),
+    #[error(
+        "task name {name:?} contains {found:?}; only letters, digits, '-', '_' and '.' are allowed"
+    )]
+    Character { name: String, found: char },
+}
+
 /// Task names become path segments (task ids, artifact URIs): letters, digits, `-`, `_`, `.`.
-fn check_task_name(name: &str) -> Result<(), String> {
+fn check_task_name(name: &str) -> Result<(), TaskNameError> {
     if name.is_empty() {
-        return Err("a task name cannot be empty".into());
+        return Err(TaskNameError::Empty);
     }
     if name == "." || name.contains("..") {
-        return Err(format!(
-            "task name {name:?} is not a safe path segment (\"..\" or \".\")"
-        ));
+        return Err(TaskNameError::Traversal(name.to_string()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
-            "task name {name:?} contains {c:?}; only letters, digits, '-', '_' and '.' are allowed"
-        ));
+        return Err(TaskNameError::Character {
+            name: name.to_string(),
+            found,
+        });
     }
     Ok(())
 }
