@@ -454,7 +454,15 @@ mod tests {
         persists_truncates_and_reopens(|| {
             let mut slot = db.lock().unwrap();
             *slot = None;
-            let d = sled::open(&path).unwrap();
+            // sled's flusher thread lets go of the directory's lock a moment after the last
+            // handle is dropped.
+            let d = (0..100)
+                .find_map(|_| {
+                    sled::open(&path)
+                        .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
+                        .ok()
+                })
+                .expect("sled reopens within 5 s");
             *slot = Some(d.clone());
             Arc::new(SledLogStore::open(d).unwrap())
         });
