@@ -118,6 +118,11 @@ fn check(t: &TokenRecord) -> Result<(), AclError> {
 }
 
 impl AclState {
+    /// Never bootstrapped and no tokens.
+    pub fn is_empty(&self) -> bool {
+        !self.bootstrapped && self.tokens.is_empty()
+    }
+
     /// The token whose secret hashes to `secret_sha256`.
     pub fn token(&self, secret_sha256: &str) -> Option<&TokenRecord> {
         self.tokens.get(secret_sha256)

@@ -139,7 +139,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
                     "data".to_string(),
                     vec![ArtifactRef {
                         name: "data".into(),
-                        uri: "file:///tmp/gantry/run-1/produce/1/data".into(),
+                        uri: "file:///tmp/gantry/run-1/produce/attempt-1/data".into(),
                         schema_title: "system.Dataset".into(),
                         schema_version: "0.0.1".into(),
                         metadata: Default::default(),

@@ -175,8 +175,9 @@ pub struct ClusterState {
     /// Successful cacheable executions by cache key (the newest for each key).
     #[serde(default)]
     pub cache: BTreeMap<String, CacheEntry>,
-    /// API tokens.
-    #[serde(default)]
+    /// API tokens. Left out of the encoding while empty, so a state from before tokens existed
+    /// encodes as it did.
+    #[serde(default, skip_serializing_if = "acl::AclState::is_empty")]
     pub acl: acl::AclState,
 }
 
