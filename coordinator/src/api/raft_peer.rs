@@ -25,6 +25,27 @@ fn chunk_delay() -> Option<std::time::Duration> {
     })
 }
 
+/// A refusal of peer traffic: logged with its reason, answered PermissionDenied.
+fn refused(from: u64, reason: String) -> Status {
+    tracing::warn!(from, %reason, "raft traffic refused");
+    Status::permission_denied(reason)
+}
+
+/// Every message of a batch or stream from `from` must be from `from` and to this node: the
+/// batch's sender is the one its certificate was checked against.
+fn check_message(msg: &Message, from: u64, node_id: u64) -> Result<(), Status> {
+    if msg.to != node_id || msg.from != from {
+        return Err(refused(
+            from,
+            format!(
+                "raft message from {} to {} arrived in a batch from {from} at node {node_id}",
+                msg.from, msg.to
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Api {
     fn learn_peer(&self, id: u64, address: &str) {
         if id != 0 && !address.is_empty() {
@@ -38,10 +59,7 @@ impl Api {
     /// Checks a peer's claim to be node `from` of `cluster` against its certificate and this
     /// node's configuration. A refusal is logged with its reason and changes nothing.
     fn accept_from(&self, from: u64, cluster: &str, principal: &Principal) -> Result<(), Status> {
-        let refuse = |reason: String| {
-            tracing::warn!(from, %reason, "raft traffic refused");
-            Err(Status::permission_denied(reason))
-        };
+        let refuse = |reason: String| Err(refused(from, reason));
         if from == self.0.node_id {
             return refuse(format!(
                 "a peer claims this node's own id {from}: two coordinators share an id"
@@ -95,18 +113,7 @@ impl RaftService for Api {
         for bytes in batch.messages {
             let msg = Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            if msg.to != self.0.node_id || msg.from != batch.from {
-                tracing::warn!(
-                    from = batch.from,
-                    msg_from = msg.from,
-                    msg_to = msg.to,
-                    "raft message refused: its sender or receiver does not match the batch"
-                );
-                return Err(Status::permission_denied(format!(
-                    "raft message from {} to {} arrived in a batch from {} at node {}",
-                    msg.from, msg.to, batch.from, self.0.node_id
-                )));
-            }
+            check_message(&msg, batch.from, self.0.node_id)?;
             self.0
                 .raft
                 .step(msg)
@@ -128,12 +135,10 @@ impl RaftService for Api {
         self.accept_from(first.from, &first.cluster, &principal)?;
         let msg = Message::parse_from_bytes(&first.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
-        if msg.get_msg_type() != MessageType::MsgSnapshot
-            || msg.to != self.0.node_id
-            || msg.from != first.from
-        {
+        check_message(&msg, first.from, self.0.node_id)?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
-                "the first chunk must carry a MsgSnapshot for this node",
+                "the first chunk must carry a MsgSnapshot",
             ));
         }
         self.learn_peer(first.from, &first.from_address);
