@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::acl_service_client::AclServiceClient;
+use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_tls::issue::{create_ca, create_cert, CaFiles, CertFiles, CertRequest};
 use gantry_tls::{Role, TlsContext, TlsFiles};
@@ -873,6 +874,54 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(())
+}
+
+/// An agent session a test holds itself (a simulated agent, or a forging one): what it sends
+/// and what the coordinator answers.
+pub struct AgentSession {
+    tx: futures::channel::mpsc::UnboundedSender<pb::AgentMessage>,
+    pub inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+impl AgentSession {
+    /// Opens `AgentService.Session` on `ch` (the leader's) with `register` as its first
+    /// message; the coordinator's refusal, if it refuses.
+    pub async fn open(ch: Authed, register: pb::Register) -> Result<AgentSession, tonic::Status> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let first = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Register(register)),
+        };
+        tx.unbounded_send(first)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let inbound = AgentServiceClient::new(ch).session(rx).await?.into_inner();
+        Ok(AgentSession { tx, inbound })
+    }
+
+    pub fn send(&self, body: pb::agent_message::Body) -> Result<()> {
+        self.tx
+            .unbounded_send(pb::AgentMessage { body: Some(body) })
+            .map_err(|_| anyhow!("the session's outbound stream is closed"))
+    }
+
+    /// The first message from the coordinator that `pick` takes, within `within`; the ones
+    /// before it are passed over.
+    pub async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(&pb::coordinator_message::Body) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .map_err(|_| anyhow!("no such message from the coordinator within {within:?}"))?
+                .map_err(|s| anyhow!("the session broke: {s}"))?
+                .ok_or_else(|| anyhow!("the coordinator ended the session"))?;
+            if let Some(t) = m.body.as_ref().and_then(&mut pick) {
+                return Ok(t);
+            }
+        }
+    }
 }
 
 /// The leader among `views`: says LEADER in a term after `after_term`, and no view is in a
