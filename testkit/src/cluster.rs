@@ -265,6 +265,11 @@ impl Cluster {
         }
         let token = c.block_on(c.bootstrap_acl_async())?;
         c.token = Some(token);
+        if !c.opts.bootstrap_one {
+            // Every node knows the token before a test uses it: a follower that has not yet
+            // applied the bootstrap would refuse it as unknown.
+            c.wait_converged(Duration::from_secs(30))?;
+        }
         Ok(c)
     }
 
