@@ -39,8 +39,10 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by accessor id or name: refused on every node from the next commit on.
     Revoke {
-        /// Accessor id or name.
-        token: String,
+        /// Accessor id or name. (Not named `token`: that is the global `--token`, the
+        /// caller's own, and clap would take this value for it.)
+        #[arg(value_name = "ACCESSOR|NAME")]
+        accessor: String,
     },
 }
 
@@ -153,13 +155,13 @@ pub async fn run(target: &Target, format: Format, cmd: AclCommand) -> Result<(),
             }
         }
         AclCommand::Token {
-            command: TokenCommand::Revoke { token },
+            command: TokenCommand::Revoke { accessor },
         } => {
             let mut c = connect(target).await?;
             let t = c
                 .call(Duration::from_secs(15), |mut cl| {
                     let req = pb::RevokeTokenRequest {
-                        accessor: token.clone(),
+                        accessor: accessor.clone(),
                     };
                     async move { cl.acl.revoke_token(req).await }
                 })

@@ -287,3 +287,32 @@ async fn cluster(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acl_cmd::{AclCommand, TokenCommand};
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn revoking_a_token_authenticates_with_the_callers_own() {
+        let cli =
+            Cli::try_parse_from(["gantry", "--token", "mine", "acl", "token", "revoke", "old"])
+                .unwrap();
+        assert_eq!(cli.target.token.as_deref(), Some("mine"));
+        match cli.command {
+            Command::Acl {
+                command:
+                    AclCommand::Token {
+                        command: TokenCommand::Revoke { accessor },
+                    },
+            } => assert_eq!(accessor, "old"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -15,7 +15,7 @@
 //! `*_async` methods for async code (the benches), the plain ones for test bodies, which run
 //! them on a runtime of their own and so must not be called from async code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -23,13 +23,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::acl_service_client::AclServiceClient;
+use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
-use gantry_tls::issue::{create_ca, create_cert, CaFiles, CertRequest};
+use gantry_tls::issue::{create_ca, create_cert, CaFiles, CertFiles, CertRequest};
 use gantry_tls::{Role, TlsContext, TlsFiles};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::net::{count_lines, free_ports, wait_for_line};
+use crate::net::{count_lines, free_ports, strip_ansi, wait_for_line};
 use crate::poll::{poll_async, poll_every};
 use crate::{repo_root, Cli, Proc};
 
@@ -236,17 +237,8 @@ impl Cluster {
             for id in 1..=opts.nodes as u64 {
                 issue(&ca, &tls_dir, Role::Coordinator(id))?;
             }
-            issue(&ca, &tls_dir, Role::Client("harness".into()))?;
-            let client = TlsContext::load(
-                TlsFiles {
-                    ca: ca.cert.clone(),
-                    cert: Some(tls_dir.join("client-harness.pem")),
-                    key: Some(tls_dir.join("client-harness.key")),
-                },
-                gantry_tls::ClientCerts::Optional,
-                gantry_tls::Expect::Any,
-                Some(TEST_CLUSTER.into()),
-            )?;
+            let harness = issue(&ca, &tls_dir, Role::Client("harness".into()))?;
+            let client = client_tls(&ca.cert, Some(&harness))?;
             Some(ClusterTls {
                 ca,
                 dir: tls_dir,
@@ -273,6 +265,11 @@ impl Cluster {
         }
         let token = c.block_on(c.bootstrap_acl_async())?;
         c.token = Some(token);
+        if !c.opts.bootstrap_one {
+            // Every node knows the token before a test uses it: a follower that has not yet
+            // applied the bootstrap would refuse it as unknown.
+            c.wait_converged(Duration::from_secs(30))?;
+        }
         Ok(c)
     }
 
@@ -328,17 +325,63 @@ impl Cluster {
     /// Like [`Self::channel`]; without the token only the certificate speaks (a node that has
     /// not caught up does not know the token and would refuse it).
     fn channel_with(&self, id: u64, with_token: bool) -> Option<Authed> {
-        let tls = self.tls.as_ref().map(|t| t.client.clone());
+        let tls = self.tls.as_ref().map(|t| {
+            // As a long-lived client would (`TlsContext::watch`): a test that rotates the
+            // certificates in `tls_dir` rotates the harness's too. A half-written pair keeps
+            // the previous material.
+            let _ = t.client.reload_if_changed();
+            t.client.clone()
+        });
+        let token = self.token.as_deref().filter(|_| with_token);
+        self.channel_as(id, tls, token).ok()
+    }
+
+    /// A channel to node `id` with other credentials: `tls` (None: plain TCP; see
+    /// [`client_tls`]) and a bearer `token`, each what a test chooses to present.
+    pub fn channel_as(
+        &self,
+        id: u64,
+        tls: Option<Arc<TlsContext>>,
+        token: Option<&str>,
+    ) -> Result<Authed> {
         let ch = gantry_tls::client::channel(&self.address(id), tls, |e| {
             e.connect_timeout(CONNECT_TIMEOUT)
-        })
-        .ok()?;
-        let token = self
-            .token
-            .as_ref()
-            .filter(|_| with_token)
-            .and_then(|t| format!("Bearer {t}").parse().ok());
-        Some(InterceptedService::new(ch, BearerToken(token)))
+        })?;
+        let token = match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .context("the token is not a valid header value")?,
+            ),
+        };
+        Ok(InterceptedService::new(ch, BearerToken(token)))
+    }
+
+    /// The TLS material of agent `agent_id` (its certificate is issued on first use), as the
+    /// agent process would load it; None without TLS.
+    pub fn agent_tls(&self, agent_id: &str) -> Result<Option<Arc<TlsContext>>> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let files = self.agent_cert(agent_id)?.expect("TLS is on");
+        Ok(Some(client_tls(&t.ca.cert, Some(&files))?))
+    }
+
+    /// Agent `agent_id`'s certificate in [`Self::tls_dir`], issued by the test CA when it is
+    /// not there yet; None without TLS.
+    pub fn agent_cert(&self, agent_id: &str) -> Result<Option<CertFiles>> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let files = CertFiles {
+            cert: t.dir.join(format!("agent-{agent_id}.pem")),
+            key: t.dir.join(format!("agent-{agent_id}.key")),
+        };
+        if files.cert.exists() {
+            return Ok(Some(files));
+        }
+        Ok(Some(issue(
+            &t.ca,
+            &t.dir,
+            Role::Agent(agent_id.to_string()),
+        )?))
     }
 
     /// The TLS flags of a program whose certificate is `<stem>.pem`.
@@ -669,16 +712,9 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.agent_log_path(agent_id))?;
-        let agent = self.bin_dir.join("gantry-agent");
-        if let Some(t) = &self.tls {
-            if !t.dir.join(format!("agent-{agent_id}.pem")).exists() {
-                issue(&t.ca, &t.dir, Role::Agent(agent_id.to_string()))?;
-            }
-        }
-        let child = Command::new(&agent)
-            .args(["--coordinator", &self.endpoints()])
+        let child = self
+            .agent_command(agent_id)?
             .args(["--agent-id", agent_id, "--runtime", runtime])
-            .args(self.tls_args(&format!("agent-{agent_id}")))
             .args(args)
             .arg("--work-dir")
             .arg(&work)
@@ -688,9 +724,20 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", agent.display()))?;
+            .context("starting gantry-agent")?;
         self.agents.push(Proc::new(child, name));
         Ok(())
+    }
+
+    /// `gantry-agent` pointed at every node, with the TLS flags of agent `cert_of`'s
+    /// certificate (issued on first use), and nothing else: the caller adds the agent id, the
+    /// runtime and the rest.
+    pub fn agent_command(&self, cert_of: &str) -> Result<Command> {
+        self.agent_cert(cert_of)?;
+        let mut cmd = Command::new(self.bin_dir.join("gantry-agent"));
+        cmd.args(["--coordinator", &self.endpoints()])
+            .args(self.tls_args(&format!("agent-{cert_of}")));
+        Ok(cmd)
     }
 
     /// SIGTERM to agent `agent_id`, then SIGKILL if it has not exited within 10 s.
@@ -715,12 +762,22 @@ impl Cluster {
         self.dir.path().join(format!("agent-{agent_id}.log"))
     }
 
+    /// Node `id`'s log, without colour codes.
     pub fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.node(id).log).unwrap_or_default())
     }
 
+    /// How many lines of node `id`'s log hold every one of `parts`.
+    pub fn log_count(&self, id: u64, parts: &[&str]) -> usize {
+        self.log(id)
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    /// Agent `agent_id`'s log, without colour codes.
     pub fn agent_log(&self, agent_id: &str) -> String {
-        std::fs::read_to_string(self.agent_log_path(agent_id)).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(self.agent_log_path(agent_id)).unwrap_or_default())
     }
 
     /// Every node's log tail, for assertion messages.
@@ -773,21 +830,103 @@ impl Cluster {
     }
 }
 
-/// Issues a certificate of the test CA into `dir`.
-pub fn issue(ca: &CaFiles, dir: &std::path::Path, role: Role) -> Result<()> {
-    create_cert(
+/// Issues a certificate of the CA `ca` (for the CA's own cluster) into `dir`, as
+/// `<role>-<id>.pem` and `.key`, replacing what is there (atomically: written beside, then
+/// renamed).
+pub fn issue(ca: &CaFiles, dir: &Path, role: Role) -> Result<CertFiles> {
+    issue_for(ca, dir, role, None)
+}
+
+/// Like [`issue`], naming `cluster` in the certificate instead of the CA's cluster (what
+/// `gantry tls cert create --cluster` does).
+pub fn issue_for(ca: &CaFiles, dir: &Path, role: Role, cluster: Option<&str>) -> Result<CertFiles> {
+    Ok(create_cert(
         ca,
         &CertRequest {
             role,
-            cluster: None,
+            cluster: cluster.map(str::to_string),
             dns: vec![],
             ips: vec![],
             days: 30,
         },
         dir,
         true,
-    )?;
+    )?)
+}
+
+/// A client's TLS material: it trusts the CA (or CAs) in `ca` and verifies that servers are
+/// coordinators of the test cluster; it presents `cert` when given (any role, any CA: a test
+/// may present what a server must refuse).
+pub fn client_tls(ca: &Path, cert: Option<&CertFiles>) -> Result<Arc<TlsContext>> {
+    Ok(TlsContext::load(
+        TlsFiles {
+            ca: ca.to_path_buf(),
+            cert: cert.map(|c| c.cert.clone()),
+            key: cert.map(|c| c.key.clone()),
+        },
+        gantry_tls::ClientCerts::Optional,
+        gantry_tls::Expect::Any,
+        Some(TEST_CLUSTER.into()),
+    )?)
+}
+
+/// Replaces `path` with `data` as a reloading reader must see it: whole or not at all (written
+/// beside, then renamed over it).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".swap");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(())
+}
+
+/// An agent session a test holds itself (a simulated agent, or a forging one): what it sends
+/// and what the coordinator answers.
+pub struct AgentSession {
+    tx: futures::channel::mpsc::UnboundedSender<pb::AgentMessage>,
+    pub inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+impl AgentSession {
+    /// Opens `AgentService.Session` on `ch` (the leader's) with `register` as its first
+    /// message; the coordinator's refusal, if it refuses.
+    pub async fn open(ch: Authed, register: pb::Register) -> Result<AgentSession, tonic::Status> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let first = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Register(register)),
+        };
+        tx.unbounded_send(first)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let inbound = AgentServiceClient::new(ch).session(rx).await?.into_inner();
+        Ok(AgentSession { tx, inbound })
+    }
+
+    pub fn send(&self, body: pb::agent_message::Body) -> Result<()> {
+        self.tx
+            .unbounded_send(pb::AgentMessage { body: Some(body) })
+            .map_err(|_| anyhow!("the session's outbound stream is closed"))
+    }
+
+    /// The first message from the coordinator that `pick` takes, within `within`; the ones
+    /// before it are passed over.
+    pub async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(&pb::coordinator_message::Body) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .map_err(|_| anyhow!("no such message from the coordinator within {within:?}"))?
+                .map_err(|s| anyhow!("the session broke: {s}"))?
+                .ok_or_else(|| anyhow!("the coordinator ended the session"))?;
+            if let Some(t) = m.body.as_ref().and_then(&mut pick) {
+                return Ok(t);
+            }
+        }
+    }
 }
 
 /// The leader among `views`: says LEADER in a term after `after_term`, and no view is in a

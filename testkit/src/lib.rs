@@ -30,11 +30,11 @@ pub mod sim;
 #[cfg(feature = "system")]
 mod system;
 
-pub use net::{free_port, free_ports, wait_for_line, wait_for_port};
+pub use net::{free_port, free_ports, strip_ansi, wait_for_line, wait_for_port};
 #[cfg(feature = "async")]
 pub use poll::poll_async;
-pub use poll::{always, eventually, poll, poll_every, repeat_for, POLL};
-pub use process::{program, Proc};
+pub use poll::{always, eventually, poll, poll_every, repeat_for, settled, POLL};
+pub use process::{program, run_within, Exited, Proc};
 #[cfg(feature = "s3")]
 pub use s3::S3;
 #[cfg(feature = "system")]

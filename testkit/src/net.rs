@@ -96,6 +96,29 @@ pub(crate) fn count_lines(log: &Path, marker: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// `text` without the terminal colour codes (`ESC [ ... m`) the programs' logs carry, so that a
+/// field reads as `reason=...`.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() != Some('[') {
+            continue;
+        }
+        // Parameters and intermediates, up to the final byte (@ to ~).
+        for c in chars.by_ref() {
+            if ('@'..='~').contains(&c) {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The first word of what [`wait_for_line`] returned: an address after a banner.
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
 pub(crate) fn first_word(rest: &str) -> Result<String> {
@@ -103,4 +126,19 @@ pub(crate) fn first_word(rest: &str) -> Result<String> {
         .next()
         .map(str::to_string)
         .context("an address after the banner")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        let line = "\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m request refused \u{1b}[3mreason\u{1b}[0m\u{1b}[2m=\u{1b}[0mno token";
+        assert_eq!(
+            strip_ansi(line),
+            "2026  WARN request refused reason=no token"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
 }

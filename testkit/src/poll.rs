@@ -58,6 +58,48 @@ pub fn always<E: Display>(period: Duration, mut check: impl FnMut() -> Result<()
     }
 }
 
+/// For test bodies: waits until `observe` gives one value at every poll for `period` (a system
+/// at rest) and returns it; panics after `timeout` with the last two values seen.
+#[track_caller]
+pub fn settled<T: PartialEq + std::fmt::Debug, E: Display>(
+    timeout: Duration,
+    period: Duration,
+    mut observe: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<(T, Instant)> = None;
+    loop {
+        let why = match observe() {
+            Ok(v) => match last.take() {
+                Some((prev, since)) if prev == v => {
+                    if since.elapsed() >= period {
+                        return v;
+                    }
+                    last = Some((prev, since));
+                    String::new()
+                }
+                Some((prev, _)) => {
+                    let why = format!("still changing: {prev:?} then {v:?}");
+                    last = Some((v, Instant::now()));
+                    why
+                }
+                None => {
+                    last = Some((v, Instant::now()));
+                    String::new()
+                }
+            },
+            Err(e) => {
+                last = None;
+                e.to_string()
+            }
+        };
+        if Instant::now() >= deadline {
+            panic!("not at rest for {period:?} within {timeout:?}: {why}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Calls `f` at every poll for `period` (sampling what happens meanwhile).
 pub fn repeat_for(period: Duration, mut f: impl FnMut()) {
     let until = Instant::now() + period;

@@ -1,7 +1,8 @@
 //! Child processes of a test: a guard that kills them whatever happens, and finding programs.
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::poll::poll;
@@ -55,6 +56,71 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// How a program run by [`run_within`] ended.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end, for at most `timeout`: how it ended, or, if it is still running
+/// then (a program that should have refused to start and did not), `Err` with its output so
+/// far; it is killed either way.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> Result<Exited, String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?} does not start: {e}"))?;
+    let mut p = Proc::new(child, format!("{cmd:?}"));
+    // Read on threads of their own, so a chatty program never blocks on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(
+        p.child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        p.child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let status = poll(timeout, || match p.child.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        _ => Err(()),
+    });
+    if status.is_err() {
+        p.kill9();
+    }
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Ok(status) => Ok(Exited {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(()) => Err(format!(
+            "{} was still running after {timeout:?}\nstdout: {stdout}\nstderr: {stderr}",
+            p.name
+        )),
     }
 }
 

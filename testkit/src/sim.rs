@@ -2,7 +2,7 @@
 //! spec declares. For tests and benches that drive the engine or a coordinator without running
 //! anything.
 
-use gantry_model::{ArtifactRef, ParamType, StepOutcome, StepSpec};
+use gantry_model::{ArtifactRef, HostInventory, ParamType, StepOutcome, StepSpec};
 use serde_json::Value;
 
 /// `Succeeded` with every output `spec` declares: each parameter the value `value(name, type)`
@@ -43,5 +43,20 @@ pub fn zero(t: ParamType) -> Value {
         ParamType::Boolean => Value::Bool(false),
         ParamType::List => Value::Array(Vec::new()),
         ParamType::Struct | ParamType::TaskFinalStatus => Value::Object(Default::default()),
+    }
+}
+
+/// A simulated host: `cpus` CPUs, `memory` bytes, no GPU.
+pub fn inventory(hostname: &str, cpus: f64, memory: u64) -> HostInventory {
+    HostInventory {
+        hostname: hostname.to_string(),
+        cpu_cores: cpus,
+        memory_bytes: memory,
+        gpus: Vec::new(),
+        driver_version: None,
+        cuda_version: None,
+        disk_free_bytes: None,
+        os: Some("linux".into()),
+        runtime: "simulated".into(),
     }
 }

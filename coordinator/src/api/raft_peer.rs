@@ -26,6 +26,20 @@ fn chunk_delay() -> Option<std::time::Duration> {
     })
 }
 
+/// Every message of a batch or stream from `from` must be from `from` and to this node: the
+/// batch's sender is the one its certificate was checked against. A refusal is logged.
+fn check_message(msg: &Message, from: u64, node_id: u64) -> Result<(), ApiError> {
+    if msg.to != node_id || msg.from != from {
+        let e = ApiError::PeerRefused(format!(
+            "raft message from {} to {} arrived in a batch from {from} at node {node_id}",
+            msg.from, msg.to
+        ));
+        tracing::warn!(from, reason = %e, "raft traffic refused");
+        return Err(e);
+    }
+    Ok(())
+}
+
 impl Api {
     fn learn_peer(&self, id: u64, address: &str) {
         if id != 0 && !address.is_empty() {
@@ -93,14 +107,7 @@ impl RaftService for Api {
         }
         for bytes in batch.messages {
             let msg = Message::parse_from_bytes(&bytes).map_err(ApiError::UndecodableMessage)?;
-            if msg.to != self.0.node_id || msg.from != batch.from {
-                let e = ApiError::PeerRefused(format!(
-                    "raft message from {} to {} arrived in a batch from {} at node {}",
-                    msg.from, msg.to, batch.from, self.0.node_id
-                ));
-                tracing::warn!(from = batch.from, reason = %e, "raft traffic refused");
-                return Err(e.into());
-            }
+            check_message(&msg, batch.from, self.0.node_id)?;
             self.0.raft.step(msg).map_err(ApiError::Step)?;
         }
         Ok(Response::new(pb::RaftAck {}))
@@ -116,10 +123,8 @@ impl RaftService for Api {
         self.accept_from(first.from, &first.cluster, &principal)?;
         let msg =
             Message::parse_from_bytes(&first.message).map_err(ApiError::UndecodableSnapshot)?;
-        if msg.get_msg_type() != MessageType::MsgSnapshot
-            || msg.to != self.0.node_id
-            || msg.from != first.from
-        {
+        check_message(&msg, first.from, self.0.node_id)?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(ApiError::NotASnapshot.into());
         }
         self.learn_peer(first.from, &first.from_address);
