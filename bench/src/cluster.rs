@@ -12,9 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use gantry_cli::exit::CliError;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
-use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::cluster::{Authed, Cluster, ClusterOpts};
 use gantry_testkit::poll_async;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::pipeline::{container_pipeline, noop_pipeline};
 use crate::table::{pct, table};
@@ -27,6 +26,33 @@ const NODES: usize = 3;
 /// Long enough that the run does not finish during the bench (0.1 s sleep per step).
 const CHAIN_STEPS: usize = 2000;
 
+/// Whether the cluster under test serves TLS (certificates, mutual TLS between peers, bearer
+/// tokens): `both` runs the same bench twice, on and then off, and prints both tables.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    On,
+    Off,
+    Both,
+}
+
+impl TlsMode {
+    pub fn runs(self) -> &'static [bool] {
+        match self {
+            TlsMode::On => &[true],
+            TlsMode::Off => &[false],
+            TlsMode::Both => &[true, false],
+        }
+    }
+}
+
+pub fn tls_word(on: bool) -> &'static str {
+    if on {
+        "TLS on"
+    } else {
+        "TLS off"
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RaftArgs {
     /// Seconds per concurrency level.
@@ -35,6 +61,9 @@ pub struct RaftArgs {
     /// Concurrent submitters, one level after the other.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
     pub concurrency: Vec<usize>,
+    /// TLS on the cluster: on (as deployed), off (plain TCP on loopback), or both, one table each.
+    #[arg(long, value_enum, default_value_t = TlsMode::Both)]
+    pub tls: TlsMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,17 +96,27 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-pub(crate) fn channel(addr: &str) -> Result<Channel, CliError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| unavailable(format!("bad address {addr}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// A channel to node `id` with the harness's credentials (its client certificate and the admin
+/// token when TLS is on).
+pub(crate) fn channel(c: &Cluster, id: u64) -> Result<Authed, CliError> {
+    c.channel(id)
+        .ok_or_else(|| unavailable(format!("no channel to node {id} at {}", c.address(id))))
+}
+
+/// A connection of its own to `addr` presenting `tls` (an agent's certificate) or plain TCP.
+pub(crate) fn agent_channel(
+    addr: &str,
+    tls: Option<std::sync::Arc<gantry_tls::TlsContext>>,
+) -> Result<tonic::transport::Channel, CliError> {
+    gantry_tls::client::channel(addr, tls, |e| {
+        e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
+    })
+    .map_err(|e| unavailable(format!("bad address {addr}: {e}")))
 }
 
 /// Starts 3 loopback coordinators from the binaries beside this one (and checks that
-/// `gantry-agent` is there too when `with_agent`).
-pub(crate) fn start_cluster(with_agent: bool) -> Result<Cluster, CliError> {
+/// `gantry-agent` is there too when `with_agent`), with TLS, certificates and tokens when `tls`.
+pub(crate) fn start_cluster(with_agent: bool, tls: bool) -> Result<Cluster, CliError> {
     let bin_dir = bin_dir()?;
     let needed: &[&str] = if with_agent {
         &["gantry-coordinator", "gantry-agent"]
@@ -96,6 +135,7 @@ pub(crate) fn start_cluster(with_agent: bool) -> Result<Cluster, CliError> {
     }
     let mut opts = ClusterOpts::loopback(NODES);
     opts.bin_dir = Some(bin_dir);
+    opts.tls = tls;
     // Waits for each node to serve: blocking, so off the async workers.
     let c = tokio::task::block_in_place(|| Cluster::start(opts))
         .map_err(|e| unavailable(format!("{e:#}")))?;
@@ -105,7 +145,8 @@ pub(crate) fn start_cluster(with_agent: bool) -> Result<Cluster, CliError> {
         .map(|id| format!("{id}={}", c.address(*id)))
         .collect();
     println!(
-        "cluster: {} (data and logs in {})",
+        "cluster ({}): {} (data and logs in {})",
+        tls_word(tls),
         peers.join(" "),
         c.dir.path().display()
     );
@@ -122,11 +163,12 @@ pub(crate) fn failed(c: &Cluster, e: CliError) -> CliError {
 
 /// Runs `bench` on a fresh cluster; Ctrl-C ends it through the cluster's guard rather than
 /// leaving the children running.
-async fn on_cluster(
+async fn on_cluster<T>(
     with_agent: bool,
-    bench: impl AsyncFnOnce(&mut Cluster) -> Result<(), CliError>,
-) -> Result<(), CliError> {
-    let mut cluster = start_cluster(with_agent)?;
+    tls: bool,
+    bench: impl AsyncFnOnce(&mut Cluster) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let mut cluster = start_cluster(with_agent, tls)?;
     let result = tokio::select! {
         r = bench(&mut cluster) => r,
         _ = tokio::signal::ctrl_c() => Err(unavailable("interrupted")),
@@ -135,25 +177,25 @@ async fn on_cluster(
 }
 
 /// One lazily connected channel per node, renewed when the node restarts.
-struct Channels(Vec<Channel>);
+struct Channels(Vec<Authed>);
 
 impl Channels {
     fn new(c: &Cluster) -> Result<Self, CliError> {
         let all = c
             .all_ids()
             .iter()
-            .map(|id| channel(&c.address(*id)))
+            .map(|id| channel(c, *id))
             .collect::<Result<_, _>>()?;
         Ok(Channels(all))
     }
 
-    fn runs(&self, id: u64) -> RunServiceClient<Channel> {
+    fn runs(&self, id: u64) -> RunServiceClient<Authed> {
         RunServiceClient::new(self.0[(id - 1) as usize].clone())
     }
 
     /// A fresh connection, not one that knew the killed process.
     fn renew(&mut self, c: &Cluster, id: u64) -> Result<(), CliError> {
-        self.0[(id - 1) as usize] = channel(&c.address(id))?;
+        self.0[(id - 1) as usize] = channel(c, id)?;
         Ok(())
     }
 }
@@ -171,10 +213,27 @@ async fn wait_leader(
 // ---------------------------------------------------------------- raft
 
 pub async fn raft(a: RaftArgs) -> Result<(), CliError> {
-    on_cluster(false, async |c: &mut Cluster| raft_on(c, a).await).await
+    let mut tables = Vec::new();
+    for &tls in a.tls.runs() {
+        let t = on_cluster(false, tls, async |c: &mut Cluster| raft_on(c, &a).await).await?;
+        println!("\n{}:\n{t}", tls_word(tls));
+        tables.push((tls, t));
+    }
+    if tables.len() > 1 {
+        for (tls, t) in &tables {
+            println!("\n{}:\n{t}", tls_word(*tls));
+        }
+    }
+    println!(
+        "\neach commit: a SubmitRun whose CreateRun entry is fsynced on a majority and applied before \
+         it answers; batching is group commit in the Raft thread (the proposals drained for one \
+         Ready share one fsync). TLS on: every connection (client and peers) is mutual TLS and \
+         each call carries a bearer token checked against the replicated ACL"
+    );
+    Ok(())
 }
 
-async fn raft_on(c: &mut Cluster, a: RaftArgs) -> Result<(), CliError> {
+async fn raft_on(c: &mut Cluster, a: &RaftArgs) -> Result<comfy_table::Table, CliError> {
     let leader = wait_leader(c, &c.all_ids(), 0).await?;
     println!("leader: node {} (term {})", leader.node_id, leader.term);
     println!("leader commit_index before: {}", leader.commit_index);
@@ -205,14 +264,8 @@ async fn raft_on(c: &mut Cluster, a: RaftArgs) -> Result<(), CliError> {
         ]);
         index = now;
     }
-    println!("\n{t}");
-    println!("\nleader commit_index after: {index}");
-    println!(
-        "each commit: a SubmitRun whose CreateRun entry is fsynced on a majority and applied before \
-         it answers; batching is group commit in the Raft thread (the proposals drained for one \
-         Ready share one fsync)"
-    );
-    Ok(())
+    println!("leader commit_index after: {index}");
+    Ok(t)
 }
 
 async fn commit_index(c: &Cluster, id: u64) -> Result<u64, CliError> {
@@ -224,7 +277,7 @@ async fn commit_index(c: &Cluster, id: u64) -> Result<u64, CliError> {
 
 /// `n` submitters for `run_for`; every latency in microseconds, and the wall time of the level.
 async fn level(
-    runs: &RunServiceClient<Channel>,
+    runs: &RunServiceClient<Authed>,
     n: usize,
     run_for: Duration,
     seq: &Arc<AtomicU64>,
@@ -244,7 +297,7 @@ async fn level(
 }
 
 async fn submitter(
-    mut runs: RunServiceClient<Channel>,
+    mut runs: RunServiceClient<Authed>,
     deadline: Instant,
     seq: Arc<AtomicU64>,
 ) -> Result<Vec<i64>, CliError> {
@@ -270,7 +323,7 @@ async fn submitter(
 // ---------------------------------------------------------------- failover
 
 pub async fn failover(a: FailoverArgs) -> Result<(), CliError> {
-    on_cluster(true, async |c: &mut Cluster| failover_on(c, a).await).await
+    on_cluster(true, true, async |c: &mut Cluster| failover_on(c, a).await).await
 }
 
 async fn failover_on(c: &mut Cluster, a: FailoverArgs) -> Result<(), CliError> {

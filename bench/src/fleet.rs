@@ -1,6 +1,8 @@
 //! `gantry-bench fleet`: end to end through Raft on 3 local `gantry-coordinator` processes with
 //! many simulated agents. Each agent is a tokio task in this process with its own `Session`
-//! stream to the leader (a few hundred streams share one HTTP/2 connection); it reports 8 CPUs
+//! stream to the leader over a connection of its own, as a real agent has (with TLS it presents
+//! its own certificate, which is what names it; without TLS several agents may share one HTTP/2
+//! connection, `--agents-per-connection`); it reports 8 CPUs
 //! and 64 GiB, and answers every assignment with Started and Finished (succeeded) at once, so
 //! the figures are the coordinators' and not a container runtime's.
 //!
@@ -18,17 +20,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gantry_cli::exit::CliError;
-use gantry_model::{HostInventory, StepSpec};
+use gantry_model::StepSpec;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::agent_message::Body as Out;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::coordinator_message::Body as In;
-use gantry_testkit::cluster::Cluster;
+use gantry_testkit::cluster::{Authed, Cluster};
 use gantry_testkit::sim;
+use gantry_tls::TlsContext;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
-use crate::cluster::{channel, failed, start_cluster, unavailable};
+use crate::cluster::{
+    agent_channel, channel, failed, start_cluster, tls_word, unavailable, TlsMode,
+};
 use crate::table::{pct, table};
 
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,9 +62,13 @@ pub struct FleetArgs {
     /// Runs in flight at once; a new one is submitted when one ends.
     #[arg(long, default_value_t = 40)]
     pub in_flight: usize,
-    /// Agent sessions sharing one HTTP/2 connection to the leader.
-    #[arg(long, default_value_t = 250)]
+    /// Agent sessions sharing one HTTP/2 connection to the leader, with TLS off (with TLS on
+    /// each agent has its own, since its certificate names it).
+    #[arg(long, default_value_t = 1)]
     pub agents_per_connection: usize,
+    /// TLS on the cluster and the agents: on, off, or both (one table each, same workload).
+    #[arg(long, value_enum, default_value_t = TlsMode::Both)]
+    pub tls: TlsMode,
 }
 
 fn now_us() -> i64 {
@@ -127,49 +136,42 @@ fn attempt_ref(s: &StepSpec) -> pb::AttemptRef {
     }
 }
 
-fn inventory(agent_id: &str) -> HostInventory {
-    HostInventory {
-        hostname: agent_id.to_string(),
-        cpu_cores: CPUS_PER_AGENT,
-        memory_bytes: 64 * GIB,
-        gpus: Vec::new(),
-        driver_version: None,
-        cuda_version: None,
-        disk_free_bytes: None,
-        os: Some("linux".into()),
-        runtime: "simulated".into(),
-    }
-}
-
 /// The leader's address from a follower's refusal, as the real agent reads it.
 fn leader_hint(s: &tonic::Status) -> Option<String> {
     let addr = gantry_proto::leader_hint(s)?;
     Some(addr.trim_start_matches("http://").to_string())
 }
 
+fn agent_id(index: usize) -> String {
+    format!("sim-{index:05}")
+}
+
+/// How a simulated agent reaches the cluster: its first connection, its certificate (None:
+/// plain TCP) for a connection to the leader a follower names, and the members' addresses.
+struct Link {
+    channel: Channel,
+    tls: Option<Arc<TlsContext>>,
+    members: Arc<Vec<String>>,
+}
+
 /// Opens the session (following one redirect to the leader a follower names) and serves it
 /// until the bench ends; any failure is reported to the tracker.
-async fn sim_agent(
-    channels: Arc<Vec<Channel>>,
-    by_addr: Arc<HashMap<String, Channel>>,
-    index: usize,
-    tracker: Arc<Tracker>,
-) {
-    let agent_id = format!("sim-{index:05}");
-    if let Err(e) = sim_session(&channels, &by_addr, index, &agent_id, &tracker).await {
+async fn sim_agent(link: Link, index: usize, tracker: Arc<Tracker>) {
+    let agent_id = agent_id(index);
+    if let Err(e) = sim_session(link, index, &agent_id, &tracker).await {
         tracker.fail(format!("agent {agent_id}: {e}"));
     }
 }
 
 async fn sim_session(
-    channels: &[Channel],
-    by_addr: &HashMap<String, Channel>,
+    link: Link,
     index: usize,
     agent_id: &str,
     tracker: &Tracker,
 ) -> Result<(), String> {
-    let inventory_json = serde_json::to_string(&inventory(agent_id)).map_err(|e| e.to_string())?;
-    let mut channel = channels[index % channels.len()].clone();
+    let inventory_json = serde_json::to_string(&sim::inventory(agent_id, CPUS_PER_AGENT, 64 * GIB))
+        .map_err(|e| e.to_string())?;
+    let mut channel = link.channel;
     let mut redirected = false;
     let (tx, mut inbound) = loop {
         // Roomy: a burst of assignments answers with two messages each.
@@ -188,10 +190,10 @@ async fn sim_session(
             .await
         {
             Ok(r) => break (tx, r.into_inner()),
-            Err(s) => match leader_hint(&s).and_then(|a| by_addr.get(&a)) {
-                Some(ch) if !redirected => {
+            Err(s) => match leader_hint(&s).filter(|a| link.members.contains(a)) {
+                Some(addr) if !redirected => {
                     redirected = true;
-                    channel = ch.clone();
+                    channel = agent_channel(&addr, link.tls.clone()).map_err(|e| e.to_string())?;
                 }
                 _ => return Err(format!("Session refused: {s}")),
             },
@@ -293,6 +295,30 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
             "--width, --in-flight and --agents-per-connection must be at least 1".into(),
         ));
     }
+    if args.agents_per_connection > 1 && args.tls != TlsMode::Off {
+        return Err(CliError::Refused(
+            "--agents-per-connection above 1 needs --tls off: with TLS each agent's certificate \
+             names it, so each agent has a connection of its own"
+                .into(),
+        ));
+    }
+    let mut tables = Vec::new();
+    for &tls in args.tls.runs() {
+        tables.push((tls, fleet_table(&args, tls).await?));
+    }
+    for (tls, t) in &tables {
+        println!(
+            "\n{} ({}):\n{t}",
+            tls_word(*tls),
+            connections_word(*tls, &args)
+        );
+    }
+    explain(&args);
+    Ok(())
+}
+
+/// One table row per fleet size, each on a fresh cluster with TLS on or off.
+async fn fleet_table(args: &FleetArgs, tls: bool) -> Result<comfy_table::Table, CliError> {
     let mut t = table(&[
         "agents",
         "steps",
@@ -309,10 +335,10 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
         "net µs/place",
     ]);
     for &n in &args.agents {
-        let cluster = start_cluster(false)?;
+        let cluster = start_cluster(false, tls)?;
         // Ctrl-C ends the bench through the guard rather than leaving the children running.
         let result = tokio::select! {
-            r = fleet_row(&cluster, &args, n.max(1)) => r,
+            r = fleet_row(&cluster, args, n.max(1)) => r,
             _ = tokio::signal::ctrl_c() => Err(unavailable("interrupted")),
         };
         let row = result.map_err(|e| failed(&cluster, e))?;
@@ -326,7 +352,26 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
         // Killed and reaped before the next size starts its own, so they do not compete.
         drop(cluster);
     }
-    println!("\n{t}");
+    println!(
+        "\n{} ({}):\n{t}",
+        tls_word(tls),
+        connections_word(tls, args)
+    );
+    Ok(t)
+}
+
+fn connections_word(tls: bool, args: &FleetArgs) -> String {
+    if tls {
+        "one mutual-TLS connection per agent, each with its own certificate".into()
+    } else {
+        format!(
+            "plain TCP, {} agent(s) per connection",
+            args.agents_per_connection
+        )
+    }
+}
+
+fn explain(args: &FleetArgs) {
     println!(
         "\nworkload: runs of one ParallelFor of {} no-op steps (1 CPU each), {} runs in flight, \
          agents with {CPUS_PER_AGENT} CPUs answering Started and Finished at once",
@@ -346,7 +391,6 @@ pub async fn run(args: FleetArgs) -> Result<(), CliError> {
         IDLE.as_secs()
     );
     println!("goal: over 2000 placements/s, cost per placement growing at most logarithmically with the fleet");
-    Ok(())
 }
 
 fn cells(r: &Row) -> Vec<String> {
@@ -379,31 +423,38 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         .await
         .map_err(|e| unavailable(format!("{e:#}")))?;
     let leader_addr = c.address(leader.node_id);
-    let connections = agents.div_ceil(args.agents_per_connection);
-    // Separate endpoints, so separate TCP connections; clones of one Channel would share one.
-    let channels: Vec<Channel> = (0..connections)
-        .map(|_| channel(&leader_addr))
-        .collect::<Result<_, _>>()?;
-    let by_addr: HashMap<String, Channel> = c
-        .all_ids()
-        .into_iter()
-        .map(|id| {
-            let addr = c.address(id);
-            channel(&addr).map(|ch| (addr, ch))
-        })
-        .collect::<Result<_, _>>()?;
-    let (channels, by_addr) = (Arc::new(channels), Arc::new(by_addr));
+    let members: Arc<Vec<String>> = Arc::new(c.all_ids().iter().map(|id| c.address(*id)).collect());
+    // Certificates are issued (and so keys made) before the clock starts.
+    let mut links = Vec::with_capacity(agents);
+    let mut shared: Option<Channel> = None;
+    for i in 0..agents {
+        let tls = c
+            .agent_tls(&agent_id(i))
+            .map_err(|e| unavailable(format!("agent certificate: {e:#}")))?;
+        // Separate endpoints, so separate TCP connections; clones of one Channel share one.
+        if tls.is_some() || i % args.agents_per_connection == 0 || shared.is_none() {
+            shared = Some(agent_channel(&leader_addr, tls.clone())?);
+        }
+        let Some(ch) = shared.clone() else {
+            return Err(unavailable("no channel"));
+        };
+        links.push(Link {
+            channel: ch,
+            tls,
+            members: members.clone(),
+        });
+    }
+    let connections = if c.tls_dir().is_some() {
+        agents
+    } else {
+        agents.div_ceil(args.agents_per_connection)
+    };
     let tracker = Arc::new(Tracker::default());
     // Dropped (and so aborted) when the row ends, however it ends.
     let mut fleet = tokio::task::JoinSet::new();
     let t_reg = Instant::now();
-    for i in 0..agents {
-        fleet.spawn(sim_agent(
-            channels.clone(),
-            by_addr.clone(),
-            i,
-            tracker.clone(),
-        ));
+    for (i, link) in links.into_iter().enumerate() {
+        fleet.spawn(sim_agent(link, i, tracker.clone()));
     }
     let within = Duration::from_secs(30) + Duration::from_millis(10 * agents as u64);
     while tracker.registered.load(Ordering::Relaxed) < agents {
@@ -423,7 +474,7 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
         leader.node_id,
         t_reg.elapsed().as_secs_f64()
     );
-    let mut runs = pb::run_service_client::RunServiceClient::new(channel(&leader_addr)?);
+    let mut runs = pb::run_service_client::RunServiceClient::new(channel(c, leader.node_id)?);
     // Warm-up: connections, allocations and code paths, not counted.
     let warm = submit(&mut runs, &fleet_pipeline("fleet-warm-up", 20), "warm-up").await?;
     wait_runs(&tracker, &[(warm, 20)]).await?;
@@ -539,7 +590,7 @@ async fn fleet_row(c: &Cluster, args: &FleetArgs, agents: usize) -> Result<Row, 
 }
 
 async fn submit(
-    runs: &mut pb::run_service_client::RunServiceClient<Channel>,
+    runs: &mut pb::run_service_client::RunServiceClient<Authed>,
     yaml: &str,
     tag: &str,
 ) -> Result<String, CliError> {
@@ -558,7 +609,7 @@ async fn submit(
 }
 
 async fn get_run(
-    runs: &mut pb::run_service_client::RunServiceClient<Channel>,
+    runs: &mut pb::run_service_client::RunServiceClient<Authed>,
     run_id: &str,
 ) -> Result<pb::Run, CliError> {
     let req = pb::GetRunRequest {

@@ -290,9 +290,11 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
                 m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
                 m.term = 1_000_000;
                 let mut snap = raft::eraftpb::Snapshot::default();
-                let mut meta = raft::eraftpb::SnapshotMetadata::default();
-                meta.index = 1_000_000;
-                meta.term = 1_000_000;
+                let mut meta = raft::eraftpb::SnapshotMetadata {
+                    index: 1_000_000,
+                    term: 1_000_000,
+                    ..Default::default()
+                };
                 let mut cs = raft::eraftpb::ConfState::default();
                 cs.set_voters(vec![node]);
                 meta.set_conf_state(cs);

@@ -277,8 +277,8 @@ fn an_output_reported_outside_the_attempts_prefix_fails_the_task() {
         assert_ne!(data.uri, spec.outputs.artifacts["data"].uri);
         let bad_uri = data.uri.clone();
         let attempt = pb::AttemptRef {
-            run_id: spec.run_id.clone(),
-            task_id: spec.task_id.clone(),
+            run_id: spec.run_id.to_string(),
+            task_id: spec.task_id.to_string(),
             attempt: spec.attempt,
         };
         s1.send(Out::Started(pb::AttemptStarted {

@@ -146,9 +146,11 @@ async fn forge(
                 let mut m = raft_message(MessageType::MsgAppend, msg_from, to, term);
                 m.index = at.last;
                 m.log_term = at.term;
-                let mut e = Entry::default();
-                e.term = term;
-                e.index = at.last + 1;
+                let mut e = Entry {
+                    term,
+                    index: at.last + 1,
+                    ..Default::default()
+                };
                 e.set_data(forged_command().into());
                 m.set_entries(vec![e].into());
                 m.commit = at.last + 1;
@@ -158,9 +160,11 @@ async fn forge(
                 let mut m = raft_message(MessageType::MsgSnapshot, msg_from, to, term);
                 let mut cs = ConfState::default();
                 cs.set_voters(vec![to]);
-                let mut meta = SnapshotMetadata::default();
-                meta.index = at.last + 1000;
-                meta.term = term;
+                let mut meta = SnapshotMetadata {
+                    index: at.last + 1000,
+                    term,
+                    ..Default::default()
+                };
                 meta.set_conf_state(cs);
                 let mut snap = Snapshot::default();
                 snap.set_metadata(meta);

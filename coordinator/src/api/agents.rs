@@ -213,16 +213,18 @@ impl AgentService for Api {
                         "this agent's certificate is for agent {id}; it may not register as {}",
                         reg.agent_id
                     ));
-                    tracing::warn!(reason = %e, "agent session refused");
+                    tracing::warn!(cert = %id, claimed = %reg.agent_id,
+                        "refused: an agent registered under another agent's id");
                     return Err(e.into());
                 }
                 AgentId::from(id.as_str())
             }
             _ if self.0.transport == crate::auth::Transport::Tls => {
-                return Err(ApiError::AgentRefused(
-                    "an agent session needs an agent certificate".into(),
-                )
-                .into());
+                let e =
+                    ApiError::AgentRefused("an agent session needs an agent certificate".into());
+                tracing::warn!(caller = %principal.name(), claimed = %reg.agent_id, reason = %e,
+                    "refused: an agent session without an agent certificate");
+                return Err(e.into());
             }
             _ if reg.agent_id.is_empty() => return Err(ApiError::EmptyAgentId.into()),
             _ => AgentId::from(reg.agent_id.as_str()),
