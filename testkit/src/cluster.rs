@@ -951,6 +951,11 @@ impl Drop for Cluster {
         if let Some(k) = self.netns {
             let _ = netns(&["down".into(), k.to_string(), self.nodes.len().to_string()]);
         }
+        // The cluster may be dropped inside an async caller (the benches), where a runtime's
+        // ordinary drop would block and panic.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
