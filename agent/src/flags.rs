@@ -209,7 +209,7 @@ mod tests {
         for (args, want) in [
             (&["--step-cap-add", "ALL"][..], "--step-cap-add ALL"),
             (&["--step-cap-add", "a b"][..], "--step-cap-add"),
-            (&["--step-pids-limit", "-1"][..], "--step-pids-limit -1"),
+            (&["--step-pids-limit=-1"][..], "--step-pids-limit -1"),
             (
                 &["--default-step-memory", "lots"][..],
                 "--default-step-memory",

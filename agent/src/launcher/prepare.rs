@@ -142,7 +142,10 @@ impl Launcher {
     /// names (`NVIDIA_*`, `CUDA_VISIBLE_DEVICES`, `GANTRY_*`, [`gantry_model::env`]), which
     /// the coordinator refuses at submit, are dropped here too, and Gantry's come last
     /// whatever happens.
-    fn container_env(&self, spec: &StepSpec) -> Result<Vec<(String, String)>, LaunchError> {
+    pub(super) fn container_env(
+        &self,
+        spec: &StepSpec,
+    ) -> Result<Vec<(String, String)>, LaunchError> {
         let mut env: Vec<(String, String)> = self.step_env.clone();
         let (secret_env, _) =
             secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env)?;
