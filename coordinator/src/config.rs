@@ -347,6 +347,8 @@ mod tests {
         assert_eq!(cfg.node_id, 1);
         assert_eq!(cfg.peers.len(), 3);
         assert_eq!(cfg.tick_interval, Duration::from_millis(100));
+        assert_eq!(cfg.import_roots, ["file:///srv/datasets"]);
+        assert_eq!(cfg.allow_buckets, ["gantry-datasets"]);
     }
 
     #[test]
