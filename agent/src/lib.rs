@@ -1,6 +1,8 @@
 //! The Gantry agent: reports its host, runs the steps the coordinator assigns, moves their
 //! artifacts. It decides nothing about placement or run state.
 
+pub mod access;
+pub mod flags;
 pub use gantry_artifacts as artifacts;
 pub mod inventory;
 pub mod launcher;

@@ -24,7 +24,9 @@ struct Args {
     /// Agent id; defaults to the host name.
     #[arg(long, env = "GANTRY_AGENT_ID")]
     agent_id: Option<String>,
-    /// Container runtime: docker, process, or auto (docker if an engine answers).
+    /// Container runtime: docker, process, or auto (= docker). Without a Docker engine the
+    /// agent does not start: steps run as host processes, without isolation, only with
+    /// `--runtime process`.
     #[arg(long, env = "GANTRY_RUNTIME", value_enum, default_value_t = RuntimeChoice::Auto)]
     runtime: RuntimeChoice,
     /// Directory for per-attempt working directories.
@@ -70,6 +72,8 @@ struct Args {
     /// then read and change the steps this agent runs.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    steps: gantry_agent::flags::StepFlags,
 }
 
 /// Loads the agent's TLS material, or checks that going without is allowed.
@@ -142,8 +146,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| gantry_model::Taint::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let runtime = gantry_agent::runtime::select(args.runtime).await?;
+    let isolation = args.steps.isolation()?;
+    let access = args.steps.access()?;
+    let runtime = gantry_agent::runtime::select(args.runtime, isolation).await?;
     let runtime_name = runtime.name();
+    let network = args.steps.network(runtime_name)?;
     let (secret_store, volumes) = gantry_agent::volumes::host_resources(
         args.secrets_dir.as_deref(),
         &args.volumes,
@@ -190,7 +197,9 @@ async fn main() -> anyhow::Result<()> {
             .step_env(step_env)
             .labels(own_labels)
             .secrets(secret_store)
-            .volumes(volumes),
+            .volumes(volumes)
+            .network(network)
+            .uri_access(access),
     ));
     let reattached = core.reattach_orphans().await;
     if reattached > 0 {

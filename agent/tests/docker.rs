@@ -571,3 +571,82 @@ async fn orphans_whose_labels_lead_outside_the_work_dir_are_removed_not_followed
     assert!(launcher.orphans().await.is_empty());
     assert!(containers_of(runtime.client(), &run).await.is_empty());
 }
+
+/// The isolation every step gets by default, seen from the engine (the container's
+/// HostConfig while it runs) and from inside (its capabilities, no-new-privileges, the
+/// network `none` leaves it).
+#[tokio::test]
+async fn steps_run_with_dropped_capabilities_no_new_privileges_and_limits() {
+    let Some((env, run, _cleanup)) = setup("isolation").await else {
+        return;
+    };
+    let mut s = env.step(&run, "t", BUSYBOX, &["sh", "-c"]);
+    s.container.args =
+        strings(&["grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ls /sys/class/net; sleep 2"]);
+    let launcher = env.launcher.clone();
+    let spec = s.clone();
+    let step = tokio::spawn(async move { run_step(&launcher, &spec).await });
+    let id = wait_running(env.runtime.client(), &run).await;
+    let hc = env
+        .runtime
+        .client()
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect")
+        .host_config
+        .expect("host config");
+    let (outcome, logs) = step.await.expect("step task");
+    succeeded_or_logs(&outcome, &logs);
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    let mut added: Vec<String> = hc
+        .cap_add
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    added.sort();
+    let mut want = gantry_agent::runtime::DEFAULT_STEP_CAPS
+        .map(String::from)
+        .to_vec();
+    want.sort();
+    assert_eq!(added, want);
+    assert_eq!(
+        hc.security_opt,
+        Some(vec!["no-new-privileges:true".to_string()])
+    );
+    assert_eq!(hc.pids_limit, Some(4096));
+    assert_eq!(hc.memory, Some(4 << 30), "the default memory limit");
+    assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    // Inside: exactly CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE
+    // (bits 0 1 3 4 5 6 7 10), so no CAP_SYS_ADMIN (bit 21) nor NET_RAW (13); no new
+    // privileges; only the loopback interface.
+    assert_eq!(
+        lines(&logs, LogStream::Stdout),
+        vec!["CapEff:\t00000000000004fb", "NoNewPrivs:\t1", "lo"]
+    );
+}
+
+/// A fork bomb stops at the PID limit: the step fails instead of the host.
+#[tokio::test]
+async fn the_pid_limit_bounds_a_fork_bomb() {
+    let Some((env, run, _cleanup)) = setup("pids").await else {
+        return;
+    };
+    let runtime = Arc::new(
+        docker()
+            .await
+            .with_isolation(gantry_agent::runtime::StepIsolation {
+                pids_limit: Some(20),
+                ..Default::default()
+            }),
+    );
+    let launcher = Launcher::new(runtime, env._work_dir.path().join("pids"));
+    let mut s = env.step(&run, "t", BUSYBOX, &["sh", "-c"]);
+    s.container.args = strings(&["for i in $(seq 60); do sleep 3 & done; echo all-started"]);
+    let (outcome, logs) = run_step(&launcher, &s).await;
+    let StepOutcome::Failed { error, .. } = &outcome else {
+        panic!("the fork bomb was not stopped: {outcome:?} {logs:?}");
+    };
+    assert!(error.contains("can't fork"), "{error}");
+    assert!(!lines(&logs, LogStream::Stdout).contains(&"all-started"));
+}

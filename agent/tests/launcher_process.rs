@@ -449,3 +449,72 @@ async fn a_step_mounting_a_volume_fails_on_a_runtime_that_cannot_mount_it() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A step's `file://` inputs come from under the run's artifact root or this agent's import
+/// roots only, checked after resolving symbolic links; anything else fails the attempt naming
+/// the input and the URI, before the step runs.
+#[tokio::test]
+async fn inputs_outside_the_artifact_root_and_import_roots_are_refused() {
+    let env = env();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let imports = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("secret"), "s3cr3t").expect("write");
+    std::fs::write(imports.path().join("data.csv"), "a,b\n").expect("write");
+    let access = gantry_agent::access::UriAccess::new(vec![file_root(imports.path())], vec![])
+        .expect("import root");
+    let launcher = Launcher::new(
+        Arc::new(ProcessRuntime::new()),
+        env.work_dir.path().join("agent2"),
+    )
+    .uri_access(access);
+    let marker = env.work_dir.path().join("ran");
+    let input_step = |run: &str, uri: String| {
+        let mut s = step(run, "t", &env.root(), "ignored", &["sh", "-c"]);
+        s.container.args = strings(&[
+            "cat \"$0\"; touch \"$1\"",
+            "{{$.inputs.artifacts['data'].path}}",
+            &marker.display().to_string(),
+        ]);
+        s.inputs.artifacts.insert(
+            "data".into(),
+            vec![ArtifactRef {
+                name: "data".into(),
+                uri,
+                schema_title: "system.Dataset".into(),
+                schema_version: String::new(),
+                metadata: Default::default(),
+            }],
+        );
+        s
+    };
+    // A link under the artifact root that leads out.
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        env.root_dir.path().join("link"),
+    )
+    .expect("symlink");
+    let run = run_id("access");
+    for uri in [
+        file_root(&outside.path().join("secret")),
+        format!("{}/link", env.root()),
+        format!("{}/../{}", env.root(), "x"),
+        "s3://not-allowed/key".to_string(),
+    ] {
+        let (outcome, logs) = run_step(&launcher, &input_step(&run, uri.clone())).await;
+        let e = failure(&outcome);
+        assert!(
+            e.contains("input artifact \"data\"") && e.contains(&uri),
+            "{uri}: {e}"
+        );
+        assert!(!marker.exists(), "the step ran for {uri}");
+        assert!(
+            !logs.iter().any(|l| l.line.contains("s3cr3t")),
+            "the secret leaked"
+        );
+    }
+    // Inside the import root it works.
+    let uri = file_root(&imports.path().join("data.csv"));
+    let (outcome, logs) = run_step(&launcher, &input_step(&run, uri)).await;
+    succeeded(&outcome);
+    assert!(logs.iter().any(|l| l.line == "a,b"), "{logs:?}");
+}

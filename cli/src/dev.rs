@@ -25,6 +25,8 @@ pub struct DevArgs {
     /// Where the Raft log, agent work dirs and (by default) artifacts live.
     #[arg(long, default_value = ".gantry")]
     pub data_dir: PathBuf,
+    /// docker, process, or auto (= docker). Without a Docker engine `gantry dev` does not
+    /// start: steps run as host processes, without isolation, only with `--runtime process`.
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
     pub runtime: RuntimeChoice,
     /// Artifact root: file:///abs/dir or s3://bucket/prefix (endpoint and credentials from
@@ -53,6 +55,10 @@ pub struct HostArgs {
     /// `:ro` read-only; Docker runtime only; as gantry-agent --volume).
     #[arg(long = "volume", value_name = "NAME=HOST_PATH[:ro]")]
     pub volumes: Vec<String>,
+    /// Import roots, allowed buckets, the step network and container isolation (as
+    /// gantry-agent; --import-root and --allow-bucket go to the coordinator too).
+    #[command(flatten)]
+    pub steps: gantry_agent::flags::StepFlags,
 }
 
 /// `KEY=VALUE` flags as pairs; `what` names the flag in errors.
@@ -192,10 +198,14 @@ pub async fn start_embedded(
         Some(r) => r,
         None => format!("file://{}", data_dir.join("artifacts").display()),
     };
-    let runtime = gantry_agent::runtime::select(runtime)
+    let refused = |e: &dyn std::fmt::Display| CliError::Refused(e.to_string());
+    let isolation = host.steps.isolation().map_err(|e| refused(&e))?;
+    let access = host.steps.access().map_err(|e| refused(&e))?;
+    let runtime = gantry_agent::runtime::select(runtime, isolation)
         .await
-        .map_err(|e| CliError::Refused(e.to_string()))?;
+        .map_err(|e| refused(&e))?;
     let runtime_name = runtime.name().to_string();
+    let network = host.steps.network(&runtime_name).map_err(|e| refused(&e))?;
     let mut labels = std::collections::BTreeMap::new();
     let (secret_store, volumes) = gantry_agent::volumes::host_resources(
         host.secrets_dir.as_deref(),
@@ -225,6 +235,8 @@ pub async fn start_embedded(
         data_dir.join("coordinator"),
         artifact_root.clone(),
     );
+    coordinator_cfg.import_roots = host.steps.import_roots.clone();
+    coordinator_cfg.allow_buckets = host.steps.allow_buckets.clone();
     let ca_path = coordinator_tls.ca.clone();
     coordinator_cfg.tls = Some(coordinator_tls);
     let server = server::start(coordinator_cfg)
@@ -247,7 +259,9 @@ pub async fn start_embedded(
         Launcher::new(runtime, data_dir.join("agent"))
             .step_env(step_env)
             .secrets(secret_store)
-            .volumes(volumes),
+            .volumes(volumes)
+            .network(network)
+            .uri_access(access),
     );
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &data_dir.join("agent"));
     let core = AgentCore::new(launcher);

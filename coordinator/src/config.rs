@@ -17,7 +17,8 @@ use gantry_core::scheduler::CpuPolicy;
 #[derive(Parser, Debug, Default)]
 #[command(version)]
 pub struct Args {
-    /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root, bootstrap,
+    /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root,
+    /// import_roots, allow_buckets (lists of strings), bootstrap,
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
     /// snapshot_entries, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
     /// cluster, require_client_certs.
@@ -39,6 +40,25 @@ pub struct Args {
     /// Default: file://<data-dir>/artifacts.
     #[arg(long, env = "GANTRY_ARTIFACT_ROOT")]
     pub artifact_root: Option<String>,
+    /// A `file:///abs/dir` runs may import from: importer URIs and `gantry run submit -a
+    /// NAME=file://…` must lie under one (repeatable; none by default, so file:// inputs are
+    /// refused). Comma-separated in the environment variable.
+    #[arg(
+        long = "import-root",
+        env = "GANTRY_IMPORT_ROOTS",
+        value_delimiter = ',',
+        value_name = "file:///DIR"
+    )]
+    pub import_roots: Vec<String>,
+    /// An S3 bucket runs may import from besides the artifact root's prefix (repeatable;
+    /// none by default). Comma-separated in the environment variable.
+    #[arg(
+        long = "allow-bucket",
+        env = "GANTRY_ALLOW_BUCKETS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allow_buckets: Vec<String>,
     /// Start a new cluster with this node as its only voter (first start only); grow it with
     /// `gantry cluster join`.
     #[arg(long)]
@@ -99,6 +119,8 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub artifact_root: Option<String>,
+    pub import_roots: Option<Vec<String>>,
+    pub allow_buckets: Option<Vec<String>>,
     pub bootstrap: Option<bool>,
     /// id (as a string key, TOML tables have string keys) → address
     pub peers: Option<std::collections::BTreeMap<String, String>>,
@@ -173,6 +195,23 @@ impl Args {
             .artifact_root
             .or(file.artifact_root)
             .unwrap_or_else(|| format!("file://{}", data_dir.join("artifacts").display()));
+        let import_roots = if self.import_roots.is_empty() {
+            file.import_roots.unwrap_or_default()
+        } else {
+            self.import_roots
+        };
+        let allow_buckets = if self.allow_buckets.is_empty() {
+            file.allow_buckets.unwrap_or_default()
+        } else {
+            self.allow_buckets
+        };
+        // Checked here too, so that a bad flag stops the start with the flag's name.
+        gantry_core::ir::UriPolicy::new(
+            artifact_root.clone(),
+            import_roots.clone(),
+            allow_buckets.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let mut peers = Members::new();
         if !self.peers.is_empty() {
             for p in &self.peers {
@@ -249,6 +288,8 @@ impl Args {
             advertise: self.advertise.or(file.advertise),
             data_dir,
             artifact_root,
+            import_roots,
+            allow_buckets,
             tick_interval: Duration::from_millis(tick_ms),
             election_tick,
             heartbeat_tick,
@@ -306,6 +347,8 @@ mod tests {
         assert_eq!(cfg.node_id, 1);
         assert_eq!(cfg.peers.len(), 3);
         assert_eq!(cfg.tick_interval, Duration::from_millis(100));
+        assert_eq!(cfg.import_roots, ["file:///srv/datasets"]);
+        assert_eq!(cfg.allow_buckets, ["gantry-datasets"]);
     }
 
     #[test]
@@ -326,6 +369,34 @@ mod tests {
             let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
             assert!(err.contains(want), "{peers:?}: {err}");
         }
+        for (args, want) in [
+            (
+                Args {
+                    import_roots: vec!["/data".into()],
+                    ..Default::default()
+                },
+                "--import-root \"/data\": expected file:///",
+            ),
+            (
+                Args {
+                    allow_buckets: vec!["a/b".into()],
+                    ..Default::default()
+                },
+                "--allow-bucket \"a/b\"",
+            ),
+        ] {
+            let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let cfg = Args {
+            import_roots: vec!["file:///data".into()],
+            allow_buckets: vec!["datasets".into()],
+            ..Default::default()
+        }
+        .resolve(FileConfig::default())
+        .unwrap();
+        assert_eq!(cfg.import_roots, ["file:///data"]);
+        assert_eq!(cfg.allow_buckets, ["datasets"]);
         let args = Args {
             election_ticks: Some(1),
             heartbeat_ticks: Some(1),

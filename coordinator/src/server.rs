@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// Where runs write artifacts: `file:///dir` or `s3://bucket/prefix`.
     pub artifact_root: String,
+    /// `file:///dir` roots runs may import from (`--import-root`); none by default.
+    pub import_roots: Vec<String>,
+    /// S3 buckets runs may import from besides the artifact root (`--allow-bucket`).
+    pub allow_buckets: Vec<String>,
     pub tick_interval: Duration,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
@@ -76,6 +80,8 @@ impl CoordinatorConfig {
             advertise: None,
             data_dir,
             artifact_root,
+            import_roots: Vec::new(),
+            allow_buckets: Vec::new(),
             tick_interval: d.tick_interval,
             election_tick: d.election_tick,
             heartbeat_tick: d.heartbeat_tick,
@@ -123,6 +129,9 @@ pub struct Coordinator {
     pub cpu_policy: CpuPolicy,
     pub agent_lease: Duration,
     pub artifact_root: String,
+    /// Which URIs runs may read ([`UriPolicy`](gantry_core::ir::UriPolicy)): every new run
+    /// carries a copy.
+    pub uri_policy: gantry_core::ir::UriPolicy,
     /// The address clients and peers use for this node.
     pub advertise: String,
     pub snapshots: SnapshotDir,
@@ -343,6 +352,12 @@ fn load_tls(cfg: &CoordinatorConfig) -> anyhow::Result<Option<Arc<gantry_tls::Tl
 }
 
 pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
+    let uri_policy = gantry_core::ir::UriPolicy::new(
+        cfg.artifact_root.clone(),
+        cfg.import_roots.clone(),
+        cfg.allow_buckets.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let tls = load_tls(&cfg)?;
     let cluster = match &tls {
         Some(t) => t.cluster().map(str::to_string),
@@ -421,6 +436,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         cpu_policy: cfg.cpu_policy,
         agent_lease: cfg.agent_lease,
         artifact_root: cfg.artifact_root.clone(),
+        uri_policy,
         advertise: advertise.clone(),
         snapshots,
         artifacts: gantry_artifacts::ArtifactStores::from_env(),
@@ -462,6 +478,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
             }),
     );
     tracing::info!(%addr, %advertise, node = cfg.node_id, artifact_root = %cfg.artifact_root,
+        import_roots = ?cfg.import_roots, allow_buckets = ?cfg.allow_buckets,
         tls = tls.is_some(), cluster = ?coordinator.cluster, "coordinator serving");
     Ok(ServerHandle {
         addr,

@@ -7,13 +7,16 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod artifact;
+pub mod env;
 pub mod flags;
 pub mod ids;
 pub mod params;
 pub mod resources;
 pub mod step;
+pub mod uri_policy;
 
 pub use artifact::{artifact_uri, validate_artifact_name, ArtifactNameError, ArtifactRef};
+pub use env::{is_reserved_env, RESERVED_ENV};
 pub use ids::{AgentId, AttemptKey, RunId, TaskId};
 pub use params::{ParamError, ParamType};
 pub use resources::{
@@ -24,3 +27,4 @@ pub use step::{
     NameError, OutputArtifactSpec, SecretEnv, StepInputs, StepOutcome, StepOutputs, StepSpec,
     VolumeMount, RESOURCE_LABEL_VALUE,
 };
+pub use uri_policy::UriPolicy;

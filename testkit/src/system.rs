@@ -176,13 +176,21 @@ impl DockerEnv {
 
     /// Like [`Self::start`] with extra `gantry dev` flags.
     pub fn start_with(prefix: &str, dev_args: &[&str]) -> DockerEnv {
+        Self::start_configured(prefix, |_| dev_args.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// Like [`Self::start`] with extra `gantry dev` flags that depend on the S3 server (an
+    /// `--allow-bucket` naming its bucket).
+    pub fn start_configured(prefix: &str, dev_args: impl FnOnce(&S3) -> Vec<String>) -> DockerEnv {
         ensure_images().expect("test images");
         let s3 = S3::start().expect("S3 server");
+        let args = dev_args(&s3);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cluster = DevCluster::start_with(
             Runtime::Docker,
             Some(&s3.artifact_root(prefix)),
             &s3.env(),
-            dev_args,
+            &args,
         )
         .expect("gantry dev starts");
         DockerEnv {

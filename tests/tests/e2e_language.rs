@@ -112,7 +112,17 @@ fn a_nested_pipeline_used_twice_hands_on_its_outputs() {
 
 #[test]
 fn the_importer_brings_in_s3_and_file_artifacts_with_metadata() {
-    let env = setup("importer");
+    // Importers read only under an import root or from an allowed bucket.
+    let local = tempfile::tempdir().unwrap();
+    let import_root = format!("file://{}", local.path().display());
+    let env = DockerEnv::start_configured("importer", |s3| {
+        vec![
+            "--import-root".into(),
+            import_root.clone(),
+            "--allow-bucket".into(),
+            s3.bucket.clone(),
+        ]
+    });
     let file = compile_pipeline("importer", env.out.path()).unwrap();
     let cli = env.cluster.cli();
 
@@ -144,8 +154,7 @@ fn the_importer_brings_in_s3_and_file_artifacts_with_metadata() {
         json!("from-s3|the-test")
     );
 
-    // A file on the agent's host.
-    let local = tempfile::tempdir().unwrap();
+    // A file on the agent's host, under the import root.
     let f = local.path().join("local.txt");
     std::fs::write(&f, "from-file").unwrap();
     let (code, run) = cli

@@ -31,3 +31,215 @@ fn linear_pipeline_on_the_process_runtime() {
         .unwrap();
     assert_eq!(agents[0]["runtime"], "process");
 }
+
+/// A pipeline whose root takes the artifact `data`, read by one step that prints it and
+/// reports whether it saw the agent's AWS secret; `ENV` is spliced into the step's `env`,
+/// `IMPORTER` into the root DAG's tasks (with its component and executor).
+const HOSTS_PIPELINE: &str = r#"
+pipelineInfo: {name: hosts}
+components:
+  comp-read:
+    executorLabel: exec-read
+    inputDefinitions:
+      artifacts:
+        data: {artifactType: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}}
+    outputDefinitions:
+      parameters:
+        text: {parameterType: STRING}
+        secret: {parameterType: STRING}
+  comp-importer:
+    executorLabel: exec-importer
+    inputDefinitions:
+      parameters:
+        uri: {parameterType: STRING}
+    outputDefinitions:
+      artifacts:
+        artifact: {artifactType: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}}
+deploymentSpec:
+  executors:
+    exec-read:
+      container:
+        image: gantry/busybox:latest
+        command: [sh, -c]
+        args:
+        - 'cat "$0" > "$1"; printf "%s" "${AWS_SECRET_ACCESS_KEY:-unset}" > "$2"'
+        - "{{$.inputs.artifacts['data'].path}}"
+        - "{{$.outputs.parameters['text'].output_file}}"
+        - "{{$.outputs.parameters['secret'].output_file}}"
+        env: [ENV]
+    exec-importer:
+      importer:
+        artifactUri: IMPORTER_URI
+        typeSchema: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}
+root:
+  inputDefinitions:
+    artifacts:
+      data: {artifactType: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}}
+    parameters:
+      uri: {parameterType: STRING, defaultValue: "gs://nowhere/x"}
+  dag:
+    tasks:
+      read:
+        taskInfo: {name: read}
+        componentRef: {name: comp-read}
+        inputs:
+          artifacts:
+            data: {componentInputArtifact: data}
+      importer:
+        taskInfo: {name: importer}
+        componentRef: {name: comp-importer}
+        inputs:
+          parameters:
+            uri: {componentInputParameter: uri}
+"#;
+
+fn hosts_pipeline(
+    dir: &std::path::Path,
+    name: &str,
+    env: &str,
+    importer_uri: &str,
+) -> std::path::PathBuf {
+    let yaml = HOSTS_PIPELINE
+        .replace("[ENV]", &format!("[{env}]"))
+        .replace("IMPORTER_URI", importer_uri);
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn run_count(cli: &Cli) -> usize {
+    cli.run(&["run", "list", "-o", "json"])
+        .json()
+        .unwrap()
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The URI policy and the reserved variables at submit: file:// outside the import roots, a
+/// bucket not allowed, an importer constant outside them and a reserved variable are each
+/// refused naming the URI (or variable and task) and the rule, and create no run; a file
+/// inside an import root is read; an importer URI from a parameter is checked when it runs.
+/// The agent's own AWS secret does not reach a process step.
+#[test]
+fn host_rules_are_enforced_at_submit_and_in_steps() {
+    let out = tempfile::tempdir().unwrap();
+    let artifacts = tempfile::tempdir().unwrap();
+    let imports = tempfile::tempdir().unwrap();
+    std::fs::write(imports.path().join("data.txt"), "imported text").unwrap();
+    let root = format!("file://{}", artifacts.path().display());
+    let import_root = format!("file://{}", imports.path().display());
+    let cluster = DevCluster::start_with(
+        Runtime::Process,
+        Some(&root),
+        &[("AWS_SECRET_ACCESS_KEY".into(), "agent-only-secret".into())],
+        &["--import-root", &import_root],
+    )
+    .expect("gantry dev");
+    let cli = cluster.cli();
+    let plain = hosts_pipeline(out.path(), "plain", "", "{runtimeParameter: uri}");
+    let submit = |file: &std::path::Path, args: &[&str]| {
+        let file = file.to_str().unwrap();
+        let mut all = vec!["run", "submit", file];
+        all.extend_from_slice(args);
+        cli.run(&all)
+    };
+    let before = run_count(&cli);
+
+    let refused = [
+        (
+            submit(&plain, &["-a", "data=file:///etc/shadow"]),
+            format!(
+                "artifact input \"data\": file:///etc/shadow is outside the import roots \
+                 ({import_root}; see --import-root)"
+            ),
+        ),
+        (
+            submit(&plain, &["-a", &format!("data={import_root}/../data.txt")]),
+            "'..' segment".to_string(),
+        ),
+        (
+            submit(&plain, &["-a", "data=s3://someone-elses-bucket/k"]),
+            "s3://someone-elses-bucket/k is outside the artifact root".to_string(),
+        ),
+        (
+            submit(
+                &hosts_pipeline(out.path(), "imp", "", "{constant: \"file:///etc/passwd\"}"),
+                &["-a", &format!("data={import_root}/data.txt")],
+            ),
+            "importer \"importer\": file:///etc/passwd is outside the import roots".to_string(),
+        ),
+        (
+            submit(
+                &hosts_pipeline(
+                    out.path(),
+                    "env",
+                    "{name: NVIDIA_VISIBLE_DEVICES, value: all}",
+                    "{runtimeParameter: uri}",
+                ),
+                &["-a", &format!("data={import_root}/data.txt")],
+            ),
+            "task \"read\": environment variable NVIDIA_VISIBLE_DEVICES is reserved".to_string(),
+        ),
+    ];
+    for (r, want) in refused {
+        assert_ne!(r.code, 0, "accepted: {}", r.stdout);
+        assert!(r.stderr.contains(&want), "want {want:?} in: {}", r.stderr);
+    }
+    assert_eq!(
+        run_count(&cli),
+        before,
+        "a refused submission created a run"
+    );
+
+    // Inside the import root: read, and the agent's secret stays the agent's.
+    let data = format!("data={import_root}/data.txt");
+    let (code, run) = cli.submit_wait_with(&plain, &[], &["-a", &data]).unwrap();
+    assert_eq!(code, 0, "{run:#}\n{}", cluster.log());
+    let read = task(&run, "read");
+    assert_eq!(
+        read["outputs"]["parameters"]["text"],
+        json!("imported text")
+    );
+    assert_eq!(read["outputs"]["parameters"]["secret"], json!("unset"));
+
+    // An importer URI from a parameter: refused when the importer runs.
+    let (code, run) = cli
+        .submit_wait_with(&plain, &["uri=file:///etc/hostname"], &["-a", &data])
+        .unwrap();
+    assert_ne!(code, 0, "{run:#}");
+    let err = task(&run, "importer")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "importer \"importer\": file:///etc/hostname is outside the import roots \
+             ({import_root}; see --import-root)"
+        )
+    );
+}
+
+/// `--runtime auto` with no Docker engine does not start (no silent fallback to host
+/// processes) and names `--runtime process`.
+#[test]
+fn auto_runtime_without_docker_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("gantry"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "auto",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/gantry-no-docker.sock")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without Docker: {stderr}");
+    assert!(stderr.contains("--runtime process"), "{stderr}");
+    assert!(!stderr.contains("gantry dev: coordinator on"), "{stderr}");
+}

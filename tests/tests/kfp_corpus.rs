@@ -396,10 +396,20 @@ fn every_corpus_pipeline_runs_or_is_refused() {
     // A short artifact prefix: the test S3 server names a file after each whole object key.
     // Steps install packages from the image's wheelhouse only: the outcome depends on no
     // package index, and a step needing a package the image lacks fails at once, saying so.
-    let env = DockerEnv::start_with("k", &["--step-env", "PIP_NO_INDEX=1"]);
-    tag_stand_in_images();
+    // The `-a NAME=file://…` inputs lie under an import root, as the URI policy wants.
     let inputs = tempfile::tempdir().expect("tempdir");
     fs::write(inputs.path().join("data.txt"), "1,2,3\n4,5,6\n").expect("writing an input");
+    let import_root = format!("file://{}", inputs.path().display());
+    let env = DockerEnv::start_with(
+        "k",
+        &[
+            "--step-env",
+            "PIP_NO_INDEX=1",
+            "--import-root",
+            &import_root,
+        ],
+    );
+    tag_stand_in_images();
     let cli = env.cluster.cli();
 
     let mut files = yaml_files(&dir.join("valid"));

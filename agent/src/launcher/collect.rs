@@ -84,6 +84,12 @@ impl Launcher {
                     })?;
                 match file {
                     Some(real) => {
+                        if let Err(why) = self.access.check_upload(&uri, &spec.pipeline_root) {
+                            return Err(LaunchError::UploadRefused {
+                                name: name.clone(),
+                                why,
+                            });
+                        }
                         if let Err(error) = self.stores.upload(&real, &uri).await {
                             return Err(LaunchError::Upload {
                                 name: name.clone(),

@@ -78,6 +78,7 @@ pub use self::layout::{LayoutError, MAX_OUTPUT_FILE_BYTES};
 pub use self::prepare::resolve_parameter_values;
 
 use self::layout::{check_ids, check_task_path, Layout};
+use crate::access::UriAccess;
 use crate::artifacts::{ArtifactError, ArtifactStores};
 use crate::placeholders::PlaceholderError;
 use crate::runtime::{ContainerRun, LogLine, LogStream, Mount, Runtime, RuntimeError};
@@ -119,6 +120,12 @@ pub enum LaunchError {
     },
     #[error("input artifact {name:?}: {error}")]
     InputArtifact { name: String, error: ArtifactError },
+    /// The agent does not read that URI ([`crate::access`]).
+    #[error("input artifact {name:?}: {why}")]
+    InputRefused { name: String, why: String },
+    /// The agent does not write that URI ([`crate::access`]).
+    #[error("output artifact {name:?}: {why}")]
+    UploadRefused { name: String, why: String },
     /// The runtime cannot show a host directory at another path ([`Runtime::mounts_host_dirs`]).
     #[error(
         "the step mounts volume(s) {}, and the process runtime cannot show a host directory at \
@@ -215,6 +222,8 @@ pub struct Launcher {
     secrets: Option<Arc<SecretStore>>,
     /// What `volumes` of a step name.
     volumes: Volumes,
+    /// Where inputs may come from and outputs go ([`crate::access`]).
+    access: Arc<UriAccess>,
 }
 
 /// The attempt's spec, kept in its directory while it runs so that a restarted agent can
@@ -254,7 +263,15 @@ impl Launcher {
             labels: BTreeMap::new(),
             secrets: None,
             volumes: Volumes::default(),
+            access: Arc::new(UriAccess::default()),
         }
+    }
+
+    /// This agent's import roots and buckets (`--import-root`, `--allow-bucket`); by default
+    /// inputs come only from under the run's artifact root.
+    pub fn uri_access(mut self, access: UriAccess) -> Self {
+        self.access = Arc::new(access);
+        self
     }
 
     /// The secret store steps' `secret_env` references are read from (`--secrets-dir`).

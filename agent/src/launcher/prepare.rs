@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gantry_model::StepSpec;
+use gantry_model::{is_reserved_env, StepSpec};
 use serde_json::{Map, Value};
 
 use super::executor_input::executor_input_json;
@@ -105,6 +105,18 @@ impl Launcher {
                     items.push(step_art(a.uri.clone()));
                     continue;
                 }
+                let access = self.access.clone();
+                let (uri, root) = (a.uri.clone(), spec.pipeline_root.clone());
+                let checked =
+                    tokio::task::spawn_blocking(move || access.check_download(&uri, &root))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("checking the URI failed: {e}")));
+                if let Err(why) = checked {
+                    return Err(LaunchError::InputRefused {
+                        name: name.clone(),
+                        why,
+                    });
+                }
                 let rel = format!("inputs/{name}/{i}/{}", last_segment(&a.uri));
                 match self.stores.download(&a.uri, &layout.host(&rel)).await {
                     Ok(_) => {}
@@ -125,12 +137,34 @@ impl Launcher {
         Ok(())
     }
 
-    /// The container's variables: the operator's, then Gantry's, then the component's own,
-    /// then its secrets; a later one wins.
-    fn container_env(&self, spec: &StepSpec) -> Result<Vec<(String, String)>, LaunchError> {
-        // Which attempt this is lets a step tell a retry from a first run (Argo's
-        // `{{retries}}`); the component's own variables come after, so they win.
+    /// The container's variables: the operator's, then the component's own, then its
+    /// secrets, then Gantry's; a later one wins. The component's and the secrets' reserved
+    /// names (`NVIDIA_*`, `CUDA_VISIBLE_DEVICES`, `GANTRY_*`, [`gantry_model::env`]), which
+    /// the coordinator refuses at submit, are dropped here too, and Gantry's come last
+    /// whatever happens.
+    pub(super) fn container_env(
+        &self,
+        spec: &StepSpec,
+    ) -> Result<Vec<(String, String)>, LaunchError> {
         let mut env: Vec<(String, String)> = self.step_env.clone();
+        let (secret_env, _) =
+            secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env)?;
+        let step_own = spec
+            .container
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .chain(secret_env);
+        for (k, v) in step_own {
+            if is_reserved_env(&k) {
+                tracing::warn!(attempt = %spec.attempt_key(), variable = %k,
+                    "the step sets a reserved variable; dropped");
+            } else {
+                env.push((k, v));
+            }
+        }
+        // Which attempt this is lets a step tell a retry from a first run (Argo's
+        // `{{retries}}`).
         env.extend([
             ("GANTRY_RUN_ID".into(), spec.run_id.to_string()),
             ("GANTRY_TASK_ID".into(), spec.task_id.to_string()),
@@ -147,15 +181,6 @@ impl Launcher {
             ),
             ("CUDA_VISIBLE_DEVICES".into(), spec.gpus.join(",")),
         ]);
-        env.extend(
-            spec.container
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone())),
-        );
-        let (secret_env, _) =
-            secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env)?;
-        env.extend(secret_env);
         Ok(env)
     }
 

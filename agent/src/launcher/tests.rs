@@ -184,3 +184,42 @@ fn last_segments() {
     assert_eq!(last_segment("file:///"), "data");
     assert_eq!(last_segment("x/.."), "data");
 }
+
+#[test]
+fn the_agent_sets_its_reserved_variables_last_and_drops_the_steps_own() {
+    let launcher = Launcher::new(
+        Arc::new(crate::runtime::ProcessRuntime::new()),
+        PathBuf::from("/tmp/w"),
+    )
+    .step_env(vec![("HTTP_PROXY".into(), "http://proxy".into())]);
+    let mut s = spec();
+    s.gpus = vec!["GPU-1".into()];
+    s.container.env = [
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("CUDA_VISIBLE_DEVICES", "0,1,2,3"),
+        ("GANTRY_ATTEMPT", "99"),
+        ("NVIDIA_DRIVER_CAPABILITIES", "all"),
+        ("LD_PRELOAD", "/x.so"),
+        ("MODE", "fast"),
+    ]
+    .into_iter()
+    .map(|(k, v)| gantry_model::EnvVar {
+        name: k.into(),
+        value: v.into(),
+    })
+    .collect();
+    let env = launcher.container_env(&s).unwrap();
+    // What the step sees: the last value of each name.
+    let seen: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(seen["NVIDIA_VISIBLE_DEVICES"], "GPU-1");
+    assert_eq!(seen["CUDA_VISIBLE_DEVICES"], "GPU-1");
+    assert_eq!(seen["GANTRY_ATTEMPT"], "1");
+    assert!(!seen.contains_key("NVIDIA_DRIVER_CAPABILITIES"));
+    assert_eq!(seen["LD_PRELOAD"], "/x.so");
+    assert_eq!(seen["MODE"], "fast");
+    assert_eq!(seen["HTTP_PROXY"], "http://proxy");
+    // The step's own reserved values are not even passed.
+    assert!(!env
+        .iter()
+        .any(|(_, v)| v == "all" || v == "0,1,2,3" || v == "99"));
+}

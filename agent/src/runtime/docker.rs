@@ -9,7 +9,10 @@
 //!   container runs as the image's user (root unless the image says otherwise), so the launcher
 //!   makes the output directories world-writable for images with a non-root `USER`;
 //! - labels `gantry.*` from the launcher, `NanoCpus` from the CPU limit, `Memory` (and the same
-//!   `MemorySwap`, so no swap) from the memory limit, `NetworkMode` if set;
+//!   `MemorySwap`, so no swap) from the memory limit (or [`StepIsolation::default_memory_bytes`]
+//!   when the pipeline sets none), `NetworkMode` if set;
+//! - isolation ([`StepIsolation`], the agent's `--step-*` flags): every capability dropped but
+//!   a small set added back, `no-new-privileges`, a PID limit;
 //! - logs are followed (stdout and stderr) line by line; on cancel the container is stopped
 //!   with a short grace period; the container is always removed afterwards, also on errors
 //!   and when `run` is dropped half-way;
@@ -35,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, Orphan, PathMap, Runtime,
-    RuntimeError,
+    RuntimeError, StepIsolation,
 };
 
 /// Where the attempt directory is mounted in every container.
@@ -49,6 +52,7 @@ const LOG_DRAIN: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    isolation: StepIsolation,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -118,7 +122,16 @@ impl DockerRuntime {
         docker.ping().await.map_err(|e| {
             RuntimeError::Unavailable(format!("docker engine does not answer: {e}"))
         })?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime {
+            docker,
+            isolation: StepIsolation::default(),
+        })
+    }
+
+    /// Runs steps with `isolation` instead of the defaults.
+    pub fn with_isolation(mut self, isolation: StepIsolation) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     /// Removes every container (running or not) carrying all of `labels`, e.g.
@@ -211,7 +224,7 @@ impl DockerRuntime {
         }
     }
 
-    fn create_body(spec: &ContainerRun) -> ContainerCreateBody {
+    fn create_body(spec: &ContainerRun, iso: &StepIsolation) -> ContainerCreateBody {
         let mut mounts = vec![DockerMount {
             target: Some(STEP_ROOT.to_string()),
             source: Some(spec.work_dir.to_string_lossy().into_owned()),
@@ -229,6 +242,7 @@ impl DockerRuntime {
         let memory = spec
             .memory_limit_bytes
             .filter(|m| *m > 0)
+            .or(iso.default_memory_bytes)
             .and_then(|m| i64::try_from(m).ok());
         let host_config = HostConfig {
             mounts: Some(mounts),
@@ -239,6 +253,12 @@ impl DockerRuntime {
             memory,
             memory_swap: memory,
             network_mode: spec.network.clone(),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(iso.cap_add.clone()),
+            security_opt: iso
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".into()]),
+            pids_limit: iso.pids_limit,
             // The NVIDIA container toolkit exposes exactly these devices, by UUID.
             device_requests: (!spec.gpus.is_empty()).then(|| {
                 vec![DeviceRequest {
@@ -267,7 +287,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         self.docker
-            .create_container(Some(opts), Self::create_body(spec))
+            .create_container(Some(opts), Self::create_body(spec, &self.isolation))
             .await
             .map_err(|e| RuntimeError::Create {
                 name: name.to_string(),
@@ -592,7 +612,8 @@ mod tests {
             network: Some("none".into()),
             gpus: vec![],
         };
-        let body = DockerRuntime::create_body(&spec);
+        let iso = StepIsolation::default();
+        let body = DockerRuntime::create_body(&spec, &iso);
         assert_eq!(
             body.entrypoint,
             Some(vec!["sh".to_string(), "-c".to_string()])
@@ -613,7 +634,7 @@ mod tests {
             gpus: vec!["GPU-a".into(), "GPU-b".into()],
             ..spec.clone()
         };
-        let hc = DockerRuntime::create_body(&with_gpus)
+        let hc = DockerRuntime::create_body(&with_gpus, &iso)
             .host_config
             .expect("host config");
         let req = &hc.device_requests.expect("a device request")[0];
@@ -627,6 +648,63 @@ mod tests {
             command: vec![],
             ..spec
         };
-        assert_eq!(DockerRuntime::create_body(&no_cmd).entrypoint, None);
+        assert_eq!(DockerRuntime::create_body(&no_cmd, &iso).entrypoint, None);
+    }
+
+    #[test]
+    fn create_body_isolates_the_step() {
+        let spec = ContainerRun {
+            name: "n".into(),
+            image: "img:1".into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            mounts: vec![],
+            work_dir: PathBuf::from("/w"),
+            labels: BTreeMap::new(),
+            cpu_limit: None,
+            memory_limit_bytes: None,
+            network: None,
+            gpus: vec![],
+        };
+        let hc = DockerRuntime::create_body(&spec, &StepIsolation::default())
+            .host_config
+            .expect("host config");
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            hc.cap_add,
+            Some(super::super::DEFAULT_STEP_CAPS.map(String::from).to_vec())
+        );
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
+        assert_eq!(hc.pids_limit, Some(4096));
+        assert_eq!(hc.memory, Some(4 << 30), "the default memory limit");
+        assert_eq!(hc.memory_swap, Some(4 << 30));
+        // The pipeline's own limit wins; the operator can loosen everything.
+        let loose = StepIsolation {
+            no_new_privileges: false,
+            cap_add: vec![],
+            pids_limit: None,
+            default_memory_bytes: None,
+        };
+        let hc = DockerRuntime::create_body(
+            &ContainerRun {
+                memory_limit_bytes: Some(1 << 20),
+                ..spec.clone()
+            },
+            &loose,
+        )
+        .host_config
+        .expect("host config");
+        assert_eq!(hc.memory, Some(1 << 20));
+        assert_eq!(hc.security_opt, None);
+        assert_eq!(hc.pids_limit, None);
+        assert_eq!(hc.cap_add, Some(vec![]));
+        let hc = DockerRuntime::create_body(&spec, &loose)
+            .host_config
+            .expect("host config");
+        assert_eq!(hc.memory, None);
     }
 }

@@ -256,27 +256,158 @@ pub trait Runtime: Send + Sync {
 /// The runtime an agent asks for (`gantry-agent --runtime`, `gantry dev --runtime`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeChoice {
-    /// Docker if an engine answers, else the process runtime.
+    /// Docker; with no engine answering the agent does not start (it never falls back to
+    /// running steps as host processes).
     #[default]
     Auto,
     Docker,
+    /// Steps as host processes, without isolation: only when asked for by name.
     Process,
 }
 
-/// The runtime `choice` names; `Auto` is Docker when an engine answers, else process.
-/// [`Runtime::name`] says which one it is.
-pub async fn select(choice: RuntimeChoice) -> Result<Arc<dyn Runtime>, RuntimeError> {
+/// How Docker runs every step: the isolation the agent's flags choose
+/// (`--step-no-new-privileges`, `--step-cap-add`, `--step-pids-limit`,
+/// `--default-step-memory`). The network is [`ContainerRun::network`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepIsolation {
+    /// `no-new-privileges`: setuid binaries and file capabilities give a step nothing more.
+    pub no_new_privileges: bool,
+    /// Every capability is dropped, then these are added back.
+    pub cap_add: Vec<String>,
+    /// Most processes and threads in a step's container; `None`: the engine's default
+    /// (unlimited).
+    pub pids_limit: Option<i64>,
+    /// The memory limit of a step whose pipeline sets none; `None`: unlimited.
+    pub default_memory_bytes: Option<u64>,
+}
+
+/// The capabilities steps keep by default, of Docker's default set: what root needs to
+/// `pip install` and `apt-get install` inside its container. `CHOWN`, `DAC_OVERRIDE`,
+/// `FOWNER`, `FSETID`: unpack archives and write files owned by other users; `SETUID`,
+/// `SETGID`: apt drops to its `_apt` user, `su`/`gosu` in entrypoints; `KILL`: signal the
+/// step's own processes of other users; `NET_BIND_SERVICE`: serve on a port below 1024.
+/// Dropped from Docker's defaults: `NET_RAW` (raw sockets: spoofing on the bridge), `MKNOD`,
+/// `SETFCAP`, `SETPCAP`, `SYS_CHROOT`, `AUDIT_WRITE`.
+pub const DEFAULT_STEP_CAPS: [&str; 8] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "SETUID",
+    "SETGID",
+    "KILL",
+    "NET_BIND_SERVICE",
+];
+
+/// The default `--step-pids-limit`.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// The default `--default-step-memory`: 4 GiB.
+pub const DEFAULT_STEP_MEMORY: u64 = 4 << 30;
+
+impl Default for StepIsolation {
+    fn default() -> Self {
+        StepIsolation {
+            no_new_privileges: true,
+            cap_add: DEFAULT_STEP_CAPS.iter().map(|c| c.to_string()).collect(),
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
+            default_memory_bytes: Some(DEFAULT_STEP_MEMORY),
+        }
+    }
+}
+
+/// The runtime `choice` names; [`Runtime::name`] says which one it is. `Auto` is Docker, and
+/// an error when no engine answers: a host whose engine is down must not run steps unconfined.
+/// The process runtime is used only when asked for by name, with a loud warning. `isolation`
+/// applies to Docker.
+pub async fn select(
+    choice: RuntimeChoice,
+    isolation: StepIsolation,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    select_from(choice, isolation, DockerRuntime::connect()).await
+}
+
+/// [`select`] with the engine connection given (tests give one that fails); it is awaited
+/// only for Docker.
+async fn select_from(
+    choice: RuntimeChoice,
+    isolation: StepIsolation,
+    docker: impl std::future::Future<Output = Result<DockerRuntime, RuntimeError>>,
+) -> Result<Arc<dyn Runtime>, RuntimeError> {
     match choice {
-        RuntimeChoice::Process => Ok(Arc::new(ProcessRuntime::new())),
-        RuntimeChoice::Docker => Ok(Arc::new(DockerRuntime::connect().await?)),
-        RuntimeChoice::Auto => match DockerRuntime::connect().await {
-            Ok(d) => Ok(Arc::new(d)),
-            Err(e) => {
-                tracing::info!(error = %e, "no Docker engine answered; using the process runtime");
-                Ok(Arc::new(ProcessRuntime::new()))
-            }
+        RuntimeChoice::Process => {
+            tracing::warn!(
+                "PROCESS RUNTIME: steps run as host processes with this agent's user and \
+                 file system, without container isolation, resource limits or network \
+                 settings; use it only for trusted pipelines on a development machine"
+            );
+            Ok(Arc::new(ProcessRuntime::new()))
+        }
+        RuntimeChoice::Docker => Ok(Arc::new(docker.await?.with_isolation(isolation))),
+        RuntimeChoice::Auto => match docker.await {
+            Ok(d) => Ok(Arc::new(d.with_isolation(isolation))),
+            Err(e) => Err(RuntimeError::Unavailable(format!(
+                "{e}; --runtime auto runs steps only in Docker and never falls back to host \
+                 processes: start the Docker engine, or pass --runtime process to run steps \
+                 as host processes without isolation"
+            ))),
         },
     }
+}
+
+/// Where steps' containers are attached (`--step-network`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepNetwork {
+    /// Docker's default bridge: egress to wherever the host routes (package indexes, object
+    /// stores, the LAN), no inbound port published.
+    #[default]
+    Bridge,
+    /// No network at all but loopback.
+    None,
+    /// The host's own network stack (the agent's addresses and ports).
+    Host,
+}
+
+impl StepNetwork {
+    /// The Docker network mode.
+    pub fn mode(self) -> &'static str {
+        match self {
+            StepNetwork::Bridge => "bridge",
+            StepNetwork::None => "none",
+            StepNetwork::Host => "host",
+        }
+    }
+}
+
+/// Parses a byte size: a number with an optional unit `K`, `M`, `G`, `T` (powers of 1000),
+/// `Ki`, `Mi`, `Gi`, `Ti` or `KiB`…`TiB` (powers of 1024); `0` means unlimited (`None`).
+pub fn parse_byte_size(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 4GiB, 512Mi, 0 for none)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use Mi, Gi, MiB, GiB, …)"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    Ok((bytes > 0).then_some(bytes))
 }
 
 /// Longest line forwarded as one [`LogLine`]; longer output without a newline (progress bars,
@@ -326,6 +457,44 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_units_and_zero_is_unlimited() {
+        assert_eq!(parse_byte_size("4GiB"), Ok(Some(4 << 30)));
+        assert_eq!(parse_byte_size("512Mi"), Ok(Some(512 << 20)));
+        assert_eq!(parse_byte_size("2G"), Ok(Some(2_000_000_000)));
+        assert_eq!(parse_byte_size("1024"), Ok(Some(1024)));
+        assert_eq!(parse_byte_size("0"), Ok(None));
+        for bad in ["", "GiB", "4 parsecs", "-1", "99999999999999999999Ti"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn auto_never_falls_back_to_host_processes() {
+        let no_engine = || async { Err(RuntimeError::Unavailable("no engine here".into())) };
+        let e = select_from(RuntimeChoice::Auto, StepIsolation::default(), no_engine())
+            .await
+            .err()
+            .expect("no runtime without an engine");
+        let e = e.to_string();
+        assert!(e.contains("no engine here"), "{e}");
+        assert!(e.contains("never falls back"), "{e}");
+        assert!(e.contains("--runtime process"), "{e}");
+        assert!(
+            select_from(RuntimeChoice::Docker, StepIsolation::default(), no_engine())
+                .await
+                .is_err()
+        );
+        let r = select_from(
+            RuntimeChoice::Process,
+            StepIsolation::default(),
+            no_engine(),
+        )
+        .await
+        .expect("the process runtime by name");
+        assert_eq!(r.name(), "process");
+    }
 
     #[test]
     fn splits_lines_across_chunks() {

@@ -1,7 +1,9 @@
 //! Steps as local processes: for `gantry dev` without Docker, and for development.
 //!
-//! - The argv (command then args) runs with the agent's environment plus the step's, in
-//!   `<work_dir>/work`, with `TMPDIR=<work_dir>/tmp` unless the step sets `TMPDIR`.
+//! - The argv (command then args) runs in `<work_dir>/work` with a clean environment: only the
+//!   agent's [`INHERITED_ENV`] (`PATH`, `HOME`, the locale, …), `TMPDIR=<work_dir>/tmp`, then
+//!   the step's own variables (which include the operator's `--step-env`). Nothing else of the
+//!   agent's environment (`AWS_*` credentials, tokens) reaches the step.
 //! - It runs in a process group of its own. When the main process exits, whatever it left
 //!   running in that group is killed, as a container's processes die with it; on cancel the
 //!   group gets SIGTERM, then SIGKILL after [`ProcessRuntime::grace`].
@@ -21,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ContainerRun, ExitInfo, LineSplitter, LogLine, LogStream, PathMap, Runtime, RuntimeError,
 };
+
+/// The agent's variables a process step inherits; everything else is cleared.
+pub const INHERITED_ENV: [&str; 10] = [
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+];
 
 /// How long the output pumps may run on after the step ended (a daemon that escaped the
 /// process group may hold the pipes open forever).
@@ -128,7 +135,7 @@ impl Runtime for ProcessRuntime {
         };
         tracing::debug!(step = %spec.name, image = %spec.image,
             "process runtime: the image is ignored");
-        if !spec.mounts.is_empty() || spec.network.is_some() {
+        if !spec.mounts.is_empty() || spec.network.as_deref().is_some_and(|n| n != "bridge") {
             tracing::warn!(step = %spec.name,
                 "process runtime: extra mounts and the network setting are ignored");
         }
@@ -148,6 +155,12 @@ impl Runtime for ProcessRuntime {
         }
         let mut cmd = Command::new(program);
         cmd.args(rest)
+            .env_clear()
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+            )
             .env("TMPDIR", &tmp)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&work)
@@ -267,6 +280,39 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.stream == LogStream::Stderr && l.line == "oops"));
+    }
+
+    #[tokio::test]
+    async fn the_step_gets_an_allowlisted_environment_not_the_agents() {
+        // `cargo test` gives this process CARGO_* variables, standing in for the agent's
+        // AWS_* credentials: none may reach the step.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = spec(dir.path(), "env");
+        let (exit, lines) = run(&s, CancellationToken::new()).await;
+        assert_eq!(exit.exit_code, 0);
+        let names: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.stream == LogStream::Stdout)
+            .filter_map(|l| l.line.split_once('=').map(|(k, _)| k))
+            .collect();
+        // What `sh` adds itself.
+        let shell = ["PWD", "SHLVL", "_", "OLDPWD"];
+        for n in &names {
+            assert!(
+                INHERITED_ENV.contains(n)
+                    || shell.contains(n)
+                    || ["TMPDIR", "GREETING"].contains(n),
+                "the step sees the agent's {n}: {names:?}"
+            );
+        }
+        assert!(
+            names.contains(&"GREETING") && names.contains(&"TMPDIR"),
+            "{names:?}"
+        );
+        if std::env::var_os("PATH").is_some() {
+            assert!(names.contains(&"PATH"), "{names:?}");
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use gantry_core::engine::{check_supported, CachePolicy, RunLimits};
+use gantry_core::engine::{check_host_rules, check_supported, CachePolicy, RunLimits};
 use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome};
 use gantry_model::{RunId, TaskId};
@@ -135,6 +135,7 @@ impl RunService for Api {
         let req = req.into_inner();
         let pipeline = parse_pipeline(&req.pipeline_yaml).map_err(ApiError::InvalidPipeline)?;
         check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
+        check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
         let caching = cache_policy(&pipeline, &req)?;
         let limits = run_limits(&pipeline, &req)?;
         let given: BTreeMap<String, serde_json::Value> = req
@@ -145,7 +146,7 @@ impl RunService for Api {
         let parameters =
             resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
         let given_artifacts: BTreeMap<String, String> = req.artifacts.into_iter().collect();
-        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts)
+        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts, &self.0.uri_policy)
             .map_err(ApiError::InvalidArtifacts)?;
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
         let cmd = Command::CreateRun {
@@ -159,6 +160,7 @@ impl RunService for Api {
             caching,
             limits,
             priority: req.priority,
+            uri_policy: Some(self.0.uri_policy.clone()),
         };
         let applied = self.0.propose(cmd).await?;
         match applied.result {

@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use gantry_core::engine::Unsupported;
+use gantry_core::engine::{HostRefusal, Unsupported};
 use gantry_core::ir::IrError;
 use gantry_core::state::acl::AclError;
 use gantry_core::state::Rejection;
@@ -43,6 +43,9 @@ pub enum ApiError {
     InvalidPipeline(IrError),
     #[error("unsupported pipeline: {0}")]
     UnsupportedPipeline(Unsupported),
+    /// Reserved variables, importer URIs outside the URI policy.
+    #[error("refused: {0}")]
+    HostRefusal(HostRefusal),
     #[error("invalid parameters: {0}")]
     InvalidParameters(IrError),
     #[error("invalid input artifacts: {0}")]
@@ -219,6 +222,7 @@ impl ApiError {
             },
             E::InvalidPipeline(_)
             | E::UnsupportedPipeline(_)
+            | E::HostRefusal(_)
             | E::InvalidParameters(_)
             | E::InvalidArtifacts(_)
             | E::NegativeTimeout

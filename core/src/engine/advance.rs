@@ -189,6 +189,10 @@ fn import(run: &RunRecord, comp: &ComponentSpec, rec: &mut TaskRecord, now: i64)
             }
         },
     };
+    if let Some(why) = run.uri_policy.as_ref().and_then(|p| p.check(&uri).err()) {
+        let msg = format!("importer {:?}: {why}", rec.name);
+        return finish(rec, TaskState::Failed, Some(msg), now);
+    }
     let Some((out_name, _)) = comp.output_artifacts.iter().next() else {
         let msg = "importer declares no output artifact".to_string();
         return finish(rec, TaskState::Failed, Some(msg), now);

@@ -9,6 +9,7 @@
 
 mod advance;
 mod cache;
+mod host_rules;
 mod loops;
 mod outcome_check;
 pub mod platform;
@@ -27,6 +28,7 @@ use crate::ir::PipelineSpec;
 
 pub use advance::{advance, advance_from, Progress};
 pub use cache::{record_cached, CacheEntry, CachePolicy};
+pub use host_rules::{check_host_rules, is_reserved_env, HostRefusal, RESERVED_ENV};
 pub use loops::MAX_ITERATIONS;
 pub use platform::PlatformError;
 pub use record::{
@@ -240,6 +242,10 @@ pub struct RunRecord {
     /// Higher runs' steps are placed first; equal priorities go oldest first.
     #[serde(default)]
     pub priority: i32,
+    /// What URIs its importers may name ([`crate::ir::UriPolicy`]); `None` for runs created
+    /// before the policy existed, whose importers are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_policy: Option<crate::ir::UriPolicy>,
 }
 
 impl RunRecord {
@@ -284,6 +290,7 @@ impl RunRecord {
             timed_out: None,
             restarted_at: None,
             priority: 0,
+            uri_policy: None,
         }
     }
 

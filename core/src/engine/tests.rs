@@ -704,3 +704,70 @@ fn resources_decided_at_run_time_come_from_task_inputs() {
         t.error
     );
 }
+
+/// An importer whose URI is the pipeline parameter `uri`, read by nothing.
+const PARAM_IMPORTER: &str = r#"
+pipelineInfo: {name: imp}
+components:
+  comp-importer:
+    executorLabel: exec-importer
+    inputDefinitions:
+      parameters:
+        uri: {parameterType: STRING}
+    outputDefinitions:
+      artifacts:
+        artifact: {artifactType: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}}
+deploymentSpec:
+  executors:
+    exec-importer:
+      importer:
+        artifactUri: {runtimeParameter: uri}
+        typeSchema: {schemaTitle: system.Dataset, schemaVersion: 0.0.1}
+root:
+  inputDefinitions:
+    parameters:
+      uri: {parameterType: STRING}
+  dag:
+    tasks:
+      importer:
+        taskInfo: {name: importer}
+        componentRef: {name: comp-importer}
+        inputs:
+          parameters:
+            uri: {componentInputParameter: uri}
+"#;
+
+#[test]
+fn an_importer_uri_from_a_parameter_is_checked_against_the_run_policy_when_it_runs() {
+    let run_with = |uri: &str| {
+        let spec = parse_pipeline(PARAM_IMPORTER).expect("fixture parses");
+        let given = BTreeMap::from([("uri".to_string(), json!(uri))]);
+        let params = resolve_run_parameters(&spec, &given).expect("parameters resolve");
+        let mut run = RunRecord::new("run-1".into(), spec, "s3://bucket/root".into(), params, 0);
+        run.uri_policy = Some(
+            crate::ir::UriPolicy::new("s3://bucket/root", vec!["file:///data".into()], vec![])
+                .unwrap(),
+        );
+        advance(&mut run, 0);
+        run
+    };
+    let run = run_with("file:///etc/shadow");
+    let imp = &run.tasks["importer"];
+    assert_eq!(imp.state, TaskState::Failed);
+    assert_eq!(
+        imp.error.as_deref(),
+        Some(
+            "importer \"importer\": file:///etc/shadow is outside the import roots \
+             (file:///data; see --import-root)"
+        )
+    );
+    assert!(imp.outputs.artifacts.is_empty(), "nothing imported");
+    assert_eq!(run.state, RunState::Failed);
+
+    let run = run_with("file:///data/in.csv");
+    assert_eq!(run.tasks["importer"].state, TaskState::Succeeded);
+    assert_eq!(
+        run.tasks["importer"].outputs.artifacts["artifact"][0].uri,
+        "file:///data/in.csv"
+    );
+}

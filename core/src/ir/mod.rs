@@ -5,6 +5,7 @@
 //! - [`resolve_run_parameters`]: a run's parameters checked against the pipeline's inputs.
 //! - [`condition`]: trigger conditions (CEL) compiled and evaluated.
 //! - [`selector`]: `parameterExpressionSelector`s (CEL over one input value).
+//! - [`uri_policy`]: which artifact URIs a run may read (import roots, buckets).
 //!
 //! Errors are [`IrError`]s naming their path in the document.
 
@@ -18,6 +19,8 @@ pub mod selector;
 mod validate;
 
 pub use error::IrError;
+/// The URI policy lives in `gantry-model`: agents apply it too.
+pub use gantry_model::uri_policy::{self, UriPolicy};
 pub use model::*;
 pub use params::{resolve_run_artifacts, resolve_run_parameters};
 pub use parse::parse_pipeline;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::error::{list_names, IrError};
 use super::model::PipelineSpec;
+use gantry_model::UriPolicy;
 
 /// Checks and completes the parameters of a run against the root inputs of `spec`.
 ///
@@ -74,7 +75,8 @@ pub fn resolve_run_parameters(
 /// against the root's input artifacts of `spec` and makes their references.
 ///
 /// - Unknown names are refused, listing the declared ones.
-/// - A URI must be `s3://bucket/key` or `file:///absolute/path`: the stores agents read.
+/// - A URI must be `s3://bucket/key` or `file:///absolute/path`: the stores agents read;
+///   and `policy` must allow it ([`UriPolicy::check`]: import roots, buckets).
 /// - Missing required artifacts are refused, all of them named; optional ones stay absent.
 ///
 /// The artifact's type is the declared one; its metadata starts empty. Error paths are
@@ -82,6 +84,7 @@ pub fn resolve_run_parameters(
 pub fn resolve_run_artifacts(
     spec: &PipelineSpec,
     given: &BTreeMap<String, String>,
+    policy: &UriPolicy,
 ) -> Result<BTreeMap<String, Vec<ArtifactRef>>, IrError> {
     let defs = &spec.root.input_artifacts;
     let path = |name: &str| format!("root.inputDefinitions.artifacts.{name}");
@@ -121,6 +124,12 @@ pub fn resolve_run_artifacts(
                     "input artifact {name:?} has URI {uri:?}: expected s3://bucket/key or \
                      file:///absolute/path"
                 ),
+            ));
+        }
+        if let Err(why) = policy.check(uri) {
+            return Err(IrError::new(
+                path(name),
+                format!("artifact input {name:?}: {why}"),
             ));
         }
         let r = ArtifactRef {
@@ -270,6 +279,16 @@ root:
         isOptional: true
 "#;
 
+    /// Bucket `b` and the import root `file:///tmp` allowed.
+    fn open() -> UriPolicy {
+        UriPolicy::new(
+            "s3://art/root",
+            vec!["file:///tmp".into()],
+            vec!["b".into()],
+        )
+        .unwrap()
+    }
+
     fn uris(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -280,7 +299,8 @@ root:
     #[test]
     fn input_artifacts_take_their_declared_type() {
         let spec = parse_pipeline(WITH_ARTIFACTS).unwrap();
-        let got = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/in/data.csv")])).unwrap();
+        let got = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/in/data.csv")]), &open())
+            .unwrap();
         assert_eq!(got.len(), 1, "the optional model stays absent");
         let data = &got["data"][0];
         assert_eq!(data.name, "data");
@@ -290,6 +310,7 @@ root:
         let got = resolve_run_artifacts(
             &spec,
             &uris(&[("data", "file:///tmp/d"), ("model", "s3://b/m")]),
+            &open(),
         )
         .unwrap();
         assert_eq!(got["model"][0].schema_title, "system.Model");
@@ -298,11 +319,15 @@ root:
     #[test]
     fn input_artifacts_refuse_unknown_missing_and_foreign_uris() {
         let spec = parse_pipeline(WITH_ARTIFACTS).unwrap();
-        let e = resolve_run_artifacts(&spec, &BTreeMap::new()).unwrap_err();
+        let e = resolve_run_artifacts(&spec, &BTreeMap::new(), &open()).unwrap_err();
         assert_eq!(e.path, "root.inputDefinitions.artifacts.data");
         assert!(e.message.contains("--artifact data=URI"), "{e}");
-        let e = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/k"), ("dta", "s3://b/k")]))
-            .unwrap_err();
+        let e = resolve_run_artifacts(
+            &spec,
+            &uris(&[("data", "s3://b/k"), ("dta", "s3://b/k")]),
+            &open(),
+        )
+        .unwrap_err();
         assert!(
             e.message.contains("unknown pipeline input artifact \"dta\" (the pipeline's input artifacts: data, model)"),
             "{e}"
@@ -313,11 +338,33 @@ root:
             "file://relative",
             "/abs/path",
         ] {
-            let e = resolve_run_artifacts(&spec, &uris(&[("data", bad)])).unwrap_err();
+            let e = resolve_run_artifacts(&spec, &uris(&[("data", bad)]), &open()).unwrap_err();
             assert!(e.message.contains("expected s3://bucket/key"), "{bad}: {e}");
         }
         let none = parse_pipeline(PIPELINE).unwrap();
-        let e = resolve_run_artifacts(&none, &uris(&[("x", "s3://b/k")])).unwrap_err();
+        let e = resolve_run_artifacts(&none, &uris(&[("x", "s3://b/k")]), &open()).unwrap_err();
         assert!(e.message.contains("it declares none"), "{e}");
+    }
+
+    #[test]
+    fn input_artifacts_outside_the_uri_policy_are_refused_naming_uri_and_rule() {
+        let spec = parse_pipeline(WITH_ARTIFACTS).unwrap();
+        let closed = UriPolicy::new("s3://art/root", vec![], vec![]).unwrap();
+        let e = resolve_run_artifacts(&spec, &uris(&[("data", "file:///etc/shadow")]), &closed)
+            .unwrap_err();
+        assert_eq!(e.path, "root.inputDefinitions.artifacts.data");
+        assert_eq!(
+            e.message,
+            "artifact input \"data\": file:///etc/shadow is outside the import roots (none \
+             configured; see --import-root)"
+        );
+        let e = resolve_run_artifacts(&spec, &uris(&[("data", "s3://b/k")]), &closed).unwrap_err();
+        assert!(e.message.contains("see --allow-bucket"), "{e}");
+        let e = resolve_run_artifacts(&spec, &uris(&[("data", "file:///tmp/../etc/x")]), &open())
+            .unwrap_err();
+        assert!(e.message.contains("'..' segment"), "{e}");
+        assert!(
+            resolve_run_artifacts(&spec, &uris(&[("data", "s3://art/root/r/x")]), &closed).is_ok()
+        );
     }
 }

@@ -43,6 +43,10 @@ pub enum Command {
         /// Placement order across runs: higher first.
         #[serde(default)]
         priority: i32,
+        /// The URIs the run's importers may name at run time (its parameters decide some);
+        /// absent in entries written before there was a policy: then nothing is checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uri_policy: Option<crate::ir::UriPolicy>,
     },
     RegisterAgent {
         agent_id: AgentId,

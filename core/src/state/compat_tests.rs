@@ -116,6 +116,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
             caching: Default::default(),
             limits: Default::default(),
             priority: 0,
+            uri_policy: None,
         },
         Command::AssignAttempts {
             placements: vec![Placement {

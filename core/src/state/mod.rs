@@ -221,6 +221,7 @@ struct NewRun {
     caching: CachePolicy,
     limits: RunLimits,
     priority: i32,
+    uri_policy: Option<crate::ir::UriPolicy>,
 }
 
 fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
@@ -246,6 +247,7 @@ impl ClusterState {
                 caching,
                 limits,
                 priority,
+                uri_policy,
             } => self.create_run(
                 NewRun {
                     run_id,
@@ -257,6 +259,7 @@ impl ClusterState {
                     caching,
                     limits,
                     priority,
+                    uri_policy,
                 },
                 at,
                 &mut events,
@@ -443,6 +446,7 @@ impl ClusterState {
             caching,
             limits,
             priority,
+            uri_policy,
         } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
             return Ok(Outcome::RunCreated {
@@ -460,6 +464,7 @@ impl ClusterState {
         run.caching = caching;
         run.limits = limits;
         run.priority = priority;
+        run.uri_policy = uri_policy;
         note_progress(events, &run_id, engine::advance(&mut run, at));
         if let Some(r) = request_id {
             self.request_ids.insert(r, run_id.clone());

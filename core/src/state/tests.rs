@@ -25,6 +25,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         caching: Default::default(),
         limits: Default::default(),
         priority: 0,
+        uri_policy: None,
     }
 }
 
@@ -192,6 +193,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 caching: Default::default(),
                 limits: Default::default(),
                 priority: 0,
+                uri_policy: None,
             },
         );
     }
@@ -286,6 +288,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         caching,
         limits: Default::default(),
         priority: 0,
+        uri_policy: None,
     }
 }
 
@@ -459,6 +462,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             caching: Default::default(),
             limits: Default::default(),
             priority: 0,
+            uri_policy: None,
         },
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -482,6 +486,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             caching: Default::default(),
             limits: Default::default(),
             priority: 0,
+            uri_policy: None,
         },
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
@@ -504,6 +509,7 @@ fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Co
         },
         limits,
         priority: 0,
+        uri_policy: None,
     }
 }
 
@@ -667,6 +673,7 @@ fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i
         caching: Default::default(),
         limits: Default::default(),
         priority,
+        uri_policy: None,
     }
 }
 
