@@ -20,6 +20,7 @@ use crate::table::{pct, table};
 
 /// Short, so that a dead or frozen node does not stall a polling loop.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const GET_RUN_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const NODES: usize = 3;
@@ -108,8 +109,10 @@ pub(crate) fn agent_channel(
     addr: &str,
     tls: Option<std::sync::Arc<gantry_tls::TlsContext>>,
 ) -> Result<tonic::transport::Channel, CliError> {
+    // A thousand agents dialling at once queue in the leader's accept backlog and handshake
+    // one after another: the short timeout of the polling loops would fail them.
     gantry_tls::client::channel(addr, tls, |e| {
-        e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
+        e.connect_timeout(AGENT_CONNECT_TIMEOUT).tcp_nodelay(true)
     })
     .map_err(|e| unavailable(format!("bad address {addr}: {e}")))
 }
