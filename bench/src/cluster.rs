@@ -18,8 +18,6 @@ use gantry_testkit::poll_async;
 use crate::pipeline::{container_pipeline, noop_pipeline};
 use crate::table::{pct, table};
 
-/// Short, so that a dead or frozen node does not stall a polling loop.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const GET_RUN_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
