@@ -90,12 +90,16 @@ enum ClusterCommand {
 }
 
 fn main() {
-    // Behave like other Unix tools under `| head`: end quietly when stdout closes.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // A client command behaves like other Unix tools under `| head`: it ends quietly when
+    // stdout closes. `gantry dev` is a server: it keeps Rust's ignored SIGPIPE, or a peer that
+    // hangs up while a socket write is under way would kill the whole embedded cluster.
+    if !matches!(cli.command, Command::Dev(_)) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -243,3 +243,27 @@ fn auto_runtime_without_docker_refuses_to_start() {
     assert!(stderr.contains("--runtime process"), "{stderr}");
     assert!(!stderr.contains("gantry dev: coordinator on"), "{stderr}");
 }
+
+/// `gantry dev` is a server: a peer hanging up while a socket write is under way must be an
+/// error on that connection, not SIGPIPE's default action, which ended the whole embedded
+/// cluster (the client commands restore that default, for `| head`).
+#[test]
+fn gantry_dev_ignores_sigpipe() {
+    let cluster = DevCluster::start(Runtime::Process, None, &[]).expect("gantry dev");
+    let pid = cluster.proc.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("a SigIgn line");
+    let sigpipe = 1u64 << (SIGPIPE - 1);
+    assert_ne!(
+        ignored & sigpipe,
+        0,
+        "gantry dev (pid {pid}) does not ignore SIGPIPE: SigIgn {ignored:#x}"
+    );
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: u64 = 13;
