@@ -82,7 +82,14 @@ struct Attempt {
     cancel: CancellationToken,
     /// Set when the step ended; cleared once the coordinator recorded it.
     result: Option<StepOutcome>,
+    /// When the result was last sent.
+    reported_at: Option<std::time::Instant>,
 }
+
+/// A result the coordinator has not confirmed this long after it was sent is sent again on the
+/// same session: the coordinator may have failed to commit it (a lost leadership, a slow disk)
+/// while the session itself stayed up.
+const RESEND_AFTER: Duration = Duration::from_secs(30);
 
 /// The agent's memory of its attempts, shared by sessions and the tasks running steps.
 pub struct AgentCore {
@@ -153,6 +160,20 @@ impl AgentCore {
             .collect()
     }
 
+    /// Results sent more than `after` ago and still not confirmed; each is marked as sent now.
+    fn overdue(&self, after: Duration) -> Vec<(AttemptKey, StepOutcome)> {
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        for (k, a) in self.attempts().iter_mut() {
+            let Some(result) = &a.result else { continue };
+            if a.reported_at.is_none_or(|t| now.duration_since(t) >= after) {
+                a.reported_at = Some(now);
+                due.push((k.clone(), result.clone()));
+            }
+        }
+        due
+    }
+
     fn finished_msg(k: &AttemptKey, outcome: &StepOutcome) -> pb::AgentMessage {
         let outcome_json = serde_json::to_string(outcome).unwrap_or_else(|e| {
             serde_json::json!({"status": "failed", "error": format!("cannot encode outcome: {e}")})
@@ -196,6 +217,7 @@ impl AgentCore {
                 Attempt {
                     cancel: cancel.clone(),
                     result: None,
+                    reported_at: None,
                 },
             );
         }
@@ -218,6 +240,7 @@ impl AgentCore {
             tracing::info!(attempt = %spec.attempt_key(), outcome = outcome_name(&outcome), "step ended");
             if let Some(a) = core.attempts().get_mut(&k) {
                 a.result = Some(outcome.clone());
+                a.reported_at = Some(std::time::Instant::now());
             }
             core.send_reliably(Self::finished_msg(&k, &outcome)).await;
         });
@@ -574,6 +597,7 @@ async fn session(
     }
     let heartbeat = {
         let tx = tx.clone();
+        let core = core.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -583,6 +607,17 @@ async fn session(
                     .is_err()
                 {
                     return;
+                }
+                for (k, outcome) in core.overdue(RESEND_AFTER) {
+                    tracing::warn!(run = %k.run_id, task = %k.task_id, attempt = k.attempt,
+                        "a result is still unconfirmed; reporting it again");
+                    if tx
+                        .send(AgentCore::finished_msg(&k, &outcome))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
         })

@@ -20,7 +20,7 @@ pub struct Args {
     /// TOML file with any of: node_id, listen, advertise, data_dir, artifact_root,
     /// import_roots, allow_buckets (lists of strings), bootstrap,
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
-    /// snapshot_entries, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
+    /// snapshot_entries, max_snapshot_bytes, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
     /// cluster, require_client_certs.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -79,6 +79,9 @@ pub struct Args {
     /// Snapshot and compact the log every this many applied entries. Default 10000.
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
+    /// The largest snapshot accepted from the leader, in bytes. Default 8 GiB.
+    #[arg(long, value_name = "BYTES")]
+    pub max_snapshot_bytes: Option<u64>,
     /// How steps without GPUs choose among agents that fit: `spread` (most free CPU first,
     /// the default) or `binpack` (least free CPU first). GPU steps always bin-pack GPUs.
     #[arg(long, value_name = "spread|binpack")]
@@ -128,6 +131,7 @@ pub struct FileConfig {
     pub election_ticks: Option<usize>,
     pub heartbeat_ticks: Option<usize>,
     pub snapshot_entries: Option<u64>,
+    pub max_snapshot_bytes: Option<u64>,
     pub cpu_placement: Option<String>,
     pub agent_lease_ms: Option<u64>,
     pub tls_ca: Option<PathBuf>,
@@ -294,6 +298,10 @@ impl Args {
             election_tick,
             heartbeat_tick,
             snapshot_entries,
+            max_snapshot_bytes: self
+                .max_snapshot_bytes
+                .or(file.max_snapshot_bytes)
+                .unwrap_or(crate::server::DEFAULT_MAX_SNAPSHOT_BYTES),
             bootstrap: self.bootstrap || file.bootstrap.unwrap_or(false),
             peers,
             cpu_policy,

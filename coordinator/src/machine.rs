@@ -51,6 +51,11 @@ impl StateMachine for ClusterMachine {
         Box::new(move |w| serde_json::to_writer(w, &copy).map_err(std::io::Error::from))
     }
 
+    fn check(r: &mut dyn std::io::Read) -> std::io::Result<()> {
+        let _: ClusterState = serde_json::from_reader(r)?;
+        Ok(())
+    }
+
     fn restore(&mut self, r: &mut dyn std::io::Read) -> std::io::Result<()> {
         let restored: ClusterState = serde_json::from_reader(r)?;
         *self.state.0.write().unwrap_or_else(|e| e.into_inner()) = restored;
@@ -58,4 +63,21 @@ impl StateMachine for ClusterMachine {
         let _ = self.events.send(Event::CapacityChanged);
         Ok(())
     }
+}
+
+/// Verifies a snapshot file's checksum and decodes its state, keeping nothing: a snapshot that
+/// cannot be loaded is refused before it can replace anything.
+pub fn check_snapshot_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let what = path.display().to_string();
+    let content = crate::raft::SnapshotDir::verify_file(path)?;
+    let mut r =
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?).take(content);
+    crate::raft::snapshots::read_header(&mut r, &what)?;
+    ClusterMachine::check(&mut r).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("snapshot {what}: the state does not decode: {e}"),
+        )
+    })
 }

@@ -21,13 +21,16 @@ use crate::api::status::ApiError;
 use crate::dispatch::{Dispatcher, WaitingReasons};
 use crate::logs::StepLogs;
 use crate::machine::{ClusterMachine, SharedState};
-use crate::raft::transport::{peer_channel, GrpcTransport};
+use crate::raft::transport::{peer_channel, GrpcTransport, PeerStamp};
+use crate::raft::StoreIds;
 use crate::raft::{
     self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, SledLogStore, SnapshotDir,
 };
 
 /// Three missed heartbeats (agents send one every 5 s).
 pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
+/// The default `--max-snapshot-bytes`: 8 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -46,6 +49,8 @@ pub struct CoordinatorConfig {
     pub election_tick: usize,
     pub heartbeat_tick: usize,
     pub snapshot_entries: u64,
+    /// The largest snapshot accepted from the leader.
+    pub max_snapshot_bytes: u64,
     /// Start a new cluster with this node as its only voter (first start only).
     pub bootstrap: bool,
     /// The initial voters of a new cluster, this node included (first start only).
@@ -86,6 +91,7 @@ impl CoordinatorConfig {
             election_tick: d.election_tick,
             heartbeat_tick: d.heartbeat_tick,
             snapshot_entries: d.snapshot_entries,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             bootstrap: true,
             peers: Members::new(),
             cpu_policy: CpuPolicy::Spread,
@@ -142,6 +148,12 @@ pub struct Coordinator {
     pub tls: Option<Arc<gantry_tls::TlsContext>>,
     /// The cluster this node belongs to: peers of another are refused.
     pub cluster: Option<String>,
+    /// This node's data directory's store id and those of its peers.
+    pub store_ids: Arc<StoreIds>,
+    /// The largest snapshot accepted from the leader.
+    pub max_snapshot_bytes: u64,
+    /// Held while a snapshot is being received: one transfer at a time.
+    pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -370,6 +382,10 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
     let initial_members = cfg.initial_members(&advertise)?;
     std::fs::create_dir_all(&cfg.data_dir)?;
+    let store_ids = Arc::new(
+        StoreIds::open(&cfg.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?,
+    );
     let db = sled::Config::new()
         .path(cfg.data_dir.join("sled"))
         .open()
@@ -399,7 +415,10 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let transport_snaps = snapshots.clone();
     let transport_addr = advertise.clone();
     let peer_tls = tls.clone();
-    let peer_cluster = cluster.clone().unwrap_or_default();
+    let stamp = PeerStamp {
+        cluster: cluster.clone().unwrap_or_default(),
+        store_ids: store_ids.clone(),
+    };
     let (raft, raft_thread) = raft::start(
         node_cfg,
         store,
@@ -413,7 +432,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
                 transport_snaps,
                 sink,
                 peer_tls,
-                peer_cluster,
+                stamp,
             )
         },
     )?;
@@ -442,6 +461,9 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         artifacts: gantry_artifacts::ArtifactStores::from_env(),
         tls: tls.clone(),
         cluster,
+        store_ids,
+        max_snapshot_bytes: cfg.max_snapshot_bytes,
+        receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls
         } else {

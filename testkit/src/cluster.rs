@@ -423,6 +423,16 @@ impl Cluster {
     /// time, and waits until it serves (its storage is open: a partial snapshot left by a kill
     /// is gone by then).
     pub fn start_node(&mut self, id: u64) -> Result<()> {
+        self.launch(id, true)
+    }
+
+    /// Starts node `id` with neither `--bootstrap` nor `--peer`: a node with a fresh data
+    /// directory then waits for `gantry cluster join`.
+    pub fn start_node_waiting(&mut self, id: u64) -> Result<()> {
+        self.launch(id, false)
+    }
+
+    fn launch(&mut self, id: u64, with_membership: bool) -> Result<()> {
         let peers: Vec<String> = self
             .nodes
             .iter()
@@ -458,11 +468,11 @@ impl Cluster {
             cmd.args(["--artifact-root", root]);
         }
         cmd.args(self.tls_args(&format!("coordinator-{id}")));
-        if self.opts.bootstrap_one {
+        if with_membership && self.opts.bootstrap_one {
             if id == 1 {
                 cmd.arg("--bootstrap");
             }
-        } else {
+        } else if with_membership {
             for p in &peers {
                 cmd.args(["--peer", p]);
             }
@@ -493,6 +503,19 @@ impl Cluster {
             Duration::from_secs(20),
         )?;
         Ok(())
+    }
+
+    /// The store id of node `id`'s data directory, which it stamps on its raft traffic.
+    pub fn store_id(&self, id: u64) -> Result<u64> {
+        let path = self.node(id).data.join("store-id");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        u64::from_str_radix(text.trim(), 16).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data.clone()
     }
 
     pub fn kill9(&mut self, id: u64) {

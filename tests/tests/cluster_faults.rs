@@ -372,6 +372,15 @@ fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
         cli.submit(&big, &[&format!("marker={}/never-{n}.log", dir.display())])
             .unwrap();
     }
+    // Each node decodes its snapshot before compacting: wait until both have compacted past
+    // the first interval, so the lagging node cannot catch up from the log.
+    poll_every(Duration::from_secs(60), Duration::from_millis(100), || {
+        let compacted = [1u64, 2]
+            .iter()
+            .all(|id| c.status(*id).is_some_and(|s| s.first_index > 20));
+        compacted.then_some(()).ok_or(())
+    })
+    .unwrap_or_else(|()| panic!("the log was not compacted: {}", c.logs_tail()));
     let snaps = c.nodes[(lagging - 1) as usize].data.join("snapshots");
     c.start_node(lagging).unwrap();
     // Polled often: the kill must land while the file is there.

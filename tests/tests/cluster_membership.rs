@@ -110,3 +110,79 @@ fn nodes_join_as_learners_then_voters_and_leave_again() {
         unknown.stderr
     );
 }
+
+/// A node whose data directory was lost forgot its votes and the entries it acknowledged. If
+/// it came back under its old id, it and one other node could form a quorum that lacks every
+/// entry the lost copy held, and it could vote a second time in a term. Its peers refuse it by
+/// its new store id until it is removed and joined again.
+#[test]
+fn a_wiped_node_is_refused_until_removed_and_joined_again() {
+    let s3 = S3::start().unwrap();
+    let mut c = Cluster::start(ClusterOpts::new(3, &s3.artifact_root("wiped"))).unwrap();
+    c.wait_leader(&c.all_ids(), Duration::from_secs(10))
+        .unwrap();
+    let dir = c.dir.path().to_path_buf();
+    let out = dir.join("p");
+    std::fs::create_dir_all(&out).unwrap();
+    let one = compile_source_with(Path::new("tests/pipelines/chain.py"), &out, &["1"]).unwrap();
+    let cli = c.cli();
+    for _ in 0..3 {
+        cli.submit(&one, &["marker=/dev/null"]).unwrap();
+    }
+    c.wait_converged(Duration::from_secs(20)).unwrap();
+    let old_store = c.store_id(3).unwrap();
+
+    // Node 3 loses its disk while node 2 is down: only node 1 holds the runs.
+    c.kill9(2);
+    c.kill9(3);
+    let data3 = c.data_dir(3);
+    std::fs::remove_dir_all(&data3).unwrap();
+    std::fs::create_dir_all(&data3).unwrap();
+    // Node 1 steps down (check quorum) while both peers are away.
+    std::thread::sleep(Duration::from_secs(3));
+    c.start_node(3).unwrap();
+    assert_ne!(c.store_id(3).unwrap(), old_store);
+
+    // Node 1 and the empty node 3 are two of three, but node 3's votes do not count.
+    let leader = c.wait_leader(&[1, 3], Duration::from_secs(10));
+    assert!(
+        leader.is_err(),
+        "node 1 and the wiped node 3 elected a leader: {leader:?}"
+    );
+    let refused = "came back with another data directory";
+    assert!(
+        c.log_count(1, &["raft traffic refused", refused]) > 0,
+        "node 1 did not log the refusal:\n{}",
+        c.log(1)
+    );
+
+    // With node 2 back the cluster serves again; node 3 is still refused.
+    c.start_node(2).unwrap();
+    let (leader, _) = c.wait_leader(&[1, 2], Duration::from_secs(10)).unwrap();
+    let both = c.cli_for(&[1, 2]);
+    both.submit(&one, &["marker=/dev/null"]).unwrap();
+    // Node 3 answers the leader's heartbeats; the leader refuses every answer.
+    let before = c.log_count(leader, &["raft traffic refused", refused]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.log_count(leader, &["raft traffic refused", refused]) > before,
+        "the leader, node {leader}, accepts the wiped node 3"
+    );
+
+    // Removed, wiped once more and joined again, it catches up as a new member.
+    let left = both.run(&["cluster", "leave", "3", "-o", "json"]);
+    assert_eq!(left.code, 0, "{}", left.stderr);
+    c.kill9(3);
+    std::fs::remove_dir_all(&data3).unwrap();
+    std::fs::create_dir_all(&data3).unwrap();
+    c.start_node_waiting(3).unwrap();
+    let joined = both.run(&["cluster", "join", &c.address(3), "-o", "json"]);
+    assert_eq!(joined.code, 0, "{}", joined.stderr);
+    assert_eq!(members(&joined.json().unwrap()).len(), 3);
+    c.wait_converged(Duration::from_secs(30)).unwrap();
+    let s = c.status(3).unwrap();
+    assert_eq!(s.runs, 4, "{s:?}");
+    // And it votes again: without node 1, nodes 2 and 3 elect a leader.
+    c.kill9(1);
+    c.wait_leader(&[2, 3], Duration::from_secs(10)).unwrap();
+}

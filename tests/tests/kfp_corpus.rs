@@ -496,7 +496,10 @@ fn every_corpus_pipeline_runs_or_is_refused() {
             let state = run["state"].as_str().unwrap_or_default().to_string();
             if !matches!(state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELED") {
                 if since.elapsed() > RUN_LIMIT {
-                    problems.push(format!("{rel}: still {state} after {RUN_LIMIT:?}"));
+                    problems.push(format!(
+                        "{rel}: still {state} after {RUN_LIMIT:?}\n{}",
+                        unfinished_tasks(&cli, &run_id, &run)
+                    ));
                     let _ = cli.run(&["run", "cancel", &run_id]);
                     if let Some(o) = outcomes.get_mut(&rel) {
                         o.result = "did not end".into();
@@ -602,6 +605,28 @@ fn judge(
         ));
     }
     parts.join("; ")
+}
+
+/// What a run that did not end was doing: each task not yet ended, with its log's last lines.
+fn unfinished_tasks(cli: &Cli, run_id: &str, run: &Value) -> String {
+    let tasks = run["tasks"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for t in &tasks {
+        let state = t["state"].as_str().unwrap_or_default();
+        if matches!(
+            state,
+            "SUCCEEDED" | "FAILED" | "CANCELED" | "SKIPPED" | "CACHED"
+        ) {
+            continue;
+        }
+        let name = t["name"].as_str().unwrap_or_default();
+        let logs = cli.run(&["run", "logs", run_id, "--task", name]).stdout;
+        out.push(format!("  task {name}: {state}\n{}", tail(&logs, 20)));
+    }
+    if out.is_empty() {
+        return format!("  no unfinished task; run: {run}");
+    }
+    out.join("\n")
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -185,6 +185,8 @@ struct Ctx {
     agent: String,
     /// A token an allowed RevokeToken would remove.
     viewer_accessor: String,
+    /// Each node's store id, which a peer stamps on its raft traffic.
+    stores: std::collections::BTreeMap<u64, u64>,
 }
 
 /// The coordinator certificate a caller presents to `node`: another member's.
@@ -281,6 +283,7 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
                 Vec::new()
             },
             cluster: TEST_CLUSTER.into(),
+            from_store: ctx.stores[&peer],
         }
         .encode_to_vec(),
         "RaftService/InstallSnapshot" => {
@@ -308,6 +311,7 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
                 data: b"{}".to_vec(),
                 total_size: 2,
                 cluster: TEST_CLUSTER.into(),
+                from_store: ctx.stores[&peer],
             }
             .encode_to_vec()
         }
@@ -512,6 +516,11 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
         run_id: run_id.clone(),
         agent: "a1".into(),
         viewer_accessor,
+        stores: c
+            .all_ids()
+            .into_iter()
+            .map(|id| (id, c.store_id(id).unwrap()))
+            .collect(),
     };
     let before = observe(&c).unwrap();
     let mut wrong = Vec::new();

@@ -3,7 +3,8 @@
 //! another cluster, another coordinator's, or the right coordinator vouching for a message of
 //! a third — is refused, on every node and for all three kinds of peer traffic (a heartbeat
 //! raising the term and commit, an append carrying a command, a snapshot stream making the
-//! target a cluster of its own). Nothing moves: no node's term, leader, commit or applied
+//! target a cluster of its own), and the right coordinator speaking from another data directory
+//! (a wiped node) or with no store id, are refused. Nothing moves: no node's term, leader, commit or applied
 //! index, no run, no token; and the target logs each refusal with its reason.
 
 use std::sync::Arc;
@@ -130,6 +131,7 @@ async fn forge(
     what: Forgery,
     from: u64,
     msg_from: u64,
+    store: u64,
     to: u64,
     at: Position,
 ) -> Result<(), tonic::Status> {
@@ -140,7 +142,7 @@ async fn forge(
             Forgery::Heartbeat => {
                 let mut m = raft_message(MessageType::MsgHeartbeat, msg_from, to, term);
                 m.commit = at.last + 100;
-                send(&mut client, from, m).await
+                send(&mut client, from, store, m).await
             }
             Forgery::Append => {
                 let mut m = raft_message(MessageType::MsgAppend, msg_from, to, term);
@@ -154,7 +156,7 @@ async fn forge(
                 e.set_data(forged_command().into());
                 m.set_entries(vec![e].into());
                 m.commit = at.last + 1;
-                send(&mut client, from, m).await
+                send(&mut client, from, store, m).await
             }
             Forgery::Snapshot => {
                 let mut m = raft_message(MessageType::MsgSnapshot, msg_from, to, term);
@@ -177,6 +179,7 @@ async fn forge(
                     total_size: data.len() as u64,
                     data,
                     cluster: TEST_CLUSTER.into(),
+                    from_store: store,
                 };
                 client
                     .install_snapshot(tokio_stream::iter(vec![first]))
@@ -193,6 +196,7 @@ async fn forge(
 async fn send(
     client: &mut RaftServiceClient<Authed>,
     from: u64,
+    store: u64,
     m: Message,
 ) -> Result<(), tonic::Status> {
     let batch = pb::RaftBatch {
@@ -200,6 +204,7 @@ async fn send(
         from_address: "127.0.0.1:9".into(),
         messages: vec![m.write_to_bytes().unwrap()],
         cluster: TEST_CLUSTER.into(),
+        from_store: store,
     };
     client.send(batch).await.map(|_| ())
 }
@@ -222,6 +227,9 @@ struct Case {
     from: u64,
     msg_from: u64,
     refusal: Refusal,
+    /// The store id stamped on the traffic (the claimed sender's real one, unless the case is
+    /// about the store id).
+    store: u64,
 }
 
 /// Certificates of coordinator `id` no node may accept: one signed by a stranger's CA for a
@@ -267,12 +275,14 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
     let agent = c.agent_cert("a1").unwrap().unwrap();
     let tls = |cert: Option<&CertFiles>| client_tls(&ca, cert).unwrap();
     let idx = (a - 1) as usize;
+    let real = |id: u64| c.store_id(id).unwrap();
     vec![
         Case {
             name: format!("(a) no client certificate, claiming to be node {a}"),
             tls: tls(None),
             from: a,
             msg_from: a,
+            store: real(a),
             refusal: Refusal::Layer("the caller is anonymous"),
         },
         Case {
@@ -280,6 +290,7 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
             tls: tls(Some(&agent)),
             from: a,
             msg_from: a,
+            store: real(a),
             refusal: Refusal::Layer("the caller is agent a1"),
         },
         Case {
@@ -287,6 +298,7 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
             tls: tls(Some(&s.foreign_ca[idx])),
             from: a,
             msg_from: a,
+            store: real(a),
             refusal: Refusal::Handshake,
         },
         Case {
@@ -294,6 +306,7 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
             tls: tls(Some(&s.other_cluster[idx])),
             from: a,
             msg_from: a,
+            store: real(a),
             refusal: Refusal::Layer("the caller is anonymous"),
         },
         Case {
@@ -301,6 +314,7 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
             tls: tls(Some(&own(a))),
             from: b,
             msg_from: b,
+            store: real(b),
             refusal: Refusal::Peer(format!(
                 "coordinator {a} sent raft messages claiming to be node {b}"
             )),
@@ -310,9 +324,26 @@ fn cases(c: &Cluster, s: &Strangers, target: u64) -> Vec<Case> {
             tls: tls(Some(&own(a))),
             from: a,
             msg_from: b,
+            store: real(a),
             refusal: Refusal::Peer(format!(
                 "raft message from {b} to {target} arrived in a batch from {a}"
             )),
+        },
+        Case {
+            name: format!("(f) coordinator-{a} speaking from another data directory"),
+            tls: tls(Some(&own(a))),
+            from: a,
+            msg_from: a,
+            store: real(a) ^ 1,
+            refusal: Refusal::Peer(format!("node {a} came back with another data directory")),
+        },
+        Case {
+            name: format!("(f) coordinator-{a} without a store id"),
+            tls: tls(Some(&own(a))),
+            from: a,
+            msg_from: a,
+            store: 0,
+            refusal: Refusal::Peer(format!("node {a} sent raft traffic without a store id")),
         },
     ]
 }
@@ -352,7 +383,7 @@ fn forged_raft_traffic_is_refused_by_every_node_and_moves_nothing() {
                 let seen = refusals(&c, target, &case.refusal);
                 let result = rt.block_on(async {
                     let ch = c.channel_as(target, Some(case.tls.clone()), None).unwrap();
-                    forge(ch, what, case.from, case.msg_from, target, at).await
+                    forge(ch, what, case.from, case.msg_from, case.store, target, at).await
                 });
                 let what_case = format!("{what:?} to node {target}, {}", case.name);
                 let status = match result {

@@ -52,7 +52,13 @@ impl Api {
 
     /// Checks a peer's claim to be node `from` of `cluster` against its certificate and this
     /// node's configuration. A refusal is logged with its reason and changes nothing.
-    fn accept_from(&self, from: u64, cluster: &str, principal: &Principal) -> Result<(), ApiError> {
+    fn accept_from(
+        &self,
+        from: u64,
+        from_store: u64,
+        cluster: &str,
+        principal: &Principal,
+    ) -> Result<(), ApiError> {
         let refuse = |e: ApiError| {
             tracing::warn!(from, reason = %e, "raft traffic refused");
             Err(e)
@@ -92,6 +98,10 @@ impl Api {
                 s.voters, s.learners
             )));
         }
+        // Checked last: only a member's data directory is recorded.
+        if let Err(e) = self.0.store_ids.check(from, from_store) {
+            return refuse(ApiError::PeerRefused(e.to_string()));
+        }
         Ok(())
     }
 }
@@ -101,7 +111,7 @@ impl RaftService for Api {
     async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         let principal = principal(&req);
         let batch = req.into_inner();
-        self.accept_from(batch.from, &batch.cluster, &principal)?;
+        self.accept_from(batch.from, batch.from_store, &batch.cluster, &principal)?;
         if !self.0.raft.status().members.contains_key(&batch.from) {
             self.learn_peer(batch.from, &batch.from_address);
         }
@@ -120,16 +130,39 @@ impl RaftService for Api {
         let principal = principal(&req);
         let mut stream = req.into_inner();
         let first = stream.next().await.ok_or(ApiError::EmptySnapshotStream)??;
-        self.accept_from(first.from, &first.cluster, &principal)?;
+        self.accept_from(first.from, first.from_store, &first.cluster, &principal)?;
         let msg =
             Message::parse_from_bytes(&first.message).map_err(ApiError::UndecodableSnapshot)?;
         check_message(&msg, first.from, self.0.node_id)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(ApiError::NotASnapshot.into());
         }
-        self.learn_peer(first.from, &first.from_address);
         let meta = msg.get_snapshot().get_metadata().clone();
+        let refuse = |why: String| {
+            tracing::warn!(from = first.from, index = meta.index, term = meta.term, reason = %why,
+                "snapshot refused");
+            Err(Status::from(ApiError::SnapshotRefused(why)))
+        };
+        let max = self.0.max_snapshot_bytes;
+        if first.total_size > max {
+            return refuse(format!(
+                "{} bytes is over this node's limit of {max} (--max-snapshot-bytes)",
+                first.total_size
+            ));
+        }
+        let applied = self.0.raft.status().applied_index;
+        if meta.index <= applied {
+            return refuse(format!(
+                "it ends at index {}, and this node has applied up to {applied}",
+                meta.index
+            ));
+        }
+        let Ok(_one_at_a_time) = self.0.receiving_snapshot.try_lock() else {
+            return refuse("another snapshot transfer to this node is in progress".into());
+        };
+        self.learn_peer(first.from, &first.from_address);
         let tmp = self.0.snapshots.receive_path(meta.term, meta.index);
+        let total = first.total_size;
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             let mut received = first.data.len() as u64;
@@ -143,6 +176,11 @@ impl RaftService for Api {
                     tokio::time::sleep(d).await;
                 }
                 received += chunk.data.len() as u64;
+                if received > total {
+                    return Err(std::io::Error::other(format!(
+                        "more than the {total} bytes announced"
+                    )));
+                }
                 file.write_all(&chunk.data).await?;
             }
             if received != first.total_size {
@@ -162,11 +200,29 @@ impl RaftService for Api {
                 return Err(ApiError::SnapshotTransfer(e).into());
             }
         };
+        // Checked and decoded before anything is published or Raft hears of it.
+        let checked_tmp = tmp.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || crate::machine::check_snapshot_file(&checked_tmp))
+                .await
+                .map_err(ApiError::SnapshotTask)?;
+        if let Err(e) = checked {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return refuse(e.to_string());
+        }
         let snaps = self.0.snapshots.clone();
-        tokio::task::spawn_blocking(move || snaps.publish(&tmp, meta.term, meta.index))
-            .await
-            .map_err(ApiError::SnapshotTask)?
-            .map_err(ApiError::SnapshotPublish)?;
+        let published =
+            tokio::task::spawn_blocking(move || snaps.publish(&tmp, meta.term, meta.index))
+                .await
+                .map_err(ApiError::SnapshotTask)?
+                .map_err(ApiError::SnapshotPublish)?;
+        if !published {
+            tracing::info!(
+                index = meta.index,
+                term = meta.term,
+                "received a snapshot this node already has; kept its own copy"
+            );
+        }
         tracing::info!(
             index = meta.index,
             term = meta.term,

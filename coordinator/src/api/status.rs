@@ -179,6 +179,10 @@ pub enum ApiError {
     SnapshotTask(tokio::task::JoinError),
     #[error("snapshot publish: {0}")]
     SnapshotPublish(std::io::Error),
+    /// A received snapshot that is too large, stale, a second concurrent one, or does not
+    /// verify or decode: nothing of it was kept.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
     /// Raft traffic that is not what its certificate, cluster or membership allows.
     #[error("{0}")]
     PeerRefused(String),
@@ -267,6 +271,7 @@ impl ApiError {
             | E::SnapshotPublish(_) => Code::Internal,
             E::NotCaughtUp { .. } => Code::DeadlineExceeded,
             E::SnapshotTransfer(_) => Code::Aborted,
+            E::SnapshotRefused(_) => Code::FailedPrecondition,
             E::LogsDropped(_) => Code::DataLoss,
         }
     }

@@ -7,6 +7,7 @@
 //! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`sled_store`] on
 //!   disk, [`mem_store`] in memory);
 //! - [`snapshots`] and [`snapshot_files`]: where snapshots live;
+//! - [`store_ids`]: which data directory each peer speaks from, so a wiped node cannot vote twice;
 //! - [`transport`]: messages and snapshot streams to peers over tonic.
 
 pub mod handle;
@@ -17,6 +18,7 @@ pub mod sled_store;
 pub mod snapshot_files;
 pub mod snapshots;
 pub mod storage;
+pub mod store_ids;
 pub mod transport;
 
 #[cfg(test)]
@@ -29,6 +31,7 @@ pub use sled_store::SledLogStore;
 pub use snapshot_files::SnapshotDir;
 pub use snapshots::{MemSnapshots, SnapshotStore, SnapshotWriter};
 pub use storage::{LogStore, LogStoreError, Members, RaftStorage};
+pub use store_ids::{StoreIdError, StoreIds};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {

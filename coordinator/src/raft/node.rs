@@ -32,6 +32,11 @@ pub trait StateMachine: Send + 'static {
     /// cannot be applied here at all (an undecodable command, say): the node stops rather than
     /// diverge from replicas that could apply it.
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<Self::Output, Fatal>;
+    /// Decodes a snapshot's state without keeping it: a snapshot is checked this way before
+    /// the log behind it is compacted, and before a received one is used.
+    fn check(r: &mut dyn Read) -> std::io::Result<()>
+    where
+        Self: Sized;
     /// A copy of the current state, to be written to a snapshot on another thread.
     fn snapshot(&self) -> SnapshotWriter;
     /// Replaces the whole state with a snapshot's.
@@ -204,6 +209,9 @@ pub(super) struct Node<S: StateMachine, T: Transport> {
     snapshot_writes: SnapshotWrites,
     /// Index of the newest snapshot this node holds.
     last_snapshot: u64,
+    /// The index of the last snapshot that failed (to write, or to decode): the next try waits
+    /// for another `snapshot_entries` entries, instead of cloning the state on every Ready.
+    snapshot_failed_at: u64,
 }
 
 /// A legacy single change in the V2 shape (we only propose V2; peers of other versions might not).
@@ -357,6 +365,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             snapshotting: false,
             snapshot_writes,
             last_snapshot: snap_meta.index,
+            snapshot_failed_at: 0,
         };
         node.publish_status();
         Ok(node)
@@ -498,7 +507,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                             tracing::error!(error = %e, "log compaction failed");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, index = meta.index, "snapshot failed"),
+                    Err(e) => {
+                        self.snapshot_failed_at = meta.index;
+                        tracing::error!(error = %e, index = meta.index,
+                            "snapshot failed; the log is kept and the next try waits for more entries")
+                    }
                 }
             }
             Mail::Shutdown => return false,
@@ -638,8 +651,9 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         if self.snapshotting {
             return Ok(());
         }
-        let wanted = self.store.take_snapshot_wanted() && applied > self.last_snapshot;
-        if !wanted && applied < self.last_snapshot + self.cfg.snapshot_entries {
+        let since = self.last_snapshot.max(self.snapshot_failed_at);
+        let wanted = self.store.take_snapshot_wanted() && applied > since;
+        if !wanted && applied < since + self.cfg.snapshot_entries {
             return Ok(());
         }
         let term = raft::Storage::term(&self.store, applied).map_err(fatal)?;
@@ -654,8 +668,21 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         let snaps = self.snaps.clone();
         let mailbox = self.mailbox.clone();
         self.snapshotting = true;
+        let check: fn(&mut dyn Read) -> std::io::Result<()> = S::check;
         let job = move || {
-            let result = snaps.write(meta.term, meta.index, &members, writer);
+            // Decoded once before the log behind it may be compacted: a snapshot that cannot be
+            // loaded must never replace a log that can.
+            let result = snaps
+                .write(meta.term, meta.index, &members, writer)
+                .and_then(|()| {
+                    let (_, mut r) = snaps.open(meta.term, meta.index)?;
+                    check(&mut r).map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("the snapshot just written does not decode: {e}"),
+                        )
+                    })
+                });
             let _ = mailbox.send(Mail::SnapshotWritten { meta, result });
         };
         match self.snapshot_writes {

@@ -77,9 +77,19 @@ impl StateMachine for ListMachine {
         Ok((index, data.to_vec()))
     }
 
+    /// A list holding an entry starting with `unsnapshottable` writes a snapshot that does not
+    /// decode.
     fn snapshot(&self) -> SnapshotWriter {
         let copy = self.applied.lock().unwrap().clone();
+        if copy.iter().any(|(_, d)| d.starts_with(b"unsnapshottable")) {
+            return Box::new(|w| w.write_all(b"[not json"));
+        }
         Box::new(move |w| serde_json::to_writer(w, &copy).map_err(std::io::Error::from))
+    }
+
+    fn check(r: &mut dyn Read) -> std::io::Result<()> {
+        let _: Vec<Output> = serde_json::from_reader(r)?;
+        Ok(())
     }
 
     fn restore(&mut self, r: &mut dyn Read) -> std::io::Result<()> {
@@ -558,14 +568,16 @@ impl Sim {
             .collect()
     }
 
-    /// Runs until every up node has applied as far as the leader committed and agrees with it.
+    /// Runs until every up node follows one leader and has applied as far as it committed, and
+    /// the leader has committed at least what any node knows to be committed (a new leader
+    /// learns of entries committed in an earlier term only once it commits one of its own).
     pub fn settle(&mut self, limit: u64) -> bool {
         self.run_until(limit, |s| {
             let Some(l) = s.leader() else { return false };
             let commit = s.status(l).commit_index;
             s.up().iter().all(|id| {
                 let st = s.status(*id);
-                st.applied_index >= commit && st.leader_id == l
+                st.applied_index >= commit && st.leader_id == l && st.commit_index <= commit
             })
         })
     }

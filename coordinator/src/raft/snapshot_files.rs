@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::snapshots::{read_header, write_header, SnapshotStore, SnapshotWriter};
+use super::snapshots::{read_header, verify, write_header, Sealing, SnapshotStore, SnapshotWriter};
 use super::storage::Members;
 
 #[derive(Debug, Clone)]
@@ -56,10 +56,10 @@ impl SnapshotDir {
     ) -> std::io::Result<PathBuf> {
         let tmp = self.temp_path(term, index);
         let result = (|| {
-            let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            let mut w = Sealing::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?));
             write_header(&mut w, members)?;
             body(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let f = w.seal()?.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             Ok::<(), std::io::Error>(())
         })();
@@ -67,25 +67,51 @@ impl SnapshotDir {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        self.publish(&tmp, term, index)
+        self.publish(&tmp, term, index)?;
+        Ok(self.path(term, index))
     }
 
     /// Renames a complete, synced temporary file to its final name and syncs the directory.
-    pub fn publish(&self, tmp: &Path, term: u64, index: u64) -> std::io::Result<PathBuf> {
+    /// An existing snapshot of the same (term, index) is never replaced: Raft guarantees it
+    /// holds the same state, and it may be the live one being read or streamed. The temporary
+    /// file is then removed. Returns false in that case.
+    pub fn publish(&self, tmp: &Path, term: u64, index: u64) -> std::io::Result<bool> {
         let path = self.path(term, index);
-        std::fs::rename(tmp, &path)?;
+        // A hard link fails when the target exists: a rename that never replaces.
+        match std::fs::hard_link(tmp, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(tmp)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        std::fs::remove_file(tmp)?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(path)
+        Ok(true)
     }
 
-    /// Opens a snapshot: its member address book and a reader positioned at the state bytes.
+    /// Checks a complete snapshot file's checksum; `Ok` holds the length of its header and state.
+    pub fn verify_file(path: &Path) -> std::io::Result<u64> {
+        let f = File::open(path)?;
+        let size = f.metadata()?.len();
+        verify(
+            &mut BufReader::with_capacity(1 << 20, f),
+            size,
+            &path.display().to_string(),
+        )
+    }
+
+    /// Opens a snapshot after checking its checksum: its member address book and a reader
+    /// positioned at the state bytes, ending before the trailer.
     pub fn open_snapshot(
         &self,
         term: u64,
         index: u64,
-    ) -> std::io::Result<(Members, BufReader<File>)> {
+    ) -> std::io::Result<(Members, std::io::Take<BufReader<File>>)> {
         let path = self.path(term, index);
-        let mut r = BufReader::with_capacity(1 << 20, File::open(&path)?);
+        let content = Self::verify_file(&path)?;
+        let mut r = BufReader::with_capacity(1 << 20, File::open(&path)?).take(content);
         let members = read_header(&mut r, &path.display().to_string())?;
         Ok((members, r))
     }
@@ -165,5 +191,58 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(again.open_snapshot(3, 20).is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_or_torn_snapshot_is_an_error_not_a_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::open(dir.path().to_path_buf()).unwrap();
+        let members: Members = [(1, "a:1".to_string())].into();
+        let path = snaps
+            .write(2, 5, &members, |w| w.write_all(b"{\"runs\":[1,2,3]}"))
+            .unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        flipped[20] ^= 1; // in the state bytes
+        std::fs::write(&path, &flipped).unwrap();
+        let err = snaps.open_snapshot(2, 5).err().unwrap().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        let err = snaps.open_snapshot(2, 5).err().unwrap().to_string();
+        assert!(err.contains("trailer"), "{err}");
+
+        std::fs::write(&path, b"{}\n{}").unwrap();
+        assert!(snaps.open_snapshot(2, 5).is_err());
+
+        std::fs::write(&path, &good).unwrap();
+        let (_, mut r) = snaps.open_snapshot(2, 5).unwrap();
+        let mut body = String::new();
+        r.read_to_string(&mut body).unwrap();
+        assert_eq!(
+            body, "{\"runs\":[1,2,3]}",
+            "the reader stops before the trailer"
+        );
+    }
+
+    #[test]
+    fn a_received_snapshot_never_replaces_the_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::open(dir.path().to_path_buf()).unwrap();
+        let members: Members = [(1, "a:1".to_string())].into();
+        let live = snaps
+            .write(2, 5, &members, |w| w.write_all(b"ours"))
+            .unwrap();
+        let before = std::fs::read(&live).unwrap();
+        let tmp = snaps.receive_path(2, 5);
+        std::fs::write(&tmp, b"theirs").unwrap();
+        assert!(!snaps.publish(&tmp, 2, 5).unwrap());
+        assert_eq!(std::fs::read(&live).unwrap(), before);
+        assert!(!tmp.exists(), "the received copy is removed");
+        let tmp = snaps.receive_path(2, 6);
+        std::fs::write(&tmp, b"newer").unwrap();
+        assert!(snaps.publish(&tmp, 2, 6).unwrap());
+        assert_eq!(std::fs::read(snaps.path(2, 6)).unwrap(), b"newer");
     }
 }

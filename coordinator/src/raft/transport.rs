@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::node::{Feedback, FeedbackSink, Transport};
 use super::snapshot_files::SnapshotDir;
 use super::storage::Members;
+use super::store_ids::StoreIds;
 
 const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
@@ -46,12 +47,21 @@ struct Shared {
     tls: Option<Arc<gantry_tls::TlsContext>>,
     /// Stamped on every message; the receiver refuses another cluster's.
     cluster: String,
+    /// This node's store id is stamped on every message; records of removed members are
+    /// forgotten when the membership changes.
+    store_ids: Arc<StoreIds>,
 }
 
 struct Peer {
     address: String,
     tx: mpsc::Sender<Message>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What this node stamps on its raft traffic.
+pub struct PeerStamp {
+    pub cluster: String,
+    pub store_ids: Arc<StoreIds>,
 }
 
 pub struct GrpcTransport {
@@ -68,7 +78,7 @@ impl GrpcTransport {
         snaps: SnapshotDir,
         feedback: FeedbackSink,
         tls: Option<Arc<gantry_tls::TlsContext>>,
-        cluster: String,
+        stamp: PeerStamp,
     ) -> Self {
         GrpcTransport {
             rt,
@@ -78,7 +88,8 @@ impl GrpcTransport {
                 snaps,
                 feedback,
                 tls,
-                cluster,
+                cluster: stamp.cluster,
+                store_ids: stamp.store_ids,
             }),
             peers: HashMap::new(),
         }
@@ -110,6 +121,9 @@ impl Transport for GrpcTransport {
     }
 
     fn set_members(&mut self, members: &Members) {
+        self.shared
+            .store_ids
+            .retain_members(|id| members.contains_key(&id));
         self.peers.retain(|id, p| {
             let keep = members.get(id) == Some(&p.address);
             if !keep {
@@ -170,6 +184,7 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
                 from_address: shared.self_address.clone(),
                 messages,
                 cluster: shared.cluster.clone(),
+                from_store: shared.store_ids.own(),
             };
             match tokio::time::timeout(Duration::from_secs(2), client.send(req)).await {
                 Ok(Ok(_)) => {}
@@ -221,6 +236,7 @@ async fn send_snapshot(
     let from = shared.self_id;
     let from_address = shared.self_address.clone();
     let cluster = shared.cluster.clone();
+    let from_store = shared.store_ids.own();
     // The reader stays at most two chunks ahead of the network.
     let reader = tokio::spawn(async move {
         let mut first = true;
@@ -250,6 +266,7 @@ async fn send_snapshot(
                 } else {
                     String::new()
                 },
+                from_store: if first { from_store } else { 0 },
             };
             first = false;
             if tx.send(chunk).await.is_err() || filled < SNAPSHOT_CHUNK {

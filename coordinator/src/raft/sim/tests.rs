@@ -202,6 +202,30 @@ fn a_follower_far_behind_catches_up_by_snapshot() {
 }
 
 #[test]
+fn a_snapshot_that_does_not_decode_never_replaces_the_log() {
+    let mut sim = Sim::new(7, 3, 5);
+    let leader = elect(&mut sim);
+    sim.propose(leader, b"unsnapshottable");
+    for i in 0..20 {
+        sim.propose(leader, format!("u{i}").as_bytes());
+        sim.run(1);
+    }
+    assert!(sim.run_until(200, |s| s.all_answered()));
+    assert!(sim.settle(ELECTION));
+    for id in sim.ids() {
+        let s = sim.status(id);
+        assert_eq!(s.snapshot_index, 0, "node {id} took a bad snapshot: {s:?}");
+        assert!(s.first_index <= 1, "node {id} compacted its log: {s:?}");
+    }
+    // Each node starts again from its log alone and holds every entry.
+    for id in sim.ids() {
+        sim.restart(id);
+    }
+    assert!(sim.settle(2 * ELECTION));
+    assert_durable(&sim, &sim.up());
+}
+
+#[test]
 fn a_snapshot_lost_in_transit_is_sent_again() {
     let mut sim = Sim::new(7, 3, 5);
     let leader = elect(&mut sim);
