@@ -572,7 +572,9 @@ async fn session(
             .keep_alive_while_idle(true)
     })
     .map_err(SessionError::Unreachable)?;
-    let mut client = AgentServiceClient::new(channel);
+    let mut client = AgentServiceClient::new(channel)
+        .max_encoding_message_size(gantry_model::limits::MAX_AGENT_MESSAGE_BYTES)
+        .max_decoding_message_size(gantry_model::limits::MAX_AGENT_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(4096);
     let inventory_json = serde_json::to_string(&*current.lock().unwrap_or_else(|e| e.into_inner()))
         .map_err(SessionError::Encode)?;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gantry_model::limits::{MAX_CLIENT_REQUEST_BYTES, MAX_CLIENT_RESPONSE_BYTES};
 use gantry_proto::v1::acl_service_client::AclServiceClient;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
@@ -148,10 +149,18 @@ impl Client {
                 let ch = self.channel(i)?;
                 let svc = |ch: Channel| InterceptedService::new(ch, self.token.clone());
                 let clients = Clients {
-                    runs: RunServiceClient::new(svc(ch.clone())),
-                    agents: AgentServiceClient::new(svc(ch.clone())),
-                    cluster: ClusterServiceClient::new(svc(ch.clone())),
-                    acl: AclServiceClient::new(svc(ch)),
+                    runs: RunServiceClient::new(svc(ch.clone()))
+                        .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                        .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+                    agents: AgentServiceClient::new(svc(ch.clone()))
+                        .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                        .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+                    cluster: ClusterServiceClient::new(svc(ch.clone()))
+                        .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                        .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+                    acl: AclServiceClient::new(svc(ch))
+                        .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                        .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
                 };
                 match tokio::time::timeout(per_try, f(clients)).await {
                     Ok(Ok(v)) => {

@@ -26,6 +26,10 @@ use crate::raft::StoreIds;
 use crate::raft::{
     self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, SledLogStore, SnapshotDir,
 };
+use gantry_model::limits::{
+    MAX_AGENT_MESSAGE_BYTES, MAX_CLIENT_REQUEST_BYTES, MAX_CLIENT_RESPONSE_BYTES,
+    MAX_PEER_MESSAGE_BYTES,
+};
 
 /// Three missed heartbeats (agents send one every 5 s).
 pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
@@ -490,11 +494,33 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .layer(auth)
-            .add_service(AclServiceServer::new(api.clone()))
-            .add_service(RunServiceServer::new(api.clone()))
-            .add_service(AgentServiceServer::new(api.clone()))
-            .add_service(ClusterServiceServer::new(api.clone()))
-            .add_service(RaftServiceServer::new(api))
+            // Explicit limits (see gantry_model::limits): each is the largest message its
+            // peers are allowed to produce, so a legal message is never cut off mid-stream.
+            .add_service(
+                AclServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+            )
+            .add_service(
+                RunServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+            )
+            .add_service(
+                AgentServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+            )
+            .add_service(
+                ClusterServiceServer::new(api.clone())
+                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+            )
+            .add_service(
+                RaftServiceServer::new(api)
+                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),

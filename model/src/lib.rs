@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod env;
 pub mod flags;
 pub mod ids;
+pub mod limits;
 pub mod params;
 pub mod resources;
 pub mod step;

@@ -267,3 +267,36 @@ fn gantry_dev_ignores_sigpipe() {
 
 /// SIGPIPE's number on Linux.
 const SIGPIPE: u64 = 13;
+
+/// An output parameter too large for one Raft entry fails its step with an error naming the
+/// limit; the agent's session survives (before the bound, the result broke the session at
+/// every reconnect and the run never ended), and the next run succeeds.
+#[test]
+fn an_output_over_the_size_limit_fails_the_step_and_the_agent_goes_on() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(Runtime::Process, None, &[]).expect("gantry dev");
+    let file = compile_pipeline("big_output", out.path()).unwrap();
+    let cli = cluster.cli();
+    let over = (gantry_model::limits::MAX_STEP_OUTPUTS_BYTES + 1024).to_string();
+    let id = cli.submit(&file, &[&format!("size={over}")]).unwrap();
+    let run = cli.wait_finished(&id, std::time::Duration::from_secs(120));
+    assert_eq!(run["state"], "FAILED", "{run:#}\n{}", cluster.log());
+    let error = task(&run, "big")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("over the limit of 4194304 bytes"),
+        "{error}\n{}",
+        cluster.log()
+    );
+    let id = cli.submit(&file, &["size=2048"]).unwrap();
+    let run = cli.wait_finished(&id, std::time::Duration::from_secs(120));
+    assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", cluster.log());
+    assert_eq!(
+        task(&run, "big")["outputs"]["parameters"]["out"]
+            .as_str()
+            .map(str::len),
+        Some(2048)
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use gantry_model::limits::MAX_STEP_OUTPUTS_BYTES;
 use gantry_model::{ArtifactRef, ParamType, StepOutcome, StepSpec};
 use serde_json::Value;
 
@@ -25,10 +26,24 @@ impl Launcher {
         };
         let parameters = output_parameters(spec, layout, &exec_out)?;
         let artifacts = self.upload_artifacts(spec, layout, &exec_out).await?;
-        Ok(StepOutcome::Succeeded {
+        let outcome = StepOutcome::Succeeded {
             parameters,
             artifacts,
-        })
+        };
+        // The outputs go to the coordinator in one message and into the Raft log in one entry:
+        // over the bound, the step fails here, saying so, instead of breaking the session.
+        let size = serde_json::to_vec(&outcome).map_or(usize::MAX, |v| v.len());
+        if size > MAX_STEP_OUTPUTS_BYTES {
+            return Ok(StepOutcome::Failed {
+                error: format!(
+                    "the step's outputs are {size} bytes, over the limit of \
+                     {MAX_STEP_OUTPUTS_BYTES} bytes (4 MiB): output parameters travel through \
+                     the coordinators' replicated log; pass large data as an artifact"
+                ),
+                exit_code: None,
+            });
+        }
+        Ok(outcome)
     }
 
     /// Uploads each output artifact from where the step left it (or records the URI it

@@ -20,6 +20,7 @@ use super::node::{Feedback, FeedbackSink, Transport};
 use super::snapshot_files::SnapshotDir;
 use super::storage::Members;
 use super::store_ids::StoreIds;
+use gantry_model::limits::{MAX_PEER_MESSAGE_BYTES, MAX_RAFT_BATCH_BYTES};
 
 const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
@@ -159,12 +160,32 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
             return;
         }
     };
-    let mut client = RaftServiceClient::new(channel);
-    while let Some(first) = rx.recv().await {
+    let mut client = RaftServiceClient::new(channel)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    // A message that would push a batch over its byte bound starts the next one.
+    let mut carry: Option<Message> = None;
+    loop {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let mut bytes = first.compute_size() as usize;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    let size = m.compute_size() as usize;
+                    if bytes + size > MAX_RAFT_BATCH_BYTES {
+                        carry = Some(m);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(m);
+                }
                 Err(_) => break,
             }
         }
