@@ -35,10 +35,11 @@ if [ -z "${GANTRY_TEST_S3_ENDPOINT:-}" ] && command -v s3s-fs >/dev/null 2>&1; t
   export AWS_ACCESS_KEY_ID=gantry AWS_SECRET_ACCESS_KEY=gantrysecret AWS_REGION=us-east-1
 fi
 
-# Run the suite, then close with one summary line over every test binary.
+# Run the whole suite (a failing binary does not hide the ones after it), then close with one
+# summary line over every test binary.
 out=$(mktemp /tmp/gantry-test-out.XXXXXX)
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$out"
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -201,13 +201,15 @@ fn an_agent_cannot_start_log_or_finish_another_agents_attempt() {
     );
     assert_eq!(t["agent"], "a1", "{t:#}");
     assert_eq!(t["attempts"], 1, "{t:#}");
-    let logs = cli.run(&["run", "logs", &run_id]);
-    assert_eq!(logs.code, 0, "{}", logs.stderr);
-    assert!(
-        logs.stdout.contains("start a"),
-        "a1's own lines: {}",
-        logs.stdout
-    );
+    // a1's lines reach the coordinator in batches: wait for them.
+    let logs = eventually(Duration::from_secs(20), || {
+        let logs = cli.run(&["run", "logs", &run_id]);
+        if logs.code == 0 && logs.stdout.contains("start a") {
+            Ok(logs)
+        } else {
+            Err(format!("a1's own lines: {} {}", logs.stdout, logs.stderr))
+        }
+    });
     assert!(
         !logs.stdout.contains("forged by a2"),
         "a2's line was stored: {}",
