@@ -68,12 +68,8 @@ impl StateMachine for ClusterMachine {
 /// Verifies a snapshot file's checksum and decodes its state, keeping nothing: a snapshot that
 /// cannot be loaded is refused before it can replace anything.
 pub fn check_snapshot_file(path: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Read as _;
     let what = path.display().to_string();
-    let content = crate::raft::SnapshotDir::verify_file(path)?;
-    let mut r =
-        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?).take(content);
-    crate::raft::snapshots::read_header(&mut r, &what)?;
+    let (_, mut r) = crate::raft::SnapshotDir::open_file(path)?;
     ClusterMachine::check(&mut r).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

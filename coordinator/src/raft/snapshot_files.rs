@@ -107,9 +107,13 @@ impl SnapshotDir {
         term: u64,
         index: u64,
     ) -> std::io::Result<(Members, std::io::Take<BufReader<File>>)> {
-        let path = self.path(term, index);
-        let content = Self::verify_file(&path)?;
-        let mut r = BufReader::with_capacity(1 << 20, File::open(&path)?).take(content);
+        Self::open_file(&self.path(term, index))
+    }
+
+    /// [`Self::open_snapshot`] for a file at any path (a snapshot still being received).
+    pub fn open_file(path: &Path) -> std::io::Result<(Members, std::io::Take<BufReader<File>>)> {
+        let content = Self::verify_file(path)?;
+        let mut r = BufReader::with_capacity(1 << 20, File::open(path)?).take(content);
         let members = read_header(&mut r, &path.display().to_string())?;
         Ok((members, r))
     }
