@@ -28,7 +28,7 @@ pub use model::{CutMode, CutReport, Stats};
 use fuse::{LossyFuse, Shared};
 use model::Model;
 
-/// The file system type name in `/proc/mounts` (`fuse.lossyfs`).
+/// The file system name: the source of its mounts in `/proc/mounts`.
 const NAME: &str = "lossyfs";
 
 /// Whether FUSE file systems can be mounted here: `/dev/fuse` opens and we are root.
@@ -51,6 +51,9 @@ pub struct LossyFs {
     mountpoint: PathBuf,
     shared: Arc<Mutex<Shared>>,
     session: Option<fuser::BackgroundSession>,
+    /// The kernel's number for the current mount's FUSE connection (its device minor), the
+    /// name of its directory under `/sys/fs/fuse/connections`.
+    connection: Option<u64>,
     cuts: u64,
 }
 
@@ -65,11 +68,13 @@ impl LossyFs {
             generation: 0,
         }));
         let session = Self::session(&shared, 0, &mountpoint)?;
+        let connection = connection_of(&mountpoint);
         Ok(LossyFs {
             backing,
             mountpoint,
             shared,
             session: Some(session),
+            connection,
             cuts: 0,
         })
     }
@@ -137,7 +142,7 @@ impl LossyFs {
             g.generation += 1;
             g.model.cut(mode)
         };
-        self.unmount_session();
+        self.unmount_session()?;
         {
             let g = self.shared();
             g.model.materialize(&self.backing)?;
@@ -149,6 +154,7 @@ impl LossyFs {
             g.generation
         };
         self.session = Some(Self::session(&self.shared, generation, &self.mountpoint)?);
+        self.connection = connection_of(&self.mountpoint);
         self.cuts += 1;
         Ok(report)
     }
@@ -160,28 +166,109 @@ impl LossyFs {
         g.model.sync_all();
         g.generation += 1;
         drop(g);
-        self.unmount_session();
+        self.unmount_session()?;
         self.shared().model.materialize(&self.backing)
     }
 
-    fn unmount_session(&mut self) {
+    /// Ends the current mount for good. A plain unmount is not enough: it fails while a file
+    /// is open, and even when it succeeds the kernel keeps the connection alive as long as
+    /// anything still refers to the file system (the first power-loss runs hung here, the
+    /// session thread still waiting for requests). So the connection is aborted through
+    /// fusectl, which fails every request at once and stops the session thread, and the mount
+    /// is detached.
+    fn unmount_session(&mut self) -> std::io::Result<()> {
         let Some(session) = self.session.take() else {
-            return;
+            return Ok(());
         };
-        if unmount(&self.mountpoint, 0).is_ok() {
-            // The kernel ended the connection: the session thread has stopped reading.
-            let _ = session.join();
-        } else {
-            // Busy: detach it; its requests fail (old generation) until its users close.
-            let _ = unmount(&self.mountpoint, libc::MNT_DETACH);
-            std::mem::forget(session);
+        if let Some(connection) = self.connection.take() {
+            if let Err(e) = abort_connection(connection) {
+                eprintln!("lossyfs: could not abort FUSE connection {connection}: {e}");
+            }
         }
+        if unmount(&self.mountpoint, 0).is_err() {
+            let _ = unmount(&self.mountpoint, libc::MNT_DETACH);
+        }
+        // A session thread that does not stop is left behind rather than hanging the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(session.join());
+        });
+        match rx.recv_timeout(SESSION_STOP) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(std::io::Error::other(format!(
+                "lossyfs: the session of {} did not stop within {SESSION_STOP:?}",
+                self.mountpoint.display()
+            ))),
+        }
+    }
+}
+
+/// How long an unmount waits for the session thread to see its connection end.
+const SESSION_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the kernel lists FUSE connections (the `fusectl` file system).
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// The FUSE connection number of the lossyfs mount at `mountpoint`, from /proc/self/mountinfo
+/// (reading it does not send the file system a request).
+fn connection_of(mountpoint: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_str()?.replace(' ', "\\040");
+    // The newest mount at a path is listed last.
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        let (fstype, source) = (fields.get(dash + 1)?, fields.get(dash + 2)?);
+        if fields.get(4) != Some(&want.as_str()) || !is_lossyfs(fstype, source) {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        // Anonymous devices have major 0; the connection is named by the whole dev_t.
+        (major == "0").then(|| minor.parse().ok()).flatten()
+    })
+}
+
+/// Whether a mount table entry is ours. Mounting as root (no fusermount) records the subtype
+/// nowhere: the type is plain `fuse` and the source is the file system name.
+fn is_lossyfs(fstype: &str, source: &str) -> bool {
+    fstype == format!("fuse.{NAME}") || (fstype == "fuse" && source == NAME)
+}
+
+/// Aborts a FUSE connection: every pending and future request of it fails, and reads of its
+/// device end. Mounts fusectl first where nobody has.
+fn abort_connection(connection: u64) -> std::io::Result<()> {
+    let dir = Path::new(FUSECTL);
+    if !dir.join(connection.to_string()).exists() {
+        mount_fusectl()?;
+    }
+    std::fs::write(dir.join(connection.to_string()).join("abort"), "1")
+}
+
+fn mount_fusectl() -> std::io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let (src, target, fstype) = (c("fusectl")?, c(FUSECTL)?, c("fusectl")?);
+    // SAFETY: all three are valid NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
 impl Drop for LossyFs {
     fn drop(&mut self) {
-        self.unmount_session();
+        if let Err(e) = self.unmount_session() {
+            eprintln!("{e}");
+        }
     }
 }
 
@@ -205,11 +292,11 @@ pub fn sweep_stale_mounts() {
     };
     for line in mounts.lines() {
         let mut fields = line.split(' ');
-        let (Some(_src), Some(at), Some(fstype)) = (fields.next(), fields.next(), fields.next())
+        let (Some(source), Some(at), Some(fstype)) = (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
-        if fstype != format!("fuse.{NAME}") {
+        if !is_lossyfs(fstype, source) {
             continue;
         }
         // /proc/mounts escapes spaces and the like in octal.

@@ -233,3 +233,51 @@ fn files_locks_and_listing_behave_as_on_a_disk() {
     std::os::unix::fs::symlink("f01", mnt.join("ln")).unwrap();
     assert_eq!(read(&mnt.join("ln")).unwrap(), b"x");
 }
+
+/// A cut must come back even when the mount is busy: a process killed just before it (as the
+/// power-loss tests do), and one still holding a file open with its working directory on the
+/// mount. The first power-loss runs hung here; the cut now aborts the old connection.
+#[test]
+fn a_cut_returns_while_processes_hold_files_on_the_mount() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let Some(mut env) = mount() else { return };
+    let mnt = env.fs.mountpoint().to_path_buf();
+    std::fs::write(mnt.join("held"), b"kept").unwrap();
+    File::open(mnt.join("held")).unwrap().sync_all().unwrap();
+    fsync_dir(&mnt);
+    /// Killed and reaped when dropped, also when an assertion fails first.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = |mode: &str| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 3{mode}held; echo ready; exec sleep 600"))
+            .current_dir(&mnt)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Holder(child)
+    };
+    drop(holder(">>"));
+    let alive = holder("<");
+
+    env.fs.power_cut(CutMode::Clean).unwrap();
+    assert_eq!(read(&mnt.join("held")).unwrap(), b"kept");
+    std::fs::write(mnt.join("after"), b"new mount works").unwrap();
+    assert_eq!(read(&mnt.join("after")).unwrap(), b"new mount works");
+
+    drop(alive);
+    env.fs.power_cut(CutMode::Clean).unwrap();
+    assert_eq!(read(&mnt.join("held")).unwrap(), b"kept");
+}

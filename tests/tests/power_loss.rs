@@ -1,6 +1,3 @@
-// DRAFT, not compiled (tests/drafts is outside Cargo's test discovery). Move to tests/tests/
-// and add lossyfs to tests/Cargo.toml once LossyFs::power_cut no longer hangs after a
-// coordinator on the mount is killed; see docs/durability.md, "Not yet done".
 //! Power cuts under load. Each coordinator's data directory is a lossyfs mount: what a
 //! coordinator wrote but did not fsync (and renames whose directory it did not fsync) is
 //! thrown away when the power goes. Cuts hit one node, then every node at once, at points
@@ -90,7 +87,8 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
     // Snapshots and compaction happen during the test too.
     opts.snapshot_entries = 25;
     let mut c = Cluster::start(opts).unwrap();
-    c.wait_leader(&c.all_ids(), Duration::from_secs(20)).unwrap();
+    c.wait_leader(&c.all_ids(), Duration::from_secs(20))
+        .unwrap();
 
     // Move each data directory onto a lossyfs mount over the same path.
     let mut mounts: BTreeMap<u64, LossyFs> = BTreeMap::new();
@@ -107,12 +105,14 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
     for id in c.all_ids() {
         c.start_node(id).unwrap();
     }
-    c.wait_leader(&c.all_ids(), Duration::from_secs(20)).unwrap();
+    c.wait_leader(&c.all_ids(), Duration::from_secs(20))
+        .unwrap();
 
     let dir = c.dir.path().to_path_buf();
     let out = dir.join("p");
     std::fs::create_dir_all(&out).unwrap();
-    let pipeline = compile_source_with(Path::new("tests/pipelines/chain.py"), &out, &["1"]).unwrap();
+    let pipeline =
+        compile_source_with(Path::new("tests/pipelines/chain.py"), &out, &["1"]).unwrap();
 
     // Submissions run on their own thread the whole time; each acknowledged id is kept.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
