@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::raft::{Members, NodeConfig};
 use crate::server::CoordinatorConfig;
+use gantry_core::ir::bounds::SubmitLimits;
 use gantry_core::scheduler::CpuPolicy;
 
 /// Gantry coordinator: keeps run state (Raft + sled) and serves the gRPC API.
@@ -21,7 +22,8 @@ pub struct Args {
     /// import_roots, allow_buckets (lists of strings), bootstrap,
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
     /// snapshot_entries, max_snapshot_bytes, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
-    /// cluster, require_client_certs.
+    /// cluster, require_client_certs, propose_timeout_ms, max_pipeline_bytes,
+    /// max_tasks_per_run, max_json_depth, max_parameter_bytes.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -70,8 +72,9 @@ pub struct Args {
     /// Raft tick in milliseconds. Default 100.
     #[arg(long)]
     pub tick_ms: Option<u64>,
-    /// Ticks without a leader before an election (randomised up to twice this). Default 6.
-    #[arg(long)]
+    /// Ticks without a leader before an election (randomised up to twice this). A leader that
+    /// has not heard from a majority for this long steps down. Default 6.
+    #[arg(long, env = "GANTRY_ELECTION_TICKS")]
     pub election_ticks: Option<usize>,
     /// Ticks between leader heartbeats. Default 1.
     #[arg(long)]
@@ -111,6 +114,26 @@ pub struct Args {
     /// also takes token-only clients such as the CLI and kfp.Client).
     #[arg(long)]
     pub require_client_certs: bool,
+    /// How long a write waits to be committed before the caller gets an error (the cluster
+    /// has no quorum). The write may still commit later. Default 10000.
+    #[arg(long, env = "GANTRY_PROPOSE_TIMEOUT_MS", value_name = "MS")]
+    pub propose_timeout_ms: Option<u64>,
+    /// The largest pipeline document a submission may carry, in bytes. Default 4194304
+    /// (4 MiB), at most 12582912.
+    #[arg(long, env = "GANTRY_MAX_PIPELINE_BYTES", value_name = "BYTES")]
+    pub max_pipeline_bytes: Option<usize>,
+    /// Most tasks one run may create, counting loop iterations (nested loops multiply) and
+    /// the DAGs around them. Checked at submit and again when each loop starts. Default
+    /// 100000.
+    #[arg(long, env = "GANTRY_MAX_TASKS_PER_RUN", value_name = "N")]
+    pub max_tasks_per_run: Option<u64>,
+    /// How deep lists and objects may nest in a run's parameters and a step's outputs.
+    /// Default 32, at most 128.
+    #[arg(long, env = "GANTRY_MAX_JSON_DEPTH", value_name = "LEVELS")]
+    pub max_json_depth: Option<usize>,
+    /// The largest value of one run parameter, as JSON, in bytes. Default 262144 (256 KiB).
+    #[arg(long, env = "GANTRY_MAX_PARAMETER_BYTES", value_name = "BYTES")]
+    pub max_parameter_bytes: Option<usize>,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -140,6 +163,11 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     pub cluster: Option<String>,
     pub require_client_certs: Option<bool>,
+    pub propose_timeout_ms: Option<u64>,
+    pub max_pipeline_bytes: Option<usize>,
+    pub max_tasks_per_run: Option<u64>,
+    pub max_json_depth: Option<usize>,
+    pub max_parameter_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -286,6 +314,33 @@ impl Args {
         if let Some(c) = &cluster {
             gantry_tls::identity::check_label("cluster", c)?;
         }
+        let defaults = SubmitLimits::default();
+        let submit_limits = SubmitLimits {
+            max_pipeline_bytes: self
+                .max_pipeline_bytes
+                .or(file.max_pipeline_bytes)
+                .unwrap_or(defaults.max_pipeline_bytes),
+            max_tasks_per_run: self
+                .max_tasks_per_run
+                .or(file.max_tasks_per_run)
+                .unwrap_or(defaults.max_tasks_per_run),
+            max_json_depth: self
+                .max_json_depth
+                .or(file.max_json_depth)
+                .unwrap_or(defaults.max_json_depth),
+            max_parameter_bytes: self
+                .max_parameter_bytes
+                .or(file.max_parameter_bytes)
+                .unwrap_or(defaults.max_parameter_bytes),
+        };
+        submit_limits.check().map_err(anyhow::Error::msg)?;
+        let propose_timeout_ms = self
+            .propose_timeout_ms
+            .or(file.propose_timeout_ms)
+            .unwrap_or(crate::server::DEFAULT_PROPOSE_TIMEOUT.as_millis() as u64);
+        if propose_timeout_ms == 0 {
+            anyhow::bail!("--propose-timeout-ms must be at least 1");
+        }
         Ok(CoordinatorConfig {
             node_id,
             listen,
@@ -311,6 +366,8 @@ impl Args {
             cluster,
             require_client_certs: self.require_client_certs
                 || file.require_client_certs.unwrap_or(false),
+            propose_timeout: Duration::from_millis(propose_timeout_ms),
+            submit_limits,
         })
     }
 }
@@ -411,5 +468,55 @@ mod tests {
             ..Default::default()
         };
         assert!(args.resolve(FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn submission_limits_and_the_proposal_timeout_come_from_flags_or_the_file() {
+        let cfg = Args::default().resolve(FileConfig::default()).unwrap();
+        assert_eq!(cfg.submit_limits, SubmitLimits::default());
+        assert_eq!(cfg.propose_timeout, Duration::from_secs(10));
+
+        let file = FileConfig::parse(
+            "max_tasks_per_run = 500\nmax_json_depth = 8\npropose_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        let cfg = Args {
+            max_tasks_per_run: Some(700),
+            max_pipeline_bytes: Some(1 << 20),
+            ..Default::default()
+        }
+        .resolve(file)
+        .unwrap();
+        assert_eq!(cfg.submit_limits.max_tasks_per_run, 700);
+        assert_eq!(cfg.submit_limits.max_json_depth, 8);
+        assert_eq!(cfg.submit_limits.max_pipeline_bytes, 1 << 20);
+        assert_eq!(cfg.propose_timeout, Duration::from_millis(2500));
+
+        for (args, want) in [
+            (
+                Args {
+                    max_pipeline_bytes: Some(64 << 20),
+                    ..Default::default()
+                },
+                "--max-pipeline-bytes must be between 1 and 12582912",
+            ),
+            (
+                Args {
+                    max_json_depth: Some(1000),
+                    ..Default::default()
+                },
+                "--max-json-depth must be between 1 and 128",
+            ),
+            (
+                Args {
+                    propose_timeout_ms: Some(0),
+                    ..Default::default()
+                },
+                "--propose-timeout-ms must be at least 1",
+            ),
+        ] {
+            let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The deterministic core (IR, engine, scheduler, state machine) lives in `gantry-core`; this
 //! crate adds what does I/O around it:
-//! - [`raft`](crate::raft): the Ready loop over `raft::RawNode`, with the log in sled;
+//! - [`raft`](crate::raft): the Ready loop over `raft::RawNode`, with the log in redb;
 //! - [`machine`]: the bridge from committed entries to `ClusterState::apply`;
 //! - [`dispatch`]: agent sessions, and acting on committed events (assignments, cancels);
 //! - [`scheduling`]: the leader's placement loop;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gantry_core::ir::bounds::SubmitLimits;
 use gantry_core::scheduler::CpuPolicy;
 use gantry_core::state::{Applied, Command};
 use gantry_proto::v1::acl_service_server::AclServiceServer;
@@ -21,10 +22,12 @@ use crate::api::status::ApiError;
 use crate::dispatch::{Dispatcher, WaitingReasons};
 use crate::logs::StepLogs;
 use crate::machine::{ClusterMachine, SharedState};
+use crate::raft::redb_store::migrate_from_sled;
 use crate::raft::transport::{peer_channel, GrpcTransport, PeerStamp};
 use crate::raft::StoreIds;
 use crate::raft::{
-    self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, SledLogStore, SnapshotDir,
+    self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, RedbLogStore,
+    SledLogStore, SnapshotDir,
 };
 use gantry_model::limits::{
     MAX_AGENT_MESSAGE_BYTES, MAX_CLIENT_REQUEST_BYTES, MAX_CLIENT_RESPONSE_BYTES,
@@ -72,6 +75,10 @@ pub struct CoordinatorConfig {
     pub cluster: Option<String>,
     /// Refuse connections without a client certificate.
     pub require_client_certs: bool,
+    /// How long a write waits to be committed before the caller gets an error.
+    pub propose_timeout: Duration,
+    /// What one submission may ask of the cluster.
+    pub submit_limits: SubmitLimits,
 }
 
 impl CoordinatorConfig {
@@ -104,6 +111,8 @@ impl CoordinatorConfig {
             insecure: false,
             cluster: None,
             require_client_certs: false,
+            propose_timeout: DEFAULT_PROPOSE_TIMEOUT,
+            submit_limits: SubmitLimits::default(),
         }
     }
 
@@ -156,6 +165,10 @@ pub struct Coordinator {
     pub store_ids: Arc<StoreIds>,
     /// The largest snapshot accepted from the leader.
     pub max_snapshot_bytes: u64,
+    /// How long a write waits to be committed before the caller gets an error.
+    pub propose_timeout: Duration,
+    /// What one submission may ask of the cluster.
+    pub submit_limits: SubmitLimits,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
@@ -182,7 +195,16 @@ pub enum ProposeError {
     Encode(String),
     #[error("no leader elected within {0:?}")]
     NoLeader(Duration),
+    /// The entry may still commit: the caller cannot know whether it took effect.
+    #[error(
+        "not committed within {0:?} (is a majority of the coordinators up and reachable?); \
+         it may still take effect"
+    )]
+    Timeout(Duration),
 }
+
+/// How long a write waits to be committed by default (`--propose-timeout-ms`).
+pub const DEFAULT_PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Coordinator {
     /// A cached channel to another coordinator.
@@ -255,15 +277,20 @@ impl Coordinator {
     /// Commits `cmd` and returns what applying it did. Waits out a leader election.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
         let data = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Encode(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let limit = self.propose_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match self.raft.propose(data.clone()).await {
+            let attempt = tokio::time::timeout_at(deadline, self.raft.propose(data.clone()));
+            let Ok(answer) = attempt.await else {
+                return Err(ProposeError::Timeout(limit));
+            };
+            match answer {
                 Ok(applied) => return Ok(applied),
                 Err(RaftError::NotLeader { leader_id })
                     if leader_id == 0 || leader_id == self.node_id =>
                 {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(ProposeError::NoLeader(Duration::from_secs(10)));
+                        return Err(ProposeError::NoLeader(limit));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -394,7 +421,15 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         .path(cfg.data_dir.join("sled"))
         .open()
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
-    let store = RaftStorage::open(Arc::new(SledLogStore::open(db.clone())?))?;
+    let log = RedbLogStore::open(&cfg.data_dir.join("raft.redb"))?;
+    let moved = migrate_from_sled(&SledLogStore::open(db.clone())?, &log)?;
+    if moved > 0 {
+        tracing::info!(
+            entries = moved,
+            "moved the Raft log from sled to raft.redb (sled's flush does not survive a power cut)"
+        );
+    }
+    let store = RaftStorage::open(Arc::new(log))?;
     if !store.is_fresh() && !initial_members.is_empty() && store.members() != initial_members {
         tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");
     }
@@ -467,6 +502,8 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         cluster,
         store_ids,
         max_snapshot_bytes: cfg.max_snapshot_bytes,
+        propose_timeout: cfg.propose_timeout,
+        submit_limits: cfg.submit_limits,
         receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls

@@ -6,6 +6,10 @@
 /// be. A step over it fails with an error that says so; large data belongs in an artifact.
 pub const MAX_STEP_OUTPUTS_BYTES: usize = 4 << 20;
 
+/// The largest outcome report a coordinator records: the outputs above plus room for the rest
+/// (an error message, an exit code).
+pub const MAX_STEP_OUTCOME_BYTES: usize = MAX_STEP_OUTPUTS_BYTES + (64 << 10);
+
 /// The largest message on an agent session, either way (a result, an assignment).
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 16 << 20;
 

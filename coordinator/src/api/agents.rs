@@ -18,6 +18,8 @@ use super::status::ApiError;
 use super::Api;
 use crate::logs::LogRecord;
 use crate::server::{Coordinator, Route};
+use gantry_core::ir::bounds::check_json_depth;
+use gantry_model::limits::MAX_STEP_OUTCOME_BYTES;
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
 
@@ -47,6 +49,26 @@ fn refuse_foreign(c: &Coordinator, attempt: &AttemptKey, agent_id: &AgentId, wha
     true
 }
 
+/// A reported outcome, or why it cannot be recorded as it is: over the size agents keep to,
+/// unreadable, or with output values nested deeper than the coordinator allows (an agent is
+/// trusted with its own steps' results, not with every replica's memory).
+fn outcome_of(json: &str, max_depth: usize) -> Result<StepOutcome, String> {
+    if json.len() > MAX_STEP_OUTCOME_BYTES {
+        return Err(format!(
+            "the step's outcome holds {} bytes, over the limit of {MAX_STEP_OUTCOME_BYTES}",
+            json.len()
+        ));
+    }
+    let outcome: StepOutcome = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if let StepOutcome::Succeeded { parameters, .. } = &outcome {
+        for (name, v) in parameters {
+            check_json_depth(&format!("output parameter {name:?}"), v, max_depth)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(outcome)
+}
+
 /// Commits a reported outcome, then tells the agent it may forget it.
 async fn record_finished(c: Arc<Coordinator>, agent_id: AgentId, f: pb::AttemptFinished) {
     let attempt = match key(f.attempt) {
@@ -59,7 +81,7 @@ async fn record_finished(c: Arc<Coordinator>, agent_id: AgentId, f: pb::AttemptF
             .send(&agent_id, Out::ResultRecorded(attempt_ref(&attempt)));
         return;
     }
-    let outcome: StepOutcome = match serde_json::from_str(&f.outcome_json) {
+    let outcome: StepOutcome = match outcome_of(&f.outcome_json, c.submit_limits.max_json_depth) {
         // Only the coordinator declares an attempt lost (that outcome does not count against
         // the step's retries); an agent saying so is reporting a failure.
         Ok(StepOutcome::Lost { error }) => StepOutcome::Failed {
@@ -68,7 +90,7 @@ async fn record_finished(c: Arc<Coordinator>, agent_id: AgentId, f: pb::AttemptF
         },
         Ok(o) => o,
         Err(e) => StepOutcome::Failed {
-            error: format!("agent sent an unreadable outcome: {e}"),
+            error: format!("the coordinator refused the agent's report: {e}"),
             exit_code: None,
         },
     };
@@ -322,5 +344,31 @@ impl AgentService for Api {
             a,
             connected.contains(&a.agent_id),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_over_the_size_or_depth_limits_are_refused_naming_them() {
+        let ok = r#"{"status":"succeeded","parameters":{"n":[[1]]}}"#;
+        assert!(matches!(
+            outcome_of(ok, 2),
+            Ok(StepOutcome::Succeeded { .. })
+        ));
+        assert_eq!(
+            outcome_of(ok, 1).unwrap_err(),
+            "output parameter \"n\" nests 2 levels deep, over the limit of 1 (--max-json-depth)"
+        );
+        let big = format!(
+            r#"{{"status":"failed","error":"{}"}}"#,
+            "x".repeat(MAX_STEP_OUTCOME_BYTES)
+        );
+        assert!(outcome_of(&big, 32)
+            .unwrap_err()
+            .starts_with("the step's outcome holds 4259"));
+        assert!(outcome_of("{", 32).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use gantry_core::engine::{check_host_rules, check_supported, CachePolicy, RunLimits};
+use gantry_core::ir::bounds::{check_pipeline_size, check_submission};
 use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
 use gantry_core::state::{Command, Outcome};
 use gantry_model::{RunId, TaskId};
@@ -76,6 +77,7 @@ fn check_per_task(
 fn run_limits(
     pipeline: &gantry_core::ir::PipelineSpec,
     req: &pb::SubmitRunRequest,
+    max_tasks: u64,
 ) -> Result<RunLimits, ApiError> {
     if req.timeout_ms < 0 {
         return Err(ApiError::NegativeTimeout);
@@ -87,6 +89,7 @@ fn run_limits(
     Ok(RunLimits {
         timeout_ms: (req.timeout_ms > 0).then_some(req.timeout_ms),
         task_timeout_ms,
+        max_tasks: Some(max_tasks),
     })
 }
 
@@ -133,11 +136,13 @@ impl RunService for Api {
             return RunServiceClient::new(ch).submit_run(relay(req)).await;
         }
         let req = req.into_inner();
+        let bounds = self.0.submit_limits;
+        check_pipeline_size(req.pipeline_yaml.len(), &bounds).map_err(ApiError::OverLimit)?;
         let pipeline = parse_pipeline(&req.pipeline_yaml).map_err(ApiError::InvalidPipeline)?;
         check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
         check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
         let caching = cache_policy(&pipeline, &req)?;
-        let limits = run_limits(&pipeline, &req)?;
+        let limits = run_limits(&pipeline, &req, bounds.max_tasks_per_run)?;
         let given: BTreeMap<String, serde_json::Value> = req
             .parameters
             .into_iter()
@@ -145,6 +150,7 @@ impl RunService for Api {
             .collect();
         let parameters =
             resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
+        check_submission(&pipeline, &parameters, &bounds).map_err(ApiError::OverLimit)?;
         let given_artifacts: BTreeMap<String, String> = req.artifacts.into_iter().collect();
         let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts, &self.0.uri_policy)
             .map_err(ApiError::InvalidArtifacts)?;

@@ -21,6 +21,7 @@
 use std::time::Duration;
 
 use gantry_core::engine::{HostRefusal, Unsupported};
+use gantry_core::ir::bounds::BoundError;
 use gantry_core::ir::IrError;
 use gantry_core::state::acl::AclError;
 use gantry_core::state::Rejection;
@@ -48,6 +49,9 @@ pub enum ApiError {
     HostRefusal(HostRefusal),
     #[error("invalid parameters: {0}")]
     InvalidParameters(IrError),
+    /// Over one of the coordinator's submission limits; the error names the flag.
+    #[error("refused: {0}")]
+    OverLimit(BoundError),
     #[error("invalid input artifacts: {0}")]
     InvalidArtifacts(IrError),
     #[error("the run timeout must not be negative")]
@@ -223,11 +227,13 @@ impl ApiError {
                     Code::Internal
                 }
                 ProposeError::Raft(_) | ProposeError::NoLeader(_) => Code::Unavailable,
+                ProposeError::Timeout(_) => Code::DeadlineExceeded,
             },
             E::InvalidPipeline(_)
             | E::UnsupportedPipeline(_)
             | E::HostRefusal(_)
             | E::InvalidParameters(_)
+            | E::OverLimit(_)
             | E::InvalidArtifacts(_)
             | E::NegativeTimeout
             | E::NegativeCacheAge

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use protobuf::Message as _;
 use raft::eraftpb::Entry;
 
+use super::log_codec::within_size;
 use super::storage::{LogStore, LogStoreError, Persisted, WriteBatch};
 
 #[derive(Default)]
@@ -40,18 +40,10 @@ impl LogStore for MemLogStore {
         max_size: Option<u64>,
     ) -> Result<Vec<Entry>, LogStoreError> {
         let inner = self.lock();
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for e in inner.entries.range(low..high).map(|(_, e)| e) {
-            size += u64::from(e.compute_size());
-            if let Some(max) = max_size {
-                if !out.is_empty() && size > max {
-                    break;
-                }
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        within_size(
+            max_size,
+            inner.entries.range(low..high).map(|(_, e)| Ok(e.clone())),
+        )
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {

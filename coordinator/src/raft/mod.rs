@@ -4,16 +4,18 @@
 //!   simulation;
 //! - [`handle`]: what the rest of the coordinator holds to propose, read and change membership;
 //! - [`proposals`]: callers waiting for their entries, matched by (term, index);
-//! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`sled_store`] on
-//!   disk, [`mem_store`] in memory);
+//! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`redb_store`] on
+//!   disk, [`mem_store`] in memory; [`sled_store`] reads logs of older versions once);
 //! - [`snapshots`] and [`snapshot_files`]: where snapshots live;
 //! - [`store_ids`]: which data directory each peer speaks from, so a wiped node cannot vote twice;
 //! - [`transport`]: messages and snapshot streams to peers over tonic.
 
 pub mod handle;
+mod log_codec;
 pub mod mem_store;
 pub mod node;
 mod proposals;
+pub mod redb_store;
 pub mod sled_store;
 pub mod snapshot_files;
 pub mod snapshots;
@@ -27,6 +29,7 @@ mod sim;
 pub use handle::RaftHandle;
 pub use mem_store::MemLogStore;
 pub use node::{start, Fatal, Feedback, NodeConfig, NodeStatus, StateMachine};
+pub use redb_store::RedbLogStore;
 pub use sled_store::SledLogStore;
 pub use snapshot_files::SnapshotDir;
 pub use snapshots::{MemSnapshots, SnapshotStore, SnapshotWriter};

@@ -1,9 +1,12 @@
-//! The Raft log in sled: entries under `e<index>` (big-endian, so keys sort by index), the small
-//! records under `m:` keys. Every write is one sled batch followed by a flush.
+//! The Raft log in sled, as versions before the redb log kept it: entries under `e<index>`
+//! (big-endian, so keys sort by index), the small records under `m:` keys. Every write is one
+//! sled batch followed by a flush, which sled makes durable with `sync_file_range`: not across
+//! a power cut (docs/durability.md). Kept to read such a log once and move it to redb
+//! ([`super::redb_store::migrate_from_sled`]).
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
+use super::log_codec::{decode, decode_pair, encode, encode_pair, within_size};
 use super::storage::{LogStore, LogStoreError, Persisted, WriteBatch};
 
 const ENTRY_PREFIX: u8 = b'e';
@@ -20,33 +23,8 @@ fn entry_key(index: u64) -> [u8; 9] {
     k
 }
 
-fn encode_pair(p: (u64, u64)) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&p.0.to_be_bytes());
-    b[8..].copy_from_slice(&p.1.to_be_bytes());
-    b
-}
-
-fn decode_pair(v: &[u8]) -> Option<(u64, u64)> {
-    let a: [u8; 8] = v.get(..8)?.try_into().ok()?;
-    let b: [u8; 8] = v.get(8..16)?.try_into().ok()?;
-    Some((u64::from_be_bytes(a), u64::from_be_bytes(b)))
-}
-
 fn sled_err(e: sled::Error) -> LogStoreError {
     LogStoreError::Backend(format!("sled: {e}"))
-}
-
-fn decode<M: protobuf::Message>(key: &[u8], bytes: &[u8]) -> Result<M, LogStoreError> {
-    M::parse_from_bytes(bytes).map_err(|e| LogStoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn encode(m: &impl protobuf::Message) -> Result<Vec<u8>, LogStoreError> {
-    m.write_to_bytes()
-        .map_err(|e| LogStoreError::Encode(e.to_string()))
 }
 
 /// The Raft log of one node in a sled tree.
@@ -62,9 +40,16 @@ impl SledLogStore {
         Ok(SledLogStore { tree, db })
     }
 
+    /// Removes the whole log, durably.
+    pub fn clear(&self) -> Result<(), LogStoreError> {
+        self.tree.clear().map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
+        Ok(())
+    }
+
     fn get<M: protobuf::Message + Default>(&self, key: &[u8]) -> Result<M, LogStoreError> {
         match self.tree.get(key).map_err(sled_err)? {
-            Some(v) => decode(key, &v),
+            Some(v) => decode(&String::from_utf8_lossy(key), &v),
             None => Ok(M::default()),
         }
     }
@@ -118,26 +103,20 @@ impl LogStore for SledLogStore {
         high: u64,
         max_size: Option<u64>,
     ) -> Result<Vec<Entry>, LogStoreError> {
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for kv in self.tree.range(entry_key(low)..entry_key(high)) {
-            let (k, v) = kv.map_err(sled_err)?;
-            let e: Entry = decode(&k, &v)?;
-            size += u64::from(e.compute_size());
-            if let Some(max) = max_size {
-                if !out.is_empty() && size > max {
-                    break;
-                }
-            }
-            out.push(e);
-        }
-        Ok(out)
+        let rows = self.tree.range(entry_key(low)..entry_key(high));
+        within_size(
+            max_size,
+            rows.map(|kv| {
+                let (k, v) = kv.map_err(sled_err)?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            }),
+        )
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {
         let key = entry_key(index);
         match self.tree.get(key).map_err(sled_err)? {
-            Some(v) => decode(&key, &v).map(Some),
+            Some(v) => decode(&String::from_utf8_lossy(&key), &v).map(Some),
             None => Ok(None),
         }
     }

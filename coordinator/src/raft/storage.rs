@@ -4,8 +4,9 @@
 //! snapshot may be offered to which peer) and a cache of the small records; the bytes live in a
 //! [`LogStore`], a narrow backend whose one write operation is atomic and durable on return.
 //! The node persists before it sends, applies or acknowledges, so nothing promised is lost with
-//! the process. `SledLogStore` is the on-disk backend, `MemLogStore` the in-memory twin that the
-//! deterministic simulation runs on.
+//! the process. `RedbLogStore` is the on-disk backend (`SledLogStore` remains to read logs
+//! written by older versions), `MemLogStore` the in-memory twin that the deterministic
+//! simulation runs on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -465,6 +466,15 @@ mod tests {
                 .expect("sled reopens within 5 s");
             *slot = Some(d.clone());
             Arc::new(SledLogStore::open(d).unwrap())
+        });
+    }
+
+    #[test]
+    fn redb_persists_truncates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        persists_truncates_and_reopens(|| {
+            Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())
         });
     }
 

@@ -48,6 +48,52 @@ pub(crate) enum LoopError {
          {MAX_ITERATIONS}"
     )]
     TooManyArtifacts { name: String, count: usize },
+    #[error(
+        "its {items} iterations would bring the run to at least {total} tasks, over its limit \
+         of {limit} tasks per run (--max-tasks-per-run)"
+    )]
+    TooManyTasks {
+        items: usize,
+        total: u64,
+        limit: u64,
+    },
+}
+
+/// Refuses to start a loop whose iterations, with the tasks the run has, would go over the
+/// run's task limit. Each item is counted with its own value (an inner loop may iterate over
+/// it); counting stops once over the limit, so it costs at most about twice the limit.
+fn check_task_limit(
+    run: &RunRecord,
+    spec: &TaskSpec,
+    rec: &TaskRecord,
+    items: &[Item],
+) -> Result<(), LoopError> {
+    let Some(limit) = run.limits.max_tasks else {
+        return Ok(());
+    };
+    let item_input = spec.iterator.as_ref().map(|it| it.item_input.as_str());
+    let mut total = run.tasks.len() as u64;
+    let mut inputs = rec.inputs.parameters.clone();
+    for item in items {
+        if let (Some(name), Item::Parameter(v)) = (item_input, item) {
+            inputs.insert(name.to_string(), v.clone());
+        }
+        let room = limit.saturating_sub(total);
+        total = total.saturating_add(crate::ir::bounds::iteration_task_count(
+            &run.pipeline,
+            &rec.component,
+            &inputs,
+            room,
+        ));
+        if total > limit {
+            return Err(LoopError::TooManyTasks {
+                items: items.len(),
+                total,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn as_list(what: &str, v: &Value) -> Result<Vec<Value>, LoopError> {
@@ -176,7 +222,14 @@ pub(crate) fn step_loop(run: &mut RunRecord, loop_id: &str, now: i64) -> LoopSte
         return out;
     };
     let (limit, item_input) = (it.parallelism as usize, it.item_input.clone());
-    let items = match items_of(spec, rec) {
+    // The task limit is checked once, when the loop starts.
+    let starting = !run.tasks.contains_key(&iteration_id(loop_id, 0));
+    let items = match items_of(spec, rec).and_then(|items| {
+        if starting {
+            check_task_limit(run, spec, rec, &items)?;
+        }
+        Ok(items)
+    }) {
         Ok(items) => items,
         Err(e) => {
             if let Some(rec) = run.tasks.get_mut(loop_id) {

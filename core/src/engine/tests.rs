@@ -771,3 +771,81 @@ fn an_importer_uri_from_a_parameter_is_checked_against_the_run_policy_when_it_ru
         "file:///data/in.csv"
     );
 }
+
+const GRID: &str = include_str!("testdata/nested_loops.yaml");
+
+fn with_task_limit(mut run: RunRecord, max_tasks: u64) -> RunRecord {
+    run.limits.max_tasks = Some(max_tasks);
+    run
+}
+
+#[test]
+fn a_grid_within_the_task_limit_creates_exactly_the_counted_tasks() {
+    let spec = parse_pipeline(GRID).unwrap();
+    let rows = json!(["a", "b", "c"]);
+    let cols = json!(["1", "2", "3", "4"]);
+    let params = BTreeMap::from([("rows".to_string(), rows), ("cols".to_string(), cols)]);
+    let at_submit = crate::ir::bounds::check_submission(
+        &spec,
+        &params,
+        &crate::ir::bounds::SubmitLimits {
+            max_tasks_per_run: 32,
+            ..Default::default()
+        },
+    );
+    assert_eq!(at_submit, Ok(()));
+    let mut run = RunRecord::new("run-1".into(), spec, "s3://b/r".into(), params, 0);
+    run = with_task_limit(run, 32);
+    advance(&mut run, 0);
+    // Every row and column starts at once (no parallelism limit): the submit-time count is
+    // exact.
+    assert_eq!(run.tasks.len(), 32);
+    assert_eq!(ids_with(&run, "/cell").len(), 12);
+    assert_eq!(state(&run, "for-loop-1"), TaskState::Running);
+}
+
+#[test]
+fn a_loop_that_would_pass_the_task_limit_fails_when_it_starts_naming_the_limit() {
+    // The width comes from a step's output, unknown at submit: the engine checks it.
+    let mut run = with_task_limit(new_run(LOOPS, &[]), 40);
+    let before = run.tasks.len();
+    assert_eq!(before, 12, "{:?}", run.tasks.keys().collect::<Vec<_>>());
+    succeed(
+        &mut run,
+        "rows",
+        json!({"Output": ["r1", "r2", "r3", "r4", "r5", "r6"]}),
+        &[],
+        5,
+    );
+    assert_eq!(state(&run, "for-loop-4"), TaskState::Failed);
+    let error = run.tasks["for-loop-4"].error.clone().unwrap_or_default();
+    assert!(
+        error.ends_with(
+            // 13 tasks (the 12 before and the loop), then 6 per iteration (its DAG, the
+            // inner loop, two iterations and two cells): over 40 at the fifth, where
+            // counting stops.
+            "its 6 iterations would bring the run to at least 43 tasks, over its limit of 40 \
+             tasks per run (--max-tasks-per-run)"
+        ),
+        "{error}"
+    );
+    // No iteration of it was created.
+    assert!(ids_with(&run, "for-loop-4/iteration-0").is_empty());
+    assert_eq!(
+        run.tasks.len(),
+        before + 1,
+        "the loop itself and nothing under it"
+    );
+
+    // Without a limit (runs created before it existed) the same loop runs.
+    let mut run = new_run(LOOPS, &[]);
+    succeed(
+        &mut run,
+        "rows",
+        json!({"Output": ["r1", "r2", "r3", "r4", "r5", "r6"]}),
+        &[],
+        5,
+    );
+    assert_eq!(state(&run, "for-loop-4"), TaskState::Running);
+    assert_eq!(ids_with(&run, "/cell").len(), 12);
+}

@@ -11,13 +11,18 @@ use serde::{Deserialize, Serialize};
 use super::record::cancel_run_because;
 use super::{RunRecord, RunState, TaskKind, TaskRecord, TaskState};
 
-/// Time limits chosen at submit.
+/// Limits chosen at submit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunLimits {
     /// The whole run, from its creation (ms).
     pub timeout_ms: Option<i64>,
     /// Each attempt of the task with this IR name, from its assignment (ms).
     pub task_timeout_ms: BTreeMap<String, i64>,
+    /// Most tasks the run may create (the coordinator's `--max-tasks-per-run` when it was
+    /// submitted): a loop that would go over it fails when it starts. `None` for runs created
+    /// before the limit existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tasks: Option<u64>,
 }
 
 /// `90000` → `1m30s`, for messages.

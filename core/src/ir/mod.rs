@@ -3,12 +3,14 @@
 //! - [`parse_pipeline`]: YAML (one or more documents) → a spec that passed every check in
 //!   `validate` (references, types, cycles, safe names, conditions that compile).
 //! - [`resolve_run_parameters`]: a run's parameters checked against the pipeline's inputs.
+//! - [`bounds`]: what one submission may ask: document size, tasks per run, JSON depth.
 //! - [`condition`]: trigger conditions (CEL) compiled and evaluated.
 //! - [`selector`]: `parameterExpressionSelector`s (CEL over one input value).
 //! - [`uri_policy`]: which artifact URIs a run may read (import roots, buckets).
 //!
 //! Errors are [`IrError`]s naming their path in the document.
 
+pub mod bounds;
 pub mod condition;
 mod error;
 pub mod model;

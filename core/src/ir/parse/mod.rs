@@ -93,9 +93,11 @@ fn unwrap_pipeline_job(doc: Value) -> (Value, String) {
     }
 }
 
-/// Largest pipeline file read: tonic's default gRPC message limit, which a submission passes
-/// through anyway, and some 80 times the largest pipeline in the KFP conformance corpus.
-const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest pipeline file read, whatever the configuration: a submission of it still fits in
+/// a client request (16 MiB) with room for its parameters. Coordinators refuse smaller ones
+/// first (`--max-pipeline-bytes`, 4 MiB by default, some 80 times the largest pipeline in the
+/// KFP conformance corpus).
+pub(crate) const MAX_FILE_BYTES: usize = 12 * 1024 * 1024;
 
 /// Deepest nesting of mappings and lists. The corpus nests 14 deep at most; building a value
 /// recurses once per level, so a document of 10,000 `[` must stop early, not overflow the
@@ -134,7 +136,7 @@ fn yaml_options() -> serde_saphyr::Options {
 fn load_documents(text: &str) -> Result<Vec<Value>, IrError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(IrError::document(format!(
-            "the file holds {} bytes, over the size limit of {MAX_FILE_BYTES} bytes (4 MiB)",
+            "the file holds {} bytes, over the size limit of {MAX_FILE_BYTES} bytes (12 MiB)",
             text.len()
         )));
     }

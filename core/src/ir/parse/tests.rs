@@ -451,13 +451,13 @@ fn deep_nesting_is_refused_at_the_depth_limit() {
 #[test]
 fn an_oversized_file_is_refused_at_the_size_limit() {
     // Valid YAML, and a valid pipeline but for its size: a comment pads it.
-    let big = format!("{GOOD}# {}\n", "x".repeat(4 * 1024 * 1024));
+    let big = format!("{GOOD}# {}\n", "x".repeat(12 * 1024 * 1024));
     let e = err(&big);
     assert_eq!(e.path, "");
-    assert!(e.message.starts_with("the file holds 4195"), "{e}");
+    assert!(e.message.starts_with("the file holds 12584"), "{e}");
     assert!(
         e.message
-            .ends_with("over the size limit of 4194304 bytes (4 MiB)"),
+            .ends_with("over the size limit of 12582912 bytes (12 MiB)"),
         "{e}"
     );
 }
