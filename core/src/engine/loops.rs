@@ -59,8 +59,8 @@ pub(crate) enum LoopError {
     },
 }
 
-/// Refuses to start a loop whose iterations, with the tasks the run has, would go over the
-/// run's task limit. Each item is counted with its own value (an inner loop may iterate over
+/// Refuses to start a loop whose iterations still to create, with the tasks the run has,
+/// would go over the run's task limit. Each item is counted with its own value (an inner loop may iterate over
 /// it); counting stops once over the limit, so it costs at most about twice the limit.
 fn check_task_limit(
     run: &RunRecord,
@@ -74,7 +74,14 @@ fn check_task_limit(
     let item_input = spec.iterator.as_ref().map(|it| it.item_input.as_str());
     let mut total = run.tasks.len() as u64;
     let mut inputs = rec.inputs.parameters.clone();
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
+        // A retried run keeps the iterations that succeeded: they are counted already.
+        if run
+            .tasks
+            .contains_key(&iteration_id(rec.task_id.as_str(), i))
+        {
+            continue;
+        }
         if let (Some(name), Item::Parameter(v)) = (item_input, item) {
             inputs.insert(name.to_string(), v.clone());
         }
