@@ -60,8 +60,9 @@ pub(crate) enum LoopError {
 }
 
 /// Refuses to start a loop whose iterations still to create, with the tasks the run has,
-/// would go over the run's task limit. Each item is counted with its own value (an inner loop may iterate over
-/// it); counting stops once over the limit, so it costs at most about twice the limit.
+/// would go over the run's task limit. Each item is counted with its own value (an inner loop
+/// may iterate over it); counting stops once over the limit, so it costs at most about twice
+/// the limit.
 fn check_task_limit(
     run: &RunRecord,
     spec: &TaskSpec,
