@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::log_limits::LogLimits;
 use crate::raft::{Members, NodeConfig};
 use crate::server::CoordinatorConfig;
 use gantry_core::ir::bounds::SubmitLimits;
@@ -23,7 +24,8 @@ pub struct Args {
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
     /// snapshot_entries, max_snapshot_bytes, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
     /// cluster, require_client_certs, propose_timeout_ms, max_pipeline_bytes,
-    /// max_tasks_per_run, max_json_depth, max_parameter_bytes.
+    /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_log_line_bytes,
+    /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -134,6 +136,21 @@ pub struct Args {
     /// The largest value of one run parameter, as JSON, in bytes. Default 262144 (256 KiB).
     #[arg(long, env = "GANTRY_MAX_PARAMETER_BYTES", value_name = "BYTES")]
     pub max_parameter_bytes: Option<usize>,
+    /// The longest step log line kept whole; a longer one is cut and marked. Default 65536,
+    /// between 80 and 1048576.
+    #[arg(long, env = "GANTRY_MAX_LOG_LINE_BYTES", value_name = "BYTES")]
+    pub max_log_line_bytes: Option<usize>,
+    /// Log lines a step may send per second, sustained; lines over it are dropped and a marker
+    /// line counts them. Default 1000.
+    #[arg(long, env = "GANTRY_MAX_LOG_LINES_PER_SEC", value_name = "N")]
+    pub max_log_lines_per_sec: Option<u32>,
+    /// Log lines a step may send at once above the sustained rate. Default 10000.
+    #[arg(long, env = "GANTRY_MAX_LOG_BURST_LINES", value_name = "N")]
+    pub max_log_burst_lines: Option<u32>,
+    /// Bytes of log kept per step attempt; the rest is dropped after one marker line.
+    /// Default 67108864 (64 MiB).
+    #[arg(long, env = "GANTRY_MAX_LOG_BYTES_PER_STEP", value_name = "BYTES")]
+    pub max_log_bytes_per_step: Option<u64>,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -168,6 +185,10 @@ pub struct FileConfig {
     pub max_tasks_per_run: Option<u64>,
     pub max_json_depth: Option<usize>,
     pub max_parameter_bytes: Option<usize>,
+    pub max_log_line_bytes: Option<usize>,
+    pub max_log_lines_per_sec: Option<u32>,
+    pub max_log_burst_lines: Option<u32>,
+    pub max_log_bytes_per_step: Option<u64>,
 }
 
 impl FileConfig {
@@ -334,6 +355,26 @@ impl Args {
                 .unwrap_or(defaults.max_parameter_bytes),
         };
         submit_limits.check().map_err(anyhow::Error::msg)?;
+        let log_defaults = LogLimits::default();
+        let log_limits = LogLimits {
+            max_line_bytes: self
+                .max_log_line_bytes
+                .or(file.max_log_line_bytes)
+                .unwrap_or(log_defaults.max_line_bytes),
+            lines_per_sec: self
+                .max_log_lines_per_sec
+                .or(file.max_log_lines_per_sec)
+                .unwrap_or(log_defaults.lines_per_sec),
+            burst_lines: self
+                .max_log_burst_lines
+                .or(file.max_log_burst_lines)
+                .unwrap_or(log_defaults.burst_lines),
+            max_attempt_bytes: self
+                .max_log_bytes_per_step
+                .or(file.max_log_bytes_per_step)
+                .unwrap_or(log_defaults.max_attempt_bytes),
+        };
+        log_limits.check().map_err(anyhow::Error::msg)?;
         let propose_timeout_ms = self
             .propose_timeout_ms
             .or(file.propose_timeout_ms)
@@ -368,6 +409,7 @@ impl Args {
                 || file.require_client_certs.unwrap_or(false),
             propose_timeout: Duration::from_millis(propose_timeout_ms),
             submit_limits,
+            log_limits,
         })
     }
 }
@@ -468,6 +510,33 @@ mod tests {
             ..Default::default()
         };
         assert!(args.resolve(FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn log_limits_come_from_flags_or_the_file_and_are_checked() {
+        let cfg = Args::default().resolve(FileConfig::default()).unwrap();
+        assert_eq!(cfg.log_limits, LogLimits::default());
+        let file =
+            FileConfig::parse("max_log_lines_per_sec = 50\nmax_log_bytes_per_step = 1048576\n")
+                .unwrap();
+        let cfg = Args {
+            max_log_line_bytes: Some(4096),
+            max_log_lines_per_sec: Some(200),
+            ..Default::default()
+        }
+        .resolve(file)
+        .unwrap();
+        assert_eq!(cfg.log_limits.max_line_bytes, 4096);
+        assert_eq!(cfg.log_limits.lines_per_sec, 200);
+        assert_eq!(cfg.log_limits.max_attempt_bytes, 1 << 20);
+        let err = Args {
+            max_log_line_bytes: Some(10),
+            ..Default::default()
+        }
+        .resolve(FileConfig::default())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--max-log-line-bytes is 10"), "{err}");
     }
 
     #[test]

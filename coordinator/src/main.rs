@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use gantry_coordinator::config::{Args, FileConfig};
+use gantry_coordinator::panics::{exit_on_panic, EXIT_FATAL};
 use gantry_coordinator::server::start;
 
 #[tokio::main]
@@ -12,6 +13,10 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    exit_on_panic();
+    // Crash tests set failpoints through FAILPOINTS; builds without the feature ignore it.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let args = Args::parse();
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
@@ -24,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
             // The node can no longer keep what it promised; a supervisor restarts it from
             // what is on disk.
             tracing::error!(error = %f, "raft node stopped; exiting");
-            std::process::exit(70);
+            std::process::exit(EXIT_FATAL);
         }
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; stopping");

@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::api::status::ApiError;
 use crate::dispatch::{Dispatcher, WaitingReasons};
+use crate::log_limits::LogLimits;
 use crate::logs::StepLogs;
 use crate::machine::{ClusterMachine, SharedState};
 use crate::raft::redb_store::migrate_from_sled;
@@ -79,6 +80,8 @@ pub struct CoordinatorConfig {
     pub propose_timeout: Duration,
     /// What one submission may ask of the cluster.
     pub submit_limits: SubmitLimits,
+    /// What a step's log may cost this node.
+    pub log_limits: LogLimits,
 }
 
 impl CoordinatorConfig {
@@ -113,6 +116,7 @@ impl CoordinatorConfig {
             require_client_certs: false,
             propose_timeout: DEFAULT_PROPOSE_TIMEOUT,
             submit_limits: SubmitLimits::default(),
+            log_limits: LogLimits::default(),
         }
     }
 
@@ -169,6 +173,8 @@ pub struct Coordinator {
     pub propose_timeout: Duration,
     /// What one submission may ask of the cluster.
     pub submit_limits: SubmitLimits,
+    /// What a step's log may cost this node.
+    pub log_limits: LogLimits,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
@@ -504,6 +510,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         max_snapshot_bytes: cfg.max_snapshot_bytes,
         propose_timeout: cfg.propose_timeout,
         submit_limits: cfg.submit_limits,
+        log_limits: cfg.log_limits,
         receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls
@@ -602,6 +609,7 @@ async fn leadership_watch(c: Arc<Coordinator>) {
     let mut was_leader = false;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        fail::fail_point!("leadership-watch");
         let s = c.raft.status();
         if was_leader && !s.is_leader {
             tracing::info!(

@@ -526,6 +526,11 @@ impl Cluster {
         node.paused = false;
     }
 
+    /// How node `id`'s process ended, once it has ended by itself; None while it runs.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.node_mut(id).proc.as_mut().and_then(Proc::exit_status)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).proc.is_some()
     }

@@ -39,6 +39,11 @@ impl Proc {
         }
     }
 
+    /// How the process ended, once it has (it is then reaped); None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Whether the process has ended (and is now reaped).
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))

@@ -36,6 +36,10 @@ pub fn bin_dir() -> &'static Path {
                 "-p",
                 "gantry-agent",
                 "--bins",
+                // The crash tests panic a coordinator through failpoints; gantry-tests turns
+                // the feature on too, so both builds agree and neither rebuilds the other's.
+                "--features",
+                "gantry-coordinator/failpoints",
             ])
             .current_dir(repo_root())
             .status()

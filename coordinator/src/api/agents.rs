@@ -1,6 +1,6 @@
 //! AgentService: the agent's session and the agent list.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{agent_to_proto, attempt_key, attempt_ref};
 use super::status::ApiError;
 use super::Api;
+use crate::log_limits::AttemptLog;
 use crate::logs::LogRecord;
 use crate::server::{Coordinator, Route};
 use gantry_core::ir::bounds::check_json_depth;
@@ -125,6 +126,8 @@ async fn serve_session(
     session_id: u64,
     mut inbound: Streaming<pb::AgentMessage>,
 ) {
+    // Each attempt's log so far, against c.log_limits; an entry goes when its attempt ends.
+    let mut attempt_logs: HashMap<AttemptKey, AttemptLog> = HashMap::new();
     loop {
         let msg = match inbound.next().await {
             Some(Ok(m)) => m,
@@ -186,20 +189,29 @@ async fn serve_session(
                         continue;
                     }
                     let now = crate::now_ms();
+                    let limits = c.log_limits;
+                    let log = attempt_logs
+                        .entry(attempt.clone())
+                        .or_insert_with(|| AttemptLog::new(&limits, now));
                     for l in batch.lines {
-                        c.logs.append(LogRecord {
-                            run_id: attempt.run_id.clone(),
-                            task_id: attempt.task_id.clone(),
-                            attempt: attempt.attempt,
-                            stream: l.stream,
-                            line: l.line,
-                            at_ms: now,
-                            seq: 0,
-                        });
+                        for line in log.admit(&limits, l.line, now) {
+                            c.logs.append(LogRecord {
+                                run_id: attempt.run_id.clone(),
+                                task_id: attempt.task_id.clone(),
+                                attempt: attempt.attempt,
+                                stream: l.stream.clone(),
+                                line,
+                                at_ms: now,
+                                seq: 0,
+                            });
+                        }
                     }
                 }
             }
             Some(In::Finished(f)) => {
+                if let Ok(attempt) = key(f.attempt.clone()) {
+                    attempt_logs.remove(&attempt);
+                }
                 tokio::spawn(record_finished(c.clone(), agent_id.clone(), f));
             }
         }

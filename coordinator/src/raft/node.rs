@@ -374,6 +374,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     fn run(&mut self, rx: mpsc::Receiver<Mail<S::Output>>, tick: Duration) -> Result<(), Fatal> {
         let mut last_tick = Instant::now();
         loop {
+            fail::fail_point!("raft-loop");
             let wait = tick.saturating_sub(last_tick.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(mail) => {

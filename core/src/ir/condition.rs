@@ -19,8 +19,8 @@
 //! Arithmetic that mixes `int` and `double` without a cast (`x + 1.5` with `x` an int) is refused
 //! by CEL as it is by the KFP backend; the SDK never writes it.
 
+use crate::contained::contain;
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cel_interpreter::objects::{Key, Map};
@@ -177,7 +177,7 @@ impl Condition {
         };
         let mut context = Context::default();
         context.add_variable_from_value(VARIABLE, Cel::Map(inputs));
-        let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
+        let result = contain(|| self.program.execute(&context))
             .map_err(|_| ConditionError::Panicked)?
             .map_err(|e| ConditionError::Evaluation(e.to_string()))?;
         match result {
@@ -297,7 +297,7 @@ pub fn compile(expr: &str) -> Result<Condition, ConditionError> {
     // The ANTLR-generated parser panics on some malformed input (`a ==`) instead of
     // returning an error; the panic is caught here. (This needs `panic = "unwind"`, the
     // default: a profile with `panic = "abort"` would let a bad condition stop the process.)
-    let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+    let program = contain(|| Program::compile(expr))
         .map_err(|_| ConditionError::ParserGaveUp)?
         .map_err(|e| ConditionError::Syntax(one_line(&e.to_string())))?;
     let references = program.references();
@@ -335,7 +335,7 @@ pub fn check_selector_syntax(expr: &str) -> Result<(), SelectorError> {
         return Err(SelectorError::Empty);
     }
     check_shape(expr)?;
-    catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+    contain(|| Program::compile(expr))
         .map_err(|_| SelectorError::ParserGaveUp)?
         .map(|_| ())
         .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))

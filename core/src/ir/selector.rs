@@ -9,7 +9,7 @@
 //! `string_value` is the input's value as text (a string as it is, anything else as JSON) and
 //! `parseJson` reads JSON text, as in the KFP backend.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use crate::contained::contain;
 use std::sync::Arc;
 
 use cel_interpreter::{Context, ExecutionError, Program, Value as Cel};
@@ -72,7 +72,7 @@ pub fn compile(expr: &str) -> Result<Selector, SelectorError> {
         return Err(SelectorError::Empty);
     }
     check_shape(expr)?;
-    let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expr)))
+    let program = contain(|| Program::compile(expr))
         .map_err(|_| SelectorError::ParserGaveUp)?
         .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))?;
     let refs = program.references();
@@ -134,7 +134,7 @@ impl Selector {
         let mut context = Context::default();
         context.add_variable_from_value(VARIABLE, Cel::String(Arc::new(text)));
         context.add_function("parseJson", parse_json);
-        let result = catch_unwind(AssertUnwindSafe(|| self.program.execute(&context)))
+        let result = contain(|| self.program.execute(&context))
             .map_err(|_| SelectorError::Panicked)?
             .map_err(|e| SelectorError::Evaluation {
                 selector: self.source.clone(),
