@@ -5,8 +5,6 @@
 # GANTRY_TEST_S3_ENDPOINT is already set, starts a local S3 server (s3s-fs) for the run.
 # The KFP corpus tests run only when GANTRY_KFP_CORPUS names the corpus (.ci/run sets it to
 # ../shared/kfp-conformance); without it each prints one line saying it skipped, and passes.
-# With the corpus and no extra arguments, the end-to-end corpus test (tests/tests/kfp_corpus.rs)
-# runs beside the rest of the suite, and its output follows the others'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=1
@@ -25,22 +23,9 @@ if command -v docker >/dev/null 2>&1; then
   done
 fi
 
-out=$(mktemp /tmp/gantry-test-out.XXXXXX)
-corpus_out=$(mktemp /tmp/gantry-test-corpus.XXXXXX)
-corpus_pid=""
-s3tmp=""
-cleanup() {
-  if [ -n "$corpus_pid" ]; then kill -- "$corpus_pid" 2>/dev/null || true; fi
-  rm -f "$out" "$corpus_out"
-  if [ -n "$s3tmp" ]; then
-    bash scripts/s3-server.sh stop "$s3tmp/data" || true
-    rm -rf "$s3tmp"
-  fi
-}
-trap cleanup EXIT
-
 if [ -z "${GANTRY_TEST_S3_ENDPOINT:-}" ] && command -v s3s-fs >/dev/null 2>&1; then
   s3tmp=$(mktemp -d /tmp/gantry-test-s3.XXXXXX)
+  trap 'bash scripts/s3-server.sh stop "$s3tmp/data" || true; rm -rf "$s3tmp"' EXIT
   for port in $(seq 9310 9330); do
     bash scripts/s3-server.sh start "$s3tmp/data" "$port" 2>/dev/null && break
     [ "$port" = 9330 ] && { echo "test.sh: could not start s3s-fs" >&2; exit 1; }
@@ -52,45 +37,12 @@ fi
 
 # Run the whole suite (a failing binary does not hide the ones after it), then close with one
 # summary line over every test binary.
+out=$(mktemp /tmp/gantry-test-out.XXXXXX)
 set +e
-status=0
-corpus_bin=""
-if [ $# = 0 ] && [ -n "${GANTRY_KFP_CORPUS:-}" ]; then
-  # The corpus test waits on containers most of its time (one of its pipelines sleeps ten
-  # minutes), so it runs beside the rest of the suite instead of after it: build every test
-  # binary, start the corpus one directly (from its package's directory, as cargo would), and
-  # run the others through cargo with that one test skipped.
-  corpus_bin=$(cargo test --workspace --no-run --message-format=json |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kfp_corpus" and m.get("executable"):
-        print(m["executable"])')
-  if [ -z "$corpus_bin" ]; then
-    echo "test.sh: building the tests failed, or no test target is named kfp_corpus" >&2
-    exit 101
-  fi
-  (cd tests && exec "$corpus_bin" >"$corpus_out" 2>&1) &
-  corpus_pid=$!
-  cargo test --workspace --no-fail-fast -- --skip every_corpus_pipeline_runs_or_is_refused 2>&1 | tee "$out"
-  status=${PIPESTATUS[0]}
-  echo
-  echo "=== the KFP corpus test (it ran beside the tests above): $corpus_bin"
-  wait "$corpus_pid"
-  corpus_status=$?
-  corpus_pid=""
-  cat "$corpus_out"
-  [ "$corpus_status" = 0 ] || { echo "error: the KFP corpus test failed (exit $corpus_status)"; status=101; }
-  cat "$corpus_out" >>"$out"
-else
-  cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out"
-  status=${PIPESTATUS[0]}
-fi
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+rm -f "$out"
 exit "$status"

@@ -1,10 +1,14 @@
 //! Power cuts under load. Each coordinator's data directory is a lossyfs mount: what a
 //! coordinator wrote but did not fsync (and renames whose directory it did not fsync) is
 //! thrown away when the power goes. Cuts hit one node, then every node at once, at points
-//! drawn from a seed, while runs are being submitted; every node is then started again.
+//! drawn from a seed, while runs are being submitted and an agent runs a 200-step chain (and
+//! the submitted runs); every node is then started again.
 //!
 //! What must hold (the Raft invariants and the user-visible ones):
 //! - every submission that was acknowledged is still there, with the same id and pipeline;
+//! - every step result that was read back is still there, unchanged; the chain ends with each
+//!   step recorded by its first attempt and run exactly once (the agent holds a result until
+//!   it is committed, and a committed assignment is never handed out again);
 //! - no committed entry changes: runs seen before a cut are the same runs after it;
 //! - no term ever has two leaders, and no node's term goes back (its vote is not forgotten);
 //! - every node rejoins and applies as far as the others.
@@ -20,6 +24,43 @@ use std::time::Duration;
 use gantry_testkit::cluster::{Cluster, ClusterOpts};
 use gantry_testkit::{compile_source_with, S3};
 use lossyfs::{CutMode, LossyFs};
+use serde_json::Value;
+
+/// How many times each step wrote its name to the marker file.
+fn marks(marker: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for line in std::fs::read_to_string(marker).unwrap_or_default().lines() {
+        *m.entry(line.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The chain's steps (kfp names them mark, mark-2, mark-3, ...).
+fn steps(run: &Value) -> impl Iterator<Item = &Value> {
+    run["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("mark")))
+}
+
+/// The chain's step results as a linearizable read shows them: task name -> what the
+/// committed result fixed (attempts, outputs, end time).
+fn step_results(run: &Value) -> BTreeMap<String, String> {
+    steps(run)
+        .filter(|t| t["state"] == "SUCCEEDED")
+        .map(|t| {
+            let fixed = serde_json::json!([t["attempts"], t["outputs"], t["finished_at"]]);
+            (
+                t["name"].as_str().unwrap_or("").to_string(),
+                fixed.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Steps of the chain an agent runs through the cuts.
+const CHAIN_STEPS: usize = 200;
 
 /// A tiny deterministic generator: the cut points replay from the seed.
 struct Rng(u64);
@@ -113,6 +154,25 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
     std::fs::create_dir_all(&out).unwrap();
     let pipeline =
         compile_source_with(Path::new("tests/pipelines/chain.py"), &out, &["1"]).unwrap();
+    let chain_out = dir.join("chain");
+    std::fs::create_dir_all(&chain_out).unwrap();
+    let chain = compile_source_with(
+        Path::new("tests/pipelines/chain.py"),
+        &chain_out,
+        &[&CHAIN_STEPS.to_string()],
+    )
+    .unwrap();
+    c.start_agent("agent-1", &s3.env()).unwrap();
+    let cli = c.cli();
+    cli.wait_for_agents(1).unwrap();
+    let marker = dir.join("chain-marker.log");
+    let chain_id = cli
+        .submit(
+            &chain,
+            &[&format!("marker={}", marker.display()), "nap=0.05"],
+        )
+        .unwrap();
+    let load_marker = dir.join("load-marker.log");
 
     // Submissions run on their own thread the whole time; each acknowledged id is kept.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -127,7 +187,8 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 // A refused or failed submission is not acknowledged: nothing to check.
-                if let Ok(id) = cli.submit(&pipeline, &[&format!("marker=/dev/null#{n}")]) {
+                let marker = format!("marker={}", load_marker.display());
+                if let Ok(id) = cli.submit(&pipeline, &[&marker, &format!("nap=0.0{}", n % 10)]) {
                     acked.lock().unwrap().push(id);
                 }
             }
@@ -136,7 +197,7 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
 
     let mut watch = Watch::default();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let cli = c.cli();
+    let mut seen_steps: BTreeMap<String, String> = BTreeMap::new();
     // Eight rounds by default (one node, all, one, all, ...); GANTRY_POWER_ROUNDS sets it.
     let rounds: u64 = std::env::var("GANTRY_POWER_ROUNDS")
         .ok()
@@ -209,10 +270,52 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
                 assert_eq!(&before, fixed, "round {round}: run {id} changed");
             }
         }
-        eprintln!("round {round}: {} acknowledged runs all present", ids.len());
+        // Every step result read back before is still there, unchanged.
+        let run = cli
+            .get_run(&chain_id)
+            .unwrap_or_else(|e| panic!("round {round}: cannot read the chain: {e}"));
+        let now = step_results(&run);
+        for (name, before) in &seen_steps {
+            match now.get(name) {
+                Some(after) => assert_eq!(before, after, "round {round}: step {name} changed"),
+                None => panic!(
+                    "round {round}: the result of step {name} is gone after the cut\n{}",
+                    c.logs_tail()
+                ),
+            }
+        }
+        eprintln!(
+            "round {round}: {} acknowledged runs all present; chain: {} step results kept, {} now",
+            ids.len(),
+            seen_steps.len(),
+            now.len()
+        );
+        seen_steps = now;
     }
     stop.store(true, Ordering::Relaxed);
     submitter.join().unwrap();
+
+    // The chain ends; each step was recorded by its first attempt and ran once.
+    let run = cli.wait_finished(&chain_id, Duration::from_secs(300));
+    assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", c.logs_tail());
+    let results = step_results(&run);
+    assert_eq!(results.len(), CHAIN_STEPS, "{run:#}");
+    for (name, before) in &seen_steps {
+        assert_eq!(
+            Some(before),
+            results.get(name),
+            "step {name} changed at the end"
+        );
+    }
+    let again: Vec<&Value> = steps(&run).filter(|t| t["attempts"] != 1).collect();
+    assert!(
+        again.is_empty(),
+        "steps recorded by a later attempt: {again:#?}"
+    );
+    let m = marks(&marker);
+    assert_eq!(m.len(), CHAIN_STEPS, "steps that ran: {m:?}");
+    let twice: Vec<_> = m.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "steps that ran more than once: {twice:?}");
 
     // Every node rejoins and applies as far as the others.
     c.wait_converged(Duration::from_secs(60))
@@ -229,7 +332,10 @@ fn power_cuts_lose_no_acknowledged_submission_and_change_no_committed_entry() {
     watch.look(&c);
     assert!(watch.problems.is_empty(), "{}", watch.problems.join("\n"));
     let cuts: u64 = mounts.values().map(LossyFs::cuts).sum();
-    eprintln!("power_loss: {cuts} power cuts, {total} acknowledged submissions, none lost");
+    eprintln!(
+        "power_loss: {cuts} power cuts, {total} acknowledged submissions and a {CHAIN_STEPS}-step \
+         chain, nothing lost or run twice"
+    );
     // Stop the nodes before their mounts go.
     for id in c.all_ids() {
         c.kill9(id);
