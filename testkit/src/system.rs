@@ -467,6 +467,16 @@ pub fn task<'a>(run: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("run has no task {name}: {run:#}"))
 }
 
+/// How many times each step wrote its name to `marker`, the file the `chain` pipeline's steps
+/// (`tests/pipelines/chain.py`) append to: one line per execution.
+pub fn marks(marker: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(marker).unwrap_or_default().lines() {
+        *m.entry(line.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
 /// Containers on the local engine carrying label `gantry.run=<run_id>`.
 pub fn containers_of_run(run_id: &str) -> Vec<String> {
     Command::new("docker")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gantry_testkit::cluster::{Cluster, ClusterOpts};
 use gantry_testkit::{
-    always, compile_source_with, ensure_images, eventually, poll_every, repeat_for, Cli, S3,
+    always, compile_source_with, ensure_images, eventually, marks, poll_every, repeat_for, Cli, S3,
 };
 use serde_json::Value;
 
@@ -23,15 +23,6 @@ fn chain(dir: &Path, steps: usize) -> std::path::PathBuf {
         &[&steps.to_string()],
     )
     .unwrap()
-}
-
-/// How many times each step wrote its name to the marker file.
-fn marks(marker: &Path) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for line in std::fs::read_to_string(marker).unwrap_or_default().lines() {
-        *m.entry(line.to_string()).or_insert(0) += 1;
-    }
-    m
 }
 
 fn succeeded(run: &Value) -> usize {

@@ -22,18 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gantry_testkit::cluster::{Cluster, ClusterOpts};
-use gantry_testkit::{compile_source_with, S3};
+use gantry_testkit::{compile_source_with, marks, S3};
 use lossyfs::{CutMode, LossyFs};
 use serde_json::Value;
-
-/// How many times each step wrote its name to the marker file.
-fn marks(marker: &Path) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for line in std::fs::read_to_string(marker).unwrap_or_default().lines() {
-        *m.entry(line.to_string()).or_insert(0) += 1;
-    }
-    m
-}
 
 /// The chain's steps (kfp names them mark, mark-2, mark-3, ...).
 fn steps(run: &Value) -> impl Iterator<Item = &Value> {
