@@ -8,6 +8,9 @@
 #                           its pipelines install; the host's CA bundle. Also tagged python:3.11 (the default base image
 #                           of kfp 2.16.1's @dsl.component), python:3.11-slim, python:3.9,
 #                           python:3.10 and python:3.12, so compiled lightweight components run.
+#   gantry/python-kfp:3.11-kfp2.14.3
+#                           the same with kfp 2.14.3 installed instead, the version most of the
+#                           conformance corpus's steps pin (the corpus test runs on it).
 #   gantry/busybox:latest   a static busybox, for small container components.
 #
 # Usage: bash images/build.sh [--force]
@@ -30,6 +33,9 @@ KFP_VERSION=2.16.1
 CORPUS_KFP_VERSIONS=(2.1.3 2.9.0 2.12.1 2.14.2 2.14.3 2.14.4 2.14.6 2.15.2)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 IMAGE=gantry/python-kfp:3.11
+# The same with the SDK version most of the corpus's steps pin (see "corpus variant" below).
+CORPUS_KFP=2.14.3
+CORPUS_IMAGE=gantry/python-kfp:3.11-kfp$CORPUS_KFP
 BUSYBOX=gantry/busybox:latest
 # python:3.11 is kfp 2.16.1's default (kfp/dsl/component_factory.py: _DEFAULT_BASE_IMAGE).
 TAGS=(python:3.11 python:3.11-slim python:3.9 python:3.10 python:3.12)
@@ -193,6 +199,30 @@ fi
 old_id=$(image_id python:3.11)
 for tag in "${TAGS[@]}"; do docker tag "$IMAGE" "$tag"; done
 drop_old "$IMAGE" "$old_id"
+
+# ------------------------------------------------------------------------------ corpus variant
+# Most of the corpus's lightweight components pin kfp==2.14.3: with it preinstalled their
+# `pip install kfp==2.14.3` is already satisfied instead of swapping the SDK in every step. The
+# corpus test tags python:3.11 to this image while it runs and back afterwards.
+if up_to_date "$CORPUS_IMAGE" &&
+  [ "$(docker image inspect -f '{{index .Config.Labels "gantry.base-id"}}' "$CORPUS_IMAGE" 2>/dev/null)" = "$(image_id "$IMAGE")" ]; then
+  echo "images: $CORPUS_IMAGE is up to date"
+else
+  phase "building $CORPUS_IMAGE (kfp==$CORPUS_KFP preinstalled)"
+  old_id=$(image_id "$CORPUS_IMAGE")
+  tmp_name="gantry-corpus-image-$$"
+  docker rm -f "$tmp_name" >/dev/null 2>&1 || true
+  docker run --name "$tmp_name" --network none "$IMAGE" \
+    python3 -m pip install --quiet --no-index --no-deps "kfp==$CORPUS_KFP" >/dev/null
+  docker commit --change "LABEL gantry.kfp-version=$CORPUS_KFP" \
+    --change "LABEL gantry.base-id=$(image_id "$IMAGE")" "$tmp_name" "$CORPUS_IMAGE" >/dev/null
+  docker rm -f "$tmp_name" >/dev/null
+  drop_old "$CORPUS_IMAGE" "$old_id"
+  got=$(docker run --rm --network none "$CORPUS_IMAGE" python3 -c 'import kfp; print(kfp.__version__)')
+  [ "$got" = "$CORPUS_KFP" ] ||
+    { echo "images: expected kfp $CORPUS_KFP in $CORPUS_IMAGE, got '$got'" >&2; exit 1; }
+  done_phase "committed $CORPUS_IMAGE"
+fi
 
 # ------------------------------------------------------------------------------ verify
 phase "verifying (no network)"

@@ -271,7 +271,7 @@ async fn cluster(
         println!("agents:    {}", s.agents);
         println!();
         output::table(
-            &["MEMBER", "ROLE", "ADDRESS", "MATCHED"],
+            &["MEMBER", "ROLE", "ADDRESS", "MATCHED", "STORE"],
             s.members
                 .iter()
                 .map(|m| {
@@ -283,6 +283,11 @@ async fn cluster(
                             m.matched.to_string()
                         } else {
                             "-".into()
+                        },
+                        if m.store.is_empty() {
+                            "-".into()
+                        } else {
+                            m.store.clone()
                         },
                     ]
                 })

@@ -103,7 +103,7 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
         "applied_index": s.applied_index,
         "first_index": s.first_index,
         "snapshot_index": s.snapshot_index,
-        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "matched": m.matched})).collect::<Vec<_>>(),
+        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": m.role, "matched": m.matched, "store": m.store})).collect::<Vec<_>>(),
         "runs": s.runs,
         "active_runs": s.active_runs,
         "agents": s.agents,

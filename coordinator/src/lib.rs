@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod log_limits;
 pub mod logs;
 pub mod machine;
+pub mod member_stores;
 pub mod panics;
 pub mod raft;
 pub mod scheduling;

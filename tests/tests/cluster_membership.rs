@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gantry_testkit::cluster::{Cluster, ClusterOpts};
-use gantry_testkit::{compile_source_with, S3};
+use gantry_testkit::{compile_source_with, poll_every, S3};
 use serde_json::Value;
 
 fn members(v: &Value) -> Vec<(u64, String)> {
@@ -114,13 +114,18 @@ fn nodes_join_as_learners_then_voters_and_leave_again() {
 /// A node whose data directory was lost forgot its votes and the entries it acknowledged. If
 /// it came back under its old id, it and one other node could form a quorum that lacks every
 /// entry the lost copy held, and it could vote a second time in a term. Its peers refuse it by
-/// its new store id until it is removed and joined again.
+/// its new store id until it is removed and joined again, also a peer that never heard from it
+/// before: followers talk to the leader only, so the survivor here knows the wiped node's store
+/// from the committed record alone.
 #[test]
 fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     let s3 = S3::start().unwrap();
     let mut c = Cluster::start(ClusterOpts::new(3, &s3.artifact_root("wiped"))).unwrap();
-    c.wait_leader(&c.all_ids(), Duration::from_secs(10))
+    let (leader, _) = c
+        .wait_leader(&c.all_ids(), Duration::from_secs(10))
         .unwrap();
+    let followers: Vec<u64> = c.all_ids().into_iter().filter(|id| *id != leader).collect();
+    let (survivor, wiped) = (followers[0], followers[1]);
     let dir = c.dir.path().to_path_buf();
     let out = dir.join("p");
     std::fs::create_dir_all(&out).unwrap();
@@ -130,59 +135,88 @@ fn a_wiped_node_is_refused_until_removed_and_joined_again() {
         cli.submit(&one, &["marker=/dev/null"]).unwrap();
     }
     c.wait_converged(Duration::from_secs(20)).unwrap();
-    let old_store = c.store_id(3).unwrap();
-
-    // Node 3 loses its disk while node 2 is down: only node 1 holds the runs.
-    c.kill9(2);
-    c.kill9(3);
-    let data3 = c.data_dir(3);
-    std::fs::remove_dir_all(&data3).unwrap();
-    std::fs::create_dir_all(&data3).unwrap();
-    // Node 1 steps down (check quorum) while both peers are away.
-    std::thread::sleep(Duration::from_secs(3));
-    c.start_node(3).unwrap();
-    assert_ne!(c.store_id(3).unwrap(), old_store);
-
-    // Node 1 and the empty node 3 are two of three, but node 3's votes do not count.
-    let leader = c.wait_leader(&[1, 3], Duration::from_secs(10));
+    let old_store = c.store_id(wiped).unwrap();
+    // Every member's store is committed, and the survivor has applied the records.
+    let recorded = poll_every(Duration::from_secs(20), Duration::from_millis(100), || {
+        let v = c
+            .cli_for(&[survivor])
+            .run(&["cluster", "status", "-o", "json"]);
+        let v = v.json().map_err(|e| e.to_string())?;
+        let stores: Vec<String> = v["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| m["store"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if stores.len() == 3 && stores.iter().all(|s| s.len() == 16) {
+            Ok(stores)
+        } else {
+            Err(format!("stores as node {survivor} sees them: {stores:?}"))
+        }
+    })
+    .unwrap();
     assert!(
-        leader.is_err(),
-        "node 1 and the wiped node 3 elected a leader: {leader:?}"
+        recorded.contains(&format!("{old_store:016x}")),
+        "{recorded:?} lacks node {wiped}'s store {old_store:016x}"
+    );
+
+    // The wiped node loses its disk while the leader is down: only the survivor holds the runs.
+    c.kill9(leader);
+    c.kill9(wiped);
+    let data = c.data_dir(wiped);
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    c.start_node(wiped).unwrap();
+    assert_ne!(c.store_id(wiped).unwrap(), old_store);
+
+    // The survivor and the empty node are two of three, but the empty node's votes do not count.
+    let elected = c.wait_leader(&[survivor, wiped], Duration::from_secs(10));
+    assert!(
+        elected.is_err(),
+        "node {survivor} and the wiped node {wiped} elected a leader: {elected:?}\n\
+         --- node {survivor}:\n{}\n--- node {wiped}:\n{}",
+        c.log(survivor),
+        c.log(wiped)
     );
     let refused = "came back with another data directory";
     assert!(
-        c.log_count(1, &["raft traffic refused", refused]) > 0,
-        "node 1 did not log the refusal:\n{}",
-        c.log(1)
+        c.log_count(survivor, &["raft traffic refused", refused]) > 0,
+        "node {survivor} did not log the refusal:\n{}",
+        c.log(survivor)
     );
 
-    // With node 2 back the cluster serves again; node 3 is still refused.
-    c.start_node(2).unwrap();
-    let (leader, _) = c.wait_leader(&[1, 2], Duration::from_secs(10)).unwrap();
-    let both = c.cli_for(&[1, 2]);
+    // With the old leader back the cluster serves again; the wiped node is still refused.
+    c.start_node(leader).unwrap();
+    let pair = [leader, survivor];
+    let (now, _) = c.wait_leader(&pair, Duration::from_secs(10)).unwrap();
+    let both = c.cli_for(&pair);
     both.submit(&one, &["marker=/dev/null"]).unwrap();
-    // Node 3 answers the leader's heartbeats; the leader refuses every answer.
-    let before = c.log_count(leader, &["raft traffic refused", refused]);
+    // The wiped node answers the leader's heartbeats; the leader refuses every answer.
+    let before = c.log_count(now, &["raft traffic refused", refused]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        c.log_count(leader, &["raft traffic refused", refused]) > before,
-        "the leader, node {leader}, accepts the wiped node 3"
+        c.log_count(now, &["raft traffic refused", refused]) > before,
+        "the leader, node {now}, accepts the wiped node {wiped}"
     );
 
     // Removed, wiped once more and joined again, it catches up as a new member.
-    let left = both.run(&["cluster", "leave", "3", "-o", "json"]);
+    let left = both.run(&["cluster", "leave", &wiped.to_string(), "-o", "json"]);
     assert_eq!(left.code, 0, "{}", left.stderr);
-    c.kill9(3);
-    std::fs::remove_dir_all(&data3).unwrap();
-    std::fs::create_dir_all(&data3).unwrap();
-    c.start_node_waiting(3).unwrap();
-    let joined = both.run(&["cluster", "join", &c.address(3), "-o", "json"]);
+    c.kill9(wiped);
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    c.start_node_waiting(wiped).unwrap();
+    let joined = both.run(&["cluster", "join", &c.address(wiped), "-o", "json"]);
     assert_eq!(joined.code, 0, "{}", joined.stderr);
     assert_eq!(members(&joined.json().unwrap()).len(), 3);
     c.wait_converged(Duration::from_secs(30)).unwrap();
-    let s = c.status(3).unwrap();
+    let s = c.status(wiped).unwrap();
     assert_eq!(s.runs, 4, "{s:?}");
-    // And it votes again: without node 1, nodes 2 and 3 elect a leader.
-    c.kill9(1);
-    c.wait_leader(&[2, 3], Duration::from_secs(10)).unwrap();
+    // And it votes again: without the survivor, the other two elect a leader.
+    c.kill9(survivor);
+    c.wait_leader(&[leader, wiped], Duration::from_secs(10))
+        .unwrap();
 }

@@ -40,10 +40,14 @@ const SLOW_RUN_LIMIT: Duration = Duration::from_secs(900);
 const SLOW: &[&str] = &["valid/long-running.yaml"];
 
 /// Public base images the corpus names, and the local image that stands in for each: the
-/// Python one carries Python 3.11 with kfp, the small one a static busybox (images/build.sh).
-/// Images of a particular project (`gcr.io/my-image`, `kfp-image`, Google Cloud images) have no
-/// stand-in: their steps fail at the image pull, and the table says so.
+/// Python one carries Python 3.11 with kfp 2.14.3 (the SDK version most of the corpus's steps
+/// pin, so their `pip install kfp==2.14.3` is already satisfied), the small one a static
+/// busybox (images/build.sh). Images of a particular project (`gcr.io/my-image`, `kfp-image`,
+/// Google Cloud images) have no stand-in: their steps fail at the image pull, and the table
+/// says so.
+const PYTHON_STAND_IN: &str = "gantry/python-kfp:3.11-kfp2.14.3";
 const PYTHON_ALIASES: &[&str] = &[
+    "python:3.11",
     "registry.access.redhat.com/ubi9/python-311:latest",
     "public.ecr.aws/docker/library/python:3.12",
     "python:3.7",
@@ -56,20 +60,48 @@ const BUSYBOX_ALIASES: &[&str] = &[
     "ghcr.io/containerd/busybox",
     "library/bash",
 ];
+/// What python:3.11 names outside this test (images/build.sh): kfp 2.16.1, which the other
+/// tests' compiled components pin.
+const PYTHON_DEFAULT: &str = "gantry/python-kfp:3.11";
 
-fn tag_stand_in_images() {
+fn docker_tag(source: &str, alias: &str) {
+    let ok = Command::new("docker")
+        .args(["tag", source, alias])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "docker tag {source} {alias} failed (run images/build.sh)"
+    );
+}
+
+/// Points python:3.11 back at the default image when the test ends, also when it fails.
+struct RestorePythonTag;
+
+impl Drop for RestorePythonTag {
+    fn drop(&mut self) {
+        let ok = Command::new("docker")
+            .args(["tag", PYTHON_DEFAULT, "python:3.11"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "kfp_corpus: could not tag {PYTHON_DEFAULT} python:3.11 back; run images/build.sh"
+            );
+        }
+    }
+}
+
+fn tag_stand_in_images() -> RestorePythonTag {
     for (source, aliases) in [
-        ("gantry/python-kfp:3.11", PYTHON_ALIASES),
+        (PYTHON_STAND_IN, PYTHON_ALIASES),
         ("gantry/busybox:latest", BUSYBOX_ALIASES),
     ] {
         for alias in aliases {
-            let ok = Command::new("docker")
-                .args(["tag", source, alias])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "docker tag {source} {alias} failed");
+            docker_tag(source, alias);
         }
     }
+    RestorePythonTag
 }
 
 /// Values for the pipeline inputs the corpus declares without defaults, by file.
@@ -441,7 +473,7 @@ fn every_corpus_pipeline_runs_or_is_refused() {
             &import_root,
         ],
     );
-    tag_stand_in_images();
+    let _restore = tag_stand_in_images();
     let cli = env.cluster.cli();
 
     let mut files = yaml_files(&dir.join("valid"));

@@ -8,6 +8,8 @@ use gantry_proto::v1::cluster_service_server::ClusterService;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
+use gantry_core::state::Command;
+
 use super::status::ApiError;
 use super::{forwarded, relay, Api, ROUTE_WAIT};
 use crate::raft::{Members, NodeStatus};
@@ -42,9 +44,14 @@ fn member_role(s: &NodeStatus, id: u64) -> &'static str {
 impl Api {
     fn status_proto(&self) -> pb::ClusterStatus {
         let s = self.0.raft.status();
-        let (runs, active_runs, agents) = {
+        let (runs, active_runs, agents, stores) = {
             let st = self.0.state.read();
-            (st.runs.len(), st.active_runs(), st.agents.len())
+            (
+                st.runs.len(),
+                st.active_runs(),
+                st.agents.len(),
+                st.member_stores.clone(),
+            )
         };
         let mut ids: Vec<u64> = s.voters.iter().chain(s.learners.iter()).copied().collect();
         ids.sort_unstable();
@@ -56,6 +63,10 @@ impl Api {
                 address: s.members.get(&id).cloned().unwrap_or_default(),
                 role: member_role(&s, id).to_string(),
                 matched: s.matched.get(&id).copied().unwrap_or_default(),
+                store: stores
+                    .get(&id)
+                    .map(|store| format!("{store:016x}"))
+                    .unwrap_or_default(),
             })
             .collect();
         pb::ClusterStatus {
@@ -83,6 +94,18 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Forgets node `id`'s committed store record, if there is one.
+    async fn forget_store(&self, id: u64) -> Result<(), ApiError> {
+        if !self.0.state.read().member_stores.contains_key(&id) {
+            return Ok(());
+        }
+        self.0
+            .propose(Command::ForgetMemberStore { node: id })
+            .await?;
+        tracing::info!(node = id, "forgot the node's store record");
         Ok(())
     }
 
@@ -149,6 +172,9 @@ impl ClusterService for Api {
             return Ok(Response::new(self.status_proto()));
         }
         if !is_learner {
+            // A node that left may come back with a new data directory: its old record goes
+            // before it is added, also where the removal did not get to forget it.
+            self.forget_store(id).await?;
             let context = serde_json::to_vec(&Members::from([(id, address.clone())]))
                 .map_err(ApiError::EncodeMembers)?;
             self.change(joint_change(ConfChangeType::AddLearnerNode, id, context))
@@ -229,6 +255,10 @@ impl ClusterService for Api {
         self.change(joint_change(ConfChangeType::RemoveNode, id, Vec::new()))
             .await?;
         tracing::info!(node = id, "removed from the cluster");
+        // Best effort: the leader's recorder and the next join forget it too.
+        if let Err(e) = self.forget_store(id).await {
+            tracing::warn!(node = id, error = %e, "the removed node's store record stays for now");
+        }
         Ok(Response::new(self.status_proto()))
     }
 }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::status::ApiError;
 use super::Api;
 use crate::auth::{principal, Principal, Transport};
-use crate::raft::Feedback;
+use crate::raft::{Feedback, StoreIdError};
 use gantry_tls::Role;
 
 /// Fault injection for the crash-during-install test: a pause before each received chunk is
@@ -97,6 +97,19 @@ impl Api {
                 "node {from} is not a member (voters {:?}, learners {:?})",
                 s.voters, s.learners
             )));
+        }
+        // The committed record first: it also covers a member that never spoke to this node
+        // before it lost its data directory. (Traffic without a store id is refused below.)
+        let committed = self.0.state.read().member_stores.get(&from).copied();
+        if let Some(known) = committed.filter(|known| from_store != 0 && *known != from_store) {
+            return refuse(ApiError::PeerRefused(
+                StoreIdError::Replaced {
+                    node: from,
+                    known,
+                    got: from_store,
+                }
+                .to_string(),
+            ));
         }
         // Checked last: only a member's data directory is recorded.
         if let Err(e) = self.0.store_ids.check(from, from_store) {

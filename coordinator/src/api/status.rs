@@ -213,7 +213,9 @@ impl ApiError {
             E::Rejected(r) => match r {
                 Rejection::RunNotFound(_) | Rejection::AgentNotFound(_) => Code::NotFound,
                 Rejection::RunExists(_) => Code::AlreadyExists,
-                Rejection::NotRetryable(_) => Code::FailedPrecondition,
+                Rejection::NotRetryable(_) | Rejection::MemberStoreConflict { .. } => {
+                    Code::FailedPrecondition
+                }
                 Rejection::Acl(a) => match a {
                     AclError::AlreadyBootstrapped => Code::FailedPrecondition,
                     AclError::NameTaken(_) => Code::AlreadyExists,

@@ -117,6 +117,12 @@ impl StoreIds {
         }
     }
 
+    /// The store id first heard from member `node`, if any.
+    pub fn known(&self, node: u64) -> Option<u64> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(&node).copied()
+    }
+
     /// Forgets the records of nodes that are no longer members, so that a removed node may
     /// join again with a new data directory.
     pub fn retain_members(&self, is_member: impl Fn(u64) -> bool) {

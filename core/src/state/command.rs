@@ -133,6 +133,18 @@ pub enum Command {
         tasks: Vec<Unschedulable>,
         at: i64,
     },
+    /// The data directory (store id) member `node` speaks from, as its peers first heard it.
+    /// Committed so that every member refuses a wiped copy of `node`, also one that never
+    /// talked to it before. A different store for a recorded member is refused.
+    RecordMemberStore {
+        node: u64,
+        store: u64,
+    },
+    /// `node` left the cluster (or is about to join again): its record goes, so that it may
+    /// come back with a new data directory.
+    ForgetMemberStore {
+        node: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -95,6 +95,8 @@ pub enum Rejection {
     NotRetryable(#[from] engine::NotRetryable),
     #[error(transparent)]
     Acl(#[from] acl::AclError),
+    #[error("node {node} is recorded with store {known:016x}, not {got:016x}")]
+    MemberStoreConflict { node: u64, known: u64, got: u64 },
 }
 
 /// The result of applying one command.
@@ -128,6 +130,10 @@ pub enum Outcome {
     TokenCreated,
     /// The revoked token's record.
     TokenRevoked(acl::TokenRecord),
+    /// Whether the member's store was new (false: the same record was there already).
+    MemberStoreRecorded(bool),
+    /// Whether there was a record to forget.
+    MemberStoreForgotten(bool),
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -179,6 +185,10 @@ pub struct ClusterState {
     /// encodes as it did.
     #[serde(default, skip_serializing_if = "acl::AclState::is_empty")]
     pub acl: acl::AclState,
+    /// Coordinator node id → the store id of the data directory it speaks from. Left out of
+    /// the encoding while empty, like `acl`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_stores: BTreeMap<u64, u64>,
 }
 
 /// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
@@ -415,6 +425,21 @@ impl ClusterState {
                 .revoke(&accessor)
                 .map(Outcome::TokenRevoked)
                 .map_err(Rejection::from),
+            Command::RecordMemberStore { node, store } => match self.member_stores.get(&node) {
+                None => {
+                    self.member_stores.insert(node, store);
+                    Ok(Outcome::MemberStoreRecorded(true))
+                }
+                Some(known) if *known == store => Ok(Outcome::MemberStoreRecorded(false)),
+                Some(known) => Err(Rejection::MemberStoreConflict {
+                    node,
+                    known: *known,
+                    got: store,
+                }),
+            },
+            Command::ForgetMemberStore { node } => Ok(Outcome::MemberStoreForgotten(
+                self.member_stores.remove(&node).is_some(),
+            )),
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {

@@ -975,3 +975,45 @@ fn tokens_are_created_once_by_bootstrap_and_revoked_by_commands_replayed_alike()
     }
     assert_eq!(replay.acl, s.acl);
 }
+
+#[test]
+fn a_member_store_is_recorded_once_and_a_different_one_is_refused_until_forgotten() {
+    let mut s = ClusterState::default();
+    let record = |node, store| Command::RecordMemberStore { node, store };
+    let out = s.apply(1, record(3, 0xaa)).result;
+    assert_eq!(out, Ok(Outcome::MemberStoreRecorded(true)));
+    assert_eq!(
+        s.apply(2, record(3, 0xaa)).result,
+        Ok(Outcome::MemberStoreRecorded(false))
+    );
+    // A wiped copy of node 3 speaks from another store: the record stays.
+    assert_eq!(
+        s.apply(3, record(3, 0xbb)).result,
+        Err(Rejection::MemberStoreConflict {
+            node: 3,
+            known: 0xaa,
+            got: 0xbb
+        })
+    );
+    assert_eq!(s.member_stores.get(&3), Some(&0xaa));
+
+    // Removed, it may join again with its new store.
+    let forget = |node| Command::ForgetMemberStore { node };
+    assert_eq!(
+        s.apply(4, forget(3)).result,
+        Ok(Outcome::MemberStoreForgotten(true))
+    );
+    assert_eq!(
+        s.apply(5, forget(3)).result,
+        Ok(Outcome::MemberStoreForgotten(false))
+    );
+    assert_eq!(
+        s.apply(6, record(3, 0xbb)).result,
+        Ok(Outcome::MemberStoreRecorded(true))
+    );
+
+    // The records are part of the state a snapshot carries.
+    let bytes = serde_json::to_vec(&s).unwrap();
+    let back: ClusterState = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back.member_stores, s.member_stores);
+}
