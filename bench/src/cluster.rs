@@ -89,6 +89,22 @@ fn bin_dir() -> Result<PathBuf, CliError> {
         .ok_or_else(|| unavailable(format!("{} has no parent", exe.display())))
 }
 
+/// [`bin_dir`], having checked that each of `needed` is there.
+pub(crate) fn bin_dir_checked(needed: &[&str]) -> Result<PathBuf, CliError> {
+    let bin_dir = bin_dir()?;
+    for b in needed {
+        let p = bin_dir.join(b);
+        if !p.is_file() {
+            return Err(unavailable(format!(
+                "{} not found: build it (cargo build --release -p {b}) or set GANTRY_BIN_DIR",
+                p.display()
+            )));
+        }
+        println!("using {}", p.display());
+    }
+    Ok(bin_dir)
+}
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -118,22 +134,12 @@ pub(crate) fn agent_channel(
 /// Starts 3 loopback coordinators from the binaries beside this one (and checks that
 /// `gantry-agent` is there too when `with_agent`), with TLS, certificates and tokens when `tls`.
 pub(crate) fn start_cluster(with_agent: bool, tls: bool) -> Result<Cluster, CliError> {
-    let bin_dir = bin_dir()?;
     let needed: &[&str] = if with_agent {
         &["gantry-coordinator", "gantry-agent"]
     } else {
         &["gantry-coordinator"]
     };
-    for b in needed {
-        let p = bin_dir.join(b);
-        if !p.is_file() {
-            return Err(unavailable(format!(
-                "{} not found: build it (cargo build --release -p {b}) or set GANTRY_BIN_DIR",
-                p.display()
-            )));
-        }
-        println!("using {}", p.display());
-    }
+    let bin_dir = bin_dir_checked(needed)?;
     let mut opts = ClusterOpts::loopback(NODES);
     opts.bin_dir = Some(bin_dir);
     opts.tls = tls;

@@ -4,7 +4,8 @@
 //! - `gantry-bench raft` and `gantry-bench failover`: 3 local coordinator processes
 //!   ([`cluster`]);
 //! - `gantry-bench scheduler`: placement alone, in process ([`scheduler`]);
-//! - `gantry-bench fleet`: 3 local coordinators and many simulated agents ([`fleet`]).
+//! - `gantry-bench fleet`: 3 local coordinators and many simulated agents ([`fleet`]);
+//! - `gantry-bench retention`: a soak of runs submitted and expired by retention ([`retention`]).
 //!
 //! Exit codes are the `gantry` command's (`gantry_cli::exit`).
 
@@ -14,6 +15,7 @@ use gantry_cli::exit::CliError;
 mod cluster;
 mod fleet;
 mod pipeline;
+mod retention;
 mod scheduler;
 mod table;
 
@@ -42,6 +44,9 @@ enum Kind {
     /// End to end through Raft on 3 local coordinators with simulated in-process agents:
     /// committed placements per second and the ready-to-assigned delay per fleet size.
     Fleet(fleet::FleetArgs),
+    /// Runs submitted and expired by retention (--max-finished-runs) on 3 local coordinators:
+    /// runs held, leader memory and snapshot size as the runs submitted grow.
+    Retention(retention::RetentionArgs),
 }
 
 fn main() {
@@ -60,6 +65,7 @@ fn main() {
                         Some(Kind::Raft(a)) => cluster::raft(a).await,
                         Some(Kind::Failover(a)) => cluster::failover(a).await,
                         Some(Kind::Fleet(a)) => fleet::run(a).await,
+                        Some(Kind::Retention(a)) => retention::retention(a).await,
                         Some(Kind::Scheduler(a)) => scheduler::run(a),
                     }
                 })

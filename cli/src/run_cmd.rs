@@ -51,6 +51,10 @@ pub enum RunCommand {
         /// its container; its retry policy applies (repeatable).
         #[arg(long, value_name = "TASK=DURATION")]
         task_timeout: Vec<String>,
+        /// Remove the run (its record, step logs and cache entries) this long after it
+        /// finishes, e.g. 1h or 30d, instead of the coordinator's --retain-runs-for.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+        ttl: Option<i64>,
     },
     /// Show a run and its tasks.
     Get { run_id: String },
@@ -128,6 +132,7 @@ pub async fn run(
             task_cache_max_age,
             timeout,
             task_timeout,
+            ttl,
         } => {
             let yaml = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
@@ -148,6 +153,7 @@ pub async fn run(
                 task_timeout_ms: task_timeouts,
                 artifacts,
                 priority,
+                ttl_ms: ttl.unwrap_or(0),
             };
             // A timeout, a lost connection or a leader change is retried, on the next endpoint
             // when there is one, with the same request id: one run.

@@ -12,6 +12,7 @@ use crate::raft::{Members, NodeConfig};
 use crate::server::CoordinatorConfig;
 use gantry_core::ir::bounds::SubmitLimits;
 use gantry_core::scheduler::CpuPolicy;
+use gantry_core::state::retention::RetentionPolicy;
 
 /// Gantry coordinator: keeps run state (Raft + sled) and serves the gRPC API.
 ///
@@ -25,7 +26,8 @@ pub struct Args {
     /// snapshot_entries, max_snapshot_bytes, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
     /// cluster, require_client_certs, propose_timeout_ms, max_pipeline_bytes,
     /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_log_line_bytes,
-    /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step.
+    /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step, retain_runs_for,
+    /// max_finished_runs, forget_lost_agents_after.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -151,6 +153,19 @@ pub struct Args {
     /// Default 67108864 (64 MiB).
     #[arg(long, env = "GANTRY_MAX_LOG_BYTES_PER_STEP", value_name = "BYTES")]
     pub max_log_bytes_per_step: Option<u64>,
+    /// Remove a finished run (its record, step logs and the cache entries it made) this long
+    /// after it finished, e.g. 30d or 12h; a run's own `gantry run submit --ttl` wins.
+    /// Default: finished runs are kept.
+    #[arg(long, env = "GANTRY_RETAIN_RUNS_FOR", value_name = "DURATION")]
+    pub retain_runs_for: Option<String>,
+    /// Keep at most this many finished runs; the ones that finished first go first. Default:
+    /// no limit.
+    #[arg(long, env = "GANTRY_MAX_FINISHED_RUNS", value_name = "N")]
+    pub max_finished_runs: Option<usize>,
+    /// Forget an agent that has been lost, with nothing running, this long (e.g. 7d); it
+    /// registers again if it comes back. Default: lost agents are kept.
+    #[arg(long, env = "GANTRY_FORGET_LOST_AGENTS_AFTER", value_name = "DURATION")]
+    pub forget_lost_agents_after: Option<String>,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -189,6 +204,9 @@ pub struct FileConfig {
     pub max_log_lines_per_sec: Option<u32>,
     pub max_log_burst_lines: Option<u32>,
     pub max_log_bytes_per_step: Option<u64>,
+    pub retain_runs_for: Option<String>,
+    pub max_finished_runs: Option<usize>,
+    pub forget_lost_agents_after: Option<String>,
 }
 
 impl FileConfig {
@@ -201,6 +219,22 @@ impl FileConfig {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(toml::from_str(text)?)
     }
+}
+
+/// `30d`, `12h`, `90m` as milliseconds, for the retention settings.
+fn retention_ms(name: &str, text: Option<String>) -> anyhow::Result<Option<i64>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        anyhow::anyhow!("{name} {text:?} is not a duration like 30d, 12h or 90m: {e}")
+    })?;
+    if d < Duration::from_secs(1) {
+        anyhow::bail!("{name} {text:?} must be at least 1s");
+    }
+    let ms =
+        i64::try_from(d.as_millis()).map_err(|_| anyhow::anyhow!("{name} {text:?} is too long"))?;
+    Ok(Some(ms))
 }
 
 fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
@@ -382,6 +416,18 @@ impl Args {
         if propose_timeout_ms == 0 {
             anyhow::bail!("--propose-timeout-ms must be at least 1");
         }
+        let retention = RetentionPolicy {
+            retain_runs_for_ms: retention_ms(
+                "retain_runs_for",
+                self.retain_runs_for.or(file.retain_runs_for),
+            )?,
+            max_finished_runs: self.max_finished_runs.or(file.max_finished_runs),
+            forget_lost_agents_after_ms: retention_ms(
+                "forget_lost_agents_after",
+                self.forget_lost_agents_after
+                    .or(file.forget_lost_agents_after),
+            )?,
+        };
         Ok(CoordinatorConfig {
             node_id,
             listen,
@@ -410,6 +456,7 @@ impl Args {
             propose_timeout: Duration::from_millis(propose_timeout_ms),
             submit_limits,
             log_limits,
+            retention,
         })
     }
 }
@@ -586,6 +633,40 @@ mod tests {
         ] {
             let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn retention_settings_are_durations_of_a_second_or_more() {
+        let file =
+            FileConfig::parse("retain_runs_for = \"30d\"\nmax_finished_runs = 500\n").unwrap();
+        let cfg = Args::default().resolve(file).unwrap();
+        assert_eq!(cfg.retention.retain_runs_for_ms, Some(30 * 86_400_000));
+        assert_eq!(cfg.retention.max_finished_runs, Some(500));
+        assert_eq!(cfg.retention.forget_lost_agents_after_ms, None);
+        let flags = Args {
+            forget_lost_agents_after: Some("90m".into()),
+            ..Default::default()
+        };
+        let cfg = flags.resolve(FileConfig::default()).unwrap();
+        assert_eq!(cfg.retention.forget_lost_agents_after_ms, Some(90 * 60_000));
+        assert_eq!(
+            cfg.retention,
+            RetentionPolicy {
+                forget_lost_agents_after_ms: Some(90 * 60_000),
+                ..Default::default()
+            }
+        );
+        for (text, why) in [("soon", "not a duration like 30d"), ("10ms", "at least 1s")] {
+            let args = Args {
+                retain_runs_for: Some(text.into()),
+                ..Default::default()
+            };
+            let err = args.resolve(FileConfig::default()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("retain_runs_for") && err.contains(why),
+                "{err}"
+            );
         }
     }
 }

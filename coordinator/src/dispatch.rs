@@ -41,10 +41,12 @@ pub struct Dispatcher {
     pub schedule: Arc<Notify>,
     /// Run ids as they finish (ends `logs -f` followers).
     pub run_finished: broadcast::Sender<RunId>,
+    /// This node's step logs: retention drops a removed run's.
+    logs: Arc<crate::logs::StepLogs>,
 }
 
 impl Dispatcher {
-    pub fn new(state: crate::machine::SharedState) -> Arc<Self> {
+    pub fn new(state: crate::machine::SharedState, logs: Arc<crate::logs::StepLogs>) -> Arc<Self> {
         let (run_finished, _) = broadcast::channel(1024);
         Arc::new(Dispatcher {
             sessions: Mutex::new(Sessions::default()),
@@ -53,6 +55,7 @@ impl Dispatcher {
             state,
             schedule: Arc::new(Notify::new()),
             run_finished,
+            logs,
         })
     }
 
@@ -213,6 +216,13 @@ impl Dispatcher {
                     );
                 }
                 Event::TasksReady { .. } | Event::CapacityChanged => self.schedule.notify_one(),
+                Event::RunsRemoved { run_ids } => {
+                    let logs = self.logs.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let lines: usize = run_ids.iter().map(|id| logs.remove_run(id)).sum();
+                        tracing::info!(runs = run_ids.len(), lines, "retention removed runs");
+                    });
+                }
                 Event::RunFinished { run_id, state } => {
                     tracing::info!(run = %run_id, state = state.as_str(), "run finished");
                     let _ = self.run_finished.send(run_id);

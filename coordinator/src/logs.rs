@@ -76,6 +76,23 @@ impl StepLogs {
         self.tx.subscribe()
     }
 
+    /// Drops every stored line of a run (retention removed it); returns how many.
+    pub fn remove_run(&self, run_id: &RunId) -> usize {
+        let mut prefix = run_id.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut removed = 0;
+        for key in self.tree.scan_prefix(prefix).keys().filter_map(Result::ok) {
+            match self.tree.remove(key) {
+                Ok(_) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "could not drop a log line");
+                    break;
+                }
+            }
+        }
+        removed
+    }
+
     /// Every stored line of a run, in arrival order.
     pub fn read_run(&self, run_id: &RunId) -> Vec<LogRecord> {
         let mut prefix = run_id.as_str().as_bytes().to_vec();
@@ -86,5 +103,38 @@ impl StepLogs {
             .filter_map(Result::ok)
             .filter_map(|v| serde_json::from_slice(&v).ok())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(run: &str, text: &str) -> LogRecord {
+        LogRecord {
+            run_id: run.into(),
+            task_id: "t".into(),
+            attempt: 1,
+            stream: "stdout".into(),
+            line: text.into(),
+            at_ms: 0,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn removing_a_run_drops_its_lines_and_only_its() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let logs = StepLogs::open(&db).unwrap();
+        for i in 0..3 {
+            logs.append(line("r1", &format!("a{i}")));
+            logs.append(line("r10", &format!("b{i}")));
+        }
+        assert_eq!(logs.remove_run(&"r1".into()), 3);
+        assert!(logs.read_run(&"r1".into()).is_empty());
+        // r10 shares r1's first bytes; the key's separator keeps it apart.
+        assert_eq!(logs.read_run(&"r10".into()).len(), 3);
+        assert_eq!(logs.remove_run(&"r1".into()), 0);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gantry_core::scheduler::{
     cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer,
 };
-use gantry_core::state::{Command, Unschedulable};
+use gantry_core::state::{retention, Command, Outcome, Unschedulable};
 use gantry_model::AgentId;
 
 use crate::server::Coordinator;
@@ -45,6 +45,7 @@ pub async fn scheduling_loop(c: Arc<Coordinator>) {
         if last_lease_check.is_none_or(|t| t.elapsed() >= LEASE_CHECK_EVERY) {
             last_lease_check = Some(std::time::Instant::now());
             declare_lost_agents(&c, now).await;
+            apply_retention(&c, now).await;
         }
         let placer = placer.get_or_insert_with(|| Placer::new(c.cpu_policy));
         let steps = {
@@ -120,6 +121,46 @@ async fn declare_lost_agents(c: &Arc<Coordinator>, now: i64) {
         };
         if let Err(e) = c.propose(cmd).await {
             tracing::warn!(agent = %agent_id, error = %e, "could not declare the agent lost");
+        }
+    }
+}
+
+/// Most runs (and agents) one retention command removes, so that one entry stays small and
+/// a large backlog goes in steps.
+const RETENTION_BATCH: usize = 256;
+
+/// Proposes the removal of the finished runs and lost agents the retention policy (and the
+/// runs' own ttls) says are due. Apply checks each again.
+async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
+    let (runs, agents) = {
+        let st = c.state.read();
+        (
+            retention::runs_to_remove(&st, &c.retention, now, RETENTION_BATCH),
+            retention::agents_to_forget(&st, &c.retention, now, RETENTION_BATCH),
+        )
+    };
+    if !runs.is_empty() {
+        let n = runs.len();
+        match c.propose(Command::RemoveRuns { run_ids: runs }).await {
+            Ok(applied) => {
+                let removed = match applied.result {
+                    Ok(Outcome::RunsRemoved(ids)) => ids.len(),
+                    _ => 0,
+                };
+                tracing::info!(due = n, removed, "retention: runs removed");
+            }
+            Err(e) => tracing::warn!(error = %e, "retention: could not remove runs"),
+        }
+    }
+    if !agents.is_empty() {
+        match c
+            .propose(Command::ForgetLostAgents {
+                agent_ids: agents.clone(),
+            })
+            .await
+        {
+            Ok(_) => tracing::info!(?agents, "retention: lost agents forgotten"),
+            Err(e) => tracing::warn!(error = %e, "retention: could not forget lost agents"),
         }
     }
 }

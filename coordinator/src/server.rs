@@ -30,6 +30,7 @@ use crate::raft::{
     self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, RedbLogStore,
     SledLogStore, SnapshotDir,
 };
+use gantry_core::state::retention::RetentionPolicy;
 use gantry_model::limits::{
     MAX_AGENT_MESSAGE_BYTES, MAX_CLIENT_REQUEST_BYTES, MAX_CLIENT_RESPONSE_BYTES,
     MAX_PEER_MESSAGE_BYTES,
@@ -82,6 +83,8 @@ pub struct CoordinatorConfig {
     pub submit_limits: SubmitLimits,
     /// What a step's log may cost this node.
     pub log_limits: LogLimits,
+    /// Which finished runs and lost agents the leader removes.
+    pub retention: RetentionPolicy,
 }
 
 impl CoordinatorConfig {
@@ -117,6 +120,7 @@ impl CoordinatorConfig {
             propose_timeout: DEFAULT_PROPOSE_TIMEOUT,
             submit_limits: SubmitLimits::default(),
             log_limits: LogLimits::default(),
+            retention: RetentionPolicy::default(),
         }
     }
 
@@ -147,7 +151,7 @@ pub struct Coordinator {
     pub raft: RaftHandle<Applied>,
     pub state: SharedState,
     pub dispatcher: Arc<Dispatcher>,
-    pub logs: StepLogs,
+    pub logs: Arc<StepLogs>,
     pub waiting: WaitingReasons,
     pub cpu_policy: CpuPolicy,
     pub agent_lease: Duration,
@@ -175,6 +179,8 @@ pub struct Coordinator {
     pub submit_limits: SubmitLimits,
     /// What a step's log may cost this node.
     pub log_limits: LogLimits,
+    /// Which finished runs and lost agents the leader removes.
+    pub retention: RetentionPolicy,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
@@ -440,7 +446,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");
     }
     let snapshots = SnapshotDir::open(cfg.data_dir.join("snapshots"))?;
-    let logs = StepLogs::open(&db)?;
+    let logs = Arc::new(StepLogs::open(&db)?);
     let state = SharedState::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let machine = ClusterMachine {
@@ -489,7 +495,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
             "not a member of any cluster yet: waiting for `gantry cluster join {advertise}`"
         );
     }
-    let dispatcher = Dispatcher::new(state.clone());
+    let dispatcher = Dispatcher::new(state.clone(), logs.clone());
     let coordinator = Arc::new(Coordinator {
         node_id: cfg.node_id,
         raft,
@@ -511,6 +517,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         propose_timeout: cfg.propose_timeout,
         submit_limits: cfg.submit_limits,
         log_limits: cfg.log_limits,
+        retention: cfg.retention,
         receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls

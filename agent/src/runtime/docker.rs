@@ -48,6 +48,10 @@ pub const STEP_ROOT: &str = "/gantry";
 const STOP_GRACE_S: i32 = 2;
 /// How long the log pump may run on after the container ended.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
+/// How often, and how far apart, a SIGKILLed container is asked whether it ran out of memory
+/// (the engine's OOM event may trail the exit by a moment).
+const OOM_EVENT_TRIES: u32 = 10;
+const OOM_EVENT_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -322,14 +326,28 @@ impl DockerRuntime {
         }
     }
 
-    async fn oom_killed(&self, name: &str) -> bool {
-        self.docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.oom_killed)
-            .unwrap_or(false)
+    /// Whether the kernel's OOM killer ended the container. The engine learns of the OOM from
+    /// an event of its own, which on a loaded host can come after the exit it caused: a
+    /// SIGKILL exit (137) is asked about a few times before it is taken for some other kill.
+    async fn oom_killed(&self, name: &str, exit_code: i64) -> bool {
+        let tries = if exit_code == 137 { OOM_EVENT_TRIES } else { 1 };
+        for attempt in 0..tries {
+            if attempt > 0 {
+                tokio::time::sleep(OOM_EVENT_WAIT).await;
+            }
+            let oom = self
+                .docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false);
+            if oom {
+                return true;
+            }
+        }
+        false
     }
 
     fn spawn_log_pump(
@@ -417,7 +435,7 @@ impl DockerRuntime {
             abort.abort();
         }
         let (exit_code, canceled) = result?;
-        let oom_killed = exit_code != 0 && !canceled && self.oom_killed(name).await;
+        let oom_killed = exit_code != 0 && !canceled && self.oom_killed(name, exit_code).await;
         Ok(ExitInfo {
             exit_code,
             canceled,

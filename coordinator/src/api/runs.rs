@@ -73,6 +73,9 @@ fn check_per_task(
     Ok(())
 }
 
+/// The longest a run may ask to be kept once finished: ten years.
+const MAX_RUN_TTL_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// The run's time limits from the request.
 fn run_limits(
     pipeline: &gantry_core::ir::PipelineSpec,
@@ -86,10 +89,17 @@ fn run_limits(
     // kfp-kubernetes' set_timeout, unless the submission says otherwise.
     let mut task_timeout_ms = gantry_core::engine::platform::task_timeouts(pipeline);
     task_timeout_ms.extend(req.task_timeout_ms.iter().map(|(k, v)| (k.clone(), *v)));
+    if !(0..=MAX_RUN_TTL_MS).contains(&req.ttl_ms) {
+        return Err(ApiError::BadRunTtl {
+            ttl: req.ttl_ms,
+            max: MAX_RUN_TTL_MS,
+        });
+    }
     Ok(RunLimits {
         timeout_ms: (req.timeout_ms > 0).then_some(req.timeout_ms),
         task_timeout_ms,
         max_tasks: Some(max_tasks),
+        ttl_ms: (req.ttl_ms > 0).then_some(req.ttl_ms),
     })
 }
 

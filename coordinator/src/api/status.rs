@@ -203,6 +203,8 @@ pub enum ApiError {
     BadTokenName { max: usize },
     #[error("ttl_ms {ttl} is not between 1 and {max} (ten years)")]
     BadTtl { ttl: i64, max: i64 },
+    #[error("the run's ttl_ms {ttl} is not between 0 (the coordinator's --retain-runs-for) and {max} (ten years)")]
+    BadRunTtl { ttl: i64, max: i64 },
 }
 
 impl ApiError {
@@ -254,7 +256,8 @@ impl ApiError {
             | E::NotASnapshot
             | E::BadRole(_)
             | E::BadTokenName { .. }
-            | E::BadTtl { .. } => Code::InvalidArgument,
+            | E::BadTtl { .. }
+            | E::BadRunTtl { .. } => Code::InvalidArgument,
             E::PeerRefused(_) | E::AgentRefused(_) => Code::PermissionDenied,
             E::RunNotFound(_) | E::AgentNotFound(_) | E::NotAMember(_) => Code::NotFound,
             E::MemberElsewhere { .. } => Code::AlreadyExists,

@@ -23,6 +23,10 @@ pub struct RunLimits {
     /// before the limit existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tasks: Option<u64>,
+    /// How long the run is kept once finished (ms; `gantry submit --ttl`), instead of the
+    /// coordinator's `--retain-runs-for`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<i64>,
 }
 
 /// `90000` → `1m30s`, for messages.

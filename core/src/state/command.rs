@@ -133,6 +133,16 @@ pub enum Command {
         tasks: Vec<Unschedulable>,
         at: i64,
     },
+    /// Retention: these finished runs go, with their request ids and the cache entries they
+    /// produced. A run that is no longer finished (retried meanwhile) is left alone.
+    RemoveRuns {
+        run_ids: Vec<RunId>,
+    },
+    /// Retention: these agents, lost long ago, are forgotten (one that is no longer lost or
+    /// still holds attempts is left alone). An agent that comes back registers again.
+    ForgetLostAgents {
+        agent_ids: Vec<AgentId>,
+    },
     /// The data directory (store id) member `node` speaks from, as its peers first heard it.
     /// Committed so that every member refuses a wiped copy of `node`, also one that never
     /// talked to it before. A different store for a recorded member is refused.

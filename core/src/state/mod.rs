@@ -6,6 +6,7 @@
 
 pub mod acl;
 mod command;
+pub mod retention;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -130,6 +131,10 @@ pub enum Outcome {
     TokenCreated,
     /// The revoked token's record.
     TokenRevoked(acl::TokenRecord),
+    /// The runs removed (those of the command that were still finished).
+    RunsRemoved(Vec<RunId>),
+    /// How many agents were forgotten.
+    AgentsForgotten(usize),
     /// Whether the member's store was new (false: the same record was there already).
     MemberStoreRecorded(bool),
     /// Whether there was a record to forget.
@@ -159,6 +164,10 @@ pub enum Event {
     },
     /// Capacity freed or agents changed.
     CapacityChanged,
+    /// Retention removed these runs: each node drops what it keeps of them (step logs).
+    RunsRemoved {
+        run_ids: Vec<RunId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -425,6 +434,27 @@ impl ClusterState {
                 .revoke(&accessor)
                 .map(Outcome::TokenRevoked)
                 .map_err(Rejection::from),
+            Command::RemoveRuns { run_ids } => {
+                let removed = self.remove_runs(&run_ids);
+                if !removed.is_empty() {
+                    events.push(Event::RunsRemoved {
+                        run_ids: removed.clone(),
+                    });
+                }
+                Ok(Outcome::RunsRemoved(removed))
+            }
+            Command::ForgetLostAgents { agent_ids } => {
+                let before = self.agents.len();
+                for id in &agent_ids {
+                    let idle_and_lost = self.agents.get(id).is_some_and(|a| {
+                        a.lost_at.is_some() && a.running.is_empty() && a.gpus_in_use.is_empty()
+                    });
+                    if idle_and_lost {
+                        self.agents.remove(id);
+                    }
+                }
+                Ok(Outcome::AgentsForgotten(before - self.agents.len()))
+            }
             Command::RecordMemberStore { node, store } => match self.member_stores.get(&node) {
                 None => {
                     self.member_stores.insert(node, store);
@@ -698,6 +728,39 @@ impl ClusterState {
             attempt: key,
         });
         Ok(Outcome::TimedOut(true))
+    }
+
+    /// Removes the runs of `run_ids` that are finished, with their request ids and the cache
+    /// entries they produced; returns the ones removed.
+    fn remove_runs(&mut self, run_ids: &[RunId]) -> Vec<RunId> {
+        let busy = self.runs_on_agents();
+        let mut removed = Vec::new();
+        for id in run_ids {
+            let Some(run) = self.runs.get(id) else {
+                continue;
+            };
+            if !run.state.is_terminal() || busy.contains(id) {
+                continue;
+            }
+            self.run_order.remove(&(run.created_at, id.clone()));
+            self.runs.remove(id);
+            removed.push(id.clone());
+        }
+        if !removed.is_empty() {
+            let gone: BTreeSet<&RunId> = removed.iter().collect();
+            self.request_ids.retain(|_, run| !gone.contains(run));
+            self.cache.retain(|_, entry| !gone.contains(&entry.run_id));
+        }
+        removed
+    }
+
+    /// Runs of which an agent still holds an attempt (its result, when it comes, must find
+    /// the run to free the agent's resources).
+    pub fn runs_on_agents(&self) -> BTreeSet<RunId> {
+        self.agents
+            .values()
+            .flat_map(|a| a.running.iter().map(|k| k.run_id.clone()))
+            .collect()
     }
 
     /// Runs newest first.

@@ -1017,3 +1017,211 @@ fn a_member_store_is_recorded_once_and_a_different_one_is_refused_until_forgotte
     let back: ClusterState = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back.member_stores, s.member_stores);
 }
+
+/// r1 makes a cache entry, then is canceled at 21; r2 is canceled at 31; r3 stays pending.
+fn retention_state() -> ClusterState {
+    use crate::engine::CachePolicy;
+    let mut s = ClusterState::default();
+    let cancel = |run: &str, at| Command::CancelRun {
+        run_id: run.into(),
+        at,
+    };
+    let cmds = vec![
+        register("a", 4.0),
+        create_with("r1", 7, CachePolicy::default(), 10),
+        assign("r1", "make-data", 1, "a"),
+        make_data_succeeded("r1", 20),
+        cancel("r1", 21),
+        create("r2", Some("req-2"), 30),
+        cancel("r2", 31),
+        create("r3", Some("req-3"), 40),
+    ];
+    for (i, c) in cmds.into_iter().enumerate() {
+        s.apply(i as u64 + 1, c);
+    }
+    assert_eq!(
+        s.runs["r1"].finished_at,
+        Some(21),
+        "{:?}",
+        s.runs["r1"].state
+    );
+    assert_eq!(s.runs["r2"].finished_at, Some(31));
+    assert!(!s.runs["r3"].state.is_terminal());
+    assert_eq!(s.cache.len(), 1);
+    s
+}
+
+#[test]
+fn retention_picks_finished_runs_past_their_ttl_or_over_the_count_oldest_first() {
+    use retention::{runs_to_remove, RetentionPolicy};
+    let s = retention_state();
+    let ids = |v: Vec<RunId>| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    let keep = RetentionPolicy::default();
+    assert!(runs_to_remove(&s, &keep, i64::MAX, 100).is_empty());
+
+    let days = RetentionPolicy {
+        retain_runs_for_ms: Some(100),
+        ..Default::default()
+    };
+    assert!(runs_to_remove(&s, &days, 120, 100).is_empty());
+    assert_eq!(ids(runs_to_remove(&s, &days, 121, 100)), ["r1"]);
+    assert_eq!(ids(runs_to_remove(&s, &days, 10_000, 100)), ["r1", "r2"]);
+    assert_eq!(ids(runs_to_remove(&s, &days, 10_000, 1)), ["r1"], "batch");
+
+    let count = RetentionPolicy {
+        max_finished_runs: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(ids(runs_to_remove(&s, &count, 0, 100)), ["r1"]);
+    let none = RetentionPolicy {
+        max_finished_runs: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(ids(runs_to_remove(&s, &none, 0, 100)), ["r1", "r2"]);
+
+    // A run's own ttl wins over the policy's, both ways.
+    let mut s = s;
+    Arc::make_mut(s.runs.get_mut("r2").unwrap()).limits.ttl_ms = Some(5);
+    Arc::make_mut(s.runs.get_mut("r1").unwrap()).limits.ttl_ms = Some(1_000_000);
+    assert_eq!(ids(runs_to_remove(&s, &keep, 36, 100)), ["r2"]);
+    assert_eq!(ids(runs_to_remove(&s, &days, 10_000, 100)), ["r2"]);
+}
+
+#[test]
+fn removing_runs_takes_their_request_ids_and_cache_entries_and_leaves_active_runs() {
+    let mut s = retention_state();
+    let remove = |ids: &[&str]| Command::RemoveRuns {
+        run_ids: ids.iter().map(|i| RunId::from(*i)).collect(),
+    };
+    let out = s.apply(20, remove(&["r1", "r2", "r3", "nope"]));
+    assert_eq!(
+        out.result,
+        Ok(Outcome::RunsRemoved(vec!["r1".into(), "r2".into()]))
+    );
+    assert_eq!(
+        out.events,
+        vec![Event::RunsRemoved {
+            run_ids: vec!["r1".into(), "r2".into()]
+        }]
+    );
+    assert_eq!(
+        s.runs.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        ["r3"]
+    );
+    assert_eq!(s.run_order.len(), 1);
+    assert_eq!(
+        s.request_ids.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["req-3"]
+    );
+    assert!(s.cache.is_empty(), "r1's entry went with it");
+    // Again: nothing left to remove, no event.
+    let again = s.apply(21, remove(&["r1", "r2"]));
+    assert_eq!(again.result, Ok(Outcome::RunsRemoved(vec![])));
+    assert!(again.events.is_empty());
+    // A removed request id may be used again.
+    let out = s.apply(22, create("r4", Some("req-2"), 50)).result;
+    assert_eq!(
+        out,
+        Ok(Outcome::RunCreated {
+            run_id: "r4".into(),
+            existing: false
+        })
+    );
+}
+
+#[test]
+fn a_run_retried_after_the_plan_was_made_is_not_removed() {
+    let mut s = retention_state();
+    let due = retention::runs_to_remove(
+        &s,
+        &retention::RetentionPolicy {
+            max_finished_runs: Some(0),
+            ..Default::default()
+        },
+        100,
+        10,
+    );
+    assert_eq!(due.len(), 2);
+    let retried = s.apply(
+        20,
+        Command::RetryRun {
+            run_id: "r2".into(),
+            at: 60,
+        },
+    );
+    assert_eq!(retried.result, Ok(Outcome::Retried));
+    let out = s.apply(21, Command::RemoveRuns { run_ids: due }).result;
+    assert_eq!(out, Ok(Outcome::RunsRemoved(vec!["r1".into()])));
+    assert!(s.runs.contains_key("r2"));
+}
+
+#[test]
+fn only_idle_agents_lost_long_enough_are_forgotten() {
+    use retention::{agents_to_forget, RetentionPolicy};
+    let mut s = ClusterState::default();
+    s.apply(1, register("idle", 4.0));
+    s.apply(2, register("busy", 4.0));
+    s.apply(3, register("alive", 4.0));
+    s.apply(4, create("r1", None, 5));
+    s.apply(5, assign("r1", "make-data", 1, "busy"));
+    for (i, agent) in ["idle", "busy"].into_iter().enumerate() {
+        s.apply(
+            6 + i as u64,
+            Command::DeclareAgentLost {
+                agent_id: agent.into(),
+                at: 100,
+            },
+        );
+    }
+    let policy = RetentionPolicy {
+        forget_lost_agents_after_ms: Some(50),
+        ..Default::default()
+    };
+    assert!(agents_to_forget(&s, &policy, 149, 10).is_empty());
+    let due = agents_to_forget(&s, &policy, 150, 10);
+    // The busy agent's attempt ended LOST with it, so it is idle too.
+    assert!(s.agents["busy"].running.is_empty());
+    assert_eq!(
+        due.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        ["busy", "idle"]
+    );
+    assert!(agents_to_forget(&s, &RetentionPolicy::default(), i64::MAX, 10).is_empty());
+
+    // Apply checks again: the alive agent is not forgotten even if named.
+    let out = s.apply(
+        10,
+        Command::ForgetLostAgents {
+            agent_ids: vec!["idle".into(), "alive".into()],
+        },
+    );
+    assert_eq!(out.result, Ok(Outcome::AgentsForgotten(1)));
+    assert!(!s.agents.contains_key("idle"));
+    assert!(s.agents.contains_key("alive"));
+}
+
+#[test]
+fn a_finished_run_an_agent_still_holds_an_attempt_of_is_kept() {
+    use crate::engine::RunState;
+    let mut s = retention_state();
+    s.apply(20, assign("r3", "make-data", 1, "a"));
+    assert!(s.agents["a"].running.iter().any(|k| k.run_id == "r3"));
+    // However the run came to be over while its attempt runs, its result must find it.
+    let run = Arc::make_mut(s.runs.get_mut("r3").unwrap());
+    run.state = RunState::Failed;
+    run.finished_at = Some(41);
+    let all = retention::RetentionPolicy {
+        max_finished_runs: Some(0),
+        ..Default::default()
+    };
+    let due = retention::runs_to_remove(&s, &all, 1_000, 10);
+    assert!(!due.iter().any(|r| r == "r3"), "{due:?}");
+    let out = s
+        .apply(
+            21,
+            Command::RemoveRuns {
+                run_ids: vec!["r3".into()],
+            },
+        )
+        .result;
+    assert_eq!(out, Ok(Outcome::RunsRemoved(vec![])));
+}

@@ -1,0 +1,172 @@
+//! Retention: finished runs go by count (`--max-finished-runs`) and by their own ttl
+//! (`gantry run submit --ttl`) (their step logs with them: `coordinator/src/logs.rs`); a run that has not
+//! finished stays whatever the policy; an agent lost for longer than
+//! `--forget-lost-agents-after` is forgotten. Each removal is a committed command, so every
+//! replica removes the same runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::*;
+use serde_json::Value;
+
+fn run_ids(cli: &Cli) -> Vec<String> {
+    let list = cli.run(&["run", "list", "-o", "json"]).json().unwrap();
+    let runs = list
+        .as_array()
+        .or_else(|| list["runs"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    runs.iter()
+        .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn finished_runs_are_removed_by_count_and_by_their_own_ttl() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let root = format!("file://{}", artifacts.path().display());
+    let mut opts = ClusterOpts::new(1, &root);
+    opts.env
+        .push(("GANTRY_MAX_FINISHED_RUNS".to_string(), "3".to_string()));
+    let mut c = Cluster::start(opts).expect("coordinator");
+    c.wait_leader(&[1], Duration::from_secs(20))
+        .expect("leader");
+    c.start_agent("a1", &[]).unwrap();
+    let cli = c.cli();
+    cli.wait_for_agents(1).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let one =
+        compile_source_with(Path::new("tests/pipelines/chain.py"), out.path(), &["1"]).unwrap();
+    let marker = out.path().join("marker");
+    let marker = format!("marker={}", marker.display());
+    let finish = |flags: &[&str]| -> String {
+        let id = cli.submit_with(&one, &[&marker], flags).unwrap();
+        let run = cli.wait_finished(&id, Duration::from_secs(60));
+        assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", c.logs_tail());
+        id
+    };
+
+    // Two finished runs, under the count: kept. A third with a ttl of its own goes soon after
+    // it finishes, while the other two stay.
+    let a = finish(&[]);
+    let b = finish(&[]);
+    let short = finish(&["--ttl", "1s"]);
+    poll_every(Duration::from_secs(20), Duration::from_millis(200), || {
+        let ids = run_ids(&cli);
+        if ids.contains(&short) {
+            Err(format!("the run with --ttl 1s is still listed: {ids:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    let gone = cli.run(&["run", "get", &short, "-o", "json"]);
+    assert_ne!(gone.code, 0, "{}", gone.stdout);
+    assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+    let ids = run_ids(&cli);
+    assert!(
+        ids.contains(&a) && ids.contains(&b),
+        "{ids:?} lacks {a} or {b}"
+    );
+
+    // A run that has not finished is never removed, however many finished ones there are.
+    let slow = cli.submit(&one, &[&marker, "nap=30"]).unwrap();
+    let d = finish(&[]);
+    let e = finish(&[]);
+    // Four finished (a, b, d, e) over a limit of 3: the one that finished first goes.
+    poll_every(Duration::from_secs(20), Duration::from_millis(200), || {
+        let ids = run_ids(&cli);
+        if ids.contains(&a) {
+            Err(format!("{a} (finished first) is still listed: {ids:?}"))
+        } else {
+            Ok(ids)
+        }
+    })
+    .unwrap();
+    let ids = run_ids(&cli);
+    for kept in [&b, &d, &e, &slow] {
+        assert!(ids.contains(kept), "{kept} is gone: {ids:?}");
+    }
+    let slow_run = cli.get_run(&slow).unwrap();
+    assert_eq!(slow_run["state"], "RUNNING", "{slow_run:#}");
+    // The removal is committed: the leader logs each batch it proposed.
+    assert_eq!(
+        c.log_count(1, &["retention: runs removed"]),
+        2,
+        "{}",
+        c.log(1)
+    );
+    let bad = cli.run(&[
+        "run",
+        "submit",
+        one.to_str().unwrap(),
+        "-p",
+        &marker,
+        "--ttl",
+        "soon",
+    ]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not a duration"), "{}", bad.stderr);
+    cli.run(&["run", "cancel", &slow]);
+}
+
+#[test]
+fn an_agent_lost_for_longer_than_the_policy_is_forgotten() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let root = format!("file://{}", artifacts.path().display());
+    let mut opts = ClusterOpts::new(1, &root);
+    for (k, v) in [
+        ("GANTRY_AGENT_LEASE_MS", "6000"),
+        ("GANTRY_FORGET_LOST_AGENTS_AFTER", "3s"),
+    ] {
+        opts.env.push((k.to_string(), v.to_string()));
+    }
+    let mut c = Cluster::start(opts).expect("coordinator");
+    c.wait_leader(&[1], Duration::from_secs(20))
+        .expect("leader");
+    c.start_agent("left", &[]).unwrap();
+    c.start_agent("right", &[]).unwrap();
+    let cli = c.cli();
+    cli.wait_for_agents(2).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = compile_pipeline("sleeper", out.path()).unwrap();
+    let run_id = cli.submit(&file, &["seconds=8"]).unwrap();
+    let run = cli.wait_until(&run_id, Duration::from_secs(60), |r| {
+        task(r, "nap")["state"] == "RUNNING"
+    });
+    let victim = task(&run, "nap")["agent"].as_str().unwrap().to_string();
+    c.kill_agent(&victim);
+    let agents = |cli: &Cli| -> Vec<Value> {
+        cli.run(&["agent", "list", "-o", "json"])
+            .json()
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    // Declared lost after its lease, then forgotten three seconds later; the other stays.
+    poll_every(Duration::from_secs(60), Duration::from_millis(200), || {
+        let list = agents(&cli);
+        let ids: Vec<&str> = list.iter().filter_map(|a| a["agent_id"].as_str()).collect();
+        if ids.contains(&victim.as_str()) {
+            Err(format!("{victim} is still listed: {list:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    assert!(
+        c.log_count(1, &["declaring it lost"]) > 0,
+        "forgotten without being lost first:\n{}",
+        c.log(1)
+    );
+    let run = cli.wait_finished(&run_id, Duration::from_secs(120));
+    assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", c.logs_tail());
+    let ids: Vec<String> = agents(&cli)
+        .iter()
+        .filter_map(|a| a["agent_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_ne!(ids[0], victim);
+}
