@@ -784,6 +784,46 @@ impl Cluster {
         }
     }
 
+    /// One namespaced coordinator writing artifacts under `artifact_root`, with `env`, and a
+    /// process-runtime agent for each of `agents`, all connected: the host-loss tests' setup.
+    pub fn single_with_agents(
+        artifact_root: &str,
+        env: &[(&str, &str)],
+        agents: &[&str],
+    ) -> Result<Cluster> {
+        let mut opts = ClusterOpts::new(1, artifact_root);
+        opts.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut c = Cluster::start(opts)?;
+        c.wait_leader(&[1], Duration::from_secs(20))?;
+        for a in agents {
+            c.start_agent(a, &[])?;
+        }
+        c.cli().wait_for_agents(agents.len())?;
+        Ok(c)
+    }
+
+    /// Submits `pipeline` with `params`, waits until its task `task` runs, then `kill -9`s the
+    /// agent running it: the run id and that agent's id.
+    pub fn kill_the_agent_running(
+        &mut self,
+        pipeline: &Path,
+        params: &[&str],
+        task: &str,
+    ) -> Result<(String, String)> {
+        let cli = self.cli();
+        let run_id = cli.submit(pipeline, params)?;
+        let run = cli.wait_until(&run_id, Duration::from_secs(60), |r| {
+            crate::task(r, task)["state"] == "RUNNING"
+        });
+        let victim = crate::task(&run, task)["agent"]
+            .as_str()
+            .ok_or_else(|| anyhow!("task {task} runs on no agent: {run:#}"))?
+            .to_string();
+        self.kill_agent(&victim);
+        Ok((run_id, victim))
+    }
+
     // ------------------------------------------------------------ logs
 
     fn agent_log_path(&self, agent_id: &str) -> PathBuf {

@@ -4,33 +4,26 @@
 
 use std::time::Duration;
 
-use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::cluster::Cluster;
 use gantry_testkit::*;
 
 #[test]
 fn a_step_on_a_killed_agent_is_retried_on_another_and_the_run_succeeds() {
     let artifacts = tempfile::tempdir().unwrap();
     let root = format!("file://{}", artifacts.path().display());
-    let mut opts = ClusterOpts::new(1, &root);
-    opts.env
-        .push(("GANTRY_AGENT_LEASE_MS".to_string(), "6000".to_string()));
-    let mut c = Cluster::start(opts).expect("coordinator");
-    c.wait_leader(&[1], Duration::from_secs(20))
-        .expect("leader");
-    c.start_agent("left", &[]).unwrap();
-    c.start_agent("right", &[]).unwrap();
+    let mut c = Cluster::single_with_agents(
+        &root,
+        &[("GANTRY_AGENT_LEASE_MS", "6000")],
+        &["left", "right"],
+    )
+    .expect("coordinator and agents");
     let cli = c.cli();
-    cli.wait_for_agents(2).unwrap();
-
     let out = tempfile::tempdir().unwrap();
     let file = compile_pipeline("sleeper", out.path()).unwrap();
-    let run_id = cli.submit(&file, &["seconds=8"]).unwrap();
-    let run = cli.wait_until(&run_id, Duration::from_secs(60), |r| {
-        task(r, "nap")["state"] == "RUNNING"
-    });
-    let victim = task(&run, "nap")["agent"].as_str().unwrap().to_string();
+    let (run_id, victim) = c
+        .kill_the_agent_running(&file, &["seconds=8"], "nap")
+        .unwrap();
     let survivor = if victim == "left" { "right" } else { "left" };
-    c.kill_agent(&victim);
 
     let run = cli.wait_finished(&run_id, Duration::from_secs(120));
     assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", c.logs_tail());

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_testkit::cluster::{Cluster, ClusterOpts};
+use gantry_testkit::cluster::Cluster;
 use gantry_testkit::*;
 use serde_json::Value;
 
@@ -27,15 +27,9 @@ fn run_ids(cli: &Cli) -> Vec<String> {
 fn finished_runs_are_removed_by_count_and_by_their_own_ttl() {
     let artifacts = tempfile::tempdir().unwrap();
     let root = format!("file://{}", artifacts.path().display());
-    let mut opts = ClusterOpts::new(1, &root);
-    opts.env
-        .push(("GANTRY_MAX_FINISHED_RUNS".to_string(), "3".to_string()));
-    let mut c = Cluster::start(opts).expect("coordinator");
-    c.wait_leader(&[1], Duration::from_secs(20))
-        .expect("leader");
-    c.start_agent("a1", &[]).unwrap();
+    let c = Cluster::single_with_agents(&root, &[("GANTRY_MAX_FINISHED_RUNS", "3")], &["a1"])
+        .expect("coordinator and agent");
     let cli = c.cli();
-    cli.wait_for_agents(1).unwrap();
     let out = tempfile::tempdir().unwrap();
     let one =
         compile_source_with(Path::new("tests/pipelines/chain.py"), out.path(), &["1"]).unwrap();
@@ -92,12 +86,12 @@ fn finished_runs_are_removed_by_count_and_by_their_own_ttl() {
     let slow_run = cli.get_run(&slow).unwrap();
     assert_eq!(slow_run["state"], "RUNNING", "{slow_run:#}");
     // The removal is committed: the leader logs each batch it proposed.
-    assert_eq!(
-        c.log_count(1, &["retention: runs removed"]),
-        2,
-        "{}",
-        c.log(1)
-    );
+    eventually(Duration::from_secs(5), || {
+        match c.log_count(1, &["retention: runs removed"]) {
+            2 => Ok(()),
+            n => Err(format!("{n} removals logged, not 2:\n{}", c.log(1))),
+        }
+    });
     let bad = cli.run(&[
         "run",
         "submit",
@@ -116,28 +110,21 @@ fn finished_runs_are_removed_by_count_and_by_their_own_ttl() {
 fn an_agent_lost_for_longer_than_the_policy_is_forgotten() {
     let artifacts = tempfile::tempdir().unwrap();
     let root = format!("file://{}", artifacts.path().display());
-    let mut opts = ClusterOpts::new(1, &root);
-    for (k, v) in [
-        ("GANTRY_AGENT_LEASE_MS", "6000"),
-        ("GANTRY_FORGET_LOST_AGENTS_AFTER", "3s"),
-    ] {
-        opts.env.push((k.to_string(), v.to_string()));
-    }
-    let mut c = Cluster::start(opts).expect("coordinator");
-    c.wait_leader(&[1], Duration::from_secs(20))
-        .expect("leader");
-    c.start_agent("left", &[]).unwrap();
-    c.start_agent("right", &[]).unwrap();
+    let mut c = Cluster::single_with_agents(
+        &root,
+        &[
+            ("GANTRY_AGENT_LEASE_MS", "6000"),
+            ("GANTRY_FORGET_LOST_AGENTS_AFTER", "3s"),
+        ],
+        &["left", "right"],
+    )
+    .expect("coordinator and agents");
     let cli = c.cli();
-    cli.wait_for_agents(2).unwrap();
     let out = tempfile::tempdir().unwrap();
     let file = compile_pipeline("sleeper", out.path()).unwrap();
-    let run_id = cli.submit(&file, &["seconds=8"]).unwrap();
-    let run = cli.wait_until(&run_id, Duration::from_secs(60), |r| {
-        task(r, "nap")["state"] == "RUNNING"
-    });
-    let victim = task(&run, "nap")["agent"].as_str().unwrap().to_string();
-    c.kill_agent(&victim);
+    let (run_id, victim) = c
+        .kill_the_agent_running(&file, &["seconds=8"], "nap")
+        .unwrap();
     let agents = |cli: &Cli| -> Vec<Value> {
         cli.run(&["agent", "list", "-o", "json"])
             .json()
