@@ -25,7 +25,8 @@ pub struct Args {
     /// peers (a table id = "host:port"), tick_ms, election_ticks, heartbeat_ticks,
     /// snapshot_entries, max_snapshot_bytes, cpu_placement, agent_lease_ms, tls_ca, tls_cert, tls_key, insecure,
     /// cluster, require_client_certs, propose_timeout_ms, max_pipeline_bytes,
-    /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_log_line_bytes,
+    /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_cel_bytes,
+    /// cel_evaluation_budget, max_log_line_bytes,
     /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step, retain_runs_for,
     /// max_finished_runs, forget_lost_agents_after.
     #[arg(long, env = "GANTRY_CONFIG")]
@@ -138,6 +139,15 @@ pub struct Args {
     /// The largest value of one run parameter, as JSON, in bytes. Default 262144 (256 KiB).
     #[arg(long, env = "GANTRY_MAX_PARAMETER_BYTES", value_name = "BYTES")]
     pub max_parameter_bytes: Option<usize>,
+    /// The longest CEL expression (a trigger condition or a parameter selector) a pipeline
+    /// may carry, in bytes. Default and most 16384.
+    #[arg(long, env = "GANTRY_MAX_CEL_BYTES", value_name = "BYTES")]
+    pub max_cel_bytes: Option<usize>,
+    /// The evaluation budget of each CEL expression of a run submitted here: units of one
+    /// node, or one byte copied, compared or parsed. A condition over it fails its task.
+    /// Default 16777216, between 1000 and 1073741824.
+    #[arg(long, env = "GANTRY_CEL_EVALUATION_BUDGET", value_name = "UNITS")]
+    pub cel_evaluation_budget: Option<u64>,
     /// The longest step log line kept whole; a longer one is cut and marked. Default 65536,
     /// between 80 and 1048576.
     #[arg(long, env = "GANTRY_MAX_LOG_LINE_BYTES", value_name = "BYTES")]
@@ -200,6 +210,8 @@ pub struct FileConfig {
     pub max_tasks_per_run: Option<u64>,
     pub max_json_depth: Option<usize>,
     pub max_parameter_bytes: Option<usize>,
+    pub max_cel_bytes: Option<usize>,
+    pub cel_evaluation_budget: Option<u64>,
     pub max_log_line_bytes: Option<usize>,
     pub max_log_lines_per_sec: Option<u32>,
     pub max_log_burst_lines: Option<u32>,
@@ -387,6 +399,14 @@ impl Args {
                 .max_parameter_bytes
                 .or(file.max_parameter_bytes)
                 .unwrap_or(defaults.max_parameter_bytes),
+            max_cel_bytes: self
+                .max_cel_bytes
+                .or(file.max_cel_bytes)
+                .unwrap_or(defaults.max_cel_bytes),
+            cel_evaluation_budget: self
+                .cel_evaluation_budget
+                .or(file.cel_evaluation_budget)
+                .unwrap_or(defaults.cel_evaluation_budget),
         };
         submit_limits.check().map_err(anyhow::Error::msg)?;
         let log_defaults = LogLimits::default();

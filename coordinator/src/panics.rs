@@ -5,8 +5,8 @@
 //! could go on answering (as leader, even) while part of it no longer works. So any panic ends
 //! the process with the same status as a fatal Raft error, and a supervisor (systemd with
 //! `Restart=on-failure`, say) restarts it from what is on disk, which a crash already has to be
-//! safe for. Panics that [`gantry_core::contained::contain`] turns into errors (the CEL
-//! parser's) are left to unwind to it.
+//! safe for. Nothing in the coordinator catches a panic: the CEL reader is total
+//! (`gantry_core::ir::cel`), so no input needs one turned into an error.
 
 /// The process's exit status after a panic or a fatal Raft error (EX_SOFTWARE).
 pub const EXIT_FATAL: i32 = 70;
@@ -15,10 +15,6 @@ pub const EXIT_FATAL: i32 = 70;
 pub fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if gantry_core::contained::is_contained() {
-            tracing::debug!(panic = %info, "a contained panic (turned into an error)");
-            return;
-        }
         default(info);
         tracing::error!(panic = %info, status = EXIT_FATAL,
             "a coordinator thread panicked; exiting so that the node restarts from its disk");

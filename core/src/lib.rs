@@ -9,7 +9,6 @@
 //! commands, so applying the same log always yields the same state.
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
-pub mod contained;
 pub mod engine;
 pub mod ir;
 pub mod scheduler;

@@ -12,6 +12,8 @@ use tonic::Code;
 
 /// A loop over `rows` around a loop over `cols` (2 + 2·rows + 2·rows·cols tasks).
 const GRID: &str = include_str!("../../core/src/engine/testdata/nested_loops.yaml");
+/// Trigger conditions (`dsl.If`), each longer than 40 bytes.
+const CONDITIONS: &str = include_str!("../../core/src/engine/testdata/conditions.yaml");
 
 #[test]
 fn runs_over_the_limits_are_refused_and_writes_without_a_majority_time_out() {
@@ -19,6 +21,7 @@ fn runs_over_the_limits_are_refused_and_writes_without_a_majority_time_out() {
     opts.env = vec![
         ("GANTRY_MAX_TASKS_PER_RUN".into(), "30".into()),
         ("GANTRY_MAX_JSON_DEPTH".into(), "4".into()),
+        ("GANTRY_MAX_CEL_BYTES".into(), "40".into()),
         ("GANTRY_PROPOSE_TIMEOUT_MS".into(), "2000".into()),
         // A leader steps down 5 to 10 s after it last heard from a majority (check-quorum),
         // so the leader left alone below still leads when its proposal times out.
@@ -65,6 +68,17 @@ fn runs_over_the_limits_are_refused_and_writes_without_a_majority_time_out() {
         r.stderr.contains(
             "parameter \"rows\" nests 5 levels deep, over the limit of 4 (--max-json-depth)"
         ),
+        "{}",
+        r.stderr
+    );
+    // A condition longer than 40 bytes.
+    let cond_file = dir.path().join("conditions.yaml");
+    std::fs::write(&cond_file, CONDITIONS).unwrap();
+    let r = cli.run(&["run", "submit", &cond_file.to_string_lossy(), "-o", "json"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("bytes of CEL, over the limit of 40 bytes (--max-cel-bytes)")
+            && r.stderr.contains("the condition of task"),
         "{}",
         r.stderr
     );

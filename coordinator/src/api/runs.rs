@@ -80,7 +80,7 @@ const MAX_RUN_TTL_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
 fn run_limits(
     pipeline: &gantry_core::ir::PipelineSpec,
     req: &pb::SubmitRunRequest,
-    max_tasks: u64,
+    bounds: &gantry_core::ir::bounds::SubmitLimits,
 ) -> Result<RunLimits, ApiError> {
     if req.timeout_ms < 0 {
         return Err(ApiError::NegativeTimeout);
@@ -98,8 +98,9 @@ fn run_limits(
     Ok(RunLimits {
         timeout_ms: (req.timeout_ms > 0).then_some(req.timeout_ms),
         task_timeout_ms,
-        max_tasks: Some(max_tasks),
+        max_tasks: Some(bounds.max_tasks_per_run),
         ttl_ms: (req.ttl_ms > 0).then_some(req.ttl_ms),
+        cel_budget: Some(bounds.cel_evaluation_budget),
     })
 }
 
@@ -152,7 +153,7 @@ impl RunService for Api {
         check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
         check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
         let caching = cache_policy(&pipeline, &req)?;
-        let limits = run_limits(&pipeline, &req, bounds.max_tasks_per_run)?;
+        let limits = run_limits(&pipeline, &req, &bounds)?;
         let given: BTreeMap<String, serde_json::Value> = req
             .parameters
             .into_iter()

@@ -126,7 +126,7 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
         }
     }
     if let Some(expr) = &spec.condition {
-        match condition::evaluate(expr, &rec.inputs.parameters) {
+        match condition::evaluate(expr, &rec.inputs.parameters, run.limits.cel_budget()) {
             Ok(true) => {}
             Ok(false) => {
                 finish(

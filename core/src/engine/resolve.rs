@@ -197,7 +197,7 @@ pub(crate) fn resolve_inputs(
             },
         };
         let value = match (value, &binding.selector) {
-            (Some(v), Some(sel)) => match selector::select(sel, &v) {
+            (Some(v), Some(sel)) => match selector::select(sel, &v, run.limits.cel_budget()) {
                 Ok(v) => Some(v),
                 Err(error) => {
                     return Resolution::Error(ResolveError::Selector {

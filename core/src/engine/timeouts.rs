@@ -27,6 +27,18 @@ pub struct RunLimits {
     /// coordinator's `--retain-runs-for`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<i64>,
+    /// The evaluation budget of each CEL condition and selector of the run (the coordinator's
+    /// `--cel-evaluation-budget` when it was submitted), recorded so that every replica stops
+    /// an expensive expression at the same point. `None`: [`crate::ir::cel::DEFAULT_BUDGET`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel_budget: Option<u64>,
+}
+
+impl RunLimits {
+    /// The CEL evaluation budget of the run.
+    pub fn cel_budget(&self) -> u64 {
+        self.cel_budget.unwrap_or(crate::ir::cel::DEFAULT_BUDGET)
+    }
 }
 
 /// `90000` → `1m30s`, for messages.

@@ -26,7 +26,17 @@ pub struct SubmitLimits {
     pub max_json_depth: usize,
     /// One parameter value, as JSON, in bytes.
     pub max_parameter_bytes: usize,
+    /// One CEL expression (a trigger condition or a parameter selector), in bytes.
+    pub max_cel_bytes: usize,
+    /// The evaluation budget each CEL expression of a run gets (recorded in the run).
+    pub cel_evaluation_budget: u64,
 }
+
+/// The smallest evaluation budget a configuration may set: what the SDK's own conditions
+/// need, with room.
+pub const MIN_CEL_BUDGET: u64 = 1_000;
+/// The largest: about a second of evaluation on every replica.
+pub const MAX_CEL_BUDGET: u64 = 1 << 30;
 
 /// The largest pipeline document any configuration accepts: what the parser reads at most.
 pub const PIPELINE_BYTES_CEILING: usize = super::parse::MAX_FILE_BYTES;
@@ -38,6 +48,8 @@ impl Default for SubmitLimits {
             max_tasks_per_run: 100_000,
             max_json_depth: 32,
             max_parameter_bytes: 256 << 10,
+            max_cel_bytes: super::cel::MAX_SOURCE_BYTES,
+            cel_evaluation_budget: super::cel::DEFAULT_BUDGET,
         }
     }
 }
@@ -66,6 +78,20 @@ impl SubmitLimits {
         }
         if self.max_parameter_bytes == 0 {
             return Err("--max-parameter-bytes must be at least 1".to_string());
+        }
+        let cel_ceiling = super::cel::MAX_SOURCE_BYTES;
+        if !(1..=cel_ceiling).contains(&self.max_cel_bytes) {
+            return Err(format!(
+                "--max-cel-bytes must be between 1 and {cel_ceiling}, not {}",
+                self.max_cel_bytes
+            ));
+        }
+        if !(MIN_CEL_BUDGET..=MAX_CEL_BUDGET).contains(&self.cel_evaluation_budget) {
+            return Err(format!(
+                "--cel-evaluation-budget must be between {MIN_CEL_BUDGET} and {MAX_CEL_BUDGET}, \
+                 not {}",
+                self.cel_evaluation_budget
+            ));
         }
         Ok(())
     }
@@ -102,6 +128,12 @@ pub enum BoundError {
     )]
     ParameterTooLarge {
         name: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("{what} is {bytes} bytes of CEL, over the limit of {limit} bytes (--max-cel-bytes)")]
+    CelTooLong {
+        what: String,
         bytes: usize,
         limit: usize,
     },
@@ -176,6 +208,7 @@ pub fn check_submission(
             });
         }
     }
+    check_cel_sizes(pipeline, limits.max_cel_bytes)?;
     let counter = Counter::new(pipeline, limits.max_tasks_per_run);
     let (inside, widths) = counter.dag(&pipeline.root, parameters, 0);
     // The root DAG is a task of its own.
@@ -186,6 +219,36 @@ pub fn check_submission(
             limit: limits.max_tasks_per_run,
             widths,
         });
+    }
+    Ok(())
+}
+
+/// Refuses a trigger condition or parameter selector longer than `limit` bytes.
+fn check_cel_sizes(pipeline: &PipelineSpec, limit: usize) -> Result<(), BoundError> {
+    for comp in std::iter::once(&pipeline.root).chain(pipeline.components.values()) {
+        let Implementation::Dag(dag) = &comp.implementation else {
+            continue;
+        };
+        for task in dag.tasks.values() {
+            let selectors = task.parameters.iter().filter_map(|(input, b)| {
+                b.selector
+                    .as_deref()
+                    .map(|s| (format!("the selector of input {input:?}"), s))
+            });
+            let condition = task
+                .condition
+                .as_deref()
+                .map(|c| ("the condition".to_string(), c));
+            for (what, expr) in condition.into_iter().chain(selectors) {
+                if expr.len() > limit {
+                    return Err(BoundError::CelTooLong {
+                        what: format!("{what} of task {:?} in {}", task.name, comp.name),
+                        bytes: expr.len(),
+                        limit,
+                    });
+                }
+            }
+        }
     }
     Ok(())
 }

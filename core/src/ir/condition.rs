@@ -14,114 +14,63 @@
 //! passes every number as a protobuf `Value`, i.e. as a `double`, which is why the SDK wraps
 //! numeric operands in `int(...)` / `double(...)`; those casts accept both kinds here. Comparing
 //! an `int` with a `double` directly (`inputs.parameter_values['x'] == 3` with `x` = 3.0) also
-//! works: `cel-interpreter` 0.10 compares mixed numbers by value (heterogeneous equality and
-//! ordering, as cel-go with its default options), so `3.0 == 3` is true and `2.5 < 3` is true.
-//! Arithmetic that mixes `int` and `double` without a cast (`x + 1.5` with `x` an int) is refused
-//! by CEL as it is by the KFP backend; the SDK never writes it.
+//! works: mixed numbers compare by value (heterogeneous equality and ordering, as cel-go with
+//! its default options), so `3.0 == 3` is true and `2.5 < 3` is true. Arithmetic that mixes
+//! `int` and `double` without a cast (`x + 1.5` with `x` an int) is refused by CEL as it is by
+//! the KFP backend; the SDK never writes it.
+//!
+//! The expression is read and evaluated by [`super::cel`], which is total and bounded: this
+//! runs while a committed entry is applied, on every replica.
 
-use crate::contained::contain;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use cel_interpreter::objects::{Key, Map};
-use cel_interpreter::{Context, Program, Value as Cel};
 use serde_json::Value;
 
-use super::selector::SelectorError;
+use super::cel::{self, Program, SyntaxError};
 
 /// The name of the one variable a condition may use.
 pub const VARIABLE: &str = "inputs";
 
-/// Named functions and macros a condition may call (those of `cel-interpreter`'s default
-/// context, a superset of what the KFP SDK writes).
+/// Functions and methods a condition may call.
 const FUNCTIONS: &[&str] = &[
-    "contains",
-    "size",
-    "max",
-    "min",
-    "startsWith",
-    "endsWith",
-    "string",
-    "bytes",
-    "double",
     "int",
     "uint",
-    "matches",
-    "duration",
-    "timestamp",
-    "has",
-    "all",
-    "exists",
-    "exists_one",
-    "map",
-    "filter",
-    "getFullYear",
-    "getMonth",
-    "getDayOfYear",
-    "getDayOfMonth",
-    "getDate",
-    "getDayOfWeek",
-    "getHours",
-    "getMinutes",
-    "getSeconds",
-    "getMilliseconds",
+    "double",
+    "string",
+    "bool",
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
 ];
-
-pub(crate) const PARSER_GAVE_UP: &str = "not a valid CEL expression (the parser could not read it)";
-
-/// An expression whose shape the CEL parser could not survive (see [`check_shape`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ShapeError {
-    #[error("the expression is too long ({0} bytes, at most {MAX_LENGTH})")]
-    TooLong(usize),
-    #[error("the expression nests brackets more than {MAX_DEPTH} levels deep")]
-    TooDeep,
-    #[error("the expression chains more than {MAX_CHAIN} operators without && or ||")]
-    ChainTooLong,
-}
 
 /// Why a condition does not compile or cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionError {
     #[error("the condition is empty")]
     Empty,
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-    /// The parser panicked (it does on some malformed input) and the panic was caught.
-    #[error("{PARSER_GAVE_UP}")]
-    ParserGaveUp,
-    /// The parser's own message, on one line.
     #[error("not a valid CEL expression: {0}")]
-    Syntax(String),
+    Syntax(#[from] SyntaxError),
     #[error("unknown variable {0:?}: a condition can only read {VARIABLE}.parameter_values")]
     UnknownVariable(String),
-    #[error("unknown function {0:?}")]
+    #[error("unknown function {0:?} (a condition may call {list})", list = FUNCTIONS.join(", "))]
     UnknownFunction(String),
     /// `known` lists the parameters that have values (shortened).
     #[error("the condition reads parameter {name:?}, which has no value (known: {known})")]
     MissingParameter { name: String, known: String },
-    #[error("the CEL interpreter failed (panicked) on this condition")]
-    Panicked,
-    /// The interpreter's own message (a type error, a division by zero...).
+    /// An evaluation error: a type error, a division by zero, the budget spent...
     #[error("{0}")]
-    Evaluation(String),
+    Evaluation(#[from] cel::EvalError),
     /// What it yields instead (`the int 3`).
     #[error("the condition yields {0}, not a boolean")]
     NotBoolean(String),
 }
 
 /// A compiled condition.
+#[derive(Debug)]
 pub struct Condition {
     source: String,
     program: Program,
-}
-
-impl std::fmt::Debug for Condition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Condition")
-            .field("source", &self.source)
-            .finish()
-    }
 }
 
 impl Condition {
@@ -136,15 +85,16 @@ impl Condition {
         parameter_keys(&self.source)
     }
 
-    /// Evaluates the condition with `parameter_values` as `inputs.parameter_values`. The result
-    /// must be a boolean.
+    /// Evaluates the condition with `parameter_values` as `inputs.parameter_values`, within
+    /// `budget` units ([`cel::DEFAULT_BUDGET`] unless the run says otherwise). The result must
+    /// be a boolean.
     ///
-    /// Reading a parameter that is not in `parameter_values` is an error (CEL's "no such key"),
-    /// not a null: `cel-interpreter` would quietly yield null, and a condition on a value that
-    /// never arrived must not silently be false.
+    /// Reading a parameter that is not in `parameter_values` is an error that names it: a
+    /// condition on a value that never arrived must not silently be false.
     pub fn evaluate(
         &self,
         parameter_values: &BTreeMap<String, Value>,
+        budget: u64,
     ) -> Result<bool, ConditionError> {
         if let Some(k) = self
             .parameter_keys()
@@ -156,163 +106,40 @@ impl Condition {
                 known: super::error::list_names(parameter_values.keys().map(String::as_str)),
             });
         }
-        // The CEL map type is a hash map; it is only looked up here, never iterated.
-        let values = Cel::Map(Map {
-            map: Arc::new(
-                parameter_values
-                    .iter()
-                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
-                    .collect(),
-            ),
-        });
-        let inputs = Map {
-            map: Arc::new(
-                [(
-                    Key::String(Arc::new("parameter_values".to_string())),
-                    values,
-                )]
-                .into_iter()
+        let values = cel::Value::Map(std::sync::Arc::new(
+            parameter_values
+                .iter()
+                .map(|(k, v)| (k.clone(), cel::Value::from_json(v)))
                 .collect(),
-            ),
-        };
-        let mut context = Context::default();
-        context.add_variable_from_value(VARIABLE, Cel::Map(inputs));
-        let result = contain(|| self.program.execute(&context))
-            .map_err(|_| ConditionError::Panicked)?
-            .map_err(|e| ConditionError::Evaluation(e.to_string()))?;
-        match result {
-            Cel::Bool(b) => Ok(b),
-            other => Err(ConditionError::NotBoolean(describe(&other))),
+        ));
+        let inputs = cel::Value::Map(std::sync::Arc::new(BTreeMap::from([(
+            "parameter_values".to_string(),
+            values,
+        )])));
+        let variables = BTreeMap::from([(VARIABLE, inputs)]);
+        match self.program.evaluate(&variables, budget)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(ConditionError::NotBoolean(other.describe())),
         }
     }
-}
-
-/// Longest expression accepted, in bytes. The SDK's longest (a `dsl.Elif` chain negating every
-/// earlier branch) stay far below.
-pub const MAX_LENGTH: usize = 16 * 1024;
-/// Deepest nesting of `(`, `[` and `{` accepted. The SDK writes at most 5
-/// (`!(double(int(inputs.parameter_values['x'])) == 3.0)`).
-pub const MAX_DEPTH: usize = 8;
-/// Most operators (`+ == < in . [`...) accepted in one run not broken by `&&`, `||`, `?`, `:`
-/// or `,` at the same nesting level.
-pub const MAX_CHAIN: usize = 24;
-
-/// Refuses expressions whose shape would make the CEL parser (ANTLR-generated, recursive)
-/// exhaust the stack or run for exponential time: nested calls take time doubling with each
-/// level (24 levels of `int(...)` take seconds), and about 14 nested parentheses overflow a
-/// 2 MiB thread stack in a debug build (about 280 in release). A stack overflow aborts the
-/// process and cannot be caught, so these limits are checked before the parser runs.
-pub(crate) fn check_shape(expr: &str) -> Result<(), ShapeError> {
-    if expr.len() > MAX_LENGTH {
-        return Err(ShapeError::TooLong(expr.len()));
-    }
-    let chars: Vec<char> = expr.chars().collect();
-    // One operator counter per open nesting level.
-    let mut chains: Vec<usize> = vec![0];
-    let bump = |chains: &mut Vec<usize>| -> Result<(), ShapeError> {
-        if let Some(c) = chains.last_mut() {
-            *c += 1;
-            if *c > MAX_CHAIN {
-                return Err(ShapeError::ChainTooLong);
-            }
-        }
-        Ok(())
-    };
-    let is_word = |c: Option<&char>| c.is_some_and(|c| c.is_alphanumeric() || *c == '_');
-    let mut i = 0;
-    while let Some(&c) = chars.get(i) {
-        let next = chars.get(i + 1).copied();
-        let prev = i.checked_sub(1).and_then(|p| chars.get(p));
-        match c {
-            '\'' | '"' => {
-                let raw = matches!(prev, Some('r' | 'R'));
-                let triple = next == Some(c) && chars.get(i + 2) == Some(&c);
-                i += if triple { 3 } else { 1 };
-                // Skip to the closing quote(s); an unterminated string is the parser's to report.
-                loop {
-                    match chars.get(i) {
-                        None => return Ok(()),
-                        Some('\\') if !raw => i += 2,
-                        Some(&q) if q == c => {
-                            if !triple {
-                                break;
-                            }
-                            if chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c) {
-                                i += 2;
-                                break;
-                            }
-                            i += 1;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
-            '(' | '[' | '{' => {
-                if c == '[' {
-                    bump(&mut chains)?;
-                }
-                chains.push(0);
-                if chains.len() > MAX_DEPTH + 1 {
-                    return Err(ShapeError::TooDeep);
-                }
-            }
-            ')' | ']' | '}' if chains.len() > 1 => {
-                chains.pop();
-            }
-            '&' | '|' | '?' | ':' | ',' => {
-                if let Some(last) = chains.last_mut() {
-                    *last = 0;
-                }
-            }
-            '=' | '!' | '<' | '>' if next == Some('=') => {
-                bump(&mut chains)?;
-                i += 1;
-            }
-            '+' | '-' | '*' | '/' | '%' | '<' | '>' => bump(&mut chains)?,
-            '.' => {
-                let in_number = prev.is_some_and(char::is_ascii_digit)
-                    && next.is_some_and(|n| n.is_ascii_digit());
-                if !in_number {
-                    bump(&mut chains)?;
-                }
-            }
-            'i' if next == Some('n') && !is_word(prev) && !is_word(chars.get(i + 2)) => {
-                bump(&mut chains)?;
-                i += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Ok(())
 }
 
 /// Parses a condition and checks that it reads nothing but `inputs` and calls only known
-/// functions. The error says why, with the parser's position.
+/// functions. The error says why, with the column.
 pub fn compile(expr: &str) -> Result<Condition, ConditionError> {
     if expr.trim().is_empty() {
         return Err(ConditionError::Empty);
     }
-    check_shape(expr)?;
-    // The ANTLR-generated parser panics on some malformed input (`a ==`) instead of
-    // returning an error; the panic is caught here. (This needs `panic = "unwind"`, the
-    // default: a profile with `panic = "abort"` would let a bad condition stop the process.)
-    let program = contain(|| Program::compile(expr))
-        .map_err(|_| ConditionError::ParserGaveUp)?
-        .map_err(|e| ConditionError::Syntax(one_line(&e.to_string())))?;
-    let references = program.references();
-    let mut variables = references.variables();
-    variables.sort_unstable();
-    if let Some(v) = variables.iter().find(|v| **v != VARIABLE) {
-        return Err(ConditionError::UnknownVariable(v.to_string()));
+    let program = Program::compile(expr)?;
+    if let Some(v) = program.variables().into_iter().find(|v| v != VARIABLE) {
+        return Err(ConditionError::UnknownVariable(v));
     }
-    let mut functions = references.functions();
-    functions.sort_unstable();
-    if let Some(f) = functions
-        .iter()
-        .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
+    if let Some(f) = program
+        .functions()
+        .into_iter()
+        .find(|f| !FUNCTIONS.contains(&f.as_str()))
     {
-        return Err(ConditionError::UnknownFunction(f.to_string()));
+        return Err(ConditionError::UnknownFunction(f));
     }
     Ok(Condition {
         source: expr.to_string(),
@@ -324,21 +151,9 @@ pub fn compile(expr: &str) -> Result<Condition, ConditionError> {
 pub fn evaluate(
     expr: &str,
     parameter_values: &BTreeMap<String, Value>,
+    budget: u64,
 ) -> Result<bool, ConditionError> {
-    compile(expr)?.evaluate(parameter_values)
-}
-
-/// Checks that a `parameterExpressionSelector` (`parseJson(string_value)["A_a"]`) is a CEL
-/// expression; it is evaluated elsewhere, with its own variables and functions.
-pub fn check_selector_syntax(expr: &str) -> Result<(), SelectorError> {
-    if expr.trim().is_empty() {
-        return Err(SelectorError::Empty);
-    }
-    check_shape(expr)?;
-    contain(|| Program::compile(expr))
-        .map_err(|_| SelectorError::ParserGaveUp)?
-        .map(|_| ())
-        .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))
+    compile(expr)?.evaluate(parameter_values, budget)
 }
 
 /// The keys of `parameter_values['KEY']` (or `"KEY"`) in `expr`.
@@ -367,50 +182,14 @@ pub fn parameter_keys(expr: &str) -> Vec<String> {
     keys
 }
 
-pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-pub(crate) fn to_cel(v: &Value) -> Cel {
-    match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Cel::Int(i)
-            } else if let Some(u) = n.as_u64() {
-                Cel::UInt(u)
-            } else {
-                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Cel::String(Arc::new(s.clone())),
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
-        Value::Object(fields) => {
-            let map = fields
-                .iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
-                .collect();
-            Cel::Map(Map { map: Arc::new(map) })
-        }
-    }
-}
-
-fn describe(v: &Cel) -> String {
-    match v {
-        Cel::Int(i) => format!("the int {i}"),
-        Cel::UInt(u) => format!("the uint {u}"),
-        Cel::Float(f) => format!("the double {f}"),
-        Cel::String(s) => format!("the string {:?}", s.as_str()),
-        Cel::Null => "null".to_string(),
-        other => format!("a {}", other.type_of()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn evaluate(expr: &str, v: &BTreeMap<String, Value>) -> Result<bool, ConditionError> {
+        super::evaluate(expr, v, cel::DEFAULT_BUDGET)
+    }
 
     fn values(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
         pairs
@@ -519,6 +298,10 @@ mod tests {
             .to_string()
             .contains("unknown function \"frobnicate\""));
         assert!(compile("size(inputs.parameter_values['x']) > 0").is_ok());
+        assert!(compile("inputs.parameter_values['x'].matches('a+')")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown function \"matches\""));
     }
 
     #[test]
@@ -554,27 +337,17 @@ mod tests {
     }
 
     #[test]
-    fn shapes_that_would_overflow_the_parser_are_refused() {
+    fn hostile_shapes_are_refused_with_the_limit_named() {
         let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
         assert!(compile(&deep)
             .unwrap_err()
             .to_string()
-            .contains("more than 8 levels"));
-        let calls = format!("{}1{} > 0", "int(".repeat(30), ")".repeat(30));
+            .contains("nests more than 32 levels"));
+        let calls = format!("{}1{} > 0", "int(".repeat(40), ")".repeat(40));
         assert!(compile(&calls)
             .unwrap_err()
             .to_string()
-            .contains("more than 8 levels"));
-        let chain = vec!["1"; 100].join(" + ") + " > 0";
-        assert!(compile(&chain)
-            .unwrap_err()
-            .to_string()
-            .contains("chains more than 24"));
-        let members = format!("inputs{} == 1", ".a".repeat(100));
-        assert!(compile(&members)
-            .unwrap_err()
-            .to_string()
-            .contains("chains more than 24"));
+            .contains("nests more than 32 levels"));
         let long = vec!["true"; 5000].join(" && ");
         assert!(compile(&long).unwrap_err().to_string().contains("too long"));
         // Brackets and operators inside strings do not count.
@@ -582,18 +355,29 @@ mod tests {
             "inputs.parameter_values['{}'] == '(((((((((((+.+.+'",
             "[".repeat(40)
         );
-        assert!(check_shape(&quoted).is_ok());
-        let triple = r#"inputs.parameter_values['x'] == '''((((((((((((a'b'''"#;
-        assert!(check_shape(triple).is_ok());
-        let escaped = r#"inputs.parameter_values['x'] == 'it\'s ((((((((((((('"#;
-        assert!(check_shape(escaped).is_ok());
-        // A long dsl.Elif chain, as the SDK writes it, is fine.
+        assert!(compile(&quoted).is_ok());
+        // A long dsl.Elif chain, as the SDK writes it, is fine, and evaluates.
         let elif = (0..60)
             .map(|i| format!("!(int(inputs.parameter_values['pipelinechannel--n']) == {i})"))
             .collect::<Vec<_>>()
             .join(" && ");
-        assert!(compile(&elif).is_ok(), "{elif}");
-        assert!(check_selector_syntax(&deep).is_err());
+        let v = values(&[("pipelinechannel--n", json!(61))]);
+        assert!(evaluate(&elif, &v).unwrap(), "{elif}");
+        let v = values(&[("pipelinechannel--n", json!(59))]);
+        assert!(!evaluate(&elif, &v).unwrap());
+    }
+
+    #[test]
+    fn a_condition_over_its_budget_fails_the_same_way_everywhere() {
+        let expr = "size(inputs.parameter_values['s'] + inputs.parameter_values['s']) > 0";
+        let v = values(&[("s", json!("x".repeat(1000)))]);
+        let e = super::evaluate(expr, &v, 1500).unwrap_err();
+        assert_eq!(
+            e,
+            ConditionError::Evaluation(cel::EvalError::BudgetExhausted(1500))
+        );
+        assert!(e.to_string().contains("evaluation budget of 1500"), "{e}");
+        assert_eq!(super::evaluate(expr, &v, 10_000), Ok(true));
     }
 
     #[test]
@@ -606,11 +390,5 @@ mod tests {
             c.parameter_keys(),
             vec!["pipelinechannel--a".to_string(), "b".to_string()]
         );
-    }
-
-    #[test]
-    fn selectors_are_checked_for_syntax_only() {
-        assert!(check_selector_syntax("parseJson(string_value)[\"A_a\"]").is_ok());
-        assert!(check_selector_syntax("parseJson(").is_err());
     }
 }

@@ -11,6 +11,7 @@
 //! Errors are [`IrError`]s naming their path in the document.
 
 pub mod bounds;
+pub mod cel;
 pub mod condition;
 mod error;
 pub mod model;

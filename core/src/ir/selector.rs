@@ -9,13 +9,11 @@
 //! `string_value` is the input's value as text (a string as it is, anything else as JSON) and
 //! `parseJson` reads JSON text, as in the KFP backend.
 
-use crate::contained::contain;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use cel_interpreter::{Context, ExecutionError, Program, Value as Cel};
 use serde_json::Value;
 
-use super::condition::{check_shape, one_line, to_cel, ShapeError, PARSER_GAVE_UP};
+use super::cel::{self, EvalError, Program, SyntaxError};
 
 /// The one variable a selector reads.
 pub const VARIABLE: &str = "string_value";
@@ -26,44 +24,26 @@ const FUNCTIONS: &[&str] = &["parseJson", "int", "double", "string", "size"];
 pub enum SelectorError {
     #[error("the selector is empty")]
     Empty,
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-    /// The parser panicked (it does on some malformed input) and the panic was caught.
-    #[error("{PARSER_GAVE_UP}")]
-    ParserGaveUp,
-    /// The parser's own message, on one line.
     #[error("not a valid CEL expression: {0}")]
-    Syntax(String),
+    Syntax(#[from] SyntaxError),
     #[error("unknown variable {0:?}: a selector can only read {VARIABLE}")]
     UnknownVariable(String),
-    #[error("unknown function {0:?} in a selector")]
+    #[error("unknown function {0:?} in a selector (it may call {list})", list = FUNCTIONS.join(", "))]
     UnknownFunction(String),
-    #[error("the CEL interpreter failed (panicked) on this selector")]
-    Panicked,
-    /// The interpreter's own message (`parseJson` failing on text that is not JSON...).
-    #[error("selector {selector:?}: {message}")]
-    Evaluation { selector: String, message: String },
-    /// CEL's null for a missing key: the KFP backend fails there, so this does too.
+    /// An evaluation error (`parseJson` failing on text that is not JSON, the budget spent...).
+    #[error("selector {selector:?}: {error}")]
+    Evaluation { selector: String, error: EvalError },
+    /// A missing key (or a null): the KFP backend fails there, so this does too.
     #[error("selector {selector:?} selects nothing in {value}")]
     SelectsNothing { selector: String, value: Value },
     #[error("the selector yields {0}, which JSON cannot hold")]
     NotFinite(f64),
-    /// A CEL value with no JSON form (its CEL type).
-    #[error("the selector yields a {0}")]
-    NotJson(String),
 }
 
+#[derive(Debug)]
 pub struct Selector {
     source: String,
     program: Program,
-}
-
-impl std::fmt::Debug for Selector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Selector")
-            .field("source", &self.source)
-            .finish()
-    }
 }
 
 /// Parses a selector and checks that it reads only `string_value` and calls known functions.
@@ -71,52 +51,20 @@ pub fn compile(expr: &str) -> Result<Selector, SelectorError> {
     if expr.trim().is_empty() {
         return Err(SelectorError::Empty);
     }
-    check_shape(expr)?;
-    let program = contain(|| Program::compile(expr))
-        .map_err(|_| SelectorError::ParserGaveUp)?
-        .map_err(|e| SelectorError::Syntax(one_line(&e.to_string())))?;
-    let refs = program.references();
-    if let Some(v) = refs.variables().into_iter().find(|v| *v != VARIABLE) {
-        return Err(SelectorError::UnknownVariable(v.to_string()));
+    let program = Program::compile(expr)?;
+    if let Some(v) = program.variables().into_iter().find(|v| v != VARIABLE) {
+        return Err(SelectorError::UnknownVariable(v));
     }
-    if let Some(f) = refs
+    if let Some(f) = program
         .functions()
         .into_iter()
-        .find(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()) && !FUNCTIONS.contains(f))
+        .find(|f| !FUNCTIONS.contains(&f.as_str()))
     {
-        return Err(SelectorError::UnknownFunction(f.to_string()));
+        return Err(SelectorError::UnknownFunction(f));
     }
     Ok(Selector {
         source: expr.to_string(),
         program,
-    })
-}
-
-fn parse_json(text: Arc<String>) -> Result<Cel, ExecutionError> {
-    serde_json::from_str::<Value>(&text)
-        .map(|v| to_cel(&v))
-        .map_err(|e| ExecutionError::function_error("parseJson", e))
-}
-
-fn to_json(v: &Cel) -> Result<Value, SelectorError> {
-    Ok(match v {
-        Cel::Null => Value::Null,
-        Cel::Bool(b) => Value::Bool(*b),
-        Cel::Int(i) => Value::from(*i),
-        Cel::UInt(u) => Value::from(*u),
-        Cel::Float(f) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .ok_or(SelectorError::NotFinite(*f))?,
-        Cel::String(s) => Value::String(s.to_string()),
-        Cel::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
-        Cel::Map(m) => {
-            let mut obj = serde_json::Map::new();
-            for (k, v) in m.map.iter() {
-                obj.insert(k.to_string(), to_json(v)?);
-            }
-            Value::Object(obj)
-        }
-        other => return Err(SelectorError::NotJson(other.type_of().to_string())),
     })
 }
 
@@ -125,35 +73,37 @@ impl Selector {
         &self.source
     }
 
-    /// The selected part of `value`.
-    pub fn apply(&self, value: &Value) -> Result<Value, SelectorError> {
+    /// The selected part of `value`, within `budget` units.
+    pub fn apply(&self, value: &Value, budget: u64) -> Result<Value, SelectorError> {
         let text = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let mut context = Context::default();
-        context.add_variable_from_value(VARIABLE, Cel::String(Arc::new(text)));
-        context.add_function("parseJson", parse_json);
-        let result = contain(|| self.program.execute(&context))
-            .map_err(|_| SelectorError::Panicked)?
-            .map_err(|e| SelectorError::Evaluation {
-                selector: self.source.clone(),
-                message: e.to_string(),
-            })?;
-        // cel-interpreter yields null for a missing map key; the KFP backend fails instead.
-        if matches!(result, Cel::Null) {
-            return Err(SelectorError::SelectsNothing {
-                selector: self.source.clone(),
-                value: value.clone(),
-            });
+        let variables = BTreeMap::from([(VARIABLE, cel::Value::String(text.into()))]);
+        let nothing = || SelectorError::SelectsNothing {
+            selector: self.source.clone(),
+            value: value.clone(),
+        };
+        let result = match self.program.evaluate(&variables, budget) {
+            Ok(v) => v,
+            Err(EvalError::NoSuchKey(_)) => return Err(nothing()),
+            Err(error) => {
+                return Err(SelectorError::Evaluation {
+                    selector: self.source.clone(),
+                    error,
+                })
+            }
+        };
+        if result == cel::Value::Null {
+            return Err(nothing());
         }
-        to_json(&result)
+        result.to_json().map_err(SelectorError::NotFinite)
     }
 }
 
 /// Compiles and applies `expr` to `value`.
-pub fn select(expr: &str, value: &Value) -> Result<Value, SelectorError> {
-    compile(expr)?.apply(value)
+pub fn select(expr: &str, value: &Value, budget: u64) -> Result<Value, SelectorError> {
+    compile(expr)?.apply(value, budget)
 }
 
 #[cfg(test)]
@@ -161,25 +111,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const B: u64 = cel::DEFAULT_BUDGET;
+
     #[test]
     fn picks_fields_of_a_struct_item_whatever_its_encoding() {
         let item = json!({"a": 1, "b": "x", "c": {"d": [1.5, true]}});
         assert_eq!(
-            select(r#"parseJson(string_value)["a"]"#, &item).unwrap(),
+            select(r#"parseJson(string_value)["a"]"#, &item, B).unwrap(),
             json!(1)
         );
         assert_eq!(
-            select(r#"parseJson(string_value)["b"]"#, &item).unwrap(),
+            select(r#"parseJson(string_value)["b"]"#, &item, B).unwrap(),
             json!("x")
         );
         assert_eq!(
-            select(r#"parseJson(string_value)["c"]"#, &item).unwrap(),
+            select(r#"parseJson(string_value)["c"]"#, &item, B).unwrap(),
             json!({"d": [1.5, true]})
         );
         // The same item as JSON text (a STRING output of an upstream task).
         let text = json!(item.to_string());
         assert_eq!(
-            select(r#"parseJson(string_value)["b"]"#, &text).unwrap(),
+            select(r#"parseJson(string_value)["b"]"#, &text, B).unwrap(),
             json!("x")
         );
     }
@@ -196,9 +148,10 @@ mod tests {
             .to_string()
             .contains("unknown function"));
         assert!(compile("parseJson(string_value)[").is_err());
-        let missing = select(r#"parseJson(string_value)["zz"]"#, &json!({"a": 1})).unwrap_err();
+        let missing = select(r#"parseJson(string_value)["zz"]"#, &json!({"a": 1}), B).unwrap_err();
         assert!(missing.to_string().contains("selects nothing"), "{missing}");
-        let not_json = select(r#"parseJson(string_value)["a"]"#, &json!("not json")).unwrap_err();
+        let not_json =
+            select(r#"parseJson(string_value)["a"]"#, &json!("not json"), B).unwrap_err();
         assert!(not_json.to_string().contains("parseJson"), "{not_json}");
     }
 }

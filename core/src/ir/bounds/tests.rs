@@ -7,6 +7,7 @@ use crate::ir::parse_pipeline;
 
 const GRID: &str = include_str!("../../engine/testdata/nested_loops.yaml");
 const LOOPS: &str = include_str!("../../engine/testdata/loops.yaml");
+const CONDITIONS: &str = include_str!("../../engine/testdata/conditions.yaml");
 
 fn params(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
     pairs
@@ -150,6 +151,22 @@ fn the_document_size_and_the_settings_are_checked() {
             max_parameter_bytes: 0,
             ..SubmitLimits::default()
         },
+        SubmitLimits {
+            max_cel_bytes: 0,
+            ..SubmitLimits::default()
+        },
+        SubmitLimits {
+            max_cel_bytes: crate::ir::cel::MAX_SOURCE_BYTES + 1,
+            ..SubmitLimits::default()
+        },
+        SubmitLimits {
+            cel_evaluation_budget: MIN_CEL_BUDGET - 1,
+            ..SubmitLimits::default()
+        },
+        SubmitLimits {
+            cel_evaluation_budget: MAX_CEL_BUDGET + 1,
+            ..SubmitLimits::default()
+        },
     ] {
         assert!(bad.check().is_err(), "{bad:?}");
     }
@@ -166,4 +183,47 @@ fn one_iteration_counts_its_dag_task_and_its_body() {
         1 + 1 + 5 * 2
     );
     assert_eq!(iteration_task_count(&p, "comp-missing", &inputs, 1000), 1);
+}
+
+#[test]
+fn long_conditions_and_selectors_are_refused_naming_the_task() {
+    let p = parse_pipeline(CONDITIONS).unwrap();
+    let longest = |p: &crate::ir::PipelineSpec| {
+        std::iter::once(&p.root)
+            .chain(p.components.values())
+            .filter_map(|c| match &c.implementation {
+                Implementation::Dag(d) => Some(d),
+                _ => None,
+            })
+            .flat_map(|d| d.tasks.values())
+            .flat_map(|t| {
+                t.condition
+                    .iter()
+                    .chain(t.parameters.values().filter_map(|b| b.selector.as_ref()))
+                    .map(String::len)
+                    .collect::<Vec<_>>()
+            })
+            .max()
+            .unwrap()
+    };
+    let n = longest(&p);
+    let at = |max_cel_bytes| SubmitLimits {
+        max_cel_bytes,
+        ..SubmitLimits::default()
+    };
+    assert_eq!(check_submission(&p, &BTreeMap::new(), &at(n)), Ok(()));
+    let e = check_submission(&p, &BTreeMap::new(), &at(n - 1)).unwrap_err();
+    assert!(
+        matches!(&e, BoundError::CelTooLong { bytes, limit, .. } if *bytes == n && *limit == n - 1),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("the condition of task") && text.ends_with("(--max-cel-bytes)"),
+        "{text}"
+    );
+    // Selectors count too.
+    let p = parse_pipeline(LOOPS).unwrap();
+    let n = longest(&p);
+    assert!(check_submission(&p, &BTreeMap::new(), &at(n - 1)).is_err());
 }

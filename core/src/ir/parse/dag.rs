@@ -7,7 +7,6 @@ use gantry_model::ParamType;
 use serde_json::Value;
 
 use super::walk::{artifact_schema, legacy_value, list_of_objs, Obj};
-use crate::ir::condition;
 use crate::ir::error::{kind_of, IrError};
 use crate::ir::model::{
     ArtifactDef, ArtifactSource, ComponentSpec, DagOutputParameter, DagSpec, Implementation,
@@ -475,8 +474,12 @@ fn parse_parameter_binding(v: &Value, path: String) -> Result<ParameterBinding, 
         .text("parameterExpressionSelector")?
         .filter(|s| !s.trim().is_empty());
     if let Some(s) = &selector {
-        condition::check_selector_syntax(s)
-            .map_err(|e| IrError::new(b.at("parameterExpressionSelector"), e.to_string()))?;
+        crate::ir::cel::Program::compile(s).map_err(|e| {
+            IrError::new(
+                b.at("parameterExpressionSelector"),
+                format!("not a valid CEL expression: {e}"),
+            )
+        })?;
     }
     Ok(ParameterBinding { source, selector })
 }
