@@ -269,6 +269,9 @@ async fn cluster(
         );
         println!("runs:      {} ({} active)", s.runs, s.active_runs);
         println!("agents:    {}", s.agents);
+        if !s.disk_full.is_empty() {
+            println!("DISK FULL: {}", s.disk_full);
+        }
         println!();
         output::table(
             &["MEMBER", "ROLE", "ADDRESS", "MATCHED", "STORE"],

@@ -107,6 +107,7 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
         "runs": s.runs,
         "active_runs": s.active_runs,
         "agents": s.agents,
+        "disk_full": (!s.disk_full.is_empty()).then_some(&s.disk_full),
     })
 }
 

@@ -27,7 +27,8 @@ pub struct Args {
     /// cluster, require_client_certs, propose_timeout_ms, max_pipeline_bytes,
     /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_cel_bytes,
     /// cel_evaluation_budget, max_log_line_bytes,
-    /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step, retain_runs_for,
+    /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step,
+    /// max_log_bytes_per_run, max_step_log_bytes, retain_runs_for,
     /// max_finished_runs, forget_lost_agents_after.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -163,6 +164,14 @@ pub struct Args {
     /// Default 67108864 (64 MiB).
     #[arg(long, env = "GANTRY_MAX_LOG_BYTES_PER_STEP", value_name = "BYTES")]
     pub max_log_bytes_per_step: Option<u64>,
+    /// Bytes of log kept per run, all its steps together; then one marker line and nothing
+    /// more. Default 1073741824 (1 GiB).
+    #[arg(long, env = "GANTRY_MAX_LOG_BYTES_PER_RUN", value_name = "BYTES")]
+    pub max_log_bytes_per_run: Option<u64>,
+    /// Bytes of step logs this node keeps in all; over it, the logs of the runs that began
+    /// first are dropped whole. Default 8589934592 (8 GiB).
+    #[arg(long, env = "GANTRY_MAX_STEP_LOG_BYTES", value_name = "BYTES")]
+    pub max_step_log_bytes: Option<u64>,
     /// Remove a finished run (its record, step logs and the cache entries it made) this long
     /// after it finished, e.g. 30d or 12h; a run's own `gantry run submit --ttl` wins.
     /// Default: finished runs are kept.
@@ -216,6 +225,8 @@ pub struct FileConfig {
     pub max_log_lines_per_sec: Option<u32>,
     pub max_log_burst_lines: Option<u32>,
     pub max_log_bytes_per_step: Option<u64>,
+    pub max_log_bytes_per_run: Option<u64>,
+    pub max_step_log_bytes: Option<u64>,
     pub retain_runs_for: Option<String>,
     pub max_finished_runs: Option<usize>,
     pub forget_lost_agents_after: Option<String>,
@@ -427,6 +438,14 @@ impl Args {
                 .max_log_bytes_per_step
                 .or(file.max_log_bytes_per_step)
                 .unwrap_or(log_defaults.max_attempt_bytes),
+            max_run_bytes: self
+                .max_log_bytes_per_run
+                .or(file.max_log_bytes_per_run)
+                .unwrap_or(log_defaults.max_run_bytes),
+            max_store_bytes: self
+                .max_step_log_bytes
+                .or(file.max_step_log_bytes)
+                .unwrap_or(log_defaults.max_store_bytes),
         };
         log_limits.check().map_err(anyhow::Error::msg)?;
         let propose_timeout_ms = self

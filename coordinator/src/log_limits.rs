@@ -20,6 +20,10 @@ pub struct LogLimits {
     pub burst_lines: u32,
     /// Bytes of log lines kept per attempt; later lines are dropped.
     pub max_attempt_bytes: u64,
+    /// Bytes of log lines kept per run, every attempt of every step together.
+    pub max_run_bytes: u64,
+    /// Bytes of step logs this node keeps in all; over it the oldest runs' logs go.
+    pub max_store_bytes: u64,
 }
 
 /// The agent cuts a line without a newline at 64 KiB; the coordinator keeps a whole such piece.
@@ -34,6 +38,8 @@ impl Default for LogLimits {
             lines_per_sec: 1_000,
             burst_lines: 10_000,
             max_attempt_bytes: 64 * 1024 * 1024,
+            max_run_bytes: 1 << 30,
+            max_store_bytes: 8 << 30,
         }
     }
 }
@@ -58,7 +64,27 @@ impl LogLimits {
                 self.max_attempt_bytes, self.max_line_bytes
             ));
         }
+        if self.max_run_bytes < self.max_line_bytes as u64 {
+            return Err(format!(
+                "--max-log-bytes-per-run ({}) must hold at least one whole line ({} bytes)",
+                self.max_run_bytes, self.max_line_bytes
+            ));
+        }
+        if self.max_store_bytes < self.max_run_bytes {
+            return Err(format!(
+                "--max-step-log-bytes ({}) must be at least --max-log-bytes-per-run ({})",
+                self.max_store_bytes, self.max_run_bytes
+            ));
+        }
         Ok(())
+    }
+
+    /// The caps of the node's step-log store.
+    pub fn store_caps(&self) -> crate::logs::LogStoreCaps {
+        crate::logs::LogStoreCaps {
+            run_bytes: self.max_run_bytes,
+            total_bytes: self.max_store_bytes,
+        }
     }
 }
 
@@ -154,6 +180,7 @@ mod tests {
             lines_per_sec: 10,
             burst_lines: 5,
             max_attempt_bytes: 1_000,
+            ..LogLimits::default()
         }
     }
 
@@ -229,6 +256,18 @@ mod tests {
     #[test]
     fn settings_that_keep_nothing_are_refused() {
         assert!(LogLimits::default().check().is_ok());
+        for bad in [
+            LogLimits {
+                max_run_bytes: 10,
+                ..LogLimits::default()
+            },
+            LogLimits {
+                max_store_bytes: 1 << 20,
+                ..LogLimits::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
         for bad in [
             LogLimits {
                 max_line_bytes: 10,

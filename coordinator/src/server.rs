@@ -248,6 +248,11 @@ impl Coordinator {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let s = self.raft.status();
+            if let Some(reason) = s.disk_full {
+                return Err(ApiError::Propose(ProposeError::Raft(RaftError::DiskFull(
+                    reason,
+                ))));
+            }
             if s.is_leader {
                 return Ok(Route::Local);
             }
@@ -446,7 +451,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");
     }
     let snapshots = SnapshotDir::open(cfg.data_dir.join("snapshots"))?;
-    let logs = Arc::new(StepLogs::open(&db)?);
+    let logs = Arc::new(StepLogs::open(&db, cfg.log_limits.store_caps())?);
     let state = SharedState::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let machine = ClusterMachine {

@@ -77,7 +77,8 @@ fn runs_over_the_limits_are_refused_and_writes_without_a_majority_time_out() {
     let r = cli.run(&["run", "submit", &cond_file.to_string_lossy(), "-o", "json"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(
-        r.stderr.contains("bytes of CEL, over the limit of 40 bytes (--max-cel-bytes)")
+        r.stderr
+            .contains("bytes of CEL, over the limit of 40 bytes (--max-cel-bytes)")
             && r.stderr.contains("the condition of task"),
         "{}",
         r.stderr

@@ -82,6 +82,7 @@ impl Api {
             role: s.role.to_string(),
             first_index: s.first_index,
             snapshot_index: s.snapshot_index,
+            disk_full: s.disk_full.clone().unwrap_or_default(),
         }
     }
 

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::convert::run_to_proto;
 use super::status::ApiError;
 use super::{forwarded, relay, Api, ROUTE_WAIT};
-use crate::logs::LogRecord;
+use crate::logs::{LogRecord, PAGE_LINES};
 use crate::server::Route;
 
 impl Api {
@@ -280,7 +280,6 @@ impl RunService for Api {
         // Subscribe before reading the backlog so no line falls between the two.
         let live = c.logs.subscribe();
         let finished = c.dispatcher.run_finished.subscribe();
-        let backlog = c.logs.read_run(&run_id);
         let matches = {
             let task = req.task.clone();
             let names: BTreeMap<TaskId, String> = {
@@ -302,7 +301,7 @@ impl RunService for Api {
             }
         };
         let follow = req.follow;
-        let stream = async_stream_logs(c, run_id, backlog, follow, matches, live, finished);
+        let stream = async_stream_logs(c, run_id, follow, matches, live, finished);
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -310,7 +309,6 @@ impl RunService for Api {
 fn async_stream_logs(
     c: std::sync::Arc<crate::server::Coordinator>,
     run_id: RunId,
-    backlog: Vec<LogRecord>,
     follow: bool,
     matches: impl Fn(&LogRecord) -> bool + Send + 'static,
     mut live: tokio::sync::broadcast::Receiver<LogRecord>,
@@ -318,10 +316,17 @@ fn async_stream_logs(
 ) -> impl Stream<Item = Result<pb::LogEntry, Status>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
-        let last_seen = backlog.last().map_or(0, |r| r.seq);
-        for r in backlog {
-            if matches(&r) && tx.send(Ok(log_entry(r))).await.is_err() {
-                return;
+        // The stored log, a page at a time: a long history is never in memory at once, and
+        // the next page is read only once the client has taken the last.
+        let mut last_seen = 0;
+        loop {
+            let page = c.logs.read_page(&run_id, last_seen, PAGE_LINES);
+            let Some(last) = page.last() else { break };
+            last_seen = last.seq;
+            for r in page {
+                if matches(&r) && tx.send(Ok(log_entry(r))).await.is_err() {
+                    return;
+                }
             }
         }
         if !follow {

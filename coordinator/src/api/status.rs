@@ -230,6 +230,7 @@ impl ApiError {
                 ProposeError::Raft(RaftError::Storage(_)) | ProposeError::Encode(_) => {
                     Code::Internal
                 }
+                ProposeError::Raft(RaftError::DiskFull(_)) => Code::ResourceExhausted,
                 ProposeError::Raft(_) | ProposeError::NoLeader(_) => Code::Unavailable,
                 ProposeError::Timeout(_) => Code::DeadlineExceeded,
             },

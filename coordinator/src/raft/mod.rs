@@ -46,4 +46,7 @@ pub enum RaftError {
     Stopped,
     #[error("raft storage: {0}")]
     Storage(String),
+    /// The node cannot write its log for want of space (the full reason).
+    #[error("{0}")]
+    DiskFull(String),
 }

@@ -128,6 +128,22 @@ pub struct NodeStatus {
     /// The node's thread has ended (shut down, or stopped by a fatal error): it leads nothing
     /// and answers nothing.
     pub stopped: bool,
+    /// The node could not write its log for want of space, since this long ago (its reason):
+    /// it refuses writes, stays silent to its peers, and tries again every
+    /// [`DISK_FULL_RETRY`] until the write goes through.
+    pub disk_full: Option<String>,
+}
+
+/// How often a node whose disk is full tries to write the Ready it holds again.
+pub const DISK_FULL_RETRY: Duration = Duration::from_millis(500);
+
+/// A Ready whose entries and hard state could not be written for want of space: kept, and
+/// written again later, since raft-rs hands out each entry in one Ready only.
+struct Stalled {
+    rd: raft::Ready,
+    reason: String,
+    since: Instant,
+    next_try: Instant,
 }
 
 struct TracingDrain;
@@ -212,6 +228,8 @@ pub(super) struct Node<S: StateMachine, T: Transport> {
     /// The index of the last snapshot that failed (to write, or to decode): the next try waits
     /// for another `snapshot_entries` entries, instead of cloning the state on every Ready.
     snapshot_failed_at: u64,
+    /// Set while the disk is full (see [`NodeStatus::disk_full`]).
+    stalled: Option<Stalled>,
 }
 
 /// A legacy single change in the V2 shape (we only propose V2; peers of other versions might not).
@@ -366,6 +384,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             snapshot_writes,
             last_snapshot: snap_meta.index,
             snapshot_failed_at: 0,
+            stalled: None,
         };
         node.publish_status();
         Ok(node)
@@ -397,7 +416,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if last_tick.elapsed() >= tick {
-                self.tick();
+                // A node that cannot write keeps no time: it neither campaigns nor, as leader,
+                // holds its followers back from electing one that can.
+                if self.stalled.is_none() {
+                    self.tick();
+                }
                 last_tick = Instant::now();
             }
             self.on_ready()?;
@@ -439,6 +462,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     /// Handles one piece of mail; false once the node is told to shut down.
     pub(super) fn handle(&mut self, mail: Mail<S::Output>) -> bool {
+        let mail = match &self.stalled {
+            Some(st) => match self.while_stalled(mail, st.reason.clone()) {
+                Some(mail) => mail,
+                None => return true,
+            },
+            None => mail,
+        };
         match mail {
             Mail::Propose { data, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
@@ -518,6 +548,26 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             Mail::Shutdown => return false,
         }
         true
+    }
+
+    /// While the disk is full: writes and reads are refused with the reason, peers' messages
+    /// dropped (as a cut-off network would: they are sent again), the rest handled as usual.
+    fn while_stalled(&mut self, mail: Mail<S::Output>, reason: String) -> Option<Mail<S::Output>> {
+        let err = RaftError::DiskFull(reason);
+        match mail {
+            Mail::Propose { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Mail::ConfChange { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Mail::ReadIndex { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            Mail::Step(_) | Mail::TransferLeader(_) => {}
+            other => return Some(other),
+        }
+        None
     }
 
     fn fail_all(&mut self, err: RaftError) {
@@ -767,6 +817,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     /// One turn of raft-rs's Ready protocol, in its documented order.
     pub(super) fn on_ready(&mut self) -> Result<(), Fatal> {
+        if let Some(st) = self.stalled.take() {
+            if Instant::now() < st.next_try {
+                self.stalled = Some(st);
+                return Ok(());
+            }
+            return self.persist_ready(st.rd, Some(st.since));
+        }
         if !self.raw.has_ready() {
             self.publish_status();
             return Ok(());
@@ -779,11 +836,50 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             let snap = rd.snapshot().clone();
             self.install_snapshot(&snap)?;
         }
+        self.persist_ready(rd, None)
+    }
+
+    /// Writes the Ready's entries and hard state, then finishes its turn. Out of space, the
+    /// Ready is kept for the next try and the node stalls: nothing after the write (persisted
+    /// messages, apply, advance) may happen before it. `stalled_since`: when the first try of
+    /// this Ready failed.
+    fn persist_ready(
+        &mut self,
+        mut rd: raft::Ready,
+        stalled_since: Option<Instant>,
+    ) -> Result<(), Fatal> {
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
-            self.store
-                .persist(rd.entries(), hs.as_ref(), None)
-                .map_err(fatal)?;
+            if let Err(e) = self.store.persist(rd.entries(), hs.as_ref(), None) {
+                if !e.is_no_space() {
+                    return Err(fatal(e));
+                }
+                let now = Instant::now();
+                let since = stalled_since.unwrap_or(now);
+                if stalled_since.is_none() {
+                    tracing::error!(node = self.cfg.id, error = %e,
+                        "cannot write the raft log: out of disk space; refusing writes and \
+                         trying again every {DISK_FULL_RETRY:?} until space is freed");
+                }
+                self.stalled = Some(Stalled {
+                    rd,
+                    reason: format!(
+                        "coordinator {} cannot write its raft log: {e} (for {}s); it refuses \
+                         writes until space is freed on its data directory, then resumes by \
+                         itself",
+                        self.cfg.id,
+                        now.duration_since(since).as_secs()
+                    ),
+                    since,
+                    next_try: now + DISK_FULL_RETRY,
+                });
+                self.publish_status();
+                return Ok(());
+            }
+        }
+        if let Some(since) = stalled_since {
+            tracing::warn!(node = self.cfg.id, stalled_for = ?since.elapsed(),
+                "the raft log is written again: disk space was freed; resuming");
         }
         if !rd.persisted_messages().is_empty() {
             self.transport.send(rd.take_persisted_messages());
@@ -792,7 +888,14 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         self.apply_entries(rd.take_committed_entries())?;
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.store.set_commit(commit).map_err(fatal)?;
+            // The commit index is also in the next hard state; one that cannot be written
+            // now is only learnt again from the leader after a restart.
+            if let Err(e) = self.store.set_commit(commit) {
+                if !e.is_no_space() {
+                    return Err(fatal(e));
+                }
+                tracing::warn!(error = %e, commit, "could not record the commit index");
+            }
         }
         self.transport.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
@@ -843,5 +946,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         s.matched = matched;
         s.leader_silent =
             !is_leader && raft.election_elapsed > SILENT_HEARTBEATS * self.cfg.heartbeat_tick;
+        s.disk_full = self.stalled.as_ref().map(|st| st.reason.clone());
+        if s.disk_full.is_some() {
+            s.is_leader = false;
+            s.role = "DISK_FULL";
+            s.matched.clear();
+        }
     }
 }

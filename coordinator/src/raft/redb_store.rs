@@ -7,11 +7,15 @@
 //! on it (docs/durability.md). A data directory written by an older version has its log in
 //! sled; [`migrate_from_sled`] moves it over once, at start.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
+
 use raft::eraftpb::{Entry, HardState};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::log_codec::{decode, decode_pair, encode, encode_pair, within_size};
-use super::storage::{LogStore, LogStoreError, Persisted, WriteBatch};
+use super::storage::{io_is_no_space, LogStore, LogStoreError, Persisted, WriteBatch};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -23,30 +27,78 @@ const MEMBERS: &str = "members";
 const COMPACTED: &str = "compacted";
 
 fn db_err(e: impl Into<redb::Error>) -> LogStoreError {
-    LogStoreError::Backend(format!("redb: {}", e.into()))
+    match e.into() {
+        redb::Error::Io(io) if io_is_no_space(&io) => LogStoreError::NoSpace(format!("redb: {io}")),
+        other => LogStoreError::Backend(format!("redb: {other}")),
+    }
 }
 
 /// The Raft log of one node in a redb file.
+///
+/// After an I/O error redb refuses every later operation (`PreviousIo`) until the file is
+/// opened again, which recovers its last committed transaction. So a write that fails with an
+/// I/O error (the disk full, typically) marks the store, and the next write reopens it first:
+/// the node retries the same write once space is freed, and nothing committed is lost.
 pub struct RedbLogStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while a reopen has failed; the next write tries again.
+    db: RwLock<Option<Database>>,
+    reopen: AtomicBool,
 }
 
 impl RedbLogStore {
     /// Opens (or creates) the file; both tables exist afterwards.
-    pub fn open(path: &std::path::Path) -> Result<Self, LogStoreError> {
-        let db = Database::create(path).map_err(|e| {
-            LogStoreError::Backend(format!("redb: cannot open {}: {e}", path.display()))
+    pub fn open(path: &Path) -> Result<Self, LogStoreError> {
+        Ok(RedbLogStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Self::open_file(path)?)),
+            reopen: AtomicBool::new(false),
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Database, LogStoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) if io_is_no_space(&io) => {
+                LogStoreError::NoSpace(format!("redb: cannot open {}: {io}", path.display()))
+            }
+            e => LogStoreError::Backend(format!("redb: cannot open {}: {e}", path.display())),
         })?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(ENTRIES).map_err(db_err)?;
         tx.open_table(META).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(RedbLogStore { db })
+        Ok(db)
+    }
+
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, LogStoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(LogStoreError::Backend(format!(
+                "redb: {} is being opened again after a failed write",
+                self.path.display()
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Opens the file again after a failed write (see the type's doc).
+    fn reopen_if_needed(&self) -> Result<(), LogStoreError> {
+        if !self.reopen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be closed first: redb locks the file.
+        drop(slot.take());
+        *slot = Some(Self::open_file(&self.path)?);
+        self.reopen.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "raft log reopened after a failed write");
+        Ok(())
     }
 
     /// Whether nothing was ever written (no entry and no hard state).
     pub fn is_empty(&self) -> Result<bool, LogStoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let tx = begin_read(&db)?;
         let entries = tx.open_table(ENTRIES).map_err(db_err)?;
         let meta = tx.open_table(META).map_err(db_err)?;
         Ok(entries.is_empty().map_err(db_err)? && meta.is_empty().map_err(db_err)?)
@@ -65,7 +117,8 @@ impl RedbLogStore {
 
 impl LogStore for RedbLogStore {
     fn load(&self) -> Result<Persisted, LogStoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let tx = begin_read(&db)?;
         let meta = tx.open_table(META).map_err(db_err)?;
         let entries = tx.open_table(ENTRIES).map_err(db_err)?;
         let members = match meta.get(MEMBERS).map_err(db_err)? {
@@ -99,7 +152,8 @@ impl LogStore for RedbLogStore {
         high: u64,
         max_size: Option<u64>,
     ) -> Result<Vec<Entry>, LogStoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let tx = begin_read(&db)?;
         let table = tx.open_table(ENTRIES).map_err(db_err)?;
         let rows = table.range(low..high).map_err(db_err)?;
         within_size(
@@ -112,7 +166,8 @@ impl LogStore for RedbLogStore {
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let tx = begin_read(&db)?;
         let table = tx.open_table(ENTRIES).map_err(db_err)?;
         match table.get(index).map_err(db_err)? {
             Some(v) => decode(&format!("entry {index}"), v.value()).map(Some),
@@ -121,11 +176,35 @@ impl LogStore for RedbLogStore {
     }
 
     fn write(&self, b: WriteBatch) -> Result<(), LogStoreError> {
-        let mut tx = self.db.begin_write().map_err(db_err)?;
+        self.reopen_if_needed()?;
+        let result = self.write_once(&b);
+        if let Err(e) = &result {
+            if !matches!(e, LogStoreError::Encode(_)) {
+                self.reopen.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+}
+
+fn begin_read(db: &Option<Database>) -> Result<redb::ReadTransaction, LogStoreError> {
+    match db {
+        Some(db) => db.begin_read().map_err(db_err),
+        None => Err(LogStoreError::Backend("redb: the log is closed".into())),
+    }
+}
+
+impl RedbLogStore {
+    fn write_once(&self, b: &WriteBatch) -> Result<(), LogStoreError> {
+        let db = self.db()?;
+        let Some(db) = db.as_ref() else {
+            return Err(LogStoreError::Backend("redb: the log is closed".into()));
+        };
+        let mut tx = db.begin_write().map_err(db_err)?;
         tx.set_durability(Durability::Immediate);
         {
             let mut entries = tx.open_table(ENTRIES).map_err(db_err)?;
-            for (from, to) in b.remove {
+            for &(from, to) in &b.remove {
                 if from > to {
                     continue;
                 }

@@ -21,12 +21,29 @@ pub type Members = std::collections::BTreeMap<u64, String>;
 pub enum LogStoreError {
     #[error("log backend: {0}")]
     Backend(String),
+    /// The device holding the log is full (ENOSPC, or a quota: EDQUOT).
+    #[error("{0}")]
+    NoSpace(String),
     #[error("corrupt raft record {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("encode: {0}")]
     Encode(String),
     #[error("raft log: {0}")]
     Raft(#[from] raft::Error),
+}
+
+impl LogStoreError {
+    /// Whether the write failed for want of space, so that it can succeed once some is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LogStoreError::NoSpace(_))
+    }
+}
+
+/// Whether an I/O error means "the disk is full" (ENOSPC) or "over quota" (EDQUOT).
+pub fn io_is_no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 /// Everything small a backend keeps beside the entries, read once at open.
