@@ -176,7 +176,8 @@ impl ArtifactStore {
             Location::S3 { bucket, .. } => {
                 Arc::new(s3.builder(bucket).build().map_err(|e| store_err(root, e))?)
             }
-            Location::File { .. } => Arc::new(LocalFileSystem::new()),
+            // Deleting an artifact also removes the directories it leaves empty.
+            Location::File { .. } => Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
         };
         Ok(ArtifactStore {
             root: root.trim_end_matches('/').to_string(),
@@ -326,6 +327,61 @@ impl ArtifactStore {
             }
         }
         Ok(total)
+    }
+
+    /// Deletes every object at or below `prefix` whose URI `keep` does not claim (an object is
+    /// claimed when its URI or a directory URI above it is in `keep`). Returns how many were
+    /// deleted and how many kept. A missing prefix deletes nothing.
+    pub async fn delete_under(
+        &self,
+        prefix: &str,
+        keep: &std::collections::BTreeSet<&str>,
+    ) -> Result<(u64, u64), ArtifactError> {
+        let path = self.resolve(prefix)?;
+        let claimed = |uri: &str| {
+            let mut at = uri;
+            loop {
+                if keep.contains(at) {
+                    return true;
+                }
+                match at.rsplit_once('/') {
+                    Some((up, _)) if up.len() >= prefix.len() => at = up,
+                    _ => return false,
+                }
+            }
+        };
+        let (mut deleted, mut kept) = (0, 0);
+        let mut listing = self.store.list(Some(&path));
+        let mut doomed = Vec::new();
+        while let Some(item) = listing.next().await {
+            let meta = match item {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(store_err(prefix, e)),
+            };
+            let uri = self.uri_of(&meta.location);
+            if claimed(&uri) {
+                kept += 1;
+            } else {
+                doomed.push(meta.location);
+            }
+        }
+        drop(listing);
+        for location in doomed {
+            match self.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(store_err(prefix, e)),
+            }
+        }
+        Ok((deleted, kept))
+    }
+
+    /// The URI of an object path of this store.
+    fn uri_of(&self, location: &ObjPath) -> String {
+        match &self.root_loc {
+            Location::S3 { bucket, .. } => format!("s3://{bucket}/{location}"),
+            Location::File { .. } => format!("file:///{location}"),
+        }
     }
 
     /// Whether an object exists at `uri` or below it.
@@ -493,6 +549,15 @@ impl ArtifactStores {
     pub async fn upload(&self, src: &FsPath, uri: &str) -> Result<u64, ArtifactError> {
         self.store_for(uri)?.upload(src, uri).await
     }
+
+    /// See [`ArtifactStore::delete_under`].
+    pub async fn delete_under(
+        &self,
+        prefix: &str,
+        keep: &std::collections::BTreeSet<&str>,
+    ) -> Result<(u64, u64), ArtifactError> {
+        self.store_for(prefix)?.delete_under(prefix, keep).await
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +597,55 @@ mod tests {
         assert_eq!(
             std::fs::read(dback.join("sub/deeper/b.txt")).expect("read"),
             b"bb"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_under_a_prefix_keeps_what_is_claimed_and_nothing_outside() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = file_uri(root.path());
+        let put = |rel: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, rel).expect("write");
+        };
+        for rel in [
+            "run1/a/attempt-1/model",
+            "run1/a/attempt-1/dir/x.txt",
+            "run1/a/attempt-1/dir/sub/y.txt",
+            "run1/b/attempt-2/data",
+            "run10/a/attempt-1/model",
+            "run2/a/attempt-1/model",
+        ] {
+            put(rel);
+        }
+        let stores = ArtifactStores::from_env();
+        let shared = format!("{r}/run1/a/attempt-1/dir");
+        let keep: std::collections::BTreeSet<&str> = [shared.as_str()].into();
+        let (deleted, kept) = stores
+            .delete_under(&format!("{r}/run1"), &keep)
+            .await
+            .expect("delete");
+        assert_eq!((deleted, kept), (2, 2));
+        let left = |rel: &str| root.path().join(rel).exists();
+        assert!(!left("run1/a/attempt-1/model") && !left("run1/b"));
+        assert!(left("run1/a/attempt-1/dir/x.txt") && left("run1/a/attempt-1/dir/sub/y.txt"));
+        // `run10` shares `run1`'s first characters, not its directory.
+        assert!(left("run10/a/attempt-1/model") && left("run2/a/attempt-1/model"));
+        // Nothing claimed: everything under the prefix goes, empty directories too.
+        let none = std::collections::BTreeSet::new();
+        let (deleted, kept) = stores
+            .delete_under(&format!("{r}/run1"), &none)
+            .await
+            .expect("delete");
+        assert_eq!((deleted, kept), (2, 0));
+        assert!(!left("run1"));
+        assert_eq!(
+            stores
+                .delete_under(&format!("{r}/run9"), &none)
+                .await
+                .expect("none"),
+            (0, 0)
         );
     }
 

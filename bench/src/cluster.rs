@@ -63,6 +63,10 @@ pub struct RaftArgs {
     /// TLS on the cluster: on (as deployed), off (plain TCP on loopback), or both, one table each.
     #[arg(long, value_enum, default_value_t = TlsMode::Both)]
     pub tls: TlsMode,
+    /// Also run a 3-member etcd on this machine (Debian's etcd-server) with the same writes
+    /// and concurrency levels, and print its table beside Gantry's.
+    #[arg(long)]
+    pub etcd: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -226,9 +230,21 @@ pub async fn raft(a: RaftArgs) -> Result<(), CliError> {
         println!("\n{}:\n{t}", tls_word(tls));
         tables.push((tls, t));
     }
-    if tables.len() > 1 {
+    let etcd = if a.etcd {
+        let t = etcd_on(&a).await?;
+        println!("\netcd (plain TCP, no auth):\n{t}");
+        Some(t)
+    } else {
+        None
+    };
+    if tables.len() > 1 || etcd.is_some() {
         for (tls, t) in &tables {
-            println!("\n{}:\n{t}", tls_word(*tls));
+            println!("\nGantry, {}:\n{t}", tls_word(*tls));
+        }
+        if let Some(t) = &etcd {
+            println!(
+                "\netcd 3-member (plain TCP, no auth; each write a Put of the same bytes):\n{t}"
+            );
         }
     }
     println!(
@@ -272,6 +288,40 @@ async fn raft_on(c: &mut Cluster, a: &RaftArgs) -> Result<comfy_table::Table, Cl
         index = now;
     }
     println!("leader commit_index after: {index}");
+    Ok(t)
+}
+
+async fn etcd_on(a: &RaftArgs) -> Result<comfy_table::Table, CliError> {
+    let etcd = crate::etcd::Etcd::start().await?;
+    let ch = etcd.leader_channel().await?;
+    let value = noop_pipeline("bench-raft", 1, false).into_bytes();
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut index = crate::etcd::raft_index(&ch).await?;
+    let mut t = table(&[
+        "concurrency",
+        "commits",
+        "commits/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "log delta",
+    ]);
+    for &n in &a.concurrency {
+        let (mut lat, wall) =
+            crate::etcd::level(&ch, n.max(1), Duration::from_secs(a.seconds), &value, &seq).await?;
+        let now = crate::etcd::raft_index(&ch).await?;
+        let ms = |v: f64| format!("{:.2}", v / 1000.0);
+        t.add_row(vec![
+            n.to_string(),
+            lat.len().to_string(),
+            format!("{:.1}", lat.len() as f64 / wall.as_secs_f64()),
+            ms(pct(&mut lat, 0.5)),
+            ms(pct(&mut lat, 0.99)),
+            ms(pct(&mut lat, 1.0)),
+            now.saturating_sub(index).to_string(),
+        ]);
+        index = now;
+    }
     Ok(t)
 }
 

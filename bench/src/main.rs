@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use gantry_cli::exit::CliError;
 
 mod cluster;
+mod etcd;
 mod fleet;
 mod pipeline;
 mod retention;

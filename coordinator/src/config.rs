@@ -28,7 +28,7 @@ pub struct Args {
     /// max_tasks_per_run, max_json_depth, max_parameter_bytes, max_cel_bytes,
     /// cel_evaluation_budget, max_log_line_bytes,
     /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step,
-    /// max_log_bytes_per_run, max_step_log_bytes, retain_runs_for,
+    /// max_log_bytes_per_run, max_step_log_bytes, retain_runs_for, delete_removed_run_artifacts,
     /// max_finished_runs, forget_lost_agents_after.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -185,6 +185,11 @@ pub struct Args {
     /// registers again if it comes back. Default: lost agents are kept.
     #[arg(long, env = "GANTRY_FORGET_LOST_AGENTS_AFTER", value_name = "DURATION")]
     pub forget_lost_agents_after: Option<String>,
+    /// When retention removes a run, also delete its artifacts (everything under
+    /// `<artifact root>/<run id>/`) except those a remaining run or cache entry still refers
+    /// to. Default: artifacts are kept.
+    #[arg(long, env = "GANTRY_DELETE_REMOVED_RUN_ARTIFACTS")]
+    pub delete_removed_run_artifacts: bool,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -230,6 +235,7 @@ pub struct FileConfig {
     pub retain_runs_for: Option<String>,
     pub max_finished_runs: Option<usize>,
     pub forget_lost_agents_after: Option<String>,
+    pub delete_removed_run_artifacts: Option<bool>,
 }
 
 impl FileConfig {
@@ -489,6 +495,8 @@ impl Args {
             agent_lease,
             tls,
             insecure: self.insecure || file.insecure.unwrap_or(false),
+            delete_removed_run_artifacts: self.delete_removed_run_artifacts
+                || file.delete_removed_run_artifacts.unwrap_or(false),
             cluster,
             require_client_certs: self.require_client_certs
                 || file.require_client_certs.unwrap_or(false),

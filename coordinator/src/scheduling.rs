@@ -1,6 +1,7 @@
 //! The leader's placement loop: ready steps and free agents → one `AssignAttempts` command
 //! per pass. Followers keep the loop idle.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use gantry_core::scheduler::{
     cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer,
 };
 use gantry_core::state::{retention, Command, Outcome, Unschedulable};
-use gantry_model::AgentId;
+use gantry_model::{artifact_prefix, AgentId, RunId};
 
 use crate::server::Coordinator;
 
@@ -141,13 +142,30 @@ async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
     };
     if !runs.is_empty() {
         let n = runs.len();
+        // Where each run's artifacts lie, read while the runs are still there.
+        let prefixes: BTreeMap<RunId, String> = {
+            let st = c.state.read();
+            runs.iter()
+                .filter_map(|id| {
+                    let run = st.runs.get(id)?;
+                    Some((id.clone(), artifact_prefix(&run.pipeline_root, id)))
+                })
+                .collect()
+        };
         match c.propose(Command::RemoveRuns { run_ids: runs }).await {
             Ok(applied) => {
                 let removed = match applied.result {
-                    Ok(Outcome::RunsRemoved(ids)) => ids.len(),
-                    _ => 0,
+                    Ok(Outcome::RunsRemoved(ids)) => ids,
+                    _ => Vec::new(),
                 };
-                tracing::info!(due = n, removed, "retention: runs removed");
+                tracing::info!(due = n, removed = removed.len(), "retention: runs removed");
+                if c.delete_removed_run_artifacts && !removed.is_empty() {
+                    let doomed = removed
+                        .iter()
+                        .filter_map(|id| prefixes.get(id).cloned())
+                        .collect();
+                    tokio::spawn(delete_artifacts(c.clone(), doomed));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "retention: could not remove runs"),
         }
@@ -161,6 +179,30 @@ async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
         {
             Ok(_) => tracing::info!(?agents, "retention: lost agents forgotten"),
             Err(e) => tracing::warn!(error = %e, "retention: could not forget lost agents"),
+        }
+    }
+}
+
+/// Deletes what lies under removed runs' artifact prefixes, except what a remaining run or
+/// cache entry refers to (a later run's cached result may point into a removed run's prefix).
+/// A failure is logged and not retried: the objects stay, as with the option off.
+async fn delete_artifacts(c: Arc<Coordinator>, prefixes: Vec<String>) {
+    let keep: std::collections::BTreeSet<String> = {
+        let st = c.state.read();
+        st.artifact_uris_in_use()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let keep = keep.iter().map(String::as_str).collect();
+    for prefix in prefixes {
+        match c.artifacts.delete_under(&prefix, &keep).await {
+            Ok((deleted, kept)) => {
+                tracing::info!(%prefix, deleted, kept, "retention: a removed run's artifacts deleted")
+            }
+            Err(e) => {
+                tracing::warn!(%prefix, error = %e, "retention: could not delete a removed run's artifacts")
+            }
         }
     }
 }

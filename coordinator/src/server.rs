@@ -85,6 +85,8 @@ pub struct CoordinatorConfig {
     pub log_limits: LogLimits,
     /// Which finished runs and lost agents the leader removes.
     pub retention: RetentionPolicy,
+    /// Whether the leader deletes a removed run's artifacts.
+    pub delete_removed_run_artifacts: bool,
 }
 
 impl CoordinatorConfig {
@@ -121,6 +123,7 @@ impl CoordinatorConfig {
             submit_limits: SubmitLimits::default(),
             log_limits: LogLimits::default(),
             retention: RetentionPolicy::default(),
+            delete_removed_run_artifacts: false,
         }
     }
 
@@ -181,6 +184,8 @@ pub struct Coordinator {
     pub log_limits: LogLimits,
     /// Which finished runs and lost agents the leader removes.
     pub retention: RetentionPolicy,
+    /// Whether the leader deletes a removed run's artifacts.
+    pub delete_removed_run_artifacts: bool,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
@@ -523,6 +528,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         submit_limits: cfg.submit_limits,
         log_limits: cfg.log_limits,
         retention: cfg.retention,
+        delete_removed_run_artifacts: cfg.delete_removed_run_artifacts,
         receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls

@@ -58,6 +58,11 @@ pub fn validate_artifact_name(name: &str) -> Result<(), ArtifactNameError> {
 ///
 /// `task_id` is the task's path in the run (`condition-1/train`, `for-loop-2/3/square`), made of
 /// IR task names and iteration numbers, so every segment is already a safe name.
+/// Where every artifact of a run lies: `<root>/<run id>`.
+pub fn artifact_prefix(root: &str, run_id: &RunId) -> String {
+    format!("{}/{}", root.trim_end_matches('/'), run_id)
+}
+
 pub fn artifact_uri(
     root: &str,
     run_id: &RunId,

@@ -16,7 +16,9 @@ pub mod resources;
 pub mod step;
 pub mod uri_policy;
 
-pub use artifact::{artifact_uri, validate_artifact_name, ArtifactNameError, ArtifactRef};
+pub use artifact::{
+    artifact_prefix, artifact_uri, validate_artifact_name, ArtifactNameError, ArtifactRef,
+};
 pub use env::{is_reserved_env, RESERVED_ENV};
 pub use ids::{AgentId, AttemptKey, RunId, TaskId};
 pub use params::{ParamError, ParamType};

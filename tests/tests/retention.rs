@@ -157,3 +157,99 @@ fn an_agent_lost_for_longer_than_the_policy_is_forgotten() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_ne!(ids[0], victim);
 }
+
+/// Every file under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_removed_runs_artifacts_are_deleted_unless_a_remaining_run_still_uses_them() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let root = format!("file://{}", artifacts.path().display());
+    let c = Cluster::single_with_agents(
+        &root,
+        &[
+            ("GANTRY_MAX_FINISHED_RUNS", "1"),
+            ("GANTRY_DELETE_REMOVED_RUN_ARTIFACTS", "true"),
+        ],
+        &["a1"],
+    )
+    .expect("coordinator and agent");
+    let cli = c.cli();
+    let out = tempfile::tempdir().unwrap();
+    // produce → data (a Dataset) → consume
+    let file = compile_pipeline("container_io", out.path()).unwrap();
+    let finish = |params: &[&str], flags: &[&str]| -> String {
+        let id = cli.submit_with(&file, params, flags).unwrap();
+        let run = cli.wait_finished(&id, Duration::from_secs(60));
+        assert_eq!(run["state"], "SUCCEEDED", "{run:#}\n{}", c.logs_tail());
+        id
+    };
+    let deleted_logged = |n: usize| {
+        eventually(Duration::from_secs(20), || {
+            match c.log_count(1, &["retention: a removed run's artifacts deleted"]) {
+                k if k >= n => Ok(()),
+                k => Err(format!("{k} deletions logged, want {n}:\n{}", c.log(1))),
+            }
+        })
+    };
+
+    // A wrote its artifacts; once C finishes, A is over the count and goes, and its artifacts
+    // with it (nothing refers to them).
+    let a = finish(&["message=a"], &[]);
+    assert!(!files_under(&artifacts.path().join(&a)).is_empty());
+    let c_run = finish(&["message=c"], &["--disable-cache"]);
+    deleted_logged(1);
+    assert_eq!(
+        files_under(&artifacts.path().join(&a)),
+        Vec::<String>::new()
+    );
+    let c_files = files_under(&artifacts.path().join(&c_run));
+    assert!(c_files.iter().any(|f| f.ends_with("/data")), "{c_files:?}");
+
+    // D takes C's results from the cache, so its data artifact is C's file. When C is
+    // removed, that file stays: D still refers to it.
+    let d = finish(&["message=c"], &[]);
+    let d_run = cli.get_run(&d).unwrap();
+    let produce = task(&d_run, "produce");
+    assert!(
+        produce["cached_from"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "D's produce step did not come from the cache: {produce:#}"
+    );
+    deleted_logged(2);
+    let ids = run_ids(&cli);
+    assert!(!ids.contains(&c_run) && ids.contains(&d), "{ids:?}");
+    let left = files_under(&artifacts.path().join(&c_run));
+    assert!(
+        left.iter().any(|f| f.ends_with("/data")),
+        "C's data artifact, which D uses, was deleted: {left:?}"
+    );
+    assert_eq!(
+        c.log_count(
+            1,
+            &["retention: a removed run's artifacts deleted", "kept=1"]
+        ),
+        1,
+        "{}",
+        c.log(1)
+    );
+}

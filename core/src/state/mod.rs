@@ -732,6 +732,7 @@ impl ClusterState {
 
     /// Removes the runs of `run_ids` that are finished, with their request ids and the cache
     /// entries they produced; returns the ones removed.
+    /// Removes the finished runs of `run_ids` that no agent still works for; returns them.
     fn remove_runs(&mut self, run_ids: &[RunId]) -> Vec<RunId> {
         let busy = self.runs_on_agents();
         let mut removed = Vec::new();
@@ -752,6 +753,25 @@ impl ClusterState {
             self.cache.retain(|_, entry| !gone.contains(&entry.run_id));
         }
         removed
+    }
+
+    /// Every artifact URI a run or a cache entry refers to (a task's inputs and outputs: a
+    /// cached result and a later run's input may point into another run's prefix).
+    pub fn artifact_uris_in_use(&self) -> BTreeSet<&str> {
+        let runs = self
+            .runs
+            .values()
+            .flat_map(|r| r.tasks.values())
+            .flat_map(|t| {
+                t.inputs
+                    .artifacts
+                    .values()
+                    .chain(t.outputs.artifacts.values())
+                    .flatten()
+                    .map(|a| a.uri.as_str())
+            });
+        let cached = self.cache.values().flat_map(|e| e.artifact_uris());
+        runs.chain(cached).collect()
     }
 
     /// Runs of which an agent still holds an attempt (its result, when it comes, must find

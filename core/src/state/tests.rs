@@ -1093,7 +1093,10 @@ fn removing_runs_takes_their_request_ids_and_cache_entries_and_leaves_active_run
     let remove = |ids: &[&str]| Command::RemoveRuns {
         run_ids: ids.iter().map(|i| RunId::from(*i)).collect(),
     };
+    let r1_data = "s3://bucket/root/r1/make-data/attempt-1/data";
+    assert!(s.artifact_uris_in_use().contains(r1_data));
     let out = s.apply(20, remove(&["r1", "r2", "r3", "nope"]));
+    assert!(!s.artifact_uris_in_use().contains(r1_data));
     assert_eq!(
         out.result,
         Ok(Outcome::RunsRemoved(vec!["r1".into(), "r2".into()]))
@@ -1101,7 +1104,7 @@ fn removing_runs_takes_their_request_ids_and_cache_entries_and_leaves_active_run
     assert_eq!(
         out.events,
         vec![Event::RunsRemoved {
-            run_ids: vec!["r1".into(), "r2".into()]
+            run_ids: vec!["r1".into(), "r2".into()],
         }]
     );
     assert_eq!(
