@@ -88,7 +88,7 @@ pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
         for t in run.ready_tasks() {
             let (Some(key), Some(entry)) = (
                 t.cache_key.as_ref(),
-                state.usable_cache_entry(run_id, &t.task_id, now),
+                state.usable_cache_entry_for(run, t, now),
             ) else {
                 continue;
             };
@@ -113,7 +113,7 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
         let mut ready: Vec<_> = run
             .ready_tasks()
             .filter(|t| t.not_before.is_none_or(|nb| nb <= now))
-            .filter(|t| state.usable_cache_entry(run_id, &t.task_id, now).is_none())
+            .filter(|t| state.usable_cache_entry_for(run, t, now).is_none())
             .collect();
         ready.sort_by(|a, b| {
             a.created_at
