@@ -64,7 +64,10 @@ pub fn wait_for_line(
 ) -> Result<String> {
     let found = poll(timeout, || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text
+        // Only whole lines: a line still being written can hold the marker without what
+        // follows it (the CI's "gantry dev starts: an address after the banner").
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        if let Some(rest) = whole
             .lines()
             .filter_map(|l| l.split_once(marker).map(|(_, r)| r))
             .nth(occurrence.saturating_sub(1))
@@ -140,5 +143,37 @@ mod tests {
             "2026  WARN request refused reason=no token"
         );
         assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn a_marker_counts_only_once_its_line_is_whole() {
+        use std::io::Write;
+        let log = std::env::temp_dir().join(format!("gantry-net-test-{}.log", std::process::id()));
+        std::fs::write(&log, "starting\ngantry dev: coordinator on ").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                f.write_all(b"127.0.0.1:7070 (a banner)\n").unwrap();
+            })
+        };
+        let rest = wait_for_line(
+            &log,
+            "gantry dev: coordinator on ",
+            1,
+            &mut child,
+            "sleep",
+            Duration::from_secs(10),
+        );
+        writer.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&log);
+        assert_eq!(rest.unwrap(), "127.0.0.1:7070 (a banner)");
     }
 }

@@ -267,11 +267,13 @@ impl DevCluster {
             "gantry dev",
             Duration::from_secs(60),
         )?;
+        // Owned (and so stopped on drop) before anything else can fail.
+        let proc = Proc::new(child, "gantry dev");
         let endpoint = first_word(&banner)?;
         let c = DevCluster {
             endpoint,
             data_dir,
-            proc: Proc::new(child, "gantry dev"),
+            proc,
             env: env.to_vec(),
         };
         c.wait_for_agents(1)?;
