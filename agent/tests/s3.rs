@@ -79,6 +79,21 @@ async fn files_directories_and_multipart_round_trip() {
         store.resolve(&format!("s3://{}/elsewhere/x", s3.bucket)),
         Err(ArtifactError::OutsideRoot { .. })
     ));
+
+    // Deleting (retention): one object by its own URI, then everything below a run's prefix,
+    // which is no object itself.
+    let none = std::collections::BTreeSet::new();
+    assert_eq!(
+        store.delete_under(&uri, &none).await.expect("delete one"),
+        (1, 0)
+    );
+    assert!(!store.exists(&uri).await.expect("exists"));
+    let run = format!("{root}/run");
+    assert_eq!(
+        store.delete_under(&run, &none).await.expect("delete run"),
+        (3, 0),
+        "big, dir/top.txt and dir/a/b/deep.txt"
+    );
 }
 
 #[tokio::test]

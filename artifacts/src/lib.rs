@@ -367,6 +367,17 @@ impl ArtifactStore {
             }
         }
         drop(listing);
+        // An artifact may be one object at `prefix` itself, which a listing (of what is below)
+        // leaves out. Asked only when nothing is below: then `prefix` names no directory, which
+        // some S3 servers answer a HEAD for with an error rather than 404.
+        if kept == 0 && doomed.is_empty() {
+            match self.store.head(&path).await {
+                Ok(_) if claimed(prefix) => kept += 1,
+                Ok(meta) => doomed.push(meta.location),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(prefix, e)),
+            }
+        }
         for location in doomed {
             match self.store.delete(&location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
@@ -647,6 +658,19 @@ mod tests {
                 .expect("none"),
             (0, 0)
         );
+        // An artifact that is one object: the URI names the object itself.
+        let model = format!("{r}/run2/a/attempt-1/model");
+        let claimed: std::collections::BTreeSet<&str> = [model.as_str()].into();
+        assert_eq!(
+            stores.delete_under(&model, &claimed).await.expect("kept"),
+            (0, 1)
+        );
+        assert!(left("run2/a/attempt-1/model"));
+        assert_eq!(
+            stores.delete_under(&model, &none).await.expect("gone"),
+            (1, 0)
+        );
+        assert!(!left("run2/a/attempt-1/model"));
     }
 
     #[tokio::test]

@@ -263,28 +263,11 @@ async fn raft_on(c: &mut Cluster, a: &RaftArgs) -> Result<comfy_table::Table, Cl
     let runs = Channels::new(c)?.runs(leader.node_id);
     let seq = Arc::new(AtomicU64::new(0));
     let mut index = leader.commit_index;
-    let mut t = table(&[
-        "concurrency",
-        "commits",
-        "commits/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "log delta",
-    ]);
+    let mut t = commit_table();
     for &n in &a.concurrency {
         let (mut lat, wall) = level(&runs, n.max(1), Duration::from_secs(a.seconds), &seq).await?;
         let now = commit_index(c, leader.node_id).await?;
-        let ms = |v: f64| format!("{:.2}", v / 1000.0);
-        t.add_row(vec![
-            n.to_string(),
-            lat.len().to_string(),
-            format!("{:.1}", lat.len() as f64 / wall.as_secs_f64()),
-            ms(pct(&mut lat, 0.5)),
-            ms(pct(&mut lat, 0.99)),
-            ms(pct(&mut lat, 1.0)),
-            now.saturating_sub(index).to_string(),
-        ]);
+        t.add_row(commit_row(n, &mut lat, wall, now.saturating_sub(index)));
         index = now;
     }
     println!("leader commit_index after: {index}");
@@ -297,7 +280,20 @@ async fn etcd_on(a: &RaftArgs) -> Result<comfy_table::Table, CliError> {
     let value = noop_pipeline("bench-raft", 1, false).into_bytes();
     let seq = Arc::new(AtomicU64::new(0));
     let mut index = crate::etcd::raft_index(&ch).await?;
-    let mut t = table(&[
+    let mut t = commit_table();
+    for &n in &a.concurrency {
+        let (mut lat, wall) =
+            crate::etcd::level(&ch, n.max(1), Duration::from_secs(a.seconds), &value, &seq).await?;
+        let now = crate::etcd::raft_index(&ch).await?;
+        t.add_row(commit_row(n, &mut lat, wall, now.saturating_sub(index)));
+        index = now;
+    }
+    Ok(t)
+}
+
+/// The table both stores' levels are printed in, so they read side by side.
+fn commit_table() -> comfy_table::Table {
+    table(&[
         "concurrency",
         "commits",
         "commits/s",
@@ -305,24 +301,21 @@ async fn etcd_on(a: &RaftArgs) -> Result<comfy_table::Table, CliError> {
         "p99 ms",
         "max ms",
         "log delta",
-    ]);
-    for &n in &a.concurrency {
-        let (mut lat, wall) =
-            crate::etcd::level(&ch, n.max(1), Duration::from_secs(a.seconds), &value, &seq).await?;
-        let now = crate::etcd::raft_index(&ch).await?;
-        let ms = |v: f64| format!("{:.2}", v / 1000.0);
-        t.add_row(vec![
-            n.to_string(),
-            lat.len().to_string(),
-            format!("{:.1}", lat.len() as f64 / wall.as_secs_f64()),
-            ms(pct(&mut lat, 0.5)),
-            ms(pct(&mut lat, 0.99)),
-            ms(pct(&mut lat, 1.0)),
-            now.saturating_sub(index).to_string(),
-        ]);
-        index = now;
-    }
-    Ok(t)
+    ])
+}
+
+/// One level: `n` clients, every latency in microseconds, its wall time, the log's growth.
+fn commit_row(n: usize, lat: &mut [i64], wall: Duration, log_delta: u64) -> Vec<String> {
+    let ms = |v: f64| format!("{:.2}", v / 1000.0);
+    vec![
+        n.to_string(),
+        lat.len().to_string(),
+        format!("{:.1}", lat.len() as f64 / wall.as_secs_f64()),
+        ms(pct(lat, 0.5)),
+        ms(pct(lat, 0.99)),
+        ms(pct(lat, 1.0)),
+        log_delta.to_string(),
+    ]
 }
 
 async fn commit_index(c: &Cluster, id: u64) -> Result<u64, CliError> {

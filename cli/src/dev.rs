@@ -110,8 +110,13 @@ fn dev_tls(data_dir: &Path, agent_id: &str) -> Result<(TlsFiles, TlsFiles), CliE
             let req = CertRequest {
                 role,
                 cluster: None,
+                // The names a browser or kfp.Client on this machine dials, besides the
+                // cluster identity Gantry's own clients check.
                 dns: vec!["localhost".into()],
-                ips: vec![],
+                ips: vec![
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::Ipv6Addr::LOCALHOST.into(),
+                ],
                 days: 3650,
             };
             create_cert(&ca, &req, &dir, true).map_err(refused)?;

@@ -29,6 +29,9 @@ use crate::server::Coordinator;
 pub enum Allow {
     /// No credential needed (only the one-time ACL bootstrap).
     Anyone,
+    /// No credential needed, and nothing is revealed but that the API is up (the KFP health
+    /// check, which `kfp.Client()` calls before anything else).
+    Public,
     /// A token with one of these roles.
     Roles(&'static [Role]),
     /// A coordinator certificate of this cluster (peer traffic).
@@ -84,6 +87,72 @@ pub const TABLE: &[Rule] = &[
     rule("/gantry.v1.AclService/CreateToken", Allow::Roles(ADMIN)),
     rule("/gantry.v1.AclService/ListTokens", Allow::Roles(ADMIN)),
     rule("/gantry.v1.AclService/RevokeToken", Allow::Roles(ADMIN)),
+    // The KFP REST API (`crate::kfp::routes`), keyed by method and route.
+    rule("GET /apis/v2beta1/healthz", Allow::Public),
+    rule("GET /apis/v2beta1/experiments", Allow::Roles(READ)),
+    rule("POST /apis/v2beta1/experiments", Allow::Roles(WRITE)),
+    rule(
+        "GET /apis/v2beta1/experiments/{experiment_id}",
+        Allow::Roles(READ),
+    ),
+    rule(
+        "DELETE /apis/v2beta1/experiments/{experiment_id}",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/experiments/{experiment_id}:archive",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/experiments/{experiment_id}:unarchive",
+        Allow::Roles(WRITE),
+    ),
+    rule("GET /apis/v2beta1/pipelines", Allow::Roles(READ)),
+    rule("POST /apis/v2beta1/pipelines/upload", Allow::Roles(WRITE)),
+    rule(
+        "POST /apis/v2beta1/pipelines/upload_version",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "GET /apis/v2beta1/pipelines/{pipeline_id}",
+        Allow::Roles(READ),
+    ),
+    rule(
+        "DELETE /apis/v2beta1/pipelines/{pipeline_id}",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "GET /apis/v2beta1/pipelines/{pipeline_id}/versions",
+        Allow::Roles(READ),
+    ),
+    rule(
+        "GET /apis/v2beta1/pipelines/{pipeline_id}/versions/{pipeline_version_id}",
+        Allow::Roles(READ),
+    ),
+    rule(
+        "DELETE /apis/v2beta1/pipelines/{pipeline_id}/versions/{pipeline_version_id}",
+        Allow::Roles(WRITE),
+    ),
+    rule("GET /apis/v2beta1/runs", Allow::Roles(READ)),
+    rule("POST /apis/v2beta1/runs", Allow::Roles(WRITE)),
+    rule("GET /apis/v2beta1/runs/{run_id}", Allow::Roles(READ)),
+    rule("DELETE /apis/v2beta1/runs/{run_id}", Allow::Roles(WRITE)),
+    rule(
+        "POST /apis/v2beta1/runs/{run_id}:terminate",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/runs/{run_id}:retry",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/runs/{run_id}:archive",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/runs/{run_id}:unarchive",
+        Allow::Roles(WRITE),
+    ),
 ];
 
 pub fn lookup(method: &str) -> Option<&'static Rule> {
@@ -187,10 +256,15 @@ pub fn check(
         Some(gantry_tls::Role::Agent(_))
     ) || transport == Transport::Insecure;
     let ok = match rule.allow {
-        Allow::Anyone => true,
+        Allow::Anyone | Allow::Public => true,
         Allow::Roles(_) if principal.token.is_none() => {
+            let how = if method.starts_with('/') {
+                "pass --token or set GANTRY_TOKEN"
+            } else {
+                "send `Authorization: Bearer <token>` (kfp.Client(existing_token=...))"
+            };
             return Err(Status::unauthenticated(format!(
-                "{method} needs {}: pass --token or set GANTRY_TOKEN",
+                "{method} needs {}: {how}",
                 needs(rule.allow)
             )));
         }
@@ -228,6 +302,7 @@ fn roles_text(roles: &[Role]) -> String {
 pub fn needs(allow: Allow) -> String {
     match allow {
         Allow::Anyone => "no credential (it works once: the first admin token)".into(),
+        Allow::Public => "no credential (it tells only that the API is up)".into(),
         Allow::Roles(roles) => format!("a token with role {}", roles_text(roles)),
         Allow::RolesOrCertificates(roles) => format!(
             "a token with role {}, or a certificate of the cluster CA",
@@ -242,7 +317,7 @@ pub fn needs(allow: Allow) -> String {
 
 /// The authorization table as a markdown table, for the README.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| RPC | who may call it |\n| --- | --- |\n");
+    let mut out = String::from("| RPC or HTTP route | who may call it |\n| --- | --- |\n");
     for r in TABLE {
         let name = r.method.trim_start_matches("/gantry.v1.");
         out.push_str(&format!("| `{name}` | {} |\n", needs(r.allow)));
@@ -294,7 +369,21 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let path = req.uri().path().to_string();
+        let rest = path.starts_with(crate::kfp::routes::PREFIX);
+        let method = if rest {
+            match crate::kfp::routes::find(req.method().as_str(), &path) {
+                crate::kfp::routes::Found::Route { route, .. } => crate::kfp::routes::key(route),
+                // No such route: the handler says so, and nothing is served.
+                _ => {
+                    let clone = self.inner.clone();
+                    let mut ready = std::mem::replace(&mut self.inner, clone);
+                    return Box::pin(ready.call(req));
+                }
+            }
+        } else {
+            path
+        };
         let peer = req.extensions().get::<PeerInfo>().cloned();
         let result = check(
             &self.layer.coordinator,
@@ -320,6 +409,16 @@ where
                     reason = %status.message(),
                     "request refused"
                 );
+                if rest {
+                    let e = crate::kfp::HttpError::from(status);
+                    let (parts, body) = e.response().into_parts();
+                    return Box::pin(async move {
+                        Ok(http::Response::from_parts(
+                            parts,
+                            tonic::body::Body::new(body),
+                        ))
+                    });
+                }
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
@@ -378,7 +477,11 @@ mod tests {
                 declared.push(format!("/{full}/{name}"));
             }
         }
-        let mut in_table: Vec<String> = TABLE.iter().map(|r| r.method.to_string()).collect();
+        let mut in_table: Vec<String> = TABLE
+            .iter()
+            .filter(|r| r.method.starts_with('/'))
+            .map(|r| r.method.to_string())
+            .collect();
         declared.sort();
         in_table.sort();
         assert_eq!(

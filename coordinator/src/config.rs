@@ -85,7 +85,8 @@ pub struct Args {
     /// Ticks between leader heartbeats. Default 1.
     #[arg(long)]
     pub heartbeat_ticks: Option<usize>,
-    /// Snapshot and compact the log every this many applied entries. Default 10000.
+    /// Snapshot and compact the log every this many applied entries (past a 16 MiB snapshot,
+    /// also not before the log since holds as many bytes). Default 10000.
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
     /// The largest snapshot accepted from the leader, in bytes. Default 8 GiB.
@@ -187,7 +188,7 @@ pub struct Args {
     pub forget_lost_agents_after: Option<String>,
     /// When retention removes a run, also delete its artifacts (everything under
     /// `<artifact root>/<run id>/`) except those a remaining run or cache entry still refers
-    /// to. Default: artifacts are kept.
+    /// to; those go with the last run that used them. Default: artifacts are kept.
     #[arg(long, env = "GANTRY_DELETE_REMOVED_RUN_ARTIFACTS")]
     pub delete_removed_run_artifacts: bool,
 }

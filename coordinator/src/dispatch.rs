@@ -234,4 +234,47 @@ impl Dispatcher {
 }
 
 /// Why ready tasks wait, from the last scheduling pass.
-pub type WaitingReasons = Arc<Mutex<BTreeMap<(RunId, TaskId), String>>>;
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// Why every ready task waits, when the pass did not walk them one by one (no agent can
+    /// take any step).
+    pub all: Option<String>,
+    pub each: BTreeMap<(RunId, TaskId), String>,
+}
+
+impl Waiting {
+    /// Why the task waits, if it does (`ready`: the task is in state READY).
+    pub fn reason(&self, run_id: &RunId, task_id: &TaskId, ready: bool) -> Option<&str> {
+        if let Some(why) = self.each.get(&(run_id.clone(), task_id.clone())) {
+            return Some(why);
+        }
+        self.all.as_deref().filter(|_| ready)
+    }
+}
+
+/// The last pass's [`Waiting`], shared whole so readers never copy it.
+pub type WaitingReasons = Arc<Mutex<Arc<Waiting>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::Waiting;
+
+    #[test]
+    fn a_reason_for_all_is_given_to_ready_tasks_only_and_a_task_of_its_own_wins() {
+        let (run, a, b) = ("r".into(), "a".into(), "b".into());
+        let none = Waiting::default();
+        assert_eq!(none.reason(&run, &a, true), None);
+        let all = Waiting {
+            all: Some("no agent is connected".into()),
+            ..Default::default()
+        };
+        assert_eq!(all.reason(&run, &a, true), Some("no agent is connected"));
+        assert_eq!(all.reason(&run, &a, false), None, "running or done");
+        let each = Waiting {
+            all: Some("everyone".into()),
+            each: [((run.clone(), a.clone()), "this one".to_string())].into(),
+        };
+        assert_eq!(each.reason(&run, &a, true), Some("this one"));
+        assert_eq!(each.reason(&run, &b, true), Some("everyone"));
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`scheduling`]: the leader's placement loop;
 //! - [`logs`]: step log lines (node-local, not replicated);
 //! - [`api`]: tonic services;
+//! - [`kfp`]: the KFP v2beta1 REST API `kfp.Client` speaks, on the same port;
 //! - [`auth`]: who may call what (certificates and tokens), applied to every request;
 //! - [`server`]: the wiring.
 
@@ -16,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod kfp;
 pub mod log_limits;
 pub mod logs;
 pub mod machine;

@@ -1,16 +1,17 @@
 //! The leader's placement loop: ready steps and free agents → one `AssignAttempts` command
 //! per pass. Followers keep the loop idle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::scheduler::{
-    cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer,
+    cache_candidates, ready_steps, timeouts_due, waiting_reasons, CacheCandidate, Placer, NO_AGENT,
 };
 use gantry_core::state::{retention, Command, Outcome, Unschedulable};
 use gantry_model::{artifact_prefix, AgentId, RunId};
 
+use crate::dispatch::Waiting;
 use crate::server::Coordinator;
 
 /// How often agents' leases are checked. The check walks every agent, so it is kept out of
@@ -80,20 +81,39 @@ async fn pass(
     let walk = std::time::Instant::now();
     let steps = {
         let st = c.state.read();
-        let steps = ready_steps(&st, now);
-        if !steps.is_empty() {
-            let generation = c.dispatcher.connected_generation();
-            placer.sync(&st, generation, || c.dispatcher.connected());
+        let generation = c.dispatcher.connected_generation();
+        placer.sync(&st, generation, || c.dispatcher.connected());
+        // With no agent to place on, the walk of every ready step (under the lock apply
+        // waits on) would only find that each one waits for the same reason.
+        if placer.has_agents() {
+            Some(ready_steps(&st, now))
+        } else {
+            None
         }
-        steps
+    };
+    let Some(steps) = steps else {
+        set_waiting(
+            c,
+            Waiting {
+                all: Some(NO_AGENT.to_string()),
+                ..Default::default()
+            },
+        );
+        return walking + walk.elapsed();
     };
     if steps.is_empty() {
-        c.waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        set_waiting(c, Waiting::default());
         return walking + walk.elapsed();
     }
     let plan = placer.schedule(&steps);
     walking += walk.elapsed();
-    *c.waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting_reasons(&plan);
+    set_waiting(
+        c,
+        Waiting {
+            all: None,
+            each: waiting_reasons(&plan),
+        },
+    );
     if !plan.unschedulable.is_empty() {
         let tasks = plan
             .unschedulable
@@ -128,6 +148,10 @@ async fn pass(
         Err(e) => tracing::warn!(error = %e, "placement proposal failed"),
     }
     walking
+}
+
+fn set_waiting(c: &Coordinator, w: Waiting) {
+    *c.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(w);
 }
 
 /// Declares lost the agents with unfinished attempts that have been silent for longer than
@@ -173,13 +197,10 @@ async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
     if !runs.is_empty() {
         let n = runs.len();
         // Where each run's artifacts lie, read while the runs are still there.
-        let prefixes: BTreeMap<RunId, String> = {
+        let owned: BTreeMap<RunId, RunArtifacts> = {
             let st = c.state.read();
             runs.iter()
-                .filter_map(|id| {
-                    let run = st.runs.get(id)?;
-                    Some((id.clone(), artifact_prefix(&run.pipeline_root, id)))
-                })
+                .filter_map(|id| Some((id.clone(), run_artifacts(st.runs.get(id)?))))
                 .collect()
         };
         match c.propose(Command::RemoveRuns { run_ids: runs }).await {
@@ -190,11 +211,8 @@ async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
                 };
                 tracing::info!(due = n, removed = removed.len(), "retention: runs removed");
                 if c.delete_removed_run_artifacts && !removed.is_empty() {
-                    let doomed = removed
-                        .iter()
-                        .filter_map(|id| prefixes.get(id).cloned())
-                        .collect();
-                    tokio::spawn(delete_artifacts(c.clone(), doomed));
+                    let doomed = removed.iter().filter_map(|id| owned.get(id)).cloned();
+                    tokio::spawn(delete_artifacts(c.clone(), doomed.collect()));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "retention: could not remove runs"),
@@ -213,28 +231,111 @@ async fn apply_retention(c: &Arc<Coordinator>, now: i64) {
     }
 }
 
+/// What a removed run leaves in the artifact store: its own prefix, and the artifacts it took
+/// from other runs through the cache (kept when those runs went, because it used them).
+#[derive(Debug, Clone)]
+struct RunArtifacts {
+    prefix: String,
+    borrowed: Vec<String>,
+}
+
+fn run_artifacts(run: &gantry_core::engine::RunRecord) -> RunArtifacts {
+    let outputs = run.tasks.values().flat_map(|t| {
+        let from_cache = t.cached_from.is_some();
+        t.outputs
+            .artifacts
+            .values()
+            .flatten()
+            .map(move |a| (from_cache, a.uri.as_str()))
+    });
+    RunArtifacts {
+        prefix: artifact_prefix(&run.pipeline_root, &run.run_id),
+        borrowed: borrowed_uris(&run.pipeline_root, &run.run_id, outputs),
+    }
+}
+
+/// Of a run's task outputs (whether the task was served from the cache, URI): those it took
+/// from another run's prefix under the same artifact root through the cache. Anything else
+/// outside its own prefix (what an importer brought in, say) is the user's, never deleted.
+fn borrowed_uris<'a>(
+    root: &str,
+    run_id: &RunId,
+    outputs: impl Iterator<Item = (bool, &'a str)>,
+) -> Vec<String> {
+    let own = format!("{}/", artifact_prefix(root, run_id));
+    let under_root = format!("{}/", root.trim_end_matches('/'));
+    outputs
+        .filter(|(from_cache, uri)| {
+            *from_cache && uri.starts_with(&under_root) && !uri.starts_with(&own)
+        })
+        .map(|(_, uri)| uri.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// Deletes what lies under removed runs' artifact prefixes, except what a remaining run or
 /// cache entry refers to (a later run's cached result may point into a removed run's prefix).
-/// A failure is logged and not retried: the objects stay, as with the option off.
-async fn delete_artifacts(c: Arc<Coordinator>, prefixes: Vec<String>) {
-    let keep: std::collections::BTreeSet<String> = {
+/// What the removed runs took from other runs through the cache goes too, once no remaining
+/// run or cache entry refers to it and the run that wrote it is gone as well (it was kept
+/// for them alone). A failure is logged and not retried: the objects stay, as with the
+/// option off.
+async fn delete_artifacts(c: Arc<Coordinator>, removed: Vec<RunArtifacts>) {
+    let (keep, remaining): (BTreeSet<String>, BTreeSet<String>) = {
         let st = c.state.read();
-        st.artifact_uris_in_use()
+        let keep = st
+            .artifact_uris_in_use()
             .into_iter()
             .map(str::to_string)
-            .collect()
+            .collect();
+        let has_borrowed = removed.iter().any(|r| !r.borrowed.is_empty());
+        let remaining = if has_borrowed {
+            st.runs
+                .values()
+                .map(|r| artifact_prefix(&r.pipeline_root, &r.run_id))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        (keep, remaining)
     };
     let keep = keep.iter().map(String::as_str).collect();
-    for prefix in prefixes {
-        match c.artifacts.delete_under(&prefix, &keep).await {
+    for r in &removed {
+        match c.artifacts.delete_under(&r.prefix, &keep).await {
             Ok((deleted, kept)) => {
-                tracing::info!(%prefix, deleted, kept, "retention: a removed run's artifacts deleted")
+                tracing::info!(prefix = %r.prefix, deleted, kept, "retention: a removed run's artifacts deleted")
             }
             Err(e) => {
-                tracing::warn!(%prefix, error = %e, "retention: could not delete a removed run's artifacts")
+                tracing::warn!(prefix = %r.prefix, error = %e, "retention: could not delete a removed run's artifacts")
             }
         }
     }
+    let left_behind = removed
+        .iter()
+        .flat_map(|r| &r.borrowed)
+        .filter(|uri| !keep.contains(uri.as_str()) && !under_any(uri, &remaining));
+    for uri in left_behind.collect::<BTreeSet<_>>() {
+        match c.artifacts.delete_under(uri, &keep).await {
+            Ok((deleted, _)) => {
+                tracing::info!(%uri, deleted, "retention: an artifact kept for a removed run's cache hit deleted")
+            }
+            Err(e) => {
+                tracing::warn!(%uri, error = %e, "retention: could not delete an artifact kept for a removed run")
+            }
+        }
+    }
+}
+
+/// Whether `uri` lies under one of `prefixes` (whole path segments).
+fn under_any(uri: &str, prefixes: &BTreeSet<String>) -> bool {
+    let mut at = uri;
+    while let Some((up, _)) = at.rsplit_once('/') {
+        if prefixes.contains(up) {
+            return true;
+        }
+        at = up;
+    }
+    false
 }
 
 /// Most cache hits checked in one pass, so placement is not held up behind a long list.
@@ -290,5 +391,43 @@ async fn serve_from_cache(c: &Arc<Coordinator>, candidates: Vec<CacheCandidate>,
         if let Err(e) = c.propose(Command::ForgetCache { keys: gone }).await {
             tracing::warn!(error = %e, "forgetting cache entries failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{borrowed_uris, under_any};
+
+    #[test]
+    fn only_cache_hits_into_another_runs_prefix_are_borrowed() {
+        let root = "s3://b/root/";
+        let outputs = [
+            // A cache hit on run-1's result: borrowed.
+            (true, "s3://b/root/run-1/t/attempt-1/data"),
+            (true, "s3://b/root/run-1/t/attempt-1/data"),
+            // Its own output, and an import from elsewhere (cached or not): never.
+            (false, "s3://b/root/run-2/u/attempt-1/model"),
+            (true, "s3://b/root/run-2/u/attempt-1/model"),
+            (false, "s3://public/datasets/mnist"),
+            (true, "s3://public/datasets/mnist"),
+            // Under the root but not from the cache (an importer pointing there): never.
+            (false, "s3://b/root/run-1/t/attempt-1/other"),
+        ];
+        assert_eq!(
+            borrowed_uris(root, &"run-2".into(), outputs.into_iter()),
+            ["s3://b/root/run-1/t/attempt-1/data"]
+        );
+    }
+
+    #[test]
+    fn a_uri_is_under_a_prefix_by_whole_segments() {
+        let prefixes = ["s3://b/root/run-1".to_string()].into_iter().collect();
+        assert!(under_any("s3://b/root/run-1/t/attempt-1/data", &prefixes));
+        assert!(!under_any("s3://b/root/run-10/t/attempt-1/data", &prefixes));
+        assert!(
+            !under_any("s3://b/root/run-1", &prefixes),
+            "the prefix itself"
+        );
+        assert!(!under_any("s3://b/other/run-1/x", &prefixes));
     }
 }

@@ -554,38 +554,50 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         coordinator: coordinator.clone(),
         transport: coordinator.transport,
     };
+    // One port for everything: gRPC, and the KFP REST API (HTTP/1.1 or HTTP/2) beside it.
+    let mut grpc = tonic::service::RoutesBuilder::default();
+    // Explicit limits (see gantry_model::limits): each is the largest message its peers are
+    // allowed to produce, so a legal message is never cut off mid-stream.
+    grpc.add_service(
+        AclServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+    )
+    .add_service(
+        RunServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+    )
+    .add_service(
+        AgentServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+    )
+    .add_service(
+        ClusterServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+    )
+    .add_service(
+        RaftServiceServer::new(api)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+    );
+    let rest = {
+        let c = coordinator.clone();
+        axum::routing::any(move |req: axum::extract::Request| crate::kfp::serve(c.clone(), req))
+    };
+    let router = grpc
+        .routes()
+        .into_axum_router()
+        .route("/apis/{*rest}", rest);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .layer(auth)
-            // Explicit limits (see gantry_model::limits): each is the largest message its
-            // peers are allowed to produce, so a legal message is never cut off mid-stream.
-            .add_service(
-                AclServiceServer::new(api.clone())
-                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
-                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
-            )
-            .add_service(
-                RunServiceServer::new(api.clone())
-                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
-                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
-            )
-            .add_service(
-                AgentServiceServer::new(api.clone())
-                    .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_AGENT_MESSAGE_BYTES),
-            )
-            .add_service(
-                ClusterServiceServer::new(api.clone())
-                    .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
-                    .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
-            )
-            .add_service(
-                RaftServiceServer::new(api)
-                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-            )
+            .add_routes(tonic::service::Routes::from(router))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),

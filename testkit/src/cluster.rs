@@ -908,13 +908,18 @@ pub fn issue(ca: &CaFiles, dir: &Path, role: Role) -> Result<CertFiles> {
 /// Like [`issue`], naming `cluster` in the certificate instead of the CA's cluster (what
 /// `gantry tls cert create --cluster` does).
 pub fn issue_for(ca: &CaFiles, dir: &Path, role: Role, cluster: Option<&str>) -> Result<CertFiles> {
+    // Coordinators also answer to 127.0.0.1, as HTTP clients (kfp.Client) dial them.
+    let ips = match role {
+        Role::Coordinator(_) => vec![std::net::Ipv4Addr::LOCALHOST.into()],
+        _ => vec![],
+    };
     Ok(create_cert(
         ca,
         &CertRequest {
             role,
             cluster: cluster.map(str::to_string),
             dns: vec![],
-            ips: vec![],
+            ips,
             days: 30,
         },
         dir,

@@ -252,4 +252,24 @@ fn a_removed_runs_artifacts_are_deleted_unless_a_remaining_run_still_uses_them()
         "{}",
         c.log(1)
     );
+
+    // E runs on its own; D goes, and with it C's data file that was kept for D alone.
+    let e = finish(&["message=e"], &["--disable-cache"]);
+    deleted_logged(3);
+    let ids = run_ids(&cli);
+    assert!(!ids.contains(&d) && ids.contains(&e), "{ids:?}");
+    eventually(Duration::from_secs(20), || {
+        match files_under(&artifacts.path().join(&c_run)) {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!(
+                "C's data file outlived D, the last run to use it: {left:?}\n{}",
+                c.log(1)
+            )),
+        }
+    });
+    assert_eq!(
+        files_under(&artifacts.path().join(&d)),
+        Vec::<String>::new()
+    );
+    assert!(!files_under(&artifacts.path().join(&e)).is_empty());
 }

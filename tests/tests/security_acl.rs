@@ -1,5 +1,6 @@
-//! The authorization table, walked on a real 3-node TLS cluster: every RPC of
-//! `gantry_coordinator::auth::TABLE` (so a new one is covered as soon as it is in the table),
+//! The authorization table, walked on a real 3-node TLS cluster: every RPC and every KFP HTTP
+//! route of `gantry_coordinator::auth::TABLE` (so a new one is covered as soon as it is in
+//! the table),
 //! on every node, by every kind of caller — a token of each role, none, a wrong one, an
 //! expired one, a revoked one, and certificates of a client, an agent and a coordinator —
 //! answers as the table says: allowed calls get past authorization, a missing or bad token is
@@ -150,14 +151,16 @@ fn want(method: &str, allow: Allow, caller: &Caller) -> Want {
         Token::Good { role, name, .. } => vec![format!("the caller is token {name} ({role})")],
         _ => Vec::new(),
     };
+    // How a refusal tells a caller without a token to send one.
+    let how = if method.starts_with('/') {
+        "GANTRY_TOKEN"
+    } else {
+        "existing_token"
+    };
     match allow {
-        Allow::Anyone => Want::Allowed,
+        Allow::Anyone | Allow::Public => Want::Allowed,
         Allow::Roles(roles) => match role {
-            None => unauth(vec![
-                method.to_string(),
-                needs(allow),
-                "GANTRY_TOKEN".into(),
-            ]),
+            None => unauth(vec![method.to_string(), needs(allow), how.into()]),
             Some(r) if roles.contains(&r) => Want::Allowed,
             Some(_) => denied(caller_name),
         },
@@ -187,6 +190,152 @@ struct Ctx {
     viewer_accessor: String,
     /// Each node's store id, which a peer stamps on its raft traffic.
     stores: std::collections::BTreeMap<u64, u64>,
+    /// KFP records a refused HTTP call would change.
+    experiment_id: String,
+    pipeline_id: String,
+    pipeline_version_id: String,
+}
+
+/// A multipart upload of `yaml` as `kfp.Client` sends it (or, empty, one without the file).
+fn multipart(yaml: &str) -> (String, Vec<u8>) {
+    let mut body = String::from("--walkboundary\r\n");
+    if !yaml.is_empty() {
+        body.push_str(
+            "Content-Disposition: form-data; name=\"uploadfile\"; filename=\"p.yaml\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n",
+        );
+        body.push_str(yaml);
+    } else {
+        body.push_str("Content-Disposition: form-data; name=\"other\"\r\n\r\nx");
+    }
+    body.push_str("\r\n--walkboundary--\r\n");
+    (
+        "multipart/form-data; boundary=walkboundary".into(),
+        body.into_bytes(),
+    )
+}
+
+/// The HTTP request sent to route `key` (`"METHOD /apis/..."`) on a node: like [`payload`],
+/// harmful when the caller is to be refused, harmless (refused by the handler) otherwise.
+/// Returns (method, path and query, content type, body).
+fn http_request(key: &str, refused: bool, ctx: &Ctx) -> (String, String, String, Vec<u8>) {
+    let (method, pattern) = key.split_once(' ').unwrap();
+    let pick = |harmful: &str, harmless: &str| {
+        if refused {
+            harmful.to_string()
+        } else {
+            harmless.to_string()
+        }
+    };
+    let path = pattern
+        .replace(
+            "{experiment_id}",
+            &pick(&ctx.experiment_id, "no-such-experiment"),
+        )
+        .replace("{pipeline_id}", &pick(&ctx.pipeline_id, "no-such-pipeline"))
+        .replace(
+            "{pipeline_version_id}",
+            &pick(&ctx.pipeline_version_id, "no-such-version"),
+        )
+        .replace("{run_id}", &pick(&ctx.run_id, "no-such-run"));
+    let json = |v: Value| ("application/json".to_string(), v.to_string().into_bytes());
+    let (query, (content_type, body)) = match (method, pattern) {
+        ("POST", "/apis/v2beta1/experiments") => (
+            String::new(),
+            json(if refused {
+                json!({"display_name": "walk-forged"})
+            } else {
+                json!({})
+            }),
+        ),
+        ("POST", "/apis/v2beta1/pipelines/upload") => (
+            "?name=walk-forged".to_string(),
+            multipart(if refused { &ctx.pipeline_yaml } else { "" }),
+        ),
+        ("POST", "/apis/v2beta1/pipelines/upload_version") => (
+            pick(
+                &format!("?name=walk-forged&pipelineid={}", ctx.pipeline_id),
+                "?name=walk-forged",
+            ),
+            multipart(&ctx.pipeline_yaml),
+        ),
+        ("DELETE", "/apis/v2beta1/pipelines/{pipeline_id}") => {
+            ("?cascade=true".to_string(), json(json!({})))
+        }
+        ("POST", "/apis/v2beta1/runs") => (
+            String::new(),
+            json(if refused {
+                json!({"display_name": "walk-forged",
+                    "pipeline_version_reference": {"pipeline_id": ctx.pipeline_id},
+                    "runtime_config": {"parameters": {"seconds": 1}}})
+            } else {
+                json!({})
+            }),
+        ),
+        // Action verbs and reads carry no body, as kfp.Client sends them.
+        _ => (String::new(), ("application/json".to_string(), Vec::new())),
+    };
+    (
+        method.to_string(),
+        format!("{path}{query}"),
+        content_type,
+        body,
+    )
+}
+
+/// Sends one HTTP request on `ch` (the caller's TLS and token): `Ok(status, JSON body)`, or
+/// the refusal as a `Status` with KFP's code and message.
+async fn http_call(
+    ch: Authed,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Value), Status> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .unwrap();
+    let answer = async {
+        let resp = ch
+            .oneshot(req)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("{e}")))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok((status, v));
+        }
+        let code = Code::from_i32(v["code"].as_i64().unwrap_or(2) as i32);
+        Err(Status::new(
+            code,
+            format!("HTTP {status}: {}", v["message"].as_str().unwrap_or("")),
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(15), answer)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in 15 s")))
+}
+
+/// `GET path` as the harness (admin), as JSON.
+fn http_get(c: &Cluster, rt: &tokio::runtime::Runtime, path: &str) -> Result<Value, String> {
+    let _in_runtime = rt.enter();
+    let ch = c.channel(1).ok_or("no channel to node 1")?;
+    rt.block_on(http_call(ch, "GET", path, "application/json", Vec::new()))
+        .map(|(_, v)| v)
+        .map_err(|s| format!("GET {path}: {s:?}"))
 }
 
 /// The coordinator certificate a caller presents to `node`: another member's.
@@ -351,6 +500,8 @@ struct Observed {
     tokens: Vec<Value>,
     /// Per node: (term, leader, members)
     nodes: Vec<Value>,
+    /// KFP experiments, pipelines and versions, and the runs' archive flags.
+    catalog: Vec<Value>,
 }
 
 fn list(cli: &Cli, args: &[&str]) -> Result<Vec<Value>, String> {
@@ -362,8 +513,25 @@ fn list(cli: &Cli, args: &[&str]) -> Result<Vec<Value>, String> {
         .ok_or_else(|| format!("gantry {args:?} is not a list: {}", r.stdout))
 }
 
-fn observe(c: &Cluster) -> Result<Observed, String> {
+fn observe(c: &Cluster, rt: &tokio::runtime::Runtime, ctx: &Ctx) -> Result<Observed, String> {
     let cli = c.cli();
+    let mut catalog = vec![
+        http_get(c, rt, "/apis/v2beta1/experiments?page_size=200")?,
+        http_get(c, rt, "/apis/v2beta1/pipelines?page_size=200")?,
+        http_get(
+            c,
+            rt,
+            &format!(
+                "/apis/v2beta1/pipelines/{}/versions?page_size=200",
+                ctx.pipeline_id
+            ),
+        )?,
+    ];
+    let runs = http_get(c, rt, "/apis/v2beta1/runs?page_size=200")?;
+    catalog.push(json!(runs["runs"].as_array().map(|rs| rs
+        .iter()
+        .map(|r| json!([r["run_id"], r["storage_state"]]))
+        .collect::<Vec<_>>())));
     let mut nodes = Vec::new();
     for id in c.all_ids() {
         let s = c
@@ -387,6 +555,7 @@ fn observe(c: &Cluster) -> Result<Observed, String> {
             .map(|t| json!([t["accessor"], t["name"], t["role"]]))
             .collect(),
         nodes,
+        catalog,
     })
 }
 
@@ -521,8 +690,54 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
             .into_iter()
             .map(|id| (id, c.store_id(id).unwrap()))
             .collect(),
+        experiment_id: String::new(),
+        pipeline_id: String::new(),
+        pipeline_version_id: String::new(),
     };
-    let before = observe(&c).unwrap();
+    let ctx = {
+        let mut ctx = ctx;
+        // An experiment and a pipeline of the KFP API for refused calls to aim at.
+        let _in_runtime = rt.enter();
+        let admin = c.channel(1).unwrap();
+        let (_, e) = rt
+            .block_on(http_call(
+                admin.clone(),
+                "POST",
+                "/apis/v2beta1/experiments",
+                "application/json",
+                json!({"display_name": "walk-experiment"})
+                    .to_string()
+                    .into_bytes(),
+            ))
+            .unwrap();
+        ctx.experiment_id = e["experiment_id"].as_str().unwrap().to_string();
+        let (ct, body) = multipart(&ctx.pipeline_yaml);
+        let (_, p) = rt
+            .block_on(http_call(
+                admin.clone(),
+                "POST",
+                "/apis/v2beta1/pipelines/upload?name=walk-pipeline",
+                &ct,
+                body,
+            ))
+            .unwrap();
+        ctx.pipeline_id = p["pipeline_id"].as_str().unwrap().to_string();
+        let (_, vs) = rt
+            .block_on(http_call(
+                admin,
+                "GET",
+                &format!("/apis/v2beta1/pipelines/{}/versions", ctx.pipeline_id),
+                "application/json",
+                Vec::new(),
+            ))
+            .unwrap();
+        ctx.pipeline_version_id = vs["pipeline_versions"][0]["pipeline_version_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ctx
+    };
+    let before = observe(&c, &rt, &ctx).unwrap();
     let mut wrong = Vec::new();
     let mut calls = 0;
     for rule in TABLE {
@@ -530,10 +745,18 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
             for caller in &callers {
                 let want = want(rule.method, rule.allow, caller);
                 let refused = !matches!(want, Want::Allowed);
-                let body = payload(rule.method, refused, &ctx, node);
                 // The channel is made on the runtime: its connection task lives there.
-                let got =
-                    rt.block_on(async { call(channel(caller, node), rule.method, body).await });
+                let got = if rule.method.starts_with('/') {
+                    let body = payload(rule.method, refused, &ctx, node);
+                    rt.block_on(async { call(channel(caller, node), rule.method, body).await })
+                } else {
+                    let (method, path, ct, body) = http_request(rule.method, refused, &ctx);
+                    rt.block_on(async {
+                        http_call(channel(caller, node), &method, &path, &ct, body)
+                            .await
+                            .map(|_| ())
+                    })
+                };
                 calls += 1;
                 let what = format!("{} on node {node} by {}", rule.method, caller.name);
                 match (&want, got) {
@@ -577,7 +800,7 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
         again.stderr
     );
 
-    let after = observe(&c).unwrap();
+    let after = observe(&c, &rt, &ctx).unwrap();
     assert_eq!(
         before,
         after,

@@ -89,6 +89,20 @@ fn runs_over_the_limits_are_refused_and_writes_without_a_majority_time_out() {
     // 3 × 3 cells: 26 tasks, within the limit.
     let r = submit(r#"["a","b","c"]"#, r#"["1","2","3"]"#);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // No agent anywhere: each ready step says so (the pass skips placement altogether). The
+    // reasons are the leader's, from its last pass: asked of the leader.
+    let id = r.json().unwrap()["run_id"].as_str().unwrap().to_string();
+    let at_leader = c.cli_for(&[leader]);
+    gantry_testkit::eventually(Duration::from_secs(20), || {
+        let run = at_leader.get_run(&id).map_err(|e| e.to_string())?;
+        let tasks = run["tasks"].as_array().cloned().unwrap_or_default();
+        let ready: Vec<_> = tasks.iter().filter(|t| t["state"] == "READY").collect();
+        let told = |t: &&serde_json::Value| t["waiting_reason"] == "no agent is connected";
+        match !ready.is_empty() && ready.iter().all(told) {
+            true => Ok(()),
+            false => Err(format!("{run:#}")),
+        }
+    });
 
     // Without a majority nothing commits: the submission fails when the timeout is up,
     // naming it, and says the write may still take effect.

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 
 use gantry_core::engine::{RunRecord, RunState, TaskState, ROOT_TASK_ID};
 use gantry_core::state::AgentRecord;
-use gantry_model::{AttemptKey, RunId, TaskId};
+use gantry_model::{AttemptKey, TaskId};
 use gantry_proto::v1 as pb;
 use serde_json::{json, Value};
+
+use crate::dispatch::Waiting;
 
 /// A run's state on the wire.
 pub fn run_state(s: RunState) -> pb::RunState {
@@ -84,7 +86,7 @@ pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     json!({ "parameters": outputs.parameters, "artifacts": artifacts }).to_string()
 }
 
-pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>) -> pb::Run {
+pub fn run_to_proto(run: &RunRecord, waiting: &Waiting) -> pb::Run {
     let mut tasks: Vec<&gantry_core::engine::TaskRecord> = run
         .tasks
         .values()
@@ -122,8 +124,8 @@ pub fn run_to_proto(run: &RunRecord, waiting: &BTreeMap<(RunId, TaskId), String>
                 error: t.error.clone().unwrap_or_default(),
                 outputs_json: task_outputs_json(&t.outputs),
                 waiting_reason: waiting
-                    .get(&(run.run_id.clone(), t.task_id.clone()))
-                    .cloned()
+                    .reason(&run.run_id, &t.task_id, t.state == TaskState::Ready)
+                    .map(String::from)
                     .unwrap_or_default(),
                 cached_from: t.cached_from.clone().unwrap_or_default(),
             })

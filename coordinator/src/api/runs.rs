@@ -22,6 +22,56 @@ use crate::logs::{LogRecord, PAGE_LINES};
 use crate::server::Route;
 
 impl Api {
+    /// Checks and creates a run (on the leader): `yaml` the pipeline, `given` its parameters
+    /// (JSON values, converted to the types the pipeline declares), `opts` the rest of a
+    /// submission (its pipeline and parameters are not read), `info` what the KFP API
+    /// attaches. Returns the run's id and whether its request id named an existing run.
+    pub(crate) async fn submit(
+        &self,
+        yaml: &str,
+        given: BTreeMap<String, serde_json::Value>,
+        opts: &pb::SubmitRunRequest,
+        info: Option<gantry_core::state::catalog::RunInfo>,
+    ) -> Result<(RunId, bool), ApiError> {
+        let bounds = self.0.submit_limits;
+        check_pipeline_size(yaml.len(), &bounds).map_err(ApiError::OverLimit)?;
+        let pipeline = parse_pipeline(yaml).map_err(ApiError::InvalidPipeline)?;
+        check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
+        check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
+        let caching = cache_policy(&pipeline, opts)?;
+        let limits = run_limits(&pipeline, opts, &bounds)?;
+        let parameters =
+            resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
+        check_submission(&pipeline, &parameters, &bounds).map_err(ApiError::OverLimit)?;
+        let given_artifacts: BTreeMap<String, String> = opts
+            .artifacts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts, &self.0.uri_policy)
+            .map_err(ApiError::InvalidArtifacts)?;
+        let request_id = (!opts.request_id.is_empty()).then(|| opts.request_id.clone());
+        let cmd = Command::CreateRun {
+            run_id: uuid::Uuid::new_v4().to_string().into(),
+            request_id,
+            pipeline: Box::new(pipeline),
+            pipeline_root: self.0.artifact_root.clone(),
+            parameters,
+            artifacts,
+            at: crate::now_ms(),
+            caching,
+            limits,
+            priority: opts.priority,
+            uri_policy: Some(self.0.uri_policy.clone()),
+            info: info.map(Box::new),
+        };
+        match self.0.propose(cmd).await?.result {
+            Ok(Outcome::RunCreated { run_id, existing }) => Ok((run_id, existing)),
+            Ok(other) => Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            Err(r) => Err(ApiError::from(r)),
+        }
+    }
+
     /// Commits `cmd` (on the leader) and answers with run `run_id` as it is then.
     async fn change_run(&self, run_id: &RunId, cmd: Command) -> Result<Response<pb::Run>, Status> {
         self.0.propose(cmd).await?.result.map_err(ApiError::from)?;
@@ -147,49 +197,16 @@ impl RunService for Api {
             return RunServiceClient::new(ch).submit_run(relay(req)).await;
         }
         let req = req.into_inner();
-        let bounds = self.0.submit_limits;
-        check_pipeline_size(req.pipeline_yaml.len(), &bounds).map_err(ApiError::OverLimit)?;
-        let pipeline = parse_pipeline(&req.pipeline_yaml).map_err(ApiError::InvalidPipeline)?;
-        check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
-        check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
-        let caching = cache_policy(&pipeline, &req)?;
-        let limits = run_limits(&pipeline, &req, &bounds)?;
         let given: BTreeMap<String, serde_json::Value> = req
             .parameters
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let parameters =
-            resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
-        check_submission(&pipeline, &parameters, &bounds).map_err(ApiError::OverLimit)?;
-        let given_artifacts: BTreeMap<String, String> = req.artifacts.into_iter().collect();
-        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts, &self.0.uri_policy)
-            .map_err(ApiError::InvalidArtifacts)?;
-        let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
-        let cmd = Command::CreateRun {
-            run_id: uuid::Uuid::new_v4().to_string().into(),
-            request_id,
-            pipeline: Box::new(pipeline),
-            pipeline_root: self.0.artifact_root.clone(),
-            parameters,
-            artifacts,
-            at: crate::now_ms(),
-            caching,
-            limits,
-            priority: req.priority,
-            uri_policy: Some(self.0.uri_policy.clone()),
-        };
-        let applied = self.0.propose(cmd).await?;
-        match applied.result {
-            Ok(Outcome::RunCreated { run_id, existing }) => {
-                Ok(Response::new(pb::SubmitRunResponse {
-                    run_id: run_id.into_string(),
-                    existing,
-                }))
-            }
-            Ok(other) => Err(ApiError::UnexpectedOutcome(format!("{other:?}")).into()),
-            Err(r) => Err(ApiError::from(r).into()),
-        }
+        let (run_id, existing) = self.submit(&req.pipeline_yaml, given, &req, None).await?;
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: run_id.into_string(),
+            existing,
+        }))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {

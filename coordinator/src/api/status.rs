@@ -218,6 +218,23 @@ impl ApiError {
                 Rejection::NotRetryable(_) | Rejection::MemberStoreConflict { .. } => {
                     Code::FailedPrecondition
                 }
+                Rejection::Catalog(c) => {
+                    use gantry_core::state::catalog::CatalogError as C;
+                    match c {
+                        C::ExperimentExists(_)
+                        | C::PipelineExists(_)
+                        | C::VersionExists { .. }
+                        | C::IdTaken { .. } => Code::AlreadyExists,
+                        C::ExperimentNotFound(_)
+                        | C::PipelineNotFound(_)
+                        | C::VersionNotFound { .. } => Code::NotFound,
+                        C::ExperimentHasRuns { .. } | C::PipelineHasVersions { .. } => {
+                            Code::FailedPrecondition
+                        }
+                        C::Invalid(_) => Code::InvalidArgument,
+                        C::Full { .. } => Code::ResourceExhausted,
+                    }
+                }
                 Rejection::Acl(a) => match a {
                     AclError::AlreadyBootstrapped => Code::FailedPrecondition,
                     AclError::NameTaken(_) => Code::AlreadyExists,

@@ -28,9 +28,10 @@ pub(super) enum Mail<O> {
     TransferLeader(u64),
     Step(Box<Message>),
     Feedback(Feedback),
+    /// A snapshot was written and decoded again; `Ok` holds its size in bytes.
     SnapshotWritten {
         meta: SnapshotMetadata,
-        result: std::io::Result<()>,
+        result: std::io::Result<u64>,
     },
     Shutdown,
 }

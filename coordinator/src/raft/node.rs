@@ -134,6 +134,19 @@ pub struct NodeStatus {
     pub disk_full: Option<String>,
 }
 
+/// A snapshot costs time in proportion to the whole state, on every node. Past this size the
+/// next one also waits until the entries applied since add up to as many bytes, so writing
+/// snapshots costs at most a byte per byte of log however large the state grows (a 200 MB
+/// state is written once per 200 MB of log rather than every `snapshot_entries` entries),
+/// and the log behind a snapshot stays within the state's size.
+pub const BIG_SNAPSHOT: u64 = 16 << 20;
+
+/// Whether a snapshot is due after `entries` entries of `bytes` bytes were applied since the
+/// last one, which was `last_bytes` long (0: none written since the node started).
+fn snapshot_due(entries: u64, every: u64, last_bytes: u64, bytes: u64) -> bool {
+    entries >= every && (last_bytes <= BIG_SNAPSHOT || bytes >= last_bytes)
+}
+
 /// How often a node whose disk is full tries to write the Ready it holds again.
 pub const DISK_FULL_RETRY: Duration = Duration::from_millis(500);
 
@@ -228,6 +241,10 @@ pub(super) struct Node<S: StateMachine, T: Transport> {
     /// The index of the last snapshot that failed (to write, or to decode): the next try waits
     /// for another `snapshot_entries` entries, instead of cloning the state on every Ready.
     snapshot_failed_at: u64,
+    /// The size of the last snapshot this node wrote (0: none since it started), and the
+    /// bytes of the entries it applied since (see [`BIG_SNAPSHOT`]).
+    last_snapshot_bytes: u64,
+    applied_bytes: u64,
     /// Set while the disk is full (see [`NodeStatus::disk_full`]).
     stalled: Option<Stalled>,
 }
@@ -384,6 +401,8 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             snapshot_writes,
             last_snapshot: snap_meta.index,
             snapshot_failed_at: 0,
+            last_snapshot_bytes: 0,
+            applied_bytes: 0,
             stalled: None,
         };
         node.publish_status();
@@ -533,7 +552,8 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             Mail::SnapshotWritten { meta, result } => {
                 self.snapshotting = false;
                 match result {
-                    Ok(()) => {
+                    Ok(size) => {
+                        self.last_snapshot_bytes = size;
                         if let Err(e) = self.compact(&meta) {
                             tracing::error!(error = %e, "log compaction failed");
                         }
@@ -583,6 +603,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         for e in entries {
+            self.applied_bytes = self.applied_bytes.saturating_add(e.data.len() as u64);
             // Whatever the entry is, a waiter of another kind at its slot lost its entry (raft-rs
             // turns a refused membership change into an empty normal entry).
             let proposal = self.proposals.take(e.term, e.index);
@@ -704,7 +725,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         }
         let since = self.last_snapshot.max(self.snapshot_failed_at);
         let wanted = self.store.take_snapshot_wanted() && applied > since;
-        if !wanted && applied < since + self.cfg.snapshot_entries {
+        let due = snapshot_due(
+            applied.saturating_sub(since),
+            self.cfg.snapshot_entries,
+            self.last_snapshot_bytes,
+            self.applied_bytes,
+        );
+        if !wanted && !due {
             return Ok(());
         }
         let term = raft::Storage::term(&self.store, applied).map_err(fatal)?;
@@ -719,20 +746,22 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         let snaps = self.snaps.clone();
         let mailbox = self.mailbox.clone();
         self.snapshotting = true;
+        self.applied_bytes = 0;
         let check: fn(&mut dyn Read) -> std::io::Result<()> = S::check;
         let job = move || {
             // Decoded once before the log behind it may be compacted: a snapshot that cannot be
             // loaded must never replace a log that can.
             let result = snaps
                 .write(meta.term, meta.index, &members, writer)
-                .and_then(|()| {
+                .and_then(|size| {
                     let (_, mut r) = snaps.open(meta.term, meta.index)?;
                     check(&mut r).map_err(|e| {
                         std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             format!("the snapshot just written does not decode: {e}"),
                         )
-                    })
+                    })?;
+                    Ok(size)
                 });
             let _ = mailbox.send(Mail::SnapshotWritten { meta, result });
         };
@@ -850,7 +879,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     ) -> Result<(), Fatal> {
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
-            if let Err(e) = self.store.persist(rd.entries(), hs.as_ref(), None) {
+            if let Err(e) = self.store.persist_ready(rd.entries(), hs.as_ref()) {
                 if !e.is_no_space() {
                     return Err(fatal(e));
                 }
@@ -952,5 +981,30 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             s.role = "DISK_FULL";
             s.matched.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{snapshot_due, BIG_SNAPSHOT};
+
+    #[test]
+    fn a_small_state_is_snapshotted_by_entry_count_and_a_large_one_by_log_bytes_too() {
+        let mb = 1 << 20;
+        // Small: every `every` entries, whatever their size.
+        assert!(!snapshot_due(9_999, 10_000, mb, 0));
+        assert!(snapshot_due(10_000, 10_000, mb, 0));
+        assert!(
+            snapshot_due(10_000, 10_000, 0, 0),
+            "none written since start"
+        );
+        // Large: also not before the log since holds as many bytes as the last snapshot.
+        let big = BIG_SNAPSHOT + 1;
+        assert!(!snapshot_due(10_000, 10_000, big, big - 1));
+        assert!(snapshot_due(10_000, 10_000, big, big));
+        assert!(
+            !snapshot_due(9_999, 10_000, big, 10 * big),
+            "and the count still"
+        );
     }
 }

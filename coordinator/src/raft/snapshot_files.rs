@@ -147,8 +147,9 @@ impl SnapshotStore for SnapshotDir {
         index: u64,
         members: &Members,
         body: SnapshotWriter,
-    ) -> std::io::Result<()> {
-        SnapshotDir::write(self, term, index, members, body).map(|_| ())
+    ) -> std::io::Result<u64> {
+        let path = SnapshotDir::write(self, term, index, members, body)?;
+        Ok(std::fs::metadata(path)?.len())
     }
 
     fn open(&self, term: u64, index: u64) -> std::io::Result<(Members, Box<dyn Read + Send>)> {

@@ -20,14 +20,14 @@ pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> 
 
 pub trait SnapshotStore: Send + Sync + 'static {
     /// Writes the snapshot of (`term`, `index`): durable under its final name on return, and
-    /// never visible half-written.
+    /// never visible half-written. Returns its size in bytes.
     fn write(
         &self,
         term: u64,
         index: u64,
         members: &Members,
         body: SnapshotWriter,
-    ) -> std::io::Result<()>;
+    ) -> std::io::Result<u64>;
     /// The member address book of a snapshot and a reader positioned at the state bytes.
     fn open(&self, term: u64, index: u64) -> std::io::Result<(Members, Box<dyn Read + Send>)>;
     /// Forgets snapshots older than `index` (a newer one may be a transfer in progress).
@@ -190,12 +190,14 @@ impl SnapshotStore for MemSnapshots {
         index: u64,
         members: &Members,
         body: SnapshotWriter,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<u64> {
         let mut w = Sealing::new(Vec::new());
         write_header(&mut w, members)?;
         body(&mut w)?;
-        self.put(term, index, Arc::new(w.seal()?));
-        Ok(())
+        let bytes = w.seal()?;
+        let size = bytes.len() as u64;
+        self.put(term, index, Arc::new(bytes));
+        Ok(size)
     }
 
     fn open(&self, term: u64, index: u64) -> std::io::Result<(Members, Box<dyn Read + Send>)> {

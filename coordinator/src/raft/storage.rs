@@ -71,10 +71,14 @@ pub struct WriteBatch {
     pub snapshot_meta: Option<SnapshotMetadata>,
     pub members: Option<Members>,
     pub compacted: Option<(u64, u64)>,
+    /// Only the commit index moved: the write may become durable with the next durable one
+    /// instead of now (etcd's `MustSync`). A commit index lost to a crash is learnt again from
+    /// the leader, and nothing that a reply or a message promised depends on it.
+    pub deferred: bool,
 }
 
 /// Where the Raft log's bytes live. `write` must be atomic (all of the batch or none of it
-/// survives a crash) and durable when it returns.
+/// survives a crash) and durable when it returns, unless the batch is `deferred`.
 pub trait LogStore: Send + Sync + 'static {
     fn load(&self) -> Result<Persisted, LogStoreError>;
     /// Entries with `low <= index < high`, in order; stops early once `max_size` bytes are
@@ -282,14 +286,41 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Records a new commit index in the hard state.
+    /// Records a new commit index in the hard state, durable with the next durable write.
     pub fn set_commit(&self, commit: u64) -> Result<(), LogStoreError> {
         let mut hs = self.hard_state();
         if hs.commit == commit {
             return Ok(());
         }
         hs.commit = commit;
-        self.persist(&[], Some(&hs), None)
+        self.persist_hard_state(&hs)
+    }
+
+    /// Writes a Ready's entries and hard state. The write is deferred when there are no
+    /// entries and the hard state differs from the stored one in its commit index only: term
+    /// and vote must be on disk before any message that follows them, entries before they are
+    /// acknowledged, but a commit index is a fact any node learns again.
+    pub fn persist_ready(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), LogStoreError> {
+        match hard_state {
+            Some(hs) if entries.is_empty() => self.persist_hard_state(hs),
+            _ => self.persist(entries, hard_state, None),
+        }
+    }
+
+    fn persist_hard_state(&self, hs: &HardState) -> Result<(), LogStoreError> {
+        let stored = self.hard_state();
+        let deferred = hs.term == stored.term && hs.vote == stored.vote;
+        self.backend.write(WriteBatch {
+            hard_state: Some(hs.clone()),
+            deferred,
+            ..Default::default()
+        })?;
+        self.update(|c| c.hard_state = hs.clone());
+        Ok(())
     }
 
     fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -496,9 +527,84 @@ mod tests {
     }
 
     #[test]
+    fn redb_makes_a_deferred_commit_index_durable_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s = RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap()))
+                .unwrap();
+            s.persist(&[entry(1, 1, b"a")], None, None).unwrap();
+            s.set_commit(1).unwrap();
+            s.persist(&[entry(2, 1, b"b")], None, None).unwrap();
+        }
+        let s =
+            RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())).unwrap();
+        assert_eq!(s.hard_state().commit, 1);
+        assert_eq!(s.last_index().unwrap(), 2);
+    }
+
+    #[test]
     fn memory_persists_truncates_and_reopens() {
         let mem = MemLogStore::default();
         persists_truncates_and_reopens(|| Arc::new(mem.clone()));
+    }
+
+    /// Records which writes were deferred, then stores them in memory.
+    #[derive(Default)]
+    struct Recording {
+        inner: MemLogStore,
+        deferred: std::sync::Mutex<Vec<bool>>,
+    }
+
+    impl LogStore for Recording {
+        fn load(&self) -> Result<Persisted, LogStoreError> {
+            self.inner.load()
+        }
+        fn entries(
+            &self,
+            low: u64,
+            high: u64,
+            max_size: Option<u64>,
+        ) -> Result<Vec<Entry>, LogStoreError> {
+            self.inner.entries(low, high, max_size)
+        }
+        fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {
+            self.inner.entry(index)
+        }
+        fn write(&self, batch: WriteBatch) -> Result<(), LogStoreError> {
+            self.deferred.lock().unwrap().push(batch.deferred);
+            self.inner.write(batch)
+        }
+    }
+
+    #[test]
+    fn only_a_moving_commit_index_is_written_without_waiting_for_the_disk() {
+        let rec = Arc::new(Recording::default());
+        let s = RaftStorage::open(rec.clone()).unwrap();
+        let hs = |term, vote, commit| HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        };
+        // A vote and a new term must be durable before the vote is answered.
+        s.persist_ready(&[], Some(&hs(1, 2, 0))).unwrap();
+        // Entries must be durable before they are acknowledged, whatever the hard state.
+        s.persist_ready(&[entry(1, 1, b"a")], Some(&hs(1, 2, 0)))
+            .unwrap();
+        s.persist_ready(&[entry(2, 1, b"b")], None).unwrap();
+        // Only the commit index moves: deferred, here and through set_commit.
+        s.persist_ready(&[], Some(&hs(1, 2, 1))).unwrap();
+        s.set_commit(2).unwrap();
+        // The vote changes (the rule compares with what is stored, whatever raft allows).
+        s.persist_ready(&[], Some(&hs(1, 3, 2))).unwrap();
+        // A new term, commit unchanged.
+        s.persist_ready(&[], Some(&hs(2, 3, 2))).unwrap();
+        assert_eq!(
+            *rec.deferred.lock().unwrap(),
+            [false, false, false, true, true, false, false]
+        );
+        assert_eq!(s.hard_state(), hs(2, 3, 2), "the cache follows every write");
     }
 
     #[test]

@@ -246,6 +246,9 @@ pub struct RunRecord {
     /// before the policy existed, whose importers are not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri_policy: Option<crate::ir::UriPolicy>,
+    /// What the KFP API attaches to the run; `None` for runs submitted through Gantry's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<crate::state::catalog::RunInfo>>,
 }
 
 impl RunRecord {
@@ -291,6 +294,7 @@ impl RunRecord {
             restarted_at: None,
             priority: 0,
             uri_policy: None,
+            info: None,
         }
     }
 

@@ -26,7 +26,7 @@ pub use error::IrError;
 pub use gantry_model::uri_policy::{self, UriPolicy};
 pub use model::*;
 pub use params::{resolve_run_artifacts, resolve_run_parameters};
-pub use parse::parse_pipeline;
+pub use parse::{parse_pipeline, pipeline_documents};
 pub use quantity::{
     parse_accelerator_count, parse_cpu_quantity, parse_memory_quantity, QuantityError,
 };

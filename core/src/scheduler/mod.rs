@@ -21,6 +21,9 @@ use gantry_model::{AgentId, ResourceRequest, RunId, TaskId};
 use crate::engine::RunRecord;
 use crate::state::{AgentRecord, ClusterState};
 
+/// Why a ready step waits when no agent is placeable (none connected, or all lost).
+pub const NO_AGENT: &str = "no agent is connected";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyStep {
     pub run_id: RunId,
@@ -38,12 +41,26 @@ fn active_runs(state: &ClusterState) -> impl Iterator<Item = (&RunId, &RunRecord
         .filter(|(_, r)| !r.state.is_terminal())
 }
 
+/// The active runs among `ids` (oldest first), or every active run when `ids` is `None`.
+fn active_among<'a>(
+    state: &'a ClusterState,
+    ids: Option<impl Iterator<Item = &'a RunId> + 'a>,
+) -> Box<dyn Iterator<Item = (&'a RunId, &'a RunRecord)> + 'a> {
+    match ids {
+        Some(ids) => Box::new(
+            ids.filter_map(|id| state.runs.get(id).map(|r| (id, &**r)))
+                .filter(|(_, r)| !r.state.is_terminal()),
+        ),
+        None => Box::new(active_runs(state)),
+    }
+}
+
 /// The time-outs due at `now`: runs past their deadline, then attempts past their task's.
 pub fn timeouts_due(state: &ClusterState, now: i64) -> Vec<crate::state::Command> {
     use crate::engine::{attempt_deadline, run_deadline, RunState};
     use crate::state::{AttemptKey, Command};
     let mut out = Vec::new();
-    for (run_id, run) in active_runs(state) {
+    for (run_id, run) in active_among(state, state.watch.timed()) {
         if run.state != RunState::Canceling && run_deadline(run).is_some_and(|d| d <= now) {
             out.push(Command::TimeOutRun {
                 run_id: run_id.clone(),
@@ -84,7 +101,10 @@ pub struct CacheCandidate {
 /// Ready tasks with a usable cache entry, oldest run first.
 pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
     let mut out = Vec::new();
-    for (run_id, run) in active_runs(state) {
+    if state.cache.is_empty() {
+        return out;
+    }
+    for (run_id, run) in active_among(state, state.watch.caching()) {
         for t in run.ready_tasks() {
             let (Some(key), Some(entry)) = (
                 t.cache_key.as_ref(),

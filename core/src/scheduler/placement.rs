@@ -275,7 +275,7 @@ pub(super) fn plan_pass(fleet: &mut Fleet, steps: &[ReadyStep]) -> Plan {
     for step in steps {
         if fleet.agents().is_empty() {
             plan.waiting
-                .push((step.clone(), "no agent is connected".to_string()));
+                .push((step.clone(), super::NO_AGENT.to_string()));
             continue;
         }
         let shape = shapes
@@ -374,7 +374,7 @@ pub(super) fn schedule_naive(steps: &[ReadyStep], agents: &[AgentView], policy: 
         let r = &step.request;
         if agents.is_empty() {
             plan.waiting
-                .push((step.clone(), "no agent is connected".to_string()));
+                .push((step.clone(), super::NO_AGENT.to_string()));
             continue;
         }
         let key = format!("{r:?}");

@@ -74,6 +74,11 @@ impl Placer {
         }
     }
 
+    /// Whether any agent was placeable as of the last [`Self::sync`].
+    pub fn has_agents(&self) -> bool {
+        !self.fleet.agents().is_empty()
+    }
+
     /// Places `steps` (in priority order) on the agents as of the last [`Self::sync`].
     pub fn schedule(&mut self, steps: &[ReadyStep]) -> Plan {
         let plan = plan_pass(&mut self.fleet, steps);

@@ -47,6 +47,10 @@ pub enum Command {
         /// absent in entries written before there was a policy: then nothing is checked.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         uri_policy: Option<crate::ir::UriPolicy>,
+        /// What the KFP API attaches to the run (name, experiment, source); absent for runs
+        /// submitted through Gantry's own API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Box<super::catalog::RunInfo>>,
     },
     RegisterAgent {
         agent_id: AgentId,
@@ -154,6 +158,41 @@ pub enum Command {
     /// come back with a new data directory.
     ForgetMemberStore {
         node: u64,
+    },
+    CreateExperiment {
+        experiment: super::catalog::Experiment,
+    },
+    /// Archiving an experiment archives its runs too (as KFP does); unarchiving does not
+    /// bring them back.
+    SetExperimentArchived {
+        experiment_id: String,
+        archived: bool,
+    },
+    /// Refused while runs still belong to it.
+    DeleteExperiment {
+        experiment_id: String,
+    },
+    /// A pipeline and, from an upload, its first version.
+    CreatePipeline {
+        pipeline: super::catalog::Pipeline,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Box<super::catalog::PipelineVersion>>,
+    },
+    CreatePipelineVersion {
+        version: Box<super::catalog::PipelineVersion>,
+    },
+    /// Refused while it has versions, unless `cascade` (then they go too).
+    DeletePipeline {
+        pipeline_id: String,
+        cascade: bool,
+    },
+    DeletePipelineVersion {
+        pipeline_id: String,
+        pipeline_version_id: String,
+    },
+    SetRunArchived {
+        run_id: RunId,
+        archived: bool,
     },
 }
 

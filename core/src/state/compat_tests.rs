@@ -117,6 +117,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
             limits: Default::default(),
             priority: 0,
             uri_policy: None,
+            info: None,
         },
         Command::AssignAttempts {
             placements: vec![Placement {

@@ -5,8 +5,10 @@
 //! same way on every replica, never a panic.
 
 pub mod acl;
+pub mod catalog;
 mod command;
 pub mod retention;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -98,6 +100,8 @@ pub enum Rejection {
     Acl(#[from] acl::AclError),
     #[error("node {node} is recorded with store {known:016x}, not {got:016x}")]
     MemberStoreConflict { node: u64, known: u64, got: u64 },
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
 }
 
 /// The result of applying one command.
@@ -139,6 +143,8 @@ pub enum Outcome {
     MemberStoreRecorded(bool),
     /// Whether there was a record to forget.
     MemberStoreForgotten(bool),
+    /// An experiment, pipeline, version or run's archive flag changed as asked.
+    CatalogChanged,
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -198,6 +204,12 @@ pub struct ClusterState {
     /// the encoding while empty, like `acl`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub member_stores: BTreeMap<u64, u64>,
+    /// Experiments, pipelines and versions (the KFP API's); left out while empty, like `acl`.
+    #[serde(default, skip_serializing_if = "catalog::Catalog::is_empty")]
+    pub catalog: catalog::Catalog,
+    /// Derived from `runs`, never encoded.
+    #[serde(skip)]
+    pub(crate) watch: watch::WatchIndex,
 }
 
 /// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
@@ -241,6 +253,7 @@ struct NewRun {
     limits: RunLimits,
     priority: i32,
     uri_policy: Option<crate::ir::UriPolicy>,
+    info: Option<Box<catalog::RunInfo>>,
 }
 
 fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
@@ -253,6 +266,9 @@ fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
 impl ClusterState {
     pub fn apply(&mut self, index: u64, command: Command) -> Applied {
         self.applied_index = index;
+        if !self.watch.is_built() {
+            self.watch.build(self.runs.values().map(|r| &**r));
+        }
         let mut events = Vec::new();
         let result = match command {
             Command::CreateRun {
@@ -267,6 +283,7 @@ impl ClusterState {
                 limits,
                 priority,
                 uri_policy,
+                info,
             } => self.create_run(
                 NewRun {
                     run_id,
@@ -279,6 +296,7 @@ impl ClusterState {
                     limits,
                     priority,
                     uri_policy,
+                    info,
                 },
                 at,
                 &mut events,
@@ -470,6 +488,16 @@ impl ClusterState {
             Command::ForgetMemberStore { node } => Ok(Outcome::MemberStoreForgotten(
                 self.member_stores.remove(&node).is_some(),
             )),
+            Command::CreateExperiment { .. }
+            | Command::SetExperimentArchived { .. }
+            | Command::DeleteExperiment { .. }
+            | Command::CreatePipeline { .. }
+            | Command::CreatePipelineVersion { .. }
+            | Command::DeletePipeline { .. }
+            | Command::DeletePipelineVersion { .. }
+            | Command::SetRunArchived { .. } => self
+                .apply_catalog(command)
+                .map(|()| Outcome::CatalogChanged),
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {
@@ -485,6 +513,75 @@ impl ClusterState {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The catalog's commands (experiments, pipelines, versions, archive flags).
+    fn apply_catalog(&mut self, command: Command) -> Result<(), Rejection> {
+        match command {
+            Command::CreateExperiment { experiment } => {
+                self.catalog.create_experiment(experiment)?
+            }
+            Command::SetExperimentArchived {
+                experiment_id,
+                archived,
+            } => {
+                self.catalog
+                    .set_experiment_archived(&experiment_id, archived)?;
+                if archived {
+                    let ids: Vec<RunId> = self
+                        .runs
+                        .iter()
+                        .filter(|(_, r)| {
+                            r.info.as_ref().is_some_and(|i| {
+                                !i.archived && i.experiment_id.as_ref() == Some(&experiment_id)
+                            })
+                        })
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in ids {
+                        if let Some(info) = self
+                            .runs
+                            .get_mut(&id)
+                            .map(Arc::make_mut)
+                            .and_then(|r| r.info.as_mut())
+                        {
+                            info.archived = true;
+                        }
+                    }
+                }
+            }
+            Command::DeleteExperiment { experiment_id } => {
+                let runs = catalog::runs_in_experiment(
+                    self.runs.iter().map(|(id, r)| (id, r.info.as_deref())),
+                    &experiment_id,
+                );
+                self.catalog.delete_experiment(&experiment_id, runs)?
+            }
+            Command::CreatePipeline { pipeline, version } => self
+                .catalog
+                .create_pipeline(pipeline, version.map(|v| *v))?,
+            Command::CreatePipelineVersion { version } => self.catalog.create_version(*version)?,
+            Command::DeletePipeline {
+                pipeline_id,
+                cascade,
+            } => self.catalog.delete_pipeline(&pipeline_id, cascade)?,
+            Command::DeletePipelineVersion {
+                pipeline_id,
+                pipeline_version_id,
+            } => self
+                .catalog
+                .delete_version(&pipeline_id, &pipeline_version_id)?,
+            Command::SetRunArchived { run_id, archived } => {
+                let run = self
+                    .runs
+                    .get_mut(&run_id)
+                    .map(Arc::make_mut)
+                    .ok_or_else(|| Rejection::RunNotFound(run_id.clone()))?;
+                run.info.get_or_insert_with(Default::default).archived = archived;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn create_run(
         &mut self,
         new: NewRun,
@@ -502,6 +599,7 @@ impl ClusterState {
             limits,
             priority,
             uri_policy,
+            info,
         } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
             return Ok(Outcome::RunCreated {
@@ -512,6 +610,11 @@ impl ClusterState {
         if self.runs.contains_key(&run_id) {
             return Err(Rejection::RunExists(run_id));
         }
+        if let Some(e) = info.as_ref().and_then(|i| i.experiment_id.as_ref()) {
+            if !self.catalog.experiments.contains_key(e) {
+                return Err(catalog::CatalogError::ExperimentNotFound(e.clone()).into());
+            }
+        }
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
             root.inputs.artifacts = artifacts;
@@ -520,11 +623,13 @@ impl ClusterState {
         run.limits = limits;
         run.priority = priority;
         run.uri_policy = uri_policy;
+        run.info = info;
         note_progress(events, &run_id, engine::advance(&mut run, at));
         if let Some(r) = request_id {
             self.request_ids.insert(r, run_id.clone());
         }
         self.run_order.insert((at, run_id.clone()));
+        self.watch.add(&run);
         self.runs.insert(run_id.clone(), Arc::new(run));
         Ok(Outcome::RunCreated {
             run_id,
@@ -756,6 +861,7 @@ impl ClusterState {
                 continue;
             }
             self.run_order.remove(&(run.created_at, id.clone()));
+            self.watch.remove(run);
             self.runs.remove(id);
             removed.push(id.clone());
         }

@@ -26,6 +26,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         limits: Default::default(),
         priority: 0,
         uri_policy: None,
+        info: None,
     }
 }
 
@@ -194,6 +195,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 limits: Default::default(),
                 priority: 0,
                 uri_policy: None,
+                info: None,
             },
         );
     }
@@ -289,6 +291,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         limits: Default::default(),
         priority: 0,
         uri_policy: None,
+        info: None,
     }
 }
 
@@ -463,6 +466,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             limits: Default::default(),
             priority: 0,
             uri_policy: None,
+            info: None,
         },
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -487,6 +491,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             limits: Default::default(),
             priority: 0,
             uri_policy: None,
+            info: None,
         },
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
@@ -510,6 +515,7 @@ fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Co
         limits,
         priority: 0,
         uri_policy: None,
+        info: None,
     }
 }
 
@@ -674,6 +680,7 @@ fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i
         limits: Default::default(),
         priority,
         uri_policy: None,
+        info: None,
     }
 }
 
@@ -1227,4 +1234,106 @@ fn a_finished_run_an_agent_still_holds_an_attempt_of_is_kept() {
         )
         .result;
     assert_eq!(out, Ok(Outcome::RunsRemoved(vec![])));
+}
+
+/// The leader's pass walks only the runs its index names for time-outs and cache hits: it must
+/// find exactly what a walk of every run finds, also in a state decoded from a snapshot (whose
+/// index is built by the next apply) and after runs are removed.
+#[test]
+fn time_outs_and_cache_hits_are_found_through_the_index_as_by_a_walk_of_every_run() {
+    use crate::engine::{CachePolicy, RunLimits};
+    use crate::scheduler::{cache_candidates, timeouts_due};
+    let mut s = ClusterState::default();
+    let mut i = 0;
+    let mut apply = |s: &mut ClusterState, c: Command| {
+        i += 1;
+        s.apply(i, c)
+    };
+    apply(&mut s, register("a", 8.0));
+    let run_timeout = RunLimits {
+        timeout_ms: Some(1_000),
+        ..Default::default()
+    };
+    let task_timeout = RunLimits {
+        task_timeout_ms: BTreeMap::from([("make-data".to_string(), 500)]),
+        ..Default::default()
+    };
+    apply(&mut s, create_limited("t-run", run_timeout, 100));
+    apply(&mut s, create_limited("t-none", RunLimits::default(), 100));
+    apply(&mut s, create_limited("t-task", task_timeout, 100));
+    apply(&mut s, assign("t-task", "make-data", 1, "a"));
+    // A success that the next runs with the same inputs may reuse, and one that may not.
+    apply(
+        &mut s,
+        create_with("c-first", 7, CachePolicy::default(), 10),
+    );
+    apply(&mut s, assign("c-first", "make-data", 1, "a"));
+    apply(&mut s, make_data_succeeded("c-first", 20));
+    apply(&mut s, create_with("c-hit", 7, CachePolicy::default(), 30));
+    let off = CachePolicy {
+        enabled: false,
+        ..Default::default()
+    };
+    apply(&mut s, create_with("c-off", 7, off, 31));
+
+    let every_run = |s: &ClusterState| {
+        let mut full = s.clone();
+        full.watch = Default::default();
+        (timeouts_due(&full, 5_000), cache_candidates(&full, 40))
+    };
+    let (due, hits) = every_run(&s);
+    let ids = |due: &[Command]| -> Vec<String> {
+        due.iter()
+            .map(|c| match c {
+                Command::TimeOutRun { run_id, .. } => format!("run {run_id}"),
+                Command::TimeOutAttempt { attempt, .. } => format!("attempt {}", attempt.run_id),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(ids(&due), ["run t-run", "attempt t-task"]);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].run_id, "c-hit");
+    assert_eq!(timeouts_due(&s, 5_000), due);
+    assert_eq!(cache_candidates(&s, 40), hits);
+    let watched: Vec<&str> = s.watch.timed().unwrap().map(|r| r.as_str()).collect();
+    assert_eq!(
+        watched,
+        ["t-run", "t-task"],
+        "runs without timers are not walked"
+    );
+
+    // Decoded from a snapshot: not built, the walks cover every run; the next apply builds it.
+    let mut decoded: ClusterState =
+        serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert!(decoded.watch.timed().is_none());
+    assert_eq!(timeouts_due(&decoded, 5_000), due);
+    assert_eq!(cache_candidates(&decoded, 40), hits);
+    apply(&mut decoded, register("b", 1.0));
+    assert!(decoded.watch.timed().is_some());
+    assert_eq!(timeouts_due(&decoded, 5_000), due);
+    assert_eq!(cache_candidates(&decoded, 40), hits);
+
+    // A removed run leaves the index with it.
+    apply(
+        &mut s,
+        Command::TimeOutRun {
+            run_id: "t-run".into(),
+            at: 5_000,
+        },
+    );
+    assert!(s.runs["t-run"].state.is_terminal());
+    apply(
+        &mut s,
+        Command::RemoveRuns {
+            run_ids: vec!["t-run".into()],
+        },
+    );
+    assert!(!s.runs.contains_key("t-run"));
+    let watched: Vec<&str> = s.watch.timed().unwrap().map(|r| r.as_str()).collect();
+    assert_eq!(watched, ["t-task"]);
+    assert_eq!(
+        every_run(&s),
+        (timeouts_due(&s, 5_000), cache_candidates(&s, 40))
+    );
 }

@@ -82,6 +82,12 @@ pub fn parse_pipeline(yaml: &str) -> Result<PipelineSpec, IrError> {
     super::validate::validate(spec)
 }
 
+/// The non-empty YAML documents of a pipeline file as JSON values, read within the same
+/// budgets as [`parse_pipeline`] (what the KFP API returns as a version's `pipeline_spec`).
+pub fn pipeline_documents(yaml: &str) -> Result<Vec<Value>, IrError> {
+    load_documents(yaml)
+}
+
 /// A `PipelineJob` (`{displayName, pipelineSpec, runtimeConfig}`) carries the spec inside.
 fn unwrap_pipeline_job(doc: Value) -> (Value, String) {
     match doc {
