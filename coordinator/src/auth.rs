@@ -153,6 +153,24 @@ pub const TABLE: &[Rule] = &[
         "POST /apis/v2beta1/runs/{run_id}:unarchive",
         Allow::Roles(WRITE),
     ),
+    rule("GET /apis/v2beta1/recurringruns", Allow::Roles(READ)),
+    rule("POST /apis/v2beta1/recurringruns", Allow::Roles(WRITE)),
+    rule(
+        "GET /apis/v2beta1/recurringruns/{recurring_run_id}",
+        Allow::Roles(READ),
+    ),
+    rule(
+        "DELETE /apis/v2beta1/recurringruns/{recurring_run_id}",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/recurringruns/{recurring_run_id}:enable",
+        Allow::Roles(WRITE),
+    ),
+    rule(
+        "POST /apis/v2beta1/recurringruns/{recurring_run_id}:disable",
+        Allow::Roles(WRITE),
+    ),
 ];
 
 pub fn lookup(method: &str) -> Option<&'static Rule> {

@@ -7,6 +7,7 @@
 //! - [`machine`]: the bridge from committed entries to `ClusterState::apply`;
 //! - [`dispatch`]: agent sessions, and acting on committed events (assignments, cancels);
 //! - [`scheduling`]: the leader's placement loop;
+//! - [`recurring`]: the leader fires recurring runs' due ticks;
 //! - [`logs`]: step log lines (node-local, not replicated);
 //! - [`api`]: tonic services;
 //! - [`kfp`]: the KFP v2beta1 REST API `kfp.Client` speaks, on the same port;
@@ -24,6 +25,7 @@ pub mod machine;
 pub mod member_stores;
 pub mod panics;
 pub mod raft;
+pub mod recurring;
 pub mod scheduling;
 pub mod server;
 

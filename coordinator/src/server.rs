@@ -542,6 +542,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     }
     tokio::spawn(dispatcher.run_events(events_rx));
     tokio::spawn(crate::scheduling::scheduling_loop(coordinator.clone()));
+    tokio::spawn(crate::recurring::recurring_loop(coordinator.clone()));
     tokio::spawn(leadership_watch(coordinator.clone()));
     tokio::spawn(crate::member_stores::record_member_stores(
         coordinator.clone(),

@@ -3,6 +3,7 @@
 //! - [`ir`]: KFP pipeline IR (YAML) into a validated, typed [`ir::PipelineSpec`].
 //! - [`engine`]: the run state machine: which tasks are ready, skipped, done.
 //! - [`scheduler`]: placement of ready steps on agents.
+//! - [`schedule`]: recurring runs: KFP's cron dialect, periodic ticks, which tick is due.
 //! - [`state`]: the replicated state machine, `apply(command)`.
 //!
 //! Nothing here reads a clock, draws a random number or does I/O: time and ids arrive inside
@@ -11,5 +12,6 @@
 
 pub mod engine;
 pub mod ir;
+pub mod schedule;
 pub mod scheduler;
 pub mod state;

@@ -23,6 +23,8 @@ mod process;
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "cluster")]
+pub mod kfp_http;
 #[cfg(feature = "s3")]
 mod s3;
 #[cfg(feature = "model")]

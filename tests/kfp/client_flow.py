@@ -279,6 +279,54 @@ def main():
     s2, second = raw("POST", "/apis/v2beta1/runs", req, {"Idempotency-Key": "evt-42"})
     assert (s1, s2) == (200, 200) and first["run_id"] == second["run_id"], (first, second)
 
+    step("recurring runs: create, list (recurringRuns), disable, enable, delete, a bad cron")
+    job = client.create_recurring_run(
+        experiment_id=exp.experiment_id,
+        job_name="nightly",
+        cron_expression="0 0 3 * * *",
+        max_concurrency=1,
+        pipeline_id=p.pipeline_id,
+        version_id=v2.pipeline_version_id,
+        params={"a": 7},
+        enabled=False,
+    )
+    assert job.recurring_run_id and job.status == "DISABLED", job
+    listed = client.list_recurring_runs(experiment_id=exp.experiment_id).recurring_runs
+    assert [j.recurring_run_id for j in listed] == [job.recurring_run_id], listed
+    client.enable_recurring_run(job.recurring_run_id)
+    assert client.get_recurring_run(job.recurring_run_id).status == "ENABLED"
+    client.disable_recurring_run(job.recurring_run_id)
+    got = client.get_recurring_run(job.recurring_run_id)
+    assert got.status == "DISABLED" and got.trigger.cron_schedule.cron == "0 0 3 * * *", got
+    assert got.max_concurrency == "1", got.max_concurrency
+    expect_api_error(
+        400,
+        lambda: client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name="bad",
+            cron_expression="0 0 25 * * *",
+            pipeline_id=p.pipeline_id,
+            version_id=v2.pipeline_version_id,
+        ),
+        "cron",
+        "hour",
+    )
+    expect_api_error(
+        400,
+        lambda: client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name="bad",
+            interval_second=60,
+            max_concurrency=11,
+            pipeline_id=p.pipeline_id,
+            version_id=v2.pipeline_version_id,
+        ),
+        "max_concurrency",
+    )
+    client.delete_recurring_run(job.recurring_run_id)
+    assert not client.list_recurring_runs(experiment_id=exp.experiment_id).recurring_runs
+    assert count_runs(client) == before + 1, "only the idempotent run was added"
+
     step("pipelines go: versions first, or cascade")
     expect_api_error(400, lambda: client.delete_pipeline(p.pipeline_id), "versions")
     for v in client.list_pipeline_versions(p.pipeline_id).pipeline_versions:

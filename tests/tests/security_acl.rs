@@ -17,6 +17,7 @@ use gantry_core::state::acl::Role;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
 use gantry_testkit::cluster::{client_tls, Authed, Cluster, ClusterOpts, TEST_CLUSTER};
+use gantry_testkit::kfp_http::{http_call, multipart_upload as multipart};
 use gantry_testkit::{compile_pipeline, eventually, repo_root, sim, task, Cli};
 use gantry_tls::issue::CertFiles;
 use prost::Message as _;
@@ -194,25 +195,17 @@ struct Ctx {
     experiment_id: String,
     pipeline_id: String,
     pipeline_version_id: String,
+    /// Disabled: a refused `:enable` would show.
+    recurring_run_id: String,
 }
 
-/// A multipart upload of `yaml` as `kfp.Client` sends it (or, empty, one without the file).
-fn multipart(yaml: &str) -> (String, Vec<u8>) {
-    let mut body = String::from("--walkboundary\r\n");
-    if !yaml.is_empty() {
-        body.push_str(
-            "Content-Disposition: form-data; name=\"uploadfile\"; filename=\"p.yaml\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n",
-        );
-        body.push_str(yaml);
-    } else {
-        body.push_str("Content-Disposition: form-data; name=\"other\"\r\n\r\nx");
-    }
-    body.push_str("\r\n--walkboundary--\r\n");
-    (
-        "multipart/form-data; boundary=walkboundary".into(),
-        body.into_bytes(),
-    )
+/// A recurring run of the walk's pipeline, disabled so that it never fires.
+fn recurring_body(name: &str, pipeline_id: &str) -> Value {
+    json!({"display_name": name,
+        "pipeline_version_reference": {"pipeline_id": pipeline_id},
+        "runtime_config": {"parameters": {"seconds": 1}},
+        "max_concurrency": 1, "mode": "DISABLE",
+        "trigger": {"periodic_schedule": {"interval_second": 3600}}})
 }
 
 /// The HTTP request sent to route `key` (`"METHOD /apis/..."`) on a node: like [`payload`],
@@ -237,7 +230,11 @@ fn http_request(key: &str, refused: bool, ctx: &Ctx) -> (String, String, String,
             "{pipeline_version_id}",
             &pick(&ctx.pipeline_version_id, "no-such-version"),
         )
-        .replace("{run_id}", &pick(&ctx.run_id, "no-such-run"));
+        .replace("{run_id}", &pick(&ctx.run_id, "no-such-run"))
+        .replace(
+            "{recurring_run_id}",
+            &pick(&ctx.recurring_run_id, "no-such-recurring-run"),
+        );
     let json = |v: Value| ("application/json".to_string(), v.to_string().into_bytes());
     let (query, (content_type, body)) = match (method, pattern) {
         ("POST", "/apis/v2beta1/experiments") => (
@@ -272,6 +269,14 @@ fn http_request(key: &str, refused: bool, ctx: &Ctx) -> (String, String, String,
                 json!({})
             }),
         ),
+        ("POST", "/apis/v2beta1/recurringruns") => (
+            String::new(),
+            json(if refused {
+                recurring_body("walk-forged", &ctx.pipeline_id)
+            } else {
+                json!({})
+            }),
+        ),
         // Action verbs and reads carry no body, as kfp.Client sends them.
         _ => (String::new(), ("application/json".to_string(), Vec::new())),
     };
@@ -281,52 +286,6 @@ fn http_request(key: &str, refused: bool, ctx: &Ctx) -> (String, String, String,
         content_type,
         body,
     )
-}
-
-/// Sends one HTTP request on `ch` (the caller's TLS and token): `Ok(status, JSON body)`, or
-/// the refusal as a `Status` with KFP's code and message.
-async fn http_call(
-    ch: Authed,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Value), Status> {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", content_type)
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            bytes::Bytes::from(body),
-        )))
-        .unwrap();
-    let answer = async {
-        let resp = ch
-            .oneshot(req)
-            .await
-            .map_err(|e| Status::unavailable(format!("{e}")))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Status::unavailable(format!("{e}")))?
-            .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok((status, v));
-        }
-        let code = Code::from_i32(v["code"].as_i64().unwrap_or(2) as i32);
-        Err(Status::new(
-            code,
-            format!("HTTP {status}: {}", v["message"].as_str().unwrap_or("")),
-        ))
-    };
-    tokio::time::timeout(Duration::from_secs(15), answer)
-        .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in 15 s")))
 }
 
 /// `GET path` as the harness (admin), as JSON.
@@ -527,6 +486,11 @@ fn observe(c: &Cluster, rt: &tokio::runtime::Runtime, ctx: &Ctx) -> Result<Obser
             ),
         )?,
     ];
+    catalog.push(http_get(
+        c,
+        rt,
+        "/apis/v2beta1/recurringruns?page_size=200",
+    )?);
     let runs = http_get(c, rt, "/apis/v2beta1/runs?page_size=200")?;
     catalog.push(json!(runs["runs"].as_array().map(|rs| rs
         .iter()
@@ -693,6 +657,7 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
         experiment_id: String::new(),
         pipeline_id: String::new(),
         pipeline_version_id: String::new(),
+        recurring_run_id: String::new(),
     };
     let ctx = {
         let mut ctx = ctx;
@@ -735,6 +700,18 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
             .as_str()
             .unwrap()
             .to_string();
+        let (_, r) = rt
+            .block_on(http_call(
+                c.channel(1).unwrap(),
+                "POST",
+                "/apis/v2beta1/recurringruns",
+                "application/json",
+                recurring_body("walk-schedule", &ctx.pipeline_id)
+                    .to_string()
+                    .into_bytes(),
+            ))
+            .unwrap();
+        ctx.recurring_run_id = r["recurring_run_id"].as_str().unwrap().to_string();
         ctx
     };
     let before = observe(&c, &rt, &ctx).unwrap();

@@ -227,10 +227,12 @@ impl ApiError {
                         | C::IdTaken { .. } => Code::AlreadyExists,
                         C::ExperimentNotFound(_)
                         | C::PipelineNotFound(_)
-                        | C::VersionNotFound { .. } => Code::NotFound,
-                        C::ExperimentHasRuns { .. } | C::PipelineHasVersions { .. } => {
-                            Code::FailedPrecondition
-                        }
+                        | C::VersionNotFound { .. }
+                        | C::RecurringRunNotFound(_) => Code::NotFound,
+                        C::ExperimentHasRuns { .. }
+                        | C::ExperimentHasSchedules { .. }
+                        | C::PipelineHasVersions { .. }
+                        | C::NotFired(_) => Code::FailedPrecondition,
                         C::Invalid(_) => Code::InvalidArgument,
                         C::Full { .. } => Code::ResourceExhausted,
                     }

@@ -287,7 +287,18 @@ pub fn run(run: &RunRecord, waiting: &Waiting, detailed: bool) -> Value {
             info.map_or(Value::Null, |i| text(&i.service_account)),
         ),
         ("created_at", time(run.created_at)),
-        ("scheduled_at", time(run.created_at)),
+        (
+            "scheduled_at",
+            time(
+                info.and_then(|i| i.scheduled_at)
+                    .map_or(run.created_at, |t| t * 1000),
+            ),
+        ),
+        (
+            "recurring_run_id",
+            info.and_then(|i| i.recurring_run_id.as_ref())
+                .map_or(Value::Null, |r| json!(r)),
+        ),
         ("finished_at", run.finished_at.map_or(Value::Null, time)),
         ("state", json!(state)),
         ("error", err.clone()),
@@ -314,6 +325,7 @@ pub const RUN_KEYS: &[&str] = &[
     "state",
     "namespace",
     "experiment_id",
+    "recurring_run_id",
     "pipeline_id",
     "pipeline_version_id",
 ];
@@ -345,6 +357,18 @@ pub const VERSION_KEYS: &[&str] = &[
     "description",
 ];
 
+pub const RECURRING_KEYS: &[&str] = &[
+    "recurring_run_id",
+    "id",
+    "display_name",
+    "name",
+    "created_at",
+    "updated_at",
+    "description",
+    "experiment_id",
+    "status",
+];
+
 pub struct RunRow<'a>(pub &'a RunRecord);
 
 impl Row for RunRow<'_> {
@@ -358,7 +382,12 @@ impl Row for RunRow<'_> {
         match key {
             "run_id" | "id" => s(r.run_id.as_str()),
             "display_name" | "name" => s(display_name(r)),
-            "created_at" | "scheduled_at" => Some(secs(r.created_at)),
+            "created_at" => Some(secs(r.created_at)),
+            "scheduled_at" => Some(
+                info.and_then(|i| i.scheduled_at)
+                    .map_or(secs(r.created_at), Field::Int),
+            ),
+            "recurring_run_id" => info.and_then(|i| i.recurring_run_id.as_deref()).and_then(s),
             "finished_at" => r.finished_at.map(secs),
             "description" => s(info.map_or("", |i| i.description.as_str())),
             "storage_state" => s(storage_state(info.is_some_and(|i| i.archived))),

@@ -12,6 +12,7 @@ mod experiments;
 pub mod json;
 pub mod list;
 mod pipelines;
+mod recurring;
 pub mod routes;
 mod runs;
 mod upload;
@@ -278,6 +279,12 @@ async fn dispatch(e: Endpoint, ctx: &Ctx) -> Result<(StatusCode, Value), HttpErr
         RetryRun => runs::retry(ctx).await?,
         ArchiveRun => runs::archive(ctx, true).await?,
         UnarchiveRun => runs::archive(ctx, false).await?,
+        ListRecurringRuns => recurring::list(ctx)?,
+        CreateRecurringRun => recurring::create(ctx).await?,
+        GetRecurringRun => recurring::get(ctx)?,
+        DeleteRecurringRun => recurring::delete(ctx).await?,
+        EnableRecurringRun => recurring::set_enabled(ctx, true).await?,
+        DisableRecurringRun => recurring::set_enabled(ctx, false).await?,
     }))
 }
 

@@ -34,6 +34,12 @@ pub enum Endpoint {
     RetryRun,
     ArchiveRun,
     UnarchiveRun,
+    ListRecurringRuns,
+    CreateRecurringRun,
+    GetRecurringRun,
+    DeleteRecurringRun,
+    EnableRecurringRun,
+    DisableRecurringRun,
 }
 
 impl Endpoint {
@@ -51,6 +57,8 @@ impl Endpoint {
                 | GetPipelineVersion
                 | ListRuns
                 | GetRun
+                | ListRecurringRuns
+                | GetRecurringRun
         )
     }
 }
@@ -163,6 +171,36 @@ pub const ROUTES: &[Route] = &[
         "/apis/v2beta1/runs/{run_id}:unarchive",
         Endpoint::UnarchiveRun,
     ),
+    route(
+        "GET",
+        "/apis/v2beta1/recurringruns",
+        Endpoint::ListRecurringRuns,
+    ),
+    route(
+        "POST",
+        "/apis/v2beta1/recurringruns",
+        Endpoint::CreateRecurringRun,
+    ),
+    route(
+        "GET",
+        "/apis/v2beta1/recurringruns/{recurring_run_id}",
+        Endpoint::GetRecurringRun,
+    ),
+    route(
+        "DELETE",
+        "/apis/v2beta1/recurringruns/{recurring_run_id}",
+        Endpoint::DeleteRecurringRun,
+    ),
+    route(
+        "POST",
+        "/apis/v2beta1/recurringruns/{recurring_run_id}:enable",
+        Endpoint::EnableRecurringRun,
+    ),
+    route(
+        "POST",
+        "/apis/v2beta1/recurringruns/{recurring_run_id}:disable",
+        Endpoint::DisableRecurringRun,
+    ),
 ];
 
 /// Where KFP HTTP paths begin.
@@ -189,7 +227,6 @@ pub enum Found {
 
 /// KFP endpoints outside [`ROUTES`], answered 501 with what to use instead.
 const UNIMPLEMENTED: &[&str] = &[
-    "/apis/v2beta1/recurringruns",
     "/apis/v2beta1/pipelines/create",
     "/apis/v2beta1/pipelines/names/",
     "/apis/v2beta1/artifacts",
@@ -319,11 +356,11 @@ mod tests {
             Found::WrongMethod(m) if m == ["GET", "DELETE"]
         ));
         assert!(matches!(
-            find("GET", "/apis/v2beta1/recurringruns"),
+            find("GET", "/apis/v2beta1/artifacts/a1"),
             Found::NotImplemented
         ));
         assert!(matches!(
-            find("POST", "/apis/v2beta1/recurringruns/x:enable"),
+            find("GET", "/apis/v1beta1/runs"),
             Found::NotImplemented
         ));
         assert!(matches!(

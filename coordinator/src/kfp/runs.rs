@@ -37,22 +37,22 @@ struct NewRun {
 }
 
 #[derive(Deserialize)]
-struct NewVersionRef {
+pub(super) struct NewVersionRef {
     #[serde(default)]
-    pipeline_id: String,
+    pub(super) pipeline_id: String,
     #[serde(default)]
-    pipeline_version_id: Option<String>,
+    pub(super) pipeline_version_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-struct RuntimeConfig {
+pub(super) struct RuntimeConfig {
     #[serde(default)]
-    parameters: Option<serde_json::Map<String, Value>>,
+    pub(super) parameters: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pipeline_root: Option<String>,
 }
 
-fn waiting(ctx: &Ctx) -> std::sync::Arc<crate::dispatch::Waiting> {
+pub(super) fn waiting(ctx: &Ctx) -> std::sync::Arc<crate::dispatch::Waiting> {
     ctx.c
         .waiting
         .lock()
@@ -114,6 +114,72 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// The pipeline a request names: inline, or a stored version (a pipeline id alone: its
+/// newest), as YAML text and the version it came from.
+pub(super) fn pipeline_source(
+    ctx: &Ctx,
+    spec: Option<&Value>,
+    reference: Option<&NewVersionRef>,
+) -> Result<(String, Option<VersionRef>), HttpError> {
+    Ok(match (spec, reference) {
+        (Some(_), Some(_)) => {
+            return Err(HttpError::bad(
+                "give pipeline_spec or pipeline_version_reference, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(HttpError::bad(
+                "a pipeline is needed: pipeline_spec (inline) or pipeline_version_reference",
+            ))
+        }
+        (Some(spec), None) => (inline_pipeline(spec)?, None),
+        (None, Some(r)) => {
+            let st = ctx.c.state.read();
+            let cat = &st.catalog;
+            if !cat.pipelines.contains_key(&r.pipeline_id) {
+                return Err(HttpError::not_found(format!(
+                    "pipeline_version_reference.pipeline_id: pipeline {:?} not found",
+                    r.pipeline_id
+                )));
+            }
+            let v = match r.pipeline_version_id.as_deref().filter(|v| !v.is_empty()) {
+                Some(vid) => cat.version(&r.pipeline_id, vid).map_err(|e| {
+                    HttpError::not_found(format!("pipeline_version_reference: {e}"))
+                })?,
+                None => cat.latest_version(&r.pipeline_id).ok_or_else(|| {
+                    HttpError::not_found(format!(
+                        "pipeline_version_reference: pipeline {} has no versions",
+                        r.pipeline_id
+                    ))
+                })?,
+            };
+            let source = VersionRef {
+                pipeline_id: v.pipeline_id.clone(),
+                pipeline_version_id: v.id.clone(),
+            };
+            (v.pipeline_yaml.clone(), Some(source))
+        }
+    })
+}
+
+/// The experiment a request names (it must exist), or `Default`.
+pub(super) async fn experiment_or_default(
+    ctx: &Ctx,
+    experiment_id: Option<String>,
+) -> Result<String, HttpError> {
+    match experiment_id.filter(|e| !e.is_empty()) {
+        Some(e) => {
+            if !ctx.c.state.read().catalog.experiments.contains_key(&e) {
+                return Err(HttpError::not_found(format!(
+                    "experiment_id: experiment {e} not found"
+                )));
+            }
+            Ok(e)
+        }
+        None => default_experiment(ctx).await,
+    }
+}
+
 pub async fn create(ctx: &Ctx) -> Reply {
     let body: NewRun = ctx.json()?;
     if body.display_name.trim().is_empty() {
@@ -124,44 +190,11 @@ pub async fn create(ctx: &Ctx) -> Reply {
     catalog::check_name("display_name", &body.display_name)
         .and_then(|()| catalog::check_description(body.description.as_deref().unwrap_or("")))
         .map_err(|e| HttpError::bad(e.to_string()))?;
-    let (yaml, source) =
-        match (&body.pipeline_spec, &body.pipeline_version_reference) {
-            (Some(_), Some(_)) => {
-                return Err(HttpError::bad(
-                    "give pipeline_spec or pipeline_version_reference, not both",
-                ))
-            }
-            (None, None) => return Err(HttpError::bad(
-                "the run needs a pipeline: pipeline_spec (inline) or pipeline_version_reference",
-            )),
-            (Some(spec), None) => (inline_pipeline(spec)?, None),
-            (None, Some(r)) => {
-                let st = ctx.c.state.read();
-                let cat = &st.catalog;
-                if !cat.pipelines.contains_key(&r.pipeline_id) {
-                    return Err(HttpError::not_found(format!(
-                        "pipeline_version_reference.pipeline_id: pipeline {:?} not found",
-                        r.pipeline_id
-                    )));
-                }
-                let v = match r.pipeline_version_id.as_deref().filter(|v| !v.is_empty()) {
-                    Some(vid) => cat.version(&r.pipeline_id, vid).map_err(|e| {
-                        HttpError::not_found(format!("pipeline_version_reference: {e}"))
-                    })?,
-                    None => cat.latest_version(&r.pipeline_id).ok_or_else(|| {
-                        HttpError::not_found(format!(
-                            "pipeline_version_reference: pipeline {} has no versions",
-                            r.pipeline_id
-                        ))
-                    })?,
-                };
-                let source = VersionRef {
-                    pipeline_id: v.pipeline_id.clone(),
-                    pipeline_version_id: v.id.clone(),
-                };
-                (v.pipeline_yaml.clone(), Some(source))
-            }
-        };
+    let (yaml, source) = pipeline_source(
+        ctx,
+        body.pipeline_spec.as_ref(),
+        body.pipeline_version_reference.as_ref(),
+    )?;
     let config = body.runtime_config.unwrap_or_default();
     if let Some(root) = config.pipeline_root.as_deref().filter(|r| !r.is_empty()) {
         let ours = ctx.c.artifact_root.trim_end_matches('/');
@@ -172,17 +205,7 @@ pub async fn create(ctx: &Ctx) -> Reply {
             )));
         }
     }
-    let experiment_id = match body.experiment_id.filter(|e| !e.is_empty()) {
-        Some(e) => {
-            if !ctx.c.state.read().catalog.experiments.contains_key(&e) {
-                return Err(HttpError::not_found(format!(
-                    "experiment_id: experiment {e} not found"
-                )));
-            }
-            e
-        }
-        None => default_experiment(ctx).await?,
-    };
+    let experiment_id = experiment_or_default(ctx, body.experiment_id).await?;
     let given: BTreeMap<String, Value> =
         config.parameters.unwrap_or_default().into_iter().collect();
     let request_id = match ctx.headers.get("idempotency-key") {
@@ -211,6 +234,8 @@ pub async fn create(ctx: &Ctx) -> Reply {
         pipeline_version: source,
         service_account: body.service_account.unwrap_or_default(),
         archived: false,
+        recurring_run_id: None,
+        scheduled_at: None,
     };
     let (run_id, _) = ctx.api().submit(&yaml, given, &opts, Some(info)).await?;
     let w = waiting(ctx);

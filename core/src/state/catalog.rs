@@ -73,6 +73,11 @@ pub struct RunInfo {
     pub experiment_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_version: Option<VersionRef>,
+    /// The recurring run that started it, and the tick (Unix seconds) it fired for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurring_run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<i64>,
     /// Kubernetes' notion, kept and echoed only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account: String,
@@ -115,6 +120,13 @@ pub enum CatalogError {
     },
     #[error("{what} already exists")]
     IdTaken { what: String },
+    #[error("recurring run {0} not found")]
+    RecurringRunNotFound(String),
+    #[error("experiment {id} still holds {schedules} recurring runs: delete them first")]
+    ExperimentHasSchedules { id: String, schedules: usize },
+    /// A firing apply refused: fired already, disabled meanwhile, or no free slot.
+    #[error("{0}")]
+    NotFired(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the catalog holds {max} {what} already, the most it keeps")]

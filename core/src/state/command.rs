@@ -194,6 +194,17 @@ pub enum Command {
         run_id: RunId,
         archived: bool,
     },
+    CreateRecurringRun {
+        recurring: Box<crate::schedule::RecurringRun>,
+    },
+    SetRecurringRunEnabled {
+        id: String,
+        enabled: bool,
+        at: i64,
+    },
+    DeleteRecurringRun {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -207,6 +207,9 @@ pub struct ClusterState {
     /// Experiments, pipelines and versions (the KFP API's); left out while empty, like `acl`.
     #[serde(default, skip_serializing_if = "catalog::Catalog::is_empty")]
     pub catalog: catalog::Catalog,
+    /// Recurring runs by id; left out while empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recurring: BTreeMap<String, crate::schedule::RecurringRun>,
     /// Derived from `runs`, never encoded.
     #[serde(skip)]
     pub(crate) watch: watch::WatchIndex,
@@ -495,7 +498,10 @@ impl ClusterState {
             | Command::CreatePipelineVersion { .. }
             | Command::DeletePipeline { .. }
             | Command::DeletePipelineVersion { .. }
-            | Command::SetRunArchived { .. } => self
+            | Command::SetRunArchived { .. }
+            | Command::CreateRecurringRun { .. }
+            | Command::SetRecurringRunEnabled { .. }
+            | Command::DeleteRecurringRun { .. } => self
                 .apply_catalog(command)
                 .map(|()| Outcome::CatalogChanged),
             Command::CancelRun { run_id, at } => {
@@ -513,7 +519,21 @@ impl ClusterState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    /// The catalog's commands (experiments, pipelines, versions, archive flags).
+    /// How many runs of recurring run `id` are not finished.
+    pub fn active_runs_of(&self, id: &str) -> usize {
+        self.runs
+            .values()
+            .filter(|r| {
+                !r.state.is_terminal()
+                    && r.info
+                        .as_ref()
+                        .is_some_and(|i| i.recurring_run_id.as_deref() == Some(id))
+            })
+            .count()
+    }
+
+    /// The catalog's commands (experiments, pipelines, versions, archive flags, recurring
+    /// runs).
     fn apply_catalog(&mut self, command: Command) -> Result<(), Rejection> {
         match command {
             Command::CreateExperiment { experiment } => {
@@ -553,7 +573,60 @@ impl ClusterState {
                     self.runs.iter().map(|(id, r)| (id, r.info.as_deref())),
                     &experiment_id,
                 );
+                let schedules = self
+                    .recurring
+                    .values()
+                    .filter(|s| s.experiment_id == experiment_id)
+                    .count();
+                if schedules > 0 && self.catalog.experiments.contains_key(&experiment_id) {
+                    return Err(catalog::CatalogError::ExperimentHasSchedules {
+                        id: experiment_id,
+                        schedules,
+                    }
+                    .into());
+                }
                 self.catalog.delete_experiment(&experiment_id, runs)?
+            }
+            Command::CreateRecurringRun { recurring } => {
+                use catalog::CatalogError as E;
+                catalog::check_id("recurring_run_id", &recurring.id)?;
+                catalog::check_name("display_name", &recurring.display_name)?;
+                catalog::check_description(&recurring.description)?;
+                crate::schedule::check_trigger(&recurring.trigger).map_err(E::Invalid)?;
+                if self.recurring.len() >= catalog::MAX_RECORDS {
+                    return Err(E::Full {
+                        what: "recurring runs",
+                        max: catalog::MAX_RECORDS,
+                    }
+                    .into());
+                }
+                if self.recurring.contains_key(&recurring.id) {
+                    return Err(E::IdTaken {
+                        what: format!("recurring run {}", recurring.id),
+                    }
+                    .into());
+                }
+                if !self
+                    .catalog
+                    .experiments
+                    .contains_key(&recurring.experiment_id)
+                {
+                    return Err(E::ExperimentNotFound(recurring.experiment_id.clone()).into());
+                }
+                self.recurring.insert(recurring.id.clone(), *recurring);
+            }
+            Command::SetRecurringRunEnabled { id, enabled, at } => {
+                let s = self
+                    .recurring
+                    .get_mut(&id)
+                    .ok_or(catalog::CatalogError::RecurringRunNotFound(id))?;
+                s.enabled = enabled;
+                s.updated_at = at;
+            }
+            Command::DeleteRecurringRun { id } => {
+                self.recurring
+                    .remove(&id)
+                    .ok_or(catalog::CatalogError::RecurringRunNotFound(id))?;
             }
             Command::CreatePipeline { pipeline, version } => self
                 .catalog
@@ -615,6 +688,19 @@ impl ClusterState {
                 return Err(catalog::CatalogError::ExperimentNotFound(e.clone()).into());
             }
         }
+        // A recurring run's firing: its tick must come after the last one fired, with a slot.
+        let fired = info
+            .as_ref()
+            .and_then(|i| Some((i.recurring_run_id.clone()?, i.scheduled_at?)));
+        if let Some((id, tick)) = &fired {
+            let active = self.active_runs_of(id);
+            let s = self
+                .recurring
+                .get(id)
+                .ok_or_else(|| catalog::CatalogError::RecurringRunNotFound(id.clone()))?;
+            s.may_fire(*tick, active)
+                .map_err(catalog::CatalogError::NotFired)?;
+        }
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
             root.inputs.artifacts = artifacts;
@@ -624,6 +710,11 @@ impl ClusterState {
         run.priority = priority;
         run.uri_policy = uri_policy;
         run.info = info;
+        if let Some((id, tick)) = fired {
+            if let Some(s) = self.recurring.get_mut(&id) {
+                s.last_fired = Some(tick);
+            }
+        }
         note_progress(events, &run_id, engine::advance(&mut run, at));
         if let Some(r) = request_id {
             self.request_ids.insert(r, run_id.clone());

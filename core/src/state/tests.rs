@@ -1337,3 +1337,152 @@ fn time_outs_and_cache_hits_are_found_through_the_index_as_by_a_walk_of_every_ru
         (timeouts_due(&s, 5_000), cache_candidates(&s, 40))
     );
 }
+
+/// A firing of recurring run `sched` for `tick`, as the leader proposes it.
+fn fire(run_id: &str, sched: &str, tick: i64, request_id: Option<&str>) -> Command {
+    let Command::CreateRun {
+        run_id,
+        request_id,
+        pipeline,
+        pipeline_root,
+        parameters,
+        artifacts,
+        at,
+        caching,
+        limits,
+        priority,
+        uri_policy,
+        ..
+    } = create(run_id, request_id, tick * 1000)
+    else {
+        unreachable!()
+    };
+    Command::CreateRun {
+        run_id,
+        request_id,
+        pipeline,
+        pipeline_root,
+        parameters,
+        artifacts,
+        at,
+        caching,
+        limits,
+        priority,
+        uri_policy,
+        info: Some(Box::new(catalog::RunInfo {
+            display_name: "nightly".into(),
+            experiment_id: Some("e1".into()),
+            recurring_run_id: Some(sched.into()),
+            scheduled_at: Some(tick),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn a_recurring_run_fires_each_tick_once_and_never_past_its_concurrency() {
+    let mut st = ClusterState::default();
+    let ok = |a: Applied| assert!(a.result.is_ok(), "{:?}", a.result);
+    ok(st.apply(
+        1,
+        Command::CreateExperiment {
+            experiment: catalog::Experiment {
+                id: "e1".into(),
+                display_name: "Default".into(),
+                description: String::new(),
+                created_at: 0,
+                archived: false,
+            },
+        },
+    ));
+    let sched = crate::schedule::RecurringRun {
+        id: "s1".into(),
+        display_name: "nightly".into(),
+        description: String::new(),
+        experiment_id: "e1".into(),
+        pipeline_yaml: LINEAR.into(),
+        pipeline_version: None,
+        parameters: Default::default(),
+        service_account: String::new(),
+        trigger: crate::schedule::Trigger::Periodic { interval_secs: 2 },
+        start_time: None,
+        end_time: None,
+        max_concurrency: 1,
+        no_catchup: false,
+        enabled: true,
+        created_at: 100_000,
+        updated_at: 100_000,
+        last_fired: None,
+    };
+    ok(st.apply(
+        2,
+        Command::CreateRecurringRun {
+            recurring: Box::new(sched),
+        },
+    ));
+    assert_eq!(
+        st.recurring["s1"].due(102, st.active_runs_of("s1")),
+        Some(102)
+    );
+    ok(st.apply(3, fire("r1", "s1", 102, Some("s1/102"))));
+    assert_eq!(st.recurring["s1"].last_fired, Some(102));
+    // The same tick again from a new leader: the request id gives the first run back.
+    let again = st.apply(4, fire("r1-again", "s1", 102, Some("s1/102")));
+    assert_eq!(
+        again.result,
+        Ok(Outcome::RunCreated {
+            run_id: "r1".into(),
+            existing: true
+        })
+    );
+    // The tick once more without the request id (say, its run was removed by retention):
+    // refused, nothing created.
+    let dup = st.apply(5, fire("r1-dup", "s1", 102, None));
+    assert!(matches!(
+        dup.result,
+        Err(Rejection::Catalog(catalog::CatalogError::NotFired(_)))
+    ));
+    // The next tick while r1 still runs: max_concurrency 1 holds it back, at apply too.
+    assert_eq!(st.recurring["s1"].due(110, st.active_runs_of("s1")), None);
+    let full = st.apply(6, fire("r2", "s1", 104, Some("s1/104")));
+    assert!(full.result.is_err(), "{:?}", full.result);
+    assert!(!st.runs.contains_key(&RunId::from("r2")));
+    assert_eq!(st.recurring["s1"].last_fired, Some(102));
+    // Once r1 ends, the next tick (104, caught up) fires.
+    ok(st.apply(
+        7,
+        Command::CancelRun {
+            run_id: "r1".into(),
+            at: 105_000,
+        },
+    ));
+    assert!(st.runs[&RunId::from("r1")].state.is_terminal());
+    assert_eq!(
+        st.recurring["s1"].due(110, st.active_runs_of("s1")),
+        Some(104)
+    );
+    // Disabled, it fires nothing, and apply refuses a firing in flight.
+    ok(st.apply(
+        8,
+        Command::SetRecurringRunEnabled {
+            id: "s1".into(),
+            enabled: false,
+            at: 106_000,
+        },
+    ));
+    assert_eq!(st.recurring["s1"].due(110, 0), None);
+    assert!(st
+        .apply(9, fire("r3", "s1", 104, Some("s1/104")))
+        .result
+        .is_err());
+    // The experiment cannot go while the recurring run belongs to it.
+    assert!(st
+        .apply(
+            10,
+            Command::DeleteExperiment {
+                experiment_id: "e1".into()
+            }
+        )
+        .result
+        .is_err());
+}
