@@ -40,6 +40,8 @@ pub struct Clients {
     pub agents: AgentServiceClient<Svc>,
     pub cluster: ClusterServiceClient<Svc>,
     pub acl: AclServiceClient<Svc>,
+    /// The same connection for the KFP HTTP API.
+    pub http: Svc,
 }
 
 /// Where the CLI connects and with what credentials.
@@ -158,9 +160,10 @@ impl Client {
                     cluster: ClusterServiceClient::new(svc(ch.clone()))
                         .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
                         .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
-                    acl: AclServiceClient::new(svc(ch))
+                    acl: AclServiceClient::new(svc(ch.clone()))
                         .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
                         .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+                    http: svc(ch),
                 };
                 match tokio::time::timeout(per_try, f(clients)).await {
                     Ok(Ok(v)) => {

@@ -5,6 +5,7 @@ pub mod acl_cmd;
 pub mod client;
 pub mod dev;
 pub mod exit;
+pub mod kfp_cmd;
 pub mod output;
 pub mod run_cmd;
 pub mod target;

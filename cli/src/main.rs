@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gantry_cli::{acl_cmd, client, dev, exit, output, run_cmd, target, tls_cmd};
+use gantry_cli::{acl_cmd, client, dev, exit, kfp_cmd, output, run_cmd, target, tls_cmd};
 
 use exit::CliError;
 use output::Format;
@@ -33,6 +33,21 @@ enum Command {
     Run {
         #[command(subcommand)]
         command: run_cmd::RunCommand,
+    },
+    /// Stored pipelines and their versions (the KFP API's).
+    Pipeline {
+        #[command(subcommand)]
+        command: kfp_cmd::PipelineCommand,
+    },
+    /// Experiments: groups of runs (the KFP API's).
+    Experiment {
+        #[command(subcommand)]
+        command: kfp_cmd::ExperimentCommand,
+    },
+    /// Recurring runs: a stored pipeline on a cron line or a period.
+    Schedule {
+        #[command(subcommand)]
+        command: kfp_cmd::ScheduleCommand,
     },
     /// Agents known to the cluster.
     Agent {
@@ -123,6 +138,15 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Tls { command } => tls_cmd::run(command),
         Command::Acl { command } => acl_cmd::run(&cli.target.resolve()?, cli.output, command).await,
         Command::Run { command } => run_cmd::run(&cli.target.resolve()?, cli.output, command).await,
+        Command::Pipeline { command } => {
+            kfp_cmd::pipeline(&cli.target.resolve()?, cli.output, command).await
+        }
+        Command::Experiment { command } => {
+            kfp_cmd::experiment(&cli.target.resolve()?, cli.output, command).await
+        }
+        Command::Schedule { command } => {
+            kfp_cmd::schedule(&cli.target.resolve()?, cli.output, command).await
+        }
         Command::Agent {
             command: AgentCommand::List,
         } => {

@@ -55,6 +55,10 @@ pub enum RunCommand {
         /// finishes, e.g. 1h or 30d, instead of the coordinator's --retain-runs-for.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
         ttl: Option<i64>,
+        /// Put the run in this KFP experiment (a name or an id; created when no experiment
+        /// has that name), where kfp.Client and `gantry experiment list` see it.
+        #[arg(long)]
+        experiment: Option<String>,
     },
     /// Show a run and its tasks.
     Get { run_id: String },
@@ -133,6 +137,7 @@ pub async fn run(
             timeout,
             task_timeout,
             ttl,
+            experiment,
         } => {
             let yaml = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", file.display())))?;
@@ -154,6 +159,7 @@ pub async fn run(
                 artifacts,
                 priority,
                 ttl_ms: ttl.unwrap_or(0),
+                experiment: experiment.unwrap_or_default(),
             };
             // A timeout, a lost connection or a leader change is retried, on the next endpoint
             // when there is one, with the same request id: one run.

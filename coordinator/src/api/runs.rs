@@ -202,7 +202,16 @@ impl RunService for Api {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let (run_id, existing) = self.submit(&req.pipeline_yaml, given, &req, None).await?;
+        let info = match req.experiment.trim() {
+            "" => None,
+            name => Some(gantry_core::state::catalog::RunInfo {
+                experiment_id: Some(
+                    crate::kfp::experiments::experiment_by_name(&self.0, name, "").await?,
+                ),
+                ..Default::default()
+            }),
+        };
+        let (run_id, existing) = self.submit(&req.pipeline_yaml, given, &req, info).await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: run_id.into_string(),
             existing,

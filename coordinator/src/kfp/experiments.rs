@@ -80,12 +80,22 @@ pub async fn archive(ctx: &Ctx, archived: bool) -> Reply {
 
 /// The id of the experiment named `Default`, created on first use (on the leader).
 pub async fn default_experiment(ctx: &Ctx) -> Result<String, HttpError> {
+    experiment_by_name(&ctx.c, DEFAULT_EXPERIMENT, "Runs that name no experiment").await
+}
+
+/// The id of experiment `name_or_id` (an id, or a display name), created under that name
+/// when there is none (on the leader, as `kfp.Client.create_experiment` would).
+pub async fn experiment_by_name(
+    c: &std::sync::Arc<crate::server::Coordinator>,
+    name_or_id: &str,
+    description: &str,
+) -> Result<String, HttpError> {
     let find = || {
-        ctx.c
-            .state
-            .read()
-            .catalog
-            .experiment_named(DEFAULT_EXPERIMENT)
+        let st = c.state.read();
+        st.catalog
+            .experiments
+            .get(name_or_id)
+            .or_else(|| st.catalog.experiment_named(name_or_id))
             .map(|e| e.id.clone())
     };
     if let Some(id) = find() {
@@ -93,13 +103,13 @@ pub async fn default_experiment(ctx: &Ctx) -> Result<String, HttpError> {
     }
     let e = Experiment {
         id: new_id(),
-        display_name: DEFAULT_EXPERIMENT.into(),
-        description: "Runs that name no experiment".into(),
+        display_name: name_or_id.to_string(),
+        description: description.to_string(),
         created_at: crate::now_ms(),
         archived: false,
     };
-    let applied = ctx
-        .c
+    check(&e)?;
+    let applied = c
         .propose(Command::CreateExperiment {
             experiment: e.clone(),
         })
@@ -109,7 +119,7 @@ pub async fn default_experiment(ctx: &Ctx) -> Result<String, HttpError> {
         Ok(_) => Ok(e.id),
         // Another request made it first.
         Err(Rejection::Catalog(CatalogError::ExperimentExists(_))) => {
-            find().ok_or_else(|| HttpError::not_found("the Default experiment vanished; retry"))
+            find().ok_or_else(|| HttpError::not_found("the experiment vanished; retry"))
         }
         Err(r) => Err(ApiError::from(r).into()),
     }

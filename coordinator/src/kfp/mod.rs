@@ -8,7 +8,7 @@
 //! Authentication and authorization happen before any handler, in `crate::auth`, with the
 //! same table and tokens as gRPC (keys `"METHOD /apis/v2beta1/..."`).
 
-mod experiments;
+pub(crate) mod experiments;
 pub mod json;
 pub mod list;
 mod pipelines;
@@ -77,6 +77,12 @@ impl From<Status> for HttpError {
 impl From<crate::api::status::ApiError> for HttpError {
     fn from(e: crate::api::status::ApiError) -> Self {
         Status::from(e).into()
+    }
+}
+
+impl From<HttpError> for Status {
+    fn from(e: HttpError) -> Self {
+        Status::new(e.code, e.message)
     }
 }
 
