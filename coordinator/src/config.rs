@@ -29,7 +29,7 @@ pub struct Args {
     /// cel_evaluation_budget, max_log_line_bytes,
     /// max_log_lines_per_sec, max_log_burst_lines, max_log_bytes_per_step,
     /// max_log_bytes_per_run, max_step_log_bytes, retain_runs_for, delete_removed_run_artifacts,
-    /// max_finished_runs, forget_lost_agents_after.
+    /// max_finished_runs, forget_lost_agents_after, idempotency_window.
     #[arg(long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Raft node id of this coordinator (unique in the cluster, not 0). Default 1.
@@ -191,6 +191,10 @@ pub struct Args {
     /// to; those go with the last run that used them. Default: artifacts are kept.
     #[arg(long, env = "GANTRY_DELETE_REMOVED_RUN_ARTIFACTS")]
     pub delete_removed_run_artifacts: bool,
+    /// How long a KFP `Idempotency-Key` names the run it created: a repeat within this window
+    /// gets that run back, a later one makes a new run. Default 24h.
+    #[arg(long, env = "GANTRY_IDEMPOTENCY_WINDOW", value_name = "DURATION")]
+    pub idempotency_window: Option<String>,
 }
 
 /// The TOML file. Unknown keys are refused so a typo is not silently ignored.
@@ -237,6 +241,7 @@ pub struct FileConfig {
     pub max_finished_runs: Option<usize>,
     pub forget_lost_agents_after: Option<String>,
     pub delete_removed_run_artifacts: Option<bool>,
+    pub idempotency_window: Option<String>,
 }
 
 impl FileConfig {
@@ -498,6 +503,11 @@ impl Args {
             insecure: self.insecure || file.insecure.unwrap_or(false),
             delete_removed_run_artifacts: self.delete_removed_run_artifacts
                 || file.delete_removed_run_artifacts.unwrap_or(false),
+            idempotency_window_ms: retention_ms(
+                "idempotency_window",
+                self.idempotency_window.or(file.idempotency_window),
+            )?
+            .unwrap_or(crate::server::DEFAULT_IDEMPOTENCY_WINDOW_MS),
             cluster,
             require_client_certs: self.require_client_certs
                 || file.require_client_certs.unwrap_or(false),

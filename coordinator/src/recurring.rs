@@ -86,7 +86,7 @@ async fn fire(
         scheduled_at: Some(tick),
     };
     let (run_id, _) = crate::api::Api(c.clone())
-        .submit(&r.pipeline_yaml, given, &opts, Some(info))
+        .submit(&r.pipeline_yaml, given, &opts, Some(info), None)
         .await?;
     Ok(run_id)
 }

@@ -87,6 +87,8 @@ pub struct CoordinatorConfig {
     pub retention: RetentionPolicy,
     /// Whether the leader deletes a removed run's artifacts.
     pub delete_removed_run_artifacts: bool,
+    /// How long a KFP `Idempotency-Key` names its run (milliseconds).
+    pub idempotency_window_ms: i64,
 }
 
 impl CoordinatorConfig {
@@ -124,6 +126,7 @@ impl CoordinatorConfig {
             log_limits: LogLimits::default(),
             retention: RetentionPolicy::default(),
             delete_removed_run_artifacts: false,
+            idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
         }
     }
 
@@ -186,6 +189,8 @@ pub struct Coordinator {
     pub retention: RetentionPolicy,
     /// Whether the leader deletes a removed run's artifacts.
     pub delete_removed_run_artifacts: bool,
+    /// How long a KFP `Idempotency-Key` names its run (milliseconds).
+    pub idempotency_window_ms: i64,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
     pub transport: crate::auth::Transport,
@@ -197,6 +202,10 @@ pub enum Route {
     Local,
     Leader(Channel),
 }
+
+/// How long a KFP `Idempotency-Key` names the run it created, unless configured: a day, as
+/// an event source retrying a delivery does so within minutes or hours.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// Set on a request one coordinator forwards to another, so it is forwarded at most once.
 pub const FORWARDED: &str = "gantry-forwarded";
@@ -529,6 +538,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         log_limits: cfg.log_limits,
         retention: cfg.retention,
         delete_removed_run_artifacts: cfg.delete_removed_run_artifacts,
+        idempotency_window_ms: cfg.idempotency_window_ms,
         receiving_snapshot: tokio::sync::Mutex::new(()),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls

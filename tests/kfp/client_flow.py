@@ -278,6 +278,10 @@ def main():
     s1, first = raw("POST", "/apis/v2beta1/runs", req, {"Idempotency-Key": "evt-42"})
     s2, second = raw("POST", "/apis/v2beta1/runs", req, {"Idempotency-Key": "evt-42"})
     assert (s1, s2) == (200, 200) and first["run_id"] == second["run_id"], (first, second)
+    # The cluster keeps a key for 4 s (GANTRY_IDEMPOTENCY_WINDOW): later, a new run.
+    time.sleep(4.5)
+    s3, third = raw("POST", "/apis/v2beta1/runs", req, {"Idempotency-Key": "evt-42"})
+    assert s3 == 200 and third["run_id"] != first["run_id"], (first, third)
 
     step("recurring runs: create, list (recurringRuns), disable, enable, delete, a bad cron")
     job = client.create_recurring_run(
@@ -325,7 +329,7 @@ def main():
     )
     client.delete_recurring_run(job.recurring_run_id)
     assert not client.list_recurring_runs(experiment_id=exp.experiment_id).recurring_runs
-    assert count_runs(client) == before + 1, "only the idempotent run was added"
+    assert count_runs(client) == before + 2, "only the two Idempotency-Key runs were added"
 
     step("pipelines go: versions first, or cascade")
     expect_api_error(400, lambda: client.delete_pipeline(p.pipeline_id), "versions")

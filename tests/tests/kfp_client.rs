@@ -11,7 +11,10 @@ use gantry_testkit::repo_root;
 
 #[test]
 fn kfp_client_drives_a_three_node_cluster_through_a_follower() {
-    let mut c = Cluster::start(ClusterOpts::loopback(3)).unwrap();
+    let mut opts = ClusterOpts::loopback(3);
+    // A short Idempotency-Key window, for the flow to see a key expire.
+    opts.env = vec![("GANTRY_IDEMPOTENCY_WINDOW".into(), "4s".into())];
+    let mut c = Cluster::start(opts).unwrap();
     let (leader, _) = c
         .wait_leader(&c.all_ids(), Duration::from_secs(20))
         .unwrap();

@@ -32,6 +32,7 @@ impl Api {
         given: BTreeMap<String, serde_json::Value>,
         opts: &pb::SubmitRunRequest,
         info: Option<gantry_core::state::catalog::RunInfo>,
+        request_window_ms: Option<i64>,
     ) -> Result<(RunId, bool), ApiError> {
         let bounds = self.0.submit_limits;
         check_pipeline_size(yaml.len(), &bounds).map_err(ApiError::OverLimit)?;
@@ -64,6 +65,7 @@ impl Api {
             priority: opts.priority,
             uri_policy: Some(self.0.uri_policy.clone()),
             info: info.map(Box::new),
+            request_window_ms,
         };
         match self.0.propose(cmd).await?.result {
             Ok(Outcome::RunCreated { run_id, existing }) => Ok((run_id, existing)),
@@ -211,7 +213,9 @@ impl RunService for Api {
                 ..Default::default()
             }),
         };
-        let (run_id, existing) = self.submit(&req.pipeline_yaml, given, &req, info).await?;
+        let (run_id, existing) = self
+            .submit(&req.pipeline_yaml, given, &req, info, None)
+            .await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: run_id.into_string(),
             existing,

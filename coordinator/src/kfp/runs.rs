@@ -237,7 +237,11 @@ pub async fn create(ctx: &Ctx) -> Reply {
         recurring_run_id: None,
         scheduled_at: None,
     };
-    let (run_id, _) = ctx.api().submit(&yaml, given, &opts, Some(info)).await?;
+    let window = Some(ctx.c.idempotency_window_ms);
+    let (run_id, _) = ctx
+        .api()
+        .submit(&yaml, given, &opts, Some(info), window)
+        .await?;
     let w = waiting(ctx);
     let st = ctx.c.state.read();
     st.runs

@@ -51,6 +51,10 @@ pub enum Command {
         /// submitted through Gantry's own API.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         info: Option<Box<super::catalog::RunInfo>>,
+        /// How long `request_id` names its run: a repeat after this (from the run's creation)
+        /// makes a new run. `None`: for as long as the run is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_window_ms: Option<i64>,
     },
     RegisterAgent {
         agent_id: AgentId,

@@ -118,6 +118,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
             priority: 0,
             uri_policy: None,
             info: None,
+            request_window_ms: None,
         },
         Command::AssignAttempts {
             placements: vec![Placement {

@@ -257,6 +257,7 @@ struct NewRun {
     priority: i32,
     uri_policy: Option<crate::ir::UriPolicy>,
     info: Option<Box<catalog::RunInfo>>,
+    request_window_ms: Option<i64>,
 }
 
 fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
@@ -287,6 +288,7 @@ impl ClusterState {
                 priority,
                 uri_policy,
                 info,
+                request_window_ms,
             } => self.create_run(
                 NewRun {
                     run_id,
@@ -300,6 +302,7 @@ impl ClusterState {
                     priority,
                     uri_policy,
                     info,
+                    request_window_ms,
                 },
                 at,
                 &mut events,
@@ -673,12 +676,21 @@ impl ClusterState {
             priority,
             uri_policy,
             info,
+            request_window_ms,
         } = new;
         if let Some(existing) = request_id.as_ref().and_then(|r| self.request_ids.get(r)) {
-            return Ok(Outcome::RunCreated {
-                run_id: existing.clone(),
-                existing: true,
+            // Past its window, the id names nothing: a new run takes it over.
+            let expired = request_window_ms.is_some_and(|w| {
+                self.runs
+                    .get(existing)
+                    .is_some_and(|r| at.saturating_sub(r.created_at) > w)
             });
+            if !expired {
+                return Ok(Outcome::RunCreated {
+                    run_id: existing.clone(),
+                    existing: true,
+                });
+            }
         }
         if self.runs.contains_key(&run_id) {
             return Err(Rejection::RunExists(run_id));

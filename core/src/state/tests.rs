@@ -27,6 +27,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         priority: 0,
         uri_policy: None,
         info: None,
+        request_window_ms: None,
     }
 }
 
@@ -196,6 +197,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 priority: 0,
                 uri_policy: None,
                 info: None,
+                request_window_ms: None,
             },
         );
     }
@@ -292,6 +294,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         priority: 0,
         uri_policy: None,
         info: None,
+        request_window_ms: None,
     }
 }
 
@@ -467,6 +470,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             priority: 0,
             uri_policy: None,
             info: None,
+            request_window_ms: None,
         },
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -492,6 +496,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             priority: 0,
             uri_policy: None,
             info: None,
+            request_window_ms: None,
         },
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
@@ -516,6 +521,7 @@ fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Co
         priority: 0,
         uri_policy: None,
         info: None,
+        request_window_ms: None,
     }
 }
 
@@ -681,6 +687,7 @@ fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i
         priority,
         uri_policy: None,
         info: None,
+        request_window_ms: None,
     }
 }
 
@@ -1352,6 +1359,7 @@ fn fire(run_id: &str, sched: &str, tick: i64, request_id: Option<&str>) -> Comma
         limits,
         priority,
         uri_policy,
+        request_window_ms,
         ..
     } = create(run_id, request_id, tick * 1000)
     else {
@@ -1376,6 +1384,7 @@ fn fire(run_id: &str, sched: &str, tick: i64, request_id: Option<&str>) -> Comma
             scheduled_at: Some(tick),
             ..Default::default()
         })),
+        request_window_ms,
     }
 }
 
@@ -1485,4 +1494,78 @@ fn a_recurring_run_fires_each_tick_once_and_never_past_its_concurrency() {
         )
         .result
         .is_err());
+}
+
+#[test]
+fn a_request_id_with_a_window_names_its_run_only_within_it() {
+    let with_window = |run: &str, at: i64| match create(run, Some("key"), at) {
+        Command::CreateRun {
+            run_id,
+            request_id,
+            pipeline,
+            pipeline_root,
+            parameters,
+            artifacts,
+            at,
+            caching,
+            limits,
+            priority,
+            uri_policy,
+            info,
+            ..
+        } => Command::CreateRun {
+            run_id,
+            request_id,
+            pipeline,
+            pipeline_root,
+            parameters,
+            artifacts,
+            at,
+            caching,
+            limits,
+            priority,
+            uri_policy,
+            info,
+            request_window_ms: Some(1000),
+        },
+        _ => unreachable!(),
+    };
+    let mut st = ClusterState::default();
+    let first = st.apply(1, with_window("r1", 10_000)).result;
+    assert_eq!(
+        first,
+        Ok(Outcome::RunCreated {
+            run_id: "r1".into(),
+            existing: false
+        })
+    );
+    // Within the window: the first run.
+    let again = st.apply(2, with_window("r2", 10_900)).result;
+    assert_eq!(
+        again,
+        Ok(Outcome::RunCreated {
+            run_id: "r1".into(),
+            existing: true
+        })
+    );
+    // After it: a new run, which the key now names.
+    let later = st.apply(3, with_window("r3", 11_500)).result;
+    assert_eq!(
+        later,
+        Ok(Outcome::RunCreated {
+            run_id: "r3".into(),
+            existing: false
+        })
+    );
+    assert_eq!(st.request_ids["key"], RunId::from("r3"));
+    assert_eq!(st.runs.len(), 2);
+    // Without a window (Gantry's own request ids) the id names its run for as long as it is kept.
+    let plain = st.apply(4, create("r4", Some("key"), 99_000)).result;
+    assert_eq!(
+        plain,
+        Ok(Outcome::RunCreated {
+            run_id: "r3".into(),
+            existing: true
+        })
+    );
 }
