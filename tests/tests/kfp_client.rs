@@ -196,3 +196,47 @@ fn the_cli_manages_pipelines_experiments_and_schedules() {
     assert_eq!(got["state"], "SUCCEEDED");
     c.stop_agent("a1");
 }
+
+/// KFP's own command-line tool, `kfp`, against a plain-HTTP node (it has no option for a
+/// private CA): it lists, creates and reads what kfp.Client does.
+#[test]
+fn the_kfp_command_line_tool_works_against_a_node() {
+    let mut opts = ClusterOpts::loopback(1);
+    opts.tls = false;
+    let c = Cluster::start(opts).unwrap();
+    c.wait_leader(&[1], Duration::from_secs(20)).unwrap();
+    let token = c.token().expect("the harness's admin token").to_string();
+    let endpoint = format!("http://{}", c.address(1));
+    let kfp = |args: &[&str]| {
+        let out = Command::new("kfp")
+            .args(["--endpoint", &endpoint, "--existing-token", &token])
+            .args(args)
+            .output()
+            .expect("the kfp command (pip install kfp==2.16.1)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kfp {args:?}: {text}");
+        text
+    };
+    let created = kfp(&["experiment", "create", "from-kfp-cli"]);
+    assert!(created.contains("from-kfp-cli"), "{created}");
+    let listed = kfp(&["--output", "json", "experiment", "list"]);
+    assert!(listed.contains("from-kfp-cli"), "{listed}");
+    let runs = kfp(&["run", "list"]);
+    assert!(!runs.contains("Error"), "{runs}");
+    let work = tempfile::tempdir().unwrap();
+    let file = gantry_testkit::compile_pipeline("linear", work.path()).unwrap();
+    let up = kfp(&[
+        "pipeline",
+        "create",
+        "-p",
+        "linear-from-cli",
+        file.to_str().unwrap(),
+    ]);
+    assert!(up.contains("linear-from-cli"), "{up}");
+    let pipelines = kfp(&["pipeline", "list"]);
+    assert!(pipelines.contains("linear-from-cli"), "{pipelines}");
+}

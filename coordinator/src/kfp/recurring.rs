@@ -192,12 +192,20 @@ pub async fn create(ctx: &Ctx) -> Reply {
         .runtime_config
         .and_then(|c| c.parameters)
         .unwrap_or_default();
-    // Every firing must be able to start: the pipeline and its parameters are checked now.
+    // Every firing must be able to start: the pipeline and its parameters are checked now,
+    // against the same limits as a run's.
+    let bounds = ctx.c.submit_limits;
+    gantry_core::ir::bounds::check_pipeline_size(yaml.len(), &bounds)
+        .map_err(ApiError::OverLimit)?;
     let pipeline = gantry_core::ir::parse_pipeline(&yaml).map_err(ApiError::InvalidPipeline)?;
     gantry_core::engine::check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
+    gantry_core::engine::check_host_rules(&pipeline, &ctx.c.uri_policy)
+        .map_err(ApiError::HostRefusal)?;
     let given: BTreeMap<String, Value> = parameters.clone().into_iter().collect();
-    gantry_core::ir::resolve_run_parameters(&pipeline, &given)
+    let resolved = gantry_core::ir::resolve_run_parameters(&pipeline, &given)
         .map_err(ApiError::InvalidParameters)?;
+    gantry_core::ir::bounds::check_submission(&pipeline, &resolved, &bounds)
+        .map_err(ApiError::OverLimit)?;
     let experiment_id = experiment_or_default(ctx, body.experiment_id).await?;
     let now = crate::now_ms();
     let r = RecurringRun {

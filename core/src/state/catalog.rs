@@ -17,6 +17,8 @@ pub const MAX_DESCRIPTION_BYTES: usize = 8 * 1024;
 /// Most experiments, pipelines and versions, each: the catalog lives in every node's memory
 /// and every snapshot.
 pub const MAX_RECORDS: usize = 100_000;
+/// Most bytes of pipeline text the catalog keeps in all (versions' YAML), for the same reason.
+pub const MAX_PIPELINE_TEXT_BYTES: usize = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Experiment {
@@ -314,6 +316,13 @@ impl Catalog {
 
     fn check_version(&self, v: &PipelineVersion) -> Result<(), CatalogError> {
         check_id("pipeline_version_id", &v.id)?;
+        let stored: usize = self.versions.values().map(|o| o.pipeline_yaml.len()).sum();
+        if stored.saturating_add(v.pipeline_yaml.len()) > MAX_PIPELINE_TEXT_BYTES {
+            return Err(CatalogError::Full {
+                what: "bytes of pipeline text",
+                max: MAX_PIPELINE_TEXT_BYTES,
+            });
+        }
         check_name("name", &v.name)?;
         check_name("display_name", &v.display_name)?;
         check_description(&v.description)?;
