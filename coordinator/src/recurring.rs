@@ -30,10 +30,24 @@ pub async fn recurring_loop(c: Arc<Coordinator>) {
         let now = crate::now_ms().div_euclid(1000);
         let due: Vec<(RecurringRun, i64)> = {
             let st = c.state.read();
+            if st.recurring.is_empty() {
+                continue;
+            }
+            // One walk of the runs for every schedule's count, not one per schedule.
+            let mut active: HashMap<&str, usize> = HashMap::new();
+            for run in st.runs.values().filter(|r| !r.state.is_terminal()) {
+                if let Some(id) = run
+                    .info
+                    .as_ref()
+                    .and_then(|i| i.recurring_run_id.as_deref())
+                {
+                    *active.entry(id).or_default() += 1;
+                }
+            }
             st.recurring
                 .values()
                 .filter_map(|r| {
-                    let tick = r.due(now, st.active_runs_of(&r.id))?;
+                    let tick = r.due(now, active.get(r.id.as_str()).copied().unwrap_or(0))?;
                     Some((r.clone(), tick))
                 })
                 .collect()
