@@ -197,16 +197,19 @@ fn the_cli_manages_pipelines_experiments_and_schedules() {
     c.stop_agent("a1");
 }
 
-/// KFP's own command-line tool, `kfp`, against a plain-HTTP node (it has no option for a
-/// private CA): it lists, creates and reads what kfp.Client does.
+/// KFP's own command-line tool, `kfp`, against a follower of a 3-node plain-HTTP cluster (the
+/// tool has no option for a private CA): it lists, creates and reads what kfp.Client does.
 #[test]
-fn the_kfp_command_line_tool_works_against_a_node() {
-    let mut opts = ClusterOpts::loopback(1);
+fn the_kfp_command_line_tool_works_against_a_cluster() {
+    let mut opts = ClusterOpts::loopback(3);
     opts.tls = false;
     let c = Cluster::start(opts).unwrap();
-    c.wait_leader(&[1], Duration::from_secs(20)).unwrap();
+    let (leader, _) = c
+        .wait_leader(&c.all_ids(), Duration::from_secs(20))
+        .unwrap();
+    let follower = c.all_ids().into_iter().find(|id| *id != leader).unwrap();
     let token = c.token().expect("the harness's admin token").to_string();
-    let endpoint = format!("http://{}", c.address(1));
+    let endpoint = format!("http://{}", c.address(follower));
     let kfp = |args: &[&str]| {
         let out = Command::new("kfp")
             .args(["--endpoint", &endpoint, "--existing-token", &token])
