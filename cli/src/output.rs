@@ -52,6 +52,9 @@ pub fn task_json(t: &pb::Task) -> Value {
     if !t.cached_from.is_empty() {
         v["cached_from"] = json!(t.cached_from);
     }
+    if !t.approval.is_empty() {
+        v["approval"] = json!(t.approval);
+    }
     v
 }
 

@@ -87,6 +87,23 @@ pub enum RunCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Let a task waiting at its approval gate (annotation gantry.dev/approval: required) go
+    /// on; you are recorded as the approver.
+    Approve {
+        run_id: String,
+        /// IR task name or task id.
+        task: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Stop a task waiting at its approval gate: it fails with the reason, and so does the run.
+    Reject {
+        run_id: String,
+        /// IR task name or task id.
+        task: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `NAME=VALUE` flags (`what` names them in errors) as a map; a name given twice is refused.
@@ -113,6 +130,42 @@ fn final_status(run: &pb::Run) -> Result<(), CliError> {
         pb::RunState::Canceled => Err(CliError::RunCanceled(run.run_id.clone())),
         _ => Err(CliError::RunFailed(run.run_id.clone())),
     }
+}
+
+/// `gantry run approve|reject`.
+async fn decide(
+    endpoint: &crate::client::Target,
+    format: Format,
+    run_id: String,
+    task: String,
+    approve: bool,
+    reason: String,
+) -> Result<(), CliError> {
+    let mut c = connect(endpoint).await?;
+    let req = pb::DecideApprovalRequest {
+        run_id,
+        task: task.clone(),
+        approve,
+        reason,
+    };
+    let run = c
+        .call(Duration::from_secs(15), |mut cl| {
+            let req = req.clone();
+            async move { cl.runs.decide_approval(req).await }
+        })
+        .await?
+        .into_inner();
+    if format == Format::Table {
+        let verb = if approve { "approved" } else { "rejected" };
+        println!(
+            "{task} {verb}; run {} is {}",
+            run.run_id,
+            run.state().word()
+        );
+    } else {
+        show_run(format, &run);
+    }
+    Ok(())
 }
 
 /// How long one call may take on one endpoint before the next is tried.
@@ -275,6 +328,16 @@ pub async fn run(
             show_run(format, &run);
             final_status(&run)
         }
+        RunCommand::Approve {
+            run_id,
+            task,
+            reason,
+        } => decide(endpoint, format, run_id, task, true, reason).await,
+        RunCommand::Reject {
+            run_id,
+            task,
+            reason,
+        } => decide(endpoint, format, run_id, task, false, reason).await,
         RunCommand::Cancel { run_id } => {
             let mut c = connect(endpoint).await?;
             let run = c

@@ -66,6 +66,7 @@ pub const TABLE: &[Rule] = &[
     rule("/gantry.v1.RunService/GetRun", Allow::Roles(READ)),
     rule("/gantry.v1.RunService/ListRuns", Allow::Roles(READ)),
     rule("/gantry.v1.RunService/StreamLogs", Allow::Roles(READ)),
+    rule("/gantry.v1.RunService/DecideApproval", Allow::Roles(WRITE)),
     rule("/gantry.v1.AgentService/Session", Allow::Agents),
     rule("/gantry.v1.AgentService/ListAgents", Allow::Roles(READ)),
     rule("/gantry.v1.AgentService/DrainAgent", Allow::Roles(ADMIN)),

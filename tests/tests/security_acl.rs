@@ -350,6 +350,13 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
             follow: false,
         }
         .encode_to_vec(),
+        "RunService/DecideApproval" => pb::DecideApprovalRequest {
+            run_id: pick(&ctx.run_id, "no-such-run"),
+            task: "nap".into(),
+            approve: false,
+            reason: "walk".into(),
+        }
+        .encode_to_vec(),
         "AgentService/Session" => {
             let body = refused.then(|| {
                 pb::agent_message::Body::Register(pb::Register {

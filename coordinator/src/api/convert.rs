@@ -86,6 +86,16 @@ pub fn task_outputs_json(outputs: &gantry_core::engine::TaskOutputs) -> String {
     json!({ "parameters": outputs.parameters, "artifacts": artifacts }).to_string()
 }
 
+/// A decision on a gate, as clients print it.
+pub fn approval_text(d: &gantry_core::engine::approval::Decision) -> String {
+    let verb = if d.approved { "approved" } else { "rejected" };
+    if d.reason.is_empty() {
+        format!("{verb} by {}", d.by)
+    } else {
+        format!("{verb} by {}: {}", d.by, d.reason)
+    }
+}
+
 pub fn run_to_proto(run: &RunRecord, waiting: &Waiting) -> pb::Run {
     let mut tasks: Vec<&gantry_core::engine::TaskRecord> = run
         .tasks
@@ -112,7 +122,11 @@ pub fn run_to_proto(run: &RunRecord, waiting: &Waiting) -> pb::Run {
                 name: t.name.clone(),
                 parent: t.parent.as_ref().map(TaskId::to_string).unwrap_or_default(),
                 iteration: t.iteration.map_or(-1, i64::from),
-                state: task_state(t.state).into(),
+                state: if gantry_core::engine::approval::awaiting(run, t) {
+                    pb::TaskState::WaitingApproval.into()
+                } else {
+                    task_state(t.state).into()
+                },
                 attempts: t.attempts.len() as u32,
                 agent: t
                     .attempts
@@ -123,10 +137,18 @@ pub fn run_to_proto(run: &RunRecord, waiting: &Waiting) -> pb::Run {
                 finished_at_ms: t.finished_at.unwrap_or(0),
                 error: t.error.clone().unwrap_or_default(),
                 outputs_json: task_outputs_json(&t.outputs),
-                waiting_reason: waiting
-                    .reason(&run.run_id, &t.task_id, t.state == TaskState::Ready)
-                    .map(String::from)
-                    .unwrap_or_default(),
+                waiting_reason: if gantry_core::engine::approval::awaiting(run, t) {
+                    format!(
+                        "waiting for approval: gantry run approve {} {} (or reject --reason ...)",
+                        run.run_id, t.name
+                    )
+                } else {
+                    waiting
+                        .reason(&run.run_id, &t.task_id, t.state == TaskState::Ready)
+                        .map(String::from)
+                        .unwrap_or_default()
+                },
+                approval: t.approval.as_ref().map(approval_text).unwrap_or_default(),
                 cached_from: t.cached_from.clone().unwrap_or_default(),
             })
             .collect(),

@@ -80,6 +80,39 @@ impl Api {
         Ok(Response::new(self.run_proto(run_id)?))
     }
 
+    /// The task of `run_id` that `task` names: a task id, or an IR task name that one task has.
+    fn task_named(&self, run_id: &RunId, task: &str) -> Result<TaskId, ApiError> {
+        let st = self.0.state.read();
+        let run = st
+            .runs
+            .get(run_id)
+            .ok_or_else(|| ApiError::RunNotFound(run_id.clone()))?;
+        if run.tasks.contains_key(&TaskId::from(task)) {
+            return Ok(TaskId::from(task));
+        }
+        let named: Vec<&TaskId> = run
+            .tasks
+            .values()
+            .filter(|t| t.name == task)
+            .map(|t| &t.task_id)
+            .collect();
+        match named.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ApiError::UnknownRunTask {
+                run: run_id.clone(),
+                task: task.to_string(),
+            }),
+            many => Err(ApiError::AmbiguousTask {
+                task: task.to_string(),
+                ids: many
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
     fn run_proto(&self, run_id: &RunId) -> Result<pb::Run, ApiError> {
         let waiting = self
             .0
@@ -285,6 +318,35 @@ impl RunService for Api {
             at: crate::now_ms(),
         };
         self.change_run(&run_id, cmd).await
+    }
+
+    async fn decide_approval(
+        &self,
+        req: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return RunServiceClient::new(ch).decide_approval(relay(req)).await;
+        }
+        let by = crate::auth::principal(&req).name();
+        let r = req.into_inner();
+        if !r.approve && r.reason.trim().is_empty() {
+            return Err(ApiError::RejectWithoutReason.into());
+        }
+        let run_id = RunId::from(r.run_id);
+        let task_id = self.task_named(&run_id, &r.task)?;
+        let cmd = Command::DecideApproval {
+            run_id: run_id.clone(),
+            task_id,
+            decision: gantry_core::engine::approval::Decision {
+                approved: r.approve,
+                by: by.clone(),
+                reason: r.reason.trim().to_string(),
+                at: crate::now_ms(),
+            },
+        };
+        self.change_run(&run_id, cmd).await?;
+        tracing::info!(run = %run_id, task = %r.task, approved = r.approve, %by, "approval decided");
+        Ok(Response::new(self.run_proto(&run_id)?))
     }
 
     type StreamLogsStream = LogStream;

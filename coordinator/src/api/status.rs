@@ -70,6 +70,12 @@ pub enum ApiError {
     NotPositive { setting: &'static str, task: String },
     #[error("run {0} not found")]
     RunNotFound(RunId),
+    #[error("run {run} has no task named {task:?} (yet): give an IR task name or a task id")]
+    UnknownRunTask { run: RunId, task: String },
+    #[error("several tasks are named {task:?} (a loop): give one of their ids: {ids}")]
+    AmbiguousTask { task: String, ids: String },
+    #[error("a rejection needs a reason (--reason)")]
+    RejectWithoutReason,
     /// Applying a command answered with an outcome of another command (a bug).
     #[error("unexpected outcome {0}")]
     UnexpectedOutcome(String),
@@ -218,6 +224,13 @@ impl ApiError {
                 Rejection::NotRetryable(_) | Rejection::MemberStoreConflict { .. } => {
                     Code::FailedPrecondition
                 }
+                Rejection::Approval(a) => match a {
+                    gantry_core::engine::approval::ApprovalError::NoTask { .. } => Code::NotFound,
+                    gantry_core::engine::approval::ApprovalError::ReasonTooLong(_) => {
+                        Code::InvalidArgument
+                    }
+                    _ => Code::FailedPrecondition,
+                },
                 Rejection::Catalog(c) => {
                     use gantry_core::state::catalog::CatalogError as C;
                     match c {
@@ -279,7 +292,11 @@ impl ApiError {
             | E::BadTtl { .. }
             | E::BadRunTtl { .. } => Code::InvalidArgument,
             E::PeerRefused(_) | E::AgentRefused(_) => Code::PermissionDenied,
-            E::RunNotFound(_) | E::AgentNotFound(_) | E::NotAMember(_) => Code::NotFound,
+            E::RunNotFound(_)
+            | E::AgentNotFound(_)
+            | E::NotAMember(_)
+            | E::UnknownRunTask { .. } => Code::NotFound,
+            E::AmbiguousTask { .. } | E::RejectWithoutReason => Code::InvalidArgument,
             E::MemberElsewhere { .. } => Code::AlreadyExists,
             E::InOtherCluster { .. }
             | E::LastVoter

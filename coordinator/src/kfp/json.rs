@@ -151,6 +151,7 @@ fn history(
 
 fn task(run: &RunRecord, t: &TaskRecord, waiting: &Waiting) -> Value {
     let state = task_state(t.state);
+    let gated = gantry_core::engine::approval::awaiting(run, t);
     let children: Vec<Value> = run
         .tasks
         .values()
@@ -204,7 +205,20 @@ fn task(run: &RunRecord, t: &TaskRecord, waiting: &Waiting) -> Value {
                 err,
             ),
         ),
-        ("gantry_state", json!(t.state.as_str())),
+        (
+            "gantry_state",
+            json!(if gated {
+                "WAITING_APPROVAL"
+            } else {
+                t.state.as_str()
+            }),
+        ),
+        (
+            "gantry_approval",
+            t.approval.as_ref().map_or(Value::Null, |d| {
+                json!({"approved": d.approved, "by": d.by, "reason": d.reason, "at": time(d.at)})
+            }),
+        ),
         ("gantry_attempts", json!(t.attempts.len())),
         (
             "gantry_agent",
@@ -222,9 +236,13 @@ fn task(run: &RunRecord, t: &TaskRecord, waiting: &Waiting) -> Value {
         ),
         (
             "gantry_waiting_reason",
-            waiting
-                .reason(&run.run_id, &t.task_id, t.state == TaskState::Ready)
-                .map_or(Value::Null, |r| json!(r)),
+            if gated {
+                json!("waiting for approval")
+            } else {
+                waiting
+                    .reason(&run.run_id, &t.task_id, t.state == TaskState::Ready)
+                    .map_or(Value::Null, |r| json!(r))
+            },
         ),
         ("gantry_outputs", outputs),
     ])

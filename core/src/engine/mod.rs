@@ -8,6 +8,7 @@
 //! does I/O or reads a clock: `now` comes in as an argument.
 
 mod advance;
+pub mod approval;
 mod cache;
 mod host_rules;
 mod loops;
@@ -179,6 +180,9 @@ pub struct TaskRecord {
     /// `<run>/<task>` of the execution whose outputs a CACHED task reused.
     #[serde(default)]
     pub cached_from: Option<String>,
+    /// The decision on its approval gate ([`approval`]), once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<approval::Decision>,
 }
 
 impl TaskRecord {
@@ -208,6 +212,7 @@ impl TaskRecord {
             not_before: None,
             cache_key: None,
             cached_from: None,
+            approval: None,
         }
     }
 
@@ -347,6 +352,7 @@ pub fn check_supported(p: &PipelineSpec) -> Result<(), Unsupported> {
         }
     }
     problems.extend(platform::refusals(p));
+    problems.extend(approval::refusals(p));
     if problems.is_empty() {
         Ok(())
     } else {

@@ -68,6 +68,21 @@ pub fn timeouts_due(state: &ClusterState, now: i64) -> Vec<crate::state::Command
             });
             continue;
         }
+        for (task_id, limit) in crate::engine::approval::overdue(run, now) {
+            out.push(Command::DecideApproval {
+                run_id: run_id.clone(),
+                task_id,
+                decision: crate::engine::approval::Decision {
+                    approved: false,
+                    by: "gantry".into(),
+                    reason: format!(
+                        "no decision within its approval timeout of {}",
+                        crate::engine::human_ms(limit)
+                    ),
+                    at: now,
+                },
+            });
+        }
         if run.limits.task_timeout_ms.is_empty() {
             continue;
         }
@@ -105,7 +120,10 @@ pub fn cache_candidates(state: &ClusterState, now: i64) -> Vec<CacheCandidate> {
         return out;
     }
     for (run_id, run) in active_among(state, state.watch.caching()) {
-        for t in run.ready_tasks() {
+        for t in run
+            .ready_tasks()
+            .filter(|t| !crate::engine::approval::awaiting(run, t))
+        {
             let (Some(key), Some(entry)) = (
                 t.cache_key.as_ref(),
                 state.usable_cache_entry_for(run, t, now),
@@ -133,6 +151,7 @@ pub fn ready_steps(state: &ClusterState, now: i64) -> Vec<ReadyStep> {
         let mut ready: Vec<_> = run
             .ready_tasks()
             .filter(|t| t.not_before.is_none_or(|nb| nb <= now))
+            .filter(|t| !crate::engine::approval::awaiting(run, t))
             .filter(|t| state.usable_cache_entry_for(run, t, now).is_none())
             .collect();
         ready.sort_by(|a, b| {

@@ -198,6 +198,13 @@ pub enum Command {
         run_id: RunId,
         archived: bool,
     },
+    /// A decision on a task's approval gate: an approval lets it be placed, a rejection fails
+    /// it. Refused unless the task is READY and waits for one.
+    DecideApproval {
+        run_id: RunId,
+        task_id: TaskId,
+        decision: crate::engine::approval::Decision,
+    },
     CreateRecurringRun {
         recurring: Box<crate::schedule::RecurringRun>,
     },

@@ -102,6 +102,8 @@ pub enum Rejection {
     MemberStoreConflict { node: u64, known: u64, got: u64 },
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Approval(#[from] engine::approval::ApprovalError),
 }
 
 /// The result of applying one command.
@@ -145,6 +147,8 @@ pub enum Outcome {
     MemberStoreForgotten(bool),
     /// An experiment, pipeline, version or run's archive flag changed as asked.
     CatalogChanged,
+    /// A decision on an approval gate was recorded.
+    ApprovalDecided,
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -406,6 +410,29 @@ impl ClusterState {
                 at,
             } => self.use_cached(run_id, task_id, at, &mut events),
             Command::TimeOutRun { run_id, at } => self.time_out_run(run_id, at, &mut events),
+            Command::DecideApproval {
+                run_id,
+                task_id,
+                decision,
+            } => match self.runs.get_mut(&run_id).map(Arc::make_mut) {
+                Some(run) => {
+                    let (at, approved) = (decision.at, decision.approved);
+                    match engine::approval::decide(run, &task_id, decision) {
+                        Ok(()) => {
+                            if approved {
+                                events.push(Event::TasksReady {
+                                    run_id: run_id.clone(),
+                                });
+                            } else {
+                                note_progress(&mut events, &run_id, engine::advance(run, at));
+                            }
+                            Ok(Outcome::ApprovalDecided)
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                None => Err(Rejection::RunNotFound(run_id)),
+            },
             Command::RetryRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => match engine::retry_run(run, at) {

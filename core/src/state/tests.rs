@@ -1569,3 +1569,158 @@ fn a_request_id_with_a_window_names_its_run_only_within_it() {
         })
     );
 }
+
+const GATED: &str = include_str!("testdata/approval.yaml");
+
+fn create_gated(run_id: &str, at: i64) -> Command {
+    let spec = parse_pipeline(GATED).unwrap();
+    crate::engine::check_supported(&spec).unwrap();
+    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
+    Command::CreateRun {
+        run_id: run_id.into(),
+        request_id: None,
+        pipeline: Box::new(spec),
+        pipeline_root: "file:///tmp/gantry".into(),
+        parameters: params,
+        artifacts: BTreeMap::new(),
+        at,
+        caching: Default::default(),
+        limits: Default::default(),
+        priority: 0,
+        uri_policy: None,
+        info: None,
+        request_window_ms: None,
+    }
+}
+
+fn decision(approved: bool, by: &str, reason: &str, at: i64) -> crate::engine::approval::Decision {
+    crate::engine::approval::Decision {
+        approved,
+        by: by.into(),
+        reason: reason.into(),
+        at,
+    }
+}
+
+#[test]
+fn an_approval_gate_holds_its_step_until_a_person_decides() {
+    let mut st = ClusterState::default();
+    assert!(st.apply(1, create_gated("r1", 1_000)).result.is_ok());
+    let task: TaskId = "deploy".into();
+    assert!(st.runs[&RunId::from("r1")].tasks.contains_key(&task));
+    // READY, but not placed: it waits.
+    assert!(crate::scheduler::ready_steps(&st, 2_000).is_empty());
+    let run = &st.runs[&RunId::from("r1")];
+    assert!(crate::engine::approval::awaiting(run, &run.tasks[&task]));
+    // Approved: placeable, and who approved is kept.
+    let a = st.apply(
+        2,
+        Command::DecideApproval {
+            run_id: "r1".into(),
+            task_id: task.clone(),
+            decision: decision(true, "token alice (admin)", "", 3_000),
+        },
+    );
+    assert_eq!(a.result, Ok(Outcome::ApprovalDecided));
+    let steps = crate::scheduler::ready_steps(&st, 4_000);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        st.runs[&RunId::from("r1")].tasks[&task]
+            .approval
+            .as_ref()
+            .map(|d| d.by.as_str()),
+        Some("token alice (admin)")
+    );
+    // A second decision is refused and changes nothing.
+    let before = st.clone();
+    let again = st.apply(
+        3,
+        Command::DecideApproval {
+            run_id: "r1".into(),
+            task_id: task.clone(),
+            decision: decision(false, "token bob (admin)", "late", 5_000),
+        },
+    );
+    assert!(
+        matches!(again.result, Err(Rejection::Approval(_))),
+        "{:?}",
+        again.result
+    );
+    assert_eq!(st.runs, before.runs);
+
+    // Rejected: the step fails with the reason, and so does the run.
+    assert!(st.apply(4, create_gated("r2", 10_000)).result.is_ok());
+    st.apply(
+        5,
+        Command::DecideApproval {
+            run_id: "r2".into(),
+            task_id: task.clone(),
+            decision: decision(false, "token bob (admin)", "accuracy too low", 11_000),
+        },
+    )
+    .result
+    .unwrap();
+    let r2 = &st.runs[&RunId::from("r2")];
+    assert_eq!(r2.state, RunState::Failed);
+    assert!(
+        r2.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("rejected by token bob (admin): accuracy too low"),
+        "{:?}",
+        r2.error
+    );
+
+    // No decision within the gate's 1h: the leader's pass rejects it in gantry's name.
+    assert!(st.apply(6, create_gated("r3", 20_000)).result.is_ok());
+    let due = crate::scheduler::timeouts_due(&st, 20_000 + 3_600_000 - 1);
+    assert!(!due
+        .iter()
+        .any(|c| matches!(c, Command::DecideApproval { run_id, .. } if run_id.as_str() == "r3")));
+    let due = crate::scheduler::timeouts_due(&st, 20_000 + 3_600_000);
+    let timeout = due
+        .into_iter()
+        .find(|c| matches!(c, Command::DecideApproval { run_id, .. } if run_id.as_str() == "r3"))
+        .expect("the overdue gate is rejected");
+    st.apply(7, timeout).result.unwrap();
+    let r3 = &st.runs[&RunId::from("r3")];
+    assert_eq!(r3.state, RunState::Failed);
+    assert!(r3
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("no decision within its approval timeout of 1h"));
+
+    // A task without a gate, or an unknown one, is refused by name.
+    let none = st.apply(
+        8,
+        Command::DecideApproval {
+            run_id: "r1".into(),
+            task_id: "nope".into(),
+            decision: decision(true, "x", "", 1),
+        },
+    );
+    assert!(matches!(none.result, Err(Rejection::Approval(_))));
+}
+
+#[test]
+fn bad_gate_annotations_are_refused_at_submit() {
+    let bad = GATED.replace(
+        "gantry.dev/approval: required",
+        "gantry.dev/approval: maybe",
+    );
+    let spec = parse_pipeline(&bad).unwrap();
+    let err = crate::engine::check_supported(&spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gantry.dev/approval") && err.contains("required"),
+        "{err}"
+    );
+    let bad = GATED.replace("approval-timeout: 1h", "approval-timeout: soon");
+    let spec = parse_pipeline(&bad).unwrap();
+    let err = crate::engine::check_supported(&spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("approval-timeout"), "{err}");
+}

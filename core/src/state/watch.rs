@@ -17,7 +17,7 @@ use crate::engine::RunRecord;
 #[derive(Debug, Clone, Default)]
 pub struct WatchIndex {
     built: bool,
-    /// (created_at, run id) of the runs with a run or task timeout.
+    /// (created_at, run id) of the runs with a run, task or approval timeout.
     timed: BTreeSet<(i64, RunId)>,
     /// Likewise, of the runs that may read the cache.
     caching: BTreeSet<(i64, RunId)>,
@@ -31,7 +31,9 @@ impl PartialEq for WatchIndex {
 }
 
 fn has_timers(run: &RunRecord) -> bool {
-    run.limits.timeout_ms.is_some() || !run.limits.task_timeout_ms.is_empty()
+    run.limits.timeout_ms.is_some()
+        || !run.limits.task_timeout_ms.is_empty()
+        || crate::engine::approval::has_timeouts(&run.pipeline)
 }
 
 impl WatchIndex {
