@@ -37,22 +37,26 @@ async fn uploaded(ctx: &Ctx) -> Result<(String, String), HttpError> {
     Ok((upload.filename, text))
 }
 
-fn checked(field: &str, name: &str) -> Result<(), HttpError> {
-    catalog::check_name(field, name).map_err(|e| HttpError::bad(e.to_string()))
+/// An upload's name, display name and description (KFP's rule: the name is `name`, else
+/// `display_name`, else the file's name; the display name defaults to the name), checked.
+fn names(ctx: &Ctx, filename: &str) -> Result<(String, String, String), HttpError> {
+    let name = ctx
+        .query("name")
+        .or(ctx.query("display_name"))
+        .unwrap_or(filename)
+        .to_string();
+    let display_name = ctx.query("display_name").unwrap_or(&name).to_string();
+    let description = ctx.query("description").unwrap_or("").to_string();
+    catalog::check_name("name", &name)
+        .and_then(|()| catalog::check_name("display_name", &display_name))
+        .and_then(|()| catalog::check_description(&description))
+        .map_err(|e| HttpError::bad(e.to_string()))?;
+    Ok((name, display_name, description))
 }
 
 pub async fn upload(ctx: &Ctx) -> Reply {
     let (filename, text) = uploaded(ctx).await?;
-    let name = ctx
-        .query("name")
-        .or(ctx.query("display_name"))
-        .unwrap_or(&filename)
-        .to_string();
-    let display_name = ctx.query("display_name").unwrap_or(&name).to_string();
-    let description = ctx.query("description").unwrap_or("").to_string();
-    checked("name", &name)?;
-    checked("display_name", &display_name)?;
-    catalog::check_description(&description).map_err(|e| HttpError::bad(e.to_string()))?;
+    let (name, display_name, description) = names(ctx, &filename)?;
     let now = crate::now_ms();
     let p = Pipeline {
         id: new_id(),
@@ -83,15 +87,7 @@ pub async fn upload_version(ctx: &Ctx) -> Reply {
         HttpError::bad("pipelineid is missing: the query names the pipeline the version is of")
     })?;
     let (filename, text) = uploaded(ctx).await?;
-    let name = ctx
-        .query("name")
-        .or(ctx.query("display_name"))
-        .unwrap_or(&filename)
-        .to_string();
-    let display_name = ctx.query("display_name").unwrap_or(&name).to_string();
-    let description = ctx.query("description").unwrap_or("").to_string();
-    checked("name", &name)?;
-    checked("display_name", &display_name)?;
+    let (name, display_name, description) = names(ctx, &filename)?;
     let v = PipelineVersion {
         id: new_id(),
         pipeline_id: pipeline_id.to_string(),

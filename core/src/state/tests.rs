@@ -1345,47 +1345,30 @@ fn time_outs_and_cache_hits_are_found_through_the_index_as_by_a_walk_of_every_ru
     );
 }
 
-/// A firing of recurring run `sched` for `tick`, as the leader proposes it.
-fn fire(run_id: &str, sched: &str, tick: i64, request_id: Option<&str>) -> Command {
-    let Command::CreateRun {
-        run_id,
-        request_id,
-        pipeline,
-        pipeline_root,
-        parameters,
-        artifacts,
-        at,
-        caching,
-        limits,
-        priority,
-        uri_policy,
+/// `cmd` (a CreateRun) with what the KFP API adds: its run info and request-id window.
+fn with_kfp(mut cmd: Command, run_info: Option<catalog::RunInfo>, window: Option<i64>) -> Command {
+    if let Command::CreateRun {
+        info,
         request_window_ms,
         ..
-    } = create(run_id, request_id, tick * 1000)
-    else {
-        unreachable!()
-    };
-    Command::CreateRun {
-        run_id,
-        request_id,
-        pipeline,
-        pipeline_root,
-        parameters,
-        artifacts,
-        at,
-        caching,
-        limits,
-        priority,
-        uri_policy,
-        info: Some(Box::new(catalog::RunInfo {
-            display_name: "nightly".into(),
-            experiment_id: Some("e1".into()),
-            recurring_run_id: Some(sched.into()),
-            scheduled_at: Some(tick),
-            ..Default::default()
-        })),
-        request_window_ms,
+    } = &mut cmd
+    {
+        *info = run_info.map(Box::new);
+        *request_window_ms = window;
     }
+    cmd
+}
+
+/// A firing of recurring run `sched` for `tick`, as the leader proposes it.
+fn fire(run_id: &str, sched: &str, tick: i64, request_id: Option<&str>) -> Command {
+    let info = catalog::RunInfo {
+        display_name: "nightly".into(),
+        experiment_id: Some("e1".into()),
+        recurring_run_id: Some(sched.into()),
+        scheduled_at: Some(tick),
+        ..Default::default()
+    };
+    with_kfp(create(run_id, request_id, tick * 1000), Some(info), None)
 }
 
 #[test]
@@ -1498,38 +1481,7 @@ fn a_recurring_run_fires_each_tick_once_and_never_past_its_concurrency() {
 
 #[test]
 fn a_request_id_with_a_window_names_its_run_only_within_it() {
-    let with_window = |run: &str, at: i64| match create(run, Some("key"), at) {
-        Command::CreateRun {
-            run_id,
-            request_id,
-            pipeline,
-            pipeline_root,
-            parameters,
-            artifacts,
-            at,
-            caching,
-            limits,
-            priority,
-            uri_policy,
-            info,
-            ..
-        } => Command::CreateRun {
-            run_id,
-            request_id,
-            pipeline,
-            pipeline_root,
-            parameters,
-            artifacts,
-            at,
-            caching,
-            limits,
-            priority,
-            uri_policy,
-            info,
-            request_window_ms: Some(1000),
-        },
-        _ => unreachable!(),
-    };
+    let with_window = |run: &str, at: i64| with_kfp(create(run, Some("key"), at), None, Some(1000));
     let mut st = ClusterState::default();
     let first = st.apply(1, with_window("r1", 10_000)).result;
     assert_eq!(
