@@ -11,6 +11,7 @@ use gantry_proto::v1::acl_service_client::AclServiceClient;
 use gantry_proto::v1::agent_service_client::AgentServiceClient;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_proto::v1::run_service_client::RunServiceClient;
+use gantry_proto::v1::webhook_service_client::WebhookServiceClient;
 use gantry_tls::TlsContext;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -40,6 +41,7 @@ pub struct Clients {
     pub agents: AgentServiceClient<Svc>,
     pub cluster: ClusterServiceClient<Svc>,
     pub acl: AclServiceClient<Svc>,
+    pub webhooks: WebhookServiceClient<Svc>,
     /// The same connection for the KFP HTTP API.
     pub http: Svc,
 }
@@ -161,6 +163,9 @@ impl Client {
                         .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
                         .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
                     acl: AclServiceClient::new(svc(ch.clone()))
+                        .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+                        .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+                    webhooks: WebhookServiceClient::new(svc(ch.clone()))
                         .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES)
                         .max_decoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
                     http: svc(ch),

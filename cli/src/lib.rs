@@ -10,3 +10,4 @@ pub mod output;
 pub mod run_cmd;
 pub mod target;
 pub mod tls_cmd;
+pub mod webhook_cmd;

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gantry_cli::{acl_cmd, client, dev, exit, kfp_cmd, output, run_cmd, target, tls_cmd};
+use gantry_cli::{
+    acl_cmd, client, dev, exit, kfp_cmd, output, run_cmd, target, tls_cmd, webhook_cmd,
+};
 
 use exit::CliError;
 use output::Format;
@@ -63,6 +65,11 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: acl_cmd::AclCommand,
+    },
+    /// Webhooks: run and task state changes posted to HTTP endpoints (Slack-compatible).
+    Webhook {
+        #[command(subcommand)]
+        command: webhook_cmd::WebhookCommand,
     },
     /// The cluster CA and the certificates of coordinators, agents and clients.
     Tls {
@@ -137,6 +144,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Dev(args) => dev::run(args).await,
         Command::Tls { command } => tls_cmd::run(command),
         Command::Acl { command } => acl_cmd::run(&cli.target.resolve()?, cli.output, command).await,
+        Command::Webhook { command } => {
+            webhook_cmd::run(&cli.target.resolve()?, cli.output, command).await
+        }
         Command::Run { command } => run_cmd::run(&cli.target.resolve()?, cli.output, command).await,
         Command::Pipeline { command } => {
             kfp_cmd::pipeline(&cli.target.resolve()?, cli.output, command).await

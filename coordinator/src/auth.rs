@@ -88,6 +88,15 @@ pub const TABLE: &[Rule] = &[
     rule("/gantry.v1.AclService/CreateToken", Allow::Roles(ADMIN)),
     rule("/gantry.v1.AclService/ListTokens", Allow::Roles(ADMIN)),
     rule("/gantry.v1.AclService/RevokeToken", Allow::Roles(ADMIN)),
+    rule("/gantry.v1.WebhookService/AddWebhook", Allow::Roles(ADMIN)),
+    rule(
+        "/gantry.v1.WebhookService/ListWebhooks",
+        Allow::Roles(ADMIN),
+    ),
+    rule(
+        "/gantry.v1.WebhookService/RemoveWebhook",
+        Allow::Roles(ADMIN),
+    ),
     // The KFP REST API (`crate::kfp::routes`), keyed by method and route.
     rule("GET /apis/v2beta1/healthz", Allow::Public),
     rule("GET /apis/v2beta1/experiments", Allow::Roles(READ)),
@@ -478,6 +487,10 @@ mod tests {
             (
                 "AclService",
                 gantry_proto::v1::acl_service_server::SERVICE_NAME,
+            ),
+            (
+                "WebhookService",
+                gantry_proto::v1::webhook_service_server::SERVICE_NAME,
             ),
         ];
         let proto = include_str!("../../proto/proto/gantry.proto");

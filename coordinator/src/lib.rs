@@ -8,6 +8,7 @@
 //! - [`dispatch`]: agent sessions, and acting on committed events (assignments, cancels);
 //! - [`scheduling`]: the leader's placement loop;
 //! - [`recurring`]: the leader fires recurring runs' due ticks;
+//! - [`webhooks`]: the leader posts committed state changes to the cluster's webhooks;
 //! - [`logs`]: step log lines (node-local, not replicated);
 //! - [`api`]: tonic services;
 //! - [`kfp`]: the KFP v2beta1 REST API `kfp.Client` speaks, on the same port;
@@ -28,6 +29,7 @@ pub mod raft;
 pub mod recurring;
 pub mod scheduling;
 pub mod server;
+pub mod webhooks;
 
 /// Milliseconds since the Unix epoch: the proposer's clock, stamped into commands.
 pub fn now_ms() -> i64 {

@@ -15,6 +15,7 @@ use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
 use gantry_proto::v1::raft_service_server::RaftServiceServer;
 use gantry_proto::v1::run_service_server::RunServiceServer;
+use gantry_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
@@ -553,6 +554,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     tokio::spawn(dispatcher.run_events(events_rx));
     tokio::spawn(crate::scheduling::scheduling_loop(coordinator.clone()));
     tokio::spawn(crate::recurring::recurring_loop(coordinator.clone()));
+    tokio::spawn(crate::webhooks::delivery_loop(coordinator.clone()));
     tokio::spawn(leadership_watch(coordinator.clone()));
     tokio::spawn(crate::member_stores::record_member_stores(
         coordinator.clone(),
@@ -586,6 +588,11 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     )
     .add_service(
         ClusterServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
+    )
+    .add_service(
+        WebhookServiceServer::new(api.clone())
             .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
             .max_encoding_message_size(MAX_CLIENT_RESPONSE_BYTES),
     )

@@ -442,6 +442,17 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
             accessor: pick(&ctx.viewer_accessor, "no-such-token"),
         }
         .encode_to_vec(),
+        "WebhookService/AddWebhook" => pb::AddWebhookRequest {
+            id: pick("walk-forged", ""),
+            url: "http://127.0.0.1:9/forged".into(),
+            events: String::new(),
+        }
+        .encode_to_vec(),
+        "WebhookService/ListWebhooks" => pb::ListWebhooksRequest {}.encode_to_vec(),
+        "WebhookService/RemoveWebhook" => pb::RemoveWebhookRequest {
+            id: pick(WALK_HOOK, "no-such-hook"),
+        }
+        .encode_to_vec(),
         // A method added to the table after this test: an empty request, which every proto3
         // message reads.
         _ => Vec::new(),
@@ -468,7 +479,12 @@ struct Observed {
     nodes: Vec<Value>,
     /// KFP experiments, pipelines and versions, and the runs' archive flags.
     catalog: Vec<Value>,
+    /// (id, url, events)
+    webhooks: Vec<Value>,
 }
+
+/// A webhook there for the walk's whole length: a refused remove would show.
+const WALK_HOOK: &str = "walk-hook";
 
 fn list(cli: &Cli, args: &[&str]) -> Result<Vec<Value>, String> {
     let r = cli.run(args);
@@ -527,6 +543,16 @@ fn observe(c: &Cluster, rt: &tokio::runtime::Runtime, ctx: &Ctx) -> Result<Obser
             .collect(),
         nodes,
         catalog,
+        webhooks: {
+            let r = cli.run(&["webhook", "list", "-o", "json"]);
+            let v = r.json().map_err(|e| format!("{e:#}"))?;
+            v["webhooks"]
+                .as_array()
+                .ok_or_else(|| format!("no webhooks in {v}"))?
+                .iter()
+                .map(|h| json!([h["id"], h["url"], h["events"]]))
+                .collect()
+        },
     })
 }
 
@@ -560,6 +586,10 @@ fn every_rpc_answers_every_caller_as_the_authorization_table_says() {
     cli.wait_until(&run_id, Duration::from_secs(60), |r| {
         task(r, "nap")["state"] == "RUNNING"
     });
+
+    // Unreachable on purpose: its deliveries are retried in the background all along.
+    let r = cli.run(&["webhook", "add", WALK_HOOK, "http://127.0.0.1:9/walk"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 
     let mut callers = Vec::new();
     let mut viewer_accessor = String::new();

@@ -7,6 +7,7 @@ pub mod convert;
 mod raft_peer;
 mod runs;
 pub mod status;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -250,6 +250,16 @@ impl ApiError {
                         C::Full { .. } => Code::ResourceExhausted,
                     }
                 }
+                Rejection::Webhook(w) => {
+                    use gantry_core::state::notify::WebhookError as W;
+                    match w {
+                        W::Exists(_) => Code::AlreadyExists,
+                        W::NotFound(_) => Code::NotFound,
+                        W::TooMany => Code::ResourceExhausted,
+                        W::Invalid(_) => Code::InvalidArgument,
+                        W::MarkAhead { .. } => Code::FailedPrecondition,
+                    }
+                }
                 Rejection::Acl(a) => match a {
                     AclError::AlreadyBootstrapped => Code::FailedPrecondition,
                     AclError::NameTaken(_) => Code::AlreadyExists,

@@ -216,6 +216,18 @@ pub enum Command {
     DeleteRecurringRun {
         id: String,
     },
+    /// A hook is sent the state changes committed from now on.
+    AddWebhook {
+        hook: super::notify::Webhook,
+    },
+    RemoveWebhook {
+        id: String,
+    },
+    /// The leader posted hook `id` every notice up to `upto`.
+    WebhookDelivered {
+        id: String,
+        upto: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod catalog;
 mod command;
+pub mod notify;
 pub mod retention;
 mod watch;
 
@@ -104,6 +105,8 @@ pub enum Rejection {
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
     Approval(#[from] engine::approval::ApprovalError),
+    #[error(transparent)]
+    Webhook(#[from] notify::WebhookError),
 }
 
 /// The result of applying one command.
@@ -149,6 +152,8 @@ pub enum Outcome {
     CatalogChanged,
     /// A decision on an approval gate was recorded.
     ApprovalDecided,
+    /// A webhook was added or removed, or its delivery mark moved.
+    WebhooksChanged,
 }
 
 /// Something that happened, for the node's side effects after commit.
@@ -214,6 +219,9 @@ pub struct ClusterState {
     /// Recurring runs by id; left out while empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub recurring: BTreeMap<String, crate::schedule::RecurringRun>,
+    /// Webhooks and the state changes they have not been sent; left out while empty.
+    #[serde(default, skip_serializing_if = "notify::Notifications::is_empty")]
+    pub notifications: notify::Notifications,
     /// Derived from `runs`, never encoded.
     #[serde(skip)]
     pub(crate) watch: watch::WatchIndex,
@@ -277,6 +285,80 @@ impl ClusterState {
         if !self.watch.is_built() {
             self.watch.build(self.runs.values().map(|r| &**r));
         }
+        let before = if self.notifications.hooks.is_empty() {
+            None
+        } else {
+            let (runs, at) = self.runs_changed_by(&command);
+            notify::Before::take(&self.notifications, &self.runs, runs, at)
+        };
+        let applied = self.apply_command(command);
+        if let Some(before) = before {
+            before.record(&mut self.notifications, &self.runs);
+        }
+        applied
+    }
+
+    /// The runs whose state `command` may change, and its time. Every command is named, so a
+    /// new one cannot slip past the webhooks unnoticed.
+    fn runs_changed_by(&self, command: &Command) -> (Vec<RunId>, i64) {
+        match command {
+            Command::CreateRun { run_id, at, .. }
+            | Command::CancelRun { run_id, at }
+            | Command::UseCachedResult { run_id, at, .. }
+            | Command::RetryRun { run_id, at }
+            | Command::TimeOutRun { run_id, at } => (vec![run_id.clone()], *at),
+            Command::AttemptStarted { attempt, at }
+            | Command::AttemptFinished { attempt, at, .. }
+            | Command::TimeOutAttempt { attempt, at } => (vec![attempt.run_id.clone()], *at),
+            Command::DecideApproval {
+                run_id, decision, ..
+            } => (vec![run_id.clone()], decision.at),
+            Command::AssignAttempts { placements, at } => {
+                let runs: BTreeSet<RunId> = placements.iter().map(|p| p.run_id.clone()).collect();
+                (runs.into_iter().collect(), *at)
+            }
+            Command::FailUnschedulable { tasks, at } => {
+                let runs: BTreeSet<RunId> = tasks.iter().map(|u| u.run_id.clone()).collect();
+                (runs.into_iter().collect(), *at)
+            }
+            Command::DeclareAgentLost { agent_id, at } => {
+                let runs: BTreeSet<RunId> = self
+                    .agents
+                    .get(agent_id)
+                    .map(|a| a.running.iter().map(|k| k.run_id.clone()).collect())
+                    .unwrap_or_default();
+                (runs.into_iter().collect(), *at)
+            }
+            // No run or task changes state.
+            Command::RegisterAgent { .. }
+            | Command::UpdateInventory { .. }
+            | Command::SetAgentDraining { .. }
+            | Command::ForgetCache { .. }
+            | Command::AclBootstrap { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::RemoveRuns { .. }
+            | Command::ForgetLostAgents { .. }
+            | Command::RecordMemberStore { .. }
+            | Command::ForgetMemberStore { .. }
+            | Command::CreateExperiment { .. }
+            | Command::SetExperimentArchived { .. }
+            | Command::DeleteExperiment { .. }
+            | Command::CreatePipeline { .. }
+            | Command::CreatePipelineVersion { .. }
+            | Command::DeletePipeline { .. }
+            | Command::DeletePipelineVersion { .. }
+            | Command::SetRunArchived { .. }
+            | Command::CreateRecurringRun { .. }
+            | Command::SetRecurringRunEnabled { .. }
+            | Command::DeleteRecurringRun { .. }
+            | Command::AddWebhook { .. }
+            | Command::RemoveWebhook { .. }
+            | Command::WebhookDelivered { .. } => (Vec::new(), 0),
+        }
+    }
+
+    fn apply_command(&mut self, command: Command) -> Applied {
         let mut events = Vec::new();
         let result = match command {
             Command::CreateRun {
@@ -534,6 +616,21 @@ impl ClusterState {
             | Command::DeleteRecurringRun { .. } => self
                 .apply_catalog(command)
                 .map(|()| Outcome::CatalogChanged),
+            Command::AddWebhook { hook } => self
+                .notifications
+                .add(hook)
+                .map(|()| Outcome::WebhooksChanged)
+                .map_err(Rejection::from),
+            Command::RemoveWebhook { id } => self
+                .notifications
+                .remove(&id)
+                .map(|_| Outcome::WebhooksChanged)
+                .map_err(Rejection::from),
+            Command::WebhookDelivered { id, upto } => self
+                .notifications
+                .delivered(&id, upto)
+                .map(|()| Outcome::WebhooksChanged)
+                .map_err(Rejection::from),
             Command::CancelRun { run_id, at } => {
                 match self.runs.get_mut(&run_id).map(Arc::make_mut) {
                     Some(run) => {

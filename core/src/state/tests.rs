@@ -1676,3 +1676,156 @@ fn bad_gate_annotations_are_refused_at_submit() {
         .to_string();
     assert!(err.contains("approval-timeout"), "{err}");
 }
+
+fn add_hook(id: &str, events: notify::Events) -> Command {
+    Command::AddWebhook {
+        hook: notify::Webhook {
+            id: id.into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            events,
+            created_at: 0,
+            created_by: None,
+            delivered: 0,
+        },
+    }
+}
+
+/// `run task: previous -> state` for each notice, in order.
+fn notices(st: &ClusterState) -> Vec<String> {
+    st.notifications
+        .outbox
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}: {} -> {}",
+                n.run_id,
+                n.task.as_ref().map(|t| t.name.as_str()).unwrap_or("(run)"),
+                n.previous.as_deref().unwrap_or("-"),
+                n.state
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn state_changes_are_committed_as_notices_in_order_while_a_hook_exists() {
+    // Without hooks nothing is kept, and the state encodes as before.
+    let mut plain = ClusterState::default();
+    for (i, c) in log().into_iter().enumerate() {
+        plain.apply(i as u64 + 1, c);
+    }
+    assert!(plain.notifications.is_empty());
+    assert!(!serde_json::to_string(&plain)
+        .unwrap()
+        .contains("notifications"));
+
+    let mut st = ClusterState::default();
+    st.apply(1, add_hook("all", notify::Events::All))
+        .result
+        .unwrap();
+    for (i, c) in log().into_iter().enumerate() {
+        st.apply(i as u64 + 2, c);
+    }
+    assert_eq!(
+        notices(&st),
+        vec![
+            "r1 make-data: - -> READY",
+            "r1 (run): - -> PENDING",
+            "r1 make-data: READY -> RUNNING",
+            "r1 (run): PENDING -> RUNNING",
+            "r1 make-data: RUNNING -> FAILED",
+            "r1 report: - -> SKIPPED",
+            "r1 scale: - -> SKIPPED",
+            "r1 (run): RUNNING -> FAILED",
+            "r2 make-data: - -> READY",
+            "r2 (run): - -> PENDING",
+            "r2 make-data: READY -> CANCELED",
+            "r2 report: - -> CANCELED",
+            "r2 scale: - -> CANCELED",
+            "r2 (run): PENDING -> CANCELED",
+        ]
+    );
+    let seqs: Vec<u64> = st.notifications.outbox.iter().map(|n| n.seq).collect();
+    assert_eq!(seqs, (1..=14).collect::<Vec<_>>());
+    assert_eq!(
+        st.notifications.outbox[4].error.as_deref(),
+        Some("exit code 1")
+    );
+
+    // Replicas replaying the same log hold the same notices; a snapshot carries them.
+    let mut again = ClusterState::default();
+    again.apply(1, add_hook("all", notify::Events::All));
+    for (i, c) in log().into_iter().enumerate() {
+        again.apply(i as u64 + 2, c);
+    }
+    assert_eq!(again.notifications, st.notifications);
+    let decoded: ClusterState = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+    assert_eq!(decoded.notifications, st.notifications);
+
+    // The leader's marks drop what was sent; a mark past the last notice is refused.
+    let a = st.apply(
+        20,
+        Command::WebhookDelivered {
+            id: "all".into(),
+            upto: 4,
+        },
+    );
+    assert_eq!(a.result, Ok(Outcome::WebhooksChanged));
+    assert_eq!(st.notifications.outbox.front().map(|n| n.seq), Some(5));
+    let before = st.notifications.clone();
+    let ahead = st.apply(
+        21,
+        Command::WebhookDelivered {
+            id: "all".into(),
+            upto: 15,
+        },
+    );
+    assert!(matches!(ahead.result, Err(Rejection::Webhook(_))));
+    assert_eq!(st.notifications, before);
+}
+
+#[test]
+fn an_approval_gate_is_notified_as_waiting_then_as_decided() {
+    let mut st = ClusterState::default();
+    st.apply(1, add_hook("runs", notify::Events::Runs))
+        .result
+        .unwrap();
+    st.apply(2, add_hook("all", notify::Events::All))
+        .result
+        .unwrap();
+    st.apply(3, create_gated("r1", 1_000)).result.unwrap();
+    st.apply(
+        4,
+        Command::DecideApproval {
+            run_id: "r1".into(),
+            task_id: "deploy".into(),
+            decision: decision(false, "token bob (admin)", "not yet", 2_000),
+        },
+    )
+    .result
+    .unwrap();
+    let got = notices(&st);
+    assert!(
+        got.contains(&"r1 deploy: - -> WAITING_APPROVAL".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"r1 deploy: WAITING_APPROVAL -> FAILED".to_string()),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("r1 (run): PENDING -> FAILED")
+    );
+    let failed = st.notifications.outbox.back().unwrap();
+    assert!(failed.error.as_deref().unwrap_or("").contains("not yet"));
+    // The runs-only hook is given just the run's changes.
+    let (runs_only, _) = st.notifications.pending("runs", 100).unwrap();
+    assert_eq!(
+        runs_only
+            .iter()
+            .map(|n| n.state.as_str())
+            .collect::<Vec<_>>(),
+        vec!["PENDING", "FAILED"]
+    );
+}
