@@ -55,6 +55,15 @@ pub struct StepFlags {
         value_name = "SIZE"
     )]
     pub default_step_memory: String,
+    /// What steps read as their namespace (kfp-kubernetes `use_field_path_as_env` of
+    /// `metadata.namespace`).
+    #[arg(
+        long,
+        env = "GANTRY_NAMESPACE",
+        default_value = "gantry",
+        value_name = "NAME"
+    )]
+    pub namespace: String,
 }
 
 impl Default for StepFlags {
@@ -67,6 +76,7 @@ impl Default for StepFlags {
             step_pids_limit: DEFAULT_PIDS_LIMIT,
             step_no_new_privileges: true,
             default_step_memory: "4GiB".into(),
+            namespace: "gantry".into(),
         }
     }
 }

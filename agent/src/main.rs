@@ -199,7 +199,8 @@ async fn main() -> anyhow::Result<()> {
             .secrets(secret_store)
             .volumes(volumes)
             .network(network)
-            .uri_access(access),
+            .uri_access(access)
+            .namespace(args.steps.namespace.clone()),
     ));
     let reattached = core.reattach_orphans().await;
     if reattached > 0 {

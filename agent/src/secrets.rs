@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gantry_model::{
-    secret_label, validate_resource_name, validate_secret_key, NameError, SecretEnv,
+    secret_label, validate_resource_name, validate_secret_key, NameError, SecretEnv, SecretVolume,
     RESOURCE_LABEL_VALUE,
 };
 
@@ -82,6 +82,21 @@ pub enum SecretError {
          variable can"
     )]
     NulByte { secret: String, key: String },
+    #[error(
+        "the step mounts secret {secret:?} at {mount_path}, and this agent has no secret store \
+         (--secrets-dir)"
+    )]
+    NoStoreForVolume { secret: String, mount_path: String },
+    #[error(
+        "the step mounts secret {secret:?} at {mount_path}, and the secret store {} has no \
+         such secret",
+        dir.display()
+    )]
+    MissingVolume {
+        secret: String,
+        mount_path: String,
+        dir: PathBuf,
+    },
     /// A step needs a key the store does not hold (and the reference is not optional).
     #[error(
         "secret {secret:?} has no key {key:?} in this agent's secret store ({} holds no file \
@@ -228,6 +243,72 @@ impl SecretStore {
     }
 }
 
+/// Secrets mounted as volumes, as found in the store.
+#[derive(Debug, Default)]
+pub struct SecretMounts {
+    /// (host directory, mount path in the container)
+    pub dirs: Vec<(PathBuf, String)>,
+    /// Every text value in them, to mask.
+    pub values: Vec<String>,
+}
+
+/// The host directories of secrets mounted as volumes, and their values. A missing secret
+/// fails, naming it and the store, unless the volume is optional.
+pub fn volumes(
+    store: Option<&SecretStore>,
+    wanted: &[SecretVolume],
+) -> Result<SecretMounts, SecretError> {
+    let mut mounts = Vec::new();
+    let mut values = Vec::new();
+    for w in wanted {
+        validate_resource_name(&w.secret).map_err(|error| SecretError::SecretName {
+            secret: w.secret.clone(),
+            error,
+        })?;
+        let Some(store) = store else {
+            if w.optional {
+                continue;
+            }
+            return Err(SecretError::NoStoreForVolume {
+                secret: w.secret.clone(),
+                mount_path: w.mount_path.clone(),
+            });
+        };
+        let dir = store.dir().join(&w.secret);
+        if !dir.is_dir() {
+            if w.optional {
+                continue;
+            }
+            return Err(SecretError::MissingVolume {
+                secret: w.secret.clone(),
+                mount_path: w.mount_path.clone(),
+                dir: store.dir().to_path_buf(),
+            });
+        }
+        let entries = std::fs::read_dir(&dir).map_err(|error| SecretError::Dir {
+            dir: dir.clone(),
+            error,
+        })?;
+        for entry in entries.flatten() {
+            let key = entry.file_name().to_string_lossy().into_owned();
+            if key.starts_with('.') || validate_secret_key(&key).is_err() {
+                continue;
+            }
+            match store.read(&w.secret, &key) {
+                Ok(Some(v)) => values.push(v),
+                // A binary key (a keystore) is mounted as it is; there is no text to mask.
+                Ok(None) | Err(SecretError::NotUtf8 { .. } | SecretError::NulByte { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        mounts.push((dir, w.mount_path.clone()));
+    }
+    Ok(SecretMounts {
+        dirs: mounts,
+        values,
+    })
+}
+
 /// The variables of `refs`, read from `store`, and the masker of their values. A missing
 /// secret or key fails (naming both and the store) unless the reference is optional.
 pub fn resolve(
@@ -354,6 +435,53 @@ mod tests {
             env: env.into(),
             optional,
         }
+    }
+
+    fn v(secret: &str, mount_path: &str, optional: bool) -> SecretVolume {
+        SecretVolume {
+            secret: secret.into(),
+            mount_path: mount_path.into(),
+            optional,
+        }
+    }
+
+    #[test]
+    fn secrets_as_volumes_are_their_directories_and_their_values_are_masked() {
+        let (dir, store) = store_with(&[
+            ("tls", "cert", "-----BEGIN-----"),
+            ("tls", "key", "k3y-value"),
+        ]);
+        std::fs::write(dir.path().join("tls").join("blob"), [0u8, 159, 146, 150]).unwrap();
+        let found = volumes(
+            Some(&store),
+            &[v("tls", "/etc/tls", false), v("gone", "/x", true)],
+        )
+        .unwrap();
+        assert_eq!(
+            found.dirs,
+            vec![(dir.path().join("tls"), "/etc/tls".to_string())]
+        );
+        let mut values = found.values;
+        values.sort();
+        assert_eq!(
+            values,
+            vec!["-----BEGIN-----".to_string(), "k3y-value".to_string()]
+        );
+        let e = volumes(Some(&store), &[v("gone", "/x", false)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mounts secret \"gone\" at /x") && e.contains("has no such secret"),
+            "{e}"
+        );
+        let e = volumes(None, &[v("tls", "/etc/tls", false)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no secret store (--secrets-dir)"), "{e}");
+        let e = volumes(Some(&store), &[v("../etc", "/x", false)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret name \"../etc\""), "{e}");
     }
 
     #[test]

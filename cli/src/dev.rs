@@ -266,7 +266,8 @@ pub async fn start_embedded(
             .secrets(secret_store)
             .volumes(volumes)
             .network(network)
-            .uri_access(access),
+            .uri_access(access)
+            .namespace(host.steps.namespace.clone()),
     );
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &data_dir.join("agent"));
     let core = AgentCore::new(launcher);

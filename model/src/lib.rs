@@ -27,7 +27,7 @@ pub use resources::{
 };
 pub use step::{
     secret_label, validate_resource_name, validate_secret_key, volume_label, ContainerSpec, EnvVar,
-    NameError, OutputArtifactSpec, SecretEnv, StepInputs, StepOutcome, StepOutputs, StepSpec,
-    VolumeMount, RESOURCE_LABEL_VALUE,
+    NameError, OutputArtifactSpec, SecretEnv, SecretVolume, StepInputs, StepOutcome, StepOutputs,
+    StepSpec, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 pub use uri_policy::UriPolicy;

@@ -32,6 +32,26 @@ pub struct ContainerSpec {
     /// Agent volumes shown to the step (kfp-kubernetes `mount_pvc`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// Variables the agent sets to its namespace (`--namespace`): kfp-kubernetes
+    /// `use_field_path_as_env(..., "metadata.namespace")`. The other pod fields arrive in
+    /// `env`, filled in by the coordinator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_env: Vec<String>,
+    /// Secrets of the agent's store shown as directories of files, one per key
+    /// (kfp-kubernetes `use_secret_as_volume`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_volumes: Vec<SecretVolume>,
+}
+
+/// Secret `secret` of the agent's secret store, mounted read-only at `mount_path`: one file
+/// per key, as Kubernetes mounts a secret volume. Only the name travels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVolume {
+    pub secret: String,
+    pub mount_path: String,
+    /// A missing secret mounts nothing instead of failing the step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// Environment variable `env` holds key `key` of secret `secret` from the agent's secret store.

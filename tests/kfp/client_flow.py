@@ -152,6 +152,10 @@ def main():
     status, body = raw("GET", f"/apis/v2beta1/runs/{run.run_id}")
     outs = {t["display_name"]: t for t in body["run_details"]["task_details"]}
     assert outs["add"]["gantry_outputs"]["parameters"]["Output"] == 11, outs["add"]
+    # The stored version's pipeline comes with the run on GET, not in lists.
+    assert got.pipeline_spec["pipelineInfo"]["name"], got.pipeline_spec
+    status, listed = raw("GET", "/apis/v2beta1/runs?page_size=100")
+    assert all("pipeline_spec" not in r for r in listed["runs"]), listed
 
     step("create_run_from_pipeline_func into the experiment")
     r2 = client.create_run_from_pipeline_func(

@@ -5,7 +5,9 @@
   agent volume `scratch` at /data; it prints the value (to be masked in the logs), writes its
   SHA-256 and a line built from /data/in.txt into the volume;
 - missing_secret.yaml: a step needing secret `absent`, which no agent has;
-- dynamic_secret.yaml: the secret name is a pipeline parameter (refused at submit)."""
+- dynamic_secret.yaml: the secret name is a pipeline parameter, resolved when the step becomes
+  ready: the step gets key `token` as K and the whole secret as files under /mnt/creds, and
+  checks they agree."""
 import os
 import sys
 
@@ -51,10 +53,24 @@ def missing_secret():
     kubernetes.use_secret_as_env(t, secret_name="absent", secret_key_to_env={"k": "K"})
 
 
+@dsl.container_component
+def check_dynamic():
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["sh", "-c"],
+        args=[
+            'test -n "$K" || { echo "K is not set" >&2; exit 2; }\n'
+            'test "$K" = "$(cat /mnt/creds/token)" || { echo "the file differs" >&2; exit 3; }\n'
+            'echo "dynamic token is $K"\n'
+        ],
+    )
+
+
 @dsl.pipeline(name="dynamic-secret")
 def dynamic_secret(secret_name: str = "api"):
-    t = nothing()
-    kubernetes.use_secret_as_env(t, secret_name=secret_name, secret_key_to_env={"k": "K"})
+    t = check_dynamic().set_caching_options(False)
+    kubernetes.use_secret_as_env(t, secret_name=secret_name, secret_key_to_env={"token": "K"})
+    kubernetes.use_secret_as_volume(t, secret_name=secret_name, mount_path="/mnt/creds")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //! `--secrets-dir` and mounts its `--volume`; the step sees the value, the logs show `***`,
 //! the value is nowhere in the coordinator's data directory, and the step's file lands in the
 //! host directory. A step needing a secret no agent has fails at once saying so; a secret name
-//! known only at run time is refused at submit.
+//! from a pipeline parameter is resolved when the step is ready (as variables and as a mounted
+//! directory), and one that is no valid name fails the task saying so.
 
 use std::path::Path;
 use std::process::Command;
@@ -101,14 +102,39 @@ fn secrets_as_env_and_volumes_reach_the_step_and_the_value_never_leaves_the_agen
         "{err}"
     );
 
-    // A secret name from a pipeline parameter is refused at submit.
+    // A secret name from a pipeline parameter is resolved when the step is ready: as
+    // variables and as a read-only directory of files.
     let dynamic = env.out.path().join("dynamic_secret.yaml");
-    let r = cli.run(&["run", "submit", &dynamic.display().to_string()]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    let (code, run) = cli.submit_wait(&dynamic, &[]).unwrap();
+    assert_eq!(code, 0, "{run:#}");
+    let dyn_id = run["run_id"].as_str().unwrap().to_string();
+    let logs = cli.run(&["run", "logs", &dyn_id]);
     assert!(
-        r.stderr.contains("secretNameParameter") && r.stderr.contains("pipeline parameter"),
+        logs.stdout.contains("dynamic token is ***") && !logs.stdout.contains(&value),
         "{}",
-        r.stderr
+        logs.stdout
+    );
+    // A name no agent has: unschedulable, naming it; one that is no name: the task fails.
+    let (code, run) = cli
+        .submit_wait(&dynamic, &["secret_name=elsewhere"])
+        .unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    let err = task(&run, "check-dynamic")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.starts_with("unschedulable:") && err.contains("secret.gantry.dev/elsewhere"),
+        "{err}"
+    );
+    let (code, run) = cli.submit_wait(&dynamic, &["secret_name=../etc"]).unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    let t = task(&run, "check-dynamic");
+    assert_eq!(t["attempts"], 0, "{t:#}");
+    let err = t["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("secret name \"../etc\"") && err.contains("secretAsEnv"),
+        "{err}"
     );
 
     // Nothing the coordinator keeps (Raft log, state, step logs, its own log) holds the value.

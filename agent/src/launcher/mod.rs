@@ -133,6 +133,16 @@ pub enum LaunchError {
         volumes.iter().map(|v| format!("{:?} at {}", v.volume, v.mount_path)).collect::<Vec<_>>().join(", ")
     )]
     VolumesNeedDocker { volumes: Vec<VolumeMount> },
+    #[error(
+        "the step mounts secret(s) {} as volumes, and the process runtime cannot show a \
+         directory at another path; run the agent with --runtime docker",
+        secrets.iter().map(|v| format!("{:?} at {}", v.secret, v.mount_path)).collect::<Vec<_>>().join(", ")
+    )]
+    SecretVolumesNeedDocker {
+        secrets: Vec<gantry_model::SecretVolume>,
+    },
+    #[error("secret {secret:?} would be mounted at {mount_path}, which hides the step's own files under {}", crate::runtime::STEP_ROOT)]
+    SecretHidesStepRoot { secret: String, mount_path: String },
     /// A container of an earlier agent process lacks a label the launcher sets.
     #[error("it has no {0} label")]
     MissingLabel(&'static str),
@@ -224,6 +234,8 @@ pub struct Launcher {
     volumes: Volumes,
     /// Where inputs may come from and outputs go ([`crate::access`]).
     access: Arc<UriAccess>,
+    /// What a step's `namespace_env` variables hold (`--namespace`).
+    namespace: String,
 }
 
 /// The attempt's spec, kept in its directory while it runs so that a restarted agent can
@@ -264,7 +276,14 @@ impl Launcher {
             secrets: None,
             volumes: Volumes::default(),
             access: Arc::new(UriAccess::default()),
+            namespace: "gantry".into(),
         }
+    }
+
+    /// What steps read as their namespace (`--namespace`).
+    pub fn namespace(mut self, namespace: String) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// This agent's import roots and buckets (`--import-root`, `--allow-bucket`); by default
@@ -289,8 +308,13 @@ impl Launcher {
     /// The masker of the secret values `spec` uses, read afresh from the store: a step this
     /// process reattaches to had its values read by an earlier one.
     fn masker(&self, spec: &StepSpec) -> Masker {
+        let volumes = secrets::volumes(self.secrets.as_deref(), &spec.container.secret_volumes);
         match secrets::resolve(self.secrets.as_deref(), &spec.container.secret_env) {
-            Ok((_, masker)) => masker,
+            Ok((env, _)) => Masker::new(
+                env.into_iter()
+                    .map(|(_, v)| v)
+                    .chain(volumes.map(|m| m.values).unwrap_or_default()),
+            ),
             Err(e) => {
                 tracing::warn!(attempt = %spec.attempt_key(), error = %e,
                     "cannot read the step's secrets: its logs are not masked");

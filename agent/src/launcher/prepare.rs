@@ -154,6 +154,12 @@ impl Launcher {
             .env
             .iter()
             .map(|e| (e.name.clone(), e.value.clone()))
+            .chain(
+                spec.container
+                    .namespace_env
+                    .iter()
+                    .map(|name| (name.clone(), self.namespace.clone())),
+            )
             .chain(secret_env);
         for (k, v) in step_own {
             if is_reserved_env(&k) {
@@ -194,6 +200,33 @@ impl Launcher {
                 });
             }
             mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
+        }
+        let wanted = &spec.container.secret_volumes;
+        if !wanted.is_empty() {
+            if !self.runtime.mounts_host_dirs() {
+                return Err(LaunchError::SecretVolumesNeedDocker {
+                    secrets: wanted.clone(),
+                });
+            }
+            if let Some(w) = wanted.iter().find(|w| {
+                std::path::Path::new(&w.mount_path).starts_with(crate::runtime::STEP_ROOT)
+            }) {
+                return Err(LaunchError::SecretHidesStepRoot {
+                    secret: w.secret.clone(),
+                    mount_path: w.mount_path.clone(),
+                });
+            }
+            let found = secrets::volumes(self.secrets.as_deref(), wanted)?;
+            mounts.extend(
+                found
+                    .dirs
+                    .into_iter()
+                    .map(|(host_path, container_path)| Mount {
+                        host_path,
+                        container_path,
+                        read_only: true,
+                    }),
+            );
         }
         Ok(mounts)
     }

@@ -31,6 +31,8 @@ fn spec() -> StepSpec {
             resources: ResourceRequest::default(),
             secret_env: vec![],
             volumes: vec![],
+            namespace_env: vec![],
+            secret_volumes: vec![],
         },
         inputs: StepInputs {
             parameters: BTreeMap::from([
@@ -222,4 +224,26 @@ fn the_agent_sets_its_reserved_variables_last_and_drops_the_steps_own() {
     assert!(!env
         .iter()
         .any(|(_, v)| v == "all" || v == "0,1,2,3" || v == "99"));
+}
+
+#[test]
+fn a_step_reads_the_agents_namespace_as_the_variables_it_names() {
+    let launcher = Launcher::new(
+        Arc::new(crate::runtime::ProcessRuntime::new()),
+        PathBuf::from("/tmp/w"),
+    )
+    .namespace("ml-team".into());
+    let mut s = spec();
+    s.container.namespace_env = vec!["POD_NAMESPACE".into(), "GANTRY_NS".into()];
+    let env = launcher.container_env(&s).unwrap();
+    let seen: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(seen["POD_NAMESPACE"], "ml-team");
+    // A reserved name is dropped, as any of the step's own.
+    assert!(!seen.contains_key("GANTRY_NS"));
+    let default = Launcher::new(
+        Arc::new(crate::runtime::ProcessRuntime::new()),
+        PathBuf::from("/tmp/w"),
+    );
+    let env = default.container_env(&s).unwrap();
+    assert!(env.contains(&("POD_NAMESPACE".to_string(), "gantry".to_string())));
 }

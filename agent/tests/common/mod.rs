@@ -45,6 +45,8 @@ pub fn step(run_id: &str, task_id: &str, root: &str, image: &str, command: &[&st
             resources: ResourceRequest::default(),
             secret_env: vec![],
             volumes: vec![],
+            namespace_env: vec![],
+            secret_volumes: vec![],
         },
         inputs: StepInputs::default(),
         outputs: StepOutputs::default(),

@@ -79,8 +79,28 @@ pub fn get(ctx: &Ctx) -> Reply {
     let st = ctx.c.state.read();
     st.runs
         .get(&id)
-        .map(|r| run(r, &w, true))
+        .map(|r| with_spec(run(r, &w, true), r, &st.catalog))
         .ok_or_else(|| HttpError::not_found(format!("run {id} not found")))
+}
+
+/// A run made from a stored version shows that version's pipeline as its `pipeline_spec`
+/// (on GET; lists leave it out), while the version exists. A run given inline keeps only
+/// the parsed pipeline, so it has none.
+fn with_spec(
+    mut v: Value,
+    r: &gantry_core::engine::RunRecord,
+    catalog: &gantry_core::state::catalog::Catalog,
+) -> Value {
+    let source = r.info.as_ref().and_then(|i| i.pipeline_version.as_ref());
+    if let Some(s) = source {
+        if let Ok(version) = catalog.version(&s.pipeline_id, &s.pipeline_version_id) {
+            let spec = super::json::version(version, true)["pipeline_spec"].take();
+            if !spec.is_null() {
+                v["pipeline_spec"] = spec;
+            }
+        }
+    }
+    v
 }
 
 /// The pipeline a run request carries inline, as the YAML the submit path reads (JSON is
@@ -246,7 +266,7 @@ pub async fn create(ctx: &Ctx) -> Reply {
     let st = ctx.c.state.read();
     st.runs
         .get(&run_id)
-        .map(|r| run(r, &w, true))
+        .map(|r| with_spec(run(r, &w, true), r, &st.catalog))
         .ok_or_else(|| HttpError::not_found(format!("run {run_id} not found")))
 }
 

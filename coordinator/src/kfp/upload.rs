@@ -47,65 +47,101 @@ pub async fn read_multipart(headers: &http::HeaderMap, body: Bytes) -> Result<Up
     ))
 }
 
-/// The pipeline text of an uploaded package, at most `limit` bytes once unpacked.
+fn too_big(n: usize, filename: &str, limit: usize) -> HttpError {
+    HttpError::bad(format!(
+        "the pipeline in {filename} holds over {n} bytes; the most is {limit} (--max-pipeline-bytes)"
+    ))
+}
+
+/// The one pipeline file (`.yaml`, `.yml`, `.json`) of an archive; other files are passed
+/// over, as KFP does.
+struct OnePipeline<'a> {
+    upload: &'a Upload,
+    limit: usize,
+    found: Option<Vec<u8>>,
+}
+
+impl<'a> OnePipeline<'a> {
+    fn new(upload: &'a Upload, limit: usize) -> Self {
+        OnePipeline {
+            upload,
+            limit,
+            found: None,
+        }
+    }
+
+    fn offer(&mut self, name: &str, entry: impl Read) -> Result<(), HttpError> {
+        let is_pipeline = [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        if !is_pipeline {
+            return Ok(());
+        }
+        if self.found.is_some() {
+            return Err(HttpError::bad(format!(
+                "{} holds more than one pipeline file; a package holds exactly one",
+                self.upload.filename
+            )));
+        }
+        let mut buf = Vec::new();
+        entry
+            .take(self.limit as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| HttpError::bad(format!("{}: {e}", self.upload.filename)))?;
+        if buf.len() > self.limit {
+            return Err(too_big(self.limit, &self.upload.filename, self.limit));
+        }
+        self.found = Some(buf);
+        Ok(())
+    }
+
+    fn take(self) -> Result<Vec<u8>, HttpError> {
+        self.found.ok_or_else(|| {
+            HttpError::bad(format!(
+                "{} holds no .yaml, .yml or .json file",
+                self.upload.filename
+            ))
+        })
+    }
+}
+
+/// The pipeline text of an uploaded package (YAML or JSON, or a `.tar.gz` or `.zip` holding
+/// exactly one), at most `limit` bytes once unpacked.
 pub fn pipeline_text(upload: &Upload, limit: usize) -> Result<String, HttpError> {
     let data = &upload.data[..];
-    let too_big = |n: usize| {
-        HttpError::bad(format!(
-            "the pipeline in {} holds over {n} bytes; the most is {limit} (--max-pipeline-bytes)",
-            upload.filename
-        ))
-    };
     let bytes = if data.starts_with(&[0x1f, 0x8b]) {
+        let not_targz = |e: std::io::Error| {
+            HttpError::bad(format!("{} is not a .tar.gz: {e}", upload.filename))
+        };
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(data));
-        let entries = archive
-            .entries()
-            .map_err(|e| HttpError::bad(format!("{} is not a .tar.gz: {e}", upload.filename)))?;
-        let mut found: Option<Vec<u8>> = None;
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                HttpError::bad(format!("{} is not a .tar.gz: {e}", upload.filename))
-            })?;
+        let mut found = OnePipeline::new(upload, limit);
+        for entry in archive.entries().map_err(not_targz)? {
+            let entry = entry.map_err(not_targz)?;
             let name = entry
                 .path()
                 .map(|p| p.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let is_pipeline = [".yaml", ".yml", ".json"]
-                .iter()
-                .any(|ext| name.ends_with(ext));
-            if !is_pipeline {
+            found.offer(&name, entry)?;
+        }
+        found.take()?
+    } else if data.starts_with(b"PK\x03\x04") {
+        let not_zip = |e: zip::result::ZipError| {
+            HttpError::bad(format!("{} is not a .zip: {e}", upload.filename))
+        };
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(not_zip)?;
+        let mut found = OnePipeline::new(upload, limit);
+        for i in 0..archive.len() {
+            let entry = archive.by_index(i).map_err(not_zip)?;
+            if entry.is_dir() {
                 continue;
             }
-            if found.is_some() {
-                return Err(HttpError::bad(format!(
-                    "{} holds more than one pipeline file; a package holds exactly one",
-                    upload.filename
-                )));
-            }
-            let mut buf = Vec::new();
-            entry
-                .take(limit as u64 + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| HttpError::bad(format!("{}: {e}", upload.filename)))?;
-            if buf.len() > limit {
-                return Err(too_big(limit));
-            }
-            found = Some(buf);
+            let name = entry.name().to_string();
+            found.offer(&name, entry)?;
         }
-        found.ok_or_else(|| {
-            HttpError::bad(format!(
-                "{} holds no .yaml, .yml or .json file",
-                upload.filename
-            ))
-        })?
-    } else if data.starts_with(b"PK\x03\x04") {
-        return Err(HttpError::bad(format!(
-            "{} is a .zip package, which Gantry does not read: upload the compiled .yaml (or a .tar.gz of it)",
-            upload.filename
-        )));
+        found.take()?
     } else {
         if data.len() > limit {
-            return Err(too_big(limit));
+            return Err(too_big(limit, &upload.filename, limit));
         }
         data.to_vec()
     };
@@ -139,6 +175,21 @@ mod tests {
         gz.finish().unwrap()
     }
 
+    fn zipped(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, text) in files {
+            if name.ends_with('/') {
+                z.add_directory(*name, opts).unwrap();
+            } else {
+                z.start_file(*name, opts).unwrap();
+                std::io::Write::write_all(&mut z, text.as_bytes()).unwrap();
+            }
+        }
+        z.finish().unwrap().into_inner()
+    }
+
     #[test]
     fn a_package_holds_exactly_one_pipeline_within_the_limit() {
         let ok = targz(&[("README", "x"), ("pipeline.yaml", "a: 1")]);
@@ -153,11 +204,28 @@ mod tests {
             .unwrap_err()
             .message
             .contains("the most is 100"));
-        let zip = b"PK\x03\x04rest".to_vec();
-        assert!(pipeline_text(&upload(zip), 100)
+        let broken = b"PK\x03\x04rest".to_vec();
+        assert!(pipeline_text(&upload(broken), 100)
             .unwrap_err()
             .message
-            .contains(".zip"));
+            .contains("is not a .zip"));
+        let ok = zipped(&[("dir/", ""), ("README", "x"), ("pipeline.yaml", "a: 1")]);
+        assert_eq!(pipeline_text(&upload(ok), 100).unwrap(), "a: 1");
+        let two = zipped(&[("a.yaml", "a: 1"), ("b.yml", "b: 1")]);
+        assert!(pipeline_text(&upload(two), 100)
+            .unwrap_err()
+            .message
+            .contains("more than one"));
+        let big = zipped(&[("a.yaml", &"x".repeat(1000))]);
+        assert!(pipeline_text(&upload(big), 100)
+            .unwrap_err()
+            .message
+            .contains("the most is 100"));
+        let none = zipped(&[("README", "x")]);
+        assert!(pipeline_text(&upload(none), 100)
+            .unwrap_err()
+            .message
+            .contains("holds no .yaml"));
         assert!(pipeline_text(&upload(vec![0xff, 0xfe]), 100).is_err());
     }
 

@@ -45,6 +45,13 @@ pub fn check_host_rules(p: &PipelineSpec, policy: &UriPolicy) -> Result<(), Host
                                 t.name, s.env, s.secret
                             ));
                         }
+                        for (env, _) in needs.field_env.iter().filter(|(e, _)| is_reserved_env(e)) {
+                            problems.push(format!(
+                                "task {:?}: environment variable {env} (from a pod field) is \
+                                 reserved ({RESERVED_ENV})",
+                                t.name
+                            ));
+                        }
                     }
                 }
                 Some(ExecutorSpec::Importer(i)) => {

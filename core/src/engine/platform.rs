@@ -9,16 +9,26 @@
 //!   resolves from its secret store, and `pvcMount` (`mount_pvc`) a mount of the agent volume
 //!   of that name; both add the label the agent advertises for the secret or volume
 //!   ([`gantry_model::secret_label`], [`gantry_model::volume_label`]) to the node selector, so
-//!   the step goes only where they exist. Secret values never enter the spec or the run state;
-//! - ignored, as they change nothing a step computes: `podMetadata` (pod labels and
-//!   annotations), `imagePullSecret` and `imagePullPolicy` (images are local to the agents);
-//! - refused, naming the executor and the feature: other volumes (`secretAsVolume`,
-//!   `configMapAsVolume`, `emptyDirMounts`, `genericEphemeralVolume`), environment taken from
-//!   the cluster (`configMapAsEnv`, `fieldPathAsEnv`), `nodeAffinity`, shared memory, the
-//!   pipeline workspace (`pipelineConfig.workspace`), claims the pipeline creates or deletes
-//!   (`CreatePVC`, `DeletePVC`), and node selectors, tolerations, secret names or claim names
-//!   taken from a pipeline parameter or a task output at run time (`nodeSelectorJson`,
-//!   `tolerationJson`, `secretNameParameter`, `pvcNameParameter`).
+//!   the step goes only where they exist. A secret or claim name taken from a parameter of the
+//!   enclosing DAG or from another task's output is resolved for each task when it becomes
+//!   ready, before it is placed ([`task_placement`], [`task_needs`]); one that gives no valid
+//!   name fails the task, saying where the name came from. Secret values never enter the spec
+//!   or the run state;
+//! - `secretAsVolume` (`use_secret_as_volume`) mounts the secret's directory of the agent's
+//!   store read-only ([`gantry_model::SecretVolume`]), with the same label;
+//! - `fieldPathAsEnv` (`use_field_path_as_env`) sets variables from pod fields as Gantry gives
+//!   them ([`PodField`]): the attempt's name, the agent's namespace, the executor's
+//!   `podMetadata` labels and annotations, the agent, the service account;
+//! - ignored, as they change nothing a step computes: `imagePullSecret` and `imagePullPolicy`
+//!   (images are local to the agents); `podMetadata` itself (read by `fieldPathAsEnv` and
+//!   approval gates);
+//! - refused, naming the executor and the feature: other volumes (`configMapAsVolume`,
+//!   `emptyDirMounts`, `genericEphemeralVolume`), environment from config maps
+//!   (`configMapAsEnv`), pod fields Gantry has no value for (`status.podIP`, ...),
+//!   `nodeAffinity`, shared memory, the pipeline workspace (`pipelineConfig.workspace`), claims
+//!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`), and node selectors or
+//!   tolerations taken from a pipeline parameter at run time (`nodeSelectorJson`,
+//!   `tolerationJson`).
 
 use std::collections::BTreeMap;
 
@@ -26,9 +36,10 @@ use serde_json::Value;
 
 use gantry_model::{
     secret_label, validate_resource_name, validate_secret_key, volume_label, NameError, SecretEnv,
-    TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
+    SecretVolume, TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
+use super::{RunRecord, TaskRecord, ROOT_TASK_ID};
 use crate::ir::{ExecutorSpec, Implementation, PipelineSpec};
 
 const IGNORED: &[&str] = &["podMetadata", "imagePullSecret", "imagePullPolicy"];
@@ -37,6 +48,8 @@ const NODE_SELECTOR: &str = "nodeSelector";
 const TOLERATIONS: &str = "tolerations";
 const SECRET_AS_ENV: &str = "secretAsEnv";
 const PVC_MOUNT: &str = "pvcMount";
+const FIELD_PATH_AS_ENV: &str = "fieldPathAsEnv";
+const SECRET_AS_VOLUME: &str = "secretAsVolume";
 /// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
 /// backend does the work itself instead of running them.
 const PVC_STUBS: &[(&str, &str)] = &[
@@ -73,16 +86,17 @@ pub enum PlatformError {
         what: &'static str,
         value: Value,
     },
-    /// A secret or claim name taken from `from` (a parameter, a task output) at run time.
-    #[error(
-        "its {what} comes from {from} at run time ({param_field}), which Gantry does not \
-         support; name it in the pipeline"
-    )]
+    /// A secret or claim name taken at run time from `from` (a parameter, a task output)
+    /// that gives none.
+    #[error("its {what} comes from {from}, which {problem}")]
     RuntimeName {
         what: &'static str,
-        from: &'static str,
-        param_field: String,
+        from: String,
+        problem: String,
     },
+    /// Likewise, a parameter without a value: an optional entry is then left out.
+    #[error("its {what} comes from {from}, which has no value")]
+    RuntimeNameMissing { what: &'static str, from: String },
     #[error("an entry gives no {what} ({param_field} or {legacy})")]
     NoName {
         what: &'static str,
@@ -113,6 +127,14 @@ pub enum PlatformError {
     SubPath { sub_path: String, volume: String },
     #[error("two volumes are mounted at {0:?}")]
     MountPathTaken(String),
+    #[error(
+        "fieldPath {0:?} has no value on Gantry agents; the fields given are metadata.name, \
+         metadata.uid, metadata.namespace, metadata.labels['KEY'], metadata.annotations['KEY'], \
+         spec.nodeName and spec.serviceAccountName"
+    )]
+    FieldPath(String),
+    #[error("an entry gives no {0}")]
+    FieldEnvEntry(&'static str),
     /// A problem with one setting (`secretAsEnv`, `pvcMount`) of an executor.
     #[error("{feature}: {error}")]
     InSetting {
@@ -180,7 +202,7 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
             if let Err(e) = placement_of(settings) {
                 out.push(PlatformError::in_executor(label)(e).to_string());
             }
-            if let Err(e) = needs_of(settings) {
+            if let Err(e) = needs_of(settings, None) {
                 out.push(PlatformError::in_executor(label)(e).to_string());
             }
             for feature in settings.keys() {
@@ -191,6 +213,8 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                         TOLERATIONS,
                         SECRET_AS_ENV,
                         PVC_MOUNT,
+                        FIELD_PATH_AS_ENV,
+                        SECRET_AS_VOLUME,
                     ]
                     .contains(&feature.as_str())
                 {
@@ -282,32 +306,68 @@ fn placement_of(
     Ok((labels, tolerations))
 }
 
-/// The node selector and tolerations of the tasks running executor `label`.
-///
-/// The selector also names the agent label of every secret (unless optional) and volume the
-/// executor needs, so that only agents holding them qualify and the scheduler's reasons
-/// (`lacks label secret.gantry.dev/…`) say what is missing.
+/// The node selector and tolerations of the tasks running executor `label`, as far as the
+/// pipeline alone tells (names known only at run time are left out; see [`task_placement`]).
 pub fn executor_placement(
     spec: &PipelineSpec,
     label: &str,
 ) -> (BTreeMap<String, String>, Vec<Toleration>) {
+    placement(spec, label, None).unwrap_or_default()
+}
+
+/// The node selector and tolerations of task `rec`, which runs executor `label`.
+///
+/// The selector also names the agent label of every secret (unless optional) and volume the
+/// task needs, so that only agents holding them qualify and the scheduler's reasons
+/// (`lacks label secret.gantry.dev/…`) say what is missing. A name taken from a parameter or
+/// a task output that gives none is an error naming where it comes from.
+pub fn task_placement(
+    run: &RunRecord,
+    rec: &TaskRecord,
+    label: &str,
+) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
+    let lookup = task_lookup(run, rec);
+    placement(&run.pipeline, label, Some(&lookup))
+}
+
+fn placement(
+    spec: &PipelineSpec,
+    label: &str,
+    lookup: NameLookup<'_>,
+) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let Some(settings) = executors(spec)
         .and_then(|e| e.get(label))
         .and_then(Value::as_object)
     else {
-        return Default::default();
+        return Ok(Default::default());
     };
     let (mut labels, tolerations) = placement_of(settings).unwrap_or_default();
-    if let Ok(needs) = needs_of(settings) {
-        let present = || RESOURCE_LABEL_VALUE.to_string();
-        for s in needs.secret_env.iter().filter(|s| !s.optional) {
-            labels.insert(secret_label(&s.secret), present());
-        }
-        for v in &needs.volumes {
-            labels.insert(volume_label(&v.volume), present());
-        }
+    let needs = match needs_of(settings, lookup) {
+        Ok(needs) => needs,
+        // Refused at submit already; a name resolved at run time is this task's problem.
+        Err(e) if lookup.is_some() => return Err(PlatformError::in_executor(label)(e)),
+        Err(_) => HostNeeds::default(),
+    };
+    let present = || RESOURCE_LABEL_VALUE.to_string();
+    let secrets = needs
+        .secret_env
+        .iter()
+        .filter(|s| !s.optional)
+        .map(|s| &s.secret)
+        .chain(
+            needs
+                .secret_volumes
+                .iter()
+                .filter(|v| !v.optional)
+                .map(|v| &v.secret),
+        );
+    for secret in secrets.filter(|s| *s != LATER) {
+        labels.insert(secret_label(secret), present());
     }
-    (labels, tolerations)
+    for v in needs.volumes.iter().filter(|v| v.volume != LATER) {
+        labels.insert(volume_label(&v.volume), present());
+    }
+    Ok((labels, tolerations))
 }
 
 /// What the steps of an executor need from the agent that runs them.
@@ -315,16 +375,182 @@ pub fn executor_placement(
 pub struct HostNeeds {
     pub secret_env: Vec<SecretEnv>,
     pub volumes: Vec<VolumeMount>,
+    /// Variables from pod fields (`fieldPathAsEnv`, kfp-kubernetes `use_field_path_as_env`).
+    pub field_env: Vec<(String, PodField)>,
+    /// Secrets shown as directories (`secretAsVolume`, kfp-kubernetes `use_secret_as_volume`).
+    pub secret_volumes: Vec<SecretVolume>,
 }
 
-/// The secrets-as-variables and volume mounts of the tasks running executor `label`.
+/// A pod field a step may read as a variable, and what it holds on Gantry (see
+/// [`pod_field_value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodField {
+    /// `metadata.name`: the attempt's name, `<run>-<task>-<attempt>`.
+    Name,
+    /// `metadata.uid`: the attempt's name too (unique per attempt, stable across reads).
+    Uid,
+    /// `metadata.namespace`: the agent's `--namespace`.
+    Namespace,
+    /// `metadata.labels['KEY']`: the executor's pod label (kfp-kubernetes
+    /// `add_pod_label`), or empty, as Kubernetes gives an absent one.
+    Label(String),
+    /// `metadata.annotations['KEY']`, likewise.
+    Annotation(String),
+    /// `spec.nodeName`: the agent the attempt runs on.
+    NodeName,
+    /// `spec.serviceAccountName`: the run's service account (KFP API), or `default`.
+    ServiceAccount,
+}
+
+impl PodField {
+    fn parse(path: &str) -> Option<PodField> {
+        let keyed = |prefix: &str| -> Option<String> {
+            let rest = path.strip_prefix(prefix)?.strip_suffix("']")?;
+            (!rest.is_empty() && !rest.contains('\'')).then(|| rest.to_string())
+        };
+        Some(match path {
+            "metadata.name" => PodField::Name,
+            "metadata.uid" => PodField::Uid,
+            "metadata.namespace" => PodField::Namespace,
+            "spec.nodeName" => PodField::NodeName,
+            "spec.serviceAccountName" => PodField::ServiceAccount,
+            _ => {
+                if let Some(k) = keyed("metadata.labels['") {
+                    PodField::Label(k)
+                } else {
+                    PodField::Annotation(keyed("metadata.annotations['")?)
+                }
+            }
+        })
+    }
+}
+
+/// The pod name Gantry gives an attempt: lowercase letters, digits and `-`, as Kubernetes
+/// names are.
+pub fn attempt_pod_name(run: &RunRecord, task_id: &str, attempt: u32) -> String {
+    let raw = format!("{}-{}-{attempt}", run.run_id, task_id);
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(253);
+    name.trim_matches('-').to_string()
+}
+
+/// The value of `field` for attempt `attempt` of task `rec`, which runs executor `label`;
+/// `None` for the namespace, which the agent fills in.
+pub fn pod_field_value(
+    run: &RunRecord,
+    rec: &TaskRecord,
+    label: &str,
+    attempt: u32,
+    field: &PodField,
+) -> Option<String> {
+    let metadata = |kind: &str, key: &str| -> String {
+        executors(&run.pipeline)
+            .and_then(|e| e.get(label))
+            .and_then(|s| s.get("podMetadata"))
+            .and_then(|m| m.get(kind))
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    Some(match field {
+        PodField::Name | PodField::Uid => attempt_pod_name(run, rec.task_id.as_str(), attempt),
+        PodField::Namespace => return None,
+        PodField::Label(k) => metadata("labels", k),
+        PodField::Annotation(k) => metadata("annotations", k),
+        PodField::NodeName => rec
+            .attempts
+            .iter()
+            .find(|a| a.number == attempt)
+            .map(|a| a.agent.to_string())
+            .unwrap_or_default(),
+        PodField::ServiceAccount => run
+            .info
+            .as_ref()
+            .map(|i| i.service_account.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string()),
+    })
+}
+
+/// The secrets-as-variables and volume mounts of the tasks running executor `label`, as far
+/// as the pipeline alone tells (a name known only at run time stands as a placeholder).
 pub fn executor_needs(spec: &PipelineSpec, label: &str) -> Result<HostNeeds, PlatformError> {
     match executors(spec)
         .and_then(|e| e.get(label))
         .and_then(Value::as_object)
     {
-        Some(settings) => needs_of(settings).map_err(PlatformError::in_executor(label)),
+        Some(settings) => needs_of(settings, None).map_err(PlatformError::in_executor(label)),
         None => Ok(HostNeeds::default()),
+    }
+}
+
+/// The secrets-as-variables and volume mounts of task `rec`, names resolved.
+pub fn task_needs(
+    run: &RunRecord,
+    rec: &TaskRecord,
+    label: &str,
+) -> Result<HostNeeds, PlatformError> {
+    let lookup = task_lookup(run, rec);
+    match executors(&run.pipeline)
+        .and_then(|e| e.get(label))
+        .and_then(Value::as_object)
+    {
+        Some(settings) => {
+            needs_of(settings, Some(&lookup)).map_err(PlatformError::in_executor(label))
+        }
+        None => Ok(HostNeeds::default()),
+    }
+}
+
+/// Names from the task's enclosing DAG: its input parameters, and its other tasks' outputs.
+fn task_lookup<'a>(
+    run: &'a RunRecord,
+    rec: &'a TaskRecord,
+) -> impl Fn(&NameSource, &'static str) -> Result<String, PlatformError> + 'a {
+    move |source, what| {
+        let parent_id = rec.parent.as_ref().map_or(ROOT_TASK_ID, |p| p.as_str());
+        let (from, value) = match source {
+            NameSource::Constant(n) => return Ok(n.clone()),
+            NameSource::Input(name) => (
+                format!("parameter {name:?}"),
+                run.tasks
+                    .get(parent_id)
+                    .and_then(|p| p.inputs.parameters.get(name)),
+            ),
+            NameSource::TaskOutput { producer, output } => {
+                let from = format!("output {output:?} of task {producer:?}");
+                let t = run.tasks.get(&RunRecord::child_id(parent_id, producer));
+                match t {
+                    Some(t) if t.state.is_success() => (from, t.outputs.parameters.get(output)),
+                    _ => {
+                        return Err(PlatformError::RuntimeName {
+                            what,
+                            from,
+                            problem: "did not succeed".into(),
+                        })
+                    }
+                }
+            }
+        };
+        match value {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(PlatformError::RuntimeName {
+                what,
+                from,
+                problem: format!("is {other}, not a string"),
+            }),
+            None => Err(PlatformError::RuntimeNameMissing { what, from }),
+        }
     }
 }
 
@@ -342,46 +568,77 @@ fn list<'a>(
     }
 }
 
-/// The constant name a secret or claim entry gives. kfp-kubernetes writes it as
+/// Where a secret or claim name comes from. kfp-kubernetes writes a constant as
 /// `<param_field>: {runtimeValue: {constant: NAME}}` and, in older releases, as a plain field
-/// beside it (`secretName`, `constant`); a name taken from a pipeline parameter or a task
-/// output would have to be resolved per task at run time, which the engine does not do.
-fn constant_name(
+/// beside it (`secretName`, `constant`); a name taken from a parameter of the enclosing DAG
+/// (`componentInputParameter`) or a sibling task's output (`taskOutputParameter`) is resolved
+/// for each task when it becomes ready ([`task_needs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameSource {
+    Constant(String),
+    Input(String),
+    TaskOutput { producer: String, output: String },
+}
+
+fn name_source(
     entry: &Value,
     param_field: &str,
     legacy: &str,
     what: &'static str,
-) -> Result<String, PlatformError> {
-    let dynamic = |from: &'static str| PlatformError::RuntimeName {
-        what,
-        from,
-        param_field: param_field.to_string(),
-    };
+) -> Result<NameSource, PlatformError> {
     let reference = entry.get(param_field).unwrap_or(entry);
     if let Some(c) = reference.pointer("/runtimeValue/constant") {
         return c
             .as_str()
-            .map(str::to_string)
+            .map(|c| NameSource::Constant(c.to_string()))
             .ok_or_else(|| PlatformError::NameNotString {
                 param_field: param_field.to_string(),
                 what,
                 value: c.clone(),
             });
     }
-    if reference.get("taskOutputParameter").is_some() {
-        return Err(dynamic("the output of another task"));
+    if let Some(out) = reference.get("taskOutputParameter") {
+        let text = |f: &str| out.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+        let (producer, output) = (text("producerTask"), text("outputParameterKey"));
+        if producer.is_empty() || output.is_empty() {
+            return Err(PlatformError::NoName {
+                what,
+                param_field: format!("{param_field}.taskOutputParameter"),
+                legacy: "producerTask and outputParameterKey".to_string(),
+            });
+        }
+        return Ok(NameSource::TaskOutput { producer, output });
     }
-    if reference.get("componentInputParameter").is_some() {
-        return Err(dynamic("a pipeline parameter"));
+    if let Some(input) = reference.get("componentInputParameter") {
+        if let Some(n) = input.as_str().filter(|n| !n.is_empty()) {
+            return Ok(NameSource::Input(n.to_string()));
+        }
     }
     if let Some(name) = entry.get(legacy).and_then(Value::as_str) {
-        return Ok(name.to_string());
+        return Ok(NameSource::Constant(name.to_string()));
     }
     Err(PlatformError::NoName {
         what,
         param_field: param_field.to_string(),
         legacy: legacy.to_string(),
     })
+}
+
+/// Gives the name a [`NameSource`] holds for one task; `None` checks a pipeline before it runs
+/// (names known only at run time are then taken as valid).
+type NameLookup<'a> =
+    Option<&'a dyn Fn(&NameSource, &'static str) -> Result<String, PlatformError>>;
+
+fn resolve_name(
+    source: NameSource,
+    lookup: NameLookup<'_>,
+    what: &'static str,
+) -> Result<Option<String>, PlatformError> {
+    match (source, lookup) {
+        (NameSource::Constant(n), _) => Ok(Some(n)),
+        (other, Some(lookup)) => lookup(&other, what).map(Some),
+        (_, None) => Ok(None),
+    }
 }
 
 /// A variable name Docker and the process runtime can set.
@@ -400,27 +657,35 @@ fn check_mount_path(path: &str) -> Result<(), PlatformError> {
     Ok(())
 }
 
-fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, PlatformError> {
+/// A valid name that stands for one known only at run time, while a pipeline is checked.
+const LATER: &str = "known-at-run-time";
+
+fn needs_of(
+    settings: &serde_json::Map<String, Value>,
+    lookup: NameLookup<'_>,
+) -> Result<HostNeeds, PlatformError> {
     let mut needs = HostNeeds::default();
     let secret_env = PlatformError::in_setting(SECRET_AS_ENV);
     for entry in list(settings, SECRET_AS_ENV)? {
-        let secret = constant_name(
-            entry,
-            "secretNameParameter",
-            "secretName",
-            "Kubernetes secret name",
-        )
-        .map_err(&secret_env)?;
+        const WHAT: &str = "Kubernetes secret name";
+        let source =
+            name_source(entry, "secretNameParameter", "secretName", WHAT).map_err(&secret_env)?;
+        let optional = entry
+            .get("optional")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let secret = match resolve_name(source, lookup, WHAT) {
+            Ok(name) => name.unwrap_or_else(|| LATER.to_string()),
+            // An optional secret whose name was not given is not there.
+            Err(PlatformError::RuntimeNameMissing { .. }) if optional => continue,
+            Err(e) => return Err(secret_env(e)),
+        };
         validate_resource_name(&secret).map_err(|error| {
             secret_env(PlatformError::SecretName {
                 secret: secret.clone(),
                 error,
             })
         })?;
-        let optional = entry
-            .get("optional")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let pairs = match entry.get("keyToEnv") {
             None | Some(Value::Null) => &[][..],
             Some(Value::Array(a)) => a.as_slice(),
@@ -459,13 +724,12 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Plat
     }
     let pvc_mount = PlatformError::in_setting(PVC_MOUNT);
     for entry in list(settings, PVC_MOUNT)? {
-        let volume = constant_name(
-            entry,
-            "pvcNameParameter",
-            "constant",
-            "Kubernetes persistent volume claim name",
-        )
-        .map_err(&pvc_mount)?;
+        const WHAT: &str = "Kubernetes persistent volume claim name";
+        let source =
+            name_source(entry, "pvcNameParameter", "constant", WHAT).map_err(&pvc_mount)?;
+        let volume = resolve_name(source, lookup, WHAT)
+            .map_err(&pvc_mount)?
+            .unwrap_or_else(|| LATER.to_string());
         validate_resource_name(&volume).map_err(|error| {
             pvc_mount(PlatformError::ClaimName {
                 claim: volume.clone(),
@@ -494,6 +758,61 @@ fn needs_of(settings: &serde_json::Map<String, Value>) -> Result<HostNeeds, Plat
             mount_path: mount_path.to_string(),
             sub_path: sub_path.trim_end_matches('/').to_string(),
         });
+    }
+    let secret_volume = PlatformError::in_setting(SECRET_AS_VOLUME);
+    for entry in list(settings, SECRET_AS_VOLUME)? {
+        const WHAT: &str = "Kubernetes secret name";
+        let source = name_source(entry, "secretNameParameter", "secretName", WHAT)
+            .map_err(&secret_volume)?;
+        let optional = entry
+            .get("optional")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let secret = match resolve_name(source, lookup, WHAT) {
+            Ok(name) => name.unwrap_or_else(|| LATER.to_string()),
+            Err(PlatformError::RuntimeNameMissing { .. }) if optional => continue,
+            Err(e) => return Err(secret_volume(e)),
+        };
+        validate_resource_name(&secret).map_err(|error| {
+            secret_volume(PlatformError::SecretName {
+                secret: secret.clone(),
+                error,
+            })
+        })?;
+        let mount_path = entry
+            .get("mountPath")
+            .and_then(Value::as_str)
+            .ok_or_else(|| secret_volume(PlatformError::NoMountPath(secret.clone())))?;
+        check_mount_path(mount_path).map_err(&secret_volume)?;
+        let taken = needs.volumes.iter().any(|v| v.mount_path == mount_path)
+            || needs
+                .secret_volumes
+                .iter()
+                .any(|v| v.mount_path == mount_path);
+        if taken {
+            return Err(secret_volume(PlatformError::MountPathTaken(
+                mount_path.to_string(),
+            )));
+        }
+        needs.secret_volumes.push(SecretVolume {
+            secret,
+            mount_path: mount_path.to_string(),
+            optional,
+        });
+    }
+    let field_env = PlatformError::in_setting(FIELD_PATH_AS_ENV);
+    for entry in list(settings, FIELD_PATH_AS_ENV)? {
+        let text = |f: &'static str| {
+            entry
+                .get(f)
+                .and_then(Value::as_str)
+                .ok_or_else(|| field_env(PlatformError::FieldEnvEntry(f)))
+        };
+        let (env, path) = (text("name")?, text("fieldPath")?);
+        check_env_name(env).map_err(&field_env)?;
+        let field = PodField::parse(path)
+            .ok_or_else(|| field_env(PlatformError::FieldPath(path.to_string())))?;
+        needs.field_env.push((env.to_string(), field));
     }
     Ok(needs)
 }
@@ -550,18 +869,18 @@ mod tests {
     #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsVolume:\n          - secretName: s\n          podMetadata:\n            labels: {a: b}\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          configMapAsVolume:\n          - configMapName: c\n            mountPath: /c\n          podMetadata:\n            labels: {a: b}\n",
         );
         let r = refusals(&spec);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
-            r[0].contains("exec-make-data") && r[0].contains("secretAsVolume"),
+            r[0].contains("exec-make-data") && r[0].contains("configMapAsVolume"),
             "{r:?}"
         );
         let err = crate::engine::check_supported(&spec)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Kubernetes secret"), "{err}");
+        assert!(err.contains("Kubernetes config map"), "{err}");
         let ws = with_platform(
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );
@@ -680,36 +999,112 @@ mod tests {
     }
 
     #[test]
-    fn names_known_only_at_run_time_and_bad_names_are_refused_clearly() {
-        let r = refusal_of(
-            "          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            optional: false\n            secretNameParameter:\n              componentInputParameter: sname\n",
+    fn names_known_only_at_run_time_are_resolved_per_task_and_bad_names_refused_clearly() {
+        // As kfp-kubernetes writes a name from a parameter of the enclosing DAG and one from
+        // another task's output: accepted at submit.
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-scale:\n          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            optional: false\n            secretNameParameter:\n              componentInputParameter: factor\n        exec-report:\n          pvcMount:\n          - mountPath: /data\n            taskOutputParameter: {outputParameterKey: Output, producerTask: make-data}\n            pvcNameParameter:\n              taskOutputParameter: {outputParameterKey: Output, producerTask: make-data}\n",
         );
+        assert_eq!(refusals(&spec), Vec::<String>::new());
+        // Statically, they add no placement label.
+        assert!(executor_placement(&spec, "exec-scale").0.is_empty());
+
+        // Each task resolves them from its own DAG when it becomes ready.
+        let params = BTreeMap::from([("factor".to_string(), Value::from("db-creds"))]);
+        let mut run = RunRecord::new("r".into(), spec, "file:///tmp/r".into(), params, 0);
+        let scale = TaskRecord::new(
+            "scale".into(),
+            "scale".into(),
+            "comp-scale".into(),
+            super::super::TaskKind::Container,
+            0,
+        );
+        let needs = task_needs(&run, &scale, "exec-scale").unwrap();
+        assert_eq!(needs.secret_env[0].secret, "db-creds");
+        let (labels, _) = task_placement(&run, &scale, "exec-scale").unwrap();
+        assert!(labels.contains_key(&secret_label("db-creds")), "{labels:?}");
+
+        let report = TaskRecord::new(
+            "report".into(),
+            "report".into(),
+            "comp-report".into(),
+            super::super::TaskKind::Container,
+            0,
+        );
+        let err = task_needs(&run, &report, "exec-report")
+            .unwrap_err()
+            .to_string();
         assert!(
-            r.contains("exec-make-data")
-                && r.contains("secretAsEnv")
-                && r.contains("Kubernetes secret name comes from a pipeline parameter at run time")
-                && r.contains("secretNameParameter"),
-            "{r}"
+            err.contains("exec-report")
+                && err.contains("claim name comes from output \"Output\" of task \"make-data\", which did not succeed"),
+            "{err}"
         );
-        let r = refusal_of(
-            "          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            secretNameParameter:\n              taskOutputParameter: {outputParameterKey: o, producerTask: t}\n",
+        let mut made = TaskRecord::new(
+            "make-data".into(),
+            "make-data".into(),
+            "comp-make-data".into(),
+            super::super::TaskKind::Container,
+            0,
         );
-        assert!(r.contains("the output of another task"), "{r}");
-        let r = refusal_of(
-            "          pvcMount:\n          - componentInputParameter: pname\n            mountPath: /d\n            pvcNameParameter:\n              componentInputParameter: pname\n",
-        );
+        made.state = super::super::TaskState::Succeeded;
+        made.outputs
+            .parameters
+            .insert("Output".into(), Value::from("shared-claim"));
+        run.tasks.insert("make-data".into(), made.clone());
+        let needs = task_needs(&run, &report, "exec-report").unwrap();
+        assert_eq!(needs.volumes[0].volume, "shared-claim");
+        let (labels, _) = task_placement(&run, &report, "exec-report").unwrap();
         assert!(
-            r.contains("pvcMount")
-                && r.contains(
-                    "Kubernetes persistent volume claim name comes from a pipeline parameter"
-                ),
-            "{r}"
+            labels.contains_key(&volume_label("shared-claim")),
+            "{labels:?}"
         );
-        // What kfp-kubernetes writes for mount_pvc(pvc_name=CreatePVC(...).outputs['name']).
-        let r = refusal_of(
-            "          pvcMount:\n          - mountPath: /data\n            taskOutputParameter: {outputParameterKey: name, producerTask: createpvc}\n            pvcNameParameter:\n              taskOutputParameter: {outputParameterKey: name, producerTask: createpvc}\n",
+
+        // A value that is no name fails the task, saying where it came from.
+        made.outputs
+            .parameters
+            .insert("Output".into(), Value::from(3));
+        run.tasks.insert("make-data".into(), made.clone());
+        let err = task_placement(&run, &report, "exec-report")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is 3, not a string"), "{err}");
+        made.outputs
+            .parameters
+            .insert("Output".into(), Value::from("../etc"));
+        run.tasks.insert("make-data".into(), made);
+        let err = task_needs(&run, &report, "exec-report")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("claim name \"../etc\" may hold only"), "{err}");
+        run.tasks
+            .get_mut("")
+            .unwrap()
+            .inputs
+            .parameters
+            .remove("factor");
+        let err = task_needs(&run, &scale, "exec-scale")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("comes from parameter \"factor\", which has no value"),
+            "{err}"
         );
-        assert!(r.contains("the output of another task"), "{r}");
+        // Optional, and no name given: the secret is simply not there.
+        let optional = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-scale:\n          secretAsEnv:\n          - keyToEnv:\n            - {envVar: E, secretKey: k}\n            optional: true\n            secretNameParameter:\n              componentInputParameter: factor\n          secretAsVolume:\n          - mountPath: /s\n            optional: true\n            secretNameParameter:\n              componentInputParameter: factor\n",
+        );
+        let run = RunRecord::new(
+            "r".into(),
+            optional,
+            "file:///tmp/r".into(),
+            BTreeMap::new(),
+            0,
+        );
+        assert_eq!(
+            task_needs(&run, &scale, "exec-scale").unwrap(),
+            HostNeeds::default()
+        );
+
         for (settings, needle) in [
             (
                 "          secretAsEnv:\n          - secretName: ../etc\n            keyToEnv: [{envVar: E, secretKey: k}]\n",
@@ -737,6 +1132,114 @@ mod tests {
             ),
             (
                 "          pvcMount:\n          - {constant: v, mountPath: /d}\n          - {constant: w, mountPath: /d}\n",
+                "two volumes are mounted at \"/d\"",
+            ),
+        ] {
+            let r = refusal_of(settings);
+            assert!(r.contains(needle), "{needle:?} not in {r}");
+        }
+    }
+
+    #[test]
+    fn pod_fields_become_variables_with_the_attempts_values() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          fieldPathAsEnv:\n          - {name: POD_NAME, fieldPath: metadata.name}\n          - {name: NS, fieldPath: metadata.namespace}\n          - {name: TEAM, fieldPath: \"metadata.labels['team']\"}\n          - {name: NOTE, fieldPath: \"metadata.annotations['note']\"}\n          - {name: MISSING, fieldPath: \"metadata.labels['absent']\"}\n          - {name: NODE, fieldPath: spec.nodeName}\n          - {name: SA, fieldPath: spec.serviceAccountName}\n          podMetadata:\n            labels: {team: vision}\n            annotations: {note: hello}\n",
+        );
+        assert_eq!(refusals(&spec), Vec::<String>::new());
+        let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
+        let mut run = RunRecord::new("Run_1".into(), spec, "file:///tmp/r".into(), params, 0);
+        crate::engine::advance(&mut run, 0);
+        let task: gantry_model::TaskId = "make-data".into();
+        run.tasks
+            .get_mut(&task)
+            .unwrap()
+            .attempts
+            .push(super::super::AttemptRecord {
+                number: 2,
+                agent: "gpu-7".into(),
+                gpus: vec![],
+                assigned_at: 0,
+                started_at: None,
+                finished_at: None,
+                outcome: None,
+            });
+        let step = crate::engine::step_spec(&run, &task, 2).unwrap();
+        let env: BTreeMap<&str, &str> = step
+            .container
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(env["POD_NAME"], "run-1-make-data-2");
+        assert_eq!(env["TEAM"], "vision");
+        assert_eq!(env["NOTE"], "hello");
+        assert_eq!(
+            env["MISSING"], "",
+            "an absent label reads as empty, as on Kubernetes"
+        );
+        assert_eq!(env["NODE"], "gpu-7");
+        assert_eq!(env["SA"], "default");
+        assert!(!env.contains_key("NS"), "the agent fills the namespace in");
+        assert_eq!(step.container.namespace_env, vec!["NS".to_string()]);
+
+        for (settings, needle) in [
+            (
+                "          fieldPathAsEnv:\n          - {name: IP, fieldPath: status.podIP}\n",
+                "fieldPath \"status.podIP\" has no value on Gantry agents",
+            ),
+            (
+                "          fieldPathAsEnv:\n          - {fieldPath: metadata.name}\n",
+                "fieldPathAsEnv: an entry gives no name",
+            ),
+            (
+                "          fieldPathAsEnv:\n          - {name: 'A=B', fieldPath: metadata.name}\n",
+                "variable name \"A=B\"",
+            ),
+        ] {
+            let r = refusal_of(settings);
+            assert!(r.contains(needle), "{needle:?} not in {r}");
+        }
+    }
+
+    #[test]
+    fn secrets_as_volumes_become_read_only_mounts_and_placement_labels() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          secretAsVolume:\n          - mountPath: /mnt/creds\n            optional: false\n            secretName: creds\n            secretNameParameter:\n              runtimeValue:\n                constant: creds\n          - {secretName: extra, mountPath: /mnt/extra, optional: true}\n",
+        );
+        assert_eq!(refusals(&spec), Vec::<String>::new());
+        let needs = executor_needs(&spec, "exec-make-data").unwrap();
+        assert_eq!(
+            needs.secret_volumes,
+            vec![
+                SecretVolume {
+                    secret: "creds".into(),
+                    mount_path: "/mnt/creds".into(),
+                    optional: false
+                },
+                SecretVolume {
+                    secret: "extra".into(),
+                    mount_path: "/mnt/extra".into(),
+                    optional: true
+                },
+            ]
+        );
+        let (labels, _) = executor_placement(&spec, "exec-make-data");
+        assert!(labels.contains_key(&secret_label("creds")), "{labels:?}");
+        assert!(
+            !labels.contains_key(&secret_label("extra")),
+            "optional: {labels:?}"
+        );
+        for (settings, needle) in [
+            (
+                "          secretAsVolume:\n          - {secretName: s}\n",
+                "secretAsVolume: the mount of \"s\" has no mountPath",
+            ),
+            (
+                "          secretAsVolume:\n          - {secretName: s, mountPath: rel}\n",
+                "mount path \"rel\" must be an absolute path",
+            ),
+            (
+                "          secretAsVolume:\n          - {secretName: s, mountPath: /d}\n          pvcMount:\n          - {constant: v, mountPath: /d}\n",
                 "two volumes are mounted at \"/d\"",
             ),
         ] {

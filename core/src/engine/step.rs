@@ -32,6 +32,8 @@ pub enum ResourceError {
         field: &'static str,
         error: QuantityError,
     },
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
 }
 
 /// Why no step spec can be made for an attempt: the state is not what the caller thought (a
@@ -75,7 +77,7 @@ pub fn task_resources(run: &RunRecord, rec: &TaskRecord) -> Result<ResourceReque
     if let Some(Implementation::Executor(label)) =
         component(&run.pipeline, &rec.component).map(|c| &c.implementation)
     {
-        let (selector, tolerations) = super::platform::executor_placement(&run.pipeline, label);
+        let (selector, tolerations) = super::platform::task_placement(run, rec, label)?;
         r.node_selector = selector;
         r.tolerations = tolerations;
     }
@@ -143,7 +145,7 @@ pub fn step_spec(run: &RunRecord, task_id: &TaskId, attempt: u32) -> Result<Step
     let Some(ExecutorSpec::Container(exec)) = run.pipeline.executors.get(label) else {
         return Err(StepError::NotAContainerExecutor(label.clone()));
     };
-    let needs = super::platform::executor_needs(&run.pipeline, label)?;
+    let needs = super::platform::task_needs(run, rec, label)?;
     let outputs = StepOutputs {
         parameters: comp
             .output_parameters
@@ -181,10 +183,24 @@ pub fn step_spec(run: &RunRecord, task_id: &TaskId, attempt: u32) -> Result<Step
                     name: name.clone(),
                     value: value.clone(),
                 })
+                .chain(needs.field_env.iter().filter_map(|(name, field)| {
+                    let value = super::platform::pod_field_value(run, rec, label, attempt, field)?;
+                    Some(EnvVar {
+                        name: name.clone(),
+                        value,
+                    })
+                }))
+                .collect(),
+            namespace_env: needs
+                .field_env
+                .iter()
+                .filter(|(_, f)| *f == super::platform::PodField::Namespace)
+                .map(|(name, _)| name.clone())
                 .collect(),
             resources: task_resources(run, rec)?,
             secret_env: needs.secret_env,
             volumes: needs.volumes,
+            secret_volumes: needs.secret_volumes,
         },
         inputs: rec.inputs.clone(),
         outputs,
