@@ -26,9 +26,12 @@
 //!   `emptyDirMounts`, `genericEphemeralVolume`), environment from config maps
 //!   (`configMapAsEnv`), pod fields Gantry has no value for (`status.podIP`, ...),
 //!   `nodeAffinity`, shared memory, the pipeline workspace (`pipelineConfig.workspace`), claims
-//!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`), and node selectors or
-//!   tolerations taken from a pipeline parameter at run time (`nodeSelectorJson`,
-//!   `tolerationJson`).
+//!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`).
+//!
+//! Node selectors and tolerations given as JSON from a parameter or a task output
+//! (`nodeSelectorJson`, `tolerationJson`: kfp-kubernetes `add_node_selector_json`,
+//! `add_toleration_json`) are read for each task when it is ready, like names; absent, they ask
+//! for nothing.
 
 use std::collections::BTreeMap;
 
@@ -60,19 +63,16 @@ const PVC_STUBS: &[(&str, &str)] = &[
 /// Why an executor's Kubernetes settings cannot be honoured (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlatformError {
-    #[error(
-        "its node selector comes from a pipeline parameter at run time (nodeSelectorJson, a \
-         Kubernetes node selector), which Gantry does not support; give the labels in the \
-         pipeline"
-    )]
-    RuntimeNodeSelector,
+    /// `nodeSelectorJson` or `tolerationJson` (`what`) resolved to a value of the wrong shape.
+    #[error("{what} from {from} is {value}, not {want}")]
+    RuntimeJson {
+        what: &'static str,
+        from: String,
+        value: Value,
+        want: &'static str,
+    },
     #[error("node selector label {key:?} is not a string: {value}")]
     LabelNotString { key: String, value: Value },
-    #[error(
-        "its tolerations come from a pipeline parameter at run time (tolerationJson, \
-         Kubernetes tolerations), which Gantry does not support; give them in the pipeline"
-    )]
-    RuntimeTolerations,
     #[error("toleration operator {0:?} is not Equal or Exists")]
     TolerationOperator(String),
     #[error("toleration effect {0:?} is unknown")]
@@ -199,7 +199,7 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
             let Some(settings) = settings.as_object() else {
                 continue;
             };
-            if let Err(e) = placement_of(settings) {
+            if let Err(e) = placement_of(settings, None) {
                 out.push(PlatformError::in_executor(label)(e).to_string());
             }
             if let Err(e) = needs_of(settings, None) {
@@ -254,22 +254,69 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
     out
 }
 
-/// The agent labels and taint tolerations an executor's platform settings ask for.
+/// Gives the value a `nodeSelectorJson` or `tolerationJson` reference holds for one task
+/// (`None`: no value), and where it came from; `None` checks a pipeline before it runs.
+type JsonLookup<'a> = Option<&'a dyn Fn(&Value) -> Result<Option<(String, Value)>, PlatformError>>;
+
+fn toleration_of(t: &Value) -> Result<Toleration, PlatformError> {
+    let text = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+    let exists = match text("operator").as_str() {
+        "" | "Equal" => false,
+        "Exists" => true,
+        other => return Err(PlatformError::TolerationOperator(other.to_string())),
+    };
+    let effect = match text("effect").as_str() {
+        "" => None,
+        e => Some(
+            TaintEffect::parse(e).ok_or_else(|| PlatformError::TolerationEffect(e.to_string()))?,
+        ),
+    };
+    Ok(Toleration {
+        key: text("key"),
+        exists,
+        value: text("value"),
+        effect,
+    })
+}
+
+fn selector_labels(
+    map: &serde_json::Map<String, Value>,
+    labels: &mut BTreeMap<String, String>,
+) -> Result<(), PlatformError> {
+    for (k, v) in map {
+        let v = v.as_str().ok_or_else(|| PlatformError::LabelNotString {
+            key: k.clone(),
+            value: v.clone(),
+        })?;
+        labels.insert(k.clone(), v.to_string());
+    }
+    Ok(())
+}
+
+/// The agent labels and taint tolerations an executor's platform settings ask for. Those
+/// given as JSON from a parameter or a task output (`add_node_selector_json`,
+/// `add_toleration_json`) are read through `json` for one task; without it they are left out.
 fn placement_of(
     settings: &serde_json::Map<String, Value>,
+    json: JsonLookup<'_>,
 ) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let mut labels = BTreeMap::new();
     if let Some(sel) = settings.get(NODE_SELECTOR) {
-        if sel.get("nodeSelectorJson").is_some() {
-            return Err(PlatformError::RuntimeNodeSelector);
-        }
         if let Some(map) = sel.get("labels").and_then(Value::as_object) {
-            for (k, v) in map {
-                let v = v.as_str().ok_or_else(|| PlatformError::LabelNotString {
-                    key: k.clone(),
-                    value: v.clone(),
-                })?;
-                labels.insert(k.clone(), v.to_string());
+            selector_labels(map, &mut labels)?;
+        }
+        if let (Some(reference), Some(json)) = (sel.get("nodeSelectorJson"), json) {
+            match json(reference)? {
+                None => {}
+                Some((_, Value::Object(map))) => selector_labels(&map, &mut labels)?,
+                Some((from, value)) => {
+                    return Err(PlatformError::RuntimeJson {
+                        what: "nodeSelectorJson",
+                        from,
+                        value,
+                        want: "an object of labels",
+                    })
+                }
             }
         }
     }
@@ -280,28 +327,28 @@ fn placement_of(
         .into_iter()
         .flatten()
     {
-        if t.get("tolerationJson").is_some() {
-            return Err(PlatformError::RuntimeTolerations);
+        let Some(reference) = t.get("tolerationJson") else {
+            tolerations.push(toleration_of(t)?);
+            continue;
+        };
+        let Some(json) = json else { continue };
+        match json(reference)? {
+            None => {}
+            Some((_, t @ Value::Object(_))) => tolerations.push(toleration_of(&t)?),
+            Some((_, Value::Array(ts))) if ts.iter().all(Value::is_object) => {
+                for t in &ts {
+                    tolerations.push(toleration_of(t)?);
+                }
+            }
+            Some((from, value)) => {
+                return Err(PlatformError::RuntimeJson {
+                    what: "tolerationJson",
+                    from,
+                    value,
+                    want: "a toleration or a list of them",
+                })
+            }
         }
-        let text = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("").to_string();
-        let exists = match text("operator").as_str() {
-            "" | "Equal" => false,
-            "Exists" => true,
-            other => return Err(PlatformError::TolerationOperator(other.to_string())),
-        };
-        let effect = match text("effect").as_str() {
-            "" => None,
-            e => Some(
-                TaintEffect::parse(e)
-                    .ok_or_else(|| PlatformError::TolerationEffect(e.to_string()))?,
-            ),
-        };
-        tolerations.push(Toleration {
-            key: text("key"),
-            exists,
-            value: text("value"),
-            effect,
-        });
     }
     Ok((labels, tolerations))
 }
@@ -312,7 +359,7 @@ pub fn executor_placement(
     spec: &PipelineSpec,
     label: &str,
 ) -> (BTreeMap<String, String>, Vec<Toleration>) {
-    placement(spec, label, None).unwrap_or_default()
+    placement(spec, label, None, None).unwrap_or_default()
 }
 
 /// The node selector and tolerations of task `rec`, which runs executor `label`.
@@ -327,13 +374,15 @@ pub fn task_placement(
     label: &str,
 ) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let lookup = task_lookup(run, rec);
-    placement(&run.pipeline, label, Some(&lookup))
+    let json = |reference: &Value| task_json(run, rec, reference);
+    placement(&run.pipeline, label, Some(&lookup), Some(&json))
 }
 
 fn placement(
     spec: &PipelineSpec,
     label: &str,
     lookup: NameLookup<'_>,
+    json: JsonLookup<'_>,
 ) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let Some(settings) = executors(spec)
         .and_then(|e| e.get(label))
@@ -341,7 +390,11 @@ fn placement(
     else {
         return Ok(Default::default());
     };
-    let (mut labels, tolerations) = placement_of(settings).unwrap_or_default();
+    let (mut labels, tolerations) = match placement_of(settings, json) {
+        Ok(p) => p,
+        Err(e) if json.is_some() => return Err(PlatformError::in_executor(label)(e)),
+        Err(_) => Default::default(),
+    };
     let needs = match needs_of(settings, lookup) {
         Ok(needs) => needs,
         // Refused at submit already; a name resolved at run time is this task's problem.
@@ -512,46 +565,80 @@ pub fn task_needs(
     }
 }
 
-/// Names from the task's enclosing DAG: its input parameters, and its other tasks' outputs.
+/// A value from the task's enclosing DAG (its input parameters, its other tasks' outputs),
+/// and where it came from.
+fn dag_value<'a>(
+    run: &'a RunRecord,
+    rec: &TaskRecord,
+    source: &NameSource,
+    what: &'static str,
+) -> Result<(String, Option<&'a Value>), PlatformError> {
+    let parent_id = rec.parent.as_ref().map_or(ROOT_TASK_ID, |p| p.as_str());
+    match source {
+        NameSource::Constant(_) => Ok((String::new(), None)),
+        NameSource::Input(name) => Ok((
+            format!("parameter {name:?}"),
+            run.tasks
+                .get(parent_id)
+                .and_then(|p| p.inputs.parameters.get(name)),
+        )),
+        NameSource::TaskOutput { producer, output } => {
+            let from = format!("output {output:?} of task {producer:?}");
+            match run.tasks.get(&RunRecord::child_id(parent_id, producer)) {
+                Some(t) if t.state.is_success() => Ok((from, t.outputs.parameters.get(output))),
+                _ => Err(PlatformError::RuntimeName {
+                    what,
+                    from,
+                    problem: "did not succeed".into(),
+                }),
+            }
+        }
+    }
+}
+
+/// Names from the task's enclosing DAG.
 fn task_lookup<'a>(
     run: &'a RunRecord,
     rec: &'a TaskRecord,
 ) -> impl Fn(&NameSource, &'static str) -> Result<String, PlatformError> + 'a {
     move |source, what| {
-        let parent_id = rec.parent.as_ref().map_or(ROOT_TASK_ID, |p| p.as_str());
-        let (from, value) = match source {
-            NameSource::Constant(n) => return Ok(n.clone()),
-            NameSource::Input(name) => (
-                format!("parameter {name:?}"),
-                run.tasks
-                    .get(parent_id)
-                    .and_then(|p| p.inputs.parameters.get(name)),
-            ),
-            NameSource::TaskOutput { producer, output } => {
-                let from = format!("output {output:?} of task {producer:?}");
-                let t = run.tasks.get(&RunRecord::child_id(parent_id, producer));
-                match t {
-                    Some(t) if t.state.is_success() => (from, t.outputs.parameters.get(output)),
-                    _ => {
-                        return Err(PlatformError::RuntimeName {
-                            what,
-                            from,
-                            problem: "did not succeed".into(),
-                        })
-                    }
-                }
-            }
-        };
-        match value {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(PlatformError::RuntimeName {
+        if let NameSource::Constant(n) = source {
+            return Ok(n.clone());
+        }
+        match dag_value(run, rec, source, what)? {
+            (_, Some(Value::String(s))) => Ok(s.clone()),
+            (from, Some(other)) => Err(PlatformError::RuntimeName {
                 what,
                 from,
                 problem: format!("is {other}, not a string"),
             }),
-            None => Err(PlatformError::RuntimeNameMissing { what, from }),
+            (from, None) => Err(PlatformError::RuntimeNameMissing { what, from }),
         }
     }
+}
+
+/// The JSON a `nodeSelectorJson` or `tolerationJson` reference holds for a task: a constant,
+/// or a value of its enclosing DAG (JSON text is read as JSON); `None` when there is none.
+fn task_json(
+    run: &RunRecord,
+    rec: &TaskRecord,
+    reference: &Value,
+) -> Result<Option<(String, Value)>, PlatformError> {
+    const WHAT: &str = "JSON of a node selector or toleration";
+    if let Some(c) = reference.pointer("/runtimeValue/constant") {
+        return Ok(Some(("a constant".into(), c.clone())).filter(|(_, v)| !v.is_null()));
+    }
+    let source = name_source(reference, "", "", WHAT)?;
+    let (from, value) = dag_value(run, rec, &source, WHAT)?;
+    Ok(match value {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if text.trim().is_empty() => None,
+        Some(Value::String(text)) => Some((
+            from,
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())),
+        )),
+        Some(v) => Some((from, v.clone())),
+    })
 }
 
 fn list<'a>(
@@ -1279,11 +1366,54 @@ mod tests {
             ("team", "ml")
         );
 
+        // From a parameter (`add_node_selector_json`, `add_toleration_json`): accepted at
+        // submit, read for each task when it is ready; absent, nothing is asked.
         let dynamic = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeSelector:\n            nodeSelectorJson:\n              componentInputParameter: sel\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeSelector:\n            labels: {zone: a}\n            nodeSelectorJson:\n              componentInputParameter: rows\n          tolerations:\n          - tolerationJson:\n              componentInputParameter: factor\n          - tolerationJson:\n              runtimeValue:\n                constant: {key: fixed, operator: Exists}\n",
         );
-        let r = refusals(&dynamic);
-        assert!(r.len() == 1 && r[0].contains("nodeSelectorJson"), "{r:?}");
+        assert_eq!(refusals(&dynamic), Vec::<String>::new());
+        let task = TaskRecord::new(
+            "make-data".into(),
+            "make-data".into(),
+            "comp-make-data".into(),
+            super::super::TaskKind::Container,
+            0,
+        );
+        let run_with = |rows: Value, factor: Value| {
+            let mut params = BTreeMap::new();
+            for (k, v) in [("rows", rows), ("factor", factor)] {
+                if !v.is_null() {
+                    params.insert(k.to_string(), v);
+                }
+            }
+            RunRecord::new("r".into(), dynamic.clone(), "file:///r".into(), params, 0)
+        };
+        let run = run_with(Value::Null, Value::Null);
+        let (labels, tolerations) = task_placement(&run, &task, "exec-make-data").unwrap();
+        assert_eq!(labels, BTreeMap::from([("zone".into(), "a".into())]));
+        assert_eq!(
+            tolerations.len(),
+            1,
+            "only the constant one: {tolerations:?}"
+        );
+        let run = run_with(
+            serde_json::json!({"disk": "ssd"}),
+            Value::from(r#"[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]"#),
+        );
+        let (labels, tolerations) = task_placement(&run, &task, "exec-make-data").unwrap();
+        assert_eq!(labels.get("disk").map(String::as_str), Some("ssd"));
+        assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(tolerations.len(), 2);
+        assert_eq!(tolerations[0].key, "gpu");
+        assert_eq!(tolerations[0].effect, Some(TaintEffect::NoSchedule));
+        let run = run_with(Value::from(3), Value::Null);
+        let err = task_placement(&run, &task, "exec-make-data")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nodeSelectorJson from parameter \"rows\" is 3, not an object of labels"),
+            "{err}"
+        );
         let bad = with_platform(
             "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          tolerations:\n          - key: a\n            operator: Lt\n",
         );
