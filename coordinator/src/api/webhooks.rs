@@ -30,10 +30,7 @@ pub fn redacted(url: &str) -> String {
 }
 
 fn info(n: &notify::Notifications, h: &Webhook) -> pb::WebhookInfo {
-    let pending = n
-        .pending(&h.id, usize::MAX)
-        .map(|(p, _)| p.len() as u64)
-        .unwrap_or(0);
+    let pending = n.pending_count(&h.id);
     pb::WebhookInfo {
         id: h.id.clone(),
         url: redacted(&h.url),

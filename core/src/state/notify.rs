@@ -4,9 +4,9 @@
 //! [`Notice`] with a sequence number, in the same apply that makes the change, so every
 //! replica holds the same notices in the same order. The leader posts them to each hook in
 //! order and commits how far each hook has been served ([`Command::WebhookDelivered`]); a new
-//! leader carries on from that mark. A notice can reach a receiver twice only when a leader
-//! dies between the receiver's answer and the commit of the mark; it then carries the same
-//! id (`<hook>-<seq>`), which receivers use to drop the repeat.
+//! leader carries on from that mark. A notice can reach a receiver twice only when the mark
+//! is not committed after the receiver's answer (the leader died, or lost its lead); it then
+//! carries the same id (`<hook>-<seq>`), which receivers use to drop the repeat.
 //!
 //! Notices are found by comparing the states of the runs a command names before and after
 //! it applies, and only while hooks exist: a cluster without hooks pays nothing.
@@ -236,6 +236,18 @@ impl Notifications {
         }
         // Notices dropped from a full outbox are skipped over.
         Some((out, upto.max(hook.delivered)))
+    }
+
+    /// How many notices hook `id` wants and has not been sent.
+    pub fn pending_count(&self, id: &str) -> u64 {
+        let Some(hook) = self.hooks.get(id) else {
+            return 0;
+        };
+        let start = self.outbox.partition_point(|n| n.seq <= hook.delivered);
+        self.outbox
+            .range(start..)
+            .filter(|n| hook.events.wants(n))
+            .count() as u64
     }
 
     /// Drops the notices every hook has, and the oldest past [`MAX_OUTBOX`].
@@ -475,6 +487,8 @@ mod tests {
         let (got, upto) = n.pending("runs", 10).unwrap();
         assert_eq!(got.iter().map(|n| n.seq).collect::<Vec<_>>(), vec![3]);
         assert_eq!(upto, 4);
+        assert_eq!(n.pending_count("runs"), 1);
+        assert_eq!(n.pending_count("nope"), 0);
     }
 
     #[test]
