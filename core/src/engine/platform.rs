@@ -22,16 +22,20 @@
 //! - ignored, as they change nothing a step computes: `imagePullSecret` and `imagePullPolicy`
 //!   (images are local to the agents); `podMetadata` itself (read by `fieldPathAsEnv` and
 //!   approval gates);
+//! - `nodeAffinity` (`add_node_affinity`, `add_node_affinity_json`): a required term of `In`
+//!   expressions with one value each adds those labels to the node selector; preferred
+//!   (weighted) terms are ignored; other required forms are refused (or, from JSON, fail the
+//!   task);
 //! - refused, naming the executor and the feature: other volumes (`configMapAsVolume`,
 //!   `emptyDirMounts`, `genericEphemeralVolume`), environment from config maps
-//!   (`configMapAsEnv`), pod fields Gantry has no value for (`status.podIP`, ...),
-//!   `nodeAffinity`, shared memory, the pipeline workspace (`pipelineConfig.workspace`), claims
+//!   (`configMapAsEnv`), pod fields Gantry has no value for (`status.podIP`, ...), shared
+//!   memory, the pipeline workspace (`pipelineConfig.workspace`), claims
 //!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`).
 //!
-//! Node selectors and tolerations given as JSON from a parameter or a task output
-//! (`nodeSelectorJson`, `tolerationJson`: kfp-kubernetes `add_node_selector_json`,
-//! `add_toleration_json`) are read for each task when it is ready, like names; absent, they ask
-//! for nothing.
+//! Node selectors, tolerations and node affinity given as JSON from a parameter or a task
+//! output (`nodeSelectorJson`, `tolerationJson`, `nodeAffinityJson`: kfp-kubernetes
+//! `add_node_selector_json`, `add_toleration_json`, `add_node_affinity_json`) are read for each
+//! task when it is ready, like names; absent, they ask for nothing.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +57,7 @@ const SECRET_AS_ENV: &str = "secretAsEnv";
 const PVC_MOUNT: &str = "pvcMount";
 const FIELD_PATH_AS_ENV: &str = "fieldPathAsEnv";
 const SECRET_AS_VOLUME: &str = "secretAsVolume";
+const NODE_AFFINITY: &str = "nodeAffinity";
 /// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
 /// backend does the work itself instead of running them.
 const PVC_STUBS: &[(&str, &str)] = &[
@@ -73,6 +78,12 @@ pub enum PlatformError {
     },
     #[error("node selector label {key:?} is not a string: {value}")]
     LabelNotString { key: String, value: Value },
+    /// A required node affinity placement cannot honour (it places by label equality).
+    #[error(
+        "nodeAffinity: {0}; Gantry places by agent labels, so a required affinity must be one \
+         term of `In` expressions with one value each (preferred ones are ignored)"
+    )]
+    Affinity(String),
     #[error("toleration operator {0:?} is not Equal or Exists")]
     TolerationOperator(String),
     #[error("toleration effect {0:?} is unknown")]
@@ -215,6 +226,7 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                         PVC_MOUNT,
                         FIELD_PATH_AS_ENV,
                         SECRET_AS_VOLUME,
+                        NODE_AFFINITY,
                     ]
                     .contains(&feature.as_str())
                 {
@@ -293,6 +305,57 @@ fn selector_labels(
     Ok(())
 }
 
+/// The labels a required node affinity term asks for (kfp-kubernetes `add_node_affinity`
+/// without a weight, or one `nodeSelectorTerms` entry): `In` with one value is a label the
+/// agent must carry. A weighted (preferred) term asks for nothing.
+fn affinity_labels(
+    term: &Value,
+    labels: &mut BTreeMap<String, String>,
+) -> Result<(), PlatformError> {
+    if term.get("weight").is_some_and(|w| !w.is_null()) {
+        return Ok(());
+    }
+    if term
+        .get("matchFields")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+    {
+        return Err(PlatformError::Affinity(
+            "matchFields is not supported".into(),
+        ));
+    }
+    let exprs = match term.get("matchExpressions") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(e)) => e,
+        Some(other) => {
+            return Err(PlatformError::Affinity(format!(
+                "matchExpressions {other} is not a list"
+            )))
+        }
+    };
+    for e in exprs {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match (op, values.as_slice()) {
+            ("In", [one]) if !key.is_empty() => {
+                labels.insert(key.to_string(), one.to_string());
+            }
+            _ => {
+                return Err(PlatformError::Affinity(format!(
+                    "expression {e} (key {key:?}, operator {op:?}, {} value(s))",
+                    values.len()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The agent labels and taint tolerations an executor's platform settings ask for. Those
 /// given as JSON from a parameter or a task output (`add_node_selector_json`,
 /// `add_toleration_json`) are read through `json` for one task; without it they are left out.
@@ -316,6 +379,41 @@ fn placement_of(
                         value,
                         want: "an object of labels",
                     })
+                }
+            }
+        }
+    }
+    for entry in list(settings, NODE_AFFINITY)? {
+        match entry.get("nodeAffinityJson") {
+            None => affinity_labels(entry, &mut labels)?,
+            Some(reference) => {
+                let Some(json) = json else { continue };
+                match json(reference)? {
+                    None => {}
+                    Some((_, affinity @ Value::Object(_))) => {
+                        let required = affinity
+                            .get("requiredDuringSchedulingIgnoredDuringExecution")
+                            .and_then(|r| r.get("nodeSelectorTerms"));
+                        match required {
+                            None | Some(Value::Null) => {}
+                            Some(Value::Array(terms)) if terms.len() == 1 => {
+                                affinity_labels(&terms[0], &mut labels)?
+                            }
+                            Some(other) => {
+                                return Err(PlatformError::Affinity(format!(
+                                    "nodeSelectorTerms {other} is not a list of one term"
+                                )))
+                            }
+                        }
+                    }
+                    Some((from, value)) => {
+                        return Err(PlatformError::RuntimeJson {
+                            what: "nodeAffinityJson",
+                            from,
+                            value,
+                            want: "a Kubernetes NodeAffinity object",
+                        })
+                    }
                 }
             }
         }
@@ -1421,6 +1519,52 @@ mod tests {
             refusals(&bad)[0].contains("operator \"Lt\""),
             "{:?}",
             refusals(&bad)
+        );
+    }
+
+    #[test]
+    fn a_required_node_affinity_of_one_value_per_key_becomes_labels() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeAffinity:\n          - matchExpressions:\n            - {key: zone, operator: In, values: [a]}\n          - matchExpressions:\n            - {key: disk, operator: In, values: [ssd, nvme]}\n            weight: 10\n          - nodeAffinityJson:\n              componentInputParameter: rows\n",
+        );
+        assert_eq!(refusals(&spec), Vec::<String>::new());
+        let (labels, _) = executor_placement(&spec, "exec-make-data");
+        assert_eq!(labels, BTreeMap::from([("zone".into(), "a".into())]));
+        let task = TaskRecord::new(
+            "make-data".into(),
+            "make-data".into(),
+            "comp-make-data".into(),
+            super::super::TaskKind::Container,
+            0,
+        );
+        let run_with = |affinity: Value| {
+            let params = BTreeMap::from([("rows".to_string(), affinity)]);
+            RunRecord::new("r".into(), spec.clone(), "file:///r".into(), params, 0)
+        };
+        let run = run_with(serde_json::json!({
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+            ]}
+        }));
+        let (labels, _) = task_placement(&run, &task, "exec-make-data").unwrap();
+        assert_eq!(labels.get("gpu").map(String::as_str), Some("h100"));
+        assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
+        let run = run_with(serde_json::json!({
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu", "operator": "NotIn", "values": ["t4"]}]}
+            ]}
+        }));
+        let err = task_placement(&run, &task, "exec-make-data")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("operator \"NotIn\""), "{err}");
+        // Refused at submit when fixed in the pipeline.
+        let r = refusal_of(
+            "          nodeAffinity:\n          - matchExpressions:\n            - {key: zone, operator: Exists}\n",
+        );
+        assert!(
+            r.contains("nodeAffinity:") && r.contains("\"Exists\""),
+            "{r}"
         );
     }
 
