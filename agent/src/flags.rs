@@ -64,6 +64,11 @@ pub struct StepFlags {
         value_name = "NAME"
     )]
     pub namespace: String,
+    /// Config map store for kfp-kubernetes `use_config_map_as_env` and
+    /// `use_config_map_as_volume`: DIR/<config map>/<key> files; each config map is advertised
+    /// as the label configmap.gantry.dev/<name>=true.
+    #[arg(long, env = "GANTRY_CONFIG_MAPS_DIR", value_name = "DIR")]
+    pub config_maps_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StepFlags {
@@ -77,6 +82,7 @@ impl Default for StepFlags {
             step_no_new_privileges: true,
             default_step_memory: "4GiB".into(),
             namespace: "gantry".into(),
+            config_maps_dir: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! artifacts. It decides nothing about placement or run state.
 
 pub mod access;
+pub mod config_maps;
 pub mod flags;
 pub use gantry_artifacts as artifacts;
 pub mod inventory;

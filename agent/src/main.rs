@@ -157,6 +157,8 @@ async fn main() -> anyhow::Result<()> {
         runtime.as_ref(),
         &mut labels,
     )?;
+    let config_maps =
+        gantry_agent::config_maps::open_store(args.steps.config_maps_dir.as_deref(), &mut labels)?;
     let work_dir = std::path::absolute(&args.work_dir)?;
     let inventory = gantry_agent::inventory::probe_host(runtime_name, &work_dir);
     // With TLS the agent is the one its certificate names: the coordinator takes the id from
@@ -200,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
             .volumes(volumes)
             .network(network)
             .uri_access(access)
-            .namespace(args.steps.namespace.clone()),
+            .namespace(args.steps.namespace.clone())
+            .config_maps(config_maps),
     ));
     let reattached = core.reattach_orphans().await;
     if reattached > 0 {

@@ -219,6 +219,9 @@ pub async fn start_embedded(
         &mut labels,
     )
     .map_err(|e| CliError::Refused(e.to_string()))?;
+    let config_maps =
+        gantry_agent::config_maps::open_store(host.steps.config_maps_dir.as_deref(), &mut labels)
+            .map_err(|e| CliError::Refused(e.to_string()))?;
     gantry_tls::identity::check_label("agent id", &agent_id).map_err(|e| {
         CliError::Refused(format!(
             "--agent-id: {e} (it is part of the agent's certificate)"
@@ -267,7 +270,8 @@ pub async fn start_embedded(
             .volumes(volumes)
             .network(network)
             .uri_access(access)
-            .namespace(host.steps.namespace.clone()),
+            .namespace(host.steps.namespace.clone())
+            .config_maps(config_maps),
     );
     let inventory = gantry_agent::inventory::probe_host(&runtime_name, &data_dir.join("agent"));
     let core = AgentCore::new(launcher);

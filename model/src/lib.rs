@@ -26,8 +26,9 @@ pub use resources::{
     GpuDevice, HostInventory, ResourceRequest, Taint, TaintEffect, TaintError, Toleration,
 };
 pub use step::{
-    secret_label, validate_resource_name, validate_secret_key, volume_label, ContainerSpec, EnvVar,
-    NameError, OutputArtifactSpec, SecretEnv, SecretVolume, StepInputs, StepOutcome, StepOutputs,
-    StepSpec, VolumeMount, RESOURCE_LABEL_VALUE,
+    config_map_label, secret_label, validate_resource_name, validate_secret_key, volume_label,
+    ConfigMapEnv, ConfigMapVolume, ContainerSpec, EnvVar, NameError, OutputArtifactSpec, SecretEnv,
+    SecretVolume, StepInputs, StepOutcome, StepOutputs, StepSpec, VolumeMount,
+    RESOURCE_LABEL_VALUE,
 };
 pub use uri_policy::UriPolicy;

@@ -41,6 +41,34 @@ pub struct ContainerSpec {
     /// (kfp-kubernetes `use_secret_as_volume`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_volumes: Vec<SecretVolume>,
+    /// Variables from the agent's config map store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_map_env: Vec<ConfigMapEnv>,
+    /// Config maps of the agent's store shown as directories of files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_map_volumes: Vec<ConfigMapVolume>,
+}
+
+/// Environment variable `env` holds key `key` of config map `config_map` from the agent's
+/// config map store (kfp-kubernetes `use_config_map_as_env`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapEnv {
+    pub config_map: String,
+    pub key: String,
+    pub env: String,
+    /// A missing config map or key leaves the variable unset instead of failing the step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// Config map `config_map` of the agent's store, mounted read-only at `mount_path`, one file
+/// per key (kfp-kubernetes `use_config_map_as_volume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapVolume {
+    pub config_map: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// Secret `secret` of the agent's secret store, mounted read-only at `mount_path`: one file
@@ -86,6 +114,11 @@ pub fn secret_label(name: &str) -> String {
 /// Label an agent carries when it has volume `name` (see [`secret_label`]).
 pub fn volume_label(name: &str) -> String {
     format!("volume.gantry.dev/{name}")
+}
+
+/// Label an agent carries when its config map store holds config map `name`.
+pub fn config_map_label(name: &str) -> String {
+    format!("configmap.gantry.dev/{name}")
 }
 
 /// Value of the [`secret_label`] and [`volume_label`] labels.

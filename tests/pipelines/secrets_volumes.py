@@ -7,7 +7,9 @@
 - missing_secret.yaml: a step needing secret `absent`, which no agent has;
 - dynamic_secret.yaml: the secret name is a pipeline parameter, resolved when the step becomes
   ready: the step gets key `token` as K and the whole secret as files under /mnt/creds, and
-  checks they agree."""
+  checks they agree;
+- config_maps.yaml: key `mode` of the config map its parameter names (default `app`) as MODE,
+  config map `app` as files under /etc/app, and an optional one that no agent has."""
 import os
 import sys
 
@@ -73,9 +75,34 @@ def dynamic_secret(secret_name: str = "api"):
     kubernetes.use_secret_as_volume(t, secret_name=secret_name, mount_path="/mnt/creds")
 
 
+@dsl.container_component
+def check_config():
+    return dsl.ContainerSpec(
+        image=IMAGE,
+        command=["sh", "-c"],
+        args=[
+            'test "$MODE" = fast || { echo "MODE is \'$MODE\'" >&2; exit 2; }\n'
+            'test "$(cat /etc/app/mode)" = fast || { echo "the file differs" >&2; exit 3; }\n'
+            'test -z "$OPT" || { echo "OPT is set" >&2; exit 4; }\n'
+            'echo "mode is $MODE"\n'
+        ],
+    )
+
+
+@dsl.pipeline(name="config-maps")
+def config_maps(cm: str = "app"):
+    t = check_config().set_caching_options(False)
+    kubernetes.use_config_map_as_env(t, config_map_name=cm, config_map_key_to_env={"mode": "MODE"})
+    kubernetes.use_config_map_as_volume(t, config_map_name="app", mount_path="/etc/app")
+    kubernetes.use_config_map_as_env(
+        t, config_map_name="absent", config_map_key_to_env={"k": "OPT"}, optional=True
+    )
+
+
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "secrets_volumes.yaml"
     here = os.path.dirname(out)
     compiler.Compiler().compile(secrets_volumes, out)
     compiler.Compiler().compile(missing_secret, os.path.join(here, "missing_secret.yaml"))
     compiler.Compiler().compile(dynamic_secret, os.path.join(here, "dynamic_secret.yaml"))
+    compiler.Compiler().compile(config_maps, os.path.join(here, "config_maps.yaml"))

@@ -4,7 +4,8 @@
 //! the value is nowhere in the coordinator's data directory, and the step's file lands in the
 //! host directory. A step needing a secret no agent has fails at once saying so; a secret name
 //! from a pipeline parameter is resolved when the step is ready (as variables and as a mounted
-//! directory), and one that is no valid name fails the task saying so.
+//! directory), and one that is no valid name fails the task saying so. Config maps from
+//! `--config-maps-dir` reach the step as variables and as files.
 
 use std::path::Path;
 use std::process::Command;
@@ -52,9 +53,20 @@ fn secrets_as_env_and_volumes_reach_the_step_and_the_value_never_leaves_the_agen
     std::fs::write(scratch.path().join("in.txt"), "from the host").unwrap();
     let volume = format!("scratch={}", scratch.path().display());
     let secrets_dir = secrets.path().display().to_string();
+    let config_maps = tempfile::tempdir().unwrap();
+    std::fs::create_dir(config_maps.path().join("app")).unwrap();
+    std::fs::write(config_maps.path().join("app/mode"), "fast").unwrap();
+    let config_maps_dir = config_maps.path().display().to_string();
     let mut env = DockerEnv::start_with(
         "secrets",
-        &["--secrets-dir", &secrets_dir, "--volume", &volume],
+        &[
+            "--secrets-dir",
+            &secrets_dir,
+            "--volume",
+            &volume,
+            "--config-maps-dir",
+            &config_maps_dir,
+        ],
     );
     let file = compile_pipeline("secrets_volumes", env.out.path()).unwrap();
     let cli = env.cluster.cli();
@@ -63,6 +75,7 @@ fn secrets_as_env_and_volumes_reach_the_step_and_the_value_never_leaves_the_agen
     let labels = &agents[0]["labels"];
     assert_eq!(labels["secret.gantry.dev/api"], "true", "{agents:#}");
     assert_eq!(labels["volume.gantry.dev/scratch"], "true", "{agents:#}");
+    assert_eq!(labels["configmap.gantry.dev/app"], "true", "{agents:#}");
 
     let (code, run) = cli.submit_wait(&file, &[]).unwrap();
     assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
@@ -134,6 +147,25 @@ fn secrets_as_env_and_volumes_reach_the_step_and_the_value_never_leaves_the_agen
     let err = t["error"].as_str().unwrap_or("");
     assert!(
         err.contains("secret name \"../etc\"") && err.contains("secretAsEnv"),
+        "{err}"
+    );
+
+    // Config maps: as variables (by a name from a parameter) and as files; an optional one no
+    // agent has is left out; a required one no agent has is unschedulable, naming it.
+    let cm = env.out.path().join("config_maps.yaml");
+    let (code, run) = cli.submit_wait(&cm, &[]).unwrap();
+    assert_eq!(code, 0, "{run:#}");
+    let cm_id = run["run_id"].as_str().unwrap().to_string();
+    let logs = cli.run(&["run", "logs", &cm_id]);
+    assert!(logs.stdout.contains("mode is fast"), "{}", logs.stdout);
+    let (code, run) = cli.submit_wait(&cm, &["cm=elsewhere"]).unwrap();
+    assert_eq!(code, 1, "{run:#}");
+    let err = task(&run, "check-config")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.starts_with("unschedulable:") && err.contains("configmap.gantry.dev/elsewhere"),
         "{err}"
     );
 

@@ -80,6 +80,7 @@ pub use self::prepare::resolve_parameter_values;
 use self::layout::{check_ids, check_task_path, Layout};
 use crate::access::UriAccess;
 use crate::artifacts::{ArtifactError, ArtifactStores};
+use crate::config_maps::{ConfigMapError, ConfigMapStore};
 use crate::placeholders::PlaceholderError;
 use crate::runtime::{ContainerRun, LogLine, LogStream, Mount, Runtime, RuntimeError};
 use crate::secrets::{self, Masker, SecretError, SecretStore};
@@ -95,6 +96,8 @@ pub enum LaunchError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Secrets(#[from] SecretError),
+    #[error(transparent)]
+    ConfigMaps(#[from] ConfigMapError),
     #[error(transparent)]
     Volumes(#[from] VolumeError),
     #[error("cannot clear {}: {error}", path.display())]
@@ -143,6 +146,20 @@ pub enum LaunchError {
     },
     #[error("secret {secret:?} would be mounted at {mount_path}, which hides the step's own files under {}", crate::runtime::STEP_ROOT)]
     SecretHidesStepRoot { secret: String, mount_path: String },
+    #[error(
+        "a {what} would be mounted at {mount_path}, which hides the step's own files under {}",
+        crate::runtime::STEP_ROOT
+    )]
+    MountHidesStepRoot {
+        what: &'static str,
+        mount_path: String,
+    },
+    #[error(
+        "the step mounts config map(s) {} as volumes, and the process runtime cannot show a \
+         directory at another path; run the agent with --runtime docker",
+        names.join(", ")
+    )]
+    ConfigMapVolumesNeedDocker { names: Vec<String> },
     /// A container of an earlier agent process lacks a label the launcher sets.
     #[error("it has no {0} label")]
     MissingLabel(&'static str),
@@ -236,6 +253,8 @@ pub struct Launcher {
     access: Arc<UriAccess>,
     /// What a step's `namespace_env` variables hold (`--namespace`).
     namespace: String,
+    /// Where `config_map_env` and `config_map_volumes` are read (`--config-maps-dir`).
+    config_maps: Option<Arc<ConfigMapStore>>,
 }
 
 /// The attempt's spec, kept in its directory while it runs so that a restarted agent can
@@ -277,7 +296,14 @@ impl Launcher {
             volumes: Volumes::default(),
             access: Arc::new(UriAccess::default()),
             namespace: "gantry".into(),
+            config_maps: None,
         }
+    }
+
+    /// The config map store steps' `config_map_env` and `config_map_volumes` are read from.
+    pub fn config_maps(mut self, store: Option<ConfigMapStore>) -> Self {
+        self.config_maps = store.map(Arc::new);
+        self
     }
 
     /// What steps read as their namespace (`--namespace`).

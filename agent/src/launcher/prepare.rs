@@ -160,6 +160,10 @@ impl Launcher {
                     .iter()
                     .map(|name| (name.clone(), self.namespace.clone())),
             )
+            .chain(crate::config_maps::env(
+                self.config_maps.as_deref(),
+                &spec.container.config_map_env,
+            )?)
             .chain(secret_env);
         for (k, v) in step_own {
             if is_reserved_env(&k) {
@@ -227,6 +231,29 @@ impl Launcher {
                         read_only: true,
                     }),
             );
+        }
+        let wanted = &spec.container.config_map_volumes;
+        if !wanted.is_empty() {
+            if !self.runtime.mounts_host_dirs() {
+                return Err(LaunchError::ConfigMapVolumesNeedDocker {
+                    names: wanted.iter().map(|w| w.config_map.clone()).collect(),
+                });
+            }
+            for (host_path, container_path) in
+                crate::config_maps::mounts(self.config_maps.as_deref(), wanted)?
+            {
+                if std::path::Path::new(&container_path).starts_with(crate::runtime::STEP_ROOT) {
+                    return Err(LaunchError::MountHidesStepRoot {
+                        what: "config map",
+                        mount_path: container_path,
+                    });
+                }
+                mounts.push(Mount {
+                    host_path,
+                    container_path,
+                    read_only: true,
+                });
+            }
         }
         Ok(mounts)
     }

@@ -33,6 +33,8 @@ fn spec() -> StepSpec {
             volumes: vec![],
             namespace_env: vec![],
             secret_volumes: vec![],
+            config_map_env: vec![],
+            config_map_volumes: vec![],
         },
         inputs: StepInputs {
             parameters: BTreeMap::from([

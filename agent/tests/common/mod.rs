@@ -47,6 +47,8 @@ pub fn step(run_id: &str, task_id: &str, root: &str, image: &str, command: &[&st
             volumes: vec![],
             namespace_env: vec![],
             secret_volumes: vec![],
+            config_map_env: vec![],
+            config_map_volumes: vec![],
         },
         inputs: StepInputs::default(),
         outputs: StepOutputs::default(),

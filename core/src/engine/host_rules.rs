@@ -45,6 +45,17 @@ pub fn check_host_rules(p: &PipelineSpec, policy: &UriPolicy) -> Result<(), Host
                                 t.name, s.env, s.secret
                             ));
                         }
+                        for c in needs
+                            .config_map_env
+                            .iter()
+                            .filter(|c| is_reserved_env(&c.env))
+                        {
+                            problems.push(format!(
+                                "task {:?}: environment variable {} (from config map {:?}) is \
+                                 reserved ({RESERVED_ENV})",
+                                t.name, c.env, c.config_map
+                            ));
+                        }
                         for (env, _) in needs.field_env.iter().filter(|(e, _)| is_reserved_env(e)) {
                             problems.push(format!(
                                 "task {:?}: environment variable {env} (from a pod field) is \

@@ -26,10 +26,12 @@
 //!   expressions with one value each adds those labels to the node selector; preferred
 //!   (weighted) terms are ignored; other required forms are refused (or, from JSON, fail the
 //!   task);
-//! - refused, naming the executor and the feature: other volumes (`configMapAsVolume`,
-//!   `emptyDirMounts`, `genericEphemeralVolume`), environment from config maps
-//!   (`configMapAsEnv`), pod fields Gantry has no value for (`status.podIP`, ...), shared
-//!   memory, the pipeline workspace (`pipelineConfig.workspace`), claims
+//! - `configMapAsEnv` and `configMapAsVolume` (`use_config_map_as_env`,
+//!   `use_config_map_as_volume`) are served by the agent's config map store, with the label
+//!   [`gantry_model::config_map_label`], as secrets are;
+//! - refused, naming the executor and the feature: other volumes (`emptyDirMounts`,
+//!   `genericEphemeralVolume`), pod fields Gantry has no value for (`status.podIP`, ...),
+//!   shared memory, the pipeline workspace (`pipelineConfig.workspace`), claims
 //!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`).
 //!
 //! Node selectors, tolerations and node affinity given as JSON from a parameter or a task
@@ -42,8 +44,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use gantry_model::{
-    secret_label, validate_resource_name, validate_secret_key, volume_label, NameError, SecretEnv,
-    SecretVolume, TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
+    config_map_label, secret_label, validate_resource_name, validate_secret_key, volume_label,
+    ConfigMapEnv, ConfigMapVolume, NameError, SecretEnv, SecretVolume, TaintEffect, Toleration,
+    VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
 use super::{RunRecord, TaskRecord, ROOT_TASK_ID};
@@ -58,6 +61,8 @@ const PVC_MOUNT: &str = "pvcMount";
 const FIELD_PATH_AS_ENV: &str = "fieldPathAsEnv";
 const SECRET_AS_VOLUME: &str = "secretAsVolume";
 const NODE_AFFINITY: &str = "nodeAffinity";
+const CONFIG_MAP_AS_ENV: &str = "configMapAsEnv";
+const CONFIG_MAP_AS_VOLUME: &str = "configMapAsVolume";
 /// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
 /// backend does the work itself instead of running them.
 const PVC_STUBS: &[(&str, &str)] = &[
@@ -128,6 +133,16 @@ pub enum PlatformError {
     SecretKey {
         key: String,
         secret: String,
+        error: NameError,
+    },
+    #[error("config map name {name:?} {error}")]
+    ConfigMapName { name: String, error: NameError },
+    #[error("an entry of keyToEnv of config map {name:?} has no {field}")]
+    ConfigMapKeyField { name: String, field: &'static str },
+    #[error("key {key:?} of config map {name:?} {error}")]
+    ConfigMapKey {
+        key: String,
+        name: String,
         error: NameError,
     },
     #[error("claim name {claim:?} {error}")]
@@ -227,6 +242,8 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                         FIELD_PATH_AS_ENV,
                         SECRET_AS_VOLUME,
                         NODE_AFFINITY,
+                        CONFIG_MAP_AS_ENV,
+                        CONFIG_MAP_AS_VOLUME,
                     ]
                     .contains(&feature.as_str())
                 {
@@ -518,6 +535,21 @@ fn placement(
     for v in needs.volumes.iter().filter(|v| v.volume != LATER) {
         labels.insert(volume_label(&v.volume), present());
     }
+    let config_maps = needs
+        .config_map_env
+        .iter()
+        .filter(|c| !c.optional)
+        .map(|c| &c.config_map)
+        .chain(
+            needs
+                .config_map_volumes
+                .iter()
+                .filter(|c| !c.optional)
+                .map(|c| &c.config_map),
+        );
+    for name in config_maps.filter(|n| *n != LATER) {
+        labels.insert(config_map_label(name), present());
+    }
     Ok((labels, tolerations))
 }
 
@@ -530,6 +562,10 @@ pub struct HostNeeds {
     pub field_env: Vec<(String, PodField)>,
     /// Secrets shown as directories (`secretAsVolume`, kfp-kubernetes `use_secret_as_volume`).
     pub secret_volumes: Vec<SecretVolume>,
+    /// `configMapAsEnv` (kfp-kubernetes `use_config_map_as_env`).
+    pub config_map_env: Vec<ConfigMapEnv>,
+    /// `configMapAsVolume` (kfp-kubernetes `use_config_map_as_volume`).
+    pub config_map_volumes: Vec<ConfigMapVolume>,
 }
 
 /// A pod field a step may read as a variable, and what it holds on Gantry (see
@@ -826,6 +862,30 @@ fn resolve_name(
     }
 }
 
+/// The config map an entry names and whether it is optional; `None` for an optional one
+/// whose name was not given at run time.
+fn config_map_name(
+    entry: &Value,
+    lookup: NameLookup<'_>,
+) -> Result<Option<(String, bool)>, PlatformError> {
+    const WHAT: &str = "Kubernetes config map name";
+    let optional = entry
+        .get("optional")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let source = name_source(entry, "configMapNameParameter", "configMapName", WHAT)?;
+    let name = match resolve_name(source, lookup, WHAT) {
+        Ok(name) => name.unwrap_or_else(|| LATER.to_string()),
+        Err(PlatformError::RuntimeNameMissing { .. }) if optional => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    validate_resource_name(&name).map_err(|error| PlatformError::ConfigMapName {
+        name: name.clone(),
+        error,
+    })?;
+    Ok(Some((name, optional)))
+}
+
 /// A variable name Docker and the process runtime can set.
 fn check_env_name(name: &str) -> Result<(), PlatformError> {
     if name.is_empty() || name.contains('=') || name.chars().any(char::is_control) {
@@ -985,6 +1045,69 @@ fn needs_of(
             optional,
         });
     }
+    let cm_env = PlatformError::in_setting(CONFIG_MAP_AS_ENV);
+    for entry in list(settings, CONFIG_MAP_AS_ENV)? {
+        let Some((name, optional)) = config_map_name(entry, lookup).map_err(&cm_env)? else {
+            continue;
+        };
+        for pair in
+            list(entry.as_object().unwrap_or(&Default::default()), "keyToEnv").map_err(&cm_env)?
+        {
+            let field = |f: &'static str| {
+                pair.get(f).and_then(Value::as_str).ok_or_else(|| {
+                    cm_env(PlatformError::ConfigMapKeyField {
+                        name: name.clone(),
+                        field: f,
+                    })
+                })
+            };
+            let (key, env) = (field("configMapKey")?, field("envVar")?);
+            validate_secret_key(key).map_err(|error| {
+                cm_env(PlatformError::ConfigMapKey {
+                    key: key.to_string(),
+                    name: name.clone(),
+                    error,
+                })
+            })?;
+            check_env_name(env).map_err(&cm_env)?;
+            needs.config_map_env.push(ConfigMapEnv {
+                config_map: name.clone(),
+                key: key.to_string(),
+                env: env.to_string(),
+                optional,
+            });
+        }
+    }
+    let cm_volume = PlatformError::in_setting(CONFIG_MAP_AS_VOLUME);
+    for entry in list(settings, CONFIG_MAP_AS_VOLUME)? {
+        let Some((name, optional)) = config_map_name(entry, lookup).map_err(&cm_volume)? else {
+            continue;
+        };
+        let mount_path = entry
+            .get("mountPath")
+            .and_then(Value::as_str)
+            .ok_or_else(|| cm_volume(PlatformError::NoMountPath(name.clone())))?;
+        check_mount_path(mount_path).map_err(&cm_volume)?;
+        let taken = needs.volumes.iter().any(|v| v.mount_path == mount_path)
+            || needs
+                .secret_volumes
+                .iter()
+                .any(|v| v.mount_path == mount_path)
+            || needs
+                .config_map_volumes
+                .iter()
+                .any(|v| v.mount_path == mount_path);
+        if taken {
+            return Err(cm_volume(PlatformError::MountPathTaken(
+                mount_path.to_string(),
+            )));
+        }
+        needs.config_map_volumes.push(ConfigMapVolume {
+            config_map: name,
+            mount_path: mount_path.to_string(),
+            optional,
+        });
+    }
     let field_env = PlatformError::in_setting(FIELD_PATH_AS_ENV);
     for entry in list(settings, FIELD_PATH_AS_ENV)? {
         let text = |f: &'static str| {
@@ -1054,18 +1177,18 @@ mod tests {
     #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          configMapAsVolume:\n          - configMapName: c\n            mountPath: /c\n          podMetadata:\n            labels: {a: b}\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          emptyDirMounts:\n          - volumeName: scratch\n            mountPath: /scratch\n          podMetadata:\n            labels: {a: b}\n",
         );
         let r = refusals(&spec);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
-            r[0].contains("exec-make-data") && r[0].contains("configMapAsVolume"),
+            r[0].contains("exec-make-data") && r[0].contains("emptyDirMounts"),
             "{r:?}"
         );
         let err = crate::engine::check_supported(&spec)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Kubernetes config map"), "{err}");
+        assert!(err.contains("Kubernetes emptyDir"), "{err}");
         let ws = with_platform(
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );
@@ -1520,6 +1643,53 @@ mod tests {
             "{:?}",
             refusals(&bad)
         );
+    }
+
+    #[test]
+    fn config_maps_become_variables_mounts_and_placement_labels() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          configMapAsEnv:\n          - configMapName: app\n            configMapNameParameter:\n              runtimeValue: {constant: app}\n            keyToEnv:\n            - {configMapKey: mode, envVar: MODE}\n          - keyToEnv:\n            - {configMapKey: k, envVar: K}\n            optional: true\n            configMapNameParameter:\n              componentInputParameter: rows\n          configMapAsVolume:\n          - {configMapName: app, mountPath: /etc/app, optional: false}\n",
+        );
+        assert_eq!(refusals(&spec), Vec::<String>::new());
+        let (labels, _) = executor_placement(&spec, "exec-make-data");
+        assert!(labels.contains_key(&config_map_label("app")), "{labels:?}");
+        let task = TaskRecord::new(
+            "make-data".into(),
+            "make-data".into(),
+            "comp-make-data".into(),
+            super::super::TaskKind::Container,
+            0,
+        );
+        // The optional one, named by a parameter without a value, is left out.
+        let run = RunRecord::new("r".into(), spec, "file:///r".into(), BTreeMap::new(), 0);
+        let needs = task_needs(&run, &task, "exec-make-data").unwrap();
+        assert_eq!(
+            needs.config_map_env,
+            vec![ConfigMapEnv {
+                config_map: "app".into(),
+                key: "mode".into(),
+                env: "MODE".into(),
+                optional: false
+            }]
+        );
+        assert_eq!(needs.config_map_volumes[0].mount_path, "/etc/app");
+        for (settings, needle) in [
+            (
+                "          configMapAsEnv:\n          - configMapName: ../x\n            keyToEnv: [{configMapKey: k, envVar: K}]\n",
+                "config map name \"../x\"",
+            ),
+            (
+                "          configMapAsEnv:\n          - configMapName: c\n            keyToEnv: [{configMapKey: k}]\n",
+                "keyToEnv of config map \"c\" has no envVar",
+            ),
+            (
+                "          configMapAsVolume:\n          - {configMapName: c, mountPath: /d}\n          secretAsVolume:\n          - {secretName: s, mountPath: /d}\n",
+                "two volumes are mounted at \"/d\"",
+            ),
+        ] {
+            let r = refusal_of(settings);
+            assert!(r.contains(needle), "{needle:?} not in {r}");
+        }
     }
 
     #[test]

@@ -201,6 +201,8 @@ pub fn step_spec(run: &RunRecord, task_id: &TaskId, attempt: u32) -> Result<Step
             secret_env: needs.secret_env,
             volumes: needs.volumes,
             secret_volumes: needs.secret_volumes,
+            config_map_env: needs.config_map_env,
+            config_map_volumes: needs.config_map_volumes,
         },
         inputs: rec.inputs.clone(),
         outputs,
