@@ -136,30 +136,26 @@ pub enum LaunchError {
         volumes.iter().map(|v| format!("{:?} at {}", v.volume, v.mount_path)).collect::<Vec<_>>().join(", ")
     )]
     VolumesNeedDocker { volumes: Vec<VolumeMount> },
+    /// Secrets or config maps (`what`) to mount, on a runtime that cannot.
     #[error(
-        "the step mounts secret(s) {} as volumes, and the process runtime cannot show a \
-         directory at another path; run the agent with --runtime docker",
-        secrets.iter().map(|v| format!("{:?} at {}", v.secret, v.mount_path)).collect::<Vec<_>>().join(", ")
+        "the step mounts {what} {} as volumes, and the process runtime cannot show a directory \
+         at another path; run the agent with --runtime docker",
+        names.join(", ")
     )]
-    SecretVolumesNeedDocker {
-        secrets: Vec<gantry_model::SecretVolume>,
+    StoreVolumesNeedDocker {
+        what: &'static str,
+        names: Vec<String>,
     },
-    #[error("secret {secret:?} would be mounted at {mount_path}, which hides the step's own files under {}", crate::runtime::STEP_ROOT)]
-    SecretHidesStepRoot { secret: String, mount_path: String },
     #[error(
-        "a {what} would be mounted at {mount_path}, which hides the step's own files under {}",
+        "{what} {name:?} would be mounted at {mount_path}, which hides the step's own files \
+         under {}",
         crate::runtime::STEP_ROOT
     )]
     MountHidesStepRoot {
         what: &'static str,
+        name: String,
         mount_path: String,
     },
-    #[error(
-        "the step mounts config map(s) {} as volumes, and the process runtime cannot show a \
-         directory at another path; run the agent with --runtime docker",
-        names.join(", ")
-    )]
-    ConfigMapVolumesNeedDocker { names: Vec<String> },
     /// A container of an earlier agent process lacks a label the launcher sets.
     #[error("it has no {0} label")]
     MissingLabel(&'static str),

@@ -195,7 +195,7 @@ impl Launcher {
     }
 
     /// The operator's mounts, then the named volumes the step asks for.
-    fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, LaunchError> {
+    pub(super) fn container_mounts(&self, spec: &StepSpec) -> Result<Vec<Mount>, LaunchError> {
         let mut mounts = self.mounts.clone();
         if !spec.container.volumes.is_empty() {
             if !self.runtime.mounts_host_dirs() {
@@ -205,57 +205,62 @@ impl Launcher {
             }
             mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
         }
-        let wanted = &spec.container.secret_volumes;
-        if !wanted.is_empty() {
-            if !self.runtime.mounts_host_dirs() {
-                return Err(LaunchError::SecretVolumesNeedDocker {
-                    secrets: wanted.clone(),
-                });
-            }
-            if let Some(w) = wanted.iter().find(|w| {
-                std::path::Path::new(&w.mount_path).starts_with(crate::runtime::STEP_ROOT)
-            }) {
-                return Err(LaunchError::SecretHidesStepRoot {
-                    secret: w.secret.clone(),
-                    mount_path: w.mount_path.clone(),
-                });
-            }
-            let found = secrets::volumes(self.secrets.as_deref(), wanted)?;
-            mounts.extend(
-                found
-                    .dirs
-                    .into_iter()
-                    .map(|(host_path, container_path)| Mount {
-                        host_path,
-                        container_path,
-                        read_only: true,
-                    }),
-            );
+        let secret_dirs = if spec.container.secret_volumes.is_empty() {
+            Vec::new()
+        } else {
+            secrets::volumes(self.secrets.as_deref(), &spec.container.secret_volumes)?.dirs
+        };
+        let secret_names = spec.container.secret_volumes.iter().map(|v| &v.secret);
+        mounts.extend(self.store_mounts("secret", secret_names, secret_dirs)?);
+        let config_dirs = crate::config_maps::mounts(
+            self.config_maps.as_deref(),
+            &spec.container.config_map_volumes,
+        )?;
+        let config_names = spec
+            .container
+            .config_map_volumes
+            .iter()
+            .map(|v| &v.config_map);
+        mounts.extend(self.store_mounts("config map", config_names, config_dirs)?);
+        Ok(mounts)
+    }
+
+    /// Read-only mounts of a store's directories (`(host dir, mount path)`) for the secrets or
+    /// config maps (`what`, `names`) a step mounts: Docker only, never over the step's own
+    /// files.
+    fn store_mounts<'a>(
+        &self,
+        what: &'static str,
+        names: impl Iterator<Item = &'a String>,
+        dirs: Vec<(std::path::PathBuf, String)>,
+    ) -> Result<Vec<Mount>, LaunchError> {
+        let names: Vec<String> = names.cloned().collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
         }
-        let wanted = &spec.container.config_map_volumes;
-        if !wanted.is_empty() {
-            if !self.runtime.mounts_host_dirs() {
-                return Err(LaunchError::ConfigMapVolumesNeedDocker {
-                    names: wanted.iter().map(|w| w.config_map.clone()).collect(),
-                });
-            }
-            for (host_path, container_path) in
-                crate::config_maps::mounts(self.config_maps.as_deref(), wanted)?
-            {
-                if std::path::Path::new(&container_path).starts_with(crate::runtime::STEP_ROOT) {
+        if !self.runtime.mounts_host_dirs() {
+            return Err(LaunchError::StoreVolumesNeedDocker { what, names });
+        }
+        dirs.into_iter()
+            .map(|(host_path, container_path)| {
+                if Path::new(&container_path).starts_with(crate::runtime::STEP_ROOT) {
+                    let name = host_path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     return Err(LaunchError::MountHidesStepRoot {
-                        what: "config map",
+                        what,
+                        name,
                         mount_path: container_path,
                     });
                 }
-                mounts.push(Mount {
+                Ok(Mount {
                     host_path,
                     container_path,
                     read_only: true,
-                });
-            }
-        }
-        Ok(mounts)
+                })
+            })
+            .collect()
     }
 
     /// The operator's labels, then the `gantry.*` ones a restarted agent finds the container

@@ -249,3 +249,22 @@ fn a_step_reads_the_agents_namespace_as_the_variables_it_names() {
     let env = default.container_env(&s).unwrap();
     assert!(env.contains(&("POD_NAMESPACE".to_string(), "gantry".to_string())));
 }
+
+#[test]
+fn the_process_runtime_refuses_secret_and_config_map_volumes_by_name() {
+    let launcher = Launcher::new(
+        Arc::new(crate::runtime::ProcessRuntime::new()),
+        PathBuf::from("/tmp/w"),
+    );
+    let mut s = spec();
+    s.container.config_map_volumes = vec![gantry_model::ConfigMapVolume {
+        config_map: "app".into(),
+        mount_path: "/etc/app".into(),
+        optional: true,
+    }];
+    let err = launcher.container_mounts(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("mounts config map app as volumes") && err.contains("--runtime docker"),
+        "{err}"
+    );
+}
