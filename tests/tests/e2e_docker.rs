@@ -149,13 +149,13 @@ fn refused_input_exits_2_and_creates_nothing() {
     let r = cli.run(&["run", "get", "no-such-run"]);
     assert_eq!(r.code, 2);
 
-    // A Kubernetes-only feature (kfp-kubernetes use_config_map_as_env): refused, the executor
-    // and the feature named.
-    let config_map = compile_pipeline("config_map_env", env.out.path()).unwrap();
-    let r = cli.run(&["run", "submit", config_map.to_str().unwrap()]);
+    // A Kubernetes-only feature (kfp-kubernetes empty_dir_mount): refused, the executor and
+    // the feature named.
+    let empty_dir = compile_pipeline("empty_dir", env.out.path()).unwrap();
+    let r = cli.run(&["run", "submit", empty_dir.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("exec-print-env") && r.stderr.contains("configMapAsEnv"),
+        r.stderr.contains("exec-print-env") && r.stderr.contains("emptyDirMounts"),
         "{}",
         r.stderr
     );
