@@ -1174,6 +1174,17 @@ mod tests {
         parse_pipeline(&format!("{PIPELINE}---\n{platform}")).unwrap()
     }
 
+    /// A root-level container task `name` of the test pipeline, running `comp-<name>`.
+    fn container_task(name: &str) -> TaskRecord {
+        TaskRecord::new(
+            name.into(),
+            name.into(),
+            format!("comp-{name}"),
+            super::super::TaskKind::Container,
+            0,
+        )
+    }
+
     #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
@@ -1320,25 +1331,13 @@ mod tests {
         // Each task resolves them from its own DAG when it becomes ready.
         let params = BTreeMap::from([("factor".to_string(), Value::from("db-creds"))]);
         let mut run = RunRecord::new("r".into(), spec, "file:///tmp/r".into(), params, 0);
-        let scale = TaskRecord::new(
-            "scale".into(),
-            "scale".into(),
-            "comp-scale".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let scale = container_task("scale");
         let needs = task_needs(&run, &scale, "exec-scale").unwrap();
         assert_eq!(needs.secret_env[0].secret, "db-creds");
         let (labels, _) = task_placement(&run, &scale, "exec-scale").unwrap();
         assert!(labels.contains_key(&secret_label("db-creds")), "{labels:?}");
 
-        let report = TaskRecord::new(
-            "report".into(),
-            "report".into(),
-            "comp-report".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let report = container_task("report");
         let err = task_needs(&run, &report, "exec-report")
             .unwrap_err()
             .to_string();
@@ -1347,13 +1346,7 @@ mod tests {
                 && err.contains("claim name comes from output \"Output\" of task \"make-data\", which did not succeed"),
             "{err}"
         );
-        let mut made = TaskRecord::new(
-            "make-data".into(),
-            "make-data".into(),
-            "comp-make-data".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let mut made = container_task("make-data");
         made.state = super::super::TaskState::Succeeded;
         made.outputs
             .parameters
@@ -1593,13 +1586,7 @@ mod tests {
             "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          nodeSelector:\n            labels: {zone: a}\n            nodeSelectorJson:\n              componentInputParameter: rows\n          tolerations:\n          - tolerationJson:\n              componentInputParameter: factor\n          - tolerationJson:\n              runtimeValue:\n                constant: {key: fixed, operator: Exists}\n",
         );
         assert_eq!(refusals(&dynamic), Vec::<String>::new());
-        let task = TaskRecord::new(
-            "make-data".into(),
-            "make-data".into(),
-            "comp-make-data".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let task = container_task("make-data");
         let run_with = |rows: Value, factor: Value| {
             let mut params = BTreeMap::new();
             for (k, v) in [("rows", rows), ("factor", factor)] {
@@ -1653,13 +1640,7 @@ mod tests {
         assert_eq!(refusals(&spec), Vec::<String>::new());
         let (labels, _) = executor_placement(&spec, "exec-make-data");
         assert!(labels.contains_key(&config_map_label("app")), "{labels:?}");
-        let task = TaskRecord::new(
-            "make-data".into(),
-            "make-data".into(),
-            "comp-make-data".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let task = container_task("make-data");
         // The optional one, named by a parameter without a value, is left out.
         let run = RunRecord::new("r".into(), spec, "file:///r".into(), BTreeMap::new(), 0);
         let needs = task_needs(&run, &task, "exec-make-data").unwrap();
@@ -1700,13 +1681,7 @@ mod tests {
         assert_eq!(refusals(&spec), Vec::<String>::new());
         let (labels, _) = executor_placement(&spec, "exec-make-data");
         assert_eq!(labels, BTreeMap::from([("zone".into(), "a".into())]));
-        let task = TaskRecord::new(
-            "make-data".into(),
-            "make-data".into(),
-            "comp-make-data".into(),
-            super::super::TaskKind::Container,
-            0,
-        );
+        let task = container_task("make-data");
         let run_with = |affinity: Value| {
             let params = BTreeMap::from([("rows".to_string(), affinity)]);
             RunRecord::new("r".into(), spec.clone(), "file:///r".into(), params, 0)
