@@ -145,6 +145,8 @@ pub(crate) fn start_cluster(with_agent: bool, tls: bool) -> Result<Cluster, CliE
     };
     let bin_dir = bin_dir_checked(needed)?;
     let mut opts = ClusterOpts::loopback(NODES);
+    // As deployed (the tests' clusters snapshot more often, to exercise it).
+    opts.snapshot_entries = gantry_model::limits::DEFAULT_SNAPSHOT_ENTRIES;
     opts.bin_dir = Some(bin_dir);
     opts.tls = tls;
     // Waits for each node to serve: blocking, so off the async workers.

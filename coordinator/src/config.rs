@@ -86,7 +86,8 @@ pub struct Args {
     #[arg(long)]
     pub heartbeat_ticks: Option<usize>,
     /// Snapshot and compact the log every this many applied entries (past a 16 MiB snapshot,
-    /// also not before the log since holds as many bytes). Default 10000.
+    /// also not before the log since holds as many bytes). Default 100000, as etcd's
+    /// `--snapshot-count`.
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
     /// The largest snapshot accepted from the leader, in bytes. Default 8 GiB.

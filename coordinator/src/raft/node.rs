@@ -90,7 +90,7 @@ impl Default for NodeConfig {
             tick_interval: Duration::from_millis(100),
             election_tick: 6,
             heartbeat_tick: 1,
-            snapshot_entries: 10_000,
+            snapshot_entries: gantry_model::limits::DEFAULT_SNAPSHOT_ENTRIES,
             initial_members: Members::new(),
             election_range: None,
         }

@@ -225,7 +225,9 @@ impl TaskRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: RunId,
-    pub pipeline: PipelineSpec,
+    /// Shared by the runs of one pipeline (see `state::pipelines`): most runs repeat a few
+    /// pipelines, and a compiled KFP pipeline (component sources included) is most of a run.
+    pub pipeline: std::sync::Arc<PipelineSpec>,
     pub pipeline_root: String,
     pub parameters: BTreeMap<String, Value>,
     pub state: RunState,
@@ -261,11 +263,12 @@ impl RunRecord {
     /// type-checked against the pipeline's inputs.
     pub fn new(
         run_id: RunId,
-        pipeline: PipelineSpec,
+        pipeline: impl Into<std::sync::Arc<PipelineSpec>>,
         pipeline_root: String,
         parameters: BTreeMap<String, Value>,
         now: i64,
     ) -> Self {
+        let pipeline: std::sync::Arc<PipelineSpec> = pipeline.into();
         let root = TaskRecord {
             state: TaskState::Running,
             inputs: StepInputs {

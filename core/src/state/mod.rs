@@ -8,6 +8,7 @@ pub mod acl;
 pub mod catalog;
 mod command;
 pub mod notify;
+mod pipelines;
 pub mod retention;
 mod watch;
 
@@ -225,6 +226,9 @@ pub struct ClusterState {
     /// Derived from `runs`, never encoded.
     #[serde(skip)]
     pub(crate) watch: watch::WatchIndex,
+    /// Which pipelines runs share; never encoded.
+    #[serde(skip)]
+    pipelines: pipelines::SharedPipelines,
 }
 
 /// The events an [`engine::advance`] calls for: new ready tasks, a finished run.
@@ -284,6 +288,13 @@ impl ClusterState {
         self.applied_index = index;
         if !self.watch.is_built() {
             self.watch.build(self.runs.values().map(|r| &**r));
+            // A decoded snapshot holds a copy of a pipeline per run.
+            for run in self.runs.values_mut() {
+                let shared = self.pipelines.share(run.pipeline.clone());
+                if !Arc::ptr_eq(&shared, &run.pipeline) {
+                    Arc::make_mut(run).pipeline = shared;
+                }
+            }
         }
         let before = if self.notifications.hooks.is_empty() {
             None
@@ -837,6 +848,7 @@ impl ClusterState {
             s.may_fire(*tick, active)
                 .map_err(catalog::CatalogError::NotFired)?;
         }
+        let pipeline = self.pipelines.share(Arc::new(pipeline));
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
             root.inputs.artifacts = artifacts;
