@@ -27,8 +27,8 @@ pub use resources::{
 };
 pub use step::{
     config_map_label, secret_label, validate_resource_name, validate_secret_key, volume_label,
-    ConfigMapEnv, ConfigMapVolume, ContainerSpec, EnvVar, NameError, OutputArtifactSpec, SecretEnv,
-    SecretVolume, StepInputs, StepOutcome, StepOutputs, StepSpec, VolumeMount,
-    RESOURCE_LABEL_VALUE,
+    ConfigMapEnv, ConfigMapVolume, ContainerSpec, EmptyDirMount, EnvVar, NameError,
+    OutputArtifactSpec, SecretEnv, SecretVolume, SharedMemory, StepInputs, StepOutcome,
+    StepOutputs, StepSpec, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 pub use uri_policy::UriPolicy;

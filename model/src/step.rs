@@ -47,6 +47,36 @@ pub struct ContainerSpec {
     /// Config maps of the agent's store shown as directories of files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_map_volumes: Vec<ConfigMapVolume>,
+    /// Scratch directories of the attempt's own (kfp-kubernetes `empty_dir_mount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub empty_dirs: Vec<EmptyDirMount>,
+    /// A `/dev/shm` of its own in memory (the `enabledSharedMemory` Kubernetes setting);
+    /// `None`: the runtime's (64 MiB under Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_memory: Option<SharedMemory>,
+}
+
+/// `/dev/shm` as a tmpfs of `size_bytes` (`None`: as large as the kernel allows a tmpfs,
+/// half the host's memory, within the step's memory limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMemory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// An empty directory the attempt sees at `mount_path`, made when it starts and removed with
+/// it (a Kubernetes emptyDir volume). `memory`: in memory (a tmpfs), as `medium: Memory`;
+/// otherwise a directory beside the attempt's files on the agent's disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyDirMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
+    /// Bytes the directory may hold: the tmpfs's size in memory. On disk it is not enforced
+    /// (the agent's work directory bounds it), which the README says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit_bytes: Option<u64>,
 }
 
 /// Environment variable `env` holds key `key` of config map `config_map` from the agent's

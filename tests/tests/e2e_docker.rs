@@ -149,19 +149,44 @@ fn refused_input_exits_2_and_creates_nothing() {
     let r = cli.run(&["run", "get", "no-such-run"]);
     assert_eq!(r.code, 2);
 
-    // A Kubernetes-only feature (kfp-kubernetes empty_dir_mount): refused, the executor and
-    // the feature named.
-    let empty_dir = compile_pipeline("empty_dir", env.out.path()).unwrap();
-    let r = cli.run(&["run", "submit", empty_dir.to_str().unwrap()]);
+    // A Kubernetes-only feature (kfp-kubernetes add_ephemeral_volume): refused, the executor
+    // and the feature named.
+    let ephemeral = compile_pipeline("ephemeral_volume", env.out.path()).unwrap();
+    let r = cli.run(&["run", "submit", ephemeral.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("exec-print-env") && r.stderr.contains("emptyDirMounts"),
+        r.stderr.contains("exec-print-env") && r.stderr.contains("genericEphemeralVolume"),
         "{}",
         r.stderr
     );
 
     let list = cli.run(&["run", "list", "-o", "json"]).json().unwrap();
     assert_eq!(list, json!([]));
+}
+
+#[test]
+fn empty_dirs_and_shared_memory_are_the_steps_own_scratch_space() {
+    let env = setup("empty-dir");
+    let (code, run) = env.submit_wait("empty_dir", &[]);
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    let mounts = task(&run, "scratch")["outputs"]["parameters"]["mounts"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let line = |path: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(path))
+            .unwrap_or_else(|| panic!("{path} is not mounted: {mounts}"))
+    };
+    assert!(
+        line("/fast").starts_with("tmpfs /fast tmpfs") && line("/fast").contains("size=16384k"),
+        "{mounts}"
+    );
+    assert!(line("/dev/shm").contains("size=262144k"), "{mounts}");
+    assert!(!line("/scratch").contains("tmpfs"), "on disk: {mounts}");
+    let id = run["run_id"].as_str().unwrap();
+    assert!(containers_of_run(id).is_empty());
 }
 
 #[test]

@@ -522,7 +522,13 @@ impl Launcher {
 
     async fn clean_up(&self, dir: &Path, outcome: &StepOutcome) {
         let targets = match outcome {
-            StepOutcome::Failed { .. } => vec![dir.join("inputs"), dir.join("tmp")],
+            // A failed attempt's files stay for whoever looks into it; its scratch space does
+            // not (an emptyDir lives as long as its pod).
+            StepOutcome::Failed { .. } => vec![
+                dir.join("inputs"),
+                dir.join("tmp"),
+                dir.join(prepare::EMPTY_DIRS),
+            ],
             _ => vec![dir.to_path_buf()],
         };
         for target in targets {

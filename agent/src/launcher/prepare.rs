@@ -12,7 +12,7 @@ use super::layout::Layout;
 use super::{container_run_name, is_metrics, LaunchError, Launcher};
 use crate::artifacts::{is_supported_uri, ArtifactError};
 use crate::placeholders::{self, StepArtifact};
-use crate::runtime::{ContainerRun, Mount};
+use crate::runtime::{ContainerRun, Mount, Tmpfs};
 use crate::secrets;
 
 /// Namespace of `{{$.pipeline_task_uuid}}` values (a v5 UUID of `run_id/task_id`).
@@ -63,13 +63,17 @@ impl Launcher {
         let args = placeholders::substitute_all(&spec.container.args, &ctx)
             .map_err(placeholder("args"))?;
 
+        let mut mounts = self.container_mounts(spec)?;
+        let (scratch, tmpfs) = self.scratch_mounts(spec, dir).await?;
+        mounts.extend(scratch);
         let run = ContainerRun {
             name: container_run_name(spec),
             image: spec.container.image.clone(),
             command,
             args,
             env: self.container_env(spec)?,
-            mounts: self.container_mounts(spec)?,
+            mounts,
+            tmpfs,
             work_dir: dir.to_path_buf(),
             labels: self.container_labels(spec),
             cpu_limit: spec.container.resources.cpu_limit,
@@ -225,6 +229,68 @@ impl Launcher {
         Ok(mounts)
     }
 
+    /// The attempt's emptyDirs and `/dev/shm`: on disk, fresh directories beside its files
+    /// (removed with them); in memory, tmpfs mounts. Docker only, never over the step's files.
+    pub(super) async fn scratch_mounts(
+        &self,
+        spec: &StepSpec,
+        dir: &Path,
+    ) -> Result<(Vec<Mount>, Vec<Tmpfs>), LaunchError> {
+        let c = &spec.container;
+        if c.empty_dirs.is_empty() && c.shared_memory.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if !self.runtime.mounts_host_dirs() {
+            let mut names: Vec<String> = c.empty_dirs.iter().map(|d| d.name.clone()).collect();
+            if c.shared_memory.is_some() {
+                names.push("/dev/shm".into());
+            }
+            return Err(LaunchError::StoreVolumesNeedDocker {
+                what: "emptyDir",
+                names,
+            });
+        }
+        let mut mounts = Vec::new();
+        let mut tmpfs: Vec<Tmpfs> = c
+            .shared_memory
+            .iter()
+            .map(|shm| Tmpfs {
+                container_path: "/dev/shm".into(),
+                size_bytes: shm.size_bytes,
+            })
+            .collect();
+        for d in &c.empty_dirs {
+            if Path::new(&d.mount_path).starts_with(crate::runtime::STEP_ROOT) {
+                return Err(LaunchError::MountHidesStepRoot {
+                    what: "emptyDir",
+                    name: d.name.clone(),
+                    mount_path: d.mount_path.clone(),
+                });
+            }
+            if d.memory {
+                tmpfs.push(Tmpfs {
+                    container_path: d.mount_path.clone(),
+                    size_bytes: d.size_limit_bytes,
+                });
+                continue;
+            }
+            let host_path = dir.join(EMPTY_DIRS).join(&d.name);
+            if let Err(error) = tokio::fs::create_dir_all(&host_path).await {
+                return Err(LaunchError::CreateDir {
+                    path: host_path,
+                    error,
+                });
+            }
+            set_mode(&host_path, 0o777).await?;
+            mounts.push(Mount {
+                host_path,
+                container_path: d.mount_path.clone(),
+                read_only: false,
+            });
+        }
+        Ok((mounts, tmpfs))
+    }
+
     /// Read-only mounts of a store's directories (`(host dir, mount path)`) for the secrets or
     /// config maps (`what`, `names`) a step mounts: Docker only, never over the step's own
     /// files.
@@ -280,6 +346,9 @@ impl Launcher {
         labels
     }
 }
+
+/// Under the attempt directory: its on-disk emptyDirs, by name.
+pub(super) const EMPTY_DIRS: &str = "empty-dirs";
 
 /// Clears what an earlier run of the same attempt left and makes the directories the step
 /// reads and writes.

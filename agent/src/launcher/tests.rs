@@ -35,6 +35,8 @@ fn spec() -> StepSpec {
             secret_volumes: vec![],
             config_map_env: vec![],
             config_map_volumes: vec![],
+            empty_dirs: vec![],
+            shared_memory: None,
         },
         inputs: StepInputs {
             parameters: BTreeMap::from([
@@ -265,6 +267,32 @@ fn the_process_runtime_refuses_secret_and_config_map_volumes_by_name() {
     let err = launcher.container_mounts(&s).unwrap_err().to_string();
     assert!(
         err.contains("mounts config map app as volumes") && err.contains("--runtime docker"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_process_runtime_refuses_empty_dirs_and_shared_memory_by_name() {
+    let launcher = Launcher::new(
+        Arc::new(crate::runtime::ProcessRuntime::new()),
+        PathBuf::from("/tmp/w"),
+    );
+    let mut s = spec();
+    s.container.empty_dirs = vec![gantry_model::EmptyDirMount {
+        name: "scratch".into(),
+        mount_path: "/scratch".into(),
+        memory: false,
+        size_limit_bytes: None,
+    }];
+    s.container.shared_memory = Some(gantry_model::SharedMemory { size_bytes: None });
+    let dir = tempfile::tempdir().unwrap();
+    let err = launcher
+        .scratch_mounts(&s, dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("emptyDir scratch, /dev/shm") && err.contains("--runtime docker"),
         "{err}"
     );
 }

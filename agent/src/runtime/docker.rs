@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, DeviceRequest, HostConfig, Mount as DockerMount, MountType,
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount as DockerMount, MountTmpfsOptions,
+    MountType,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -241,6 +242,17 @@ impl DockerRuntime {
             source: Some(m.host_path.to_string_lossy().into_owned()),
             typ: Some(MountType::BIND),
             read_only: Some(m.read_only),
+            ..Default::default()
+        }));
+        mounts.extend(spec.tmpfs.iter().map(|t| DockerMount {
+            target: Some(t.container_path.clone()),
+            typ: Some(MountType::TMPFS),
+            tmpfs_options: Some(MountTmpfsOptions {
+                size_bytes: t.size_bytes.and_then(|b| i64::try_from(b).ok()),
+                // Writable by whichever user the image runs as, as an emptyDir is.
+                mode: Some(0o1777),
+                ..Default::default()
+            }),
             ..Default::default()
         }));
         let memory = spec
@@ -623,6 +635,10 @@ mod tests {
                 container_path: "/data".into(),
                 read_only: true,
             }],
+            tmpfs: vec![super::super::Tmpfs {
+                container_path: "/dev/shm".into(),
+                size_bytes: Some(1 << 30),
+            }],
             work_dir: PathBuf::from("/w/r/t/attempt-1"),
             labels: BTreeMap::from([("gantry.run".to_string(), "r".to_string())]),
             cpu_limit: Some(1.5),
@@ -647,6 +663,13 @@ mod tests {
         assert_eq!(mounts[0].target.as_deref(), Some(STEP_ROOT));
         assert_eq!(mounts[0].source.as_deref(), Some("/w/r/t/attempt-1"));
         assert_eq!(mounts[1].read_only, Some(true));
+        assert_eq!(mounts[2].typ, Some(MountType::TMPFS));
+        assert_eq!(mounts[2].target.as_deref(), Some("/dev/shm"));
+        let tmpfs = mounts[2].tmpfs_options.as_ref().expect("tmpfs options");
+        assert_eq!(
+            (tmpfs.size_bytes, tmpfs.mode),
+            (Some(1 << 30), Some(0o1777))
+        );
         assert_eq!(hc.device_requests, None, "no GPUs, no device request");
         let with_gpus = ContainerRun {
             gpus: vec!["GPU-a".into(), "GPU-b".into()],
@@ -678,6 +701,7 @@ mod tests {
             args: vec![],
             env: vec![],
             mounts: vec![],
+            tmpfs: vec![],
             work_dir: PathBuf::from("/w"),
             labels: BTreeMap::new(),
             cpu_limit: None,

@@ -46,6 +46,15 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// A directory in memory (a tmpfs) shown to the step: a `medium: Memory` emptyDir, or
+/// `/dev/shm`. `size_bytes`: `None`, the kernel's default for a tmpfs (half the host's
+/// memory); the step's memory limit counts what it holds either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub container_path: String,
+    pub size_bytes: Option<u64>,
+}
+
 /// One attempt's process, fully resolved (placeholders substituted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerRun {
@@ -61,6 +70,8 @@ pub struct ContainerRun {
     pub env: Vec<(String, String)>,
     /// Extra mounts besides the attempt directory.
     pub mounts: Vec<Mount>,
+    /// Directories in memory (Docker runtime only).
+    pub tmpfs: Vec<Tmpfs>,
     /// The attempt's private directory on the host; the runtime shows it to the step at
     /// [`Runtime::path_map`]`(work_dir).step_root()`.
     pub work_dir: PathBuf,

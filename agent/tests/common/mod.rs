@@ -49,6 +49,8 @@ pub fn step(run_id: &str, task_id: &str, root: &str, image: &str, command: &[&st
             secret_volumes: vec![],
             config_map_env: vec![],
             config_map_volumes: vec![],
+            empty_dirs: vec![],
+            shared_memory: None,
         },
         inputs: StepInputs::default(),
         outputs: StepOutputs::default(),

@@ -29,10 +29,14 @@
 //! - `configMapAsEnv` and `configMapAsVolume` (`use_config_map_as_env`,
 //!   `use_config_map_as_volume`) are served by the agent's config map store, with the label
 //!   [`gantry_model::config_map_label`], as secrets are;
-//! - refused, naming the executor and the feature: other volumes (`emptyDirMounts`,
-//!   `genericEphemeralVolume`), pod fields Gantry has no value for (`status.podIP`, ...),
-//!   shared memory, the pipeline workspace (`pipelineConfig.workspace`), claims
-//!   the pipeline creates or deletes (`CreatePVC`, `DeletePVC`).
+//! - `emptyDirMounts` (`empty_dir_mount`): an empty directory of the attempt's own, on the
+//!   agent's disk or, with `medium: Memory`, a tmpfs of `sizeLimit`; `enabledSharedMemory`:
+//!   `/dev/shm` as a tmpfs of `size` ([`gantry_model::EmptyDirMount`],
+//!   [`gantry_model::SharedMemory`]; Docker runtime);
+//! - refused, naming the executor and the feature: other volumes (`genericEphemeralVolume`),
+//!   pod fields Gantry has no value for (`status.podIP`, ...), the pipeline workspace
+//!   (`pipelineConfig.workspace`), claims the pipeline creates or deletes (`CreatePVC`,
+//!   `DeletePVC`).
 //!
 //! Node selectors, tolerations and node affinity given as JSON from a parameter or a task
 //! output (`nodeSelectorJson`, `tolerationJson`, `nodeAffinityJson`: kfp-kubernetes
@@ -45,8 +49,8 @@ use serde_json::Value;
 
 use gantry_model::{
     config_map_label, secret_label, validate_resource_name, validate_secret_key, volume_label,
-    ConfigMapEnv, ConfigMapVolume, NameError, SecretEnv, SecretVolume, TaintEffect, Toleration,
-    VolumeMount, RESOURCE_LABEL_VALUE,
+    ConfigMapEnv, ConfigMapVolume, EmptyDirMount, NameError, SecretEnv, SecretVolume, SharedMemory,
+    TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
 use super::{RunRecord, TaskRecord, ROOT_TASK_ID};
@@ -63,6 +67,10 @@ const SECRET_AS_VOLUME: &str = "secretAsVolume";
 const NODE_AFFINITY: &str = "nodeAffinity";
 const CONFIG_MAP_AS_ENV: &str = "configMapAsEnv";
 const CONFIG_MAP_AS_VOLUME: &str = "configMapAsVolume";
+const EMPTY_DIR_MOUNTS: &str = "emptyDirMounts";
+const SHARED_MEMORY: &str = "enabledSharedMemory";
+/// Where Kubernetes (and Docker) show shared memory.
+const SHM_PATH: &str = "/dev/shm";
 /// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
 /// backend does the work itself instead of running them.
 const PVC_STUBS: &[(&str, &str)] = &[
@@ -153,6 +161,21 @@ pub enum PlatformError {
     SubPath { sub_path: String, volume: String },
     #[error("two volumes are mounted at {0:?}")]
     MountPathTaken(String),
+    #[error("emptyDir {name:?}: medium {medium:?} is not offered; use Memory, or none for disk")]
+    EmptyDirMedium { name: String, medium: String },
+    #[error("emptyDir volume name {name:?} {error}")]
+    EmptyDirName { name: String, error: NameError },
+    #[error("emptyDir {name:?}: sizeLimit {error}")]
+    EmptyDirSize {
+        name: String,
+        error: crate::ir::QuantityError,
+    },
+    #[error("an emptyDir entry has no {0}")]
+    EmptyDirField(&'static str),
+    #[error("the shared memory size {0}")]
+    SharedMemorySize(crate::ir::QuantityError),
+    #[error("enabledSharedMemory is not an object: {0}")]
+    SharedMemoryShape(Value),
     #[error(
         "fieldPath {0:?} has no value on Gantry agents; the fields given are metadata.name, \
          metadata.uid, metadata.namespace, metadata.labels['KEY'], metadata.annotations['KEY'], \
@@ -244,6 +267,8 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                         NODE_AFFINITY,
                         CONFIG_MAP_AS_ENV,
                         CONFIG_MAP_AS_VOLUME,
+                        EMPTY_DIR_MOUNTS,
+                        SHARED_MEMORY,
                     ]
                     .contains(&feature.as_str())
                 {
@@ -566,6 +591,21 @@ pub struct HostNeeds {
     pub config_map_env: Vec<ConfigMapEnv>,
     /// `configMapAsVolume` (kfp-kubernetes `use_config_map_as_volume`).
     pub config_map_volumes: Vec<ConfigMapVolume>,
+    /// `emptyDirMounts` (kfp-kubernetes `empty_dir_mount`).
+    pub empty_dirs: Vec<EmptyDirMount>,
+    /// `enabledSharedMemory`: a `/dev/shm` of this size (`None`: as large as memory allows).
+    pub shared_memory: Option<SharedMemory>,
+}
+
+impl HostNeeds {
+    /// Whether one of these mounts is already at `path`.
+    fn mounts_at(&self, path: &str) -> bool {
+        self.volumes.iter().any(|v| v.mount_path == path)
+            || self.secret_volumes.iter().any(|v| v.mount_path == path)
+            || self.config_map_volumes.iter().any(|v| v.mount_path == path)
+            || self.empty_dirs.iter().any(|v| v.mount_path == path)
+            || (self.shared_memory.is_some() && path == SHM_PATH)
+    }
 }
 
 /// A pod field a step may read as a variable, and what it holds on Gantry (see
@@ -993,7 +1033,7 @@ fn needs_of(
                 volume,
             }));
         }
-        if needs.volumes.iter().any(|v| v.mount_path == mount_path) {
+        if needs.mounts_at(mount_path) {
             return Err(pvc_mount(PlatformError::MountPathTaken(
                 mount_path.to_string(),
             )));
@@ -1029,12 +1069,7 @@ fn needs_of(
             .and_then(Value::as_str)
             .ok_or_else(|| secret_volume(PlatformError::NoMountPath(secret.clone())))?;
         check_mount_path(mount_path).map_err(&secret_volume)?;
-        let taken = needs.volumes.iter().any(|v| v.mount_path == mount_path)
-            || needs
-                .secret_volumes
-                .iter()
-                .any(|v| v.mount_path == mount_path);
-        if taken {
+        if needs.mounts_at(mount_path) {
             return Err(secret_volume(PlatformError::MountPathTaken(
                 mount_path.to_string(),
             )));
@@ -1088,16 +1123,7 @@ fn needs_of(
             .and_then(Value::as_str)
             .ok_or_else(|| cm_volume(PlatformError::NoMountPath(name.clone())))?;
         check_mount_path(mount_path).map_err(&cm_volume)?;
-        let taken = needs.volumes.iter().any(|v| v.mount_path == mount_path)
-            || needs
-                .secret_volumes
-                .iter()
-                .any(|v| v.mount_path == mount_path)
-            || needs
-                .config_map_volumes
-                .iter()
-                .any(|v| v.mount_path == mount_path);
-        if taken {
+        if needs.mounts_at(mount_path) {
             return Err(cm_volume(PlatformError::MountPathTaken(
                 mount_path.to_string(),
             )));
@@ -1122,7 +1148,76 @@ fn needs_of(
             .ok_or_else(|| field_env(PlatformError::FieldPath(path.to_string())))?;
         needs.field_env.push((env.to_string(), field));
     }
+    empty_dirs_of(settings, &mut needs)?;
     Ok(needs)
+}
+
+/// `enabledSharedMemory`, then `emptyDirMounts`: each at a path no other mount takes.
+fn empty_dirs_of(
+    settings: &serde_json::Map<String, Value>,
+    needs: &mut HostNeeds,
+) -> Result<(), PlatformError> {
+    let shm = PlatformError::in_setting(SHARED_MEMORY);
+    match settings.get(SHARED_MEMORY) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            let size = match o.get("size").and_then(Value::as_str).unwrap_or("") {
+                "" => None,
+                text => Some(
+                    crate::ir::parse_memory_quantity(text)
+                        .map_err(|e| shm(PlatformError::SharedMemorySize(e)))?,
+                ),
+            };
+            needs.shared_memory = Some(SharedMemory { size_bytes: size });
+        }
+        Some(other) => return Err(shm(PlatformError::SharedMemoryShape(other.clone()))),
+    }
+    let empty_dir = PlatformError::in_setting(EMPTY_DIR_MOUNTS);
+    for entry in list(settings, EMPTY_DIR_MOUNTS)? {
+        let text = |f: &'static str| entry.get(f).and_then(Value::as_str);
+        let name = text("volumeName")
+            .ok_or_else(|| empty_dir(PlatformError::EmptyDirField("volumeName")))?;
+        validate_resource_name(name).map_err(|error| {
+            empty_dir(PlatformError::EmptyDirName {
+                name: name.to_string(),
+                error,
+            })
+        })?;
+        let mount_path = text("mountPath")
+            .ok_or_else(|| empty_dir(PlatformError::NoMountPath(name.to_string())))?;
+        check_mount_path(mount_path).map_err(&empty_dir)?;
+        if needs.mounts_at(mount_path) {
+            return Err(empty_dir(PlatformError::MountPathTaken(
+                mount_path.to_string(),
+            )));
+        }
+        let memory = match text("medium").unwrap_or("") {
+            "" => false,
+            "Memory" => true,
+            other => {
+                return Err(empty_dir(PlatformError::EmptyDirMedium {
+                    name: name.to_string(),
+                    medium: other.to_string(),
+                }))
+            }
+        };
+        let size_limit_bytes = match text("sizeLimit").unwrap_or("") {
+            "" => None,
+            limit => Some(crate::ir::parse_memory_quantity(limit).map_err(|error| {
+                empty_dir(PlatformError::EmptyDirSize {
+                    name: name.to_string(),
+                    error,
+                })
+            })?),
+        };
+        needs.empty_dirs.push(EmptyDirMount {
+            name: name.to_string(),
+            mount_path: mount_path.to_string(),
+            memory,
+            size_limit_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Task timeouts (ms) by IR task name from `activeDeadlineSeconds`, for every task that runs
@@ -1186,20 +1281,93 @@ mod tests {
     }
 
     #[test]
+    fn empty_dirs_and_shared_memory_become_the_steps_scratch_mounts() {
+        let spec = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          emptyDirMounts:\n          - {volumeName: scratch, mountPath: /scratch}\n          - {volumeName: fast, mountPath: /fast, medium: Memory, sizeLimit: 64Mi}\n          enabledSharedMemory: {volumeName: shm, size: 1Gi}\n",
+        );
+        assert!(refusals(&spec).is_empty(), "{:?}", refusals(&spec));
+        let needs = executor_needs(&spec, "exec-make-data").unwrap();
+        assert_eq!(
+            needs.empty_dirs,
+            vec![
+                EmptyDirMount {
+                    name: "scratch".into(),
+                    mount_path: "/scratch".into(),
+                    memory: false,
+                    size_limit_bytes: None,
+                },
+                EmptyDirMount {
+                    name: "fast".into(),
+                    mount_path: "/fast".into(),
+                    memory: true,
+                    size_limit_bytes: Some(64 << 20),
+                },
+            ]
+        );
+        assert_eq!(
+            needs.shared_memory,
+            Some(SharedMemory {
+                size_bytes: Some(1 << 30)
+            })
+        );
+        let unsized_shm = with_platform(
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          enabledSharedMemory: {volumeName: shm}\n",
+        );
+        assert_eq!(
+            executor_needs(&unsized_shm, "exec-make-data")
+                .unwrap()
+                .shared_memory,
+            Some(SharedMemory { size_bytes: None })
+        );
+        for (bad, says) in [
+            (
+                "- {volumeName: h, mountPath: /h, medium: HugePages}",
+                "medium \"HugePages\" is not offered",
+            ),
+            (
+                "- {volumeName: s, mountPath: /s, sizeLimit: lots}",
+                "sizeLimit \"lots\" is not a memory amount",
+            ),
+            (
+                "- {volumeName: s, mountPath: relative}",
+                "mount path \"relative\"",
+            ),
+            (
+                "- {volumeName: s, mountPath: /dev/shm}\n          enabledSharedMemory: {}",
+                "two volumes are mounted at \"/dev/shm\"",
+            ),
+            (
+                "- {volumeName: a, mountPath: /x}\n          - {volumeName: b, mountPath: /x}",
+                "two volumes are mounted at \"/x\"",
+            ),
+            ("- {mountPath: /x}", "no volumeName"),
+        ] {
+            let spec = with_platform(&format!(
+                "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          emptyDirMounts:\n          {bad}\n"
+            ));
+            let r = refusals(&spec);
+            assert!(
+                r.len() == 1 && r[0].contains("exec-make-data") && r[0].contains(says),
+                "{bad}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
     fn kubernetes_only_features_are_refused_by_name_and_harmless_ones_ignored() {
         let spec = with_platform(
-            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          emptyDirMounts:\n          - volumeName: scratch\n            mountPath: /scratch\n          podMetadata:\n            labels: {a: b}\n",
+            "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-make-data:\n          genericEphemeralVolume:\n          - volumeName: scratch\n            mountPath: /scratch\n          podMetadata:\n            labels: {a: b}\n",
         );
         let r = refusals(&spec);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
-            r[0].contains("exec-make-data") && r[0].contains("emptyDirMounts"),
+            r[0].contains("exec-make-data") && r[0].contains("genericEphemeralVolume"),
             "{r:?}"
         );
         let err = crate::engine::check_supported(&spec)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Kubernetes emptyDir"), "{err}");
+        assert!(err.contains("Kubernetes ephemeral volume"), "{err}");
         let ws = with_platform(
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );

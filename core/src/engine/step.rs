@@ -203,6 +203,8 @@ pub fn step_spec(run: &RunRecord, task_id: &TaskId, attempt: u32) -> Result<Step
             secret_volumes: needs.secret_volumes,
             config_map_env: needs.config_map_env,
             config_map_volumes: needs.config_map_volumes,
+            empty_dirs: needs.empty_dirs,
+            shared_memory: needs.shared_memory,
         },
         inputs: rec.inputs.clone(),
         outputs,
