@@ -15,6 +15,7 @@
 //! | `{{$.outputs.artifacts['N'].metadata}}` | `{}` as JSON (metadata of an output starts empty) |
 //! | `{{$.outputs.output_file}}`, `{{$.outputMetadataUri}}` | the executor output file |
 //! | `{{$.pipeline_job_name}}`, `{{$.pipeline_job_resource_name}}`, `{{$.pipeline_job_uuid}}`, `{{$.pipeline_task_name}}`, `{{$.pipeline_task_uuid}}`, `{{$.pipeline_root}}` | run and task identity |
+//! | `{{$.workspace_path}}` | `/kfp-workspace`, where the run's workspace is mounted |
 //!
 //! Artifact `.uri` is the local path too: the step cannot reach the store itself, and KFP's
 //! Python executor treats a URI without a scheme as the path (as `kfp.local` does).
@@ -161,6 +162,8 @@ fn resolve(expr: &str, ctx: &Context) -> Result<String, PlaceholderError> {
         "$.pipeline_task_name" => return Ok(ctx.task_name.clone()),
         "$.pipeline_task_uuid" => return Ok(ctx.task_uuid.clone()),
         "$.pipeline_root" => return Ok(ctx.pipeline_root.clone()),
+        // Where the run's workspace is mounted, when the pipeline has one.
+        "$.workspace_path" => return Ok(gantry_model::WORKSPACE_PATH.to_string()),
         "$.outputs.output_file" | "$.outputMetadataUri" => return Ok(ctx.output_file.clone()),
         _ => {}
     }
@@ -429,6 +432,7 @@ mod tests {
             "{{$.outputs.output_file}}",
             "{{$.pipeline_job_name}}|{{$.pipeline_job_resource_name}}|{{$.pipeline_job_uuid}}",
             "{{$.pipeline_task_name}}|{{$.pipeline_task_uuid}}|{{$.pipeline_root}}",
+            "{{$.workspace_path}}/data",
         ]);
         assert_eq!(
             substitute_all(&args, &c).expect("substitute"),
@@ -452,6 +456,7 @@ mod tests {
                 "/gantry/outputs/executor_output.json",
                 "pipe|pipe-run-1|run-1",
                 "t|tu|s3://b/p",
+                "/kfp-workspace/data",
             ])
         );
     }
@@ -618,8 +623,12 @@ mod tests {
         assert!(e
             .to_string()
             .contains("{{$.pipeline_google_cloud_project_id}}"));
-        let e = substitute_str("--x={{$.workspace_path}}", &c).expect_err("x");
-        assert!(e.to_string().contains("{{$.workspace_path}}"), "{e}");
+        let e = substitute_str("--x={{$.pipeline_google_cloud_location}}", &c).expect_err("x");
+        assert!(
+            e.to_string()
+                .contains("{{$.pipeline_google_cloud_location}}"),
+            "{e}"
+        );
         let e = substitute_str("{{$.inputs.parameters['nope']}}", &c).expect_err("x");
         assert!(
             matches!(&e, PlaceholderError::Missing { what, .. } if what.contains("\"nope\"")),

@@ -636,6 +636,12 @@ async fn session(
                 },
                 Some(In::Cancel(r)) => core.cancel(&key_of(&r)),
                 Some(In::ResultRecorded(r)) => core.forget(&key_of(&r)),
+                Some(In::ReleaseClaims(c)) => {
+                    let work_root = core.launcher.work_root().to_path_buf();
+                    tokio::spawn(async move {
+                        crate::volumes::release_run_claims(&work_root, &c.run_id, &c.claims).await
+                    });
+                }
                 None => {}
             }
         }

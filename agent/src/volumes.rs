@@ -181,6 +181,40 @@ impl Volumes {
                 mount_path: w.mount_path.clone(),
                 have: self.by_name.keys().cloned().collect(),
             })?;
+        self.mount_of(w, v)
+    }
+
+    /// The bind mount of a volume the step's run made (kfp-kubernetes `CreatePVC`, the
+    /// workspace): its directory under `claims_dir` ([`run_claims_dir`]), made on first use.
+    pub fn run_claim_mount(
+        &self,
+        claims_dir: &Path,
+        w: &VolumeMount,
+    ) -> Result<Mount, VolumeError> {
+        validate_resource_name(&w.volume).map_err(|error| VolumeError::FlagName {
+            flag: w.volume.clone(),
+            error,
+        })?;
+        let v = HostVolume {
+            host_path: claims_dir.join(&w.volume),
+            read_only: false,
+        };
+        if let Err(error) = std::fs::create_dir_all(&v.host_path) {
+            return Err(VolumeError::CreateSubPath {
+                volume: w.volume.clone(),
+                sub_path: String::new(),
+                error,
+            });
+        }
+        // Any user the image runs as writes there, as on a freshly provisioned claim.
+        let _ = std::fs::set_permissions(
+            &v.host_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        );
+        self.mount_of(w, &v)
+    }
+
+    fn mount_of(&self, w: &VolumeMount, v: &HostVolume) -> Result<Mount, VolumeError> {
         let target = Path::new(&w.mount_path);
         let clean = target.is_absolute()
             && target
@@ -256,6 +290,34 @@ impl Volumes {
     }
 }
 
+/// Where an agent keeps the volumes run `run_id` made: `WORK_ROOT/.claims/<run>` (no run id
+/// starts with a dot, so it is no run's attempt directory).
+pub fn run_claims_dir(work_root: &Path, run_id: &str) -> PathBuf {
+    work_root.join(".claims").join(run_id)
+}
+
+/// Removes the named volumes of run `run_id`, then its directory of them once empty.
+pub async fn release_run_claims(work_root: &Path, run_id: &str, claims: &[String]) {
+    if let Err(e) = gantry_model::validate_artifact_name(run_id) {
+        tracing::warn!(run = run_id, error = %e, "not a run id; no volume removed");
+        return;
+    }
+    let dir = run_claims_dir(work_root, run_id);
+    for name in claims {
+        if validate_resource_name(name).is_err() {
+            tracing::warn!(run = run_id, claim = %name, "not a claim name; nothing removed");
+            continue;
+        }
+        match tokio::fs::remove_dir_all(dir.join(name)).await {
+            Ok(()) => tracing::info!(run = run_id, claim = %name, "removed the run's volume"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(run = run_id, claim = %name, error = %e,
+                "could not remove the run's volume"),
+        }
+    }
+    let _ = tokio::fs::remove_dir(&dir).await;
+}
+
 /// The secret store (`--secrets-dir`) and volumes (`--volume`) of an agent, their labels added
 /// to `labels`. Volumes need a runtime that can show a host directory at another path
 /// ([`Runtime::mounts_host_dirs`]).
@@ -288,6 +350,7 @@ mod tests {
             volume: volume.into(),
             mount_path: at.into(),
             sub_path: sub.into(),
+            run_claim: false,
         }
     }
 

@@ -435,6 +435,7 @@ async fn a_step_mounting_a_volume_fails_on_a_runtime_that_cannot_mount_it() {
         volume: "data".into(),
         mount_path: "/data".into(),
         sub_path: String::new(),
+        run_claim: false,
     }];
     let (outcome, _) = run_step(&env.launcher, &s).await;
     match outcome {

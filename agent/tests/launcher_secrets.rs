@@ -102,6 +102,7 @@ async fn a_missing_secret_or_a_volume_on_the_process_runtime_fails_clearly() {
         volume: "data".into(),
         mount_path: "/data".into(),
         sub_path: String::new(),
+        run_claim: false,
     }];
     let (outcome, _) = run(&env, &spec).await;
     let StepOutcome::Failed { error, .. } = &outcome else {

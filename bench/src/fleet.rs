@@ -254,6 +254,8 @@ async fn sim_session(
                 tracker.runs().entry(r.run_id).or_default().recorded += 1;
                 tracker.changed.notify_one();
             }
+            // The simulated agents mount nothing.
+            Some(In::ReleaseClaims(_)) => {}
             Some(In::Cancel(r)) => {
                 return Err(format!(
                     "unexpected cancel of {}/{}/{}",

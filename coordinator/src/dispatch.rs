@@ -215,6 +215,24 @@ impl Dispatcher {
                         Body::Cancel(crate::api::convert::attempt_ref(&attempt)),
                     );
                 }
+                Event::ClaimsReleased {
+                    agent_id,
+                    run_id,
+                    claims,
+                } => {
+                    // Not resent: an agent away now keeps the directories (README, "Volumes a
+                    // run makes").
+                    if !self.send(
+                        &agent_id,
+                        Body::ReleaseClaims(gantry_proto::v1::RunClaims {
+                            run_id: run_id.to_string(),
+                            claims: claims.clone(),
+                        }),
+                    ) {
+                        tracing::warn!(agent = %agent_id, run = %run_id, ?claims,
+                            "agent not connected; the run's volumes stay on it");
+                    }
+                }
                 Event::TasksReady { .. } | Event::CapacityChanged => self.schedule.notify_one(),
                 Event::RunsRemoved { run_ids } => {
                     let logs = self.logs.clone();

@@ -29,6 +29,6 @@ pub use step::{
     config_map_label, secret_label, validate_resource_name, validate_secret_key, volume_label,
     ConfigMapEnv, ConfigMapVolume, ContainerSpec, EmptyDirMount, EnvVar, NameError,
     OutputArtifactSpec, SecretEnv, SecretVolume, SharedMemory, StepInputs, StepOutcome,
-    StepOutputs, StepSpec, VolumeMount, RESOURCE_LABEL_VALUE,
+    StepOutputs, StepSpec, VolumeMount, RESOURCE_LABEL_VALUE, WORKSPACE_PATH,
 };
 pub use uri_policy::UriPolicy;

@@ -133,7 +133,15 @@ pub struct VolumeMount {
     pub mount_path: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sub_path: String,
+    /// A volume the run made (kfp-kubernetes `CreatePVC`, the pipeline's workspace) rather
+    /// than one of the agent's: the agent keeps it under its work directory, by run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_claim: bool,
 }
+
+/// Where a run's workspace (`platforms.kubernetes.pipelineConfig.workspace`) is mounted in every
+/// step, as in Kubeflow: the value of `{{$.workspace_path}}` (`dsl.WORKSPACE_PATH_PLACEHOLDER`).
+pub const WORKSPACE_PATH: &str = "/kfp-workspace";
 
 /// Label an agent carries when its secret store holds secret `name`: steps that need the
 /// secret select it, so they are placed only where it can be resolved.

@@ -190,6 +190,71 @@ fn empty_dirs_and_shared_memory_are_the_steps_own_scratch_space() {
 }
 
 #[test]
+fn volumes_the_run_makes_are_shared_by_its_steps_and_removed_when_deleted_or_done() {
+    let env = setup("run-volume");
+    let claims = env.cluster.data_dir.path().join("agent/.claims");
+    let (code, run) = env.submit_wait("run_volume", &[]);
+    assert_eq!(code, 0, "{run:#}\n{}", env.cluster.log());
+    let id = run["run_id"].as_str().unwrap().to_string();
+    let name = task(&run, "createpvc")["outputs"]["parameters"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(name, format!("{id}-scratch"));
+    // Both iterations read what the producer wrote on the claim.
+    let mut read: Vec<String> = run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "consume")
+        .map(|t| {
+            t["outputs"]["parameters"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    read.sort();
+    assert_eq!(read, ["hello-claim 1", "hello-claim 2"], "{run:#}");
+    assert_eq!(task(&run, "deletepvc")["state"], "SUCCEEDED");
+    // The agent kept the claim here (what is left once its runs' volumes are gone).
+    assert!(
+        claims.is_dir(),
+        "{} is not the agent's claims",
+        claims.display()
+    );
+    eventually(std::time::Duration::from_secs(10), || {
+        match claims.join(&id).join(&name).exists() {
+            true => Err("the deleted claim's directory is still there"),
+            false => Ok(()),
+        }
+    });
+
+    // The workspace: written by one step, read by the next through the path it returned.
+    let file = env.out.path().join("run_volume_workspace.yaml");
+    let (code, ws) = env.cluster.cli().submit_wait(&file, &[]).unwrap();
+    assert_eq!(code, 0, "{ws:#}\n{}", env.cluster.log());
+    assert_eq!(
+        task(&ws, "write")["outputs"]["parameters"]["path"],
+        json!("/kfp-workspace/f.txt")
+    );
+    assert_eq!(
+        task(&ws, "read")["outputs"]["parameters"]["text"]
+            .as_str()
+            .map(str::trim),
+        Some("in-workspace")
+    );
+    let ws_id = ws["run_id"].as_str().unwrap().to_string();
+    eventually(std::time::Duration::from_secs(10), || {
+        match claims.join(&ws_id).exists() {
+            true => Err("the finished run's workspace is still there"),
+            false => Ok(()),
+        }
+    });
+}
+
+#[test]
 fn cancel_stops_the_running_container() {
     let env = setup("cancel");
     let file = compile_pipeline("sleeper", env.out.path()).unwrap();

@@ -24,7 +24,8 @@ impl Launcher {
             }
             None => Value::Null,
         };
-        let parameters = output_parameters(spec, layout, &exec_out)?;
+        let mut parameters = output_parameters(spec, layout, &exec_out)?;
+        store_uris_for_paths(spec, layout, &mut parameters);
         let artifacts = self.upload_artifacts(spec, layout, &exec_out).await?;
         let outcome = StepOutcome::Succeeded {
             parameters,
@@ -174,10 +175,92 @@ fn output_parameters(
     Ok(parameters)
 }
 
+/// Kubeflow gives a step the store URI as an artifact's `.uri`; Gantry gives it the local path
+/// (the step cannot reach the store, and the SDK derives `.path` from `.uri`, as under
+/// `kfp.local`). A step that returns an artifact's `.uri` — to hand it to an importer, say —
+/// returned that path: it leaves the step as the store URI it stands for.
+fn store_uris_for_paths(
+    spec: &StepSpec,
+    layout: &Layout,
+    parameters: &mut BTreeMap<String, Value>,
+) {
+    let mut by_path = BTreeMap::new();
+    for (name, list) in &spec.inputs.artifacts {
+        for (i, a) in list.iter().enumerate() {
+            if crate::artifacts::is_supported_uri(&a.uri) {
+                by_path.insert(
+                    layout.step(&super::prepare::input_rel(name, i, &a.uri)),
+                    &a.uri,
+                );
+            }
+        }
+    }
+    for (name, out) in &spec.outputs.artifacts {
+        by_path.insert(layout.step(&format!("outputs/artifacts/{name}")), &out.uri);
+    }
+    for v in parameters.values_mut() {
+        if let Some(uri) = v.as_str().and_then(|s| by_path.get(s)) {
+            *v = Value::String(uri.to_string());
+        }
+    }
+}
+
 /// `uri` lies under `root` (`root` itself or below `root/`), with no `..` segment.
 pub(super) fn under_root(uri: &str, root: &str) -> bool {
     let root = root.trim_end_matches('/');
     !root.is_empty()
         && (uri == root || uri.starts_with(&format!("{root}/")))
         && !uri.split('/').any(|seg| seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::PathMap;
+    use serde_json::json;
+
+    #[test]
+    fn a_returned_artifact_path_leaves_the_step_as_its_store_uri() {
+        let mut spec = super::super::tests::spec();
+        let layout = Layout {
+            host: "/w/run-1/t/attempt-1".into(),
+            map: PathMap::new("/w/run-1/t/attempt-1", "/gantry"),
+        };
+        let input_uri = "s3://b/run-0/p/attempt-1/data".to_string();
+        spec.inputs.artifacts.insert(
+            "data".into(),
+            vec![ArtifactRef {
+                name: "data".into(),
+                uri: input_uri.clone(),
+                schema_title: "system.Dataset".into(),
+                schema_version: "0.0.1".into(),
+                metadata: Default::default(),
+            }],
+        );
+        let staged = layout.step(&super::super::prepare::input_rel("data", 0, &input_uri));
+        assert_eq!(staged, "/gantry/inputs/data/0/data");
+        spec.outputs.artifacts.insert(
+            "model".into(),
+            gantry_model::OutputArtifactSpec {
+                uri: "s3://b/run-1/t/model".into(),
+                schema_title: "system.Model".into(),
+                schema_version: "0.0.1".into(),
+            },
+        );
+        let mut params = BTreeMap::from([
+            ("in".to_string(), Value::String(staged.clone())),
+            ("out".to_string(), json!("/gantry/outputs/artifacts/model")),
+            ("near".to_string(), Value::String(format!("{staged}/x"))),
+            ("n".to_string(), json!(3)),
+        ]);
+        store_uris_for_paths(&spec, &layout, &mut params);
+        assert_eq!(params["in"], json!(input_uri));
+        assert_eq!(params["out"], json!("s3://b/run-1/t/model"));
+        assert_eq!(
+            params["near"],
+            json!(format!("{staged}/x")),
+            "only whole paths"
+        );
+        assert_eq!(params["n"], json!(3));
+    }
 }

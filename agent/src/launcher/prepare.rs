@@ -121,7 +121,7 @@ impl Launcher {
                         why,
                     });
                 }
-                let rel = format!("inputs/{name}/{i}/{}", last_segment(&a.uri));
+                let rel = input_rel(name, i, &a.uri);
                 match self.stores.download(&a.uri, &layout.host(&rel)).await {
                     Ok(_) => {}
                     Err(ArtifactError::NotFound(_)) if is_metrics(&a.schema_title) => {
@@ -207,7 +207,17 @@ impl Launcher {
                     volumes: spec.container.volumes.clone(),
                 });
             }
-            mounts.extend(self.volumes.mounts_for(&spec.container.volumes)?);
+            let (run_claims, own): (Vec<_>, Vec<_>) = spec
+                .container
+                .volumes
+                .iter()
+                .cloned()
+                .partition(|v| v.run_claim);
+            mounts.extend(self.volumes.mounts_for(&own)?);
+            let claims_dir = crate::volumes::run_claims_dir(&self.work_root, spec.run_id.as_str());
+            for v in &run_claims {
+                mounts.push(self.volumes.run_claim_mount(&claims_dir, v)?);
+            }
         }
         let secret_dirs = if spec.container.secret_volumes.is_empty() {
             Vec::new()
@@ -457,6 +467,12 @@ pub fn resolve_parameter_values(
             (k.clone(), v)
         })
         .collect()
+}
+
+/// Where input artifact `i` of input `name`, stored at `uri`, is staged in the attempt
+/// directory.
+pub(super) fn input_rel(name: &str, i: usize, uri: &str) -> String {
+    format!("inputs/{name}/{i}/{}", last_segment(uri))
 }
 
 /// The last segment of a URI, usable as a file name (`data` when there is none).

@@ -15,7 +15,7 @@ use super::prepare::{identity, last_segment};
 use super::*;
 use crate::placeholders::{self, StepArtifact};
 
-fn spec() -> StepSpec {
+pub(super) fn spec() -> StepSpec {
     StepSpec {
         run_id: "run-1".into(),
         task_id: "for-loop-2/0/train".into(),
@@ -75,8 +75,14 @@ fn parameter_values_resolve_self_references_and_run_identity() {
     assert_eq!(p["task"], json!("train"));
     assert_eq!(p["greeting"], json!("hi-3-there"));
     assert_eq!(p["n"], json!(3));
+    assert_eq!(p["ws"], json!("/kfp-workspace"));
     // Unknown: kept as it was, for the step to see.
-    assert_eq!(p["ws"], json!("{{$.workspace_path}}"));
+    let unknown = BTreeMap::from([(
+        "x".to_string(),
+        json!("{{$.pipeline_google_cloud_project_id}}"),
+    )]);
+    let kept = resolve_parameter_values(&unknown, &ident);
+    assert_eq!(kept["x"], json!("{{$.pipeline_google_cloud_project_id}}"));
     assert_eq!(ident.job_resource_name, "my-pipeline-run-1");
     assert!(ident.job_resource_name.starts_with("my-pipeline-"));
     assert_eq!(ident.task_uuid.len(), 36);

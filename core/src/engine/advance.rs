@@ -1,6 +1,6 @@
 //! Moving a run forward to the next fixpoint.
 
-use gantry_model::{ArtifactRef, TaskId};
+use gantry_model::{AgentId, ArtifactRef, TaskId};
 
 use super::resolve::{dag_outputs, resolve_inputs, Resolution};
 use super::{RunRecord, RunState, TaskKind, TaskRecord, TaskState, ROOT_TASK_ID};
@@ -16,6 +16,9 @@ pub struct Progress {
     pub ready: Vec<TaskId>,
     /// The run reached a terminal state in this call.
     pub finished: Option<RunState>,
+    /// Claims the run is done with (deleted, or left when it ended), by the agent that holds
+    /// them: it removes them.
+    pub released: Vec<(AgentId, Vec<String>)>,
 }
 
 pub(crate) fn component<'a>(pipeline: &'a PipelineSpec, key: &str) -> Option<&'a ComponentSpec> {
@@ -147,6 +150,10 @@ fn decide(run: &RunRecord, parent_id: &str, spec: &TaskSpec, now: i64) -> Option
                 return Some(rec);
             }
         }
+    }
+    if let Some(stub) = super::claims::stub_of(&run.pipeline, comp) {
+        super::claims::run_stub(run, stub, &mut rec, now);
+        return Some(rec);
     }
     match kind {
         TaskKind::Dag | TaskKind::Loop => {
@@ -301,7 +308,14 @@ fn step_dag(run: &mut RunRecord, dag_id: &str, now: i64, progress: &mut Progress
             created.push(rec);
         }
     }
-    for rec in created {
+    for mut rec in created {
+        let stub = component(&run.pipeline, &rec.component)
+            .and_then(|c| super::claims::stub_of(&run.pipeline, c));
+        if let Some(stub) = stub {
+            if let Some((name, Some(home))) = super::claims::record(run, stub, &mut rec, now) {
+                progress.released.push((home, vec![name]));
+            }
+        }
         if rec.state == TaskState::Ready {
             progress.ready.push(rec.task_id.clone());
         }
@@ -484,6 +498,7 @@ fn settle_run(run: &mut RunRecord, now: i64, progress: &mut Progress) {
             run.state = state;
             run.finished_at = Some(now);
             progress.finished = Some(state);
+            progress.released.extend(super::claims::left_over(run));
         }
     }
 }

@@ -10,6 +10,7 @@
 mod advance;
 pub mod approval;
 mod cache;
+pub mod claims;
 mod host_rules;
 mod loops;
 mod outcome_check;
@@ -256,6 +257,9 @@ pub struct RunRecord {
     /// What the KFP API attaches to the run; `None` for runs submitted through Gantry's API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<crate::state::catalog::RunInfo>>,
+    /// Volumes the run made (`CreatePVC`, its workspace) by name ([`claims`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, claims::RunClaim>,
 }
 
 impl RunRecord {
@@ -269,6 +273,7 @@ impl RunRecord {
         now: i64,
     ) -> Self {
         let pipeline: std::sync::Arc<PipelineSpec> = pipeline.into();
+        let claims = claims::initial_claims(&pipeline);
         let root = TaskRecord {
             state: TaskState::Running,
             inputs: StepInputs {
@@ -303,6 +308,7 @@ impl RunRecord {
             priority: 0,
             uri_policy: None,
             info: None,
+            claims,
         }
     }
 

@@ -33,10 +33,11 @@
 //!   agent's disk or, with `medium: Memory`, a tmpfs of `sizeLimit`; `enabledSharedMemory`:
 //!   `/dev/shm` as a tmpfs of `size` ([`gantry_model::EmptyDirMount`],
 //!   [`gantry_model::SharedMemory`]; Docker runtime);
+//! - claims the pipeline creates and deletes (`CreatePVC`, `DeletePVC`) and its workspace
+//!   (`pipelineConfig.workspace`, mounted at `/kfp-workspace` in every step) are volumes of the
+//!   run on the agent the first task that mounts them runs on ([`super::claims`]);
 //! - refused, naming the executor and the feature: other volumes (`genericEphemeralVolume`),
-//!   pod fields Gantry has no value for (`status.podIP`, ...), the pipeline workspace
-//!   (`pipelineConfig.workspace`), claims the pipeline creates or deletes (`CreatePVC`,
-//!   `DeletePVC`).
+//!   pod fields Gantry has no value for (`status.podIP`, ...).
 //!
 //! Node selectors, tolerations and node affinity given as JSON from a parameter or a task
 //! output (`nodeSelectorJson`, `tolerationJson`, `nodeAffinityJson`: kfp-kubernetes
@@ -53,8 +54,8 @@ use gantry_model::{
     TaintEffect, Toleration, VolumeMount, RESOURCE_LABEL_VALUE,
 };
 
-use super::{RunRecord, TaskRecord, ROOT_TASK_ID};
-use crate::ir::{ExecutorSpec, Implementation, PipelineSpec};
+use super::{claims, RunRecord, TaskRecord, ROOT_TASK_ID};
+use crate::ir::{Implementation, PipelineSpec};
 
 const IGNORED: &[&str] = &["podMetadata", "imagePullSecret", "imagePullPolicy"];
 const TIMEOUT: &str = "activeDeadlineSeconds";
@@ -71,12 +72,6 @@ const EMPTY_DIR_MOUNTS: &str = "emptyDirMounts";
 const SHARED_MEMORY: &str = "enabledSharedMemory";
 /// Where Kubernetes (and Docker) show shared memory.
 const SHM_PATH: &str = "/dev/shm";
-/// Images kfp-kubernetes gives the executors of `CreatePVC` and `DeletePVC`: Kubeflow's
-/// backend does the work itself instead of running them.
-const PVC_STUBS: &[(&str, &str)] = &[
-    ("argostub/createpvc", "CreatePVC"),
-    ("argostub/deletepvc", "DeletePVC"),
-];
 
 /// Why an executor's Kubernetes settings cannot be honoured (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,6 +156,13 @@ pub enum PlatformError {
     SubPath { sub_path: String, volume: String },
     #[error("two volumes are mounted at {0:?}")]
     MountPathTaken(String),
+    #[error("claim {claim:?} was deleted by task {by:?} before this task could mount it")]
+    ClaimDeleted { claim: String, by: String },
+    #[error(
+        "it mounts claims of the run that live on two agents, {first:?} and {second:?}; a \
+         task may mount the run's claims only from one agent"
+    )]
+    ClaimsApart { first: String, second: String },
     #[error("emptyDir {name:?}: medium {medium:?} is not offered; use Memory, or none for disk")]
     EmptyDirMedium { name: String, medium: String },
     #[error("emptyDir volume name {name:?} {error}")]
@@ -280,30 +282,6 @@ pub fn refusals(spec: &PipelineSpec) -> Vec<String> {
                 ));
             }
         }
-    }
-    for (label, exec) in &spec.executors {
-        let ExecutorSpec::Container(c) = exec else {
-            continue;
-        };
-        let image = c.image.split(':').next().unwrap_or("");
-        if let Some((_, what)) = PVC_STUBS.iter().find(|(stub, _)| *stub == image) {
-            out.push(format!(
-                "executor {label:?} is kfp-kubernetes {what} (it creates or deletes a Kubernetes \
-                 persistent volume claim), which Gantry agents cannot do; give agents a host \
-                 directory with --volume NAME=HOST_PATH and mount it by name with mount_pvc"
-            ));
-        }
-    }
-    let workspace = spec
-        .platform_spec
-        .as_ref()
-        .and_then(|p| p.pointer("/platforms/kubernetes/pipelineConfig/workspace"));
-    if workspace.is_some() {
-        out.push(
-            "the pipeline uses a workspace (platforms.kubernetes.pipelineConfig.workspace, a shared \
-             Kubernetes volume), which has no equivalent on Gantry agents"
-                .to_string(),
-        );
     }
     out
 }
@@ -515,7 +493,41 @@ pub fn task_placement(
 ) -> Result<(BTreeMap<String, String>, Vec<Toleration>), PlatformError> {
     let lookup = task_lookup(run, rec);
     let json = |reference: &Value| task_json(run, rec, reference);
-    placement(&run.pipeline, label, Some(&lookup), Some(&json))
+    let (mut labels, tolerations) = placement(&run.pipeline, label, Some(&lookup), Some(&json))?;
+    if !run.claims.is_empty() {
+        // A claim the run made is on no agent's list of volumes: the task goes where it lives.
+        let mut home: Option<&str> = None;
+        for v in task_needs(run, rec, label)?
+            .volumes
+            .iter()
+            .filter(|v| v.run_claim)
+        {
+            labels.remove(&volume_label(&v.volume));
+            let Some(h) = run
+                .claims
+                .get(&v.volume)
+                .and_then(|c| c.home.as_ref())
+                .map(|h| h.as_str())
+            else {
+                continue;
+            };
+            match home {
+                Some(other) if other != h => {
+                    return Err(PlatformError::in_executor(label)(
+                        PlatformError::ClaimsApart {
+                            first: other.to_string(),
+                            second: h.to_string(),
+                        },
+                    ))
+                }
+                _ => home = Some(h),
+            }
+        }
+        if let Some(h) = home {
+            labels.insert(claims::AGENT_ID_LABEL.to_string(), h.to_string());
+        }
+    }
+    Ok((labels, tolerations))
 }
 
 fn placement(
@@ -737,6 +749,36 @@ pub fn task_needs(
         }
         None => Ok(HostNeeds::default()),
     }
+    .and_then(|needs| with_run_claims(run, needs).map_err(PlatformError::in_executor(label)))
+}
+
+/// Marks the mounts of claims the run made, refuses a deleted one, and adds the workspace.
+fn with_run_claims(run: &RunRecord, mut needs: HostNeeds) -> Result<HostNeeds, PlatformError> {
+    if run.claims.is_empty() {
+        return Ok(needs);
+    }
+    for v in &mut needs.volumes {
+        let Some(c) = run.claims.get(&v.volume) else {
+            continue;
+        };
+        if let Some(by) = &c.deleted_by {
+            return Err(PlatformError::ClaimDeleted {
+                claim: v.volume.clone(),
+                by: by.to_string(),
+            });
+        }
+        v.run_claim = true;
+    }
+    if run.claims.contains_key(claims::WORKSPACE_CLAIM) && !needs.mounts_at(claims::WORKSPACE_PATH)
+    {
+        needs.volumes.push(VolumeMount {
+            volume: claims::WORKSPACE_CLAIM.to_string(),
+            mount_path: claims::WORKSPACE_PATH.to_string(),
+            sub_path: String::new(),
+            run_claim: true,
+        });
+    }
+    Ok(needs)
 }
 
 /// A value from the task's enclosing DAG (its input parameters, its other tasks' outputs),
@@ -1042,6 +1084,7 @@ fn needs_of(
             volume,
             mount_path: mount_path.to_string(),
             sub_path: sub_path.trim_end_matches('/').to_string(),
+            run_claim: false,
         });
     }
     let secret_volume = PlatformError::in_setting(SECRET_AS_VOLUME);
@@ -1371,7 +1414,10 @@ mod tests {
         let ws = with_platform(
             "platforms:\n  kubernetes:\n    pipelineConfig:\n      workspace:\n        size: 1Gi\n",
         );
-        assert!(refusals(&ws)[0].contains("workspace"));
+        assert!(
+            refusals(&ws).is_empty(),
+            "a workspace is the run's own volume"
+        );
     }
 
     /// As kfp-kubernetes 2.16.1 writes `use_secret_as_env` and `mount_pvc` with constant names.
@@ -1440,12 +1486,14 @@ mod tests {
                 VolumeMount {
                     volume: "v1".into(),
                     mount_path: "/data".into(),
-                    sub_path: String::new()
+                    sub_path: String::new(),
+                    run_claim: false,
                 },
                 VolumeMount {
                     volume: "v2".into(),
                     mount_path: "/data2".into(),
-                    sub_path: "sub/dir".into()
+                    sub_path: "sub/dir".into(),
+                    run_claim: false,
                 },
             ]
         );
@@ -1715,20 +1763,6 @@ mod tests {
             let r = refusal_of(settings);
             assert!(r.contains(needle), "{needle:?} not in {r}");
         }
-    }
-
-    #[test]
-    fn create_and_delete_pvc_tasks_are_refused() {
-        let mut spec = parse_pipeline(PIPELINE).unwrap();
-        let Some(ExecutorSpec::Container(c)) = spec.executors.values_mut().next() else {
-            panic!("the test pipeline has a container executor");
-        };
-        c.image = "argostub/createpvc".into();
-        let r = refusals(&spec);
-        assert!(
-            r.len() == 1 && r[0].contains("CreatePVC") && r[0].contains("--volume"),
-            "{r:?}"
-        );
     }
 
     #[test]

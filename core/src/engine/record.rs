@@ -110,6 +110,7 @@ pub fn record_assignment(
     if run.state == RunState::Pending {
         run.state = RunState::Running;
     }
+    super::claims::settle(run, task_id, agent);
     Ok(())
 }
 

@@ -849,3 +849,145 @@ fn a_loop_that_would_pass_the_task_limit_fails_when_it_starts_naming_the_limit()
     assert_eq!(state(&run, "for-loop-4"), TaskState::Running);
     assert_eq!(ids_with(&run, "/cell").len(), 12);
 }
+
+const RUN_VOLUME: &str = include_str!("testdata/run_volume.yaml");
+const WORKSPACE: &str = include_str!("testdata/workspace.yaml");
+
+/// Places container task `id` on `agent` and records its success; the progress that followed.
+fn succeed_on(run: &mut RunRecord, id: &str, agent: &str, now: i64) -> Progress {
+    let id = &TaskId::from(id);
+    let attempt = run.tasks[id].attempts.len() as u32 + 1;
+    record_assignment(run, id, attempt, &agent.into(), &[], now).expect("assignable");
+    let spec = step_spec(run, id, attempt).expect("step spec");
+    let parameters = spec
+        .outputs
+        .parameters
+        .keys()
+        .map(|k| (k.clone(), json!("x")))
+        .collect();
+    let outcome = StepOutcome::Succeeded {
+        parameters,
+        artifacts: BTreeMap::new(),
+    };
+    assert_eq!(
+        record_outcome(run, id, attempt, outcome, now + 1),
+        OutcomeEffect::Recorded
+    );
+    advance_from(run, id, now + 1)
+}
+
+fn pinned_to(run: &RunRecord, id: &str) -> Option<String> {
+    task_resources(run, &run.tasks[&TaskId::from(id)])
+        .expect("resources")
+        .node_selector
+        .get(claims::AGENT_ID_LABEL)
+        .cloned()
+}
+
+#[test]
+fn a_claim_the_run_makes_lives_where_it_is_first_mounted_and_is_released_when_deleted() {
+    let mut run = new_run(RUN_VOLUME, &[]);
+    // CreatePVC runs nothing: it names the claim after the run.
+    assert_eq!(state(&run, "createpvc"), TaskState::Succeeded);
+    let name = "run-1-scratch";
+    assert_eq!(
+        run.tasks["createpvc"].outputs.parameters["name"],
+        json!(name)
+    );
+    assert_eq!(ready(&run), vec!["produce"]);
+    let produce = step_spec(&run, &"produce".into(), 1).expect("spec");
+    let mount = &produce.container.volumes[0];
+    assert!(mount.run_claim && mount.volume == name && mount.mount_path == "/data");
+    let selector = task_resources(&run, &run.tasks["produce"])
+        .unwrap()
+        .node_selector;
+    assert!(selector.is_empty(), "no agent has it yet: {selector:?}");
+
+    succeed_on(&mut run, "produce", "agent-b", 1);
+    assert_eq!(
+        run.claims[name].home.as_ref().map(|a| a.as_str()),
+        Some("agent-b")
+    );
+    let consumers = ready(&run);
+    assert_eq!(consumers.len(), 2, "{consumers:?}");
+    for id in &consumers {
+        assert_eq!(pinned_to(&run, id).as_deref(), Some("agent-b"), "{id}");
+    }
+    succeed_on(&mut run, &consumers[0], "agent-b", 3);
+    let last = succeed_on(&mut run, &consumers[1], "agent-b", 5);
+    // DeletePVC runs nothing either: the agent that holds the claim is told to remove it.
+    assert_eq!(state(&run, "deletepvc"), TaskState::Succeeded);
+    assert_eq!(
+        run.claims[name].deleted_by.as_ref().map(|t| t.as_str()),
+        Some("deletepvc")
+    );
+    assert_eq!(
+        last.released,
+        vec![("agent-b".into(), vec![name.to_string()])]
+    );
+    assert_eq!(run.state, RunState::Succeeded);
+    assert!(claims::left_over(&run).is_empty());
+}
+
+#[test]
+fn a_workspace_is_mounted_in_every_step_and_released_when_the_run_ends() {
+    let mut run = new_run(WORKSPACE, &[]);
+    assert!(run.claims.contains_key(claims::WORKSPACE_CLAIM));
+    let write = step_spec(&run, &"write".into(), 1).expect("spec");
+    let mount = &write.container.volumes[0];
+    assert!(mount.run_claim && mount.mount_path == claims::WORKSPACE_PATH);
+    succeed_on(&mut run, "write", "agent-c", 1);
+    assert_eq!(pinned_to(&run, "read").as_deref(), Some("agent-c"));
+    let end = succeed_on(&mut run, "read", "agent-c", 3);
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(
+        end.released,
+        vec![("agent-c".into(), vec![claims::WORKSPACE_CLAIM.to_string()])]
+    );
+}
+
+#[test]
+fn create_pvc_needs_one_valid_name_and_delete_pvc_only_deletes_the_runs_own() {
+    let spec = parse_pipeline(RUN_VOLUME).expect("fixture parses");
+    let run = RunRecord::new("run-1".into(), spec, "s3://b/r".into(), BTreeMap::new(), 0);
+    let rec = |params: Value| {
+        let mut rec = TaskRecord::new("t".into(), "t".into(), "c".into(), TaskKind::Container, 0);
+        rec.inputs.parameters = params
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
+        rec
+    };
+    for (stub, params, says) in [
+        (
+            claims::Stub::Create,
+            json!({}),
+            "neither pvc_name nor pvc_name_suffix",
+        ),
+        (
+            claims::Stub::Create,
+            json!({"pvc_name": "a", "pvc_name_suffix": "-b"}),
+            "not both",
+        ),
+        (
+            claims::Stub::Create,
+            json!({"pvc_name": "no/slash"}),
+            "may hold only",
+        ),
+        (
+            claims::Stub::Delete,
+            json!({"pvc_name": "elsewhere"}),
+            "not a claim this run made",
+        ),
+        (claims::Stub::Delete, json!({}), "pvc_name is not given"),
+    ] {
+        let mut r = rec(params.clone());
+        claims::run_stub(&run, stub, &mut r, 1);
+        assert_eq!(r.state, TaskState::Failed, "{params}");
+        let error = r.error.unwrap_or_default();
+        assert!(error.contains(says), "{params}: {error}");
+    }
+    let mut ok = rec(json!({"pvc_name": "mine"}));
+    claims::run_stub(&run, claims::Stub::Create, &mut ok, 1);
+    assert_eq!(ok.outputs.parameters["name"], json!("mine"));
+}

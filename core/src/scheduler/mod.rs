@@ -211,7 +211,15 @@ fn agent_view(a: &AgentRecord) -> AgentView {
                 in_use: a.gpus_in_use.contains_key(&g.uuid),
             })
             .collect(),
-        labels: a.labels.clone(),
+        labels: {
+            // A task that mounts a claim of its run asks for the agent that holds it.
+            let mut labels = a.labels.clone();
+            labels.insert(
+                crate::engine::claims::AGENT_ID_LABEL.to_string(),
+                a.agent_id.to_string(),
+            );
+            labels
+        },
         taints: a.taints.clone(),
         accepting: !a.draining,
     }

@@ -80,10 +80,29 @@ impl AgentRecord {
                             && matching::gpu_model_matches(req.accelerator_type.as_deref(), &g.name)
                     })
             });
+        let pinned_elsewhere = req
+            .node_selector
+            .get(engine::claims::AGENT_ID_LABEL)
+            .is_some_and(|id| id != self.agent_id.as_str());
         let placement_ok = !self.draining
-            && matching::missing_label(&req.node_selector, &self.labels).is_none()
+            && !pinned_elsewhere
+            && matching::missing_label(&without_agent_id(&req.node_selector), &self.labels)
+                .is_none()
             && matching::blocking_taint(&self.taints, &req.tolerations).is_none();
         cpu_ok && mem_ok && gpu_ok && placement_ok
+    }
+}
+
+/// A selector less the agent id it may name, which is no label an agent reports.
+fn without_agent_id(
+    selector: &BTreeMap<String, String>,
+) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+    if selector.contains_key(engine::claims::AGENT_ID_LABEL) {
+        let mut s = selector.clone();
+        s.remove(engine::claims::AGENT_ID_LABEL);
+        std::borrow::Cow::Owned(s)
+    } else {
+        std::borrow::Cow::Borrowed(selector)
     }
 }
 
@@ -184,6 +203,12 @@ pub enum Event {
     RunsRemoved {
         run_ids: Vec<RunId>,
     },
+    /// Tell `agent_id` to remove these volumes of the run (deleted, or left when it ended).
+    ClaimsReleased {
+        agent_id: AgentId,
+        run_id: RunId,
+        claims: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,6 +267,13 @@ fn note_progress(events: &mut Vec<Event>, run_id: &RunId, progress: engine::Prog
         events.push(Event::RunFinished {
             run_id: run_id.clone(),
             state,
+        });
+    }
+    for (agent_id, claims) in progress.released {
+        events.push(Event::ClaimsReleased {
+            agent_id,
+            run_id: run_id.clone(),
+            claims,
         });
     }
 }
