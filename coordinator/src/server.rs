@@ -194,6 +194,8 @@ pub struct Coordinator {
     pub idempotency_window_ms: i64,
     /// Held while a snapshot is being received: one transfer at a time.
     pub receiving_snapshot: tokio::sync::Mutex<()>,
+    /// The pipelines this node accepted lately, parsed, by their text.
+    pub parsed: crate::api::parsed::ParsedPipelines,
     pub transport: crate::auth::Transport,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -541,6 +543,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         delete_removed_run_artifacts: cfg.delete_removed_run_artifacts,
         idempotency_window_ms: cfg.idempotency_window_ms,
         receiving_snapshot: tokio::sync::Mutex::new(()),
+        parsed: Default::default(),
         transport: if tls.is_some() {
             crate::auth::Transport::Tls
         } else {

@@ -4,6 +4,7 @@ mod acl;
 mod agents;
 mod cluster;
 pub mod convert;
+pub mod parsed;
 mod raft_peer;
 mod runs;
 pub mod status;

@@ -36,26 +36,32 @@ impl Api {
     ) -> Result<(RunId, bool), ApiError> {
         let bounds = self.0.submit_limits;
         check_pipeline_size(yaml.len(), &bounds).map_err(ApiError::OverLimit)?;
-        let pipeline = parse_pipeline(yaml).map_err(ApiError::InvalidPipeline)?;
-        check_supported(&pipeline).map_err(ApiError::UnsupportedPipeline)?;
-        check_host_rules(&pipeline, &self.0.uri_policy).map_err(ApiError::HostRefusal)?;
-        let caching = cache_policy(&pipeline, opts)?;
-        let limits = run_limits(&pipeline, opts, &bounds)?;
+        let shared = self.0.parsed.get_or_parse(
+            yaml,
+            |y| parse_pipeline(y).map_err(ApiError::InvalidPipeline),
+            |p| {
+                check_supported(p).map_err(ApiError::UnsupportedPipeline)?;
+                check_host_rules(p, &self.0.uri_policy).map_err(ApiError::HostRefusal)
+            },
+        )?;
+        let pipeline: &gantry_core::ir::PipelineSpec = &shared;
+        let caching = cache_policy(pipeline, opts)?;
+        let limits = run_limits(pipeline, opts, &bounds)?;
         let parameters =
-            resolve_run_parameters(&pipeline, &given).map_err(ApiError::InvalidParameters)?;
-        check_submission(&pipeline, &parameters, &bounds).map_err(ApiError::OverLimit)?;
+            resolve_run_parameters(pipeline, &given).map_err(ApiError::InvalidParameters)?;
+        check_submission(pipeline, &parameters, &bounds).map_err(ApiError::OverLimit)?;
         let given_artifacts: BTreeMap<String, String> = opts
             .artifacts
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let artifacts = resolve_run_artifacts(&pipeline, &given_artifacts, &self.0.uri_policy)
+        let artifacts = resolve_run_artifacts(pipeline, &given_artifacts, &self.0.uri_policy)
             .map_err(ApiError::InvalidArtifacts)?;
         let request_id = (!opts.request_id.is_empty()).then(|| opts.request_id.clone());
         let cmd = Command::CreateRun {
             run_id: uuid::Uuid::new_v4().to_string().into(),
             request_id,
-            pipeline: Box::new(pipeline),
+            pipeline: Box::new(pipeline.clone()),
             pipeline_root: self.0.artifact_root.clone(),
             parameters,
             artifacts,
