@@ -211,15 +211,7 @@ fn agent_view(a: &AgentRecord) -> AgentView {
                 in_use: a.gpus_in_use.contains_key(&g.uuid),
             })
             .collect(),
-        labels: {
-            // A task that mounts a claim of its run asks for the agent that holds it.
-            let mut labels = a.labels.clone();
-            labels.insert(
-                crate::engine::claims::AGENT_ID_LABEL.to_string(),
-                a.agent_id.to_string(),
-            );
-            labels
-        },
+        labels: a.placement_labels(),
         taints: a.taints.clone(),
         accepting: !a.draining,
     }

@@ -65,6 +65,18 @@ impl AgentRecord {
 
     /// Whether `req` with the GPUs `gpus` can be assigned here now. Re-checked when a placement
     /// is applied, so a plan made on an older state can never oversubscribe the agent.
+    /// The labels placement matches a selector against: the agent's own and
+    /// [`engine::claims::AGENT_ID_LABEL`], so a task can ask for this agent (where a claim of
+    /// its run lives).
+    pub fn placement_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert(
+            engine::claims::AGENT_ID_LABEL.to_string(),
+            self.agent_id.to_string(),
+        );
+        labels
+    }
+
     pub fn fits(&self, req: &ResourceRequest, gpus: &[String]) -> bool {
         let cpu_ok = self.cpu_allocated + req.cpu_reserved() <= self.inventory.cpu_cores + 1e-9;
         let mem_ok = self.memory_allocated.saturating_add(req.memory_reserved())
@@ -80,29 +92,10 @@ impl AgentRecord {
                             && matching::gpu_model_matches(req.accelerator_type.as_deref(), &g.name)
                     })
             });
-        let pinned_elsewhere = req
-            .node_selector
-            .get(engine::claims::AGENT_ID_LABEL)
-            .is_some_and(|id| id != self.agent_id.as_str());
         let placement_ok = !self.draining
-            && !pinned_elsewhere
-            && matching::missing_label(&without_agent_id(&req.node_selector), &self.labels)
-                .is_none()
+            && matching::missing_label(&req.node_selector, &self.placement_labels()).is_none()
             && matching::blocking_taint(&self.taints, &req.tolerations).is_none();
         cpu_ok && mem_ok && gpu_ok && placement_ok
-    }
-}
-
-/// A selector less the agent id it may name, which is no label an agent reports.
-fn without_agent_id(
-    selector: &BTreeMap<String, String>,
-) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
-    if selector.contains_key(engine::claims::AGENT_ID_LABEL) {
-        let mut s = selector.clone();
-        s.remove(engine::claims::AGENT_ID_LABEL);
-        std::borrow::Cow::Owned(s)
-    } else {
-        std::borrow::Cow::Borrowed(selector)
     }
 }
 

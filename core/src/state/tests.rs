@@ -1829,3 +1829,79 @@ fn an_approval_gate_is_notified_as_waiting_then_as_decided() {
         vec!["PENDING", "FAILED"]
     );
 }
+
+#[test]
+fn a_task_that_mounts_a_claim_of_its_run_is_assigned_only_where_the_claim_lives() {
+    let spec = parse_pipeline(include_str!("../engine/testdata/run_volume.yaml")).unwrap();
+    let mut s = ClusterState::default();
+    s.apply(1, register("a", 4.0));
+    s.apply(2, register("b", 4.0));
+    s.apply(
+        3,
+        Command::CreateRun {
+            run_id: "r1".into(),
+            request_id: None,
+            pipeline: Box::new(spec),
+            pipeline_root: "file:///tmp/gantry".into(),
+            parameters: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            at: 3,
+            caching: Default::default(),
+            limits: Default::default(),
+            priority: 0,
+            uri_policy: None,
+            info: None,
+            request_window_ms: None,
+        },
+    );
+    assert!(matches!(
+        s.apply(4, assign("r1", "produce", 1, "b")).result,
+        Ok(Outcome::Assigned(ref done)) if done.len() == 1
+    ));
+    let produced = Command::AttemptFinished {
+        attempt: AttemptKey {
+            run_id: "r1".into(),
+            task_id: "produce".into(),
+            attempt: 1,
+        },
+        outcome: StepOutcome::Succeeded {
+            parameters: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+        },
+        at: 6,
+    };
+    s.apply(5, produced);
+    let consumers: Vec<String> = s.runs["r1"]
+        .ready_tasks()
+        .map(|t| t.task_id.to_string())
+        .collect();
+    assert_eq!(consumers.len(), 2, "{consumers:?}");
+    // A stale plan puts one on the other agent: only the one on the claim's agent goes.
+    let placements = vec![
+        Placement {
+            run_id: "r1".into(),
+            task_id: consumers[0].as_str().into(),
+            attempt: 1,
+            agent_id: "a".into(),
+            gpus: vec![],
+        },
+        Placement {
+            run_id: "r1".into(),
+            task_id: consumers[1].as_str().into(),
+            attempt: 1,
+            agent_id: "b".into(),
+            gpus: vec![],
+        },
+    ];
+    match s
+        .apply(6, Command::AssignAttempts { placements, at: 7 })
+        .result
+    {
+        Ok(Outcome::Assigned(done)) => {
+            assert_eq!(done.len(), 1, "{done:?}");
+            assert_eq!(done[0].agent_id.as_str(), "b");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.agents["a"].running.is_empty());
+}
