@@ -30,7 +30,7 @@ impl StateMachine for ClusterMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<Applied, Fatal> {
         // A replica that cannot decode a committed command (a newer binary's, during a rolling
         // upgrade) must stop: skipping it would silently diverge from those that apply it.
-        let command: Command = serde_json::from_slice(data).map_err(|e| {
+        let command = Command::decode(data).map_err(|e| {
             Fatal(format!(
                 "undecodable command at index {index} (written by a newer version?): {e}"
             ))

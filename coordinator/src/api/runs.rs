@@ -7,7 +7,7 @@ use std::time::Duration;
 use gantry_core::engine::{check_host_rules, check_supported, CachePolicy, RunLimits};
 use gantry_core::ir::bounds::{check_pipeline_size, check_submission};
 use gantry_core::ir::{parse_pipeline, resolve_run_artifacts, resolve_run_parameters};
-use gantry_core::state::{Command, Outcome};
+use gantry_core::state::{Command, NewRun, Outcome};
 use gantry_model::{RunId, TaskId};
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::run_service_client::RunServiceClient;
@@ -58,7 +58,7 @@ impl Api {
         let artifacts = resolve_run_artifacts(pipeline, &given_artifacts, &self.0.uri_policy)
             .map_err(ApiError::InvalidArtifacts)?;
         let request_id = (!opts.request_id.is_empty()).then(|| opts.request_id.clone());
-        let cmd = Command::CreateRun {
+        let cmd = Command::CreateRun(NewRun {
             run_id: uuid::Uuid::new_v4().to_string().into(),
             request_id,
             pipeline: Box::new(pipeline.clone()),
@@ -72,7 +72,7 @@ impl Api {
             uri_policy: Some(self.0.uri_policy.clone()),
             info: info.map(Box::new),
             request_window_ms,
-        };
+        });
         match self.0.propose(cmd).await?.result {
             Ok(Outcome::RunCreated { run_id, existing }) => Ok((run_id, existing)),
             Ok(other) => Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),

@@ -21,41 +21,60 @@ pub struct Placement {
     pub gpus: Vec<String>,
 }
 
+/// What a `CreateRun` command brings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRun {
+    pub run_id: RunId,
+    /// Client request id: a retried submission with the same id creates one run.
+    pub request_id: Option<String>,
+    pub pipeline: Box<PipelineSpec>,
+    pub pipeline_root: String,
+    /// Already resolved against the pipeline's inputs.
+    pub parameters: BTreeMap<String, Value>,
+    /// The root's input artifacts, already checked against its declarations.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
+    pub at: i64,
+    #[serde(default)]
+    pub caching: CachePolicy,
+    #[serde(default)]
+    pub limits: RunLimits,
+    /// Placement order across runs: higher first.
+    #[serde(default)]
+    pub priority: i32,
+    /// The URIs the run's importers may name at run time (its parameters decide some);
+    /// absent in entries written before there was a policy: then nothing is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_policy: Option<crate::ir::UriPolicy>,
+    /// What the KFP API attaches to the run (name, experiment, source); absent for runs
+    /// submitted through Gantry's own API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<super::catalog::RunInfo>>,
+    /// How long `request_id` names its run: a repeat after this (from the run's creation)
+    /// makes a new run. `None`: for as long as the run is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_window_ms: Option<i64>,
+}
+
+impl Command {
+    /// A committed entry's command. serde decodes an internally tagged enum by copying the
+    /// whole entry into a tree of its own and decoding that again; a `CreateRun` (most of the
+    /// log by bytes: it carries its pipeline) that starts as serde_json writes one is decoded
+    /// straight into its fields, `type` passed over. Same bytes, same command either way.
+    pub fn decode(data: &[u8]) -> serde_json::Result<Command> {
+        const CREATE_RUN: &[u8] = br#"{"type":"create_run","#;
+        if data.starts_with(CREATE_RUN) {
+            return serde_json::from_slice::<NewRun>(data).map(Command::CreateRun);
+        }
+        serde_json::from_slice(data)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    CreateRun {
-        run_id: RunId,
-        /// Client request id: a retried submission with the same id creates one run.
-        request_id: Option<String>,
-        pipeline: Box<PipelineSpec>,
-        pipeline_root: String,
-        /// Already resolved against the pipeline's inputs.
-        parameters: BTreeMap<String, Value>,
-        /// The root's input artifacts, already checked against its declarations.
-        #[serde(default)]
-        artifacts: BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
-        at: i64,
-        #[serde(default)]
-        caching: CachePolicy,
-        #[serde(default)]
-        limits: RunLimits,
-        /// Placement order across runs: higher first.
-        #[serde(default)]
-        priority: i32,
-        /// The URIs the run's importers may name at run time (its parameters decide some);
-        /// absent in entries written before there was a policy: then nothing is checked.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        uri_policy: Option<crate::ir::UriPolicy>,
-        /// What the KFP API attaches to the run (name, experiment, source); absent for runs
-        /// submitted through Gantry's own API.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        info: Option<Box<super::catalog::RunInfo>>,
-        /// How long `request_id` names its run: a repeat after this (from the run's creation)
-        /// makes a new run. `None`: for as long as the run is kept.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_window_ms: Option<i64>,
-    },
+    /// A new run (its fields stand beside `type` in the JSON, as a struct variant's did).
+    CreateRun(NewRun),
     RegisterAgent {
         agent_id: AgentId,
         inventory: HostInventory,

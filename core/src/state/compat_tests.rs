@@ -105,7 +105,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
             taints: vec![],
             at: 1,
         },
-        Command::CreateRun {
+        Command::CreateRun(NewRun {
             run_id: "run-1".into(),
             request_id: Some("req-1".into()),
             pipeline: Box::new(pipeline),
@@ -119,7 +119,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
             uri_policy: None,
             info: None,
             request_window_ms: None,
-        },
+        }),
         Command::AssignAttempts {
             placements: vec![Placement {
                 run_id: "run-1".into(),

@@ -18,13 +18,11 @@ use std::sync::Arc;
 use gantry_model::{AgentId, HostInventory, ResourceRequest, RunId, TaskId};
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Placement, Unschedulable};
+pub use command::{Command, NewRun, Placement, Unschedulable};
 /// Re-exported from the vocabulary crate, where the agent finds it too.
 pub use gantry_model::AttemptKey;
 
-use crate::engine::{
-    self, CacheEntry, CachePolicy, OutcomeEffect, RunLimits, RunRecord, RunState, TaskState,
-};
+use crate::engine::{self, CacheEntry, OutcomeEffect, RunRecord, RunState, TaskState};
 use crate::scheduler::matching;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,22 +283,6 @@ fn stop_attempts(events: &mut Vec<Event>, run_id: &RunId, running: Vec<(TaskId, 
     }
 }
 
-/// What a CreateRun command brings.
-struct NewRun {
-    run_id: RunId,
-    request_id: Option<String>,
-    pipeline: crate::ir::PipelineSpec,
-    pipeline_root: String,
-    parameters: BTreeMap<String, serde_json::Value>,
-    artifacts: BTreeMap<String, Vec<gantry_model::ArtifactRef>>,
-    caching: CachePolicy,
-    limits: RunLimits,
-    priority: i32,
-    uri_policy: Option<crate::ir::UriPolicy>,
-    info: Option<Box<catalog::RunInfo>>,
-    request_window_ms: Option<i64>,
-}
-
 fn resources_of(run: &RunRecord, task_id: &TaskId) -> ResourceRequest {
     run.tasks
         .get(task_id)
@@ -338,7 +320,7 @@ impl ClusterState {
     /// new one cannot slip past the webhooks unnoticed.
     fn runs_changed_by(&self, command: &Command) -> (Vec<RunId>, i64) {
         match command {
-            Command::CreateRun { run_id, at, .. }
+            Command::CreateRun(NewRun { run_id, at, .. })
             | Command::CancelRun { run_id, at }
             | Command::UseCachedResult { run_id, at, .. }
             | Command::RetryRun { run_id, at }
@@ -397,38 +379,7 @@ impl ClusterState {
     fn apply_command(&mut self, command: Command) -> Applied {
         let mut events = Vec::new();
         let result = match command {
-            Command::CreateRun {
-                run_id,
-                request_id,
-                pipeline,
-                pipeline_root,
-                parameters,
-                artifacts,
-                at,
-                caching,
-                limits,
-                priority,
-                uri_policy,
-                info,
-                request_window_ms,
-            } => self.create_run(
-                NewRun {
-                    run_id,
-                    request_id,
-                    pipeline: *pipeline,
-                    pipeline_root,
-                    parameters,
-                    artifacts,
-                    caching,
-                    limits,
-                    priority,
-                    uri_policy,
-                    info,
-                    request_window_ms,
-                },
-                at,
-                &mut events,
-            ),
+            Command::CreateRun(new) => self.create_run(new, &mut events),
             Command::RegisterAgent {
                 agent_id,
                 inventory,
@@ -818,12 +769,7 @@ impl ClusterState {
         Ok(())
     }
 
-    fn create_run(
-        &mut self,
-        new: NewRun,
-        at: i64,
-        events: &mut Vec<Event>,
-    ) -> Result<Outcome, Rejection> {
+    fn create_run(&mut self, new: NewRun, events: &mut Vec<Event>) -> Result<Outcome, Rejection> {
         let NewRun {
             run_id,
             request_id,
@@ -831,6 +777,7 @@ impl ClusterState {
             pipeline_root,
             parameters,
             artifacts,
+            at,
             caching,
             limits,
             priority,
@@ -873,7 +820,7 @@ impl ClusterState {
             s.may_fire(*tick, active)
                 .map_err(catalog::CatalogError::NotFired)?;
         }
-        let pipeline = self.pipelines.share(Arc::new(pipeline));
+        let pipeline = self.pipelines.share(Arc::from(pipeline));
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
             root.inputs.artifacts = artifacts;

@@ -14,7 +14,7 @@ const LINEAR: &str = include_str!("../engine/testdata/linear.yaml");
 fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
     let spec = parse_pipeline(LINEAR).unwrap();
     let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
-    Command::CreateRun {
+    Command::CreateRun(NewRun {
         run_id: run_id.into(),
         request_id: request_id.map(String::from),
         pipeline: Box::new(spec),
@@ -28,7 +28,7 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         uri_policy: None,
         info: None,
         request_window_ms: None,
-    }
+    })
 }
 
 fn register(id: &str, cpu: f64) -> Command {
@@ -110,6 +110,11 @@ fn the_same_log_yields_the_same_state() {
         let bytes = serde_json::to_vec(&c).unwrap();
         let back: Command = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, c);
+        assert_eq!(Command::decode(&bytes).unwrap(), c);
+        if matches!(c, Command::CreateRun(_)) {
+            // What Command::decode's shortcut counts on.
+            assert!(bytes.starts_with(br#"{"type":"create_run","#));
+        }
     }
     assert_eq!(a.runs["r1"].state, crate::engine::RunState::Failed);
     assert_eq!(a.runs["r2"].state, crate::engine::RunState::Canceled);
@@ -180,7 +185,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
     for (i, id) in ["r1", "r2"].iter().enumerate() {
         s.apply(
             2 + i as u64,
-            Command::CreateRun {
+            Command::CreateRun(NewRun {
                 run_id: (*id).into(),
                 request_id: None,
                 pipeline: Box::new(spec.clone()),
@@ -198,7 +203,7 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
                 uri_policy: None,
                 info: None,
                 request_window_ms: None,
-            },
+            }),
         );
     }
     // a stale plan places both on an agent that has room for one
@@ -281,7 +286,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
     let spec = parse_pipeline(LINEAR).unwrap();
     let given = BTreeMap::from([("rows".to_string(), json!(rows))]);
     let params = crate::ir::resolve_run_parameters(&spec, &given).unwrap();
-    Command::CreateRun {
+    Command::CreateRun(NewRun {
         run_id: run_id.into(),
         request_id: None,
         pipeline: Box::new(spec),
@@ -295,7 +300,7 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
         uri_policy: None,
         info: None,
         request_window_ms: None,
-    }
+    })
 }
 
 fn make_data_succeeded(run: &str, at: i64) -> Command {
@@ -457,7 +462,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
     let params = crate::ir::resolve_run_parameters(&spec, &given).unwrap();
     s.apply(
         2,
-        Command::CreateRun {
+        Command::CreateRun(NewRun {
             run_id: "r2".into(),
             request_id: None,
             pipeline: Box::new(spec.clone()),
@@ -471,7 +476,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             uri_policy: None,
             info: None,
             request_window_ms: None,
-        },
+        }),
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
     // enableCache false in the IR: no key, never served from the cache.
@@ -483,7 +488,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
     }
     s.apply(
         3,
-        Command::CreateRun {
+        Command::CreateRun(NewRun {
             run_id: "r3".into(),
             request_id: None,
             pipeline: Box::new(spec),
@@ -497,7 +502,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
             uri_policy: None,
             info: None,
             request_window_ms: None,
-        },
+        }),
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
 }
@@ -505,7 +510,7 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
 fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Command {
     let spec = parse_pipeline(LINEAR).unwrap();
     let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
-    Command::CreateRun {
+    Command::CreateRun(NewRun {
         run_id: run_id.into(),
         request_id: None,
         pipeline: Box::new(spec),
@@ -522,7 +527,7 @@ fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Co
         uri_policy: None,
         info: None,
         request_window_ms: None,
-    }
+    })
 }
 
 #[test]
@@ -670,7 +675,7 @@ fn gpu_spec(count: u32, model: &str) -> crate::ir::PipelineSpec {
 }
 
 fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i32) -> Command {
-    Command::CreateRun {
+    Command::CreateRun(NewRun {
         run_id: run_id.into(),
         request_id: None,
         pipeline: Box::new(spec),
@@ -688,7 +693,7 @@ fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i
         uri_policy: None,
         info: None,
         request_window_ms: None,
-    }
+    })
 }
 
 fn register_gpus(id: &str, model: &str, n: usize) -> Command {
@@ -1347,11 +1352,11 @@ fn time_outs_and_cache_hits_are_found_through_the_index_as_by_a_walk_of_every_ru
 
 /// `cmd` (a CreateRun) with what the KFP API adds: its run info and request-id window.
 fn with_kfp(mut cmd: Command, run_info: Option<catalog::RunInfo>, window: Option<i64>) -> Command {
-    if let Command::CreateRun {
+    if let Command::CreateRun(NewRun {
         info,
         request_window_ms,
         ..
-    } = &mut cmd
+    }) = &mut cmd
     {
         *info = run_info.map(Box::new);
         *request_window_ms = window;
@@ -1528,7 +1533,7 @@ fn create_gated(run_id: &str, at: i64) -> Command {
     let spec = parse_pipeline(GATED).unwrap();
     crate::engine::check_supported(&spec).unwrap();
     let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
-    Command::CreateRun {
+    Command::CreateRun(NewRun {
         run_id: run_id.into(),
         request_id: None,
         pipeline: Box::new(spec),
@@ -1542,7 +1547,7 @@ fn create_gated(run_id: &str, at: i64) -> Command {
         uri_policy: None,
         info: None,
         request_window_ms: None,
-    }
+    })
 }
 
 fn decision(approved: bool, by: &str, reason: &str, at: i64) -> crate::engine::approval::Decision {
@@ -1838,7 +1843,7 @@ fn a_task_that_mounts_a_claim_of_its_run_is_assigned_only_where_the_claim_lives(
     s.apply(2, register("b", 4.0));
     s.apply(
         3,
-        Command::CreateRun {
+        Command::CreateRun(NewRun {
             run_id: "r1".into(),
             request_id: None,
             pipeline: Box::new(spec),
@@ -1852,7 +1857,7 @@ fn a_task_that_mounts_a_claim_of_its_run_is_assigned_only_where_the_claim_lives(
             uri_policy: None,
             info: None,
             request_window_ms: None,
-        },
+        }),
     );
     assert!(matches!(
         s.apply(4, assign("r1", "produce", 1, "b")).result,
