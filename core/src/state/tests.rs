@@ -11,15 +11,20 @@ use crate::ir::{parse_pipeline, ExecutorSpec};
 
 const LINEAR: &str = include_str!("../engine/testdata/linear.yaml");
 
-fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
-    let spec = parse_pipeline(LINEAR).unwrap();
-    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
-    Command::CreateRun(NewRun {
+/// Run `run_id` of `spec` with `parameters`, created at `at`, every other field its default;
+/// tests change what they look at with struct update syntax.
+fn new_run(
+    run_id: &str,
+    spec: crate::ir::PipelineSpec,
+    parameters: BTreeMap<String, serde_json::Value>,
+    at: i64,
+) -> NewRun {
+    NewRun {
         run_id: run_id.into(),
-        request_id: request_id.map(String::from),
+        request_id: None,
         pipeline: Box::new(spec),
         pipeline_root: "file:///tmp/gantry".into(),
-        parameters: params,
+        parameters,
         artifacts: BTreeMap::new(),
         at,
         caching: Default::default(),
@@ -28,6 +33,20 @@ fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
         uri_policy: None,
         info: None,
         request_window_ms: None,
+    }
+}
+
+/// `yaml` with its parameters' defaults.
+fn new_run_of(run_id: &str, yaml: &str, at: i64) -> NewRun {
+    let spec = parse_pipeline(yaml).unwrap();
+    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
+    new_run(run_id, spec, params, at)
+}
+
+fn create(run_id: &str, request_id: Option<&str>, at: i64) -> Command {
+    Command::CreateRun(NewRun {
+        request_id: request_id.map(String::from),
+        ..new_run_of(run_id, LINEAR, at)
     })
 }
 
@@ -186,23 +205,17 @@ fn placements_are_rechecked_at_apply_and_never_oversubscribe() {
         s.apply(
             2 + i as u64,
             Command::CreateRun(NewRun {
-                run_id: (*id).into(),
-                request_id: None,
-                pipeline: Box::new(spec.clone()),
                 pipeline_root: "file:///x".into(),
-                parameters: [
-                    ("rows".to_string(), json!(1)),
-                    ("factor".to_string(), json!(1.0)),
-                ]
-                .into(),
-                artifacts: BTreeMap::new(),
-                at: i as i64,
-                caching: Default::default(),
-                limits: Default::default(),
-                priority: 0,
-                uri_policy: None,
-                info: None,
-                request_window_ms: None,
+                ..new_run(
+                    id,
+                    spec.clone(),
+                    [
+                        ("rows".to_string(), json!(1)),
+                        ("factor".to_string(), json!(1.0)),
+                    ]
+                    .into(),
+                    i as i64,
+                )
             }),
         );
     }
@@ -287,19 +300,9 @@ fn create_with(run_id: &str, rows: i64, caching: crate::engine::CachePolicy, at:
     let given = BTreeMap::from([("rows".to_string(), json!(rows))]);
     let params = crate::ir::resolve_run_parameters(&spec, &given).unwrap();
     Command::CreateRun(NewRun {
-        run_id: run_id.into(),
-        request_id: None,
-        pipeline: Box::new(spec),
         pipeline_root: "s3://bucket/root".into(),
-        parameters: params,
-        artifacts: BTreeMap::new(),
-        at,
         caching,
-        limits: Default::default(),
-        priority: 0,
-        uri_policy: None,
-        info: None,
-        request_window_ms: None,
+        ..new_run(run_id, spec, params, at)
     })
 }
 
@@ -463,19 +466,8 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
     s.apply(
         2,
         Command::CreateRun(NewRun {
-            run_id: "r2".into(),
-            request_id: None,
-            pipeline: Box::new(spec.clone()),
             pipeline_root: "s3://bucket/root".into(),
-            parameters: params.clone(),
-            artifacts: BTreeMap::new(),
-            at: 2,
-            caching: Default::default(),
-            limits: Default::default(),
-            priority: 0,
-            uri_policy: None,
-            info: None,
-            request_window_ms: None,
+            ..new_run("r2", spec.clone(), params.clone(), 2)
         }),
     );
     assert_ne!(key_of(&s, "r2", "make-data").unwrap(), k1);
@@ -489,44 +481,21 @@ fn the_cache_key_follows_the_container_and_ignores_disabled_tasks() {
     s.apply(
         3,
         Command::CreateRun(NewRun {
-            run_id: "r3".into(),
-            request_id: None,
-            pipeline: Box::new(spec),
             pipeline_root: "s3://bucket/root".into(),
-            parameters: params,
-            artifacts: BTreeMap::new(),
-            at: 3,
-            caching: Default::default(),
-            limits: Default::default(),
-            priority: 0,
-            uri_policy: None,
-            info: None,
-            request_window_ms: None,
+            ..new_run("r3", spec, params, 3)
         }),
     );
     assert_eq!(key_of(&s, "r3", "make-data"), None);
 }
 
 fn create_limited(run_id: &str, limits: crate::engine::RunLimits, at: i64) -> Command {
-    let spec = parse_pipeline(LINEAR).unwrap();
-    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
     Command::CreateRun(NewRun {
-        run_id: run_id.into(),
-        request_id: None,
-        pipeline: Box::new(spec),
-        pipeline_root: "file:///tmp/gantry".into(),
-        parameters: params,
-        artifacts: BTreeMap::new(),
-        at,
         caching: crate::engine::CachePolicy {
             enabled: false,
             ..Default::default()
         },
         limits,
-        priority: 0,
-        uri_policy: None,
-        info: None,
-        request_window_ms: None,
+        ..new_run_of(run_id, LINEAR, at)
     })
 }
 
@@ -675,24 +644,15 @@ fn gpu_spec(count: u32, model: &str) -> crate::ir::PipelineSpec {
 }
 
 fn create_spec(run_id: &str, spec: crate::ir::PipelineSpec, at: i64, priority: i32) -> Command {
+    let parameters = [
+        ("rows".to_string(), json!(1)),
+        ("factor".to_string(), json!(1.0)),
+    ]
+    .into();
     Command::CreateRun(NewRun {
-        run_id: run_id.into(),
-        request_id: None,
-        pipeline: Box::new(spec),
         pipeline_root: "file:///x".into(),
-        parameters: [
-            ("rows".to_string(), json!(1)),
-            ("factor".to_string(), json!(1.0)),
-        ]
-        .into(),
-        artifacts: BTreeMap::new(),
-        at,
-        caching: Default::default(),
-        limits: Default::default(),
         priority,
-        uri_policy: None,
-        info: None,
-        request_window_ms: None,
+        ..new_run(run_id, spec, parameters, at)
     })
 }
 
@@ -1530,24 +1490,8 @@ fn a_request_id_with_a_window_names_its_run_only_within_it() {
 const GATED: &str = include_str!("testdata/approval.yaml");
 
 fn create_gated(run_id: &str, at: i64) -> Command {
-    let spec = parse_pipeline(GATED).unwrap();
-    crate::engine::check_supported(&spec).unwrap();
-    let params = crate::ir::resolve_run_parameters(&spec, &BTreeMap::new()).unwrap();
-    Command::CreateRun(NewRun {
-        run_id: run_id.into(),
-        request_id: None,
-        pipeline: Box::new(spec),
-        pipeline_root: "file:///tmp/gantry".into(),
-        parameters: params,
-        artifacts: BTreeMap::new(),
-        at,
-        caching: Default::default(),
-        limits: Default::default(),
-        priority: 0,
-        uri_policy: None,
-        info: None,
-        request_window_ms: None,
-    })
+    crate::engine::check_supported(&parse_pipeline(GATED).unwrap()).unwrap();
+    Command::CreateRun(new_run_of(run_id, GATED, at))
 }
 
 fn decision(approved: bool, by: &str, reason: &str, at: i64) -> crate::engine::approval::Decision {
@@ -1837,27 +1781,16 @@ fn an_approval_gate_is_notified_as_waiting_then_as_decided() {
 
 #[test]
 fn a_task_that_mounts_a_claim_of_its_run_is_assigned_only_where_the_claim_lives() {
-    let spec = parse_pipeline(include_str!("../engine/testdata/run_volume.yaml")).unwrap();
     let mut s = ClusterState::default();
     s.apply(1, register("a", 4.0));
     s.apply(2, register("b", 4.0));
     s.apply(
         3,
-        Command::CreateRun(NewRun {
-            run_id: "r1".into(),
-            request_id: None,
-            pipeline: Box::new(spec),
-            pipeline_root: "file:///tmp/gantry".into(),
-            parameters: BTreeMap::new(),
-            artifacts: BTreeMap::new(),
-            at: 3,
-            caching: Default::default(),
-            limits: Default::default(),
-            priority: 0,
-            uri_policy: None,
-            info: None,
-            request_window_ms: None,
-        }),
+        Command::CreateRun(new_run_of(
+            "r1",
+            include_str!("../engine/testdata/run_volume.yaml"),
+            3,
+        )),
     );
     assert!(matches!(
         s.apply(4, assign("r1", "produce", 1, "b")).result,
