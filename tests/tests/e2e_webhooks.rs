@@ -146,10 +146,12 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let submit = |c: &Cluster| -> String {
+    // A leader may die after committing a run but before answering: the retry names the
+    // same request so it finds that run instead of starting a second one.
+    let submit = |c: &Cluster, request: &str| -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match c.cli().submit(&file, &[]) {
+            match c.cli().submit_with(&file, &[], &["--request-id", request]) {
                 Ok(id) => return id,
                 Err(e) => assert!(Instant::now() < deadline, "{e:#}"),
             }
@@ -168,7 +170,7 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
         }
     };
 
-    let a = submit(&c);
+    let a = submit(&c, "hooks-a");
     wait(&mut c, &a, &|r| {
         task_state(r, "deploy") == "WAITING_APPROVAL"
     });
@@ -177,7 +179,7 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
         r["state"] == "SUCCEEDED" || r["state"] == "FAILED"
     });
     assert_eq!(ra["state"], "SUCCEEDED", "{ra:#}");
-    let b = submit(&c);
+    let b = submit(&c, "hooks-b");
     wait(&mut c, &b, &|r| {
         task_state(r, "deploy") == "WAITING_APPROVAL"
     });
@@ -329,7 +331,7 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     let rm = c.cli().run(&["webhook", "remove", "test"]);
     assert_eq!(rm.code, 0, "{}", rm.stderr);
     let before = rx.received().len();
-    let _ = submit(&c);
+    let _ = submit(&c, "hooks-c");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rx.received().len(), before, "a removed hook was posted to");
     c.stop_agent("a1");
