@@ -80,6 +80,7 @@ pub const TABLE: &[Rule] = &[
         Allow::Roles(ADMIN),
     ),
     rule("/gantry.v1.RaftService/Send", Allow::Coordinators),
+    rule("/gantry.v1.RaftService/Stream", Allow::Coordinators),
     rule(
         "/gantry.v1.RaftService/InstallSnapshot",
         Allow::Coordinators,

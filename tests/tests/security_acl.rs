@@ -387,7 +387,7 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
             node_id: if refused { peer } else { 42 },
         }
         .encode_to_vec(),
-        "RaftService/Send" => pb::RaftBatch {
+        "RaftService/Send" | "RaftService/Stream" => pb::RaftBatch {
             from: peer,
             from_address: "127.0.0.1:9".into(),
             messages: if refused {

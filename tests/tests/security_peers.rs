@@ -81,19 +81,26 @@ fn observe(c: &Cluster) -> Result<Observed, String> {
     })
 }
 
-/// The three kinds of peer traffic, forged.
+/// The kinds of peer traffic, forged.
 #[derive(Clone, Copy, Debug)]
 enum Forgery {
     /// `MsgHeartbeat` with a term and a commit index far ahead.
     Heartbeat,
     /// `MsgAppend` in a higher term, its entry a committed admin token of our own.
     Append,
+    /// The same append on the peers' long-lived `Stream` instead of a `Send`.
+    StreamedAppend,
     /// `InstallSnapshot` whose first chunk is a `MsgSnapshot` far ahead that makes the target
     /// the only voter.
     Snapshot,
 }
 
-const FORGERIES: [Forgery; 3] = [Forgery::Heartbeat, Forgery::Append, Forgery::Snapshot];
+const FORGERIES: [Forgery; 4] = [
+    Forgery::Heartbeat,
+    Forgery::Append,
+    Forgery::StreamedAppend,
+    Forgery::Snapshot,
+];
 
 /// The target's position, which the forged messages claim to be ahead of.
 #[derive(Clone, Copy)]
@@ -144,7 +151,7 @@ async fn forge(
                 m.commit = at.last + 100;
                 send(&mut client, from, store, m).await
             }
-            Forgery::Append => {
+            Forgery::Append | Forgery::StreamedAppend => {
                 let mut m = raft_message(MessageType::MsgAppend, msg_from, to, term);
                 m.index = at.last;
                 m.log_term = at.term;
@@ -156,7 +163,21 @@ async fn forge(
                 e.set_data(forged_command().into());
                 m.set_entries(vec![e].into());
                 m.commit = at.last + 1;
-                send(&mut client, from, store, m).await
+                if matches!(what, Forgery::StreamedAppend) {
+                    let batch = pb::RaftBatch {
+                        from,
+                        from_address: "127.0.0.1:9".into(),
+                        messages: vec![m.write_to_bytes().unwrap()],
+                        cluster: TEST_CLUSTER.into(),
+                        from_store: store,
+                    };
+                    client
+                        .stream(tokio_stream::iter(vec![batch]))
+                        .await
+                        .map(|_| ())
+                } else {
+                    send(&mut client, from, store, m).await
+                }
             }
             Forgery::Snapshot => {
                 let mut m = raft_message(MessageType::MsgSnapshot, msg_from, to, term);

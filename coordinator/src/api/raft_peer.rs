@@ -119,12 +119,10 @@ impl Api {
     }
 }
 
-#[tonic::async_trait]
-impl RaftService for Api {
-    async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        let principal = principal(&req);
-        let batch = req.into_inner();
-        self.accept_from(batch.from, batch.from_store, &batch.cluster, &principal)?;
+impl Api {
+    /// Checks one batch from a peer and hands its messages to the Raft thread.
+    fn step_batch(&self, batch: pb::RaftBatch, principal: &Principal) -> Result<(), ApiError> {
+        self.accept_from(batch.from, batch.from_store, &batch.cluster, principal)?;
         if !self.0.raft.status().members.contains_key(&batch.from) {
             self.learn_peer(batch.from, &batch.from_address);
         }
@@ -132,6 +130,29 @@ impl RaftService for Api {
             let msg = Message::parse_from_bytes(&bytes).map_err(ApiError::UndecodableMessage)?;
             check_message(&msg, batch.from, self.0.node_id)?;
             self.0.raft.step(msg).map_err(ApiError::Step)?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for Api {
+    async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        let principal = principal(&req);
+        self.step_batch(req.into_inner(), &principal)?;
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let principal = principal(&req);
+        let mut stream = req.into_inner();
+        // Each batch is checked as a Send is: membership and store ids may change while the
+        // stream is open.
+        while let Some(batch) = stream.next().await {
+            self.step_batch(batch?, &principal)?;
         }
         Ok(Response::new(pb::RaftAck {}))
     }

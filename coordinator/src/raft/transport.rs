@@ -1,8 +1,10 @@
 //! Raft messages between coordinators over tonic: one task and one queue per peer, so a slow or
 //! dead peer never holds up the others or the Raft thread.
 //!
-//! Messages are batched per RPC. A snapshot message goes out as a stream of file chunks, so its
-//! size in memory is one chunk whatever the size of the state.
+//! Messages are batched, and the batches written into one long-lived `Stream` call per peer
+//! without waiting for a reply to each (a peer without it gets one `Send` call per batch). A
+//! snapshot message goes out as a stream of file chunks, so its size in memory is one chunk
+//! whatever the size of the state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,6 +167,7 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
     // A message that would push a batch over its byte bound starts the next one.
     let mut carry: Option<Message> = None;
+    let mut link = Link::Closed;
     loop {
         let first = match carry.take() {
             Some(m) => m,
@@ -207,16 +210,9 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
                 cluster: shared.cluster.clone(),
                 from_store: shared.store_ids.own(),
             };
-            match tokio::time::timeout(Duration::from_secs(2), client.send(req)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = id, error = %e, "raft send failed");
-                    (shared.feedback)(Feedback::Unreachable(id));
-                }
-                Err(_) => {
-                    tracing::debug!(peer = id, "raft send timed out");
-                    (shared.feedback)(Feedback::Unreachable(id));
-                }
+            if let Err(e) = deliver(&mut link, &client, req).await {
+                tracing::debug!(peer = id, error = %e, "raft send failed");
+                (shared.feedback)(Feedback::Unreachable(id));
             }
         }
         for m in snapshots {
@@ -232,6 +228,85 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
             };
             (shared.feedback)(Feedback::SnapshotSent { to: id, ok });
         }
+    }
+}
+
+/// Batches waiting for a peer's stream. Few: while the connection is busy, the peer's
+/// messages gather in its queue and leave as one larger batch, as they did behind each reply
+/// when every batch was a call of its own.
+const STREAM_QUEUE: usize = 2;
+
+/// How long a batch may wait for room on a peer's stream before the peer counts as
+/// unreachable (a paused peer; a dead connection ends the stream sooner, by keepalive).
+const STREAM_WAIT: Duration = Duration::from_secs(2);
+
+/// How batches reach one peer.
+enum Link {
+    /// None open: the next batch opens one.
+    Closed,
+    Open {
+        tx: mpsc::Sender<RaftBatch>,
+        call: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+    },
+    /// The peer has no `Stream` (an older version): one `Send` call per batch.
+    Unary,
+}
+
+/// Sends one batch on the peer's stream, opening one when none is open. An error means the
+/// batch (and maybe others in flight before it) did not reach the peer; Raft resends.
+async fn deliver(
+    link: &mut Link,
+    client: &RaftServiceClient<Channel>,
+    req: RaftBatch,
+) -> Result<(), String> {
+    let mut ended = None;
+    if let Link::Open { call, .. } = link {
+        if call.is_finished() {
+            if let Link::Open { call, .. } = std::mem::replace(link, Link::Closed) {
+                match call.await {
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                        *link = Link::Unary;
+                    }
+                    Ok(Err(status)) => ended = Some(format!("the raft stream ended: {status}")),
+                    Ok(Ok(())) => ended = Some("the peer closed the raft stream".to_string()),
+                    Err(e) => ended = Some(format!("the raft stream task failed: {e}")),
+                }
+            }
+        }
+    }
+    match link {
+        Link::Unary => {
+            let mut client = client.clone();
+            match tokio::time::timeout(Duration::from_secs(2), client.send(req)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out after 2 s".into()),
+            }
+        }
+        Link::Closed => {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            let mut client = client.clone();
+            let call = tokio::spawn(async move {
+                client
+                    .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map(|_| ())
+            });
+            // A fresh queue has room for the first batch.
+            let _ = tx.try_send(req);
+            *link = Link::Open { tx, call };
+            // What the stream before this one lost is reported now that the batch is sent.
+            ended.map_or(Ok(()), Err)
+        }
+        Link::Open { tx, .. } => match tokio::time::timeout(STREAM_WAIT, tx.send(req)).await {
+            Ok(Ok(())) => Ok(()),
+            // The call is ending; the next batch finds it finished.
+            Ok(Err(_)) => Err("the raft stream closed".into()),
+            Err(_) => Err(format!(
+                "no room on the raft stream for {}s",
+                STREAM_WAIT.as_secs()
+            )),
+        },
     }
 }
 
@@ -302,4 +377,143 @@ async fn send_snapshot(
     result?;
     read??;
     Ok(total_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
+    use gantry_proto::v1::{RaftAck, SnapshotChunk};
+    use std::sync::Mutex;
+    use tokio_stream::StreamExt;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer that records the `from` of each batch and how it came. `with_stream: false` is
+    /// a node of an older version; `refuse` is a `from` whose batch ends the stream.
+    #[derive(Clone)]
+    struct Peer {
+        got: Arc<Mutex<Vec<(u64, &'static str)>>>,
+        with_stream: bool,
+        refuse: u64,
+    }
+
+    #[tonic::async_trait]
+    impl RaftService for Peer {
+        async fn send(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+            self.got
+                .lock()
+                .unwrap()
+                .push((req.into_inner().from, "send"));
+            Ok(Response::new(RaftAck {}))
+        }
+        async fn stream(
+            &self,
+            req: Request<Streaming<RaftBatch>>,
+        ) -> Result<Response<RaftAck>, Status> {
+            if !self.with_stream {
+                return Err(Status::unimplemented("no Stream here"));
+            }
+            let mut s = req.into_inner();
+            while let Some(b) = s.next().await {
+                let from = b?.from;
+                if from == self.refuse {
+                    return Err(Status::permission_denied("refused"));
+                }
+                self.got.lock().unwrap().push((from, "stream"));
+            }
+            Ok(Response::new(RaftAck {}))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftAck>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    async fn serve(peer: Peer) -> RaftServiceClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServiceServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        RaftServiceClient::new(peer_channel(&addr.to_string(), None).unwrap())
+    }
+
+    fn batch(from: u64) -> RaftBatch {
+        RaftBatch {
+            from,
+            ..Default::default()
+        }
+    }
+
+    async fn wait_for(got: &Mutex<Vec<(u64, &'static str)>>, n: usize) -> Vec<(u64, &'static str)> {
+        for _ in 0..500 {
+            if got.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        got.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn batches_go_in_order_on_one_stream_and_a_refused_one_opens_the_next() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let client = serve(Peer {
+            got: got.clone(),
+            with_stream: true,
+            refuse: 99,
+        })
+        .await;
+        let mut link = Link::Closed;
+        for from in 1..=20 {
+            deliver(&mut link, &client, batch(from)).await.unwrap();
+        }
+        let want: Vec<_> = (1..=20).map(|f| (f, "stream")).collect();
+        assert_eq!(wait_for(&got, 20).await, want);
+
+        // The peer refuses a batch: its stream ends, the next batch reports the loss and
+        // goes on a new stream.
+        deliver(&mut link, &client, batch(99)).await.unwrap();
+        for _ in 0..500 {
+            if matches!(&link, Link::Open { call, .. } if call.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lost = deliver(&mut link, &client, batch(21)).await.unwrap_err();
+        assert!(lost.contains("refused"), "{lost}");
+        deliver(&mut link, &client, batch(22)).await.unwrap();
+        let got = wait_for(&got, 22).await;
+        assert_eq!(&got[20..], &[(21, "stream"), (22, "stream")]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_stream_gets_the_batches_by_send() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let client = serve(Peer {
+            got: got.clone(),
+            with_stream: false,
+            refuse: 0,
+        })
+        .await;
+        let mut link = Link::Closed;
+        // The first batch is lost on the refused stream (Raft sends it again).
+        deliver(&mut link, &client, batch(1)).await.unwrap();
+        for _ in 0..500 {
+            if matches!(&link, Link::Open { call, .. } if call.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for from in 2..=5 {
+            deliver(&mut link, &client, batch(from)).await.unwrap();
+        }
+        assert!(matches!(link, Link::Unary));
+        let want: Vec<_> = (2..=5).map(|f| (f, "send")).collect();
+        assert_eq!(wait_for(&got, 4).await, want);
+    }
 }
