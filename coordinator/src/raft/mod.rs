@@ -15,6 +15,7 @@ mod log_codec;
 pub mod mem_store;
 pub mod node;
 mod proposals;
+mod recent_terms;
 pub mod redb_store;
 pub mod sled_store;
 pub mod snapshot_files;

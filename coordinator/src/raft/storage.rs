@@ -14,6 +14,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+use super::recent_terms::RecentTerms;
+
 /// Node id → the address its peers and clients use.
 pub type Members = std::collections::BTreeMap<u64, String>;
 
@@ -101,6 +103,8 @@ struct Cache {
     last_index: u64,
     members: Members,
     compacted: (u64, u64),
+    /// The terms of the entries written since start, so `term` rarely reads the disk.
+    terms: RecentTerms,
 }
 
 /// The durable Raft log of one node, as raft-rs sees it.
@@ -126,6 +130,7 @@ impl RaftStorage {
             last_index,
             members: p.members,
             compacted: p.compacted,
+            terms: RecentTerms::new(last_index),
         };
         Ok(RaftStorage {
             backend,
@@ -210,6 +215,7 @@ impl RaftStorage {
             c.snapshot_meta = meta.clone();
             if let Some(p) = compacted {
                 c.compacted = p;
+                c.terms.compacted(first_index(c));
             }
         });
         Ok(())
@@ -247,6 +253,7 @@ impl RaftStorage {
             c.last_index = meta.index;
             c.members = members.clone();
             c.compacted = (meta.index, meta.term);
+            c.terms.reset(meta.index);
         });
         Ok(())
     }
@@ -276,6 +283,7 @@ impl RaftStorage {
         self.backend.write(batch)?;
         self.update(|c| {
             c.last_index = new_last;
+            c.terms.append(entries.iter().map(|e| (e.index, e.term)));
             if let Some(hs) = hard_state {
                 c.hard_state = hs.clone();
             }
@@ -376,6 +384,9 @@ impl raft::Storage for RaftStorage {
             }
             if idx > c.last_index {
                 return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            if let Some(term) = c.terms.term(idx, c.last_index) {
+                return Ok(term);
             }
         }
         match self.backend.entry(idx).map_err(Self::storage_err)? {
