@@ -164,15 +164,8 @@ async fn forge(
                 m.set_entries(vec![e].into());
                 m.commit = at.last + 1;
                 if matches!(what, Forgery::StreamedAppend) {
-                    let batch = pb::RaftBatch {
-                        from,
-                        from_address: "127.0.0.1:9".into(),
-                        messages: vec![m.write_to_bytes().unwrap()],
-                        cluster: TEST_CLUSTER.into(),
-                        from_store: store,
-                    };
                     client
-                        .stream(tokio_stream::iter(vec![batch]))
+                        .stream(tokio_stream::iter(vec![batch(from, store, m)]))
                         .await
                         .map(|_| ())
                 } else {
@@ -220,14 +213,18 @@ async fn send(
     store: u64,
     m: Message,
 ) -> Result<(), tonic::Status> {
-    let batch = pb::RaftBatch {
+    client.send(batch(from, store, m)).await.map(|_| ())
+}
+
+/// One forged message in a batch that claims to come from node `from` of this cluster.
+fn batch(from: u64, store: u64, m: Message) -> pb::RaftBatch {
+    pb::RaftBatch {
         from,
         from_address: "127.0.0.1:9".into(),
         messages: vec![m.write_to_bytes().unwrap()],
         cluster: TEST_CLUSTER.into(),
         from_store: store,
-    };
-    client.send(batch).await.map(|_| ())
+    }
 }
 
 /// How a forgery must be refused, and what the target must log.

@@ -236,8 +236,9 @@ async fn peer_loop(id: u64, address: String, mut rx: mpsc::Receiver<Message>, sh
 /// when every batch was a call of its own.
 const STREAM_QUEUE: usize = 2;
 
-/// How long a batch may wait for room on a peer's stream before the peer counts as
-/// unreachable (a paused peer; a dead connection ends the stream sooner, by keepalive).
+/// How long a batch may wait for room on a peer's stream (or for a `Send`'s reply) before the
+/// peer counts as unreachable (a paused peer; a dead connection ends the stream sooner, by
+/// keepalive).
 const STREAM_WAIT: Duration = Duration::from_secs(2);
 
 /// How batches reach one peer.
@@ -277,10 +278,10 @@ async fn deliver(
     match link {
         Link::Unary => {
             let mut client = client.clone();
-            match tokio::time::timeout(Duration::from_secs(2), client.send(req)).await {
+            match tokio::time::timeout(STREAM_WAIT, client.send(req)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out after 2 s".into()),
+                Err(_) => Err(format!("timed out after {}s", STREAM_WAIT.as_secs())),
             }
         }
         Link::Closed => {
