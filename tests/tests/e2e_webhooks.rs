@@ -131,12 +131,14 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     let out = c.dir.path().join("approval");
     std::fs::create_dir_all(&out).unwrap();
     let file = compile_source_with(Path::new("tests/pipelines/approval.py"), &out, &[]).unwrap();
-    let mut deaths = Vec::new();
+    // Every helper revives the nodes the failpoint killed: two deaths in a row leave no
+    // majority until one comes back.
+    let deaths = std::cell::RefCell::new(Vec::new());
     // Polls a run (reviving dead nodes) until `done` holds.
-    let mut wait = |c: &mut Cluster, run: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+    let wait = |c: &mut Cluster, run: &str, done: &dyn Fn(&Value) -> bool| -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            deaths.extend(revive(c));
+            deaths.borrow_mut().extend(revive(c));
             if let Ok(r) = c.cli().get_run(run) {
                 if done(&r) {
                     return r;
@@ -148,9 +150,10 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     };
     // A leader may die after committing a run but before answering: the retry names the
     // same request so it finds that run instead of starting a second one.
-    let submit = |c: &Cluster, request: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    let submit = |c: &mut Cluster, request: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
+            deaths.borrow_mut().extend(revive(c));
             match c.cli().submit_with(&file, &[], &["--request-id", request]) {
                 Ok(id) => return id,
                 Err(e) => assert!(Instant::now() < deadline, "{e:#}"),
@@ -158,33 +161,41 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let decide = |c: &Cluster, args: &[&str]| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    // A decision whose answer was lost with its leader shows in the task's state.
+    let decide = |c: &mut Cluster, run: &str, args: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
+            deaths.borrow_mut().extend(revive(c));
             let r = c.cli().run(args);
             if r.code == 0 {
                 return;
+            }
+            if let Ok(now) = c.cli().get_run(run) {
+                if task_state(&now, "deploy") != "WAITING_APPROVAL" {
+                    return;
+                }
             }
             assert!(Instant::now() < deadline, "{args:?}: {}", r.stderr);
             std::thread::sleep(Duration::from_millis(200));
         }
     };
 
-    let a = submit(&c, "hooks-a");
+    let a = submit(&mut c, "hooks-a");
     wait(&mut c, &a, &|r| {
         task_state(r, "deploy") == "WAITING_APPROVAL"
     });
-    decide(&c, &["run", "approve", &a, "deploy"]);
+    decide(&mut c, &a, &["run", "approve", &a, "deploy"]);
     let ra = wait(&mut c, &a, &|r| {
         r["state"] == "SUCCEEDED" || r["state"] == "FAILED"
     });
     assert_eq!(ra["state"], "SUCCEEDED", "{ra:#}");
-    let b = submit(&c, "hooks-b");
+    let b = submit(&mut c, "hooks-b");
     wait(&mut c, &b, &|r| {
         task_state(r, "deploy") == "WAITING_APPROVAL"
     });
     decide(
-        &c,
+        &mut c,
+        &b,
         &[
             "run",
             "reject",
@@ -199,7 +210,7 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     // Every change is delivered: the hook's mark reaches the last notice.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        deaths.extend(revive(&mut c));
+        deaths.borrow_mut().extend(revive(&mut c));
         let l = c.cli().run(&["webhook", "list", "-o", "json"]);
         if let Ok(v) = l.json() {
             let hook = &v["webhooks"][0];
@@ -217,7 +228,8 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     }
     // A leader that died right after its last post is counted too.
     std::thread::sleep(Duration::from_secs(1));
-    deaths.extend(revive(&mut c));
+    deaths.borrow_mut().extend(revive(&mut c));
+    let deaths = deaths.borrow().clone();
     assert!(
         !deaths.is_empty() && deaths.iter().all(|code| *code == Some(70)),
         "the leaders were to die by the failpoint's panic: {deaths:?}\n{}",
@@ -331,7 +343,7 @@ fn webhooks_get_every_state_change_once_in_order_across_leader_deaths() {
     let rm = c.cli().run(&["webhook", "remove", "test"]);
     assert_eq!(rm.code, 0, "{}", rm.stderr);
     let before = rx.received().len();
-    let _ = submit(&c, "hooks-c");
+    let _ = submit(&mut c, "hooks-c");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(rx.received().len(), before, "a removed hook was posted to");
     c.stop_agent("a1");
