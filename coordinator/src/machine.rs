@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use gantry_core::state::{Applied, ClusterState, Command, Event};
+use gantry_core::state::{Applied, ClusterState, CommandDecoder, Event};
 use tokio::sync::mpsc;
 
 use crate::raft::{Fatal, SnapshotWriter, StateMachine};
@@ -22,6 +22,8 @@ impl SharedState {
 pub struct ClusterMachine {
     pub state: SharedState,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Keeps the pipelines of recent entries, so a repeated one is not decoded again.
+    pub decoder: CommandDecoder,
 }
 
 impl StateMachine for ClusterMachine {
@@ -30,7 +32,7 @@ impl StateMachine for ClusterMachine {
     fn apply(&mut self, index: u64, data: &[u8]) -> Result<Applied, Fatal> {
         // A replica that cannot decode a committed command (a newer binary's, during a rolling
         // upgrade) must stop: skipping it would silently diverge from those that apply it.
-        let command = Command::decode(data).map_err(|e| {
+        let command = self.decoder.decode(data).map_err(|e| {
             Fatal(format!(
                 "undecodable command at index {index} (written by a newer version?): {e}"
             ))

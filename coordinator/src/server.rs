@@ -474,6 +474,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let machine = ClusterMachine {
         state: state.clone(),
         events: events_tx,
+        decoder: Default::default(),
     };
     let node_cfg = NodeConfig {
         id: cfg.node_id,

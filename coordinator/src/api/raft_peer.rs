@@ -89,14 +89,18 @@ impl Api {
                 }
             }
         }
-        let s = self.0.raft.status();
-        let known = s.voters.iter().chain(&s.learners).chain(&s.outgoing);
-        let configured = !(s.voters.is_empty() && s.learners.is_empty());
-        if configured && !known.clone().any(|id| *id == from) {
-            return refuse(ApiError::PeerRefused(format!(
-                "node {from} is not a member (voters {:?}, learners {:?})",
-                s.voters, s.learners
-            )));
+        let not_member = self.0.raft.with_status(|s| {
+            let mut known = s.voters.iter().chain(&s.learners).chain(&s.outgoing);
+            let configured = !(s.voters.is_empty() && s.learners.is_empty());
+            (configured && !known.any(|id| *id == from)).then(|| {
+                format!(
+                    "node {from} is not a member (voters {:?}, learners {:?})",
+                    s.voters, s.learners
+                )
+            })
+        });
+        if let Some(why) = not_member {
+            return refuse(ApiError::PeerRefused(why));
         }
         // The committed record first: it also covers a member that never spoke to this node
         // before it lost its data directory. (Traffic without a store id is refused below.)
@@ -117,13 +121,15 @@ impl Api {
         }
         Ok(())
     }
-}
 
-impl Api {
     /// Checks one batch from a peer and hands its messages to the Raft thread.
     fn step_batch(&self, batch: pb::RaftBatch, principal: &Principal) -> Result<(), ApiError> {
         self.accept_from(batch.from, batch.from_store, &batch.cluster, principal)?;
-        if !self.0.raft.status().members.contains_key(&batch.from) {
+        if !self
+            .0
+            .raft
+            .with_status(|s| s.members.contains_key(&batch.from))
+        {
             self.learn_peer(batch.from, &batch.from_address);
         }
         for bytes in batch.messages {

@@ -61,7 +61,7 @@ impl Api {
         let cmd = Command::CreateRun(NewRun {
             run_id: uuid::Uuid::new_v4().to_string().into(),
             request_id,
-            pipeline: Box::new(pipeline.clone()),
+            pipeline: shared.clone(),
             pipeline_root: self.0.artifact_root.clone(),
             parameters,
             artifacts,

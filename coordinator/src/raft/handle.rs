@@ -111,6 +111,11 @@ impl<O: Send + 'static> RaftHandle<O> {
             .clone()
     }
 
+    /// What `f` reads off the status, without copying all of it (on every peer batch).
+    pub fn with_status<R>(&self, f: impl FnOnce(&NodeStatus) -> R) -> R {
+        f(&self.status.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn shutdown(&self) {
         let _ = self.tx.send(Mail::Shutdown);
     }

@@ -2,6 +2,7 @@
 //! Raft before anything acts on it. Ids and timestamps are chosen by the proposer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gantry_model::{AgentId, AttemptKey, HostInventory, RunId, StepOutcome, TaskId};
 use serde::{Deserialize, Serialize};
@@ -21,13 +22,14 @@ pub struct Placement {
     pub gpus: Vec<String>,
 }
 
-/// What a `CreateRun` command brings.
+/// What a `CreateRun` command brings. `P` is how its pipeline is held: decoded, or (while an
+/// entry is being decoded, `CommandDecoder`) its JSON text still undecoded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewRun {
+pub struct NewRun<P = Arc<PipelineSpec>> {
     pub run_id: RunId,
     /// Client request id: a retried submission with the same id creates one run.
     pub request_id: Option<String>,
-    pub pipeline: Box<PipelineSpec>,
+    pub pipeline: P,
     pub pipeline_root: String,
     /// Already resolved against the pipeline's inputs.
     pub parameters: BTreeMap<String, Value>,
@@ -56,17 +58,32 @@ pub struct NewRun {
     pub request_window_ms: Option<i64>,
 }
 
-impl Command {
-    /// A committed entry's command. serde decodes an internally tagged enum by copying the
-    /// whole entry into a tree of its own and decoding that again; a `CreateRun` (most of the
-    /// log by bytes: it carries its pipeline) that starts as serde_json writes one is decoded
-    /// straight into its fields, `type` passed over. Same bytes, same command either way.
-    pub fn decode(data: &[u8]) -> serde_json::Result<Command> {
-        const CREATE_RUN: &[u8] = br#"{"type":"create_run","#;
-        if data.starts_with(CREATE_RUN) {
-            return serde_json::from_slice::<NewRun>(data).map(Command::CreateRun);
+impl<P> NewRun<P> {
+    /// The same run with its pipeline held as `pipeline`.
+    pub fn with_pipeline<Q>(self, pipeline: Q) -> NewRun<Q> {
+        NewRun {
+            run_id: self.run_id,
+            request_id: self.request_id,
+            pipeline,
+            pipeline_root: self.pipeline_root,
+            parameters: self.parameters,
+            artifacts: self.artifacts,
+            at: self.at,
+            caching: self.caching,
+            limits: self.limits,
+            priority: self.priority,
+            uri_policy: self.uri_policy,
+            info: self.info,
+            request_window_ms: self.request_window_ms,
         }
-        serde_json::from_slice(data)
+    }
+}
+
+impl Command {
+    /// A committed entry's command (see `CommandDecoder`, which also keeps the pipelines it
+    /// decoded lately).
+    pub fn decode(data: &[u8]) -> serde_json::Result<Command> {
+        super::command_decoder::CommandDecoder::default().decode(data)
     }
 }
 

@@ -108,7 +108,7 @@ fn state_log(pipeline: crate::ir::PipelineSpec) -> Vec<Command> {
         Command::CreateRun(NewRun {
             run_id: "run-1".into(),
             request_id: Some("req-1".into()),
-            pipeline: Box::new(pipeline),
+            pipeline: std::sync::Arc::new(pipeline),
             pipeline_root: "file:///tmp/gantry".into(),
             parameters: params,
             artifacts: BTreeMap::new(),

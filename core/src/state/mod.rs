@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod catalog;
 mod command;
+mod command_decoder;
 pub mod notify;
 mod pipelines;
 pub mod retention;
@@ -19,6 +20,7 @@ use gantry_model::{AgentId, HostInventory, ResourceRequest, RunId, TaskId};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, NewRun, Placement, Unschedulable};
+pub use command_decoder::CommandDecoder;
 /// Re-exported from the vocabulary crate, where the agent finds it too.
 pub use gantry_model::AttemptKey;
 
@@ -820,7 +822,7 @@ impl ClusterState {
             s.may_fire(*tick, active)
                 .map_err(catalog::CatalogError::NotFired)?;
         }
-        let pipeline = self.pipelines.share(Arc::from(pipeline));
+        let pipeline = self.pipelines.share(pipeline);
         let mut run = RunRecord::new(run_id.clone(), pipeline, pipeline_root, parameters, at);
         if let Some(root) = run.tasks.get_mut(engine::ROOT_TASK_ID) {
             root.inputs.artifacts = artifacts;

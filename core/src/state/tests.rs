@@ -13,7 +13,7 @@ const LINEAR: &str = include_str!("../engine/testdata/linear.yaml");
 
 /// Run `run_id` of `spec` with `parameters`, created at `at`, every other field its default;
 /// tests change what they look at with struct update syntax.
-fn new_run(
+pub(super) fn new_run(
     run_id: &str,
     spec: crate::ir::PipelineSpec,
     parameters: BTreeMap<String, serde_json::Value>,
@@ -22,7 +22,7 @@ fn new_run(
     NewRun {
         run_id: run_id.into(),
         request_id: None,
-        pipeline: Box::new(spec),
+        pipeline: std::sync::Arc::new(spec),
         pipeline_root: "file:///tmp/gantry".into(),
         parameters,
         artifacts: BTreeMap::new(),
