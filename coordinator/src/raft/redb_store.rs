@@ -1,8 +1,7 @@
 //! The Raft log in redb (`raft.redb` in the data directory): entries by index in one table,
 //! the small records by name in another. Every write is one redb transaction committed with
-//! `Durability::Immediate`, which fsyncs before it returns; only a write that moves nothing
-//! but the commit index is committed with `Durability::None`, and becomes durable with the
-//! next immediate one.
+//! `Durability::Immediate`, which fsyncs before it returns. (A commit index that moved alone
+//! is not written by itself: `RaftStorage` adds it to the next write.)
 //!
 //! It replaced sled for the log: sled 0.34 makes its flushes durable with `sync_file_range`,
 //! which does not survive a power cut, and the power-loss test lost acknowledged submissions
@@ -203,12 +202,7 @@ impl RedbLogStore {
             return Err(LogStoreError::Backend("redb: the log is closed".into()));
         };
         let mut tx = db.begin_write().map_err(db_err)?;
-        // A deferred write is made durable by the next immediate one (redb keeps the order).
-        tx.set_durability(if b.deferred {
-            Durability::None
-        } else {
-            Durability::Immediate
-        });
+        tx.set_durability(Durability::Immediate);
         {
             let mut entries = tx.open_table(ENTRIES).map_err(db_err)?;
             for &(from, to) in &b.remove {
@@ -281,7 +275,6 @@ pub fn migrate_from_sled(
         snapshot_meta: Some(old.snapshot_meta),
         members: Some(old.members),
         compacted: Some(old.compacted),
-        deferred: false,
     })?;
     from.clear()?;
     Ok(moved)

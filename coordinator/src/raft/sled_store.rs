@@ -148,9 +148,7 @@ impl LogStore for SledLogStore {
             batch.insert(KEY_COMPACTED, &encode_pair(p));
         }
         self.tree.apply_batch(batch).map_err(sled_err)?;
-        if !b.deferred {
-            self.db.flush().map_err(sled_err)?;
-        }
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 }

@@ -73,14 +73,10 @@ pub struct WriteBatch {
     pub snapshot_meta: Option<SnapshotMetadata>,
     pub members: Option<Members>,
     pub compacted: Option<(u64, u64)>,
-    /// Only the commit index moved: the write may become durable with the next durable one
-    /// instead of now (etcd's `MustSync`). A commit index lost to a crash is learnt again from
-    /// the leader, and nothing that a reply or a message promised depends on it.
-    pub deferred: bool,
 }
 
 /// Where the Raft log's bytes live. `write` must be atomic (all of the batch or none of it
-/// survives a crash) and durable when it returns, unless the batch is `deferred`.
+/// survives a crash) and durable when it returns.
 pub trait LogStore: Send + Sync + 'static {
     fn load(&self) -> Result<Persisted, LogStoreError>;
     /// Entries with `low <= index < high`, in order; stops early once `max_size` bytes are
@@ -105,6 +101,8 @@ struct Cache {
     compacted: (u64, u64),
     /// The terms of the entries written since start, so `term` rarely reads the disk.
     terms: RecentTerms,
+    /// `hard_state`'s commit index is newer than the stored one (nothing else in it is).
+    commit_unwritten: bool,
 }
 
 /// The durable Raft log of one node, as raft-rs sees it.
@@ -131,6 +129,7 @@ impl RaftStorage {
             members: p.members,
             compacted: p.compacted,
             terms: RecentTerms::new(last_index),
+            commit_unwritten: false,
         };
         Ok(RaftStorage {
             backend,
@@ -178,11 +177,32 @@ impl RaftStorage {
 
     /// Replaces the member address book.
     pub fn set_members(&self, members: &Members) -> Result<(), LogStoreError> {
-        self.backend.write(WriteBatch {
+        self.write(WriteBatch {
             members: Some(members.clone()),
             ..Default::default()
         })?;
         self.update(|c| c.members = members.clone());
+        Ok(())
+    }
+
+    /// Writes `batch` durably, with the newest commit index when it is not stored yet (the
+    /// batch's own hard state, if it has one, is at least as new).
+    fn write(&self, mut batch: WriteBatch) -> Result<(), LogStoreError> {
+        let carried = {
+            let c = self.read();
+            if batch.hard_state.is_none() && c.commit_unwritten {
+                batch.hard_state = Some(c.hard_state.clone());
+            }
+            batch.hard_state.as_ref().map(|hs| hs.commit)
+        };
+        self.backend.write(batch)?;
+        if let Some(commit) = carried {
+            self.update(|c| {
+                if c.hard_state.commit <= commit {
+                    c.commit_unwritten = false;
+                }
+            });
+        }
         Ok(())
     }
 
@@ -210,7 +230,7 @@ impl RaftStorage {
             batch.compacted = Some((compact_index, term));
         }
         let compacted = batch.compacted;
-        self.backend.write(batch)?;
+        self.write(batch)?;
         self.update(|c| {
             c.snapshot_meta = meta.clone();
             if let Some(p) = compacted {
@@ -245,7 +265,7 @@ impl RaftStorage {
         if first <= last {
             batch.remove.push((first, last));
         }
-        self.backend.write(batch)?;
+        self.write(batch)?;
         self.update(|c| {
             c.snapshot_meta = meta.clone();
             c.hard_state = hs;
@@ -280,7 +300,7 @@ impl RaftStorage {
             batch.entries = entries.to_vec();
             new_last = entries.last().map_or(old_last, |e| e.index);
         }
-        self.backend.write(batch)?;
+        self.write(batch)?;
         self.update(|c| {
             c.last_index = new_last;
             c.terms.append(entries.iter().map(|e| (e.index, e.term)));
@@ -294,7 +314,7 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Records a new commit index in the hard state, durable with the next durable write.
+    /// Records a new commit index in the hard state, stored with the next write.
     pub fn set_commit(&self, commit: u64) -> Result<(), LogStoreError> {
         let mut hs = self.hard_state();
         if hs.commit == commit {
@@ -304,10 +324,13 @@ impl RaftStorage {
         self.persist_hard_state(&hs)
     }
 
-    /// Writes a Ready's entries and hard state. The write is deferred when there are no
-    /// entries and the hard state differs from the stored one in its commit index only: term
-    /// and vote must be on disk before any message that follows them, entries before they are
-    /// acknowledged, but a commit index is a fact any node learns again.
+    /// Writes a Ready's entries and hard state. A hard state that differs from the last one in
+    /// its commit index only is not written now but with the next write (etcd's `MustSync`
+    /// rule): term and vote must be on disk before any message that follows them, entries
+    /// before they are acknowledged, but a commit index is a fact any node learns again from
+    /// the leader, and nothing a reply or a message promised depends on it. Every write
+    /// carries it, so the stored one is never behind a compaction (raft-rs refuses to start
+    /// from a commit index below the log's first entry).
     pub fn persist_ready(
         &self,
         entries: &[Entry],
@@ -320,11 +343,18 @@ impl RaftStorage {
     }
 
     fn persist_hard_state(&self, hs: &HardState) -> Result<(), LogStoreError> {
-        let stored = self.hard_state();
-        let deferred = hs.term == stored.term && hs.vote == stored.vote;
-        self.backend.write(WriteBatch {
+        let last = self.hard_state();
+        if hs.term == last.term && hs.vote == last.vote {
+            if hs.commit != last.commit {
+                self.update(|c| {
+                    c.hard_state = hs.clone();
+                    c.commit_unwritten = true;
+                });
+            }
+            return Ok(());
+        }
+        self.write(WriteBatch {
             hard_state: Some(hs.clone()),
-            deferred,
             ..Default::default()
         })?;
         self.update(|c| c.hard_state = hs.clone());
@@ -538,20 +568,40 @@ mod tests {
     }
 
     #[test]
-    fn redb_makes_a_deferred_commit_index_durable_with_the_next_write() {
+    fn redb_stores_a_commit_index_that_moved_alone_with_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
+        let open = || {
+            RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())).unwrap()
+        };
         {
-            let s = RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap()))
+            let s = open();
+            s.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None, None)
                 .unwrap();
-            s.persist(&[entry(1, 1, b"a")], None, None).unwrap();
             s.set_commit(1).unwrap();
-            s.persist(&[entry(2, 1, b"b")], None, None).unwrap();
         }
-        let s =
-            RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())).unwrap();
-        assert_eq!(s.hard_state().commit, 1);
-        assert_eq!(s.last_index().unwrap(), 2);
+        assert_eq!(open().hard_state().commit, 0, "not written by itself");
+        {
+            let s = open();
+            s.set_commit(1).unwrap();
+            s.persist(&[entry(3, 1, b"c")], None, None).unwrap();
+        }
+        assert_eq!(open().hard_state().commit, 1);
+        {
+            // A compaction carries it too: raft-rs will not start from a commit index below
+            // the first entry.
+            let s = open();
+            s.set_commit(3).unwrap();
+            let meta = SnapshotMetadata {
+                index: 3,
+                term: 1,
+                ..Default::default()
+            };
+            s.compact_to(&meta, 3).unwrap();
+        }
+        let s = open();
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 4);
     }
 
     #[test]
@@ -560,11 +610,11 @@ mod tests {
         persists_truncates_and_reopens(|| Arc::new(mem.clone()));
     }
 
-    /// Records which writes were deferred, then stores them in memory.
+    /// Records the hard state each write stores (if any), then stores it in memory.
     #[derive(Default)]
     struct Recording {
         inner: MemLogStore,
-        deferred: std::sync::Mutex<Vec<bool>>,
+        hard_states: std::sync::Mutex<Vec<Option<HardState>>>,
     }
 
     impl LogStore for Recording {
@@ -583,13 +633,16 @@ mod tests {
             self.inner.entry(index)
         }
         fn write(&self, batch: WriteBatch) -> Result<(), LogStoreError> {
-            self.deferred.lock().unwrap().push(batch.deferred);
+            self.hard_states
+                .lock()
+                .unwrap()
+                .push(batch.hard_state.clone());
             self.inner.write(batch)
         }
     }
 
     #[test]
-    fn only_a_moving_commit_index_is_written_without_waiting_for_the_disk() {
+    fn a_commit_index_that_moves_alone_waits_for_the_next_write() {
         let rec = Arc::new(Recording::default());
         let s = RaftStorage::open(rec.clone()).unwrap();
         let hs = |term, vote, commit| HardState {
@@ -603,17 +656,31 @@ mod tests {
         // Entries must be durable before they are acknowledged, whatever the hard state.
         s.persist_ready(&[entry(1, 1, b"a")], Some(&hs(1, 2, 0)))
             .unwrap();
-        s.persist_ready(&[entry(2, 1, b"b")], None).unwrap();
-        // Only the commit index moves: deferred, here and through set_commit.
+        // Only the commit index moves: no write, here and through set_commit.
         s.persist_ready(&[], Some(&hs(1, 2, 1))).unwrap();
+        s.set_commit(1).unwrap();
+        assert_eq!(s.hard_state(), hs(1, 2, 1), "the cache has it");
+        // The next write carries it, even one without a hard state of its own.
+        s.persist_ready(&[entry(2, 1, b"b")], None).unwrap();
         s.set_commit(2).unwrap();
-        // The vote changes (the rule compares with what is stored, whatever raft allows).
+        s.set_members(&Members::default()).unwrap();
+        // Then nothing is carried until it moves again.
+        s.persist_ready(&[entry(3, 1, b"c")], None).unwrap();
+        // The vote changes (the rule compares with the last hard state, whatever raft
+        // allows), then a new term, commit unchanged: both written at once.
         s.persist_ready(&[], Some(&hs(1, 3, 2))).unwrap();
-        // A new term, commit unchanged.
         s.persist_ready(&[], Some(&hs(2, 3, 2))).unwrap();
         assert_eq!(
-            *rec.deferred.lock().unwrap(),
-            [false, false, false, true, true, false, false]
+            *rec.hard_states.lock().unwrap(),
+            [
+                Some(hs(1, 2, 0)),
+                Some(hs(1, 2, 0)),
+                Some(hs(1, 2, 1)),
+                Some(hs(1, 2, 2)),
+                None,
+                Some(hs(1, 3, 2)),
+                Some(hs(2, 3, 2)),
+            ]
         );
         assert_eq!(s.hard_state(), hs(2, 3, 2), "the cache follows every write");
     }
