@@ -917,14 +917,8 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         self.apply_entries(rd.take_committed_entries())?;
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            // The commit index is also in the next hard state; one that cannot be written
-            // now is only learnt again from the leader after a restart.
-            if let Err(e) = self.store.set_commit(commit) {
-                if !e.is_no_space() {
-                    return Err(fatal(e));
-                }
-                tracing::warn!(error = %e, commit, "could not record the commit index");
-            }
+            // Stored with the next write; one lost with a crash is learnt again from the leader.
+            self.store.set_commit(commit);
         }
         self.transport.send(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;

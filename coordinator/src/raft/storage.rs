@@ -315,13 +315,13 @@ impl RaftStorage {
     }
 
     /// Records a new commit index in the hard state, stored with the next write.
-    pub fn set_commit(&self, commit: u64) -> Result<(), LogStoreError> {
-        let mut hs = self.hard_state();
-        if hs.commit == commit {
-            return Ok(());
-        }
-        hs.commit = commit;
-        self.persist_hard_state(&hs)
+    pub fn set_commit(&self, commit: u64) {
+        self.update(|c| {
+            if c.hard_state.commit != commit {
+                c.hard_state.commit = commit;
+                c.commit_unwritten = true;
+            }
+        });
     }
 
     /// Writes a Ready's entries and hard state. A hard state that differs from the last one in
@@ -578,12 +578,12 @@ mod tests {
             let s = open();
             s.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None, None)
                 .unwrap();
-            s.set_commit(1).unwrap();
+            s.set_commit(1);
         }
         assert_eq!(open().hard_state().commit, 0, "not written by itself");
         {
             let s = open();
-            s.set_commit(1).unwrap();
+            s.set_commit(1);
             s.persist(&[entry(3, 1, b"c")], None, None).unwrap();
         }
         assert_eq!(open().hard_state().commit, 1);
@@ -591,7 +591,7 @@ mod tests {
             // A compaction carries it too: raft-rs will not start from a commit index below
             // the first entry.
             let s = open();
-            s.set_commit(3).unwrap();
+            s.set_commit(3);
             let meta = SnapshotMetadata {
                 index: 3,
                 term: 1,
@@ -658,11 +658,11 @@ mod tests {
             .unwrap();
         // Only the commit index moves: no write, here and through set_commit.
         s.persist_ready(&[], Some(&hs(1, 2, 1))).unwrap();
-        s.set_commit(1).unwrap();
+        s.set_commit(1);
         assert_eq!(s.hard_state(), hs(1, 2, 1), "the cache has it");
         // The next write carries it, even one without a hard state of its own.
         s.persist_ready(&[entry(2, 1, b"b")], None).unwrap();
-        s.set_commit(2).unwrap();
+        s.set_commit(2);
         s.set_members(&Members::default()).unwrap();
         // Then nothing is carried until it moves again.
         s.persist_ready(&[entry(3, 1, b"c")], None).unwrap();
