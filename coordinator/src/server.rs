@@ -24,12 +24,10 @@ use crate::dispatch::{Dispatcher, WaitingReasons};
 use crate::log_limits::LogLimits;
 use crate::logs::StepLogs;
 use crate::machine::{ClusterMachine, SharedState};
-use crate::raft::redb_store::migrate_from_sled;
 use crate::raft::transport::{peer_channel, GrpcTransport, PeerStamp};
 use crate::raft::StoreIds;
 use crate::raft::{
-    self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, RedbLogStore,
-    SledLogStore, SnapshotDir,
+    self, Fatal, Members, NodeConfig, RaftError, RaftHandle, RaftStorage, SnapshotDir,
 };
 use gantry_core::state::retention::RetentionPolicy;
 use gantry_model::limits::{
@@ -455,14 +453,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
         .path(cfg.data_dir.join("sled"))
         .open()
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", cfg.data_dir.display()))?;
-    let log = RedbLogStore::open(&cfg.data_dir.join("raft.redb"))?;
-    let moved = migrate_from_sled(&SledLogStore::open(db.clone())?, &log)?;
-    if moved > 0 {
-        tracing::info!(
-            entries = moved,
-            "moved the Raft log from sled to raft.redb (sled's flush does not survive a power cut)"
-        );
-    }
+    let log = crate::raft::log_upgrade::open_raft_log(&cfg.data_dir, &db)?;
     let store = RaftStorage::open(Arc::new(log))?;
     if !store.is_fresh() && !initial_members.is_empty() && store.members() != initial_members {
         tracing::info!("this node already belongs to a cluster; --bootstrap/--peer are ignored");

@@ -4,14 +4,16 @@
 //!   simulation;
 //! - [`handle`]: what the rest of the coordinator holds to propose, read and change membership;
 //! - [`proposals`]: callers waiting for their entries, matched by (term, index);
-//! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`redb_store`] on
-//!   disk, [`mem_store`] in memory; [`sled_store`] reads logs of older versions once);
+//! - [`storage`]: the log as raft-rs sees it, over a [`LogStore`] backend ([`wal_store`] on
+//!   disk, in the record format of [`wal_record`]; [`mem_store`] in memory; [`redb_store`] and
+//!   [`sled_store`] read logs of older versions once);
 //! - [`snapshots`] and [`snapshot_files`]: where snapshots live;
 //! - [`store_ids`]: which data directory each peer speaks from, so a wiped node cannot vote twice;
 //! - [`transport`]: messages and snapshot streams to peers over tonic.
 
 pub mod handle;
 mod log_codec;
+pub mod log_upgrade;
 pub mod mem_store;
 pub mod node;
 mod proposals;
@@ -23,6 +25,8 @@ pub mod snapshots;
 pub mod storage;
 pub mod store_ids;
 pub mod transport;
+mod wal_record;
+pub mod wal_store;
 
 #[cfg(test)]
 mod sim;
@@ -36,6 +40,7 @@ pub use snapshot_files::SnapshotDir;
 pub use snapshots::{MemSnapshots, SnapshotStore, SnapshotWriter};
 pub use storage::{LogStore, LogStoreError, Members, RaftStorage};
 pub use store_ids::{StoreIdError, StoreIds};
+pub use wal_store::WalLogStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {

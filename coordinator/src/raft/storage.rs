@@ -571,9 +571,32 @@ mod tests {
     fn redb_stores_a_commit_index_that_moved_alone_with_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
-        let open = || {
-            RaftStorage::open(Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())).unwrap()
-        };
+        stores_a_commit_index_that_moved_alone_with_the_next_write(|| {
+            Arc::new(crate::raft::RedbLogStore::open(&path).unwrap())
+        });
+    }
+
+    #[test]
+    fn wal_stores_a_commit_index_that_moved_alone_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-wal");
+        stores_a_commit_index_that_moved_alone_with_the_next_write(|| {
+            Arc::new(crate::raft::WalLogStore::open(&path).unwrap())
+        });
+    }
+
+    #[test]
+    fn wal_persists_truncates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-wal");
+        persists_truncates_and_reopens(|| Arc::new(crate::raft::WalLogStore::open(&path).unwrap()));
+    }
+
+    /// Reopened after each step: a commit index that moved alone is stored by the next write.
+    fn stores_a_commit_index_that_moved_alone_with_the_next_write(
+        backend: impl Fn() -> Arc<dyn LogStore>,
+    ) {
+        let open = || RaftStorage::open(backend()).unwrap();
         {
             let s = open();
             s.persist(&[entry(1, 1, b"a"), entry(2, 1, b"b")], None, None)
