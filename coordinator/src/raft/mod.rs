@@ -17,6 +17,7 @@ pub mod log_upgrade;
 pub mod mem_store;
 pub mod node;
 mod proposals;
+mod recent_entries;
 mod recent_terms;
 pub mod redb_store;
 pub mod sled_store;

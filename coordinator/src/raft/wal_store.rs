@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use raft::eraftpb::Entry;
 
 use super::log_codec::{decode, within_size};
+use super::recent_entries::{RecentEntries, RECENT_ENTRY_BYTES};
 use super::storage::{io_is_no_space, LogStore, LogStoreError, Persisted, WriteBatch};
 use super::wal_record::{
     encode_record, parse_ops, read_frame, Frame, Op, FRAME_HEADER, SEGMENT_MAGIC,
@@ -59,9 +60,16 @@ struct Log {
     /// Oldest first; writes go to the last.
     segments: Vec<Segment>,
     index: BTreeMap<u64, Loc>,
+    /// The newest entries as written, so they are not read back from disk.
+    recent: RecentEntries,
     persisted: Persisted,
     /// A failed write could not be cut off again: the directory is read again before the next.
     damaged: bool,
+}
+
+enum Found {
+    Held(Entry),
+    OnDisk(u64, Loc, Arc<File>),
 }
 
 /// The Raft log of one node in a directory of append-only segment files.
@@ -177,9 +185,9 @@ impl WalLogStore {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The entries of `low..high` with the files that hold them, at most about `max_size`
-    /// bytes (at least one), so the reading happens outside the lock.
-    fn locate(&self, low: u64, high: u64, max_size: Option<u64>) -> Vec<(u64, Loc, Arc<File>)> {
+    /// The entries of `low..high`, at most about `max_size` bytes (at least one): those in
+    /// memory, and where the others lie, so reading them happens outside the lock.
+    fn locate(&self, low: u64, high: u64, max_size: Option<u64>) -> Vec<Found> {
         let log = self.lock();
         let mut out = Vec::new();
         let mut size = 0u64;
@@ -188,11 +196,20 @@ impl WalLogStore {
             if max_size.is_some_and(|max| !out.is_empty() && size > max) {
                 break;
             }
-            if let Some(s) = log.segment(loc.seq) {
-                out.push((i, loc, s.file.clone()));
+            if let Some(e) = log.recent.get(i) {
+                out.push(Found::Held(e.clone()));
+            } else if let Some(s) = log.segment(loc.seq) {
+                out.push(Found::OnDisk(i, loc, s.file.clone()));
             }
         }
         out
+    }
+
+    fn read(&self, found: Found) -> Result<Entry, LogStoreError> {
+        match found {
+            Found::Held(e) => Ok(e),
+            Found::OnDisk(i, loc, file) => self.read_entry(i, loc, &file),
+        }
     }
 
     fn read_entry(&self, index: u64, loc: Loc, file: &File) -> Result<Entry, LogStoreError> {
@@ -317,7 +334,10 @@ fn scan(dir: &Path) -> Result<Log, LogStoreError> {
             "the raft log directory holds no segment file",
         ));
     }
-    let mut log = Log::default();
+    let mut log = Log {
+        recent: RecentEntries::new(RECENT_ENTRY_BYTES),
+        ..Log::default()
+    };
     let newest = seqs.len() - 1;
     for (n, &seq) in seqs.iter().enumerate() {
         let path = dir.join(segment_name(seq));
@@ -450,17 +470,12 @@ impl LogStore for WalLogStore {
         max_size: Option<u64>,
     ) -> Result<Vec<Entry>, LogStoreError> {
         let found = self.locate(low, high, max_size);
-        within_size(
-            max_size,
-            found
-                .iter()
-                .map(|(i, loc, file)| self.read_entry(*i, *loc, file)),
-        )
+        within_size(max_size, found.into_iter().map(|f| self.read(f)))
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, LogStoreError> {
-        match self.locate(index, index.saturating_add(1), None).first() {
-            Some((i, loc, file)) => self.read_entry(*i, *loc, file).map(Some),
+        match self.locate(index, index.saturating_add(1), None).pop() {
+            Some(f) => self.read(f).map(Some),
             None => Ok(None),
         }
     }
@@ -502,6 +517,10 @@ impl LogStore for WalLogStore {
         let ops =
             parse_ops(&rec[FRAME_HEADER..]).map_err(|r| corrupt("a record just written", r))?;
         log.apply(seq, offset, &ops);
+        for &(from, to) in &batch.remove {
+            log.recent.remove(from, to);
+        }
+        log.recent.append(batch.entries);
         if !batch.remove.is_empty() {
             self.drop_dead_segments(&mut log);
         }
@@ -672,12 +691,19 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        // The same from memory (the entries just written) and, after a reopen, from disk.
+        let check = |s: &WalLogStore| {
+            assert_eq!(s.load().unwrap().last_entry, Some(9));
+            assert_eq!(s.entry(9).unwrap(), Some(entry(9, 5)));
+            assert_eq!(s.entry(7).unwrap(), Some(entry(7, 1)));
+            assert_eq!(s.entry(12).unwrap(), None);
+            let mut want: Vec<Entry> = (1..=7).map(|i| entry(i, 1)).collect();
+            want.extend((8..=9).map(|i| entry(i, 5)));
+            assert_eq!(s.entries(1, 30, None).unwrap(), want);
+        };
+        check(&s);
         drop(s);
-        let s = WalLogStore::open(&dir).unwrap();
-        assert_eq!(s.load().unwrap().last_entry, Some(9));
-        assert_eq!(s.entry(9).unwrap(), Some(entry(9, 5)));
-        assert_eq!(s.entry(7).unwrap(), Some(entry(7, 1)));
-        assert_eq!(s.entry(12).unwrap(), None);
+        check(&WalLogStore::open(&dir).unwrap());
     }
 
     #[test]
