@@ -28,6 +28,7 @@ pub mod store_ids;
 pub mod transport;
 mod wal_record;
 pub mod wal_store;
+mod zero_ahead;
 
 #[cfg(test)]
 mod sim;

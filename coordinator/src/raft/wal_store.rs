@@ -16,6 +16,9 @@
 //!   with the segment and offset named rather than serving a log with a hole in it.
 //! - A failed write (a full disk) cuts its bytes off again; if even that fails, the next
 //!   write reads the directory back first.
+//! - Zeros are kept written ahead of the newest segment's data ([`super::zero_ahead`]), so an
+//!   append's fdatasync writes data and no file size; zeros after the last record are the
+//!   clean end of a segment, not a tear.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -32,6 +35,7 @@ use super::storage::{io_is_no_space, LogStore, LogStoreError, Persisted, WriteBa
 use super::wal_record::{
     encode_record, parse_ops, read_frame, Frame, Op, FRAME_HEADER, SEGMENT_MAGIC,
 };
+use super::zero_ahead::{ZeroAhead, ZERO_AHEAD, ZERO_CHUNK};
 
 /// A segment is closed and a new one started once the next record would take it past this
 /// (etcd's segment size).
@@ -50,6 +54,8 @@ struct Segment {
     file: Arc<File>,
     /// Bytes of whole records (the append offset).
     len: u64,
+    /// The file's blocks are written (records or zeros) up to here, as found at open.
+    zeroed_end: u64,
     /// Whether anything follows its checkpoint (a segment that holds only one is never closed
     /// for a new one, however large the next record).
     has_batches: bool,
@@ -77,6 +83,7 @@ pub struct WalLogStore {
     dir: PathBuf,
     segment_bytes: u64,
     log: Mutex<Log>,
+    zeros: ZeroAhead,
 }
 
 fn io_err(what: String, e: std::io::Error) -> LogStoreError {
@@ -98,6 +105,12 @@ fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.wal")
 }
 
+fn follow_newest(zeros: &ZeroAhead, log: &Log) {
+    if let Some(s) = log.segments.last() {
+        zeros.follow(s.seq, s.file.clone(), s.len, s.zeroed_end);
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -112,10 +125,14 @@ impl WalLogStore {
         if !dir.exists() {
             Self::create_from(dir, None, segment_bytes)?;
         }
+        let log = scan(dir)?;
+        let zeros = ZeroAhead::start(ZERO_AHEAD, ZERO_CHUNK, segment_bytes);
+        follow_newest(&zeros, &log);
         Ok(WalLogStore {
             dir: dir.to_path_buf(),
             segment_bytes,
-            log: Mutex::new(scan(dir)?),
+            log: Mutex::new(log),
+            zeros,
         })
     }
 
@@ -145,6 +162,7 @@ impl WalLogStore {
                 segments: vec![first],
                 ..log
             }),
+            zeros: ZeroAhead::disabled(),
         };
         let mut copied = 0;
         if let Some(from) = from {
@@ -236,6 +254,7 @@ impl WalLogStore {
         let seg = write_segment(&self.dir, seq, log)
             .map_err(|e| io_err(format!("start {}", segment_name(seq)), e))?;
         log.segments.push(seg);
+        follow_newest(&self.zeros, log);
         Ok(())
     }
 
@@ -299,6 +318,7 @@ fn write_segment(dir: &Path, seq: u64, log: &Log) -> std::io::Result<Segment> {
             seq,
             file: Arc::new(f),
             len: (SEGMENT_MAGIC.len() + rec.len()) as u64,
+            zeroed_end: (SEGMENT_MAGIC.len() + rec.len()) as u64,
             has_batches: false,
         }),
         Err(e) => {
@@ -348,6 +368,7 @@ fn scan(dir: &Path) -> Result<Log, LogStoreError> {
         }
         let mut pos = SEGMENT_MAGIC.len();
         let mut records = 0usize;
+        let mut zeroed_end = 0;
         while pos < bytes.len() {
             match read_frame(&bytes[pos..]) {
                 Frame::Whole { payload, len } => {
@@ -359,6 +380,11 @@ fn scan(dir: &Path) -> Result<Log, LogStoreError> {
                     log.apply(seq, pos as u64, &ops);
                     records += 1;
                     pos += len;
+                }
+                // Zeros written ahead of the appends (zero_ahead.rs): the clean end of the data.
+                Frame::Torn if records > 0 && bytes[pos..].iter().all(|&b| b == 0) => {
+                    zeroed_end = bytes.len() as u64;
+                    break;
                 }
                 Frame::Torn if n == newest && records > 0 => {
                     let cut = bytes.len() - pos;
@@ -401,6 +427,7 @@ fn scan(dir: &Path) -> Result<Log, LogStoreError> {
             seq,
             file: Arc::new(file),
             len: pos as u64,
+            zeroed_end: zeroed_end.max(pos as u64),
             has_batches: records > 1,
         });
     }
@@ -485,6 +512,7 @@ impl LogStore for WalLogStore {
         let mut log = self.lock();
         if log.damaged {
             *log = scan(&self.dir)?;
+            follow_newest(&self.zeros, &log);
             tracing::info!(dir = %self.dir.display(), "raft log read again after a failed write");
         }
         let needs_new = match log.segments.last() {
@@ -500,6 +528,7 @@ impl LogStore for WalLogStore {
             ));
         };
         let (seq, offset) = (active.seq, active.len);
+        self.zeros.reserve(seq, offset, offset + rec.len() as u64);
         let written = active
             .file
             .write_all_at(&rec, offset)
@@ -509,6 +538,7 @@ impl LogStore for WalLogStore {
                 .file
                 .set_len(offset)
                 .and_then(|_| active.file.sync_data());
+            self.zeros.cut(seq, offset);
             log.damaged = cut.is_err();
             return Err(io_err(format!("append to {}", segment_name(seq)), e));
         }
@@ -574,10 +604,11 @@ mod tests {
         let s = WalLogStore::open(&dir).unwrap();
         append(&s, 1..=3, 1);
         append(&s, 4..=5, 2);
+        let whole = s.lock().segments[0].len;
         drop(s);
         let path = newest_segment(&dir);
-        let whole = std::fs::metadata(&path).unwrap().len();
-        // The last record loses its end (as a power cut before its fdatasync can leave it).
+        // The last record loses its end (as a power cut before its fdatasync can leave it),
+        // and the zeros written ahead of it with it.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(whole - 10).unwrap();
         drop(f);
@@ -607,6 +638,43 @@ mod tests {
         drop(f);
         let s = WalLogStore::open(&dir).unwrap();
         assert_eq!(s.load().unwrap().last_entry, Some(4));
+    }
+
+    #[test]
+    fn zeros_after_the_data_are_a_clean_end_and_are_written_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let s = WalLogStore::open(&dir).unwrap();
+        append(&s, 1..=3, 1);
+        let path = newest_segment(&dir);
+        let data = s.lock().segments[0].len;
+        let zeroed = (0..500).find_map(|_| {
+            let len = std::fs::metadata(&path).unwrap().len();
+            (len > data).then_some(len).or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+        });
+        assert!(zeroed.is_some(), "no zeros written ahead of the data");
+        drop(s);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let s = WalLogStore::open(&dir).unwrap();
+        assert_eq!(s.load().unwrap().last_entry, Some(3));
+        assert!(
+            std::fs::metadata(&path).unwrap().len() >= len,
+            "the zeros were not cut off as a tear"
+        );
+        // Written over, and read back after a reopen.
+        append(&s, 4..=6, 2);
+        drop(s);
+        let s = WalLogStore::open(&dir).unwrap();
+        assert_eq!(
+            s.entries(1, 7, None).unwrap(),
+            (1..=3)
+                .map(|i| entry(i, 1))
+                .chain((4..=6).map(|i| entry(i, 2)))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
