@@ -207,19 +207,22 @@ mod tests {
 
     /// Appends race the zeroing thread (small chunks, so it is nearly always busy): no zero
     /// may land on appended bytes, and zeros stay ahead of the data.
+    fn new_file(dir: &tempfile::TempDir) -> (std::path::PathBuf, Arc<File>) {
+        let path = dir.path().join("seg");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (path, Arc::new(file))
+    }
+
     #[test]
     fn zeros_never_land_on_appended_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seg");
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let (path, file) = new_file(&dir);
         let z = ZeroAhead::start(64 << 10, 4 << 10, 1 << 30);
         z.follow(1, file.clone(), 0, 0);
         let mut end = 0u64;
@@ -241,16 +244,7 @@ mod tests {
     #[test]
     fn no_zeros_past_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seg");
-        let file = Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap(),
-        );
+        let (_, file) = new_file(&dir);
         let z = ZeroAhead::start(1 << 20, 64 << 10, 100_000);
         z.follow(1, file.clone(), 0, 0);
         z.reserve(1, 0, 10);
