@@ -85,6 +85,10 @@ pub const TABLE: &[Rule] = &[
         "/gantry.v1.RaftService/InstallSnapshot",
         Allow::Coordinators,
     ),
+    rule(
+        "/gantry.v1.RaftService/InstallSnapshotV2",
+        Allow::Coordinators,
+    ),
     rule("/gantry.v1.AclService/Bootstrap", Allow::Anyone),
     rule("/gantry.v1.AclService/CreateToken", Allow::Roles(ADMIN)),
     rule("/gantry.v1.AclService/ListTokens", Allow::Roles(ADMIN)),

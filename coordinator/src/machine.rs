@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use gantry_core::state::{Applied, ClusterState, CommandDecoder, Event};
+use gantry_core::state::{
+    decode_snapshot, encode_snapshot, Applied, ClusterState, CommandDecoder, Event, SnapshotFormat,
+};
 use tokio::sync::mpsc;
 
 use crate::raft::{Fatal, SnapshotWriter, StateMachine};
@@ -50,37 +52,21 @@ impl StateMachine for ClusterMachine {
     fn snapshot(&self) -> SnapshotWriter {
         // A clone under the read lock is the consistent cut; encoding happens off the Raft thread.
         let copy = self.state.read().clone();
-        Box::new(move |w| {
-            // serde_json writes token by token: buffered here, each token is a copy into
-            // memory instead of a call through `dyn Write` and the checksumming writer.
-            let mut w = std::io::BufWriter::with_capacity(CODEC_BUFFER, w);
-            serde_json::to_writer(&mut w, &copy).map_err(std::io::Error::from)?;
-            std::io::Write::flush(&mut w)
-        })
+        Box::new(move |w| encode_snapshot(&copy, SnapshotFormat::Tabled, w))
     }
 
     fn check(r: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let _ = decode_state(r)?;
+        let _ = decode_snapshot(r)?;
         Ok(())
     }
 
     fn restore(&mut self, r: &mut dyn std::io::Read) -> std::io::Result<()> {
-        let restored = decode_state(r)?;
+        let restored = decode_snapshot(r)?;
         *self.state.0.write().unwrap_or_else(|e| e.into_inner()) = restored;
         // Ready tasks and free capacity may all be new.
         let _ = self.events.send(Event::CapacityChanged);
         Ok(())
     }
-}
-
-/// serde_json reads a byte at a time: through a buffer of its own, each byte is a copy from
-/// memory instead of a call through `dyn Read`, the length limit and the file's buffer (a
-/// profile of `gantry-bench raft` had snapshot decoding at a third of all CPU before).
-const CODEC_BUFFER: usize = 1 << 16;
-
-fn decode_state(r: &mut dyn std::io::Read) -> std::io::Result<ClusterState> {
-    let r = std::io::BufReader::with_capacity(CODEC_BUFFER, r);
-    Ok(serde_json::from_reader(r)?)
 }
 
 /// Verifies a snapshot file's checksum and decodes its state, keeping nothing: a snapshot that
@@ -94,4 +80,14 @@ pub fn check_snapshot_file(path: &std::path::Path) -> std::io::Result<()> {
             format!("snapshot {what}: the state does not decode: {e}"),
         )
     })
+}
+
+/// A snapshot's state rewritten in format 1, for a peer of the previous version, which reads
+/// nothing else (`raft::transport` asks first).
+pub fn plain_snapshot(
+    r: &mut dyn std::io::Read,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let state = decode_snapshot(r)?;
+    encode_snapshot(&state, SnapshotFormat::Plain, w)
 }

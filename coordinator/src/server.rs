@@ -481,6 +481,7 @@ pub async fn start(cfg: CoordinatorConfig) -> anyhow::Result<ServerHandle> {
     let transport_addr = advertise.clone();
     let peer_tls = tls.clone();
     let stamp = PeerStamp {
+        previous_snapshot_format: crate::machine::plain_snapshot,
         cluster: cluster.clone().unwrap_or_default(),
         store_ids: store_ids.clone(),
     };

@@ -78,6 +78,8 @@ pub struct ClusterOpts {
     pub artifact_root: Option<String>,
     /// Extra environment for every coordinator.
     pub env: Vec<(String, String)>,
+    /// Extra environment for one coordinator: (node id, name, value).
+    pub node_env: Vec<(u64, String, String)>,
     /// Start node 1 with --bootstrap and the others with neither --bootstrap nor --peer, to be
     /// joined with `gantry cluster join`.
     pub bootstrap_one: bool,
@@ -97,6 +99,7 @@ impl ClusterOpts {
             snapshot_entries: 10_000,
             artifact_root: Some(artifact_root.to_string()),
             env: Vec::new(),
+            node_env: Vec::new(),
             bootstrap_one: false,
             bin_dir: None,
             tls: true,
@@ -111,6 +114,7 @@ impl ClusterOpts {
             snapshot_entries: 10_000,
             artifact_root: None,
             env: Vec::new(),
+            node_env: Vec::new(),
             bootstrap_one: false,
             bin_dir: None,
             tls: true,
@@ -483,6 +487,13 @@ impl Cluster {
         let child = cmd
             .env("RUST_LOG", "info")
             .envs(self.opts.env.iter().cloned())
+            .envs(
+                self.opts
+                    .node_env
+                    .iter()
+                    .filter(|(node, ..)| *node == id)
+                    .map(|(_, k, v)| (k, v)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

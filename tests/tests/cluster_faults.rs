@@ -413,6 +413,88 @@ fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
 }
 
 #[test]
+fn a_lagging_follower_of_the_previous_version_is_sent_a_snapshot_it_reads() {
+    let s3 = S3::start().unwrap();
+    let mut opts = ClusterOpts::new(3, &s3.artifact_root("faults-snap-v1"));
+    opts.snapshot_entries = 20;
+    let lagging = 3;
+    // Node 3 takes snapshots as the previous version did: no InstallSnapshotV2, and a state
+    // of format 2 refused as undecodable.
+    opts.node_env = vec![(
+        lagging,
+        "GANTRY_FAULT_SNAPSHOT_FORMAT_1_ONLY".into(),
+        "1".into(),
+    )];
+    let mut c = start(opts, &s3, false);
+    let dir = c.dir.path().to_path_buf();
+    c.wait_leader(&c.all_ids(), Duration::from_secs(10))
+        .unwrap();
+    c.kill9(lagging);
+    let small = chain(&dir, 3);
+    let cli = c.cli_for(&[1, 2]);
+    for n in 0..45 {
+        cli.submit(
+            &small,
+            &[&format!("marker={}/never-{n}.log", dir.display())],
+        )
+        .unwrap();
+    }
+    poll_every(Duration::from_secs(60), Duration::from_millis(100), || {
+        let compacted = [1u64, 2]
+            .iter()
+            .all(|id| c.status(*id).is_some_and(|s| s.first_index > 20));
+        compacted.then_some(()).ok_or(())
+    })
+    .unwrap_or_else(|()| panic!("the log was not compacted: {}", c.logs_tail()));
+    // The current version writes its own snapshots in format 2.
+    let snaps = c.nodes[0].data.join("snapshots");
+    let written: Vec<u8> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&written).contains(r#"{"gantry_snapshot":2,"pipelines":["#),
+        "node 1 wrote no snapshot of format 2"
+    );
+    c.start_node(lagging).unwrap();
+    c.wait_converged(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", c.log(1), c.log(lagging)));
+    assert!(
+        c.log(lagging).contains("installed a snapshot"),
+        "{}",
+        c.log(lagging)
+    );
+    assert!(
+        !c.log(lagging).contains("snapshot refused"),
+        "{}",
+        c.log(lagging)
+    );
+    let (leader, _) = c.wait_leader(&c.all_ids(), Duration::from_secs(5)).unwrap();
+    assert!(
+        c.log(leader)
+            .contains("the peer reads only snapshots of format 1"),
+        "{}",
+        c.log(leader)
+    );
+    assert_eq!(c.status(lagging).unwrap().runs, 45);
+    let listed = c
+        .cli_for(&[lagging])
+        .run(&["run", "list", "-o", "json", "--limit", "100"]);
+    assert_eq!(listed.json().unwrap().as_array().map(Vec::len), Some(45));
+    // No rewritten copy is left behind.
+    let leftovers: Vec<_> =
+        std::fs::read_dir(c.nodes[(leader - 1) as usize].data.join("snapshots"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("send-"))
+            .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
 fn nothing_is_acted_on_before_it_is_committed() {
     let s3 = S3::start().unwrap();
     let mut c = start(

@@ -26,6 +26,27 @@ fn chunk_delay() -> Option<std::time::Duration> {
     })
 }
 
+/// Fault injection for the rolling-upgrade test: this node takes snapshots as the previous
+/// version did, without `InstallSnapshotV2` and reading only format 1, so a test can show that
+/// the leader sends such a peer a snapshot it reads.
+fn acts_previous_version() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var_os("GANTRY_FAULT_SNAPSHOT_FORMAT_1_ONLY").is_some())
+}
+
+/// What the previous version said of a snapshot of format 2: its state does not decode.
+fn refuse_format_2(path: &std::path::Path) -> std::io::Result<()> {
+    let (_, mut r) = crate::raft::SnapshotDir::open_file(path)?;
+    match gantry_core::state::snapshot_format(&mut r)? {
+        gantry_core::state::SnapshotFormat::Plain => Ok(()),
+        gantry_core::state::SnapshotFormat::Tabled => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the state does not decode: a snapshot of format 2, and this node acts as the \
+             previous version (GANTRY_FAULT_SNAPSHOT_FORMAT_1_ONLY)",
+        )),
+    }
+}
+
 /// Every message of a batch or stream from `from` must be from `from` and to this node: the
 /// batch's sender is the one its certificate was checked against. A refusal is logged.
 fn check_message(msg: &Message, from: u64, node_id: u64) -> Result<(), ApiError> {
@@ -167,6 +188,28 @@ impl RaftService for Api {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        self.receive_snapshot(req).await
+    }
+
+    async fn install_snapshot_v2(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        if acts_previous_version() {
+            return Err(Status::unimplemented(
+                "InstallSnapshotV2 (GANTRY_FAULT_SNAPSHOT_FORMAT_1_ONLY)",
+            ));
+        }
+        self.receive_snapshot(req).await
+    }
+}
+
+impl Api {
+    /// Either snapshot call: both read a state of either format.
+    async fn receive_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
         let principal = principal(&req);
         let mut stream = req.into_inner();
         let first = stream.next().await.ok_or(ApiError::EmptySnapshotStream)??;
@@ -246,6 +289,12 @@ impl RaftService for Api {
             tokio::task::spawn_blocking(move || crate::machine::check_snapshot_file(&checked_tmp))
                 .await
                 .map_err(ApiError::SnapshotTask)?;
+        let checked = checked.and_then(|()| {
+            if acts_previous_version() {
+                refuse_format_2(&tmp)?;
+            }
+            Ok(())
+        });
         if let Err(e) = checked {
             let _ = tokio::fs::remove_file(&tmp).await;
             return refuse(e.to_string());

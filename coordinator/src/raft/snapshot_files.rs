@@ -55,20 +55,30 @@ impl SnapshotDir {
         body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<PathBuf> {
         let tmp = self.temp_path(term, index);
-        let result = (|| {
-            let mut w = Sealing::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?));
-            write_header(&mut w, members)?;
-            body(&mut w)?;
-            let f = w.seal()?.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            Ok::<(), std::io::Error>(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = write_file(&tmp, members, body).and_then(|f| f.sync_all()) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         self.publish(&tmp, term, index)?;
         Ok(self.path(term, index))
+    }
+
+    /// A temporary copy of snapshot (term, index) with its state rewritten by `rewrite` (for a
+    /// peer that reads only an older format); the caller removes it once sent, and a crash
+    /// leaves a `.tmp` that [`Self::open`] removes.
+    pub fn rewritten_copy(
+        &self,
+        term: u64,
+        index: u64,
+        rewrite: impl FnOnce(&mut dyn Read, &mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<PathBuf> {
+        let (members, mut state) = self.open_snapshot(term, index)?;
+        let n = uuid::Uuid::new_v4().simple();
+        let tmp = self
+            .dir
+            .join(format!("send-{term:020}-{index:020}-{n}.tmp"));
+        write_file(&tmp, &members, |w| rewrite(&mut state, w))?;
+        Ok(tmp)
     }
 
     /// Renames a complete, synced temporary file to its final name and syncs the directory.
@@ -160,6 +170,24 @@ impl SnapshotStore for SnapshotDir {
     fn retain_from(&self, index: u64) {
         SnapshotDir::retain_from(self, index)
     }
+}
+
+/// A snapshot file at `path`: header, `body`, trailer; removed again if any of it fails.
+fn write_file(
+    path: &Path,
+    members: &Members,
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<File> {
+    let result = (|| {
+        let mut w = Sealing::new(BufWriter::with_capacity(1 << 20, File::create(path)?));
+        write_header(&mut w, members)?;
+        body(&mut w)?;
+        w.seal()?.into_inner().map_err(|e| e.into_error())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 #[cfg(test)]

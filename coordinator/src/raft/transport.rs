@@ -53,7 +53,12 @@ struct Shared {
     /// This node's store id is stamped on every message; records of removed members are
     /// forgotten when the membership changes.
     store_ids: Arc<StoreIds>,
+    previous_snapshot_format: RewriteSnapshot,
 }
+
+/// Reads a snapshot's state and writes it in another format.
+pub type RewriteSnapshot =
+    fn(&mut dyn std::io::Read, &mut dyn std::io::Write) -> std::io::Result<()>;
 
 struct Peer {
     address: String,
@@ -61,8 +66,11 @@ struct Peer {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// What this node stamps on its raft traffic.
+/// What this node stamps on its raft traffic, and how it speaks to a peer of the previous
+/// version.
 pub struct PeerStamp {
+    /// Rewrites a snapshot's state in format 1, for a peer without `InstallSnapshotV2`.
+    pub previous_snapshot_format: RewriteSnapshot,
     pub cluster: String,
     pub store_ids: Arc<StoreIds>,
 }
@@ -93,6 +101,7 @@ impl GrpcTransport {
                 tls,
                 cluster: stamp.cluster,
                 store_ids: stamp.store_ids,
+                previous_snapshot_format: stamp.previous_snapshot_format,
             }),
             peers: HashMap::new(),
         }
@@ -317,14 +326,49 @@ async fn send_snapshot(
     msg: Message,
 ) -> anyhow::Result<u64> {
     let meta = msg.get_snapshot().get_metadata();
-    tracing::info!(
-        to = msg.to,
-        index = meta.index,
-        term = meta.term,
-        "sending a snapshot"
-    );
-    let path = shared.snaps.path(meta.term, meta.index);
-    let mut file = tokio::fs::File::open(&path)
+    let (term, index) = (meta.term, meta.index);
+    tracing::info!(to = msg.to, index, term, "sending a snapshot");
+    let path = shared.snaps.path(term, index);
+    match stream_snapshot(client, shared, &msg, &path, Rpc::V2).await {
+        Err(e)
+            if e.downcast_ref::<tonic::Status>()
+                .is_some_and(|s| s.code() == tonic::Code::Unimplemented) =>
+        {
+            tracing::info!(
+                to = msg.to,
+                index,
+                term,
+                "the peer reads only snapshots of format 1 (a previous version): sending it one"
+            );
+            let snaps = shared.snaps.clone();
+            let rewrite = shared.previous_snapshot_format;
+            let copy =
+                tokio::task::spawn_blocking(move || snaps.rewritten_copy(term, index, rewrite))
+                    .await??;
+            let sent = stream_snapshot(client, shared, &msg, &copy, Rpc::V1).await;
+            let _ = tokio::fs::remove_file(&copy).await;
+            sent
+        }
+        sent => sent,
+    }
+}
+
+/// Which call carries a snapshot: a peer without `InstallSnapshotV2` reads only format 1.
+#[derive(Clone, Copy)]
+enum Rpc {
+    V1,
+    V2,
+}
+
+/// Streams the snapshot file at `path` to the peer with `msg`.
+async fn stream_snapshot(
+    client: &mut RaftServiceClient<Channel>,
+    shared: &Shared,
+    msg: &Message,
+    path: &std::path::Path,
+    rpc: Rpc,
+) -> anyhow::Result<u64> {
+    let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
     let total_size = file.metadata().await?.len();
@@ -371,9 +415,11 @@ async fn send_snapshot(
             }
         }
     });
-    let result = client
-        .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let result = match rpc {
+        Rpc::V1 => client.install_snapshot(chunks).await,
+        Rpc::V2 => client.install_snapshot_v2(chunks).await,
+    };
     let read = reader.await;
     result?;
     read??;
@@ -425,6 +471,12 @@ mod tests {
             Ok(Response::new(RaftAck {}))
         }
         async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftAck>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn install_snapshot_v2(
             &self,
             _: Request<Streaming<SnapshotChunk>>,
         ) -> Result<Response<RaftAck>, Status> {

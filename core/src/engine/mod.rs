@@ -228,6 +228,8 @@ pub struct RunRecord {
     pub run_id: RunId,
     /// Shared by the runs of one pipeline (see `state::pipelines`): most runs repeat a few
     /// pipelines, and a compiled KFP pipeline (component sources included) is most of a run.
+    /// A snapshot names it by position in a table of its own (`state::snapshot_codec`).
+    #[serde(with = "crate::state::snapshot_codec::pipeline_field")]
     pub pipeline: std::sync::Arc<PipelineSpec>,
     pub pipeline_root: String,
     pub parameters: BTreeMap<String, Value>,

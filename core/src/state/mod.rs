@@ -11,6 +11,7 @@ mod command_decoder;
 pub mod notify;
 mod pipelines;
 pub mod retention;
+pub(crate) mod snapshot_codec;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ pub use command::{Command, NewRun, Placement, Unschedulable};
 pub use command_decoder::CommandDecoder;
 /// Re-exported from the vocabulary crate, where the agent finds it too.
 pub use gantry_model::AttemptKey;
+pub use snapshot_codec::{decode_snapshot, encode_snapshot, snapshot_format, SnapshotFormat};
 
 use crate::engine::{self, CacheEntry, OutcomeEffect, RunRecord, RunState, TaskState};
 use crate::scheduler::matching;
