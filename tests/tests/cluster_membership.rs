@@ -220,3 +220,42 @@ fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     c.wait_leader(&[leader, wiped], Duration::from_secs(10))
         .unwrap();
 }
+
+#[test]
+fn nodes_joined_before_any_compaction_know_the_voters_and_can_elect_a_leader() {
+    let s3 = S3::start().unwrap();
+    let mut opts = ClusterOpts::new(3, &s3.artifact_root("membership-early"));
+    opts.bootstrap_one = true;
+    let mut c = Cluster::start(opts).unwrap();
+    c.wait_leader(&[1], Duration::from_secs(10)).unwrap();
+    let first = c.cli_for(&[1]);
+    // Joined at once: the leader has compacted nothing, so the joiners learn the first
+    // configuration from the snapshot at index 1 that every cluster starts from.
+    for id in [2u64, 3] {
+        let r = first.run(&["cluster", "join", &c.address(id), "-o", "json"]);
+        assert_eq!(r.code, 0, "join {id}: {}", r.stderr);
+    }
+    for id in [2u64, 3] {
+        poll_every(Duration::from_secs(20), Duration::from_millis(100), || {
+            let s = c.status(id).ok_or(())?;
+            let voters = s
+                .members
+                .iter()
+                .filter(|m| m.role == "LEADER" || m.role == "FOLLOWER")
+                .count();
+            (voters == 3).then_some(()).ok_or(())
+        })
+        .unwrap_or_else(|()| panic!("node {id} does not see three voters: {}", c.log(id)));
+        assert!(
+            !c.log(id).contains("membership change refused"),
+            "{}",
+            c.log(id)
+        );
+    }
+    // Nodes 2 and 3 count each other: without node 1 they elect a leader.
+    c.kill9(1);
+    let (leader, _) = c
+        .wait_leader(&[2, 3], Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", c.log(2), c.log(3)));
+    assert!([2, 3].contains(&leader));
+}

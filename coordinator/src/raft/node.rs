@@ -337,15 +337,25 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         } = parts;
         let storage_err = |e: &dyn std::fmt::Display| RaftError::Storage(e.to_string());
         if store.is_fresh() && !cfg.initial_members.is_empty() {
-            let cs = ConfState {
-                voters: cfg.initial_members.keys().copied().collect(),
+            // The first configuration is a snapshot at index 1 (term 1), as raft-rs's own
+            // examples start a cluster: a member joined later is sent it and so learns the
+            // voters. Kept only as the store's configuration (index 0, which is never sent), a
+            // joiner that caught up by log from index 1 never knew them and refused every
+            // membership change after ("can't make a zero-voter config joint").
+            let mut meta = SnapshotMetadata {
+                index: 1,
+                term: 1,
                 ..Default::default()
             };
+            meta.set_conf_state(ConfState {
+                voters: cfg.initial_members.keys().copied().collect(),
+                ..Default::default()
+            });
+            snaps
+                .write(1, 1, &cfg.initial_members, sm.snapshot())
+                .map_err(|e| storage_err(&format!("the first snapshot: {e}")))?;
             store
-                .set_members(&cfg.initial_members)
-                .map_err(|e| storage_err(&e))?;
-            store
-                .persist(&[], None, Some(&cs))
+                .apply_snapshot(&meta, &cfg.initial_members)
                 .map_err(|e| storage_err(&e))?;
         }
         let snap_meta = store.snapshot_meta();
