@@ -55,6 +55,13 @@ impl S3 {
                 _dir: None,
             });
         }
+        Self::start_at("127.0.0.1")
+    }
+
+    /// An s3s-fs started here, listening on `host` (an address of this machine that the
+    /// processes under test reach, such as a Docker network's gateway), whatever
+    /// `GANTRY_TEST_S3_ENDPOINT` says.
+    pub fn start_at(host: &str) -> Result<S3> {
         let exe = program("s3s-fs").ok_or_else(|| {
             anyhow!(
                 "no S3 server: set GANTRY_TEST_S3_ENDPOINT, or install s3s-fs with `cargo install \
@@ -69,7 +76,7 @@ impl S3 {
         // Port 0, and the address from its log: a port picked here could be taken before
         // s3s-fs binds it.
         let child = Command::new(exe)
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", host, "--port", "0"])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&data)
             .env("RUST_LOG", "s3s_fs=info")
