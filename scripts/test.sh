@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README and CI): bash scripts/test.sh [extra cargo test args]
-# On a fresh machine it first installs what the tests use (kfp==2.16.1, kfp-kubernetes and ansible==10.7.0 for the host Python,
+# On a fresh machine it first installs what the tests use (kfp==2.16.1, kfp-kubernetes and ansible==10.7.0 for the host Python, ansible-lint in a venv,
 # s3s-fs), builds the local Docker images if missing (images/build.sh) and, unless
 # GANTRY_TEST_S3_ENDPOINT is already set, starts a local S3 server (s3s-fs) for the run.
 # The KFP corpus tests run only when GANTRY_KFP_CORPUS names the corpus (.ci/run sets it to
@@ -17,6 +17,13 @@ python3 -c 'import kfp.kubernetes' 2>/dev/null ||
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet 'kfp-kubernetes==2.16.1'
 python3 -c 'import ansible_collections.community.docker' 2>/dev/null ||
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet 'ansible==10.7.0'
+# ansible-lint in a virtual environment of its own, so its dependencies leave the host's alone.
+lint_env=${XDG_CACHE_HOME:-$HOME/.cache}/gantry/ansible-lint-24.12.2
+[ -x "$lint_env/bin/ansible-lint" ] || {
+  python3 -m venv "$lint_env" &&
+    "$lint_env/bin/pip" install --quiet 'ansible-lint==24.12.2' 'ansible-core==2.17.7'
+}
+export GANTRY_ANSIBLE_LINT="$lint_env/bin/ansible-lint"
 command -v s3s-fs >/dev/null 2>&1 || cargo install --locked s3s-fs@0.14.1 --features binary
 
 if command -v docker >/dev/null 2>&1; then

@@ -516,3 +516,35 @@ compiler.Compiler().compile(long, sys.argv[1])
         assert_eq!(a["draining"], false, "{a}");
     }
 }
+
+#[test]
+fn the_roles_pass_ansible_lint_with_the_production_profile() {
+    // scripts/test.sh installs it (in a virtual environment) and names it here.
+    let lint = std::env::var_os("GANTRY_ANSIBLE_LINT")
+        .map(PathBuf::from)
+        .or_else(|| gantry_testkit::program("ansible-lint"))
+        .expect("ansible-lint: run the tests with scripts/test.sh, which installs it");
+    let out = run_within(
+        Command::new(lint)
+            .args(["--offline", "--nocolor", "--profile", "production"])
+            .current_dir(repo_root().join("ansible")),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "ansible-lint: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("Profile 'production' was required, and it passed")
+            || out
+                .stdout
+                .contains("Profile 'production' was required, and it passed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
