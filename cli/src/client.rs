@@ -69,7 +69,17 @@ fn retryable(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-    )
+    ) || broken_connection(s)
+}
+
+/// A request whose connection broke under it (the node, or the leader it forwarded to,
+/// restarted) comes back as `Unknown: transport error`, not `Unavailable` (seen once in 1 831
+/// submissions during a rolling restart of the coordinators).
+fn broken_connection(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unknown
+        && (s.message() == "transport error"
+            || std::error::Error::source(s)
+                .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some()))
 }
 
 /// A client for `target` that connects on first use.
@@ -196,5 +206,20 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable;
+    use tonic::Status;
+
+    #[test]
+    fn a_broken_connection_is_tried_again_and_a_refusal_is_not() {
+        assert!(retryable(&Status::unavailable("no leader")));
+        assert!(retryable(&Status::unknown("transport error")));
+        assert!(!retryable(&Status::unknown("the pipeline panicked")));
+        assert!(!retryable(&Status::invalid_argument("bad parameter")));
+        assert!(!retryable(&Status::permission_denied("not allowed")));
     }
 }

@@ -109,6 +109,13 @@ enum ClusterCommand {
         /// Raft node id of the member to remove.
         id: u64,
     },
+    /// Hand leadership to voter ID (default: the most up-to-date other voter) and wait until
+    /// it leads; before restarting the leader's host.
+    TransferLeader {
+        /// Raft node id of the voter to lead.
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 fn main() {
@@ -286,6 +293,16 @@ async fn cluster(
             .call(Duration::from_secs(30), |mut cl| async move {
                 cl.cluster
                     .remove_member(pb::RemoveMemberRequest { node_id: id })
+                    .await
+            })
+            .await?
+            .into_inner(),
+        ClusterCommand::TransferLeader { to } => c
+            .call(Duration::from_secs(30), |mut cl| async move {
+                cl.cluster
+                    .transfer_leader(pb::TransferLeaderRequest {
+                        node_id: to.unwrap_or(0),
+                    })
                     .await
             })
             .await?

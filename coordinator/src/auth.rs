@@ -79,6 +79,10 @@ pub const TABLE: &[Rule] = &[
         "/gantry.v1.ClusterService/RemoveMember",
         Allow::Roles(ADMIN),
     ),
+    rule(
+        "/gantry.v1.ClusterService/TransferLeader",
+        Allow::Roles(ADMIN),
+    ),
     rule("/gantry.v1.RaftService/Send", Allow::Coordinators),
     rule("/gantry.v1.RaftService/Stream", Allow::Coordinators),
     rule(

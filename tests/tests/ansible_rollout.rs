@@ -4,7 +4,9 @@
 //! bootstraps, two join), two agents register with their group's labels, a pipeline runs
 //! across both, a second run changes nothing, and a third one, while a long step runs, joins
 //! a rebuilt coordinator host again without a second bootstrap and rolls the agents to a
-//! rebuilt binary: the drained agent's step finishes first, and its run SUCCEEDS.
+//! rebuilt binary: the drained agent's step finishes first, and its run SUCCEEDS. A last run
+//! upgrades the coordinators one at a time under a submission load, the leader handing over
+//! first, and every submission is acknowledged.
 //!
 //! The agents use the process runtime: the hosts are containers without a Docker engine of
 //! their own, and steps run as processes inside them.
@@ -250,18 +252,28 @@ impl Fleet {
         recap(&out.stdout)
     }
 
-    fn gantry(&self, args: &[&str]) -> Value {
+    /// The CLI's global flags for this cluster: every coordinator, the CA, the admin token.
+    fn cli_flags(&self) -> Vec<std::ffi::OsString> {
         let endpoints = ["c1", "c2", "c3"]
             .iter()
             .map(|h| format!("{}:7070", self.ip(h)))
             .collect::<Vec<_>>()
             .join(",");
+        vec![
+            "--endpoint".into(),
+            endpoints.into(),
+            "--ca".into(),
+            self.path("pki/ca.pem").into(),
+            "--token-file".into(),
+            self.path("pki/admin.token").into(),
+            "-o".into(),
+            "json".into(),
+        ]
+    }
+
+    fn gantry(&self, args: &[&str]) -> Value {
         let out = sh(Command::new(bin_dir().join("gantry"))
-            .args(["--endpoint", &endpoints, "--ca"])
-            .arg(self.path("pki/ca.pem"))
-            .arg("--token-file")
-            .arg(self.path("pki/admin.token"))
-            .args(["-o", "json"])
+            .args(self.cli_flags())
             .args(args));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
@@ -515,6 +527,90 @@ compiler.Compiler().compile(long, sys.argv[1])
         assert_eq!(a["state"], "CONNECTED", "{a}");
         assert_eq!(a["draining"], false, "{a}");
     }
+
+    // Rolling upgrade of the coordinators to a rebuilt binary under a submission load: one at
+    // a time, the leader handing over before its restart, and every submission acknowledged.
+    let idle = fleet.path("idle.py");
+    std::fs::write(
+        &idle,
+        r#"import sys
+from kfp import compiler, dsl, kubernetes
+
+@dsl.container_component
+def nothing():
+    return dsl.ContainerSpec(image="gantry/busybox:latest", command=["true"])
+
+@dsl.pipeline(name="idle")
+def idle():
+    # No agent has this label: the run ends at once, unschedulable, and loads no agent.
+    kubernetes.add_node_selector(nothing(), label_key="pool", label_value="none")
+
+compiler.Compiler().compile(idle, sys.argv[1])
+"#,
+    )
+    .unwrap();
+    let idle_yaml = compile_source(&idle, &pipelines).unwrap();
+    stage_binaries(&fleet.path("bin"), &["gantry", "gantry-coordinator"], true);
+    let new_coordinator = sha256_of(&fleet.path("bin/gantry-coordinator"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let flags = fleet.cli_flags();
+        let gantry = bin_dir().join("gantry");
+        std::thread::spawn(move || {
+            let (mut acked, mut refused) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = Command::new(&gantry)
+                    .args(&flags)
+                    .args(["run", "submit"])
+                    .arg(&idle_yaml)
+                    .output()
+                    .expect("gantry runs");
+                if o.status.success() {
+                    acked += 1;
+                } else {
+                    refused.push(String::from_utf8_lossy(&o.stderr).into_owned());
+                }
+            }
+            (acked, refused)
+        })
+    };
+    let rolled = fleet.playbook("coordinators");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, refused) = load.join().unwrap();
+    assert!(rolled.iter().all(|(_, c)| c["failed"] == 0), "{rolled:?}");
+    assert!(
+        refused.is_empty(),
+        "{} of {} submissions failed: {refused:?}",
+        refused.len(),
+        acked + refused.len()
+    );
+    assert!(acked > 0);
+    let log = std::fs::read_to_string(fleet.path("coordinators.log")).unwrap();
+    let handed = log
+        .split("TASK [gantry_coordinator : Hand leadership to another voter]")
+        .skip(1)
+        .filter(|after| {
+            after
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("changed:"))
+        })
+        .count();
+    assert_eq!(handed, 1, "the leader hands over once: {}", tail(&log, 80));
+    for host in ["c1", "c2", "c3"] {
+        let installed = fleet.in_host(host, "sha256sum /usr/local/bin/gantry-coordinator");
+        assert!(
+            installed.starts_with(&new_coordinator),
+            "{host}: {installed}"
+        );
+        assert_eq!(voters(&fleet.status_of(host)), vec![1, 2, 3], "{host}");
+    }
+    let listed = fleet.gantry(&["run", "list", "--limit", "100000"]);
+    assert!(
+        listed.as_array().map_or(0, Vec::len) >= acked + 2,
+        "{acked} acknowledged"
+    );
 }
 
 #[test]

@@ -258,4 +258,24 @@ fn nodes_joined_before_any_compaction_know_the_voters_and_can_elect_a_leader() {
         .wait_leader(&[2, 3], Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", c.log(2), c.log(3)));
     assert!([2, 3].contains(&leader));
+    // Leadership handed over on request, and refused to a node that is no voter.
+    let other = if leader == 2 { 3 } else { 2 };
+    let cli = c.cli_for(&[2, 3]);
+    let moved = cli.run(&[
+        "cluster",
+        "transfer-leader",
+        "--to",
+        &other.to_string(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert_eq!(moved.json().unwrap()["leader_id"], other);
+    let nobody = cli.run(&["cluster", "transfer-leader", "--to", "9"]);
+    assert_ne!(nobody.code, 0);
+    assert!(
+        nobody.stderr.contains("node 9 is not a voter"),
+        "{}",
+        nobody.stderr
+    );
 }

@@ -228,22 +228,7 @@ impl ClusterService for Api {
         }
         if id == self.0.node_id {
             // Hand leadership to the most up-to-date voter first, then let it remove us.
-            let Some((&to, _)) = s
-                .matched
-                .iter()
-                .filter(|(m, _)| **m != id && s.voters.contains(m))
-                .max_by_key(|(_, matched)| **matched)
-            else {
-                return Err(ApiError::NoOtherVoter.into());
-            };
-            self.0.raft.transfer_leader(to);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while self.0.raft.status().is_leader {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ApiError::TransferIncomplete(to).into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            self.hand_over(0).await?;
             return match self.0.route_write(false, ROUTE_WAIT).await? {
                 Route::Leader(ch) => {
                     ClusterServiceClient::new(ch)
@@ -261,5 +246,58 @@ impl ClusterService for Api {
             tracing::warn!(node = id, error = %e, "the removed node's store record stays for now");
         }
         Ok(Response::new(self.status_proto()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Route::Leader(ch) = self.0.route_write(forwarded(&req), ROUTE_WAIT).await? {
+            return ClusterServiceClient::new(ch)
+                .transfer_leader(relay(req))
+                .await;
+        }
+        let to = req.get_ref().node_id;
+        if to != self.0.node_id {
+            let to = self.hand_over(to).await?;
+            tracing::info!(to, "leadership handed over");
+        }
+        Ok(Response::new(self.status_proto()))
+    }
+}
+
+impl Api {
+    /// On the leader: hands leadership to voter `to` (0: the most up-to-date other voter) and
+    /// waits, at most 5 s, until this node follows it. The voter it went to.
+    async fn hand_over(&self, to: u64) -> Result<u64, ApiError> {
+        let s = self.0.raft.status();
+        let me = self.0.node_id;
+        let to = if to == 0 {
+            let Some((&to, _)) = s
+                .matched
+                .iter()
+                .filter(|(m, _)| **m != me && s.voters.contains(m))
+                .max_by_key(|(_, matched)| **matched)
+            else {
+                return Err(ApiError::NoOtherVoter);
+            };
+            to
+        } else if s.voters.contains(&to) {
+            to
+        } else {
+            return Err(ApiError::NotAVoter(to));
+        };
+        self.0.raft.transfer_leader(to);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while {
+            let s = self.0.raft.status();
+            s.is_leader || s.leader_id != to
+        } {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::TransferIncomplete(to));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(to)
     }
 }

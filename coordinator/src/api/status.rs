@@ -161,6 +161,8 @@ pub enum ApiError {
     NoOtherVoter,
     #[error("leadership transfer to node {0} did not complete; retry")]
     TransferIncomplete(u64),
+    #[error("node {0} is not a voter: only a voter can lead")]
+    NotAVoter(u64),
     #[error("leadership came back here; retry")]
     LeadershipCameBack,
     #[error("the cluster is still leaving a joint configuration; retry")]
@@ -311,6 +313,7 @@ impl ApiError {
             E::InOtherCluster { .. }
             | E::LastVoter
             | E::NoOtherVoter
+            | E::NotAVoter(_)
             | E::SharedNodeId(_)
             | E::Misaddressed { .. } => Code::FailedPrecondition,
             E::NotLeader { .. }
