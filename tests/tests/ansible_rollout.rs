@@ -587,8 +587,11 @@ compiler.Compiler().compile(idle, sys.argv[1])
     );
     assert!(acked > 0);
     let log = std::fs::read_to_string(fleet.path("coordinators.log")).unwrap();
+    // Shown as "RUNNING HANDLER [gantry_coordinator : Hand leadership to another voter]":
+    // the leader of the moment hands over before its restart (on one host or more, as
+    // leadership moves to hosts not yet upgraded).
     let handed = log
-        .split("TASK [gantry_coordinator : Hand leadership to another voter]")
+        .split("[gantry_coordinator : Hand leadership to another voter]")
         .skip(1)
         .filter(|after| {
             after
@@ -597,7 +600,7 @@ compiler.Compiler().compile(idle, sys.argv[1])
                 .is_some_and(|l| l.starts_with("changed:"))
         })
         .count();
-    assert_eq!(handed, 1, "the leader hands over once: {}", tail(&log, 80));
+    assert!(handed >= 1, "no leader handed over: {}", tail(&log, 120));
     for host in ["c1", "c2", "c3"] {
         let installed = fleet.in_host(host, "sha256sum /usr/local/bin/gantry-coordinator");
         assert!(
