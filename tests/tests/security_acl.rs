@@ -387,6 +387,10 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
             node_id: if refused { peer } else { 42 },
         }
         .encode_to_vec(),
+        // A node that is no voter: let through, the handler refuses it and leadership stays.
+        "ClusterService/TransferLeader" => {
+            pb::TransferLeaderRequest { node_id: 42 }.encode_to_vec()
+        }
         "RaftService/Send" | "RaftService/Stream" => pb::RaftBatch {
             from: peer,
             from_address: "127.0.0.1:9".into(),
@@ -401,7 +405,7 @@ fn payload(method: &str, refused: bool, ctx: &Ctx, node: u64) -> Vec<u8> {
             from_store: ctx.stores[&peer],
         }
         .encode_to_vec(),
-        "RaftService/InstallSnapshot" => {
+        "RaftService/InstallSnapshot" | "RaftService/InstallSnapshotV2" => {
             // Not a MsgSnapshot: the handler refuses it once the caller is let through.
             let mut m = raft_heartbeat(peer, node, 1);
             if refused {
