@@ -341,6 +341,18 @@ fn kill_9_of_every_node_then_restart_keeps_every_run_and_resumes_the_running_one
     }
 }
 
+/// Waits until nodes 1 and 2 have compacted their logs past `index` (each decodes its
+/// snapshot before compacting), so a node behind it can only catch up by snapshot.
+fn wait_compacted_past(c: &Cluster, index: u64) {
+    poll_every(Duration::from_secs(60), Duration::from_millis(100), || {
+        let compacted = [1u64, 2]
+            .iter()
+            .all(|id| c.status(*id).is_some_and(|s| s.first_index > index));
+        compacted.then_some(()).ok_or(())
+    })
+    .unwrap_or_else(|()| panic!("the log was not compacted: {}", c.logs_tail()));
+}
+
 #[test]
 fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
     let s3 = S3::start().unwrap();
@@ -365,13 +377,7 @@ fn kill_9_in_the_middle_of_a_snapshot_installation_recovers() {
     }
     // Each node decodes its snapshot before compacting: wait until both have compacted past
     // the first interval, so the lagging node cannot catch up from the log.
-    poll_every(Duration::from_secs(60), Duration::from_millis(100), || {
-        let compacted = [1u64, 2]
-            .iter()
-            .all(|id| c.status(*id).is_some_and(|s| s.first_index > 20));
-        compacted.then_some(()).ok_or(())
-    })
-    .unwrap_or_else(|()| panic!("the log was not compacted: {}", c.logs_tail()));
+    wait_compacted_past(&c, 20);
     let snaps = c.nodes[(lagging - 1) as usize].data.join("snapshots");
     c.start_node(lagging).unwrap();
     // Polled often: the kill must land while the file is there.
@@ -439,13 +445,7 @@ fn a_lagging_follower_of_the_previous_version_is_sent_a_snapshot_it_reads() {
         )
         .unwrap();
     }
-    poll_every(Duration::from_secs(60), Duration::from_millis(100), || {
-        let compacted = [1u64, 2]
-            .iter()
-            .all(|id| c.status(*id).is_some_and(|s| s.first_index > 20));
-        compacted.then_some(()).ok_or(())
-    })
-    .unwrap_or_else(|()| panic!("the log was not compacted: {}", c.logs_tail()));
+    wait_compacted_past(&c, 20);
     // The current version writes its own snapshots in format 2.
     let snaps = c.nodes[0].data.join("snapshots");
     let written: Vec<u8> = std::fs::read_dir(&snaps)
